@@ -1,0 +1,125 @@
+"""Fine-grained (per-weight) pruning: magnitude per layer, global magnitude, policies, N:M patterns.
+
+A policy is ``{dotted layer name: sparsity in [0, 1)}``. Pruning returns masks
+``{name: bool tensor shaped like the weight}`` (True = kept) so finetuning can hold pruned
+weights at zero (``amc.train.finetune(..., masks=masks)``) and a recipe can re-apply them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from amc.errors import PolicyError
+from amc.layers import prunable_names
+from amc.train import Masks, apply_masks
+
+Policy = dict[str, float]
+
+
+def validate_policy(model: nn.Module, policy: Mapping[str, float], upper: float = 1.0,
+                    inclusive_upper: bool = False) -> Policy:
+    """Check names against the model's prunable layers and ratios against [0, upper)."""
+    names = set(prunable_names(model))
+    unknown = [k for k in policy if k not in names]
+    if unknown:
+        raise PolicyError(f"policy names layers not in the model: {', '.join(unknown[:5])}"
+                          f" (prunable layers: {', '.join(sorted(names)[:8])}{', ...' if len(names) > 8 else ''})")
+    out = {}
+    for k, v in policy.items():
+        try:
+            r = float(v)
+        except (TypeError, ValueError):
+            raise PolicyError(f"ratio for {k} is not a number: {v!r}") from None
+        ok = 0.0 <= r <= upper if inclusive_upper else 0.0 <= r < upper
+        if not ok:
+            raise PolicyError(f"ratio for {k} is {r}, outside [0, {upper}{']' if inclusive_upper else ')'}")
+        out[k] = r
+    return out
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep all but the ``round(sparsity * numel)`` smallest-|w| entries (exact count, ties by index)."""
+    n = weight.numel()
+    k = round(sparsity * n)
+    mask = torch.ones(n, dtype=torch.bool, device=weight.device)
+    if k > 0:
+        idx = torch.topk(weight.detach().abs().flatten().float(), k, largest=False, sorted=False).indices
+        mask[idx] = False
+    return mask.view_as(weight)
+
+
+@torch.no_grad()
+def prune_layer(model: nn.Module, name: str, sparsity: float) -> torch.Tensor:
+    """Magnitude-prune one layer in place; returns its mask."""
+    w = model.get_submodule(name).weight
+    mask = magnitude_mask(w, sparsity)
+    w.mul_(mask)
+    return mask
+
+
+@torch.no_grad()
+def apply_policy(model: nn.Module, policy: Mapping[str, float]) -> Masks:
+    """Magnitude-prune every layer named in ``policy`` to its own sparsity, in one call."""
+    policy = validate_policy(model, policy)
+    return {name: prune_layer(model, name, s) for name, s in policy.items()}
+
+
+@torch.no_grad()
+def global_prune(model: nn.Module, sparsity: float, names: list[str] | None = None) -> Masks:
+    """One magnitude threshold across ``names`` (default: all prunable layers) so that exactly
+    ``round(sparsity * total)`` of their weights are removed; layers end at different sparsities."""
+    names = names if names is not None else prunable_names(model)
+    validate_policy(model, dict.fromkeys(names, sparsity))
+    weights = [model.get_submodule(n).weight for n in names]
+    flat = torch.cat([w.detach().abs().flatten().float() for w in weights])
+    k = round(sparsity * flat.numel())
+    keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+    if k > 0:
+        keep[torch.topk(flat, k, largest=False, sorted=False).indices] = False
+    masks, off = {}, 0
+    for n, w in zip(names, weights, strict=True):
+        masks[n] = keep[off : off + w.numel()].view_as(w).to(w.device)
+        off += w.numel()
+    apply_masks(model, masks)
+    return masks
+
+
+def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """N:M mask along the input dimension: in each group of ``m`` consecutive input channels (at a
+    fixed output channel and kernel position) keep the ``n`` largest |w|."""
+    if not 0 < n <= m:
+        raise PolicyError(f"N:M needs 0 < N <= M, got {n}:{m}")
+    if weight.ndim == 4:
+        w = weight.detach().abs().permute(0, 2, 3, 1)  # O, kh, kw, I: input channels last
+    elif weight.ndim == 2:
+        w = weight.detach().abs()
+    else:
+        raise PolicyError(f"N:M pruning takes conv or linear weights, got shape {tuple(weight.shape)}")
+    if w.shape[-1] % m:
+        raise PolicyError(f"input dimension {w.shape[-1]} is not a multiple of {m}")
+    groups = w.reshape(-1, m).float()
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(1, torch.topk(groups, n, dim=1).indices, True)
+    keep = keep.view(w.shape)
+    return keep.permute(0, 3, 1, 2).contiguous() if weight.ndim == 4 else keep
+
+
+@torch.no_grad()
+def nm_prune(model: nn.Module, n: int = 2, m: int = 4, names: list[str] | None = None) -> tuple[Masks, list[str]]:
+    """Apply N:M masks to each layer whose input dimension divides by ``m``; returns the masks and
+    the names skipped (with a reason left to the caller: typically the 3-channel first conv)."""
+    names = names if names is not None else prunable_names(model)
+    masks, skipped = {}, []
+    for name in names:
+        mod = model.get_submodule(name)
+        w = mod.weight
+        in_dim = w.shape[1]
+        if in_dim % m or (isinstance(mod, nn.Conv2d) and mod.groups > 1):
+            skipped.append(name)
+            continue
+        masks[name] = nm_mask(w, n, m)
+    apply_masks(model, masks)
+    return masks, skipped

@@ -1,0 +1,107 @@
+"""The layer table: every prunable layer (Conv2d, Linear) by dotted name, with shapes, params and MACs.
+
+MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2 for multiply-accumulate
+ops); input and output shapes from forward hooks on one example batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    kind: str  # "conv", "dwconv" (depthwise / grouped) or "linear"
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    groups: int
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    params: int  # weight elements (the prunable ones)
+    macs: int
+    size_share: float  # this layer's weights as a share of all model parameters
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        if self.kind == "linear":
+            return (self.out_channels, self.in_channels)
+        return (self.out_channels, self.in_channels // self.groups, self.kernel, self.kernel)
+
+
+def prunable_names(model: nn.Module) -> list[str]:
+    """Dotted names of the Conv2d and Linear modules, in registration order."""
+    return [n for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> tuple[int, dict[str, int]]:
+    """Total MACs for one input of ``input_shape`` and the MACs of each leaf module by dotted name."""
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    x = torch.zeros(input_shape, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model(x)
+    finally:
+        model.train(was_training)
+    counts = fc.get_flop_counts()
+    per_module: dict[str, int] = {}
+    for key, ops in counts.items():
+        if key == "Global":
+            continue
+        name = key.split(".", 1)[1] if "." in key else ""
+        per_module[name] = sum(int(v) for v in ops.values()) // 2
+    total = sum(int(v) for v in counts.get("Global", {}).values()) // 2
+    return total, per_module
+
+
+def layer_table(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> list[LayerInfo]:
+    """One ``LayerInfo`` per prunable layer, in the order the modules are registered."""
+    names = prunable_names(model)
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    hooks = []
+    for name in names:
+        def hook(mod, inp, out, name=name):
+            shapes[name] = (tuple(inp[0].shape), tuple(out.shape))
+        hooks.append(model.get_submodule(name).register_forward_hook(hook))
+    try:
+        _, macs = count_macs(model, input_shape)
+    finally:
+        for h in hooks:
+            h.remove()
+    total_params = count_params(model)
+    table = []
+    for name in names:
+        m = model.get_submodule(name)
+        ins, outs = shapes.get(name, ((), ()))
+        if isinstance(m, nn.Conv2d):
+            kind = "dwconv" if m.groups > 1 else "conv"
+            info = LayerInfo(name, kind, m.in_channels, m.out_channels, int(m.kernel_size[0]), int(m.stride[0]),
+                             m.groups, tuple(ins[2:4]) if len(ins) == 4 else (0, 0),  # type: ignore[arg-type]
+                             tuple(outs[2:4]) if len(outs) == 4 else (0, 0),  # type: ignore[arg-type]
+                             m.weight.numel(), macs.get(name, 0), m.weight.numel() / total_params)
+        else:
+            assert isinstance(m, nn.Linear)
+            info = LayerInfo(name, "linear", m.in_features, m.out_features, 1, 1, 1, (1, 1), (1, 1),
+                             m.weight.numel(), macs.get(name, 0), m.weight.numel() / total_params)
+        table.append(info)
+    return table
+
+
+def table_frame(table: list[LayerInfo]) -> pd.DataFrame:
+    return pd.DataFrame([asdict(t) for t in table])

@@ -1,0 +1,161 @@
+"""Plain training functions: ``evaluate``, ``finetune`` (masks kept), ``recalibrate_bn``.
+
+On CUDA: bf16 autocast and channels_last. Pruned weights stay at exactly zero: masks are
+re-applied after every optimiser step, so momentum and weight decay cannot revive them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from amc.errors import TrainingDiverged
+
+Masks = dict[str, torch.Tensor]  # dotted layer name -> bool/float mask shaped like its weight
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: float = 5.0  # fractional epochs allowed (steps = round(epochs * batches per epoch))
+    lr: float = 0.01  # peak SGD learning rate: a tenth of the dense training's peak (0.2), it recovers
+    # pruned models without undoing what the dense training learnt
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # as in the dense training
+    label_smoothing: float = 0.1  # as in the dense training
+    schedule: str = "cosine"  # "cosine" (to zero) or "constant"
+    warmup_frac: float = 0.0  # share of steps with a linear warm-up
+    max_steps: int | None = None  # cap, for quick recovery inside a search
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    correct = total = 0
+    with _autocast(device):
+        for x, y in loader:
+            out = model(x.to(device, non_blocking=True))
+            correct += int((out.argmax(1) == y.to(device)).sum())
+            total += len(y)
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                   max_batches: int | None = None) -> None:
+    """Re-estimate BatchNorm running statistics as exact averages over ``loader`` (no weight change)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average = exact mean over the batches seen
+    was_training = model.training
+    model.train()
+    device = model_device(model)
+    with _autocast(device):
+        for i, (x, _) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            model(x.to(device, non_blocking=True))
+    for bn, m in zip(bns, saved, strict=True):
+        bn.momentum = m
+    model.train(was_training)
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Masks | None) -> None:
+    """Zero every masked-out weight in place."""
+    if not masks:
+        return
+    for name, mask in masks.items():
+        w = model.get_submodule(name).weight
+        w.mul_(mask.to(device=w.device, dtype=w.dtype))
+
+
+def _lr_factor(step: int, total: int, cfg: FinetuneConfig) -> float:
+    warm = int(cfg.warmup_frac * total)
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        t = (step - warm) / max(total - warm, 1)
+        return 0.5 * (1 + math.cos(math.pi * t))
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; known: cosine, constant")
+
+
+def finetune(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    cfg: FinetuneConfig = FinetuneConfig(),
+    masks: Masks | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> dict[str, float]:
+    """SGD with a cosine schedule; masks re-applied after each step; a NaN/Inf loss raises.
+
+    ``loader`` must be re-iterable (one pass per epoch) and have ``len()``.
+    ``on_step(step, total_steps, loss)`` reports progress. Returns the last loss and the wall time.
+    """
+    device = model_device(model)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    per_epoch = len(loader)  # type: ignore[arg-type]
+    total = max(1, round(cfg.epochs * per_epoch))
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, cfg))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    apply_masks(model, masks)
+    model.train()
+    step, last = 0, float("nan")
+    t0 = time.perf_counter()
+    while step < total:
+        for x, y in loader:
+            with _autocast(device):
+                loss = loss_fn(model(x.to(device, non_blocking=True)), y.to(device))
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss became {loss.item()} at finetune step {step} "
+                                       f"(lr {sched.get_last_lr()[0]:.3g}); try a lower learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            apply_masks(model, masks)
+            step += 1
+            if on_step is not None and (step % 10 == 0 or step == total):
+                last = float(loss)
+                on_step(step, total, last)
+            if step >= total:
+                break
+    model.eval()
+    return {"steps": step, "last_loss": float(loss.detach()), "seconds": time.perf_counter() - t0}
