@@ -1,0 +1,1 @@
+"""Subcommands of the ``amc`` CLI; see ``amc.cli``."""

@@ -1,0 +1,73 @@
+"""Flags and helpers shared by several subcommands: model/checkpoint/data/device options, progress."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from amc.data import Splits, default_device, load_cifar10, make_splits
+from amc.errors import AmcError
+from amc.models import load_model
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "cifar10-jpeg.tar.xz"
+
+
+def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
+    p.add_argument("checkpoint", nargs=None if checkpoint_required else "?",
+                   help="dense checkpoint (.pt state dict or .safetensors)")
+    p.add_argument("--model", default=None,
+                   help="architecture: vgg8, resnet20, resnet56 or any torchvision model "
+                        "(default: guessed from the checkpoint's file name)")
+
+
+def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--data", default=None if not required else str(DEFAULT_DATA),
+                   help=f"CIFAR-10 archive, ImageFolder or torchvision root (default: {DEFAULT_DATA})")
+    p.add_argument("--heldout", type=int, default=5000, help="held-out train images for search rewards")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=256)
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    dev = torch.device(args.device) if getattr(args, "device", None) else default_device()
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AmcError("--device cuda asked for, but no CUDA device is available")
+    return dev
+
+
+def load_model_arg(args: argparse.Namespace) -> nn.Module:
+    return load_model(args.model, args.checkpoint).to(device_of(args))
+
+
+def load_splits(args: argparse.Namespace) -> Splits:
+    path = args.data if args.data is not None else DEFAULT_DATA
+    return make_splits(load_cifar10(path), heldout=args.heldout, device=device_of(args))
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int | None = None) -> Iterator:
+    """A rich progress bar on stderr; yields ``advance(n=1, **fields)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), console=console, transient=False,
+                  disable=not console.is_terminal) as prog:
+        task = prog.add_task(description, total=total, info="")
+
+        def advance(n: int = 1, info: str = "", completed: int | None = None, total: int | None = None) -> None:
+            kw = {"info": info}
+            if total is not None:
+                kw["total"] = total
+            if completed is not None:
+                prog.update(task, completed=completed, **kw)
+            else:
+                prog.update(task, advance=n, **kw)
+
+        yield advance
