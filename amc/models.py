@@ -109,7 +109,7 @@ def build_model(name: str, num_classes: int = 10) -> nn.Module:
     try:
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     except ValueError:
-        known = sorted(MODELS) + ["<any torchvision classification model>"]
+        known = [*sorted(MODELS), "<any torchvision classification model>"]
         raise CheckpointError(f"unknown model {name!r}; known: {', '.join(known)}") from None
 
 
@@ -130,6 +130,18 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _verify_zip_crc(path: Path) -> None:
+    """torch.load does not check the zip's CRC32s, so a flipped bit in tensor data loads silently."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt, truncated or not a weights file "
+                              f"({e})") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt: CRC check failed for record {bad!r} (damaged copy?)")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict (``.pt`` via ``weights_only=True``, or ``.safetensors``); floats to fp32."""
     path = Path(path)
@@ -137,6 +149,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"checkpoint path is a directory: {path}")
+    if zipfile.is_zipfile(path):
+        _verify_zip_crc(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -153,7 +153,7 @@ def finetune(
             apply_masks(model, masks)
             step += 1
             if on_step is not None and (step % 10 == 0 or step == total):
-                last = float(loss)
+                last = float(loss.detach())
                 on_step(step, total, last)
             if step >= total:
                 break

@@ -1,0 +1,134 @@
+"""Sensitivity scans and a policy picker that meets a size target from the curves.
+
+``scan`` prunes one layer at a time (all others dense), scores the model, and restores the layer.
+``finegrained_scan`` is that scan with magnitude pruning and held-out accuracy: the seed lab's
+sensitivity scan. ``pick_policy`` chooses a sparsity per layer so that the whole model meets a
+size target while the sum of the per-layer accuracy drops stays small: greedy on the lower convex
+hull of each layer's drop-vs-weights-removed curve (the lab chose these by hand).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from amc.errors import BudgetError
+from amc.finegrained import Policy, prune_layer
+from amc.layers import prunable_names
+from amc.train import evaluate
+
+DEFAULT_SPARSITIES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@torch.no_grad()
+def _snapshot(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.get_submodule(name).state_dict().items()}
+
+
+def scan(
+    model: nn.Module,
+    names: Sequence[str],
+    ratios: Sequence[float],
+    apply_fn: Callable[[nn.Module, str, float], object],
+    score_fn: Callable[[nn.Module], float],
+    on_point: Callable[[str, float, float], None] | None = None,
+) -> pd.DataFrame:
+    """For each layer alone and each ratio: ``apply_fn(model, name, ratio)``, ``score_fn(model)``,
+    then restore the layer's tensors. Returns columns ``layer, ratio, accuracy``; ratio 0 rows hold
+    the unpruned score (measured once)."""
+    base = score_fn(model)
+    rows = []
+    for name in names:
+        rows.append({"layer": name, "ratio": 0.0, "accuracy": base})
+        saved = _snapshot(model, name)
+        for r in ratios:
+            apply_fn(model, name, float(r))
+            acc = score_fn(model)
+            model.get_submodule(name).load_state_dict(saved)
+            rows.append({"layer": name, "ratio": float(r), "accuracy": acc})
+            if on_point is not None:
+                on_point(name, float(r), acc)
+    return pd.DataFrame(rows)
+
+
+def finegrained_scan(
+    model: nn.Module,
+    loader: Iterable,
+    names: Sequence[str] | None = None,
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    on_point: Callable[[str, float, float], None] | None = None,
+) -> pd.DataFrame:
+    """Accuracy on ``loader`` (the held-out split) with each layer alone magnitude-pruned."""
+    names = list(names) if names is not None else prunable_names(model)
+    return scan(model, names, sparsities, prune_layer, lambda m: evaluate(m, loader), on_point)
+
+
+def _hull_steps(ratios: list[float], drops: list[float], params: int) -> list[tuple[float, float, float]]:
+    """Lower convex hull of (weights removed, accuracy drop) from ratio 0, as steps
+    ``(to_ratio, weights_removed, drop_added)`` with non-decreasing drop per weight."""
+    pts = [(r * params, d, r) for r, d in zip(ratios, drops, strict=True)]
+    hull: list[tuple[float, float, float]] = [pts[0]]
+    for p in pts[1:]:
+        while len(hull) >= 2:
+            (x1, y1, _), (x2, y2, _) = hull[-2], hull[-1]
+            # drop hull[-1] if it lies above the segment hull[-2] -> p
+            if (y2 - y1) * (p[0] - x1) >= (p[1] - y1) * (x2 - x1):
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return [(b[2], b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(hull)]
+
+
+def pick_policy(
+    curves: pd.DataFrame,
+    layer_params: dict[str, int],
+    total_params: int,
+    size_target: float,
+) -> Policy:
+    """Per-layer sparsities from sensitivity ``curves`` (columns layer, ratio, accuracy) so that
+    non-zero parameters <= ``size_target`` x ``total_params`` (the lab's size measure), spending the
+    least summed accuracy drop. Layers absent from ``curves`` stay dense. Raises ``BudgetError``
+    when even the largest scanned sparsities cannot meet the target."""
+    if not 0 < size_target <= 1:
+        raise BudgetError(f"size target must be in (0, 1], got {size_target}")
+    budget = size_target * total_params
+    steps: list[tuple[float, str, float, float]] = []  # (drop per weight, layer, to_ratio, removed)
+    for name, g in curves.groupby("layer", sort=False):
+        g = g.sort_values("ratio")
+        ratios = [float(r) for r in g["ratio"]]
+        if ratios[0] != 0.0:
+            raise ValueError(f"curve of {name} has no ratio-0 point")
+        base = float(g["accuracy"].iloc[0])
+        drops, worst = [], 0.0
+        for a in g["accuracy"]:
+            worst = max(worst, base - float(a))  # monotone: more pruning never scores as better
+            drops.append(worst)
+        p = layer_params[str(name)]
+        for to_ratio, removed, drop in _hull_steps(ratios, drops, p):
+            steps.append((drop / max(removed, 1e-9), str(name), to_ratio, removed))
+    # Hull steps of one layer have non-decreasing slopes, so a global sort keeps each layer's order.
+    steps.sort(key=lambda s: s[0])
+    policy: Policy = {}
+    remaining = float(total_params)
+    for _, name, to_ratio, removed in steps:
+        need = remaining - budget
+        if need <= 0:
+            break
+        if removed > need:  # the last step: go only as far along it as the target needs
+            start = policy.get(name, 0.0)
+            # + n_layers weights of margin: each layer's pruned count is rounded to a whole weight
+            margin = curves["layer"].nunique() / layer_params[name]
+            to_ratio = min(to_ratio, start + (to_ratio - start) * need / removed + margin)
+            removed = need
+        policy[name] = to_ratio
+        remaining -= removed
+    if remaining > budget + 0.5:
+        best = remaining / total_params
+        raise BudgetError(f"size target {size_target:.4f} cannot be met from the scanned sparsities "
+                          f"(at most down to {best:.4f}); scan higher sparsities")
+    return {n: policy[n] for n in curves["layer"].unique() if n in policy}

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+import torch
+
+from amc.cli import main
+from tests.conftest import CIFAR, MODELS
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path, tiny_vgg):
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_vgg.state_dict(), path)
+    return path
+
+
+def run_cli(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_info_json(capsys):
+    rc, out, _ = run_cli(capsys, "info", MODELS / "resnet20_dense.pt", "--json")
+    assert rc == 0
+    info = json.loads(out)
+    assert info["summary"]["params"] == 272_474 and len(info["layers"]) == 22
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["info", "/no/such.pt", "--model", "vgg8"], "checkpoint not found"),
+    (["info", MODELS / "resnet20_dense.pt", "--model", "vgg8"], "another architecture"),
+    (["info", MODELS / "resnet20_dense.pt", "--data", "/no/such/data"], "data path does not exist"),
+    (["prune", MODELS / "resnet20_dense.pt", "--policy", "/no/policy.yaml"], "policy file not found"),
+    (["prune", MODELS / "resnet20_dense.pt"], "give exactly one of"),
+    (["sensitivity", MODELS / "resnet20_dense.pt", "--sparsities", "0.5,1.5"], "sparsities must be in"),
+])
+def test_bad_input_gives_one_line_and_exit_2(capsys, argv, message):
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_policy_layer(capsys, tmp_path):
+    pol = tmp_path / "p.yaml"
+    pol.write_text("layer1.0.conv9: 0.5\n")
+    rc, _, err = run_cli(capsys, "prune", MODELS / "resnet20_dense.pt", "--policy", pol, "--data", CIFAR,
+                         "--eval-limit", "64", "--out", tmp_path / "o")
+    assert rc == 2 and "not in the model" in err
+
+
+def test_prune_size_target_end_to_end(capsys, tmp_path):
+    out = tmp_path / "run"
+    rc, stdout, _ = run_cli(capsys, "prune", MODELS / "resnet20_dense.pt", "--size", "0.5", "--data", CIFAR,
+                            "--heldout", "256", "--sparsities", "0.5,0.8,0.9", "--eval-limit", "256",
+                            "--finetune-epochs", "0.005", "--out", out)
+    assert rc == 0, stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["size_fraction"] <= 0.5
+    assert summary["size_fraction_after_finetune"] == summary["size_fraction"]  # masks held
+    assert (out / "model.safetensors").stat().st_size > 0 and (out / "policy.yaml").exists()
+    assert (out / "sensitivity.csv").exists()

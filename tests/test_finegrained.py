@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from amc.errors import PolicyError
+from amc.finegrained import apply_policy, global_prune, magnitude_mask, nm_mask, nm_prune, prune_layer
+from amc.layers import prunable_names
+from amc.metrics import layer_sparsity
+from amc.train import FinetuneConfig, apply_masks, finetune
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.333, 0.5, 0.77, 0.9, 0.99])
+@pytest.mark.parametrize("shape", [(16, 8, 3, 3), (10, 16), (7, 3, 3, 3)])
+def test_mask_hits_sparsity_within_one_weight(sparsity, shape):
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    mask = magnitude_mask(w, sparsity)
+    assert mask.shape == w.shape
+    assert abs(int((~mask).sum()) - sparsity * w.numel()) <= 1
+    if 0 < sparsity:
+        assert w[mask].abs().min() >= w[~mask].abs().max()  # the smallest magnitudes go
+
+
+def test_mask_is_exact_with_ties():
+    w = torch.ones(100)
+    assert int((~magnitude_mask(w, 0.37)).sum()) == 37
+
+
+def test_policy_prunes_each_layer_to_its_own_sparsity(tiny_vgg):
+    policy = {"backbone.conv1": 0.5, "backbone.conv2": 0.8, "classifier": 0.25}
+    masks = apply_policy(tiny_vgg, policy)
+    sp = layer_sparsity(tiny_vgg)
+    for name, s in policy.items():
+        n = tiny_vgg.get_submodule(name).weight.numel()
+        assert abs(sp[name] - s) <= 1 / n
+        assert masks[name].dtype == torch.bool
+    assert sp["backbone.conv0"] == 0.0  # layers not in the policy stay dense
+
+
+def test_global_pruning_uses_one_threshold(tiny_vgg):
+    names = prunable_names(tiny_vgg)
+    before = {n: tiny_vgg.get_submodule(n).weight.detach().clone() for n in names}
+    masks = global_prune(tiny_vgg, 0.6)
+    total = sum(m.numel() for m in masks.values())
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    assert pruned == round(0.6 * total)
+    kept_min = min(before[n][masks[n]].abs().min() for n in names)
+    pruned_max = max(before[n][~masks[n]].abs().max() for n in names if (~masks[n]).any())
+    assert kept_min >= pruned_max
+    sp = layer_sparsity(tiny_vgg)
+    assert len({round(v, 3) for v in sp.values()}) > 1  # layers end at different sparsities
+
+
+@pytest.mark.parametrize("shape", [(8, 16, 3, 3), (12, 8), (4, 32, 1, 1)])
+def test_two_four_masks_hold_two_of_every_four(shape):
+    w = torch.randn(shape)
+    mask = nm_mask(w, 2, 4)
+    groups = (mask.permute(0, 2, 3, 1) if w.ndim == 4 else mask).reshape(-1, 4)
+    assert torch.all(groups.sum(1) == 2)
+    kept = (w.abs() * mask).permute(0, 2, 3, 1).reshape(-1, 4) if w.ndim == 4 else (w.abs() * mask).reshape(-1, 4)
+    dropped = (w.abs() * ~mask).permute(0, 2, 3, 1).reshape(-1, 4) if w.ndim == 4 else (w.abs() * ~mask).reshape(-1, 4)
+    kept_min = torch.where(kept > 0, kept, torch.inf).min(1).values
+    assert torch.all(kept_min >= dropped.max(1).values)
+
+
+def test_nm_prune_skips_layers_whose_inputs_do_not_divide(tiny_vgg):
+    masks, skipped = nm_prune(tiny_vgg, 2, 4)
+    assert skipped == ["backbone.conv0"]  # 3 input channels
+    for name in masks:
+        w = tiny_vgg.get_submodule(name).weight
+        assert abs(layer_sparsity(tiny_vgg)[name] - 0.5) < 1e-9
+        assert w.count_nonzero() == w.numel() // 2
+
+
+@pytest.mark.parametrize("policy", [{"backbone.nope": 0.5}, {"backbone.conv1": 1.0}, {"backbone.conv1": -0.1},
+                                    {"backbone.conv1": "x"}])
+def test_bad_policies(tiny_vgg, policy):
+    with pytest.raises(PolicyError):
+        apply_policy(tiny_vgg, policy)
+
+
+def test_pruned_weights_stay_zero_through_finetuning(tiny_vgg, tiny_splits):
+    masks = apply_policy(tiny_vgg, {"backbone.conv1": 0.7, "backbone.conv2": 0.9, "classifier": 0.5})
+    before = {n: tiny_vgg.get_submodule(n).weight.detach().clone() for n in masks}
+    finetune(tiny_vgg, tiny_splits.loader("train", 128), FinetuneConfig(epochs=1, lr=0.05), masks=masks)
+    for name, mask in masks.items():
+        w = tiny_vgg.get_submodule(name).weight
+        assert torch.all(w[~mask] == 0)
+        assert not torch.equal(w[mask], before[name][mask])  # the kept weights did train
+
+
+def test_apply_masks_reapplies(tiny_vgg):
+    masks = {"backbone.conv1": prune_layer(tiny_vgg, "backbone.conv1", 0.5)}
+    with torch.no_grad():
+        tiny_vgg.get_submodule("backbone.conv1").weight.add_(1.0)
+    apply_masks(tiny_vgg, masks)
+    assert abs(layer_sparsity(tiny_vgg)["backbone.conv1"] - 0.5) < 0.01
