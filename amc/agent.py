@@ -1,0 +1,275 @@
+"""The AMC agent: stable-baselines3 DDPG (or TD3) over ``envs.PruningEnv`` with AMC's settings.
+
+AMC's settings (He et al. 2018, mit-han-lab/amc): actor and critic of two 300-unit layers, actor
+learning rate 1e-4 and critic 1e-3, soft target updates tau 0.01, batch 64, no discount (the
+only reward is the episode's last), warm-up episodes of uniformly random actions, then the actor's
+action plus truncated normal noise whose width decays by 0.99 per episode, and a moving-average
+baseline subtracted from the episode reward (``RewardBaseline``). One gradient step per
+transition after each episode.
+
+Lifecycle: ``AgentConfig(...)`` -> ``run_agent(evaluator, config, run_dir)`` -> ``AgentResult``.
+Inside: the env is wrapped in ``RewardBaseline``; ``SearchLogger`` (an SB3 callback) logs every
+episode to ``run_dir/episodes.csv`` (atomic), tracks the best feasible policy, and every
+``checkpoint_every`` episodes saves the agent (``agent.zip``), its replay buffer (``replay.pkl``)
+and ``state.json`` (episodes done, baseline, best). A new ``run_agent`` on the same ``run_dir``
+resumes from them (``DDPG.load``, ``load_replay_buffer``) and continues to ``episodes`` in total;
+episodes logged after the last checkpoint are dropped and run again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+from stable_baselines3 import DDPG, TD3
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.noise import ActionNoise
+
+from amc.budget import Policy
+from amc.errors import AmcError, CheckpointError
+from amc.evaluator import Evaluator, Result
+from amc.io import atomic_path, atomic_write_text
+from envs.pruning_env import PruningEnv
+
+NOISE_CLIP = 2.0  # truncate the normal at +-2 sigma, as scipy.stats.truncnorm did in AMC's code
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    algo: str = "ddpg"  # "ddpg" or "td3"
+    episodes: int = 300  # total, warm-up included
+    warmup_episodes: int = 100  # AMC: 100 episodes of random actions before learning
+    sigma: float = 1.0  # exploration noise: AMC's 0.5 on actions in [0, 1] is 1.0 on [-1, 1]
+    sigma_decay: float = 0.99  # per episode after the warm-up (AMC)
+    actor_lr: float = 1e-4  # AMC lra
+    critic_lr: float = 1e-3  # AMC lrc
+    tau: float = 0.01  # AMC soft target update
+    batch_size: int = 64  # AMC bsize
+    gamma: float = 1.0  # AMC: no discount; the episode's only reward is its last
+    baseline_alpha: float = 0.95  # moving-average baseline: b <- alpha b + (1 - alpha) r
+    buffer_episodes: int | None = None  # replay buffer size in episodes (None: the whole run)
+    net_arch: tuple[int, ...] = (300, 300)  # AMC hidden1, hidden2 for the actor and the critic
+    checkpoint_every: int = 25  # episodes between agent + replay-buffer checkpoints (0: never)
+    seed: int = 0
+    device: str = "cpu"  # the 300x300 networks are faster on the CPU than a GPU round trip
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise AmcError(f"unknown agent {self.algo!r}; known: {', '.join(ALGOS)}")
+        if self.episodes < 1 or self.warmup_episodes < 0:
+            raise AmcError("episodes must be >= 1 and warm-up episodes >= 0")
+
+
+class _TwoRates:
+    """Separate actor and critic learning rates (SB3 uses one schedule for both)."""
+
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+
+    def _update_learning_rate(self, optimizers) -> None:
+        super()._update_learning_rate(optimizers)  # type: ignore[misc]
+        for g in self.actor.optimizer.param_groups:  # type: ignore[attr-defined]
+            g["lr"] = self.actor_lr
+        for g in self.critic.optimizer.param_groups:  # type: ignore[attr-defined]
+            g["lr"] = self.critic_lr
+
+
+class AmcDDPG(_TwoRates, DDPG):
+    pass
+
+
+class AmcTD3(_TwoRates, TD3):
+    pass
+
+
+ALGOS: dict[str, type] = {"ddpg": AmcDDPG, "td3": AmcTD3}
+
+
+class DecayingTruncatedNormal(ActionNoise):
+    """Zero-mean normal noise truncated at +-2 sigma; sigma decays by ``decay`` at every episode end
+    after ``warmup`` episodes (SB3 calls ``reset`` when an episode ends)."""
+
+    def __init__(self, sigma: float, decay: float, warmup: int = 0, episodes: int = 0, seed: int = 0,
+                 size: int = 1) -> None:
+        super().__init__()
+        self.sigma0, self.decay, self.warmup, self.size = sigma, decay, warmup, size
+        self.episodes = episodes
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def sigma(self) -> float:
+        return self.sigma0 * self.decay ** max(0, self.episodes - self.warmup)
+
+    def __call__(self) -> np.ndarray:
+        s = self.sigma
+        out = self.rng.normal(0.0, s, self.size)
+        bad = np.abs(out) > NOISE_CLIP * s
+        while bad.any():  # rejection sampling = the truncated normal
+            out[bad] = self.rng.normal(0.0, s, int(bad.sum()))
+            bad = np.abs(out) > NOISE_CLIP * s
+        return out.astype(np.float32)
+
+    def reset(self) -> None:
+        self.episodes += 1
+
+
+class RewardBaseline(gym.Wrapper):
+    """Subtracts a moving average of past episode rewards from each episode's final reward (AMC).
+    ``info`` keeps the ``raw_reward`` and the ``baseline`` used."""
+
+    def __init__(self, env: gym.Env, alpha: float = 0.95, baseline: float | None = None) -> None:
+        super().__init__(env)
+        self.alpha, self.baseline = alpha, baseline
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if terminated or truncated:
+            r = float(reward)
+            if self.baseline is None:
+                self.baseline = r
+            info = dict(info, raw_reward=r, baseline=self.baseline)
+            reward = r - self.baseline
+            self.baseline += (1.0 - self.alpha) * (r - self.baseline)
+        return obs, reward, terminated, truncated, info
+
+
+@dataclass
+class AgentResult:
+    best_policy: Policy | None
+    best_result: Result | None
+    episodes: pd.DataFrame
+    seconds: float
+    resumed_from: int = 0  # episodes already done when this run started
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SearchLogger(BaseCallback):
+    """Logs every episode, tracks the best feasible policy, checkpoints agent + replay buffer."""
+
+    def __init__(self, run_dir: Path | None, noise: DecayingTruncatedNormal, wrapper: RewardBaseline,
+                 checkpoint_every: int = 0, rows: list[dict] | None = None, episodes: int = 0,
+                 best: tuple[float, Policy, dict] | None = None,
+                 on_episode: Callable[[dict, dict | None], None] | None = None) -> None:
+        super().__init__()
+        self.run_dir, self.noise, self.wrapper = run_dir, noise, wrapper
+        self.checkpoint_every = checkpoint_every
+        self.rows: list[dict] = rows or []
+        self.episodes = episodes
+        self.best = best  # (reward, policy, result row)
+        self.best_result: Result | None = None
+        self.on_episode = on_episode
+        self.t0 = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", []):
+            if "result" not in info:
+                continue
+            res: Result = info["result"]
+            row = {"episode": self.episodes, "raw_reward": info.get("raw_reward", res.reward),
+                   "baseline": info.get("baseline", float("nan")), "sigma": self.noise.sigma,
+                   "warmup": self.num_timesteps <= self.model.learning_starts,  # type: ignore[attr-defined]
+                   "wall": time.perf_counter() - self.t0, **res.row()}
+            self.rows.append(row)
+            self.episodes += 1
+            if res.feasible and math.isfinite(res.reward) and (self.best is None or res.reward > self.best[0]):
+                self.best = (res.reward, dict(res.policy), res.row())
+                self.best_result = res
+            if self.on_episode is not None:
+                self.on_episode(row, self.best[2] if self.best else None)
+            if self.run_dir is not None:
+                self.write_csv()
+                if self.checkpoint_every and self.episodes % self.checkpoint_every == 0:
+                    self.checkpoint()
+        return True
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def write_csv(self) -> None:
+        assert self.run_dir is not None
+        with atomic_path(self.run_dir / "episodes.csv") as tmp:
+            self.frame().to_csv(tmp, index=False)
+
+    def checkpoint(self) -> None:
+        assert self.run_dir is not None
+        with atomic_path(self.run_dir / "agent.zip") as tmp:
+            self.model.save(tmp)
+        with atomic_path(self.run_dir / "replay.pkl") as tmp:
+            self.model.save_replay_buffer(tmp)  # type: ignore[attr-defined]
+        state = {"episodes": self.episodes, "timesteps": int(self.num_timesteps),
+                 "baseline": self.wrapper.baseline, "noise_episodes": self.noise.episodes,
+                 "best": None if self.best is None else {"reward": self.best[0], "policy": self.best[1],
+                                                         "row": self.best[2]}}
+        atomic_write_text(self.run_dir / "state.json", json.dumps(state, indent=1, default=str))
+
+
+def _result_from_row(row: dict) -> Result:
+    policy = {k[2:]: float(v) for k, v in row.items() if k.startswith("r:")}
+    lat = row.get("latency")
+    return Result(policy, float(row["accuracy"]), float(row["size"]), float(row["macs"]), float(row["params"]),
+                  None if lat is None or (isinstance(lat, float) and math.isnan(lat)) else float(lat),
+                  float(row["reward"]), bool(row["feasible"]), str(row.get("reason") or ""),
+                  float(row["seconds"]))
+
+
+def run_agent(evaluator: Evaluator, config: AgentConfig = AgentConfig(), run_dir: str | Path | None = None,
+              on_episode: Callable[[dict, dict | None], None] | None = None, resume: bool = True) -> AgentResult:
+    """Search with the AMC agent until ``config.episodes`` episodes are done in total."""
+    t0 = time.perf_counter()
+    run = Path(run_dir) if run_dir is not None else None
+    env = PruningEnv(evaluator)
+    n_layers = len(env.names)
+    state = None
+    if run is not None and resume and (run / "state.json").exists():
+        try:
+            state = json.loads((run / "state.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"cannot read agent state {run / 'state.json'}: {e}") from None
+    done = int(state["episodes"]) if state else 0
+    wrapper = RewardBaseline(env, config.baseline_alpha, state["baseline"] if state else None)
+    noise = DecayingTruncatedNormal(config.sigma, config.sigma_decay, config.warmup_episodes,
+                                    episodes=state["noise_episodes"] if state else 0, seed=config.seed)
+    cls = ALGOS[config.algo]
+    if state is not None:
+        assert run is not None
+        try:
+            model = cls.load(run / "agent.zip", env=wrapper, device=config.device)
+            model.load_replay_buffer(run / "replay.pkl")
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"cannot resume the agent from {run}: {e}") from None
+        model.action_noise = noise
+    else:
+        buffer = (config.buffer_episodes or config.episodes) * n_layers
+        model = cls("MlpPolicy", wrapper, learning_rate=config.critic_lr, buffer_size=buffer,
+                    learning_starts=config.warmup_episodes * n_layers, batch_size=config.batch_size,
+                    tau=config.tau, gamma=config.gamma, train_freq=(1, "episode"), gradient_steps=-1,
+                    action_noise=noise, seed=config.seed, device=config.device,
+                    policy_kwargs={"net_arch": {"pi": list(config.net_arch), "qf": list(config.net_arch)}})
+    model.actor_lr, model.critic_lr = config.actor_lr, config.critic_lr
+    rows: list[dict] = []
+    best = None
+    if state is not None and run is not None and (run / "episodes.csv").exists():
+        rows = pd.read_csv(run / "episodes.csv").head(done).to_dict("records")
+        if state.get("best"):
+            best = (state["best"]["reward"], state["best"]["policy"], state["best"]["row"])
+    logger = SearchLogger(run, noise, wrapper, config.checkpoint_every, rows, done, best, on_episode)
+    remaining = config.episodes - done
+    if remaining > 0:
+        model.learn(total_timesteps=remaining * n_layers, callback=logger, reset_num_timesteps=state is None)
+    if run is not None:
+        logger.write_csv()
+        if config.checkpoint_every:
+            logger.checkpoint()
+    best_result = logger.best_result
+    if best_result is None and logger.best is not None:
+        best_result = _result_from_row(logger.best[2])
+    return AgentResult(None if logger.best is None else logger.best[1], best_result, logger.frame(),
+                       time.perf_counter() - t0, done, {"config": asdict(config)})

@@ -1,0 +1,252 @@
+"""Budgets, per-layer ratio bounds, cost models, and AMC's projection onto the feasible set.
+
+Lifecycle: ``Budget.parse("macs=0.5")`` -> a cost model for the granularity (``FineCost``,
+``ChannelCost``, ``LatencyCost``) -> ``Projector(cost, budget, bounds)`` (raises ``BudgetError``
+at once when even every layer at its upper bound misses the budget) -> ``projector.clamp(prefix,
+name, ratio)`` per layer while an agent walks the layers, or ``projector.project(policy)`` for a
+whole proposal.
+
+A cost model maps a policy ``{layer: ratio}`` (missing layers at ratio 0) to the pruned model's
+cost as a fraction of the dense model's, with the same integer rounding the pruning code uses, so
+that the projection is exact; it is non-increasing in every ratio. The projection is AMC's: walking
+the layers in order, each ratio is raised to the least value for which the budget still holds when
+every later layer goes to its upper bound. Since the last layer is clamped with nothing left to
+go, the projected policy always meets the budget under the cost model, whatever the proposal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pandas as pd
+from torch import nn
+
+from amc.errors import BudgetError, PolicyError
+from amc.layers import LayerInfo, count_params
+
+Policy = dict[str, float]
+Bounds = dict[str, tuple[float, float]]  # layer -> (lower, upper) ratio
+
+BUDGET_KINDS = ("size", "macs", "params", "latency")
+DEFAULT_UPPER = 0.9  # never remove more than 90% of a layer unless asked (AMC capped channel ratios at 0.8-0.9)
+BISECT_STEPS = 30  # 2^-30 of a ratio: finer than one weight of any real layer
+
+
+@dataclass(frozen=True)
+class Budget:
+    """At most ``fraction`` of the dense model's ``kind`` (size = non-zero bits, MACs, params, latency)."""
+
+    kind: str
+    fraction: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGET_KINDS:
+            raise BudgetError(f"unknown budget kind {self.kind!r}; known: {', '.join(BUDGET_KINDS)}")
+        if not (isinstance(self.fraction, int | float) and 0.0 < self.fraction <= 1.0):
+            raise BudgetError(f"budget fraction must be in (0, 1], got {self.fraction!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """``"macs=0.5"``, ``"size=25%"`` or ``"params=0.3"``."""
+        kind, sep, value = text.partition("=")
+        if not sep:
+            raise BudgetError(f"budget must look like KIND=FRACTION (e.g. macs=0.5), got {text!r}")
+        value = value.strip()
+        try:
+            frac = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+        except ValueError:
+            raise BudgetError(f"budget fraction is not a number: {value!r}") from None
+        return cls(kind.strip().lower(), frac)
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.fraction:g}"
+
+
+def make_bounds(names: Sequence[str], lower: float = 0.0, upper: float = DEFAULT_UPPER,
+                overrides: Mapping[str, tuple[float, float]] | None = None) -> Bounds:
+    """Same ``[lower, upper]`` for every layer, with per-layer ``overrides``; checked."""
+    bounds = {n: (float(lower), float(upper)) for n in names}
+    for n, lu in (overrides or {}).items():
+        if n not in bounds:
+            raise PolicyError(f"bounds name a layer that is not prunable: {n}")
+        bounds[n] = (float(lu[0]), float(lu[1]))
+    for n, (lo, hi) in bounds.items():
+        if not 0.0 <= lo <= hi < 1.0:
+            raise PolicyError(f"bounds of {n} must satisfy 0 <= lower <= upper < 1, got [{lo}, {hi}]")
+    return bounds
+
+
+class CostModel(Protocol):
+    """Cost of a policy as a fraction of the dense model's; non-increasing in every ratio."""
+
+    kind: str
+    names: list[str]
+
+    def fraction(self, policy: Mapping[str, float]) -> float: ...
+
+
+@dataclass
+class FineCost:
+    """Fine-grained (per-weight) pruning. ``size`` and ``params`` count non-zero parameters: each
+    layer keeps ``numel - round(ratio * numel)`` weights (``magnitude_mask``'s count) and every
+    other parameter (biases, BatchNorm, unlisted layers) counts in full. ``macs`` counts the MACs of
+    non-zero weights (what a sparse kernel would do), the rest of the layer's MACs kept."""
+
+    kind: str
+    names: list[str]
+    numel: list[int]
+    per_weight: list[float]  # cost of one weight of each layer
+    total: float  # dense cost
+    fixed: float  # cost that no ratio touches
+
+    @classmethod
+    def from_table(cls, model: nn.Module, table: Sequence[LayerInfo], kind: str,
+                   input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> FineCost:
+        if kind in ("size", "params"):
+            total = float(count_params(model))
+            per = [1.0] * len(table)
+            fixed = total - sum(t.params for t in table)
+        elif kind == "macs":
+            from amc.layers import count_macs
+
+            total = float(count_macs(model, input_shape)[0])
+            per = [t.macs / max(t.params, 1) for t in table]
+            fixed = total - sum(t.macs for t in table)
+        else:
+            raise BudgetError(f"fine-grained pruning has no {kind!r} cost model (use size, params or macs)")
+        return cls(kind, [t.name for t in table], [t.params for t in table], per, total, fixed)
+
+    def fraction(self, policy: Mapping[str, float]) -> float:
+        kept = self.fixed
+        for name, n, w in zip(self.names, self.numel, self.per_weight, strict=True):
+            kept += (n - round(policy.get(name, 0.0) * n)) * w
+        return kept / self.total
+
+
+@dataclass
+class ChannelCost:
+    """Channel pruning, through ``amc.channel.plan_cost`` on count-only plans (``kept_counts``)."""
+
+    kind: str
+    names: list[str]
+    counter: object  # callable: policy -> {"macs": int, "params": int}
+    total: dict[str, float] = field(default_factory=dict)
+
+    def fraction(self, policy: Mapping[str, float]) -> float:
+        key = "params" if self.kind in ("size", "params") else self.kind
+        return float(self.counter(policy)[key]) / self.total[key]  # type: ignore[operator]
+
+
+class Projector:
+    """AMC's projection of proposals onto ``{policy: cost.fraction(policy) <= budget.fraction}``."""
+
+    def __init__(self, cost: CostModel, budget: Budget, bounds: Bounds) -> None:
+        if cost.kind != budget.kind:
+            raise BudgetError(f"cost model measures {cost.kind}, budget is on {budget.kind}")
+        missing = [n for n in cost.names if n not in bounds]
+        if missing:
+            raise PolicyError(f"no bounds for layers: {', '.join(missing[:5])}")
+        self.cost, self.budget, self.bounds = cost, budget, bounds
+        self.names = list(cost.names)
+        self.upper = {n: bounds[n][1] for n in self.names}
+        self.lower = {n: bounds[n][0] for n in self.names}
+        best = cost.fraction(self.upper)
+        if best > budget.fraction:
+            raise BudgetError(
+                f"budget {budget} cannot be met: with every layer at its upper bound the model keeps "
+                f"{best:.4f} of its dense {budget.kind}; raise the upper bounds or the budget")
+        self.floor_cost = best  # the least cost the bounds allow
+        self.dense_cost = cost.fraction(self.lower)
+
+    def _meets(self, prefix: Mapping[str, float], index: int, ratio: float) -> bool:
+        trial = dict(prefix)
+        trial[self.names[index]] = ratio
+        for n in self.names[index + 1:]:
+            trial[n] = self.upper[n]
+        return self.cost.fraction(trial) <= self.budget.fraction
+
+    def min_ratio(self, prefix: Mapping[str, float], name: str) -> float:
+        """Least ratio for ``name`` (given the earlier layers' ratios in ``prefix``) that keeps the
+        budget reachable with every later layer at its upper bound."""
+        i = self.names.index(name)
+        lo, hi = self.lower[name], self.upper[name]
+        if self._meets(prefix, i, lo):
+            return lo
+        if not self._meets(prefix, i, hi):
+            raise BudgetError(f"earlier ratios already exceed budget {self.budget} at layer {name}: "
+                              "the prefix was not projected")
+        for _ in range(BISECT_STEPS):  # invariant: hi meets the budget, lo does not
+            mid = 0.5 * (lo + hi)
+            if self._meets(prefix, i, mid):
+                hi = mid
+            else:
+                lo = mid
+            if hi - lo < 1e-9:
+                break
+        return hi
+
+    def clamp(self, prefix: Mapping[str, float], name: str, ratio: float) -> float:
+        """``ratio`` inside the layer's bounds and at least ``min_ratio``."""
+        if not math.isfinite(ratio):
+            raise PolicyError(f"ratio for {name} is not finite: {ratio}")
+        r = min(max(float(ratio), self.lower[name]), self.upper[name])
+        return max(r, self.min_ratio(prefix, name))
+
+    def project(self, policy: Mapping[str, float]) -> Policy:
+        """Clamp every layer in order; the result meets the budget under the cost model."""
+        out: Policy = {}
+        for name in self.names:
+            out[name] = self.clamp(out, name, policy.get(name, self.lower[name]))
+        return out
+
+    def feasible(self, policy: Mapping[str, float], tol: float = 1e-9) -> bool:
+        return self.cost.fraction(policy) <= self.budget.fraction + tol
+
+    def uniform(self) -> Policy:
+        """One ratio for every layer (each clipped to its bounds), the least that meets the budget."""
+        lo, hi = 0.0, max(self.upper.values())
+
+        def pol(r: float) -> Policy:
+            return {n: min(max(r, self.lower[n]), self.upper[n]) for n in self.names}
+
+        if self.feasible(pol(lo)):
+            return pol(lo)
+        for _ in range(BISECT_STEPS):
+            mid = 0.5 * (lo + hi)
+            if self.feasible(pol(mid)):
+                hi = mid
+            else:
+                lo = mid
+        return self.project(pol(hi))
+
+    def from_sensitivity(self, curves: pd.DataFrame) -> Policy:
+        """AMC's hand-design baseline made automatic: one accuracy-drop threshold ``t`` for all
+        layers; each layer gets the largest scanned ratio whose drop is <= ``t`` (drops made
+        monotone in the ratio); the least ``t`` that meets the budget wins, then projected.
+        ``curves`` has columns layer, ratio, accuracy with a ratio-0 row per layer."""
+        table: dict[str, list[tuple[float, float]]] = {}
+        for name, g in curves.groupby("layer", sort=False):
+            g = g.sort_values("ratio")
+            base = float(g["accuracy"].iloc[0])
+            worst, pts = 0.0, []
+            for r, a in zip(g["ratio"], g["accuracy"], strict=True):
+                worst = max(worst, base - float(a))
+                pts.append((float(r), worst))
+            table[str(name)] = pts
+
+        def pol(t: float) -> Policy:
+            out = {}
+            for n in self.names:
+                ok = [r for r, d in table.get(n, [(0.0, 0.0)]) if d <= t]
+                out[n] = min(max(max(ok, default=0.0), self.lower[n]), self.upper[n])
+            return out
+
+        drops = sorted({d for pts in table.values() for _, d in pts})
+        for t in drops:  # the least threshold whose policy meets the budget
+            p = pol(t)
+            if self.feasible(p):
+                return self.project(p)
+        return self.project(pol(drops[-1] if drops else 0.0))

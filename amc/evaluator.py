@@ -1,0 +1,351 @@
+"""The one evaluator both searchers call: policy -> ``Result`` (held-out accuracy, costs, reward).
+
+Lifecycle: ``Evaluator(dense_model, splits, budget, EvalConfig(...))`` once (copies the model once,
+caches its state dict, the weight-magnitude orders or channel importances, and the calibration and
+held-out batches on the model's device, and checks the budget can be met) -> ``evaluate(policy)``
+per episode -> ``build(policy)`` for the few policies that are kept.
+
+Per episode nothing is rebuilt: the dense weights are copied back into ONE working copy
+(``Tensor.copy_`` from the cached state dict), the policy is emulated by masks on it (zeroed
+weights for fine-grained pruning; zeroed coupled channels for channel pruning, whose outputs equal
+the physically pruned model's), BatchNorm statistics are re-estimated on ``calib_images`` train
+images (or the model is finetuned ``recovery_steps`` steps), and accuracy is measured on the
+held-out split. The costs are re-measured on the masked model (non-zero weights, or kept channels
+read from the zero pattern), so ``feasible`` is checked, not assumed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from torch import nn
+
+from amc.budget import Bounds, Budget, ChannelCost, CostModel, FineCost, Policy, Projector, make_bounds
+from amc.data import Splits
+from amc.errors import BudgetError, PolicyError
+from amc.layers import count_macs, count_params, layer_table
+from amc.train import FinetuneConfig, Masks, apply_masks, finetune, model_device, recalibrate_bn
+
+GRANULARITIES = ("fine", "channel")
+RECOVERIES = ("bn", "finetune")
+CALIB_IMAGES = 5120  # 10 batches of 512: BN statistics settle well below this (about 40 ms on an H100)
+FEASIBLE_TOL = 1e-6  # relative slack for float round-off when re-measured costs meet the budget exactly
+PENALTY = 2.0  # acc_penalty: accuracy lost per unit of relative budget overshoot (a 5% overshoot costs 0.1)
+
+
+def reward_acc(accuracy: float, costs: Mapping[str, float], budget: Budget) -> float:
+    """AMC's accuracy-guaranteed reward (R_err = -error, shifted by 1): the budget is enforced by the
+    projection, so the reward is the held-out accuracy."""
+    return accuracy
+
+
+def reward_error_log_flops(accuracy: float, costs: Mapping[str, float], budget: Budget) -> float:
+    """AMC's R_FLOPs = -error x log(FLOPs): trades accuracy against compute (absolute MACs)."""
+    return -(1.0 - accuracy) * math.log(max(costs["macs_abs"], 1.0))
+
+
+def reward_acc_penalty(accuracy: float, costs: Mapping[str, float], budget: Budget) -> float:
+    """Accuracy minus ``PENALTY`` x the relative overshoot of the budget (for searches without the
+    projection)."""
+    over = max(0.0, costs[budget.kind] / budget.fraction - 1.0)
+    return accuracy - PENALTY * over
+
+
+REWARDS: dict[str, Callable[[float, Mapping[str, float], Budget], float]] = {
+    "acc": reward_acc,
+    "error_log_flops": reward_error_log_flops,
+    "acc_penalty": reward_acc_penalty,
+}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    granularity: str = "fine"  # "fine" (per-weight magnitude) or "channel"
+    reward: str = "acc"  # a key of REWARDS
+    recovery: str = "bn"  # "bn" (BatchNorm recalibration) or "finetune" (then recalibration)
+    recovery_steps: int = 20  # SGD steps when recovery == "finetune"
+    recovery_lr: float = 0.01  # the finetune learning rate of FinetuneConfig
+    calib_images: int = CALIB_IMAGES  # train images (no augmentation) for BN recalibration
+    eval_images: int | None = None  # held-out images scored per episode (None: all)
+    batch_size: int = 512  # large batches: the reward is throughput-bound on a GPU
+    criterion: str = "l2"  # channel importance (a key of amc.channel.CRITERIA)
+    round_to: int = 8  # channel counts rounded to a multiple of this
+    lower: float = 0.0  # default per-layer ratio bounds
+    upper: float = 0.9
+    bounds: Mapping[str, tuple[float, float]] | None = None  # per-layer overrides
+    skip: tuple[str, ...] = field(default_factory=tuple)  # layers never pruned (e.g. the classifier)
+
+    def __post_init__(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise PolicyError(f"unknown granularity {self.granularity!r}; known: {', '.join(GRANULARITIES)}")
+        if self.reward not in REWARDS:
+            raise PolicyError(f"unknown reward {self.reward!r}; known: {', '.join(REWARDS)}")
+        if self.recovery not in RECOVERIES:
+            raise PolicyError(f"unknown recovery {self.recovery!r}; known: {', '.join(RECOVERIES)}")
+        if self.calib_images < 1 or self.batch_size < 1 or self.recovery_steps < 0:
+            raise PolicyError("calib_images and batch_size must be >= 1, recovery_steps >= 0")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One scored policy. Cost fields are fractions of the dense model (re-measured)."""
+
+    policy: dict[str, float]
+    accuracy: float  # held-out top-1 in [0, 1] (nan when the model produced NaN/Inf)
+    size: float  # non-zero parameters x 32 bits over dense
+    macs: float  # MACs over dense (fine-grained: MACs of the non-zero weights)
+    params: float  # parameters over dense (fine-grained: non-zero ones)
+    latency: float | None  # predicted latency fraction, when a lookup table is given
+    reward: float
+    feasible: bool  # measured cost <= budget and the outputs were finite
+    reason: str  # why not feasible ("" when feasible)
+    seconds: float
+
+    def cost(self, kind: str) -> float:
+        value = getattr(self, kind)
+        return float("nan") if value is None else float(value)
+
+    def row(self) -> dict[str, float | str | bool | None]:
+        out: dict[str, float | str | bool | None] = {
+            "reward": self.reward, "accuracy": self.accuracy, "size": self.size, "macs": self.macs,
+            "params": self.params, "latency": self.latency, "feasible": self.feasible,
+            "reason": self.reason, "seconds": self.seconds}
+        out.update({f"r:{k}": v for k, v in self.policy.items()})
+        return out
+
+
+def _batches(splits: Splits, split: str, limit: int | None, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader = splits.loader(split, batch_size=batch_size, limit=limit, shuffle=False, augment=False)
+    return [(x, y) for x, y in loader]
+
+
+class Evaluator:
+    """Scores pruning policies on one persistent working copy of ``dense_model`` (see module doc)."""
+
+    def __init__(self, dense_model: nn.Module, splits: Splits, budget: Budget,
+                 config: EvalConfig = EvalConfig(), input_shape: tuple[int, ...] = (1, 3, 32, 32),
+                 latency_table: object | None = None) -> None:
+        self.config, self.budget, self.splits = config, budget, splits
+        self.input_shape = input_shape
+        self.device = model_device(dense_model)
+        self.dense = dense_model.eval()
+        self.work = copy.deepcopy(dense_model).eval()  # the one working copy (made once)
+        if self.device.type == "cuda":
+            self.work.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._state = {k: v.detach().clone() for k, v in self.work.state_dict().items()}
+        self._live = self.work.state_dict()  # tensors sharing storage with the working copy
+        self.table = layer_table(self.dense, input_shape)
+        self.total_params = count_params(self.dense)
+        self.total_macs = count_macs(self.dense, input_shape)[0]
+        self._calib = _batches(splits, "train", config.calib_images, config.batch_size)
+        self._eval = _batches(splits, "heldout", config.eval_images, config.batch_size)
+        if not self._eval:
+            raise BudgetError("the held-out split is empty: the evaluator needs images to score policies")
+        self._n_eval = sum(len(y) for _, y in self._eval)
+        self.latency_table = latency_table
+        if config.granularity == "fine":
+            self._setup_fine()
+        else:
+            self._setup_channel()
+        self.bounds: Bounds = make_bounds(self.names, config.lower, config.upper, config.bounds)
+        self.projector = Projector(self.cost_model, budget, self.bounds)  # BudgetError when impossible
+        self.calls = 0
+
+    # -- setup per granularity -------------------------------------------------------------------
+    def _setup_fine(self) -> None:
+        table = [t for t in self.table if t.name not in self.config.skip]
+        self.names = [t.name for t in table]
+        self._order = {}  # layer -> flat weight indices by increasing |w| (the magnitude order, cached)
+        for t in table:
+            w = self.work.get_submodule(t.name).weight.detach()
+            self._order[t.name] = torch.argsort(w.abs().flatten().float(), stable=True)
+        kind = "size" if self.budget.kind == "latency" else self.budget.kind
+        if self.budget.kind == "latency":
+            raise BudgetError("a latency budget needs channel pruning (sparse weights run at dense speed)")
+        self.cost_model: CostModel = FineCost.from_table(self.dense, table, kind, self.input_shape)
+        self._fine_cost = {k: FineCost.from_table(self.dense, table, k, self.input_shape) for k in ("size", "macs")}
+
+    def _setup_channel(self) -> None:
+        from amc import channel  # written alongside; imported only for channel pruning
+
+        self._channel = channel
+        example = torch.zeros(self.input_shape, device=self.device)
+        self._example = example
+        names = channel.prunable_roots(self.dense, example_inputs=example) \
+            if hasattr(channel, "prunable_roots") else [t.name for t in self.table[:-1]]
+        self.names = [n for n in names if n not in self.config.skip]
+        self._ranker = channel.Ranker(self.dense, criterion=self.config.criterion, example_inputs=example) \
+            if hasattr(channel, "Ranker") else None
+        if self.budget.kind == "latency":
+            raise BudgetError("latency budgets are not available yet: amc.latency has no lookup table here")
+        totals = {"macs": float(self.total_macs), "params": float(self.total_params)}
+
+        def counter(policy: Mapping[str, float]) -> dict[str, int]:
+            plan = self._plan(policy)
+            return channel.plan_cost(self.table, plan)
+
+        self.cost_model = ChannelCost(self.budget.kind, self.names, counter, totals)
+
+    def _plan(self, policy: Mapping[str, float]):
+        return self._channel.plan_channels(self.dense, dict(policy), criterion=self.config.criterion,
+                                           round_to=self.config.round_to, example_inputs=self._example)
+
+    # -- per episode -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _restore(self) -> None:
+        for k, t in self._live.items():
+            t.copy_(self._state[k])
+
+    def check(self, policy: Mapping[str, float]) -> Policy:
+        unknown = [k for k in policy if k not in self.bounds]
+        if unknown:
+            raise PolicyError(f"policy names layers that are not searched: {', '.join(unknown[:5])}")
+        out = {}
+        for n in self.names:
+            r = float(policy.get(n, 0.0))
+            if not 0.0 <= r < 1.0:
+                raise PolicyError(f"ratio of {n} is {r}, outside [0, 1)")
+            out[n] = r
+        return out
+
+    @torch.no_grad()
+    def fine_masks(self, policy: Mapping[str, float]) -> Masks:
+        masks = {}
+        for n in self.names:
+            w = self.work.get_submodule(n).weight
+            k = round(policy.get(n, 0.0) * w.numel())  # magnitude_mask's count
+            m = torch.ones(w.numel(), dtype=torch.bool, device=w.device)
+            m[self._order[n][:k]] = False
+            masks[n] = m.view_as(w)
+        return masks
+
+    @torch.no_grad()
+    def _apply(self, model: nn.Module, policy: Mapping[str, float]) -> Masks | None:
+        if self.config.granularity == "fine":
+            masks = self.fine_masks(policy)
+            apply_masks(model, masks)
+            return masks
+        plan = self._plan(policy)
+        self._channel.apply_channel_masks(model, plan)
+        return None
+
+    @torch.no_grad()
+    def _score(self, model: nn.Module) -> tuple[float, bool]:
+        """Held-out accuracy and whether every logit was finite (one host sync)."""
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else \
+            torch.autocast("cpu", enabled=False)
+        with ctx:
+            for x, y in self._eval:
+                out = model(x)
+                correct += (out.argmax(1) == y).sum()
+                finite &= torch.isfinite(out).all()
+        return int(correct) / self._n_eval, bool(finite)
+
+    @torch.no_grad()
+    def measure(self, model: nn.Module) -> dict[str, float]:
+        """Costs of the (masked) model as fractions of dense: non-zero params, and MACs from the
+        non-zero weights (fine) or from the kept input/output channels (channel)."""
+        params = list(model.parameters())
+        nnz = int(torch.stack([p.count_nonzero() for p in params]).sum())
+        out = {"size": nnz / self.total_params, "params": nnz / self.total_params}
+        if self.config.granularity == "fine":
+            nz = {n: int(model.get_submodule(n).weight.count_nonzero()) for n in self.names}
+            fc = self._fine_cost["macs"]
+            macs = fc.fixed + sum(nz[n] * w for n, w in zip(fc.names, fc.per_weight, strict=True))
+            out["macs"] = macs / fc.total
+        else:
+            macs = float(self.total_macs - sum(t.macs for t in self.table))
+            for t in self.table:
+                w = model.get_submodule(t.name).weight.detach()
+                keep_out = int((w.flatten(1).abs().sum(1) != 0).sum())
+                if t.groups == 1:
+                    keep_in = int((w.transpose(0, 1).flatten(1).abs().sum(1) != 0).sum())
+                    macs += t.macs * keep_out / t.out_channels * keep_in / t.in_channels
+                else:
+                    macs += t.macs * keep_out / t.out_channels
+            out["macs"] = macs / self.total_macs
+        out["macs_abs"] = out["macs"] * self.total_macs
+        return out
+
+    def evaluate(self, policy: Mapping[str, float]) -> Result:
+        """Score ``policy`` (ratios per searched layer; missing layers stay dense). Never raises on a
+        diverged model: returns ``feasible=False`` with a reason."""
+        t0 = time.perf_counter()
+        policy = self.check(policy)
+        self.calls += 1
+        self._restore()
+        masks = self._apply(self.work, policy)
+        reason = ""
+        try:
+            if self.config.recovery == "finetune" and self.config.recovery_steps > 0:
+                loader = self.splits.loader("train", batch_size=min(self.config.batch_size, 128),
+                                            seed=self.calls)
+                cfg = FinetuneConfig(epochs=1.0, lr=self.config.recovery_lr, schedule="constant",
+                                     max_steps=self.config.recovery_steps)
+                finetune(self.work, loader, cfg, masks=masks)
+                if masks is None:
+                    self._apply(self.work, policy)  # channels: zero the removed ones again
+            recalibrate_bn(self.work, self._calib)
+            acc, finite = self._score(self.work)
+        except Exception as e:  # TrainingDiverged or a numerical failure: a result, never a crash
+            from amc.errors import TrainingDiverged
+
+            if not isinstance(e, TrainingDiverged):
+                raise
+            acc, finite, reason = float("nan"), False, str(e)
+        costs = self.measure(self.work)
+        if not finite:
+            acc, reason = float("nan"), reason or "non-finite outputs (NaN/Inf)"
+        value = costs[self.budget.kind] if self.budget.kind in costs else float("nan")
+        feasible = finite and value <= self.budget.fraction * (1 + FEASIBLE_TOL)
+        if finite and not feasible:
+            reason = f"measured {self.budget.kind} {value:.4f} > budget {self.budget.fraction:.4f}"
+        reward = REWARDS[self.config.reward](acc, costs, self.budget) if finite else float("nan")
+        if not math.isfinite(reward):
+            feasible, reason = False, reason or "non-finite reward"
+        return Result(dict(policy), acc, costs["size"], costs["macs"], costs["params"], None, reward,
+                      feasible, reason, time.perf_counter() - t0)
+
+    # -- policies for the kept candidates and the baselines ---------------------------------------
+    def build(self, policy: Mapping[str, float]) -> tuple[nn.Module, Masks | None]:
+        """A fresh copy of the dense model with ``policy`` applied: the physically smaller model for
+        channel pruning (masks None), the masked model and its masks for fine-grained pruning."""
+        policy = self.check(policy)
+        model = copy.deepcopy(self.dense)
+        if self.config.granularity == "fine":
+            masks = self.fine_masks(policy)
+            apply_masks(model, masks)
+            return model, masks
+        plan = self._plan(policy)
+        return self._channel.prune_channels(model, plan, self._example), None
+
+    def uniform_policy(self) -> Policy:
+        return self.projector.uniform()
+
+    def sensitivity(self, ratios: Sequence[float] = (0.2, 0.4, 0.6, 0.8),
+                    on_point: Callable[[str, float, float], None] | None = None) -> pd.DataFrame:
+        """Accuracy with one layer at a time pruned to each ratio (others dense), scored the
+        evaluator's way; columns layer, ratio, accuracy (a ratio-0 row per layer)."""
+        base = self.evaluate({}).accuracy
+        rows = []
+        for n in self.names:
+            rows.append({"layer": n, "ratio": 0.0, "accuracy": base})
+            lo, hi = self.bounds[n]
+            for r in ratios:
+                r = min(max(float(r), lo), hi)
+                acc = self.evaluate({n: r}).accuracy
+                rows.append({"layer": n, "ratio": r, "accuracy": acc})
+                if on_point is not None:
+                    on_point(n, r, acc)
+        return pd.DataFrame(rows)
+
+    def sensitivity_policy(self, curves: pd.DataFrame | None = None) -> Policy:
+        return self.projector.from_sensitivity(curves if curves is not None else self.sensitivity())

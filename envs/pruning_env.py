@@ -1,0 +1,98 @@
+"""AMC's pruning environment: one step per searched layer, reward at the last step.
+
+Observation (float32 ``Box`` in [0, 1], AMC's layer embedding, each static feature min-max
+normalised over the layers): layer index, kind (conv / depthwise / linear), input channels,
+output channels, stride, kernel, parameters (log scale), cost already removed, cost still
+removable, previous action. "Cost" is the budget's kind (size, MACs, params) as a fraction of the
+dense model, from the evaluator's exact cost model: *removed* is what the ratios chosen so far
+remove (later layers dense), *removable* what the later layers could still remove at their upper
+bounds.
+
+Action: float32 ``Box`` [-1, 1] of shape (1,), mapped linearly to the layer's ``[lower, upper]``
+ratio bounds, then clamped by the budget projection (so every finished episode meets the budget).
+The reward is 0 before the last step and ``Evaluator.evaluate(policy).reward`` at the last step;
+``info`` at the last step holds ``policy`` and ``result``. The environment only steps: logging and
+best-policy tracking are callbacks (``amc.agent``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from amc.budget import Policy
+from amc.evaluator import Evaluator
+
+KINDS = {"conv": 0.0, "dwconv": 0.5, "linear": 1.0}
+OBS_DIM = 10
+
+
+def _minmax(col: np.ndarray) -> np.ndarray:
+    span = col.max() - col.min()
+    return (col - col.min()) / span if span > 0 else np.zeros_like(col)
+
+
+class PruningEnv(gym.Env):
+    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium's class attribute)
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        super().__init__()
+        self.evaluator = evaluator
+        self.names = list(evaluator.names)
+        info = {t.name: t for t in evaluator.table}
+        rows = []
+        for i, n in enumerate(self.names):
+            t = info[n]
+            rows.append([i, KINDS[t.kind], t.in_channels, t.out_channels, t.stride, t.kernel,
+                         math.log(max(t.params, 1))])
+        static = np.array(rows, dtype=np.float64)
+        self._static = np.stack([_minmax(static[:, j]) for j in range(static.shape[1])], axis=1)
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(OBS_DIM,), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.projector = evaluator.projector
+        self._cost = evaluator.projector.cost
+        self._dense_cost = self._cost.fraction({})
+        self._t = 0
+        self._policy: Policy = {}
+        self._prev = 0.0
+
+    def _obs(self) -> np.ndarray:
+        t = self._t
+        done = dict(self._policy)
+        removed = self._dense_cost - self._cost.fraction(done)
+        rest = dict(done)
+        for n in self.names[t:]:
+            rest[n] = self.projector.upper[n]
+        removable = self._cost.fraction(done) - self._cost.fraction(rest)
+        obs = np.concatenate([self._static[min(t, len(self.names) - 1)],
+                              [removed, removable, self._prev]]).astype(np.float32)
+        return np.clip(obs, 0.0, 1.0)
+
+    def ratio_of(self, action: float, name: str) -> float:
+        lo, hi = self.evaluator.bounds[name]
+        a = float(np.clip(action, -1.0, 1.0))
+        return lo + (a + 1.0) / 2.0 * (hi - lo)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._t, self._policy, self._prev = 0, {}, 0.0
+        return self._obs(), {}
+
+    def step(self, action):
+        name = self.names[self._t]
+        a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+        ratio = self.projector.clamp(self._policy, name, self.ratio_of(a, name))
+        self._policy[name] = ratio
+        lo, hi = self.evaluator.bounds[name]
+        self._prev = (ratio - lo) / (hi - lo) if hi > lo else 0.0
+        self._t += 1
+        if self._t < len(self.names):
+            return self._obs(), 0.0, False, False, {}
+        result = self.evaluator.evaluate(self._policy)
+        reward = result.reward if math.isfinite(result.reward) else 0.0  # a diverged model scores 0
+        info = {"policy": dict(self._policy), "result": result}
+        return self._obs(), float(reward), True, False, info

@@ -1,0 +1,248 @@
+"""The Optuna searcher: one float per searched layer, TPE by default, NSGA-II for Pareto fronts.
+
+Lifecycle (the searcher interface both searchers share): ``OptunaSearcher(evaluator, config)``
+-> ``propose() -> Policy`` (``study.ask``; the suggested ratios projected onto the budget) ->
+``evaluator.evaluate(policy)`` -> ``observe(policy, result)`` (``study.tell``), repeated; or
+``run()``, which drives the same steps through ``study.optimize`` until ``n_trials`` trials are
+COMPLETE in the study in total (a resumed or shared study continues to the asked total).
+
+The study lives in a real database: ``sqlite:///<run_dir>/study.db`` by default, any SQLAlchemy
+URL otherwise (PostgreSQL for workers on several machines), opened with ``load_if_exists=True`` so
+a killed run resumes with no completed trial lost and several workers can share one study
+(optuna-dashboard opens the same URL). Workers write heartbeats; a trial whose worker died is
+failed after the grace period and retried once more (``RetryHeartbeatStaleTrialCallback``).
+
+The budget reaches the sampler twice: proposals are projected (AMC's projection, so every trial
+is feasible by construction) and each trial records ``measured cost - budget`` as its constraint
+(``Trial.set_constraint``, Optuna 5's replacement of the deprecated ``constraints_func`` sampler
+argument; TPE and NSGA-II read it the same way), which keeps the samplers away from infeasible
+regions when the projection is off. The uniform and the sensitivity-picked policies are enqueued as the first
+trials of a new study.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from amc.budget import Policy
+from amc.errors import AmcError
+from amc.evaluator import Evaluator, Result
+
+SAMPLERS = ("tpe", "nsga2", "random")
+HEARTBEAT_S = 60  # a live worker writes a heartbeat every minute
+GRACE_S = 180  # a trial with no heartbeat for 3 minutes belongs to a dead worker
+MAX_RETRY = 2  # a stale trial is re-enqueued at most twice
+CONSTRAINT_KEY = "budget"
+
+
+@dataclass(frozen=True)
+class OptunaConfig:
+    study: str = "amc-search"
+    storage: str | None = None  # SQLAlchemy URL; None: sqlite in run_dir (in memory without one)
+    sampler: str = "tpe"  # "tpe", "nsga2" (accuracy vs cost Pareto front) or "random"
+    seed: int | None = 0  # sampler seed; give each worker its own
+    n_trials: int = 200  # COMPLETE trials in the study in total
+    project: bool = True  # project proposals onto the budget (else only the constraint guides)
+    n_startup_trials: int = 10  # TPE: random trials before the model (enqueued ones count)
+    population: int = 20  # NSGA-II population size
+    enqueue_uniform: bool = True
+    enqueue_sensitivity: bool = True
+    sensitivity_ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # scanned per layer for that policy
+    heartbeat_interval: int = HEARTBEAT_S
+    grace_period: int = GRACE_S
+    max_retry: int = MAX_RETRY
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise AmcError(f"unknown sampler {self.sampler!r}; known: {', '.join(SAMPLERS)}")
+        if self.n_trials < 1:
+            raise AmcError(f"n_trials must be >= 1, got {self.n_trials}")
+
+
+def _constraints(trial: FrozenTrial) -> list[float]:
+    return list(trial.constraints.values()) or [1.0]  # no record: treat as infeasible
+
+
+def make_sampler(config: OptunaConfig) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if config.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=config.n_startup_trials,
+                                              multivariate=True)
+        if config.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=config.seed, population_size=config.population)
+        return optuna.samplers.RandomSampler(seed=config.seed)
+
+
+def make_storage(url: str | None, config: OptunaConfig) -> optuna.storages.BaseStorage | None:
+    if url is None:
+        return None  # in memory
+    if not url.startswith(("sqlite:", "postgresql", "mysql", "oracle", "mssql")) and "://" not in url:
+        raise AmcError(f"storage must be an SQLAlchemy URL such as sqlite:///study.db, got {url!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=config.max_retry))
+        except Exception as e:  # sqlalchemy errors: a bad URL or an unreachable database
+            raise AmcError(f"cannot open study storage {url}: {str(e).splitlines()[0]}") from None
+
+
+@dataclass
+class OptunaResult:
+    best_policy: Policy | None
+    best_result: Result | None
+    trials: pd.DataFrame
+    pareto: list[Result]
+    seconds: float
+    completed_before: int
+
+
+class OptunaSearcher:
+    """Searcher over ``evaluator`` backed by an Optuna study (see the module doc)."""
+
+    def __init__(self, evaluator: Evaluator, config: OptunaConfig = OptunaConfig(),
+                 run_dir: str | Path | None = None, sensitivity_policy: Policy | None = None) -> None:
+        self.evaluator, self.config = evaluator, config
+        url = config.storage
+        if url is None and run_dir is not None:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
+        self.url = url
+        self.multi = config.sampler == "nsga2"
+        directions = ["maximize", "minimize"] if self.multi else ["maximize"]
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            self.study = optuna.create_study(storage=make_storage(url, config), study_name=config.study,
+                                             sampler=make_sampler(config), directions=directions,
+                                             load_if_exists=True)
+        except ValueError as e:  # e.g. the existing study has other directions
+            raise AmcError(f"cannot open study {config.study!r}: {e}") from None
+        self._sensitivity = sensitivity_policy
+        self._pending: dict[tuple, list[optuna.trial.Trial]] = {}
+        self._enqueue_baselines()
+
+    # -- the first trials --------------------------------------------------------------------------
+    def _enqueue_baselines(self) -> None:
+        if self.study.user_attrs.get("baselines_enqueued") or self.study.trials:
+            return
+        self.study.set_user_attr("baselines_enqueued", True)
+        ev = self.evaluator
+        if self.config.enqueue_uniform:
+            self.study.enqueue_trial(ev.uniform_policy(), user_attrs={"origin": "uniform"})
+        if self.config.enqueue_sensitivity:
+            pol = self._sensitivity
+            if pol is None:
+                pol = ev.sensitivity_policy(ev.sensitivity(self.config.sensitivity_ratios))
+            self._sensitivity = pol
+            self.study.enqueue_trial(pol, user_attrs={"origin": "sensitivity"})
+
+    # -- one trial -----------------------------------------------------------------------------------
+    def _suggest(self, trial: optuna.trial.BaseTrial) -> Policy:
+        raw = {n: trial.suggest_float(n, lo, hi) for n, (lo, hi) in self.evaluator.bounds.items()}
+        return self.evaluator.projector.project(raw) if self.config.project else raw
+
+    def _record(self, trial: optuna.trial.BaseTrial, result: Result) -> list[float]:
+        budget = self.evaluator.budget
+        cost = result.cost(budget.kind)
+        finite = math.isfinite(result.reward) and math.isfinite(cost)
+        trial.set_constraint(CONSTRAINT_KEY, cost - budget.fraction if finite else 1.0)
+        trial.set_user_attr("result", {k: v for k, v in result.row().items() if not k.startswith("r:")})
+        trial.set_user_attr("policy", dict(result.policy))
+        if self.multi:
+            acc = result.accuracy if math.isfinite(result.accuracy) else 0.0
+            return [acc, cost if math.isfinite(cost) else 1.0]
+        return [result.reward if finite else 0.0]  # a diverged model scores as badly as a dead one
+
+    def propose(self) -> Policy:
+        with warnings.catch_warnings():  # heartbeats are written by optimize(); ask/tell drivers do without
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            trial = self.study.ask()
+        policy = self._suggest(trial)
+        self._pending.setdefault(tuple(sorted(policy.items())), []).append(trial)
+        return policy
+
+    def observe(self, policy: Policy, result: Result) -> None:
+        key = tuple(sorted(policy.items()))
+        if not self._pending.get(key):
+            raise AmcError("observe() got a policy that propose() did not hand out")
+        trial = self._pending[key].pop(0)
+        self.study.tell(trial, self._record(trial, result))
+
+    def objective(self, trial: optuna.trial.Trial) -> list[float] | float:
+        policy = self._suggest(trial)
+        values = self._record(trial, self.evaluator.evaluate(policy))
+        return values if self.multi else values[0]
+
+    # -- the whole search ------------------------------------------------------------------------------
+    def completed(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+    def run(self, on_trial: Callable[[FrozenTrial, int], None] | None = None) -> OptunaResult:
+        """Optimise until the study holds ``n_trials`` COMPLETE trials (over all runs and workers)."""
+        t0 = time.perf_counter()
+        before = self.completed()
+        callbacks: list = [MaxTrialsCallback(self.config.n_trials, states=(TrialState.COMPLETE,))]
+        if on_trial is not None:
+            callbacks.append(lambda study, trial: on_trial(trial, self.completed()))
+        attempts = 0
+        while self.completed() < self.config.n_trials and attempts < 3:  # 3: failed trials do not count
+            attempts += 1
+            self.study.optimize(self.objective, n_trials=self.config.n_trials - self.completed(),
+                                callbacks=callbacks, catch=())
+        return OptunaResult(*self.best(), self.frame(), self.pareto(), time.perf_counter() - t0, before)
+
+    # -- reading the study -----------------------------------------------------------------------------
+    def _feasible(self) -> list[FrozenTrial]:
+        out = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            res = t.user_attrs.get("result", {})
+            if res.get("feasible") and all(c <= 0 for c in _constraints(t)):
+                out.append(t)
+        return out
+
+    @staticmethod
+    def _result(t: FrozenTrial) -> Result:
+        r = t.user_attrs["result"]
+        return Result(dict(t.user_attrs["policy"]), r["accuracy"], r["size"], r["macs"], r["params"],
+                      r["latency"], r["reward"], bool(r["feasible"]), r["reason"] or "", r["seconds"])
+
+    def best(self) -> tuple[Policy | None, Result | None]:
+        """The feasible trial with the highest reward (NSGA-II: the highest accuracy)."""
+        feas = self._feasible()
+        if not feas:
+            return None, None
+        key = (lambda t: t.user_attrs["result"]["accuracy"]) if self.multi else \
+            (lambda t: t.user_attrs["result"]["reward"])
+        t = max(feas, key=key)
+        return dict(t.user_attrs["policy"]), self._result(t)
+
+    def pareto(self) -> list[Result]:
+        """Feasible trials no other feasible trial beats on both accuracy and the budget's cost."""
+        kind = self.evaluator.budget.kind
+        pts = [self._result(t) for t in self._feasible()]
+        front = [p for p in pts if not any(
+            q.accuracy >= p.accuracy and q.cost(kind) <= p.cost(kind) and
+            (q.accuracy > p.accuracy or q.cost(kind) < p.cost(kind)) for q in pts)]
+        return sorted(front, key=lambda r: r.cost(kind))
+
+    def frame(self) -> pd.DataFrame:
+        rows = []
+        for t in self.study.get_trials(deepcopy=False):
+            row = {"trial": t.number, "state": t.state.name, "origin": t.user_attrs.get("origin", "sampler")}
+            row.update(t.user_attrs.get("result", {}))
+            row.update({f"r:{k}": v for k, v in t.user_attrs.get("policy", {}).items()})
+            rows.append(row)
+        return pd.DataFrame(rows)

@@ -1,0 +1,134 @@
+"""The evaluator: one working copy restored per episode, re-measured costs, rewards, build()."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from amc.budget import Budget
+from amc.errors import BudgetError, PolicyError
+from amc.evaluator import REWARDS, EvalConfig, Evaluator
+from amc.metrics import sparse_size_bits
+from tests.conftest import make_tiny_resnet, make_tiny_vgg
+
+FAST = EvalConfig(calib_images=256)  # 256 of the 768 tiny train images: a quick recalibration
+
+
+@pytest.fixture
+def evaluator(tiny_splits):
+    return Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("size=0.5"), FAST)
+
+
+def test_result_fields_and_feasibility(evaluator):
+    pol = evaluator.uniform_policy()
+    res = evaluator.evaluate(pol)
+    assert res.feasible and res.reason == ""
+    assert 0.0 <= res.accuracy <= 1.0
+    assert res.size <= 0.5 + 1e-9
+    assert res.reward == res.accuracy  # the default reward is AMC's accuracy reward
+    assert res.seconds > 0
+    assert set(res.policy) == set(evaluator.names)
+
+
+def test_dense_policy_is_infeasible_and_says_why(evaluator):
+    res = evaluator.evaluate({})
+    assert not res.feasible
+    assert "size" in res.reason
+
+
+def test_restores_between_episodes_and_leaves_dense_untouched(tiny_splits):
+    dense = make_tiny_vgg()
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    ev = Evaluator(dense, tiny_splits, Budget.parse("size=0.5"), FAST)
+    a = ev.uniform_policy()
+    b = ev.projector.project({n: 0.85 for n in ev.names})
+    r1, r2, r3 = ev.evaluate(a), ev.evaluate(b), ev.evaluate(a)
+    assert (r1.accuracy, r1.size) == (r3.accuracy, r3.size)
+    assert r2.size < r1.size
+    for k, v in dense.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("make", [make_tiny_vgg, make_tiny_resnet])
+@pytest.mark.parametrize("kind", ["size", "macs", "params"])
+def test_measured_cost_meets_projection(tiny_splits, make, kind):
+    ev = Evaluator(make(), tiny_splits, Budget(kind, 0.4), FAST)
+    for actions in (0.0, 0.3, 0.9):
+        res = ev.evaluate(ev.projector.project({n: actions for n in ev.names}))
+        assert res.feasible, res.reason
+        assert res.cost(kind) <= 0.4 + 1e-9
+        assert res.cost(kind) <= ev.cost_model.fraction(res.policy) + 1e-9  # measured <= predicted
+
+
+def test_build_matches_the_evaluated_masks(evaluator):
+    pol = evaluator.uniform_policy()
+    res = evaluator.evaluate(pol)
+    model, masks = evaluator.build(pol)
+    assert masks is not None and set(masks) == set(evaluator.names)
+    total = sum(p.numel() for p in model.parameters())
+    assert sparse_size_bits(model) / (32 * total) == pytest.approx(res.size)
+    for n, m in masks.items():
+        w = model.get_submodule(n).weight
+        assert torch.all(w[~m] == 0)
+        assert int(m.sum()) == w.numel() - round(pol[n] * w.numel())
+
+
+@pytest.mark.parametrize("reward", sorted(REWARDS))
+def test_rewards_registry(tiny_splits, reward):
+    ev = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("macs=0.6"), EvalConfig(calib_images=256,
+                                                                                       reward=reward))
+    res = ev.evaluate(ev.uniform_policy())
+    assert math.isfinite(res.reward)
+    if reward == "error_log_flops":
+        assert res.reward < 0
+    else:
+        assert res.reward == pytest.approx(res.accuracy)  # feasible: no penalty
+
+
+def test_penalty_reward_punishes_overshoot(tiny_splits):
+    ev = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("size=0.5"), EvalConfig(calib_images=256,
+                                                                                      reward="acc_penalty"))
+    res = ev.evaluate({})
+    assert res.reward < res.accuracy
+
+
+def test_finetune_recovery_keeps_pruned_weights_zero(tiny_splits):
+    ev = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("size=0.5"),
+                   EvalConfig(calib_images=256, recovery="finetune", recovery_steps=3))
+    pol = ev.uniform_policy()
+    res = ev.evaluate(pol)
+    assert res.feasible
+    for n, m in ev.fine_masks(pol).items():
+        assert torch.all(ev.work.get_submodule(n).weight[~m] == 0)
+
+
+def test_nan_model_is_never_feasible(tiny_splits):
+    model = make_tiny_vgg()
+    with torch.no_grad():
+        model.classifier.bias.fill_(float("nan"))
+    ev = Evaluator(model, tiny_splits, Budget.parse("size=0.5"), FAST)
+    res = ev.evaluate(ev.uniform_policy())
+    assert not res.feasible
+    assert "NaN" in res.reason
+    assert math.isnan(res.reward)
+
+
+def test_bad_input(tiny_splits, evaluator):
+    with pytest.raises(PolicyError):
+        evaluator.evaluate({"nope": 0.5})
+    with pytest.raises(PolicyError):
+        evaluator.evaluate({evaluator.names[0]: 1.0})
+    with pytest.raises(BudgetError):
+        Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("size=0.05"), EvalConfig(calib_images=256,
+                                                                                      upper=0.5))
+    with pytest.raises(PolicyError):
+        EvalConfig(reward="nope")
+
+
+def test_sensitivity_policy(evaluator):
+    curves = evaluator.sensitivity(ratios=(0.5, 0.9))
+    assert set(curves["layer"]) == set(evaluator.names)
+    pol = evaluator.sensitivity_policy(curves)
+    assert evaluator.evaluate(pol).feasible
