@@ -13,7 +13,7 @@ Format version 1 (every key below is written; ``load_recipe`` rejects unknown ke
     nm: null                     # [N, M] for granularity nm
     round_to: null               # channel: the multiple channel counts were rounded to
     layers:                      # one entry per pruned layer, by dotted module name
-      - {name: backbone.conv0, ratio: 0.5, mask_sha256: <hex>, kept: null}
+      - {name: backbone.conv0, ratio: 0.5, mask_sha256: <hex>}      # channel: kept: [0, 3, ...]
     budget: {kind: size, fraction: 0.25}       # amc.budget.Budget, or null
     finetune: {epochs: 5.0, lr: 0.01, schedule: cosine, batch_size: 256, seed: 0,
                iterative: {kind: agp, steps: 5, initial: 0.0, epochs_per_step: 1.0}}   # or iterative: null
@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -236,6 +236,9 @@ def make_recipe(
     if granularity == "channel":
         if kept is None:
             raise PolicyError("a channel recipe needs the kept channel indices (kept=plan)")
+        if hasattr(kept, "keep"):  # an amc.channel.ChannelPlan
+            round_to = round_to if round_to is not None else getattr(kept, "round_to", None)
+            kept = kept.keep
         model = build_model(arch, num_classes)
         for name, idx in kept.items():
             idx_t = tuple(sorted(int(i) for i in idx))
@@ -345,8 +348,14 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     out.update(d)
     out["model"]["input_shape"] = list(recipe.model.input_shape)
     out["nm"] = list(recipe.nm) if recipe.nm is not None else None
-    out["layers"] = [{"name": la.name, "ratio": la.ratio, "mask_sha256": la.mask_sha256,
-                      "kept": list(la.kept) if la.kept is not None else None} for la in recipe.layers]
+    out["layers"] = []
+    for la in recipe.layers:  # fields a granularity does not use are left out (read back as null)
+        entry: dict[str, Any] = {"name": la.name, "ratio": la.ratio}
+        if la.mask_sha256 is not None:
+            entry["mask_sha256"] = la.mask_sha256
+        if la.kept is not None:
+            entry["kept"] = list(la.kept)
+        out["layers"].append(entry)
     return out
 
 
@@ -504,26 +513,31 @@ def apply_recipe(
     force: bool = False,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     device: str | torch.device | None = None,
-    on_step: Any = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+    on_rebuilt: Callable[[nn.Module, Masks], None] | None = None,
 ) -> tuple[nn.Module, Masks]:
     """Rebuild the compressed model from the dense ``checkpoint``; finetune if ``loader`` is given.
 
     Pruning runs on the CPU in fp32, so the result before finetuning is bit-identical on every
     machine. fine / nm: the masks are checked against the recipe's hashes (skipped with ``force``,
-    which also accepts another checkpoint). channel: returns the physically smaller model and no masks.
-    With ``loader``: ``recipe.finetune`` runs (seeded), one-shot or, with an iterative schedule,
-    iterative pruning from the dense weights. The model ends on ``device`` (default: CPU).
+    which also accepts another checkpoint). channel: returns the physically smaller model and no
+    masks. The model then moves to ``device`` (default: stays on the CPU) and ``on_rebuilt(model,
+    masks)`` sees it (e.g. to measure accuracy before finetuning). With ``loader``,
+    ``recipe.finetune`` runs, seeded: ``epochs`` of finetuning with the masks held or, with an
+    iterative schedule, iterative pruning from the dense weights to the same policy (its own
+    ``steps x epochs_per_step`` epochs) followed by ``epochs`` more.
     """
     validate_recipe(recipe)
     check_checkpoint(recipe, checkpoint, force)
     model = load_model(recipe.model.arch, checkpoint, recipe.model.num_classes)
     validate_recipe(recipe, model)
     masks: Masks = {}
+    dense_state = None
     if recipe.granularity == "channel":
         from amc.channel import prune_channels
 
         example = torch.zeros(recipe.model.input_shape)
-        model = prune_channels(model, channel_plan(recipe), example)
+        model = prune_channels(model, channel_plan(recipe, model), example)
     else:
         masks = rebuild_masks(model, recipe)
         if not force:
@@ -532,25 +546,31 @@ def apply_recipe(
             if bad:
                 raise RecipeError(f"rebuilt masks differ from the recipe's hashes for {len(bad)} layers "
                                   f"(e.g. {bad[0]}); the checkpoint or the pruning code changed")
-        if recipe.finetune.iterative is None or loader is None:
-            apply_masks(model, masks)
+        if recipe.finetune.iterative is not None and loader is not None:
+            dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+        apply_masks(model, masks)
     if device is not None:
         model = model.to(device)
+        masks = {k: v.to(device) for k, v in masks.items()}
+    if on_rebuilt is not None:
+        on_rebuilt(model, masks)
     if loader is not None:
         torch.manual_seed(recipe.finetune.seed)
         ft = recipe.finetune
         if ft.iterative is not None:
+            assert dense_state is not None
+            model.load_state_dict(dense_state)
             result = iterative_prune(model, recipe.policy, ft.iterative, loader=loader, finetune_cfg=ft.config())
             masks = result.masks
-            if ft.epochs > 0:
-                finetune(model, loader, ft.config(), masks=masks, on_step=on_step)
-        elif ft.epochs > 0:
+        if ft.epochs > 0:
             finetune(model, loader, ft.config(), masks=masks or None, on_step=on_step)
     return model.eval(), masks
 
 
-def channel_plan(recipe: Recipe):
+def channel_plan(recipe: Recipe, model: nn.Module | None = None):
     """The ``amc.channel.ChannelPlan`` that a channel recipe's kept indices describe."""
     from amc.channel import ChannelPlan
 
-    return ChannelPlan(recipe.kept_channels())
+    model = model if model is not None else build_model(recipe.model.arch, recipe.model.num_classes)
+    channels = {name: _out_channels(model, name) for name in recipe.kept_channels()}
+    return ChannelPlan(recipe.kept_channels(), [], channels, recipe.criterion, recipe.round_to or 1)

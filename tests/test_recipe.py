@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,75 @@ def test_apply_with_finetune_keeps_masks_and_is_repeatable(tmp_path, iterative):
         assert not torch.equal(w, dense.get_submodule(name).weight * masks[name])  # it trained
         assert bool((w[~masks[name]] == 0).all())
         assert int((~masks[name]).sum()) == round(ratio * w.numel())
+
+
+# ------------------------------------------------------------------------------- the amc apply command
+
+
+def _image_folder(root: Path, train_per_class: int = 6, test_per_class: int = 2) -> Path:
+    """A tiny CIFAR-10-shaped ImageFolder of random 32x32 PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    from amc.data import CLASSES
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train_per_class), ("test", test_per_class)):
+        for cls in CLASSES:
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def test_cli_apply_writes_model_files(tmp_path, fine_recipe, capsys):
+    from amc.cli import main
+    from amc.export import load_sparse
+
+    recipe, ckpt = fine_recipe
+    path = save_recipe(recipe, tmp_path / "r.yaml")
+    out = tmp_path / "out"
+    assert main(["apply", str(path), "--checkpoint", str(ckpt), "--out", str(out), "--dtype", "fp32"]) == 0
+    assert str(out) in capsys.readouterr().out
+    expected, _ = apply_recipe(recipe, ckpt)
+    loaded = load_sparse(out / "model.sparse.safetensors")
+    assert _same_state(loaded, expected)
+    written = load_recipe(out / "recipe.yaml")
+    assert written.layers == recipe.layers
+    assert written.metrics.file_bytes == (out / "model.sparse.safetensors").stat().st_size
+    assert written.metrics.size_fraction is not None and written.metrics.size_fraction < 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["files"]["sparse_bytes"] == written.metrics.file_bytes
+    assert {"rebuild", "export", "total"} <= set(summary["times_s"])
+
+
+def test_cli_apply_finetunes_and_evaluates(tmp_path, monkeypatch, capsys):
+    from amc.cli import main
+
+    monkeypatch.setenv("AMC_CACHE", str(tmp_path / "cache"))
+    data = _image_folder(tmp_path / "data")
+    ckpt = _ckpt(tmp_path, make_tiny_vgg())
+    recipe = make_recipe("vgg8", ckpt, POLICY, finetune=FinetuneSpec(epochs=1.0, batch_size=16))
+    path = save_recipe(recipe, tmp_path / "r.yaml")
+    out = tmp_path / "out"
+    rc = main(["apply", str(path), "--checkpoint", str(ckpt), "--out", str(out), "--finetune", "--evaluate",
+               "--data", str(data), "--heldout", "10", "--device", "cpu", "--batch-size", "16"])
+    assert rc == 0
+    assert "accuracy" in capsys.readouterr().out
+    written = load_recipe(out / "recipe.yaml")
+    for value in (written.metrics.dense_accuracy, written.metrics.accuracy_before_finetune,
+                  written.metrics.accuracy):
+        assert value is not None and 0.0 <= value <= 1.0
+
+
+def test_cli_apply_errors_are_one_line(tmp_path, fine_recipe, capsys):
+    from amc.cli import main
+
+    recipe, _ = fine_recipe
+    path = save_recipe(recipe, tmp_path / "r.yaml")
+    other = _ckpt(tmp_path, make_tiny_resnet(), "other.pt")
+    assert main(["apply", str(path), "--checkpoint", str(other), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("amc apply: error:") and "--force" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
