@@ -17,6 +17,7 @@ COMMANDS = [
     "amc.commands.info",
     "amc.commands.sensitivity",
     "amc.commands.prune",
+    "amc.commands.apply",
 ]
 
 
