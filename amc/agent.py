@@ -264,10 +264,10 @@ def run_agent(evaluator: Evaluator, config: AgentConfig = AgentConfig(), run_dir
     remaining = config.episodes - done
     if remaining > 0:
         model.learn(total_timesteps=remaining * n_layers, callback=logger, reset_num_timesteps=state is None)
-    if run is not None:
-        logger.write_csv()
-        if config.checkpoint_every:
-            logger.checkpoint()
+        if run is not None:
+            logger.write_csv()
+            if config.checkpoint_every:
+                logger.checkpoint()
     best_result = logger.best_result
     if best_result is None and logger.best is not None:
         best_result = _result_from_row(logger.best[2])

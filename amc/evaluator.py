@@ -120,6 +120,14 @@ class Result:
         return out
 
 
+def _channel():
+    """``amc.channel``, imported only when channel pruning is asked for (and kept off instance
+    attributes: environments get deep-copied by the env checkers, modules cannot be)."""
+    from amc import channel
+
+    return channel
+
+
 def _batches(splits: Splits, split: str, limit: int | None, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     loader = splits.loader(split, batch_size=batch_size, limit=limit, shuffle=False, augment=False)
     return [(x, y) for x, y in loader]
@@ -172,29 +180,28 @@ class Evaluator:
         self._fine_cost = {k: FineCost.from_table(self.dense, table, k, self.input_shape) for k in ("size", "macs")}
 
     def _setup_channel(self) -> None:
-        from amc import channel  # written alongside; imported only for channel pruning
+        from amc import channel  # the channel-pruning core (coupled groups, criteria, masks)
 
-        self._channel = channel
-        example = torch.zeros(self.input_shape, device=self.device)
-        self._example = example
-        names = channel.prunable_roots(self.dense, example_inputs=example) \
-            if hasattr(channel, "prunable_roots") else [t.name for t in self.table[:-1]]
-        self.names = [n for n in names if n not in self.config.skip]
-        self._ranker = channel.Ranker(self.dense, criterion=self.config.criterion, example_inputs=example) \
-            if hasattr(channel, "Ranker") else None
         if self.budget.kind == "latency":
-            raise BudgetError("latency budgets are not available yet: amc.latency has no lookup table here")
-        totals = {"macs": float(self.total_macs), "params": float(self.total_params)}
-
-        def counter(policy: Mapping[str, float]) -> dict[str, int]:
-            plan = self._plan(policy)
-            return channel.plan_cost(self.table, plan)
-
-        self.cost_model = ChannelCost(self.budget.kind, self.names, counter, totals)
+            raise BudgetError("latency budgets are not available yet: no latency lookup table (amc.latency)")
+        self._example = torch.zeros(self.input_shape, device=self.device)
+        # coupled groups traced ONCE; one searched ratio per group, keyed by its root layer
+        self._ctable = channel.channel_table(self.dense, self._example)
+        self.names = [r for r in self._ctable.roots if r not in self.config.skip]
+        if not self.names:
+            raise PolicyError("the model has no layer whose output channels can be pruned")
+        calib = self._calib[:4] if self.config.criterion == "taylor" else None  # 4 batches of gradients
+        self._scores = channel.channel_scores(self.dense, self.config.criterion, self._ctable, calib)  # cached
+        totals = {"macs": float(self._ctable.dense_macs), "params": float(self._ctable.dense_params)}
+        table, round_to = self._ctable, self.config.round_to
+        self.cost_model = ChannelCost(self.budget.kind, self.names,
+                                      lambda p: channel.policy_cost(table, p, round_to), totals)
 
     def _plan(self, policy: Mapping[str, float]):
-        return self._channel.plan_channels(self.dense, dict(policy), criterion=self.config.criterion,
-                                           round_to=self.config.round_to, example_inputs=self._example)
+        ch = _channel()
+        counts = ch.policy_counts(self._ctable, policy, self.config.round_to)
+        return ch.plan_from_counts(self.dense, counts, self.config.criterion, scores=self._scores,
+                                   table=self._ctable, round_to=self.config.round_to)
 
     # -- per episode -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -232,8 +239,8 @@ class Evaluator:
             apply_masks(model, masks)
             return masks
         plan = self._plan(policy)
-        self._channel.apply_channel_masks(model, plan)
-        return None
+        _channel().apply_channel_masks(model, plan, self._ctable)
+        return _channel().channel_masks(model, plan, self._ctable)
 
     @torch.no_grad()
     def _score(self, model: nn.Module) -> tuple[float, bool]:
@@ -291,8 +298,8 @@ class Evaluator:
                 cfg = FinetuneConfig(epochs=1.0, lr=self.config.recovery_lr, schedule="constant",
                                      max_steps=self.config.recovery_steps)
                 finetune(self.work, loader, cfg, masks=masks)
-                if masks is None:
-                    self._apply(self.work, policy)  # channels: zero the removed ones again
+                if self.config.granularity == "channel":
+                    self._apply(self.work, policy)  # zero removed channels' BN shifts again
             recalibrate_bn(self.work, self._calib)
             acc, finite = self._score(self.work)
         except Exception as e:  # TrainingDiverged or a numerical failure: a result, never a crash
@@ -325,7 +332,7 @@ class Evaluator:
             apply_masks(model, masks)
             return model, masks
         plan = self._plan(policy)
-        return self._channel.prune_channels(model, plan, self._example), None
+        return _channel().prune_channels(model, plan, self._example), None
 
     def uniform_policy(self) -> Policy:
         return self.projector.uniform()

@@ -148,3 +148,23 @@ def test_sensitivity_policy_prefers_robust_layers():
     pol = proj.from_sensitivity(curves)
     assert cost.fraction(pol) <= 0.6 + 1e-12
     assert pol["l1"] > pol["l0"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(actions=st.lists(st.floats(0.0, 1.0), min_size=8, max_size=8), upper=st.floats(0.3, 0.95),
+       slack=st.floats(0.0, 1.0), round_to=st.sampled_from([1, 4, 8]))
+def test_channel_projection_always_feasible(actions, upper, slack, round_to):
+    channel = pytest.importorskip("amc.channel")
+    from amc.budget import ChannelCost
+
+    model = make_tiny_resnet()
+    table = channel.channel_table(model)
+    totals = {"macs": float(table.dense_macs), "params": float(table.dense_params)}
+    cost = ChannelCost("macs", table.roots, lambda p: channel.policy_cost(table, p, round_to), totals)
+    bounds = make_bounds(cost.names, 0.0, upper)
+    floor = cost.fraction({n: upper for n in cost.names})
+    budget = min(1.0, floor + slack * (1.0 - floor))
+    proj = Projector(cost, Budget("macs", budget), bounds)
+    out = proj.project(dict(zip(cost.names, actions, strict=False)))
+    assert cost.fraction(out) <= budget + 1e-12
+    assert all(0.0 <= r <= upper for r in out.values())

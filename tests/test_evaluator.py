@@ -132,3 +132,25 @@ def test_sensitivity_policy(evaluator):
     assert set(curves["layer"]) == set(evaluator.names)
     pol = evaluator.sensitivity_policy(curves)
     assert evaluator.evaluate(pol).feasible
+
+
+@pytest.mark.parametrize("make", [make_tiny_vgg, make_tiny_resnet])
+@pytest.mark.parametrize("round_to", [1, 4])
+def test_channel_costs_match_the_physical_model(tiny_splits, make, round_to):
+    pytest.importorskip("amc.channel")
+    from amc.layers import count_macs, count_params
+
+    dense = make()
+    ev = Evaluator(dense, tiny_splits, Budget.parse("macs=0.5"),
+                   EvalConfig(granularity="channel", calib_images=256, round_to=round_to))
+    assert ev.names and "fc" not in ev.names and "classifier" not in ev.names  # outputs stay
+    pol = ev.projector.project({n: 0.2 for n in ev.names})
+    res = ev.evaluate(pol)
+    assert res.feasible, res.reason
+    small, masks = ev.build(pol)
+    assert masks is None
+    macs = count_macs(small)[0] / count_macs(dense)[0]
+    assert res.macs == pytest.approx(macs, abs=1e-9)  # measured on the masked copy = physical
+    assert ev.cost_model.fraction(pol) == pytest.approx(macs, abs=1e-9)  # the cost model is exact
+    assert count_params(small) < count_params(dense)
+    assert res.macs <= 0.5 + 1e-9

@@ -1,0 +1,103 @@
+"""The AMC agent: a short search returns a feasible policy; checkpoints resume; AMC's noise and baseline."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+import pytest
+
+from amc.agent import AgentConfig, DecayingTruncatedNormal, RewardBaseline, run_agent
+from amc.budget import Budget
+from amc.errors import AmcError
+from amc.evaluator import EvalConfig, Evaluator
+from tests.conftest import make_tiny_vgg
+
+TINY = dict(warmup_episodes=1, batch_size=4)  # 1 random episode, then the actor learns on 4-transition batches
+
+
+def _evaluator(splits, granularity="fine"):
+    if granularity == "channel":
+        pytest.importorskip("amc.channel")
+    budget = Budget.parse("size=0.5" if granularity == "fine" else "macs=0.6")
+    return Evaluator(make_tiny_vgg(), splits, budget, EvalConfig(granularity=granularity, calib_images=256,
+                                                                 round_to=1))
+
+
+@pytest.mark.parametrize("algo", ["ddpg", "td3"])
+@pytest.mark.parametrize("granularity", ["fine", "channel"])
+def test_three_episode_search_returns_feasible_policy(tiny_splits, tmp_path, algo, granularity):
+    ev = _evaluator(tiny_splits, granularity)
+    res = run_agent(ev, AgentConfig(algo=algo, episodes=3, checkpoint_every=0, **TINY), tmp_path)
+    assert len(res.episodes) == 3
+    assert res.best_policy is not None and res.best_result is not None
+    assert res.best_result.feasible
+    again = ev.evaluate(res.best_policy)
+    assert again.feasible and again.cost(ev.budget.kind) <= ev.budget.fraction + 1e-9
+    assert res.best_result.reward == pytest.approx(res.episodes.loc[res.episodes.feasible, "reward"].max())
+    csv = pd.read_csv(tmp_path / "episodes.csv")
+    assert list(csv.episode) == [0, 1, 2]
+    assert csv.warmup.tolist()[0] and not csv.warmup.tolist()[-1]
+
+
+def test_checkpoint_and_resume(tiny_splits, tmp_path):
+    ev = _evaluator(tiny_splits)
+    cfg = AgentConfig(episodes=2, checkpoint_every=1, **TINY)
+    first = run_agent(ev, cfg, tmp_path)
+    assert (tmp_path / "agent.zip").exists() and (tmp_path / "replay.pkl").exists()
+    second = run_agent(ev, AgentConfig(episodes=4, checkpoint_every=1, **TINY), tmp_path)
+    assert second.resumed_from == 2
+    assert list(second.episodes.episode) == [0, 1, 2, 3]
+    pd.testing.assert_frame_equal(second.episodes.head(2)[["episode", "reward"]],
+                                  first.episodes[["episode", "reward"]], check_dtype=False)
+    assert second.best_result is not None and second.best_result.reward >= first.best_result.reward
+    done = run_agent(ev, AgentConfig(episodes=4, checkpoint_every=1, **TINY), tmp_path)
+    assert done.resumed_from == 4 and len(done.episodes) == 4  # nothing left to do
+
+
+def test_same_seed_same_search(tiny_splits):
+    ev = _evaluator(tiny_splits)
+    cfg = AgentConfig(episodes=3, checkpoint_every=0, **TINY)
+    a, b = run_agent(ev, cfg), run_agent(ev, cfg)
+    cols = ["reward"] + [c for c in a.episodes if c.startswith("r:")]
+    pd.testing.assert_frame_equal(a.episodes[cols], b.episodes[cols])
+
+
+def test_noise_decays_after_warmup_and_is_truncated():
+    noise = DecayingTruncatedNormal(sigma=1.0, decay=0.5, warmup=2, seed=0)
+    samples = np.concatenate([noise() for _ in range(2000)])
+    assert np.abs(samples).max() <= 2.0
+    assert 0.7 < samples.std() < 1.0  # a normal truncated at 2 sigma has std 0.88 sigma
+    noise.reset()
+    noise.reset()
+    assert noise.sigma == 1.0  # warm-up episodes do not decay it
+    noise.reset()
+    assert noise.sigma == pytest.approx(0.5)
+
+
+class _Const(gym.Env):
+    observation_space = gym.spaces.Box(0, 1, (1,), np.float32)
+    action_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+
+    def __init__(self, rewards):
+        self.rewards = iter(rewards)
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), next(self.rewards), True, False, {}
+
+
+def test_reward_baseline_is_a_moving_average():
+    env = RewardBaseline(_Const([1.0, 3.0, 3.0]), alpha=0.5)
+    env.reset()
+    shaped = [env.step(np.zeros(1))[1] for _ in range(3)]
+    assert shaped == pytest.approx([0.0, 2.0, 1.0])  # baselines 1, 1, 2
+
+
+def test_bad_config():
+    with pytest.raises(AmcError):
+        AgentConfig(algo="ppo")
+    with pytest.raises(AmcError):
+        AgentConfig(episodes=0)

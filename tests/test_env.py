@@ -1,0 +1,97 @@
+"""The pruning environment keeps the Gymnasium contract and the budget."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import envs
+from amc.budget import Budget
+from amc.evaluator import EvalConfig, Evaluator
+from envs.pruning_env import OBS_DIM, PruningEnv
+from tests.conftest import make_tiny_resnet, make_tiny_vgg
+
+GRANULARITIES = ["fine", "channel"]
+
+
+def _evaluator(splits, granularity: str, make=make_tiny_vgg) -> Evaluator:
+    if granularity == "channel":
+        pytest.importorskip("amc.channel")
+        budget = Budget.parse("macs=0.6")
+    else:
+        budget = Budget.parse("size=0.5")
+    return Evaluator(make(), splits, budget, EvalConfig(granularity=granularity, calib_images=256,
+                                                        round_to=1))
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_env_checkers(tiny_splits, granularity):
+    env = gym.make(envs.ENV_ID, evaluator=_evaluator(tiny_splits, granularity))
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped, warn=True)
+
+
+def _episode(env: gym.Env, seed: int) -> tuple[list[np.ndarray], float, dict]:
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    seen, done, reward, info = [obs], False, 0.0, {}
+    while not done:
+        obs, reward, term, trunc, info = env.step(env.action_space.sample())
+        seen.append(obs)
+        done = term or trunc
+    return seen, float(reward), info
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_same_seed_same_episode(tiny_splits, granularity):
+    env = PruningEnv(_evaluator(tiny_splits, granularity))
+    a, ra, ia = _episode(env, 3)
+    b, rb, ib = _episode(env, 3)
+    assert ra == rb and ia["policy"] == ib["policy"]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    _, _, ic = _episode(env, 4)
+    assert ic["policy"] != ia["policy"]
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("action", [-1.0, 0.0, 1.0])
+def test_episode_meets_budget(tiny_splits, granularity, action):
+    ev = _evaluator(tiny_splits, granularity)
+    env = PruningEnv(ev)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (OBS_DIM,) and obs.dtype == np.float32
+    rewards = []
+    for i, name in enumerate(env.names):
+        obs, r, term, trunc, info = env.step(np.array([action], dtype=np.float32))
+        assert env.observation_space.contains(obs)
+        rewards.append(r)
+        assert term == (i == len(env.names) - 1) and not trunc
+        lo, hi = ev.bounds[name]
+        assert lo <= env._policy[name] <= hi
+    assert all(r == 0.0 for r in rewards[:-1])
+    res = info["result"]
+    assert res.feasible, res.reason
+    assert rewards[-1] == pytest.approx(res.reward)
+
+
+def test_action_maps_to_bounds(tiny_splits):
+    ev = Evaluator(make_tiny_resnet(), tiny_splits, Budget.parse("size=0.9"),
+                   EvalConfig(calib_images=256, lower=0.1, upper=0.7))
+    env = PruningEnv(ev)
+    name = env.names[0]
+    assert env.ratio_of(-1.0, name) == pytest.approx(0.1)
+    assert env.ratio_of(1.0, name) == pytest.approx(0.7)
+    assert env.ratio_of(0.0, name) == pytest.approx(0.4)
+
+
+def test_observation_tracks_removed_cost(tiny_splits):
+    env = PruningEnv(_evaluator(tiny_splits, "fine"))
+    obs0, _ = env.reset(seed=0)
+    assert obs0[7] == 0.0 and obs0[8] > 0  # nothing removed yet, some removable
+    obs1, *_ = env.step(np.array([1.0], dtype=np.float32))
+    assert obs1[7] > 0  # removed cost grows
+    assert obs1[9] == pytest.approx(1.0)  # previous action at its upper bound
