@@ -301,3 +301,54 @@ def write_report(run_dir: str | os.PathLike, *sections: Section, title: str = "C
                      if p != path and (p not in before or p.stat().st_mtime_ns != before[p]))
     return ReportResult(path, [*written, path])
 
+
+
+def recipe_table(recipe: Any) -> pd.DataFrame:
+    """One row per recorded fact of an ``amc.recipe.Recipe``: model, budget, search, achieved metrics."""
+    from dataclasses import asdict
+
+    rows: list[tuple[str, Any]] = [("architecture", recipe.model.arch), ("granularity", recipe.granularity),
+                                   ("criterion", recipe.criterion), ("layers pruned", len(recipe.layers))]
+    if recipe.budget is not None:
+        rows.append(("budget", str(recipe.budget)))
+    if recipe.search is not None:
+        rows.append(("search", f"{recipe.search.method}, {recipe.search.episodes} episodes, seed {recipe.search.seed}"))
+    ft = recipe.finetune
+    sched = f", then {ft.iterative.kind} x{ft.iterative.steps}" if ft.iterative is not None else ""
+    rows.append(("finetune", f"{ft.epochs:g} epochs, lr {ft.lr:g}, {ft.schedule}{sched}"))
+    rows += [(k, v) for k, v in asdict(recipe.metrics).items() if v is not None]
+    return pd.DataFrame(rows, columns=["item", "value"]).astype({"value": str})
+
+
+def run_report(
+    run_dir: str | os.PathLike,
+    recipe: Any,
+    dense: nn.Module | None = None,
+    compressed: nn.Module | None = None,
+    trials: pd.DataFrame | None = None,
+    sensitivity: pd.DataFrame | None = None,
+    results: pd.DataFrame | None = None,
+    timings: Mapping[str, float] | None = None,
+    files: Mapping[str, int] | None = None,
+    baseline_policies: Mapping[str, Mapping[str, float]] | None = None,
+    title: str | None = None,
+) -> ReportResult:
+    """The standard report of one compression run: recipe summary, stage timings, files, search
+    progress, policy, sensitivity, weight distributions, accuracy vs. budget (each when given)."""
+    sections: list[Section] = [Table("Result", recipe_table(recipe))]
+    if timings:
+        frame = pd.DataFrame({"stage": list(timings), "seconds": [float(v) for v in timings.values()]})
+        sections.append(Table("Wall time per stage", frame, floatfmt=".2f"))
+    if files:
+        sections.append(Table("Files", pd.DataFrame({"file": list(files), "bytes": [int(v) for v in files.values()]})))
+    if trials is not None and len(trials):
+        sections.append(SearchProgress(trials))
+    policies = {"chosen": recipe.policy, **(baseline_policies or {})}
+    sections.append(PolicyBars(policies))
+    if sensitivity is not None and len(sensitivity):
+        sections.append(Sensitivity(sensitivity))
+    if dense is not None:
+        sections.append(WeightDistributions(dense, compressed))
+    if results is not None and len(results):
+        sections.append(AccuracyVsBudget(results))
+    return write_report(run_dir, *sections, title=title or f"Compression report: {recipe.model.arch}")

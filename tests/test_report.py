@@ -19,6 +19,7 @@ from amc.report import (
     Text,
     WeightDistributions,
     markdown_table,
+    run_report,
     search_progress_figure,
     write_report,
 )
@@ -109,3 +110,30 @@ def test_missing_columns_raise(tmp_path):
         write_report(tmp_path, SearchProgress(pd.DataFrame({"episode": [1]})))
     with pytest.raises(ValueError, match="'ratio' or 'sparsity'"):
         write_report(tmp_path, Sensitivity(pd.DataFrame({"layer": ["a"], "accuracy": [0.5]})))
+
+
+def test_run_report_from_a_recipe(tmp_path, monkeypatch):
+    import torch
+
+    from amc import models
+    from amc.budget import Budget
+    from amc.recipe import FinetuneSpec, Metrics, SearchInfo, make_recipe
+    from amc.schedule import IterativeSchedule
+
+    monkeypatch.setitem(models.MODELS, "tinyvgg", lambda num_classes=10: make_tiny_vgg())
+    ckpt = tmp_path / "dense.pt"
+    torch.save(make_tiny_vgg().state_dict(), ckpt)
+    policy = {"backbone.conv1": 0.5, "classifier": 0.7}
+    recipe = make_recipe("tinyvgg", ckpt, policy, budget=Budget("size", 0.5), search=SearchInfo("amc", 8, 1),
+                         finetune=FinetuneSpec(iterative=IterativeSchedule("agp", 3)),
+                         metrics=Metrics(accuracy=0.81, file_bytes=1234))
+    pruned = make_tiny_vgg()
+    apply_policy(pruned, policy)
+    result = run_report(tmp_path / "run", recipe, dense=make_tiny_vgg(), compressed=pruned, trials=_trials(),
+                        timings={"search": 1.5, "finetune": 2.25}, files={"model.sparse.safetensors": 1234},
+                        baseline_policies={"uniform": dict.fromkeys(policy, 0.6)})
+    text = result.path.read_text()
+    for words in ("size=0.5", "amc, 8 episodes, seed 1", "agp x3", "| accuracy | 0.81 |", "| finetune | 2.25 |",
+                  "search_progress.png", "per_layer_policy.png", "weight_distributions.png"):
+        assert words in text, words
+    assert len(list((tmp_path / "run").glob("*.png"))) == 3
