@@ -128,7 +128,9 @@ class FineCost:
 
 @dataclass
 class ChannelCost:
-    """Channel pruning, through ``amc.channel.plan_cost`` on count-only plans (``kept_counts``)."""
+    """Channel pruning: ``counter(policy)`` returns absolute costs of the pruned model (MACs and
+    params from ``amc.channel.policy_cost``, exact and analytic; or predicted latency from a
+    lookup table), ``total`` the dense model's."""
 
     kind: str
     names: list[str]

@@ -142,6 +142,7 @@ class Evaluator:
         self.config, self.budget, self.splits = config, budget, splits
         self.input_shape = input_shape
         self.device = model_device(dense_model)
+        self.latency_table = latency_table  # amc.latency.LatencyTable: predicted latency (channel pruning)
         self.dense = dense_model.eval()
         self.work = copy.deepcopy(dense_model).eval()  # the one working copy (made once)
         if self.device.type == "cuda":
@@ -156,7 +157,6 @@ class Evaluator:
         if not self._eval:
             raise BudgetError("the held-out split is empty: the evaluator needs images to score policies")
         self._n_eval = sum(len(y) for _, y in self._eval)
-        self.latency_table = latency_table
         if config.granularity == "fine":
             self._setup_fine()
         else:
@@ -173,17 +173,15 @@ class Evaluator:
         for t in table:
             w = self.work.get_submodule(t.name).weight.detach()
             self._order[t.name] = torch.argsort(w.abs().flatten().float(), stable=True)
-        kind = "size" if self.budget.kind == "latency" else self.budget.kind
         if self.budget.kind == "latency":
             raise BudgetError("a latency budget needs channel pruning (sparse weights run at dense speed)")
+        kind = self.budget.kind
         self.cost_model: CostModel = FineCost.from_table(self.dense, table, kind, self.input_shape)
         self._fine_cost = {k: FineCost.from_table(self.dense, table, k, self.input_shape) for k in ("size", "macs")}
 
     def _setup_channel(self) -> None:
         from amc import channel  # the channel-pruning core (coupled groups, criteria, masks)
 
-        if self.budget.kind == "latency":
-            raise BudgetError("latency budgets are not available yet: no latency lookup table (amc.latency)")
         self._example = torch.zeros(self.input_shape, device=self.device)
         # coupled groups traced ONCE; one searched ratio per group, keyed by its root layer
         self._ctable = channel.channel_table(self.dense, self._example)
@@ -192,8 +190,17 @@ class Evaluator:
             raise PolicyError("the model has no layer whose output channels can be pruned")
         calib = self._calib[:4] if self.config.criterion == "taylor" else None  # 4 batches of gradients
         self._scores = channel.channel_scores(self.dense, self.config.criterion, self._ctable, calib)  # cached
-        totals = {"macs": float(self._ctable.dense_macs), "params": float(self._ctable.dense_params)}
         table, round_to = self._ctable, self.config.round_to
+        if self.budget.kind == "latency":
+            if self.latency_table is None:
+                raise BudgetError("a latency budget needs a latency lookup table (amc.latency.LatencyTable)")
+            ms = self.latency_table.counts_cost(table)  # type: ignore[attr-defined]
+            self._latency_ms = ms
+            totals = {"latency": float(ms({}))}
+            self.cost_model = ChannelCost("latency", self.names, lambda p: {
+                "latency": ms(channel.policy_counts(table, p, round_to))}, totals)
+            return
+        totals = {"macs": float(self._ctable.dense_macs), "params": float(self._ctable.dense_params)}
         self.cost_model = ChannelCost(self.budget.kind, self.names,
                                       lambda p: channel.policy_cost(table, p, round_to), totals)
 
@@ -309,6 +316,11 @@ class Evaluator:
                 raise
             acc, finite, reason = float("nan"), False, str(e)
         costs = self.measure(self.work)
+        latency = None
+        if self.latency_table is not None and self.config.granularity == "channel":
+            ms = self.latency_table.counts_cost(self._ctable)  # type: ignore[attr-defined]
+            counts = _channel().policy_counts(self._ctable, policy, self.config.round_to)
+            latency = costs["latency"] = ms(counts) / ms({})  # predicted from the lookup table
         if not finite:
             acc, reason = float("nan"), reason or "non-finite outputs (NaN/Inf)"
         value = costs[self.budget.kind] if self.budget.kind in costs else float("nan")
@@ -318,7 +330,7 @@ class Evaluator:
         reward = REWARDS[self.config.reward](acc, costs, self.budget) if finite else float("nan")
         if not math.isfinite(reward):
             feasible, reason = False, reason or "non-finite reward"
-        return Result(dict(policy), acc, costs["size"], costs["macs"], costs["params"], None, reward,
+        return Result(dict(policy), acc, costs["size"], costs["macs"], costs["params"], latency, reward,
                       feasible, reason, time.perf_counter() - t0)
 
     # -- policies for the kept candidates and the baselines ---------------------------------------

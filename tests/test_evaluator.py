@@ -154,3 +154,20 @@ def test_channel_costs_match_the_physical_model(tiny_splits, make, round_to):
     assert ev.cost_model.fraction(pol) == pytest.approx(macs, abs=1e-9)  # the cost model is exact
     assert count_params(small) < count_params(dense)
     assert res.macs <= 0.5 + 1e-9
+
+
+def test_latency_budget_through_the_lookup_table(tiny_splits, tmp_path):
+    pytest.importorskip("amc.channel")
+    latency = pytest.importorskip("amc.latency")
+    lut = latency.LatencyTable(tmp_path / "lut.csv", "cpu", batch=1, threads=1, warmup=1, runs=3)
+    # tiny layers: per-call overhead dominates, so the floor is high; 0.95 is reachable
+    ev = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("latency=0.95"),
+                   EvalConfig(granularity="channel", calib_images=256, round_to=4), latency_table=lut)
+    res = ev.evaluate(ev.projector.project({}))
+    assert res.latency is not None and res.latency <= 0.95 + 1e-9
+    assert res.feasible, res.reason
+    with pytest.raises(BudgetError, match="lookup table"):
+        Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("latency=0.7"),
+                  EvalConfig(granularity="channel", calib_images=256))
+    with pytest.raises(BudgetError, match="channel pruning"):
+        Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("latency=0.7"), FAST)

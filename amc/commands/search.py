@@ -1,0 +1,164 @@
+"""``amc search CHECKPOINT``: search per-layer pruning ratios under a budget with the AMC agent or
+Optuna, with a live progress line (best reward, share feasible, episodes per second) and a result
+table at the end. Writes ``best_policy.yaml``, ``episodes.csv`` and ``summary.json`` to ``--out``
+(plus the agent's checkpoints, or the Optuna study database, so a rerun resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from amc.commands.common import add_data_args, add_model_args, load_model_arg, load_splits, progress
+from amc.errors import AmcError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search per-layer ratios under a budget (AMC agent or Optuna)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--method", choices=("amc", "optuna"), default="amc")
+    p.add_argument("--budget", default="macs=0.5", help="KIND=FRACTION, KIND in size, macs, params, latency")
+    p.add_argument("--granularity", choices=("channel", "fine"), default="channel")
+    p.add_argument("--episodes", type=int, default=300, help="episodes (AMC) or completed trials (Optuna), in total")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/search", help="run folder (resumes what it finds there)")
+    p.add_argument("--no-resume", action="store_true", help="refuse to reuse an existing run folder")
+    e = p.add_argument_group("evaluator")
+    e.add_argument("--reward", default="acc", help="acc, error_log_flops or acc_penalty")
+    e.add_argument("--recovery", choices=("bn", "finetune"), default="bn")
+    e.add_argument("--recovery-steps", type=int, default=20)
+    e.add_argument("--calib-images", type=int, default=5120)
+    e.add_argument("--lower", type=float, default=0.0, help="lowest ratio per layer")
+    e.add_argument("--upper", type=float, default=0.9, help="highest ratio per layer")
+    e.add_argument("--criterion", default="l2", help="channel importance (amc.channel.CRITERIA)")
+    e.add_argument("--round-to", type=int, default=8, help="channel counts rounded to this multiple")
+    e.add_argument("--lut", default=None, metavar="CSV", help="latency lookup table (for --budget latency=...)")
+    a = p.add_argument_group("AMC agent")
+    a.add_argument("--algo", choices=("ddpg", "td3"), default="ddpg")
+    a.add_argument("--warmup", type=int, default=None, help="random warm-up episodes (default: a third)")
+    a.add_argument("--checkpoint-every", type=int, default=25)
+    o = p.add_argument_group("Optuna")
+    o.add_argument("--study", default="amc-search")
+    o.add_argument("--storage", default=None, help="SQLAlchemy URL (default sqlite:///OUT/study.db)")
+    o.add_argument("--sampler", choices=("tpe", "nsga2", "random"), default="tpe")
+    p.set_defaults(func=run)
+
+
+def _evaluator(args: argparse.Namespace, model, splits):
+    from amc.budget import Budget
+    from amc.evaluator import EvalConfig, Evaluator
+
+    budget = Budget.parse(args.budget)
+    cfg = EvalConfig(granularity=args.granularity, reward=args.reward, recovery=args.recovery,
+                     recovery_steps=args.recovery_steps, calib_images=args.calib_images, lower=args.lower,
+                     upper=args.upper, criterion=args.criterion, round_to=args.round_to)
+    lut = None
+    if budget.kind == "latency":
+        if args.lut is None:
+            raise AmcError("a latency budget needs --lut CSV (the per-layer latency lookup table)")
+        from amc.latency import LatencyTable
+
+        lut = LatencyTable(args.lut, "cpu")
+    return Evaluator(model, splits, budget, cfg, latency_table=lut)
+
+
+def _info(best: float | None, feasible: int, done: int, t0: float, started: int) -> str:
+    rate = (done - started) / max(time.perf_counter() - t0, 1e-9)
+    b = "-" if best is None else f"{best:.4f}"
+    return f"best {b} | feasible {feasible / max(done, 1):.0%} | {rate:.2f} ep/s"
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.no_resume and out.exists() and any(out.iterdir()):
+        raise AmcError(f"run folder {out} is not empty and --no-resume was given")
+    if args.episodes < 1:
+        raise AmcError("--episodes must be >= 1")
+    model = load_model_arg(args)
+    splits = load_splits(args)
+    t0 = time.perf_counter()
+    ev = _evaluator(args, model, splits)
+    setup_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    if args.method == "amc":
+        from amc.agent import AgentConfig, run_agent
+
+        warm = args.warmup if args.warmup is not None else max(1, args.episodes // 3)
+        cfg = AgentConfig(algo=args.algo, episodes=args.episodes, warmup_episodes=warm,
+                          checkpoint_every=args.checkpoint_every, seed=args.seed)
+        state = {"feasible": 0, "done": 0, "start": None}
+        with progress(f"AMC {args.algo}", total=args.episodes) as advance:
+            def on_episode(row: dict, best: dict | None) -> None:
+                if state["start"] is None:
+                    state["start"] = row["episode"]
+                state["done"] = row["episode"] + 1
+                state["feasible"] += bool(row["feasible"])
+                seen = state["done"] - state["start"]
+                advance(completed=state["done"], info=_info(best["reward"] if best else None,
+                                                            state["feasible"], seen, t1, 0))
+
+            res = run_agent(ev, cfg, out, on_episode=on_episode, resume=not args.no_resume)
+        frame, best_policy, best = res.episodes, res.best_policy, res.best_result
+    else:
+        from search import OptunaConfig, OptunaSearcher
+
+        ocfg = OptunaConfig(study=args.study, storage=args.storage, sampler=args.sampler, seed=args.seed,
+                            n_trials=args.episodes)
+        searcher = OptunaSearcher(ev, ocfg, out)
+        before = searcher.completed()
+        with progress(f"Optuna {args.sampler}", total=args.episodes) as advance:
+            def on_trial(trial, completed: int) -> None:
+                b, _ = searcher.best()
+                feas = len(searcher._feasible())
+                best_r = None if b is None else searcher.best()[1].reward  # type: ignore[union-attr]
+                advance(completed=completed, info=_info(best_r, feas, completed, t1, before))
+
+            advance(completed=before)
+            ores = searcher.run(on_trial=on_trial)
+        frame, best_policy, best = ores.trials, ores.best_policy, ores.best_result
+        from amc.io import atomic_path
+
+        with atomic_path(out / "episodes.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+    search_s = time.perf_counter() - t1
+    if best_policy is None or best is None:
+        raise AmcError("the search found no feasible policy; raise --upper or the budget")
+    from amc.io import atomic_write_text
+    from amc.policy import save_policy_file
+
+    save_policy_file(best_policy, out / "best_policy.yaml")
+    summary = {"checkpoint": str(args.checkpoint), "method": args.method, "budget": args.budget,
+               "granularity": args.granularity, "episodes": len(frame), "best": best.row(),
+               "setup_s": setup_s, "search_s": search_s, "evaluator_calls": ev.calls}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    _print_table(args, best, best_policy, frame, search_s)
+    return 0
+
+
+def _print_table(args, best, policy, frame, seconds: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"amc search: {args.method} / {args.granularity} / {args.budget}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    feas = frame["feasible"].fillna(False).astype(bool).mean() if "feasible" in frame else float("nan")
+    for k, v in [("episodes", f"{len(frame)}"), ("share feasible", f"{feas:.0%}"),
+                 ("best reward", f"{best.reward:.4f}"), ("held-out accuracy", f"{best.accuracy:.2%}"),
+                 ("size", f"{best.size:.2%}"), ("MACs", f"{best.macs:.2%}"), ("params", f"{best.params:.2%}"),
+                 ("latency", "-" if best.latency is None or math.isnan(best.latency) else f"{best.latency:.2%}"),
+                 ("search wall time", f"{seconds:.1f} s")]:
+        t.add_row(k, v)
+    layers = Table(title="best policy")
+    layers.add_column("layer")
+    layers.add_column("ratio", justify="right")
+    for n, r in policy.items():
+        layers.add_row(n, f"{r:.3f}")
+    console = Console()
+    console.print(t)
+    console.print(layers)
