@@ -270,7 +270,7 @@ Section = Text | Table | Image | WeightDistributions | Sensitivity | SearchProgr
 def _slug(title: str, taken: set[str]) -> str:
     base = re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") or "section"
     slug, i = base, 2
-    while slug in taken or slug == "report":
+    while slug in taken or slug == "report":  # never collide with report.md's own name
         slug, i = f"{base}_{i}", i + 1
     taken.add(slug)
     return slug
@@ -283,8 +283,9 @@ class ReportResult:
 
 
 def write_report(run_dir: str | os.PathLike, *sections: Section, title: str = "Compression report",
-                 intro: str = "") -> ReportResult:
-    """Render ``sections`` in order into ``run_dir/report.md`` (plots and CSVs beside it)."""
+                 intro: str = "", filename: str = "report.md", prefix: str = "") -> ReportResult:
+    """Render ``sections`` in order into ``run_dir/<filename>`` (plots and CSVs beside it, their
+    names starting with ``prefix``, so that several reports can share one folder)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     before = {p: p.stat().st_mtime_ns for p in run_dir.iterdir()}
@@ -293,9 +294,9 @@ def write_report(run_dir: str | os.PathLike, *sections: Section, title: str = "C
     if intro:
         parts.append(intro)
     for section in sections:
-        slug = _slug(section.title, taken)
+        slug = prefix + _slug(section.title, taken)
         parts.append(f"## {section.title}\n\n{section.render(run_dir, slug)}")
-    path = run_dir / "report.md"
+    path = run_dir / filename
     atomic_write_text(path, "\n\n".join(parts) + "\n")
     written = sorted(p for p in run_dir.iterdir()
                      if p != path and (p not in before or p.stat().st_mtime_ns != before[p]))
