@@ -128,16 +128,36 @@ def test_pruned_safetensors_config_rebuilds_identical_outputs(tmp_path, arch):
                             .parameters())
 
 
-def test_pruned_depthwise_torchvision(tmp_path):
-    torch.manual_seed(0)
-    from amc.models import build_model
+class TinyDepthwise(nn.Module):
+    """Inverted-residual style: pointwise expand, depthwise 3x3 (groups = channels), pointwise project."""
 
-    model = _pruned_with_tp(build_model("mobilenet_v2").eval(), ratio=0.3)
-    groups = [m.groups for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
-    assert groups and all(g > 1 for g in groups)
-    save_pruned(model, "mobilenet_v2", tmp_path / "mb")
-    loaded = load_pruned(tmp_path / "mb")
-    assert torch.equal(loaded(X[:2]), model(X[:2]))
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32, bias=False),
+                                nn.BatchNorm2d(32), nn.ReLU())
+        self.project = nn.Sequential(nn.Conv2d(32, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.project(self.dw(self.expand(x))) + x[:, :, ::2, ::2]
+        return self.fc(x.mean([2, 3]))
+
+
+def test_pruned_depthwise(tmp_path, monkeypatch):
+    from amc import models
+
+    monkeypatch.setitem(models.MODELS, "tinydw", lambda num_classes=10: TinyDepthwise())
+    model = _pruned_with_tp(_randomise_bn(TinyDepthwise().eval()), ratio=0.5)
+    dw = model.dw[0]
+    assert dw.groups == dw.in_channels == dw.out_channels < 32  # pruned and still depthwise
+    save_pruned(model, "tinydw", tmp_path / "dw")
+    loaded = load_pruned(tmp_path / "dw")
+    assert loaded.dw[0].groups == dw.groups
+    assert torch.equal(loaded(X), model(X))
 
 
 def _no_temp_files(directory: Path) -> bool:
