@@ -18,6 +18,7 @@ COMMANDS = [
     "amc.commands.sensitivity",
     "amc.commands.prune",
     "amc.commands.apply",
+    "amc.commands.export",
     "amc.commands.search",
 ]
 
