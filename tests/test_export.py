@@ -243,3 +243,34 @@ def test_export_compressed(tmp_path, granularity):
     else:
         assert out["sparse_bytes"] == Path(out["sparse_path"]).stat().st_size
         assert torch.equal(load_sparse(out["sparse_path"])(X), model(X))
+
+
+def test_cli_export_checkpoint_and_pruned_folder(tmp_path, capsys):
+    from amc.cli import main
+
+    model = make_tiny_vgg()
+    apply_policy(model, dict.fromkeys(prunable_names(model), 0.9))
+    ckpt = tmp_path / "pruned.pt"
+    torch.save(model.state_dict(), ckpt)
+    out = tmp_path / "a"
+    assert main(["export", str(ckpt), "--model", "tinyvgg", "--format", "sparse,pruned", "--out", str(out)]) == 0
+    assert "lab count" in capsys.readouterr().out
+    assert torch.equal(load_sparse(out / "model.sparse.safetensors")(X), model(X))
+    small = _pruned_with_tp(make_tiny_vgg())
+    save_pruned(small, "tinyvgg", tmp_path / "folder")
+    assert main(["export", str(tmp_path / "folder"), "--format", "sparse", "--dtype", "fp16",
+                 "--out", str(tmp_path / "b")]) == 0
+    back = load_sparse(tmp_path / "b" / "model.sparse.safetensors", load_pruned(tmp_path / "folder"))
+    assert torch.allclose(back(X), small(X), atol=1e-2)
+    assert json.loads((tmp_path / "b" / "export.json").read_text())["arch"] == "tinyvgg"
+
+
+def test_cli_export_errors(tmp_path, capsys):
+    from amc.cli import main
+
+    ckpt = tmp_path / "m.pt"
+    torch.save(make_tiny_vgg().state_dict(), ckpt)
+    assert main(["export", str(ckpt), "--model", "tinyvgg", "--format", "zip", "--out", str(tmp_path)]) == 2
+    assert "unknown --format zip" in capsys.readouterr().err
+    assert main(["export", str(ckpt), "--format", "sparse", "--out", str(tmp_path)]) == 2
+    assert "pass --model" in capsys.readouterr().err
