@@ -191,7 +191,7 @@ def rebuild_masks(model: nn.Module, recipe: Recipe) -> Masks:
     """Compute (not apply) the fine / nm masks the recipe describes on ``model``'s current weights."""
     masks: Masks = {}
     for layer in recipe.layers:
-        w = model.get_submodule(layer.name).weight
+        w = _weight(model, layer.name)
         if recipe.granularity == "fine":
             masks[layer.name] = stable_magnitude_mask(w, layer.ratio)
         elif recipe.granularity == "nm":
@@ -263,6 +263,12 @@ def make_recipe(
     return recipe
 
 
+def _weight(model: nn.Module, name: str) -> torch.Tensor:
+    w = model.get_submodule(name).weight
+    assert isinstance(w, torch.Tensor)
+    return w
+
+
 def _out_channels(model: nn.Module, name: str) -> int:
     try:
         mod = model.get_submodule(name)
@@ -320,7 +326,7 @@ def validate_recipe(recipe: Recipe, model: nn.Module | None = None) -> None:
             if list(k) != sorted(set(k)) or k[0] < 0 or k[-1] >= out:
                 raise PolicyError(f"kept channels of {layer.name} must be sorted, unique and in [0, {out})")
         if recipe.granularity == "nm":
-            w = model.get_submodule(layer.name).weight
+            w = _weight(model, layer.name)
             assert recipe.nm is not None
             if w.shape[1] % recipe.nm[1]:
                 raise PolicyError(f"layer {layer.name}: input dimension {w.shape[1]} is not a multiple "
@@ -378,7 +384,8 @@ class _Reader:
     def __init__(self, d: Any, where: str):
         if not isinstance(d, dict):
             raise RecipeError(f"{where} must be a mapping, got {type(d).__name__}")
-        self.d, self.where, self.used = d, where, set()
+        self.d, self.where = d, where
+        self.used: set[str] = set()
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., nullable: bool = False) -> Any:
         self.used.add(key)
@@ -447,11 +454,12 @@ def recipe_from_dict(d: Any) -> Recipe:
     if (f := r.sub("finetune", None)) is not None:
         iterative = None
         if (it := f.sub("iterative", None)) is not None:
-            kind = it.get("kind", str)
-            if kind not in SCHEDULES:
-                raise RecipeError(f"recipe.finetune.iterative.kind {kind!r} unknown; known: {', '.join(SCHEDULES)}")
+            sched_kind = it.get("kind", str)
+            if sched_kind not in SCHEDULES:
+                raise RecipeError(f"recipe.finetune.iterative.kind {sched_kind!r} unknown; "
+                                  f"known: {', '.join(SCHEDULES)}")
             try:
-                iterative = IterativeSchedule(kind, it.get("steps", int), it.get("initial", float, 0.0),
+                iterative = IterativeSchedule(sched_kind, it.get("steps", int), it.get("initial", float, 0.0),
                                               it.get("epochs_per_step", float, 1.0))
             except PolicyError as e:
                 raise RecipeError(f"recipe.finetune.iterative: {e}") from None

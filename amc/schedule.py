@@ -127,6 +127,7 @@ def iterative_prune(
         t0 = time.perf_counter()
         for name, s in targets.items():
             w = model.get_submodule(name).weight
+            assert isinstance(w, torch.Tensor)
             masks[name] = monotone_mask(w, s, masks.get(name))
         apply_masks(model, masks)
         trained = loader is not None and schedule.epochs_per_step > 0
