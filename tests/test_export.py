@@ -274,3 +274,11 @@ def test_cli_export_errors(tmp_path, capsys):
     assert "unknown --format zip" in capsys.readouterr().err
     assert main(["export", str(ckpt), "--format", "sparse", "--out", str(tmp_path)]) == 2
     assert "pass --model" in capsys.readouterr().err
+
+
+def test_export_compressed_with_onnx(tmp_path):
+    onnx_export = pytest.importorskip("amc.onnx_export")
+    model = _pruned_with_tp(make_tiny_resnet())
+    out = export_compressed(model, "tinyresnet", tmp_path, "channel", onnx=True)
+    assert out["onnx_bytes"] == Path(out["onnx_path"]).stat().st_size > 0
+    assert onnx_export.check_onnx(model, out["onnx_path"]) < 1e-4
