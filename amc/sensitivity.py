@@ -19,7 +19,7 @@ from torch import nn
 from amc.errors import BudgetError
 from amc.finegrained import Policy, prune_layer
 from amc.layers import prunable_names
-from amc.train import evaluate
+from amc.train import evaluate_full
 
 DEFAULT_SPARSITIES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -34,24 +34,24 @@ def scan(
     names: Sequence[str],
     ratios: Sequence[float],
     apply_fn: Callable[[nn.Module, str, float], object],
-    score_fn: Callable[[nn.Module], float],
+    score_fn: Callable[[nn.Module], dict[str, float]],
     on_point: Callable[[str, float, float], None] | None = None,
 ) -> pd.DataFrame:
-    """For each layer alone and each ratio: ``apply_fn(model, name, ratio)``, ``score_fn(model)``,
-    then restore the layer's tensors. Returns columns ``layer, ratio, accuracy``; ratio 0 rows hold
-    the unpruned score (measured once)."""
+    """For each layer alone and each ratio: ``apply_fn(model, name, ratio)``, ``score_fn(model)``
+    (a dict of metrics, ``accuracy`` among them), then restore the layer's tensors. Returns columns
+    ``layer, ratio`` and the metrics; ratio-0 rows hold the unpruned scores (measured once)."""
     base = score_fn(model)
     rows = []
     for name in names:
-        rows.append({"layer": name, "ratio": 0.0, "accuracy": base})
+        rows.append({"layer": name, "ratio": 0.0, **base})
         saved = _snapshot(model, name)
         for r in ratios:
             apply_fn(model, name, float(r))
-            acc = score_fn(model)
+            scores = score_fn(model)
             model.get_submodule(name).load_state_dict(saved)
-            rows.append({"layer": name, "ratio": float(r), "accuracy": acc})
+            rows.append({"layer": name, "ratio": float(r), **scores})
             if on_point is not None:
-                on_point(name, float(r), acc)
+                on_point(name, float(r), scores["accuracy"])
     return pd.DataFrame(rows)
 
 
@@ -62,9 +62,14 @@ def finegrained_scan(
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
     on_point: Callable[[str, float, float], None] | None = None,
 ) -> pd.DataFrame:
-    """Accuracy on ``loader`` (the held-out split) with each layer alone magnitude-pruned."""
+    """Accuracy and loss on ``loader`` (the held-out split) with each layer alone magnitude-pruned."""
     names = list(names) if names is not None else prunable_names(model)
-    return scan(model, names, sparsities, prune_layer, lambda m: evaluate(m, loader), on_point)
+
+    def score(m: nn.Module) -> dict[str, float]:
+        acc, loss = evaluate_full(m, loader)
+        return {"accuracy": acc, "loss": loss}
+
+    return scan(model, names, sparsities, prune_layer, score, on_point)
 
 
 def _hull_steps(ratios: list[float], drops: list[float], params: int) -> list[tuple[float, float, float]]:
@@ -89,11 +94,16 @@ def pick_policy(
     layer_params: dict[str, int],
     total_params: int,
     size_target: float,
+    metric: str | None = None,
 ) -> Policy:
-    """Per-layer sparsities from sensitivity ``curves`` (columns layer, ratio, accuracy) so that
-    non-zero parameters <= ``size_target`` x ``total_params`` (the lab's size measure), spending the
-    least summed accuracy drop. Layers absent from ``curves`` stay dense. Raises ``BudgetError``
-    when even the largest scanned sparsities cannot meet the target."""
+    """Per-layer sparsities from sensitivity ``curves`` (columns layer, ratio and ``loss`` and/or
+    ``accuracy``) so that non-zero parameters <= ``size_target`` x ``total_params`` (the lab's size
+    measure), spending the least summed damage: the rise in held-out loss (default when the curves
+    have it; it still discriminates where held-out accuracy sits at 100%) or the accuracy drop.
+    Layers absent from ``curves`` stay dense. Raises ``BudgetError`` when even the largest scanned
+    sparsities cannot meet the target."""
+    metric = metric or ("loss" if "loss" in curves.columns else "accuracy")
+    sign = 1.0 if metric == "loss" else -1.0  # damage = sign * (value - unpruned value)
     if not 0 < size_target <= 1:
         raise BudgetError(f"size target must be in (0, 1], got {size_target}")
     budget = size_target * total_params
@@ -103,10 +113,10 @@ def pick_policy(
         ratios = [float(r) for r in g["ratio"]]
         if ratios[0] != 0.0:
             raise ValueError(f"curve of {name} has no ratio-0 point")
-        base = float(g["accuracy"].iloc[0])
+        base = float(g[metric].iloc[0])
         drops, worst = [], 0.0
-        for a in g["accuracy"]:
-            worst = max(worst, base - float(a))  # monotone: more pruning never scores as better
+        for a in g[metric]:
+            worst = max(worst, sign * (float(a) - base))  # monotone: more pruning never scores as better
             drops.append(worst)
         p = layer_params[str(name)]
         for to_ratio, removed, drop in _hull_steps(ratios, drops, p):

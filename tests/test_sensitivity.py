@@ -11,7 +11,8 @@ from amc.sensitivity import finegrained_scan, pick_policy
 def test_scan_restores_the_model(tiny_vgg, tiny_splits):
     before = {k: v.clone() for k, v in tiny_vgg.state_dict().items()}
     df = finegrained_scan(tiny_vgg, tiny_splits.loader("heldout", 128), sparsities=(0.5, 0.9))
-    assert list(df.columns) == ["layer", "ratio", "accuracy"]
+    assert list(df.columns) == ["layer", "ratio", "accuracy", "loss"]
+    assert (df["loss"] > 0).all()
     assert len(df) == len(prunable_names(tiny_vgg)) * 3
     assert df["accuracy"].between(0, 1).all()
     assert all((tiny_vgg.state_dict()[k] == v).all() for k, v in before.items())
@@ -46,3 +47,11 @@ def test_impossible_target_is_a_budget_error():
     curves = _curves({"a": [0, 0.1, 0.2, 0.3]})
     with pytest.raises(BudgetError, match="cannot be met"):
         pick_policy(curves, {"a": 1000}, total_params=1100, size_target=0.05)
+
+
+def test_picker_uses_the_loss_when_accuracy_is_saturated():
+    damage = {"a": [0, 0.5, 1.0], "b": [0, 0.01, 0.02]}
+    rows = [{"layer": n, "ratio": r, "accuracy": 1.0, "loss": 0.1 + d}
+            for n, ds in damage.items() for r, d in zip((0, 0.5, 0.9), ds, strict=True)]
+    policy = pick_policy(pd.DataFrame(rows), {"a": 1000, "b": 1000}, total_params=2000, size_target=0.6)
+    assert policy.get("b", 0) >= 0.8 and policy.get("a", 0) == 0

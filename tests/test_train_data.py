@@ -85,3 +85,16 @@ def test_bn_recalibration_sets_running_stats(tiny_vgg, tiny_splits):
     recalibrate_bn(tiny_vgg, tiny_splits.loader("heldout", 64))
     assert not torch.all(bn.running_mean == 0)
     assert bn.momentum == 0.1 and not tiny_vgg.training
+
+
+def test_distillation_from_a_teacher_trains(tiny_vgg, tiny_splits):
+    from tests.conftest import make_tiny_vgg
+
+    teacher = make_tiny_vgg()
+    finetune(teacher, tiny_splits.loader("train", 64), FinetuneConfig(epochs=2, lr=0.05))
+    test = tiny_splits.loader("test", 256)
+    before = evaluate(tiny_vgg, test)
+    cfg = FinetuneConfig(epochs=2, lr=0.05, distill_weight=0.5)
+    stats = finetune(tiny_vgg, tiny_splits.loader("train", 64), cfg, teacher=teacher)
+    assert evaluate(tiny_vgg, test) > before and stats["last_loss"] > 0
+    assert not teacher.training
