@@ -28,7 +28,7 @@ from torch import nn
 
 from amc.budget import Bounds, Budget, ChannelCost, CostModel, FineCost, Policy, Projector, make_bounds
 from amc.data import Splits
-from amc.errors import BudgetError, PolicyError
+from amc.errors import BudgetError, PolicyError, TrainingDiverged
 from amc.layers import count_macs, count_params, layer_table
 from amc.train import FinetuneConfig, Masks, apply_masks, finetune, model_device, recalibrate_bn
 
@@ -80,6 +80,7 @@ class EvalConfig:
     upper: float = 0.9
     bounds: Mapping[str, tuple[float, float]] | None = None  # per-layer overrides
     skip: tuple[str, ...] = field(default_factory=tuple)  # layers never pruned (e.g. the classifier)
+    profile: bool = False  # time the phases of each evaluation into Evaluator.timing (syncs the GPU)
 
     def __post_init__(self) -> None:
         if self.granularity not in GRANULARITIES:
@@ -164,6 +165,8 @@ class Evaluator:
         self.bounds: Bounds = make_bounds(self.names, config.lower, config.upper, config.bounds)
         self.projector = Projector(self.cost_model, budget, self.bounds)  # BudgetError when impossible
         self.calls = 0
+        self.timing: dict[str, float] = {}  # phases of the last evaluation (profile only)
+        self.timings: list[dict[str, float]] = []  # of every evaluation (profile only)
 
     # -- setup per granularity -------------------------------------------------------------------
     def _setup_fine(self) -> None:
@@ -297,6 +300,7 @@ class Evaluator:
         self.calls += 1
         self._restore()
         masks = self._apply(self.work, policy)
+        t_apply = self._tick()
         reason = ""
         try:
             if self.config.recovery == "finetune" and self.config.recovery_steps > 0:
@@ -308,13 +312,11 @@ class Evaluator:
                 if self.config.granularity == "channel":
                     self._apply(self.work, policy)  # zero removed channels' BN shifts again
             recalibrate_bn(self.work, self._calib)
+            t_recover = self._tick()
             acc, finite = self._score(self.work)
-        except Exception as e:  # TrainingDiverged or a numerical failure: a result, never a crash
-            from amc.errors import TrainingDiverged
-
-            if not isinstance(e, TrainingDiverged):
-                raise
+        except TrainingDiverged as e:  # a result, never a crash
             acc, finite, reason = float("nan"), False, str(e)
+        t_score = time.perf_counter()
         costs = self.measure(self.work)
         latency = None
         if self.latency_table is not None and self.config.granularity == "channel":
@@ -330,8 +332,19 @@ class Evaluator:
         reward = REWARDS[self.config.reward](acc, costs, self.budget) if finite else float("nan")
         if not math.isfinite(reward):
             feasible, reason = False, reason or "non-finite reward"
+        t1 = time.perf_counter()
+        if self.config.profile:
+            self.timing = {"apply": t_apply - t0, "recover": t_recover - t_apply, "score": t_score - t_recover,
+                           "measure": t1 - t_score, "total": t1 - t0}
+            self.timings.append(self.timing)
         return Result(dict(policy), acc, costs["size"], costs["macs"], costs["params"], latency, reward,
-                      feasible, reason, time.perf_counter() - t0)
+                      feasible, reason, t1 - t0)
+
+    def _tick(self) -> float:
+        """Wall clock; with ``profile`` the device is synchronised first so phases time correctly."""
+        if self.config.profile and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     # -- policies for the kept candidates and the baselines ---------------------------------------
     def build(self, policy: Mapping[str, float]) -> tuple[nn.Module, Masks | None]:

@@ -1,0 +1,387 @@
+"""Benchmark: the AMC agent and Optuna TPE against the uniform, the sensitivity-picked and
+Torch-Pruning's global policies, side by side in one run, each finetuned and tested.
+
+Tasks: CH-50 (channel pruning to <= 50% of dense MACs, L2, channels rounded to 8) and FG-25
+(fine-grained pruning to <= 25% of dense size). Per task: one evaluator (BN recalibration on
+5,120 train images, reward = held-out accuracy on 5,000 images), the per-reward cost measured by
+phase, the AMC agent (DDPG, >= 300 episodes, 100 warm-up) and Optuna TPE (>= 200 trials, the
+uniform and sensitivity-picked policies enqueued first), then every candidate policy built (the
+physically smaller model for channel pruning, the masked model for fine-grained), BatchNorm
+recalibrated, finetuned ``--epochs`` epochs and tested on the 10,000 test images. The baseline
+for FG-25 is one global magnitude threshold (``amc.finegrained.global_prune``); for CH-50 Torch-
+Pruning's ``MagnitudePruner(global_pruning=True)``, L2, round_to 8, ratio bisected to <= 50% MACs.
+
+Writes ``search.md``, ``search.json`` and PNG plots into ``--out``.
+
+    python benchmarks/search.py --model vgg8 --device cuda --out /tmp/search          # H100
+    python benchmarks/search.py --model resnet20 --device cpu --out /tmp/search-cpu   # no GPU
+    python benchmarks/search.py --device cpu --quick --out /tmp/search-quick          # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from amc.agent import AgentConfig, run_agent  # noqa: E402
+from amc.budget import Budget  # noqa: E402
+from amc.data import load_cifar10, make_splits, subset  # noqa: E402
+from amc.evaluator import EvalConfig, Evaluator  # noqa: E402
+from amc.finegrained import global_prune  # noqa: E402
+from amc.io import atomic_path, atomic_write_text  # noqa: E402
+from amc.layers import count_macs, count_params, layer_table, prunable_names  # noqa: E402
+from amc.metrics import size_fraction  # noqa: E402
+from amc.models import load_model  # noqa: E402
+from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
+from search import OptunaConfig, OptunaSearcher  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+TASKS = {  # name -> (granularity, budget)
+    "ch50": ("channel", "macs=0.5"),
+    "fg25": ("fine", "size=0.25"),
+}
+SENS_RATIOS = (0.2, 0.4, 0.6, 0.8, 0.9)  # per-layer sensitivity scan for the sensitivity-picked policy
+TP_BISECT = 12  # bisection steps on Torch-Pruning's global ratio (2^-12 of a ratio)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def tp_global(dense: torch.nn.Module, macs_fraction: float, round_to: int, example: torch.Tensor):
+    """Torch-Pruning's global L2 magnitude pruner at the largest ratio whose MACs <= target."""
+    import torch_pruning as tp
+
+    dense_macs = count_macs(dense)[0]
+    last_linear = [dense.get_submodule(n) for n in prunable_names(dense)
+                   if isinstance(dense.get_submodule(n), torch.nn.Linear)][-1:]
+
+    def prune_at(r: float) -> torch.nn.Module:
+        m = copy.deepcopy(dense).eval()
+        ignored = [m.get_submodule(n) for n in prunable_names(dense) if dense.get_submodule(n) in last_linear]
+        pruner = tp.pruner.MagnitudePruner(m, example, importance=tp.importance.MagnitudeImportance(p=2),
+                                           global_pruning=True, pruning_ratio=r, round_to=round_to,
+                                           ignored_layers=ignored)
+        pruner.step()
+        return m
+
+    lo, hi = 0.0, 0.95  # 0.95: the largest global ratio tried
+    best = None
+    for _ in range(TP_BISECT):
+        mid = 0.5 * (lo + hi)
+        m = prune_at(mid)
+        if count_macs(m)[0] / dense_macs <= macs_fraction:
+            hi, best = mid, m
+        else:
+            lo = mid
+    if best is None:
+        best = prune_at(hi)
+    return best, hi
+
+
+def _policy_of_physical(dense: torch.nn.Module, small: torch.nn.Module, names: list[str]) -> dict[str, float]:
+    """Removed output-channel share of each searched root layer in a physically pruned model."""
+    return {n: 1.0 - small.get_submodule(n).weight.shape[0] / dense.get_submodule(n).weight.shape[0]
+            for n in names}
+
+
+def run_task(name: str, args, dense, splits, dev, run_root: Path) -> dict:
+    gran, budget_s = TASKS[name]
+    budget = Budget.parse(budget_s)
+    out: dict = {"granularity": gran, "budget": budget_s, "times_s": {}}
+    times = out["times_s"]
+    t = time.perf_counter()
+    cfg = EvalConfig(granularity=gran, calib_images=args.calib_images, round_to=8, criterion="l2",
+                     upper=0.9 if gran == "channel" else 0.98, profile=True)
+    ev = Evaluator(dense, splits, budget, cfg)
+    _sync(dev)
+    times["evaluator setup"] = time.perf_counter() - t
+    out["searched_layers"] = ev.names
+
+    # the per-reward cost: a few warm evaluations first (cuDNN autotuning), then timed ones
+    for _ in range(3):
+        ev.evaluate(ev.uniform_policy())
+    ev.timings.clear()
+    g = torch.Generator().manual_seed(0)
+    t = time.perf_counter()
+    for _ in range(args.timing_evals):
+        ev.evaluate(ev.projector.project({n: float(torch.rand((), generator=g)) for n in ev.names}))
+    times["timed rewards"] = time.perf_counter() - t
+    phases = {k: 1000 * statistics.median(tm[k] for tm in ev.timings) for k in ev.timings[0]}
+    out["reward_ms"] = phases
+    print(f"[{name}] one reward: {phases['total']:.1f} ms median "
+          f"({', '.join(f'{k} {v:.1f}' for k, v in phases.items() if k != 'total')})", flush=True)
+
+    cands: dict[str, dict] = {}
+    t = time.perf_counter()
+    uniform = ev.uniform_policy()
+    times["uniform policy"] = time.perf_counter() - t
+    cands["uniform"] = {"policy": uniform}
+    t = time.perf_counter()
+    curves = ev.sensitivity(args.sens_ratios)
+    sens = ev.sensitivity_policy(curves)
+    times["sensitivity scan + pick"] = time.perf_counter() - t
+    cands["sensitivity"] = {"policy": sens}
+
+    # the AMC agent
+    warm = min(args.warmup, args.episodes - 1) if args.episodes > 1 else 0
+    t = time.perf_counter()
+    amc = run_agent(ev, AgentConfig(episodes=args.episodes, warmup_episodes=warm, seed=args.seed,
+                                    checkpoint_every=0), run_root / f"{name}-amc")
+    times["AMC search"] = time.perf_counter() - t
+    out["amc"] = {"episodes": len(amc.episodes), "warmup": warm, "wall_s": times["AMC search"],
+                  "feasible_share": float(amc.episodes.feasible.mean()),
+                  "rewards": [float(x) for x in amc.episodes.raw_reward]}
+    print(f"[{name}] AMC: {len(amc.episodes)} episodes in {times['AMC search']:.1f} s, best "
+          f"{amc.best_result.reward if amc.best_result else float('nan'):.4f}", flush=True)
+    if amc.best_policy is not None:
+        cands["amc"] = {"policy": amc.best_policy}
+
+    # Optuna TPE (its first two trials are the uniform and sensitivity-picked policies)
+    t = time.perf_counter()
+    searcher = OptunaSearcher(ev, OptunaConfig(study=f"{name}", n_trials=args.trials, seed=args.seed),
+                              run_root / f"{name}-optuna", sensitivity_policy=sens)
+    ores = searcher.run()
+    times["Optuna search"] = time.perf_counter() - t
+    frame = ores.trials
+    out["optuna"] = {"trials": int((frame.state == "COMPLETE").sum()), "wall_s": times["Optuna search"],
+                     "feasible_share": float(frame.feasible.fillna(False).astype(bool).mean()),
+                     "rewards": [float(x) for x in frame.reward]}
+    print(f"[{name}] Optuna: {out['optuna']['trials']} trials in {times['Optuna search']:.1f} s, best "
+          f"{ores.best_result.reward if ores.best_result else float('nan'):.4f}", flush=True)
+    if ores.best_policy is not None:
+        cands["optuna"] = {"policy": ores.best_policy}
+
+    # every candidate: held-out reward, build, recalibrate, test, finetune, test
+    calib = splits.loader("train", 512, limit=args.calib_images, shuffle=False, augment=False)
+    test = splits.loader("test", 1000)
+    ft = FinetuneConfig(epochs=args.epochs)
+    example = torch.zeros(1, 3, 32, 32, device=dev)
+    built: dict[str, tuple[torch.nn.Module, object]] = {}
+    for key, c in cands.items():
+        res = ev.evaluate(c["policy"])
+        c.update({"heldout_acc": res.accuracy, "feasible": res.feasible, "reward_macs": res.macs,
+                  "reward_size": res.size})
+        t = time.perf_counter()
+        built[key] = ev.build(c["policy"])
+        c["build_s"] = time.perf_counter() - t
+    if gran == "channel":
+        t = time.perf_counter()
+        small, ratio = tp_global(dense, budget.fraction, 8, example)
+        times["Torch-Pruning global"] = time.perf_counter() - t
+        cands["tp_global"] = {"policy": _policy_of_physical(dense, small, ev.names), "tp_ratio": ratio}
+        built["tp_global"] = (small, None)
+    else:
+        m = copy.deepcopy(dense)
+        names = prunable_names(m)
+        total = count_params(m)
+        weights = sum(m.get_submodule(n).weight.numel() for n in names)
+        s = 1.0 - (budget.fraction * total - (total - weights)) / weights  # global sparsity that meets the size
+        masks = global_prune(m, min(max(s, 0.0), 0.999))  # 0.999: global_prune needs sparsity < 1
+        table = {n: 1.0 - float(masks[n].float().mean()) for n in names}
+        cands["global_magnitude"] = {"policy": {n: table[n] for n in ev.names}, "sparsity": s}
+        built["global_magnitude"] = (m, masks)
+    dense_macs = count_macs(dense)[0]
+    for key, (model, masks) in built.items():
+        c = cands[key]
+        model = model.to(dev)
+        if gran == "channel":
+            c["macs"] = count_macs(model)[0] / dense_macs
+            c["params"] = count_params(model) / count_params(dense)
+        c["size"] = size_fraction(model, count_params(dense) * 32)
+        recalibrate_bn(model, calib)
+        c["test_before"] = evaluate(model, test)
+        _sync(dev)
+        t = time.perf_counter()
+        finetune(model, splits.loader("train", args.batch_size, seed=args.seed), ft, masks=masks)  # type: ignore[arg-type]
+        _sync(dev)
+        c["finetune_s"] = time.perf_counter() - t
+        c["test_after"] = evaluate(model, test)
+        if gran == "fine":
+            c["size_after"] = size_fraction(model, count_params(dense) * 32)
+        print(f"[{name}] {key}: test {c['test_before']:.4f} -> {c['test_after']:.4f} after {args.epochs:g} ep",
+              flush=True)
+    out["candidates"] = cands
+    out["sensitivity_curves"] = curves.to_dict("records")
+    _plots(name, out, ev.names, amc.episodes, frame, Path(args.out))
+    return out
+
+
+def _plots(name: str, res: dict, names: list[str], amc_frame, opt_frame, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, frame, col, title in ((axes[0], amc_frame, "raw_reward", "AMC agent (DDPG)"),
+                                  (axes[1], opt_frame, "reward", "Optuna TPE")):
+        r = frame[col].astype(float).to_numpy()
+        feas = frame["feasible"].fillna(False).astype(bool).to_numpy()
+        x = np.arange(len(r))
+        if "warmup" in frame:
+            w = frame["warmup"].astype(bool).to_numpy()
+            ax.scatter(x[w], r[w], s=6, c="0.6", label="warm-up (random)")
+            ax.scatter(x[~w], r[~w], s=6, c="C0", label="agent + noise")
+        else:
+            ax.scatter(x, r, s=6, c="C1", label="trial")
+        best = np.maximum.accumulate(np.where(feas & np.isfinite(r), r, -np.inf))
+        ax.plot(x, best, c="k", lw=1.2, label="best feasible")
+        for key, style in (("uniform", "--"), ("sensitivity", ":")):
+            acc = res["candidates"].get(key, {}).get("heldout_acc")
+            if acc is not None:
+                ax.axhline(acc, ls=style, c="C3", lw=1, label=f"{key} policy")
+        ax.set_title(title)
+        ax.set_xlabel("episode" if "warmup" in frame else "trial")
+        finite = r[np.isfinite(r)]
+        if finite.size:
+            ax.set_ylim(max(0.0, np.quantile(finite, 0.05) - 0.05), finite.max() + 0.02)
+    axes[0].set_ylabel("reward (held-out accuracy)")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{name}: {res['granularity']}, {res['budget']}")
+    with atomic_path(out / f"search_{name}_rewards.png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+    keys = [k for k in res["candidates"] if res["candidates"][k].get("policy")]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(names) * len(keys) / 3), 3.6))
+    w = 0.8 / max(len(keys), 1)
+    x = np.arange(len(names))
+    for i, k in enumerate(keys):
+        pol = res["candidates"][k]["policy"]
+        ax.bar(x + i * w, [pol.get(n, 0.0) for n in names], w, label=k)
+    ax.set_xticks(x + 0.4 - w / 2, names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("ratio removed" if res["granularity"] == "channel" else "sparsity")
+    ax.set_title(f"{name}: best policy per layer")
+    ax.legend(fontsize=7)
+    with atomic_path(out / f"search_{name}_policy.png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def _markdown(report: dict) -> str:
+    lines = ["# Search: AMC agent and Optuna vs uniform, sensitivity-picked and global baselines", "",
+             f"Model **{report['model']}** on {report['device_name']} ({report['device']}), torch "
+             f"{report['torch']}; {'QUICK smoke settings' if report['quick'] else 'full settings'}. "
+             f"Data: {report['data']}. Finetune: {report['epochs']:g} epochs per candidate. All numbers measured "
+             "in this one run.", ""]
+    label = {"uniform": "uniform", "sensitivity": "sensitivity-picked", "amc": "AMC agent (DDPG)",
+             "optuna": "Optuna TPE", "tp_global": "Torch-Pruning global L2 (round_to 8)",
+             "global_magnitude": "global magnitude threshold"}
+    lines.append(f"Dense test accuracy: {report['dense']['test_accuracy']:.2%}.")
+    lines.append("")
+    for name, t in report["tasks"].items():
+        cost = "MACs" if t["granularity"] == "channel" else "size"
+        lines += [f"## {name}: {t['granularity']} pruning, budget {t['budget']}", ""]
+        ph = t["reward_ms"]
+        lines.append(f"One reward (median of {report['timing_evals']}): **{ph['total']:.1f} ms** = apply masks "
+                     f"{ph['apply']:.1f} + BN recalibration on {report['calib_images']} images {ph['recover']:.1f} + "
+                     f"held-out evaluation on {report['heldout']} images {ph['score']:.1f} + cost re-measure "
+                     f"{ph['measure']:.1f} ms.")
+        lines.append(f"AMC: {t['amc']['episodes']} episodes ({t['amc']['warmup']} warm-up) in "
+                     f"**{t['amc']['wall_s']:.1f} s**, {t['amc']['feasible_share']:.0%} feasible. "
+                     f"Optuna TPE: {t['optuna']['trials']} trials in **{t['optuna']['wall_s']:.1f} s**, "
+                     f"{t['optuna']['feasible_share']:.0%} feasible.")
+        lines += ["", f"| policy | held-out acc. (reward) | {cost} | test acc. before FT (BN recal.) | "
+                  f"test acc. after {report['epochs']:g} ep | finetune s |", "| --- | --- | --- | --- | --- | --- |"]
+        for k, c in t["candidates"].items():
+            v = c.get("macs") if cost == "MACs" else c.get("size")
+            ho = c.get("heldout_acc")
+            lines.append(f"| {label.get(k, k)} | {'-' if ho is None else f'{ho:.2%}'} | "
+                         f"{'-' if v is None else f'{v:.2%}'} | {c['test_before']:.2%} | {c['test_after']:.2%} | "
+                         f"{c['finetune_s']:.1f} |")
+        lines += ["", f"![rewards](search_{name}_rewards.png)", "", f"![policy](search_{name}_policy.png)", ""]
+        lines += ["Wall time per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t["times_s"].items()), ""]
+    lines += ["## Settings", "", "```", json.dumps(report["settings"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="vgg8")
+    ap.add_argument("--checkpoint", default=None, help="default ../shared/models/<model>_dense.pt")
+    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.xz"))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default="reports")
+    ap.add_argument("--tasks", default="ch50,fg25", help=f"comma list of {', '.join(TASKS)}")
+    ap.add_argument("--episodes", type=int, default=300, help="AMC episodes")
+    ap.add_argument("--warmup", type=int, default=100, help="AMC warm-up episodes")
+    ap.add_argument("--trials", type=int, default=200, help="Optuna trials")
+    ap.add_argument("--epochs", type=float, default=5.0, help="finetune epochs per candidate")
+    ap.add_argument("--calib-images", type=int, default=5120)
+    ap.add_argument("--heldout", type=int, default=5000)
+    ap.add_argument("--timing-evals", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="tiny slice, few episodes (smoke test on CPU)")
+    args = ap.parse_args()
+    args.sens_ratios = SENS_RATIOS
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes during the search: autotune once
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = load_cifar10(args.data)
+    if args.quick:
+        data = subset(data, train=1200, test=300)
+        args.heldout, args.calib_images = min(args.heldout, 200), min(args.calib_images, 128)
+        args.episodes, args.warmup, args.trials = min(args.episodes, 4), min(args.warmup, 2), min(args.trials, 4)
+        args.epochs, args.timing_evals = min(args.epochs, 0.05), min(args.timing_evals, 2)
+        args.sens_ratios = (0.6,)
+    splits = make_splits(data, heldout=args.heldout, device=dev)
+    t_data = time.perf_counter() - t0
+    ckpt = args.checkpoint or str(SHARED / "models" / f"{args.model}_dense.pt")
+    dense = load_model(args.model, ckpt).to(dev).eval()
+    if dev.type == "cuda":
+        dense = dense.to(memory_format=torch.channels_last)
+    report: dict = {
+        "model": args.model, "checkpoint": ckpt, "device": str(dev), "quick": args.quick,
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "data": f"{len(splits.train_y)} train / {len(splits.heldout_y)} held-out / "
+                                           f"{len(splits.test_y)} test", "epochs": args.epochs,
+        "calib_images": args.calib_images, "heldout": args.heldout, "timing_evals": args.timing_evals,
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "times_s": {"load data": t_data}, "tasks": {},
+        "dense": {"test_accuracy": evaluate(dense, splits.loader("test", 1000)), "macs": count_macs(dense)[0],
+                  "params": count_params(dense), "layers": len(layer_table(dense))},
+    }
+    with tempfile.TemporaryDirectory(prefix="amc-search-bench-") as tmp:
+        for name in [s.strip() for s in args.tasks.split(",") if s.strip()]:
+            if name not in TASKS:
+                raise SystemExit(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+            t = time.perf_counter()
+            report["tasks"][name] = run_task(name, args, dense, splits, dev, Path(tmp))
+            report["times_s"][name] = time.perf_counter() - t
+            atomic_write_text(out / "search.json", json.dumps(report, indent=1, default=_json))
+    report["times_s"]["total"] = time.perf_counter() - t0
+    atomic_write_text(out / "search.json", json.dumps(report, indent=1, default=_json))
+    atomic_write_text(out / "search.md", _markdown(report))
+    print(f"wrote {out / 'search.md'} in {report['times_s']['total']:.0f} s")
+
+
+def _json(o):
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+if __name__ == "__main__":
+    main()
