@@ -8,8 +8,8 @@ atomically. A section is a small frozen dataclass with ``render(run_dir, slug) -
 - ``WeightDistributions(dense, pruned)``: per-layer weight histograms before/after (``amc.plots``).
 - ``Sensitivity(curves)``: accuracy vs. per-layer ratio; columns ``layer``, ``ratio`` (or
   ``sparsity``), ``accuracy`` (``amc.plots``).
-- ``SearchProgress(trials)``: reward per episode; columns ``episode``, ``reward``, ``feasible``
-  and optionally ``best`` (running best value, or a flag marking new bests).
+- ``SearchProgress(trials)``: reward per episode; columns ``episode`` (or Optuna's ``trial``),
+  ``reward``, ``feasible`` and optionally ``best`` (running best value, or a flag marking new bests).
 - ``PolicyBars(policies)``: per-layer ratios, one bar group per layer, one colour per policy.
 - ``AccuracyVsBudget(results)``: accuracy against the budget reached; columns ``method``,
   ``budget`` (fraction of dense), ``accuracy``; optional ``dense_accuracy`` draws a reference line.
@@ -159,11 +159,20 @@ def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
         raise ValueError(f"{what}: data lacks columns {missing} (has {list(df.columns)})")
 
 
+def _progress_frame(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """Trials sorted by episode (Optuna's ``trial`` column accepted as one) and a feasibility mask
+    (rows without a finite reward, such as failed or running trials, count as infeasible)."""
+    df = trials.rename(columns={"trial": "episode"}) if "episode" not in trials.columns else trials
+    _require(df, ["episode", "reward"], "search progress")
+    df = df.sort_values("episode")
+    reward = pd.to_numeric(df["reward"], errors="coerce")
+    feasible = df["feasible"].fillna(False).astype(bool) if "feasible" in df.columns else reward.notna()
+    return df.assign(reward=reward), feasible & reward.notna()
+
+
 def search_progress_figure(trials: pd.DataFrame) -> Figure:
     """Reward per episode: feasible points, infeasible ones, and the running best."""
-    _require(trials, ["episode", "reward"], "search progress")
-    df = trials.sort_values("episode")
-    feasible = df["feasible"].astype(bool) if "feasible" in df.columns else pd.Series(True, index=df.index)
+    df, feasible = _progress_frame(trials)
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     ax.scatter(df.loc[feasible, "episode"], df.loc[feasible, "reward"], s=12, color="tab:blue", label="feasible")
@@ -191,8 +200,7 @@ class SearchProgress:
     def render(self, run_dir: Path, slug: str) -> str:
         path = _save_figure(search_progress_figure(self.trials), run_dir / f"{slug}.png")
         _write_csv(self.trials, run_dir / f"{slug}.csv")
-        df = self.trials
-        feasible = df["feasible"].astype(bool) if "feasible" in df.columns else pd.Series(True, index=df.index)
+        df, feasible = _progress_frame(self.trials)
         n, nf = len(df), int(feasible.sum())
         best = df.loc[feasible, "reward"].max() if nf else float("nan")
         at = int(df.loc[df.loc[feasible, "reward"].idxmax(), "episode"]) if nf else None

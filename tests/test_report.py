@@ -137,3 +137,10 @@ def test_run_report_from_a_recipe(tmp_path, monkeypatch):
                   "search_progress.png", "per_layer_policy.png", "weight_distributions.png"):
         assert words in text, words
     assert len(list((tmp_path / "run").glob("*.png"))) == 3
+
+
+def test_search_progress_accepts_optuna_frames(tmp_path):
+    df = pd.DataFrame({"trial": [2, 0, 1, 3], "state": ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"],
+                       "reward": [0.5, 0.2, float("nan"), 0.4], "feasible": [True, True, None, False]})
+    text = write_report(tmp_path, SearchProgress(df)).path.read_text()
+    assert "4 episodes, 2 within budget; best reward 0.5 at episode 2" in text
