@@ -30,6 +30,7 @@ from amc.layers import count_macs, count_params, prunable_names  # noqa: E402
 from amc.metrics import MiB, dense_size_bits, size_fraction, sparse_size_bits  # noqa: E402
 from amc.models import load_model  # noqa: E402
 from amc.plots import param_bars, sensitivity_curves, weight_histograms  # noqa: E402
+from amc.schedule import IterativeSchedule, iterative_prune  # noqa: E402
 from amc.sensitivity import finegrained_scan, pick_policy  # noqa: E402
 from amc.train import FinetuneConfig, evaluate, finetune  # noqa: E402
 
@@ -71,6 +72,7 @@ def main() -> None:
     cfgs = {"plain": FinetuneConfig(epochs=args.epochs, lr=args.lr)}
     if args.distill > 0:
         cfgs["kd"] = FinetuneConfig(epochs=args.epochs, lr=args.lr, distill_weight=args.distill)
+    cfgs["agp"] = cfgs["plain"]
 
     dense = load_model("vgg8", args.checkpoint).to(dev)
     dense_bits = dense_size_bits(dense)
@@ -88,9 +90,15 @@ def main() -> None:
         r = {"policy": {k: round(v, 4) for k, v in policy.items()}, "size_fraction": size_fraction(pruned, dense_bits),
              "sparse_size_mib": sparse_size_bits(pruned) / MiB, "test_accuracy_before": evaluate(pruned, test)}
         for name, cfg in cfgs.items():
-            model = copy.deepcopy(pruned)
             t1 = time.perf_counter()
-            finetune(model, splits.loader("train", args.batch_size, seed=0), cfg, masks=masks, teacher=dense)
+            train = splits.loader("train", args.batch_size, seed=0)
+            if name == "agp":  # gradual: 5 prune steps, 1 finetune epoch after each (same 5 epochs in all)
+                model = copy.deepcopy(dense)
+                sched = IterativeSchedule("agp", steps=5, epochs_per_step=args.epochs / 5)
+                iterative_prune(model, policy, sched, loader=train, finetune_cfg=cfg)
+            else:
+                model = copy.deepcopy(pruned)
+                finetune(model, train, cfg, masks=masks, teacher=dense)
             times[f"{key}: finetune {args.epochs:g} epochs ({name})"] = time.perf_counter() - t1
             r[f"test_accuracy_after_{name}"] = evaluate(model, test)
             r[f"size_fraction_after_{name}"] = size_fraction(model, dense_bits)
@@ -135,14 +143,17 @@ def main() -> None:
 
 def render(rep: dict, curves) -> str:
     m, r = rep["meta"], rep["results"]
-    kinds = [k for k in ("plain", "kd") if f"test_accuracy_after_{k}" in r["hand_tuned"]]
-    head = {"plain": "after finetune (CE)", "kd": f"after finetune (CE + KD {m['distill_weight']:g})"}
+    kinds = [k for k in ("plain", "kd", "agp") if f"test_accuracy_after_{k}" in r["hand_tuned"]]
+    head = {"plain": "one-shot + finetune (CE)", "kd": f"one-shot + finetune (CE + KD {m['distill_weight']:g})",
+            "agp": "gradual AGP, 5 steps (CE)"}
     lines = [
         "# VGG8 fine-grained pruning",
         "",
         f"Device: {m['device']} (torch {m['torch']}). Finetune: {m['epochs']:g} epochs, SGD lr {m['lr']} cosine, "
         f"batch {m['batch_size']}, masks kept; 'CE' trains on labels alone, 'KD' adds distillation from the dense "
-        f"model (weight {m['distill_weight']:g}, temperature {m['distill_temperature']:g}). Test set: "
+        f"model (weight {m['distill_weight']:g}, temperature {m['distill_temperature']:g}); 'AGP' reaches the same "
+        "policy in 5 pruning steps (cubic schedule of Zhu & Gupta), each followed by a fifth of the epochs, so "
+        "every column spends the same 5 epochs. Test set: "
         f"{m['test_images']:,} images, used for these numbers only; the sensitivity scan and the policy picker use "
         f"{m['heldout_images']:,} held-out train images (held-out loss, since held-out accuracy of the dense model "
         "is ~100%)." + (" **Quick smoke run, not a result.**" if m["quick"] else ""),
