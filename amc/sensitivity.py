@@ -22,6 +22,9 @@ from amc.layers import prunable_names
 from amc.train import evaluate_full
 
 DEFAULT_SPARSITIES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# weight of the held-out loss rise beside the accuracy drop: a loss rise of 0.1 counts as a 0.1-point
+# accuracy drop, enough to order layers whose held-out accuracy stays at 100%, too little to overrule it
+LOSS_TIE_WEIGHT = 0.01
 
 
 @torch.no_grad()
@@ -98,25 +101,35 @@ def pick_policy(
 ) -> Policy:
     """Per-layer sparsities from sensitivity ``curves`` (columns layer, ratio and ``loss`` and/or
     ``accuracy``) so that non-zero parameters <= ``size_target`` x ``total_params`` (the lab's size
-    measure), spending the least summed damage: the rise in held-out loss (default when the curves
-    have it; it still discriminates where held-out accuracy sits at 100%) or the accuracy drop.
+    measure), spending the least summed damage: the accuracy drop, with the held-out loss rise as a
+    tie-breaker (``accuracy+loss``, the default when the curves have a loss: held-out accuracy of a
+    model trained on those images sits at 100% for mild pruning), or either alone.
     Layers absent from ``curves`` stay dense. Raises ``BudgetError`` when even the largest scanned
     sparsities cannot meet the target."""
-    metric = metric or ("loss" if "loss" in curves.columns else "accuracy")
-    sign = 1.0 if metric == "loss" else -1.0  # damage = sign * (value - unpruned value)
     if not 0 < size_target <= 1:
         raise BudgetError(f"size target must be in (0, 1], got {size_target}")
     budget = size_target * total_params
-    steps: list[tuple[float, str, float, float]] = []  # (drop per weight, layer, to_ratio, removed)
+    metric = metric or ("accuracy+loss" if "loss" in curves.columns else "accuracy")
+    if metric not in ("accuracy", "loss", "accuracy+loss"):
+        raise ValueError(f"unknown sensitivity metric {metric!r}")
+    steps: list[tuple[float, str, float, float]] = []  # (damage per weight, layer, to_ratio, removed)
     for name, g in curves.groupby("layer", sort=False):
         g = g.sort_values("ratio")
         ratios = [float(r) for r in g["ratio"]]
         if ratios[0] != 0.0:
             raise ValueError(f"curve of {name} has no ratio-0 point")
-        base = float(g[metric].iloc[0])
+        damage = [0.0] * len(g)
+        if "accuracy" in metric:
+            acc = g["accuracy"].to_numpy(dtype=float)
+            damage = [d + acc[0] - a for d, a in zip(damage, acc, strict=True)]
+        if "loss" in metric:
+            loss = g["loss"].to_numpy(dtype=float)
+            # alone, the loss rise; beside accuracy, a tie-breaker where held-out accuracy is saturated
+            w = 1.0 if metric == "loss" else LOSS_TIE_WEIGHT
+            damage = [d + w * (x - loss[0]) for d, x in zip(damage, loss, strict=True)]
         drops, worst = [], 0.0
-        for a in g[metric]:
-            worst = max(worst, sign * (float(a) - base))  # monotone: more pruning never scores as better
+        for d in damage:
+            worst = max(worst, d)  # monotone: more pruning never scores as less damaging
             drops.append(worst)
         p = layer_params[str(name)]
         for to_ratio, removed, drop in _hull_steps(ratios, drops, p):

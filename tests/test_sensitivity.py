@@ -54,4 +54,5 @@ def test_picker_uses_the_loss_when_accuracy_is_saturated():
     rows = [{"layer": n, "ratio": r, "accuracy": 1.0, "loss": 0.1 + d}
             for n, ds in damage.items() for r, d in zip((0, 0.5, 0.9), ds, strict=True)]
     policy = pick_policy(pd.DataFrame(rows), {"a": 1000, "b": 1000}, total_params=2000, size_target=0.6)
+    assert policy == pick_policy(pd.DataFrame(rows), {"a": 1000, "b": 1000}, 2000, 0.6, metric="loss")
     assert policy.get("b", 0) >= 0.8 and policy.get("a", 0) == 0
