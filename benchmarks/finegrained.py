@@ -155,7 +155,8 @@ def render(rep: dict, curves) -> str:
         "policy in 5 pruning steps (cubic schedule of Zhu & Gupta), each followed by a fifth of the epochs, so "
         "every column spends the same 5 epochs. Test set: "
         f"{m['test_images']:,} images, used for these numbers only; the sensitivity scan and the policy picker use "
-        f"{m['heldout_images']:,} held-out train images (accuracy drop with the held-out loss as tie-breaker, since held-out accuracy of the dense model "
+        f"{m['heldout_images']:,} held-out train images (accuracy drop with the held-out loss as tie-breaker, since "
+        "held-out accuracy of the dense model "
         "is ~100%)." + (" **Quick smoke run, not a result.**" if m["quick"] else ""),
         "Produced by `python benchmarks/finegrained.py --device cuda --out reports/`.",
         "",
