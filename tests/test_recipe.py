@@ -315,10 +315,13 @@ def test_cli_apply_finetunes_and_evaluates(tmp_path, monkeypatch, capsys):
     path = save_recipe(recipe, tmp_path / "r.yaml")
     out = tmp_path / "out"
     rc = main(["apply", str(path), "--checkpoint", str(ckpt), "--out", str(out), "--finetune", "--evaluate",
-               "--data", str(data), "--heldout", "10", "--device", "cpu", "--batch-size", "16"])
+               "--data", str(data), "--heldout", "10", "--device", "cpu", "--batch-size", "16", "--epochs", "0.5"])
     assert rc == 0
     assert "accuracy" in capsys.readouterr().out
     written = load_recipe(out / "recipe.yaml")
+    assert written.finetune.epochs == 0.5
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"rebuild", "evaluate_rebuilt", "finetune", "evaluate_dense"} <= set(summary["times_s"])
     for value in (written.metrics.dense_accuracy, written.metrics.accuracy_before_finetune,
                   written.metrics.accuracy):
         assert value is not None and 0.0 <= value <= 1.0
