@@ -7,7 +7,9 @@ action plus truncated normal noise whose width decays by 0.99 per episode, and a
 baseline subtracted from the episode reward (``RewardBaseline``). One gradient step per
 transition after each episode.
 
-Lifecycle: ``AgentConfig(...)`` -> ``run_agent(evaluator, config, run_dir)`` -> ``AgentResult``.
+Lifecycle: ``AgentConfig(...)`` -> ``run_agent(evaluator, config, run_dir)`` -> ``AgentResult``;
+or, with the searcher interface the Optuna searcher shares, ``AmcSearcher(evaluator, config)`` ->
+``propose() -> Policy`` -> ``evaluator.evaluate`` -> ``observe(policy, result)``, repeated.
 Inside: the env is wrapped in ``RewardBaseline``; ``SearchLogger`` (an SB3 callback) logs every
 episode to ``run_dir/episodes.csv`` (atomic), tracks the best feasible policy, and every
 ``checkpoint_every`` episodes saves the agent (``agent.zip``), its replay buffer (``replay.pkl``)
@@ -211,6 +213,77 @@ class SearchLogger(BaseCallback):
         atomic_write_text(self.run_dir / "state.json", json.dumps(state, indent=1, default=str))
 
 
+def _make_model(config: AgentConfig, env: gym.Env, n_layers: int, noise: ActionNoise):
+    buffer = (config.buffer_episodes or config.episodes) * n_layers
+    model = ALGOS[config.algo](
+        "MlpPolicy", env, learning_rate=config.critic_lr, buffer_size=buffer,
+        learning_starts=config.warmup_episodes * n_layers, batch_size=config.batch_size, tau=config.tau,
+        gamma=config.gamma, train_freq=(1, "episode"), gradient_steps=-1, action_noise=noise, seed=config.seed,
+        device=config.device, policy_kwargs={"net_arch": {"pi": list(config.net_arch), "qf": list(config.net_arch)}})
+    model.actor_lr, model.critic_lr = config.actor_lr, config.critic_lr
+    return model
+
+
+class AmcSearcher:
+    """The AMC agent behind the searcher interface: ``propose()`` rolls the actor (random actions
+    during the warm-up, then actor + decaying noise) over the layers and returns the projected
+    policy; ``observe(policy, result)`` stores the episode's transitions with the baseline-shifted
+    reward in the replay buffer and, after the warm-up, takes one gradient step per transition.
+    The same agent, settings and networks as ``run_agent``; no checkpoints (use ``run_agent``)."""
+
+    def __init__(self, evaluator: Evaluator, config: AgentConfig = AgentConfig()) -> None:
+        from stable_baselines3.common.logger import configure
+
+        self.config = config
+        self.env = PruningEnv(evaluator, evaluate=False)
+        self.n_layers = len(self.env.names)
+        self.noise = DecayingTruncatedNormal(config.sigma, config.sigma_decay, config.warmup_episodes,
+                                             seed=config.seed)
+        self.model = _make_model(config, self.env, self.n_layers, self.noise)
+        self.model.set_logger(configure(None, [""]))  # train() logs; no output wanted
+        self.env.action_space.seed(config.seed)
+        self.baseline: float | None = None
+        self.episodes = 0
+        self._pending: dict[tuple, list[tuple]] = {}
+
+    def propose(self) -> Policy:
+        obs, _ = self.env.reset(seed=self.config.seed + self.episodes)
+        steps, done, info = [], False, {}
+        warm = self.episodes < self.config.warmup_episodes
+        while not done:
+            if warm:
+                action = self.env.action_space.sample()
+            else:
+                action, _ = self.model.predict(obs, deterministic=True)
+                action = np.clip(action + self.noise(), -1.0, 1.0).astype(np.float32)
+            nxt, _, done, _, info = self.env.step(action)
+            steps.append((obs, nxt, np.asarray(action, dtype=np.float32).reshape(1), done))
+            obs = nxt
+        policy = info["policy"]
+        self._pending.setdefault(tuple(sorted(policy.items())), []).append(steps)
+        return policy
+
+    def observe(self, policy: Policy, result: Result) -> None:
+        key = tuple(sorted(policy.items()))
+        if not self._pending.get(key):
+            raise AmcError("observe() got a policy that propose() did not hand out")
+        steps = self._pending[key].pop(0)
+        r = result.reward if math.isfinite(result.reward) else 0.0
+        if self.baseline is None:
+            self.baseline = r
+        shaped = r - self.baseline
+        self.baseline += (1.0 - self.config.baseline_alpha) * (r - self.baseline)
+        for obs, nxt, action, done in steps:
+            scaled = self.model.policy.scale_action(action)  # type: ignore[union-attr]
+            self.model.replay_buffer.add(obs[None], nxt[None], scaled[None],  # type: ignore[union-attr]
+                                         np.array([shaped if done else 0.0]), np.array([done]), [{}])
+        self.episodes += 1
+        self.noise.reset()
+        self.model.num_timesteps += len(steps)
+        if self.episodes > self.config.warmup_episodes:
+            self.model.train(gradient_steps=len(steps), batch_size=self.config.batch_size)
+
+
 def _result_from_row(row: dict) -> Result:
     policy = {k[2:]: float(v) for k, v in row.items() if k.startswith("r:")}
     lat = row.get("latency")
@@ -247,12 +320,7 @@ def run_agent(evaluator: Evaluator, config: AgentConfig = AgentConfig(), run_dir
             raise CheckpointError(f"cannot resume the agent from {run}: {e}") from None
         model.action_noise = noise
     else:
-        buffer = (config.buffer_episodes or config.episodes) * n_layers
-        model = cls("MlpPolicy", wrapper, learning_rate=config.critic_lr, buffer_size=buffer,
-                    learning_starts=config.warmup_episodes * n_layers, batch_size=config.batch_size,
-                    tau=config.tau, gamma=config.gamma, train_freq=(1, "episode"), gradient_steps=-1,
-                    action_noise=noise, seed=config.seed, device=config.device,
-                    policy_kwargs={"net_arch": {"pi": list(config.net_arch), "qf": list(config.net_arch)}})
+        model = _make_model(config, wrapper, n_layers, noise)
     model.actor_lr, model.critic_lr = config.actor_lr, config.critic_lr
     rows: list[dict] = []
     best = None

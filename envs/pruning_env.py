@@ -11,7 +11,8 @@ bounds.
 Action: float32 ``Box`` [-1, 1] of shape (1,), mapped linearly to the layer's ``[lower, upper]``
 ratio bounds, then clamped by the budget projection (so every finished episode meets the budget).
 The reward is 0 before the last step and ``Evaluator.evaluate(policy).reward`` at the last step;
-``info`` at the last step holds ``policy`` and ``result``. The environment only steps: logging and
+``info`` at the last step holds ``policy`` and ``result`` (with ``evaluate=False`` only ``policy``
+and reward 0: an ask/tell driver such as ``amc.agent.AmcSearcher`` scores it). The environment only steps: logging and
 best-policy tracking are callbacks (``amc.agent``).
 """
 
@@ -39,9 +40,10 @@ def _minmax(col: np.ndarray) -> np.ndarray:
 class PruningEnv(gym.Env):
     metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium's class attribute)
 
-    def __init__(self, evaluator: Evaluator) -> None:
+    def __init__(self, evaluator: Evaluator, evaluate: bool = True) -> None:
         super().__init__()
         self.evaluator = evaluator
+        self.evaluate = evaluate  # False: the last step only hands back the policy (ask/tell drivers)
         self.names = list(evaluator.names)
         info = {t.name: t for t in evaluator.table}
         rows = []
@@ -92,6 +94,8 @@ class PruningEnv(gym.Env):
         self._t += 1
         if self._t < len(self.names):
             return self._obs(), 0.0, False, False, {}
+        if not self.evaluate:
+            return self._obs(), 0.0, True, False, {"policy": dict(self._policy)}
         result = self.evaluator.evaluate(self._policy)
         reward = result.reward if math.isfinite(result.reward) else 0.0  # a diverged model scores 0
         info = {"policy": dict(self._policy), "result": result}

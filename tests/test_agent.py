@@ -101,3 +101,48 @@ def test_bad_config():
         AgentConfig(algo="ppo")
     with pytest.raises(AmcError):
         AgentConfig(episodes=0)
+
+
+def test_propose_observe_interface(tiny_splits):
+    import torch
+
+    from amc.agent import AmcSearcher
+
+    ev = _evaluator(tiny_splits)
+    s = AmcSearcher(ev, AgentConfig(episodes=4, checkpoint_every=0, **TINY))
+    before = [p.detach().clone() for p in s.model.actor.parameters()]
+    for _ in range(3):
+        pol = s.propose()
+        assert ev.projector.feasible(pol)
+        res = ev.evaluate(pol)
+        assert res.feasible
+        s.observe(pol, res)
+    assert s.model.replay_buffer.size() == 3 * len(ev.names)
+    after = list(s.model.actor.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))  # it learnt
+    with pytest.raises(AmcError):
+        s.observe({"x": 0.5}, res)
+
+
+@pytest.mark.parametrize("method", ["amc", "optuna"])
+def test_cli_search(tmp_path, method, capsys):
+    import json
+
+    from amc.cli import main
+    from amc.policy import load_policy_file
+    from tests.conftest import CIFAR, MODELS
+
+    ckpt = MODELS / "resnet20_dense.pt"
+    if not ckpt.exists() or not CIFAR.exists():
+        pytest.skip("shared checkpoint or data missing")
+    out = tmp_path / "run"
+    argv = ["search", str(ckpt), "--method", method, "--budget", "macs=0.6", "--granularity", "channel",
+            "--episodes", "2", "--warmup", "1", "--heldout", "128", "--calib-images", "128",
+            *(["--sens-ratios", "0.5"] if method == "optuna" else []), "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    policy = load_policy_file(out / "best_policy.yaml")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["feasible"] and summary["best"]["macs"] <= 0.6 + 1e-9
+    assert set(policy) and (out / "episodes.csv").exists()
+    assert "best policy" in capsys.readouterr().out
+    assert main([*argv[:-2], "--budget", "macs=0.01", "--out", str(tmp_path / "x")]) == 2  # impossible budget

@@ -46,6 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--study", default="amc-search")
     o.add_argument("--storage", default=None, help="SQLAlchemy URL (default sqlite:///OUT/study.db)")
     o.add_argument("--sampler", choices=("tpe", "nsga2", "random"), default="tpe")
+    o.add_argument("--sens-ratios", default="0.2,0.4,0.6,0.8",
+                   help="ratios scanned per layer for the sensitivity-picked first trial ('' to skip it)")
     p.set_defaults(func=run)
 
 
@@ -107,8 +109,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         from search import OptunaConfig, OptunaSearcher
 
+        try:
+            ratios = tuple(float(x) for x in args.sens_ratios.split(",") if x.strip())
+        except ValueError:
+            raise AmcError(f"--sens-ratios must be comma-separated numbers, got {args.sens_ratios!r}") from None
         ocfg = OptunaConfig(study=args.study, storage=args.storage, sampler=args.sampler, seed=args.seed,
-                            n_trials=args.episodes)
+                            n_trials=args.episodes, enqueue_sensitivity=bool(ratios),
+                            sensitivity_ratios=ratios or (0.5,))
         searcher = OptunaSearcher(ev, ocfg, out)
         before = searcher.completed()
         with progress(f"Optuna {args.sampler}", total=args.episodes) as advance:
