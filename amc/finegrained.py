@@ -41,13 +41,16 @@ def validate_policy(model: nn.Module, policy: Mapping[str, float], upper: float 
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Keep all but the ``round(sparsity * numel)`` smallest-|w| entries (exact count, ties by index)."""
+    """Keep all but the ``round(sparsity * numel)`` smallest-|w| entries: an exact count, and among
+    equal |w| the lower flat index goes first (a stable sort; ``torch.topk`` picks among ties
+    differently on CPU and CUDA, and the fp16-stored checkpoints hold many ties), so the same
+    weights give the same mask on any device: recipes rebuild bit for bit."""
     n = weight.numel()
     k = round(sparsity * n)
     mask = torch.ones(n, dtype=torch.bool, device=weight.device)
     if k > 0:
-        idx = torch.topk(weight.detach().abs().flatten().float(), k, largest=False, sorted=False).indices
-        mask[idx] = False
+        order = torch.sort(weight.detach().abs().flatten().float(), stable=True).indices
+        mask[order[:k]] = False
     return mask.view_as(weight)
 
 
@@ -75,10 +78,7 @@ def global_prune(model: nn.Module, sparsity: float, names: list[str] | None = No
     validate_policy(model, dict.fromkeys(names, sparsity))
     weights = [model.get_submodule(n).weight for n in names]
     flat = torch.cat([w.detach().abs().flatten().float() for w in weights])
-    k = round(sparsity * flat.numel())
-    keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
-    if k > 0:
-        keep[torch.topk(flat, k, largest=False, sorted=False).indices] = False
+    keep = magnitude_mask(flat, sparsity)
     masks, off = {}, 0
     for n, w in zip(names, weights, strict=True):
         masks[n] = keep[off : off + w.numel()].view_as(w).to(w.device)
@@ -89,7 +89,7 @@ def global_prune(model: nn.Module, sparsity: float, names: list[str] | None = No
 
 def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     """N:M mask along the input dimension: in each group of ``m`` consecutive input channels (at a
-    fixed output channel and kernel position) keep the ``n`` largest |w|."""
+    fixed output channel and kernel position) keep the ``n`` largest |w|, ties by lower index."""
     if not 0 < n <= m:
         raise PolicyError(f"N:M needs 0 < N <= M, got {n}:{m}")
     if weight.ndim == 4:
@@ -101,8 +101,9 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     if w.shape[-1] % m:
         raise PolicyError(f"input dimension {w.shape[-1]} is not a multiple of {m}")
     groups = w.reshape(-1, m).float()
+    order = torch.sort(groups, dim=1, descending=True, stable=True).indices
     keep = torch.zeros_like(groups, dtype=torch.bool)
-    keep.scatter_(1, torch.topk(groups, n, dim=1).indices, True)
+    keep.scatter_(1, order[:, :n], True)
     keep = keep.view(w.shape)
     return keep.permute(0, 3, 1, 2).contiguous() if weight.ndim == 4 else keep
 

@@ -47,6 +47,7 @@ from torch import nn
 
 from amc.budget import Budget
 from amc.errors import AmcError, CheckpointError, PolicyError
+from amc.finegrained import magnitude_mask, nm_mask
 from amc.io import atomic_write_text
 from amc.layers import prunable_names
 from amc.models import build_model, file_sha256, load_model
@@ -155,35 +156,9 @@ def mask_sha256(mask: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def stable_magnitude_mask(weight: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Zero the ``round(ratio * numel)`` smallest |w|; among equal |w| the lower flat index goes first."""
-    n = weight.numel()
-    k = round(ratio * n)
-    mask = torch.ones(n, dtype=torch.bool, device=weight.device)
-    if k > 0:
-        order = torch.sort(weight.detach().abs().flatten().float(), stable=True).indices
-        mask[order[:k]] = False
-    return mask.view_as(weight)
-
-
-def stable_nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
-    """N:M along the input dimension (as ``amc.finegrained.nm_mask``), ties by lower index."""
-    if not 0 < n <= m:
-        raise PolicyError(f"N:M needs 0 < N <= M, got {n}:{m}")
-    if weight.ndim == 4:
-        w = weight.detach().abs().permute(0, 2, 3, 1)  # O, kh, kw, I: input channels last
-    elif weight.ndim == 2:
-        w = weight.detach().abs()
-    else:
-        raise PolicyError(f"N:M pruning takes conv or linear weights, got shape {tuple(weight.shape)}")
-    if w.shape[-1] % m:
-        raise PolicyError(f"input dimension {w.shape[-1]} is not a multiple of {m}")
-    groups = w.reshape(-1, m).float()
-    order = torch.sort(groups, dim=1, descending=True, stable=True).indices
-    keep = torch.zeros_like(groups, dtype=torch.bool)
-    keep.scatter_(1, order[:, :n], True)
-    keep = keep.view(w.shape)
-    return keep.permute(0, 3, 1, 2).contiguous() if weight.ndim == 4 else keep
+# the stable (ties by lower index) masks of amc.finegrained, under the names recipes use
+stable_magnitude_mask = magnitude_mask
+stable_nm_mask = nm_mask
 
 
 @torch.no_grad()
