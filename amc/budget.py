@@ -32,7 +32,7 @@ Bounds = dict[str, tuple[float, float]]  # layer -> (lower, upper) ratio
 
 BUDGET_KINDS = ("size", "macs", "params", "latency")
 DEFAULT_UPPER = 0.9  # never remove more than 90% of a layer unless asked (AMC capped channel ratios at 0.8-0.9)
-BISECT_STEPS = 30  # 2^-30 of a ratio: finer than one weight of any real layer
+BISECT_STEPS = 24  # 2^-24 of a ratio range: finer than a channel, about one weight in 16M
 
 
 @dataclass(frozen=True)
@@ -170,11 +170,12 @@ class Projector:
             trial[n] = self.upper[n]
         return self.cost.fraction(trial) <= self.budget.fraction
 
-    def min_ratio(self, prefix: Mapping[str, float], name: str) -> float:
+    def min_ratio(self, prefix: Mapping[str, float], name: str, start: float | None = None) -> float:
         """Least ratio for ``name`` (given the earlier layers' ratios in ``prefix``) that keeps the
-        budget reachable with every later layer at its upper bound."""
+        budget reachable with every later layer at its upper bound; searched above ``start``
+        (default: the lower bound), which must not meet it."""
         i = self.names.index(name)
-        lo, hi = self.lower[name], self.upper[name]
+        lo, hi = (self.lower[name] if start is None else start), self.upper[name]
         if self._meets(prefix, i, lo):
             return lo
         if not self._meets(prefix, i, hi):
@@ -191,11 +192,12 @@ class Projector:
         return hi
 
     def clamp(self, prefix: Mapping[str, float], name: str, ratio: float) -> float:
-        """``ratio`` inside the layer's bounds and at least ``min_ratio``."""
+        """``ratio`` inside the layer's bounds, raised to ``min_ratio`` when it would make the budget
+        unreachable (kept as it is when it does not: no search then)."""
         if not math.isfinite(ratio):
             raise PolicyError(f"ratio for {name} is not finite: {ratio}")
         r = min(max(float(ratio), self.lower[name]), self.upper[name])
-        return max(r, self.min_ratio(prefix, name))
+        return self.min_ratio(prefix, name, start=r)
 
     def project(self, policy: Mapping[str, float]) -> Policy:
         """Clamp every layer in order; the result meets the budget under the cost model."""

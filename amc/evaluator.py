@@ -172,10 +172,15 @@ class Evaluator:
     def _setup_fine(self) -> None:
         table = [t for t in self.table if t.name not in self.config.skip]
         self.names = [t.name for t in table]
-        self._order = {}  # layer -> flat weight indices by increasing |w| (the magnitude order, cached)
+        # layer -> rank of each weight in increasing |w| (stable sort: ties by index), cached; a ratio r
+        # keeps the weights whose rank >= round(r * numel): magnitude_mask's exact count, one comparison
+        self._rank: dict[str, torch.Tensor] = {}
         for t in table:
             w = self.work.get_submodule(t.name).weight.detach()
-            self._order[t.name] = torch.argsort(w.abs().flatten().float(), stable=True)
+            order = torch.argsort(w.abs().flatten().float(), stable=True)
+            rank = torch.empty(order.numel(), dtype=torch.int32, device=order.device)
+            rank[order] = torch.arange(order.numel(), dtype=torch.int32, device=order.device)
+            self._rank[t.name] = rank.view_as(w)
         if self.budget.kind == "latency":
             raise BudgetError("a latency budget needs channel pruning (sparse weights run at dense speed)")
         kind = self.budget.kind
@@ -235,11 +240,8 @@ class Evaluator:
     def fine_masks(self, policy: Mapping[str, float]) -> Masks:
         masks = {}
         for n in self.names:
-            w = self.work.get_submodule(n).weight
-            k = round(policy.get(n, 0.0) * w.numel())  # magnitude_mask's count
-            m = torch.ones(w.numel(), dtype=torch.bool, device=w.device)
-            m[self._order[n][:k]] = False
-            masks[n] = m.view_as(w)
+            rank = self._rank[n]
+            masks[n] = rank >= round(policy.get(n, 0.0) * rank.numel())  # magnitude_mask's count
         return masks
 
     @torch.no_grad()
@@ -250,7 +252,9 @@ class Evaluator:
             return masks
         plan = self._plan(policy)
         _channel().apply_channel_masks(model, plan, self._ctable)
-        return _channel().channel_masks(model, plan, self._ctable)
+        if self.config.recovery == "finetune":  # weight masks only matter while training
+            return _channel().channel_masks(model, plan, self._ctable)
+        return None
 
     @torch.no_grad()
     def _score(self, model: nn.Module) -> tuple[float, bool]:
@@ -269,24 +273,28 @@ class Evaluator:
     @torch.no_grad()
     def measure(self, model: nn.Module) -> dict[str, float]:
         """Costs of the (masked) model as fractions of dense: non-zero params, and MACs from the
-        non-zero weights (fine) or from the kept input/output channels (channel)."""
-        params = list(model.parameters())
-        nnz = int(torch.stack([p.count_nonzero() for p in params]).sum())
+        non-zero weights (fine) or from the kept input/output channels (channel). One host sync."""
+        counts = [torch.stack([p.count_nonzero() for p in model.parameters()]).sum()]
+        for t in self.table if self.config.granularity == "channel" else []:
+            nz = model.get_submodule(t.name).weight.detach().ne(0)
+            counts.append(nz.flatten(1).any(1).sum())  # output channels with a non-zero weight
+            counts.append(nz.any(0).reshape(nz.shape[1], -1).any(1).sum())  # input channels (per group)
+        if self.config.granularity == "fine":
+            counts += [model.get_submodule(n).weight.count_nonzero() for n in self.names]
+        vals = torch.stack(counts).tolist()
+        nnz = vals[0]
         out = {"size": nnz / self.total_params, "params": nnz / self.total_params}
         if self.config.granularity == "fine":
-            nz = {n: int(model.get_submodule(n).weight.count_nonzero()) for n in self.names}
             fc = self._fine_cost["macs"]
-            macs = fc.fixed + sum(nz[n] * w for n, w in zip(fc.names, fc.per_weight, strict=True))
+            macs = fc.fixed + sum(v * w for v, w in zip(vals[1:], fc.per_weight, strict=True))
             out["macs"] = macs / fc.total
         else:
             macs = float(self.total_macs - sum(t.macs for t in self.table))
-            for t in self.table:
-                w = model.get_submodule(t.name).weight.detach()
-                keep_out = int((w.flatten(1).abs().sum(1) != 0).sum())
+            for i, t in enumerate(self.table):
+                keep_out, keep_in = vals[1 + 2 * i], vals[2 + 2 * i]
                 if t.groups == 1:
-                    keep_in = int((w.transpose(0, 1).flatten(1).abs().sum(1) != 0).sum())
                     macs += t.macs * keep_out / t.out_channels * keep_in / t.in_channels
-                else:
+                else:  # depthwise: MACs follow the channels alone
                     macs += t.macs * keep_out / t.out_channels
             out["macs"] = macs / self.total_macs
         out["macs_abs"] = out["macs"] * self.total_macs
