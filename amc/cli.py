@@ -19,7 +19,9 @@ COMMANDS = [
     "amc.commands.prune",
     "amc.commands.apply",
     "amc.commands.export",
+    "amc.commands.latency",
     "amc.commands.search",
+    "amc.commands.compress",
 ]
 
 
