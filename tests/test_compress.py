@@ -1,0 +1,66 @@
+import json
+
+import pytest
+import torch
+
+from amc.compress import CompressConfig, compress
+from amc.errors import AmcError, BudgetError
+from amc.models import build_model
+from amc.recipe import apply_recipe, load_recipe
+
+
+@pytest.fixture(scope="module")
+def r20_ckpt(tmp_path_factory):
+    """A ResNet-20 (the smallest zoo model) with random weights, saved as a checkpoint."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "resnet20_random.pt"
+    torch.save(build_model("resnet20").state_dict(), path)
+    return path
+
+
+def quick(**kw) -> CompressConfig:
+    base = dict(episodes=3, finetune_epochs=0.1, calib_images=128, eval_images=128, test_limit=128,
+                latency_runs=3, sensitivity_ratios=(0.5,), sparsities=(0.5, 0.8, 0.9, 0.95), batch_size=128)
+    base.update(kw)
+    return CompressConfig(**base)
+
+
+@pytest.mark.parametrize(("budget", "method"), [("macs=0.6", "optuna"), ("size=0.4", "amc"),
+                                                ("macs=0.6", "sensitivity")])
+def test_compress_writes_every_promised_file(tmp_path, tiny_splits, r20_ckpt, budget, method):
+    run = tmp_path / "run"
+    res = compress(r20_ckpt, "resnet20", tiny_splits, quick(budget=budget, method=method), run)
+    names = {p.name for p in run.iterdir()}
+    assert {"recipe.yaml", "report.md", "summary.json", "sensitivity.csv", "model.onnx"} <= names
+    if method != "sensitivity":
+        assert "trials.csv" in names
+    kind, fraction = budget.split("=")
+    if kind == "size":
+        assert "model.sparse.safetensors" in names
+        assert res.metrics["size_fraction"] <= float(fraction)
+    else:
+        assert (run / "pruned" / "model.safetensors").exists() and (run / "pruned" / "config.json").exists()
+        assert res.metrics["macs_fraction"] <= float(fraction)
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["wall_time_s"]) >= {"profile", "sensitivity", "search", "finetune", "export", "total"}
+    report = (run / "report.md").read_text()
+    assert "![" in report and all((run / line.split("](")[1].rstrip(")")).exists()
+                                  for line in report.splitlines() if line.startswith("!["))
+    # the recipe re-applies to the same compressed model (before finetuning)
+    recipe = load_recipe(run / "recipe.yaml", checkpoint=r20_ckpt)
+    a, _ = apply_recipe(recipe, r20_ckpt)
+    b, _ = apply_recipe(recipe, r20_ckpt)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_impossible_budget_fails_before_the_search(tmp_path, tiny_splits, r20_ckpt):
+    with pytest.raises(BudgetError):
+        compress(r20_ckpt, "resnet20", tiny_splits, quick(budget="macs=0.001"), tmp_path / "run")
+    assert not (tmp_path / "run" / "sensitivity.csv").exists()
+
+
+def test_bad_config():
+    with pytest.raises(AmcError):
+        CompressConfig(method="magic")
+    with pytest.raises(AmcError):
+        CompressConfig(budget="speed=2")
