@@ -388,4 +388,20 @@ class Evaluator:
         return pd.DataFrame(rows)
 
     def sensitivity_policy(self, curves: pd.DataFrame | None = None) -> Policy:
-        return self.projector.from_sensitivity(curves if curves is not None else self.sensitivity())
+        """The sensitivity-picked policy: for fine-grained pruning under a size budget the lab's
+        picker (``amc.sensitivity.pick_policy``: least summed accuracy drop on the curves' convex
+        hulls); otherwise, or when that picker cannot reach the budget from the scanned ratios,
+        one accuracy-drop threshold for all layers (``Projector.from_sensitivity``). Projected."""
+        curves = curves if curves is not None else self.sensitivity()
+        if self.config.granularity == "fine" and self.budget.kind == "size":
+            from amc.sensitivity import pick_policy
+
+            params = {n: self.work.get_submodule(n).weight.numel() for n in self.names}
+            try:
+                pol = pick_policy(curves, params, self.total_params, self.budget.fraction)
+            except BudgetError:
+                pol = None
+            if pol is not None:
+                clipped = {n: min(max(pol.get(n, 0.0), self.bounds[n][0]), self.bounds[n][1]) for n in self.names}
+                return self.projector.project(clipped)
+        return self.projector.from_sensitivity(curves)

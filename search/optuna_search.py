@@ -16,8 +16,8 @@ The budget reaches the sampler twice: proposals are projected (AMC's projection,
 is feasible by construction) and each trial records ``measured cost - budget`` as its constraint
 (``Trial.set_constraint``, Optuna 5's replacement of the deprecated ``constraints_func`` sampler
 argument; TPE and NSGA-II read it the same way), which keeps the samplers away from infeasible
-regions when the projection is off. The uniform and the sensitivity-picked policies are enqueued as the first
-trials of a new study.
+regions when the projection is off. The uniform and the sensitivity-picked policies (and any ``extra_policies``,
+e.g. a global-magnitude baseline) are enqueued as the first trials of a new study.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +114,8 @@ class OptunaSearcher:
     """Searcher over ``evaluator`` backed by an Optuna study (see the module doc)."""
 
     def __init__(self, evaluator: Evaluator, config: OptunaConfig = OptunaConfig(),
-                 run_dir: str | Path | None = None, sensitivity_policy: Policy | None = None) -> None:
+                 run_dir: str | Path | None = None, sensitivity_policy: Policy | None = None,
+                 extra_policies: Mapping[str, Policy] | None = None) -> None:
         self.evaluator, self.config = evaluator, config
         url = config.storage
         if url is None and run_dir is not None:
@@ -131,6 +132,7 @@ class OptunaSearcher:
         except ValueError as e:  # e.g. the existing study has other directions
             raise AmcError(f"cannot open study {config.study!r}: {e}") from None
         self._sensitivity = sensitivity_policy
+        self._extra = dict(extra_policies or {})  # more known policies to start from, by origin name
         self._pending: dict[tuple, list[optuna.trial.Trial]] = {}
         self._enqueue_baselines()
 
@@ -148,6 +150,10 @@ class OptunaSearcher:
                 pol = ev.sensitivity_policy(ev.sensitivity(self.config.sensitivity_ratios))
             self._sensitivity = pol
             self.study.enqueue_trial(pol, user_attrs={"origin": "sensitivity"})
+        for origin, pol in self._extra.items():
+            lo_hi = ev.bounds
+            clipped = {n: min(max(float(pol.get(n, lo_hi[n][0])), lo_hi[n][0]), lo_hi[n][1]) for n in ev.names}
+            self.study.enqueue_trial(clipped, user_attrs={"origin": origin})
 
     # -- one trial -----------------------------------------------------------------------------------
     def _suggest(self, trial: optuna.trial.BaseTrial) -> Policy:

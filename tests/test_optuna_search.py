@@ -87,3 +87,13 @@ def test_bad_config(evaluator):
         OptunaConfig(sampler="cmaes-nope")
     with pytest.raises(AmcError):
         OptunaSearcher(evaluator, OptunaConfig(storage="not a url"))
+
+
+def test_extra_policies_are_enqueued_after_the_baselines(evaluator):
+    extra = {n: 0.95 for n in evaluator.names}  # above the 0.9 upper bound: clipped to it
+    s = OptunaSearcher(evaluator, OptunaConfig(n_trials=3, enqueue_sensitivity=False, **QUICK),
+                       extra_policies={"global": extra})
+    res = s.run()
+    assert list(res.trials.origin[:2]) == ["uniform", "global"]
+    row = res.trials.iloc[1]
+    assert all(row[f"r:{n}"] == pytest.approx(0.9) for n in evaluator.names)
