@@ -92,7 +92,7 @@ class AmcTD3(_TwoRates, TD3):
     pass
 
 
-ALGOS: dict[str, type] = {"ddpg": AmcDDPG, "td3": AmcTD3}
+ALGOS: dict[str, type[AmcDDPG] | type[AmcTD3]] = {"ddpg": AmcDDPG, "td3": AmcTD3}
 
 
 class DecayingTruncatedNormal(ActionNoise):
@@ -244,7 +244,7 @@ class AmcSearcher:
         self.env.action_space.seed(config.seed)
         self.baseline: float | None = None
         self.episodes = 0
-        self._pending: dict[tuple, list[tuple]] = {}
+        self._pending: dict[tuple, list[list[tuple]]] = {}
 
     def propose(self) -> Policy:
         obs, _ = self.env.reset(seed=self.config.seed + self.episodes)

@@ -121,6 +121,12 @@ class Result:
         return out
 
 
+def _weight(model: nn.Module, name: str) -> torch.Tensor:
+    w = model.get_submodule(name).weight
+    assert isinstance(w, torch.Tensor)
+    return w
+
+
 def _channel():
     """``amc.channel``, imported only when channel pruning is asked for (and kept off instance
     attributes: environments get deep-copied by the env checkers, modules cannot be)."""
@@ -176,7 +182,7 @@ class Evaluator:
         # keeps the weights whose rank >= round(r * numel): magnitude_mask's exact count, one comparison
         self._rank: dict[str, torch.Tensor] = {}
         for t in table:
-            w = self.work.get_submodule(t.name).weight.detach()
+            w = _weight(self.work, t.name).detach()
             order = torch.argsort(w.abs().flatten().float(), stable=True)
             rank = torch.empty(order.numel(), dtype=torch.int32, device=order.device)
             rank[order] = torch.arange(order.numel(), dtype=torch.int32, device=order.device)
@@ -276,11 +282,11 @@ class Evaluator:
         non-zero weights (fine) or from the kept input/output channels (channel). One host sync."""
         counts = [torch.stack([p.count_nonzero() for p in model.parameters()]).sum()]
         for t in self.table if self.config.granularity == "channel" else []:
-            nz = model.get_submodule(t.name).weight.detach().ne(0)
+            nz = _weight(model, t.name).detach().ne(0)
             counts.append(nz.flatten(1).any(1).sum())  # output channels with a non-zero weight
             counts.append(nz.any(0).reshape(nz.shape[1], -1).any(1).sum())  # input channels (per group)
         if self.config.granularity == "fine":
-            counts += [model.get_submodule(n).weight.count_nonzero() for n in self.names]
+            counts += [_weight(model, n).count_nonzero() for n in self.names]
         vals = torch.stack(counts).tolist()
         nnz = vals[0]
         out = {"size": nnz / self.total_params, "params": nnz / self.total_params}
@@ -396,7 +402,7 @@ class Evaluator:
         if self.config.granularity == "fine" and self.budget.kind == "size":
             from amc.sensitivity import pick_policy
 
-            params = {n: self.work.get_submodule(n).weight.numel() for n in self.names}
+            params = {n: _weight(self.work, n).numel() for n in self.names}
             try:
                 pol = pick_policy(curves, params, self.total_params, self.budget.fraction)
             except BudgetError:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-from optuna.study import MaxTrialsCallback
+from optuna.study import MaxTrialsCallback, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from amc.budget import Policy
@@ -123,7 +123,7 @@ class OptunaSearcher:
             url = f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
         self.url = url
         self.multi = config.sampler == "nsga2"
-        directions = ["maximize", "minimize"] if self.multi else ["maximize"]
+        directions = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE] if self.multi else [StudyDirection.MAXIMIZE]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
             self.study = optuna.create_study(storage=make_storage(url, config), study_name=config.study,

@@ -93,11 +93,11 @@ def run(args: argparse.Namespace) -> int:
         warm = args.warmup if args.warmup is not None else max(1, args.episodes // 3)
         cfg = AgentConfig(algo=args.algo, episodes=args.episodes, warmup_episodes=warm,
                           checkpoint_every=args.checkpoint_every, seed=args.seed)
-        state = {"feasible": 0, "done": 0, "start": None}
+        state = {"feasible": 0, "done": 0, "start": -1}
         with progress(f"AMC {args.algo}", total=args.episodes) as advance:
             def on_episode(row: dict, best: dict | None) -> None:
-                if state["start"] is None:
-                    state["start"] = row["episode"]
+                if state["start"] < 0:
+                    state["start"] = int(row["episode"])
                 state["done"] = row["episode"] + 1
                 state["feasible"] += bool(row["feasible"])
                 seen = state["done"] - state["start"]
