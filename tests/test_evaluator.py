@@ -171,3 +171,17 @@ def test_latency_budget_through_the_lookup_table(tiny_splits, tmp_path):
                   EvalConfig(granularity="channel", calib_images=256))
     with pytest.raises(BudgetError, match="channel pruning"):
         Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("latency=0.7"), FAST)
+
+
+def test_fine_masks_equal_magnitude_mask(tiny_splits):
+    """The searched masks are the ones ``amc.finegrained`` (and so a recipe) rebuilds."""
+    from amc.finegrained import magnitude_mask
+
+    dense = make_tiny_resnet()
+    with torch.no_grad():  # fp16 round trip: many tied magnitudes, as in the shared checkpoints
+        for p in dense.parameters():
+            p.copy_(p.half().float())
+    ev = Evaluator(dense, tiny_splits, Budget.parse("size=0.5"), FAST)
+    pol = ev.projector.project({n: 0.37 for n in ev.names})
+    for n, m in ev.fine_masks(pol).items():
+        assert torch.equal(m, magnitude_mask(dense.get_submodule(n).weight, pol[n])), n
