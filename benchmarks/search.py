@@ -15,6 +15,7 @@ Pruning's ``MagnitudePruner(global_pruning=True)``, L2, round_to 8, ratio bisect
 Writes ``search.md``, ``search.json`` and PNG plots into ``--out``.
 
     python benchmarks/search.py --model vgg8 --device cuda --out /tmp/search          # H100
+    python benchmarks/search.py --model vgg8 --device cuda --out /tmp/search --tasks fg25 --merge
     python benchmarks/search.py --model resnet20 --device cpu --out /tmp/search-cpu   # no GPU
     python benchmarks/search.py --device cpu --quick --out /tmp/search-quick          # smoke test
 """
@@ -340,6 +341,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny slice, few episodes (smoke test on CPU)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other tasks already in OUT/search.json (run the tasks in separate commands)")
     args = ap.parse_args()
     args.sens_ratios = SENS_RATIOS
     dev = torch.device(args.device)
@@ -372,6 +375,12 @@ def main() -> None:
         "dense": {"test_accuracy": evaluate(dense, splits.loader("test", 1000)), "macs": count_macs(dense)[0],
                   "params": count_params(dense), "layers": len(layer_table(dense))},
     }
+    prev = out / "search.json"
+    if args.merge and prev.exists():
+        old = json.loads(prev.read_text())
+        if (old.get("model"), old.get("device"), old.get("quick")) == (args.model, str(dev), args.quick):
+            report["tasks"].update(old.get("tasks", {}))
+            report["times_s"].update({k: v for k, v in old.get("times_s", {}).items() if k in old.get("tasks", {})})
     with tempfile.TemporaryDirectory(prefix="amc-search-bench-") as tmp:
         for name in [s.strip() for s in args.tasks.split(",") if s.strip()]:
             if name not in TASKS:
