@@ -43,6 +43,10 @@ HEARTBEAT_S = 60  # a live worker writes a heartbeat every minute
 GRACE_S = 180  # a trial with no heartbeat for 3 minutes belongs to a dead worker
 MAX_RETRY = 2  # a stale trial is re-enqueued at most twice
 CONSTRAINT_KEY = "budget"
+STORAGE_ATTEMPTS = 3  # opening a fresh database: workers racing to create its tables retry
+STORAGE_RETRY_S = 0.5  # wait between those attempts
+TRIES = 3  # trials a worker may start per asked trial (failed and surplus trials do not count)
+WAIT_S = 1.0  # while the last trials are in other workers' hands, look again every second
 
 
 @dataclass(frozen=True)
@@ -91,13 +95,20 @@ def make_storage(url: str | None, config: OptunaConfig) -> optuna.storages.BaseS
         raise AmcError(f"storage must be an SQLAlchemy URL such as sqlite:///study.db, got {url!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=config.max_retry))
-        except Exception as e:  # sqlalchemy errors: a bad URL or an unreachable database
-            raise AmcError(f"cannot open study storage {url}: {str(e).splitlines()[0]}") from None
+        for attempt in range(STORAGE_ATTEMPTS):
+            try:
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=config.max_retry))
+            except Exception as e:  # sqlalchemy errors: a bad URL, an unreachable database, or two
+                # workers creating the tables of a fresh database at once (PostgreSQL: UniqueViolation);
+                # the loser finds the tables there on the next attempt
+                racing = "UniqueViolation" in str(e) or "already exists" in str(e)
+                if not racing or attempt == STORAGE_ATTEMPTS - 1:
+                    raise AmcError(f"cannot open study storage {url}: {str(e).splitlines()[0]}") from None
+                time.sleep(STORAGE_RETRY_S)
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -188,6 +199,8 @@ class OptunaSearcher:
         self.study.tell(trial, self._record(trial, result))
 
     def objective(self, trial: optuna.trial.Trial) -> list[float] | float:
+        if self._surplus(trial):  # another worker took the last free slot at the same moment
+            raise optuna.TrialPruned("surplus: the study already has its trials done or in flight")
         policy = self._suggest(trial)
         values = self._record(trial, self.evaluator.evaluate(policy))
         return values if self.multi else values[0]
@@ -196,18 +209,42 @@ class OptunaSearcher:
     def completed(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
+    def _in_flight(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+    def _surplus(self, trial: optuna.trial.BaseTrial) -> bool:
+        """True when the trials done plus those in flight that started before ``trial`` already make
+        ``n_trials`` (the earlier-numbered trial keeps its slot)."""
+        ahead = [t for t in self._in_flight() if t.number < trial.number]
+        return self.completed() + len(ahead) >= self.config.n_trials
+
     def run(self, on_trial: Callable[[FrozenTrial, int], None] | None = None) -> OptunaResult:
-        """Optimise until the study holds ``n_trials`` COMPLETE trials (over all runs and workers)."""
+        """Optimise until the study holds ``n_trials`` COMPLETE trials (over all runs and workers).
+
+        One trial per ``study.optimize`` call: a worker starts a trial only while the trials done
+        plus those in flight (other workers') are fewer than ``n_trials``, so workers sharing the
+        study do not overshoot the total; when the rest is in flight it waits, failing stale trials
+        of dead workers (which re-enqueues them) until a slot frees or the total is reached."""
         t0 = time.perf_counter()
         before = self.completed()
         callbacks: list = [MaxTrialsCallback(self.config.n_trials, states=(TrialState.COMPLETE,))]
         if on_trial is not None:
             callbacks.append(lambda study, trial: on_trial(trial, self.completed()))
-        attempts = 0
-        while self.completed() < self.config.n_trials and attempts < 3:  # 3: failed trials do not count
-            attempts += 1
-            self.study.optimize(self.objective, n_trials=self.config.n_trials - self.completed(),
-                                callbacks=callbacks, catch=())
+        started, waited = 0, 0.0
+        # each unfinished slot may take a few tries: failed or surplus trials do not count
+        while (done := self.completed()) < self.config.n_trials and started < TRIES * self.config.n_trials:
+            # a trial in flight longer than the grace period without going stale may be one nobody
+            # beats for (asked through propose()): then try a trial (objective() prunes it if surplus)
+            if done + len(self._in_flight()) >= self.config.n_trials and waited < self.config.grace_period:
+                pause = min(WAIT_S, self.config.heartbeat_interval)
+                time.sleep(pause)
+                waited += pause
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(self.study)
+                continue
+            started, waited = started + 1, 0.0
+            self.study.optimize(self.objective, n_trials=1, callbacks=callbacks, catch=())
         return OptunaResult(*self.best(), self.frame(), self.pareto(), time.perf_counter() - t0, before)
 
     # -- reading the study -----------------------------------------------------------------------------
