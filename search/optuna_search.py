@@ -136,16 +136,23 @@ class OptunaSearcher:
         self.multi = config.sampler == "nsga2"
         directions = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE] if self.multi else [StudyDirection.MAXIMIZE]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage, sampler = make_storage(url, config), make_sampler(config)
         try:
-            self.study = optuna.create_study(storage=make_storage(url, config), study_name=config.study,
-                                             sampler=make_sampler(config), directions=directions,
-                                             load_if_exists=True)
+            try:  # the database's unique study name elects one creator among workers starting together
+                self.study = optuna.create_study(storage=storage, study_name=config.study, sampler=sampler,
+                                                 directions=directions)
+                created = True
+            except optuna.exceptions.DuplicatedStudyError:
+                self.study = optuna.create_study(storage=storage, study_name=config.study, sampler=sampler,
+                                                 directions=directions, load_if_exists=True)
+                created = False
         except ValueError as e:  # e.g. the existing study has other directions
             raise AmcError(f"cannot open study {config.study!r}: {e}") from None
         self._sensitivity = sensitivity_policy
         self._extra = dict(extra_policies or {})  # more known policies to start from, by origin name
         self._pending: dict[tuple, list[optuna.trial.Trial]] = {}
-        self._enqueue_baselines()
+        if created:  # only the creator enqueues: workers joining at once would enqueue them twice
+            self._enqueue_baselines()
 
     # -- the first trials --------------------------------------------------------------------------
     def _enqueue_baselines(self) -> None:
