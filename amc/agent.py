@@ -293,6 +293,20 @@ def _result_from_row(row: dict) -> Result:
                   float(row["seconds"]))
 
 
+def _own_file(run: Path, name: str) -> Path:
+    """``run/name`` if it is a regular file of the run folder itself. SB3's agent zip and replay
+    buffer are unpickled on load, so they are read only from files this run wrote: a symlink, or a
+    path that resolves outside the folder, is refused."""
+    path = run / name
+    real = path.resolve()
+    if not path.exists() and not path.is_symlink():
+        raise CheckpointError(f"cannot resume the agent from {run}: {name} is missing")
+    if path.is_symlink() or not real.is_relative_to(run.resolve()) or not real.is_file():
+        raise CheckpointError(f"refusing to load {path}: agent checkpoints are read only from regular "
+                              f"files inside the run folder {run} (they are pickles)")
+    return real
+
+
 def run_agent(evaluator: Evaluator, config: AgentConfig = AgentConfig(), run_dir: str | Path | None = None,
               on_episode: Callable[[dict, dict | None], None] | None = None, resume: bool = True) -> AgentResult:
     """Search with the AMC agent until ``config.episodes`` episodes are done in total."""
@@ -313,9 +327,10 @@ def run_agent(evaluator: Evaluator, config: AgentConfig = AgentConfig(), run_dir
     cls = ALGOS[config.algo]
     if state is not None:
         assert run is not None
+        agent_zip, replay = _own_file(run, "agent.zip"), _own_file(run, "replay.pkl")
         try:
-            model = cls.load(run / "agent.zip", env=wrapper, device=config.device)
-            model.load_replay_buffer(run / "replay.pkl")
+            model = cls.load(agent_zip, env=wrapper, device=config.device)
+            model.load_replay_buffer(replay)
         except (OSError, ValueError, KeyError) as e:
             raise CheckpointError(f"cannot resume the agent from {run}: {e}") from None
         model.action_noise = noise
