@@ -37,12 +37,13 @@ def tiny_model() -> VGG:
     return VGG((8, "M", 16, "M", 16, "M"), num_classes=10).eval()  # widths 8/16, as conftest's tiny VGG
 
 
-def synthetic_splits(seed: int = 0) -> Splits:
-    """Random images with labels that depend on the mean colour, so accuracy varies with pruning."""
+def synthetic_splits(seed: int = 0, train: int = TRAIN) -> Splits:
+    """Random images with labels that depend on the mean colour, so accuracy varies with pruning.
+    ``train`` images in all, ``HELDOUT`` of them held out."""
     rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, size=(TRAIN + TEST, 32, 32, 3), dtype=np.uint8)  # CIFAR's HWC uint8 shape
+    x = rng.integers(0, 256, size=(train + TEST, 32, 32, 3), dtype=np.uint8)  # CIFAR's HWC uint8 shape
     y = (x.reshape(len(x), -1, 3).mean(1).argmax(1) * 3 + rng.integers(0, 3, len(x))).clip(0, 9)
-    data = Cifar10(x[:TRAIN], y[:TRAIN].astype(np.int64), x[TRAIN:], y[TRAIN:].astype(np.int64))
+    data = Cifar10(x[:train], y[:train].astype(np.int64), x[train:], y[train:].astype(np.int64))
     return make_splits(data, heldout=HELDOUT)
 
 
