@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
-# The test command: installs into .venv if needed, lints, runs the test suite.
+# The test command: installs into .venv if needed, lints, starts a throwaway PostgreSQL server for the
+# multi-worker tests (unless AMC_TEST_POSTGRES_URL names one), runs the test suite, stops the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-venv.sh
 .venv/bin/ruff check .
+if [ -z "${AMC_TEST_POSTGRES_URL:-}" ]; then
+  pgdir=$(mktemp -d "${TMPDIR:-/tmp}/amc-pg-XXXXXX")
+  trap './scripts/postgres.sh stop "$pgdir" || true; rm -rf "$pgdir"' EXIT
+  if pgenv=$(./scripts/postgres.sh start "$pgdir"); then
+    eval "$pgenv"
+  elif [ "${AMC_REQUIRE_POSTGRES:-0}" = 1 ]; then
+    echo "test.sh: cannot start PostgreSQL (AMC_REQUIRE_POSTGRES=1)" >&2
+    exit 1
+  else
+    echo "test.sh: no PostgreSQL server; the PostgreSQL tests will be skipped" >&2
+  fi
+fi
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
