@@ -85,6 +85,10 @@ def run_optuna(args: argparse.Namespace) -> None:
                            "value": trial.value if trial.values else None,
                            "params": trial.params})
 
+    if args.ready is not None:  # tell the test this worker has joined the study ...
+        args.ready.touch()
+    while args.go is not None and not args.go.exists():  # ... and start trials when it says so
+        time.sleep(0.05)  # poll every 50 ms
     searcher.run(on_trial)
 
 
@@ -111,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--heartbeat", type=int, default=1)  # seconds between heartbeats
     o.add_argument("--grace", type=int, default=2)  # seconds without one before a trial is stale
+    o.add_argument("--ready", type=Path, default=None, help="touched once the study is opened")
+    o.add_argument("--go", type=Path, default=None, help="wait for this file before the first trial")
     a = sub.add_parser("agent")
     a.add_argument("--run", type=Path, required=True)
     a.add_argument("--episodes", type=int, required=True)

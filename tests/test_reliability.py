@@ -115,9 +115,14 @@ def test_two_worker_processes_share_one_postgres_study(pg_url, tmp_path):
     url = pg.fresh_database(pg_url, f"amc_two_{os.getpid()}")  # fresh tables: the workers create them
     n = 10  # completed trials asked of the study
     logs = {f"w{i}": tmp_path / f"w{i}.jsonl" for i in range(2)}
+    go = tmp_path / "go"
     procs = {name: spawn(tmp_path, name, "optuna", "--storage", url, "--study", "two", "--trials", n,
-                         "--seed", i, "--delay", 0.2, "--log", log)  # 0.2 s per trial: they overlap
+                         "--seed", i, "--delay", 0.2, "--log", log,  # 0.2 s per trial: they overlap
+                         "--ready", tmp_path / f"{name}.ready", "--go", go)
              for i, (name, log) in enumerate(logs.items())}
+    for name, p in procs.items():  # both open the study (racing to create its tables), then start together
+        wait_for(f"{name} to open the study", (tmp_path / f"{name}.ready").exists, p)
+    go.touch()
     finish(tmp_path, procs)
     study = optuna.load_study(study_name="two", storage=url)
     trials = study.get_trials(deepcopy=False)
