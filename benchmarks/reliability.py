@@ -152,7 +152,7 @@ def summarise(records: list[dict], cases: list[dict], elsewhere: list[tuple[str,
     failed = [c for c in cases if c["status"] == "failed"]
     skipped = [c for c in cases if c["status"] == "skipped"]
     return {
-        "workers_x_trials": [f"{r['workers']} x {r['completed']}" for r in workers],
+        "workers_x_trials": [f"{r['workers']} x {r['completed']} ({r['storage']})" for r in workers],
         "kills_survived": sum(int(r.get("kills", 0)) for r in kills),
         "bad_input_classes": len(bad) + sum(o["status"] == "passed" for o in other),
         "bad_input_classes_here": len(bad),
@@ -175,7 +175,7 @@ def render(s: dict, meta: dict) -> str:
              "held (`tests/test_reliability*.py` write them; bad-input tests elsewhere counted from pytest's "
              "results). Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".", "",
              "| what | held |", "|---|---|",
-             "| workers x completed trials on one PostgreSQL study | "
+             "| workers x completed trials on one study | "
              f"{', '.join(s['workers_x_trials']) or 'not run'} |",
              f"| kills survived (SIGKILL, then resume) | {s['kills_survived']} |",
              f"| bad-input classes tried | {s['bad_input_classes']} ({s['bad_input_classes_here']} in the "
@@ -189,11 +189,13 @@ def render(s: dict, meta: dict) -> str:
     if s["skipped"]:
         lines += ["Skipped: " + ", ".join(f"`{n}`" for n in s["skipped"]), ""]
     if s["workers"]:
-        lines += ["## Two worker processes, one study", "",
-                  "Each worker is a separate process running `OptunaSearcher.run()` on the same PostgreSQL "
-                  "study (fresh database, tables created by the workers themselves). Held: completed trials "
-                  "exactly as asked, trial numbers unique, no trial finished by both, every trial a worker "
-                  "logged as finished is in the study with the same parameters and value, baselines enqueued once.",
+        lines += ["## Several workers, one study", "",
+                  "PostgreSQL: each worker is a separate process running `OptunaSearcher.run()` on the same "
+                  "study (fresh database, tables created by the workers themselves, trials started together). "
+                  "Held: completed trials exactly as asked, trial numbers unique, no trial finished by both, "
+                  "every trial a worker logged as finished is in the study with the same parameters and value, "
+                  "baselines enqueued once. SQLite: two searchers start a trial for the one last slot at once; "
+                  "the later one is pruned as surplus.",
                   "", "| storage | workers | trials asked | completed | per worker | duplicated | lost |",
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['storage']} | {r['workers']} | {r['trials_asked']} | {r['completed']} | "

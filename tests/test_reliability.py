@@ -145,6 +145,27 @@ def test_two_worker_processes_share_one_postgres_study(pg_url, tmp_path):
            completed=len(complete), per_worker=[len(r) for r in seen.values()], duplicated=0, lost=0)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask/tell here; optimize() writes heartbeats
+def test_a_trial_started_for_a_taken_last_slot_is_pruned_not_completed(tmp_path):
+    """Two workers that start the last free trial at the same moment: the later-numbered one is
+    surplus and pruned, so the study never holds more COMPLETE trials than asked."""
+    from search import OptunaConfig, OptunaSearcher
+    from tests.reliability_worker import make_evaluator
+
+    cfg = OptunaConfig(storage=f"sqlite:///{tmp_path / 'study.db'}", study="slot", n_trials=1,
+                       enqueue_sensitivity=False, n_startup_trials=1)
+    ev = make_evaluator(0.0)
+    a, b = OptunaSearcher(ev, cfg), OptunaSearcher(ev, cfg)
+    first, second = a.study.ask(), b.study.ask()  # both in flight for the one slot
+    assert not a._surplus(first) and b._surplus(second)
+    with pytest.raises(optuna.TrialPruned):
+        b.objective(second)
+    a.study.tell(first, a.objective(first))
+    assert a.completed() == 1 and a.run().trials.state.tolist().count("COMPLETE") == 1
+    record("workers", "last slot taken by two workers at once", storage="sqlite", workers=2, trials_asked=1,
+           completed=a.completed(), per_worker=[1, 0], duplicated=0, lost=0)
+
+
 # -- crash and resume ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
 def test_optuna_worker_killed_mid_trial_resumes(storage, tmp_path, request):
