@@ -1,0 +1,943 @@
+"""Channel (filter) pruning that physically shrinks any graph, plus the fast pieces a search needs.
+
+Three nouns, as in Torch-Pruning:
+
+* **what is coupled** — a :class:`ChannelTable`: every group of channels that must be removed
+  together (a conv's filters, its BatchNorm, the next layers' input slices, every branch of a
+  residual add, a depthwise conv's in = out channels), found once with torch-pruning's
+  ``DependencyGraph`` and stored by dotted module name, so it applies to any copy of the model.
+* **how to score** — :data:`CRITERIA`, a registry of per-channel importance functions, each
+  aggregated (mean) over the coupled group.
+* **how much and where** — a policy ``{layer name: fraction of output channels to remove}``.
+
+Lifecycle::
+
+    table = channel_table(model)                       # cached by architecture
+    plan = plan_channels(model, policy, "l2", 8)       # kept indices per group root
+    plan_cost(table, plan)                             # MACs / params, analytic, microseconds
+    apply_channel_masks(copy_of_model, plan)           # emulate (zeros), for a search
+    small = prune_channels(model, plan)                # physically smaller nn.Module
+
+When several layers named in a policy share one group (the convs that feed a residual add), the
+**largest** of their ratios wins: it is the only choice that keeps every named layer at least as
+pruned as asked, so a MACs budget computed per layer is never exceeded by the group.
+Layers whose output channels cannot be removed (the classifier, whose outputs are the model's
+outputs; grouped or transposed convolutions) are left alone and named in ``ChannelPlan.notes``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from amc.errors import BudgetError, PolicyError
+from amc.layers import PRUNABLE, LayerInfo, count_macs, count_params, layer_table, prunable_names
+
+Policy = dict[str, float]
+Counts = dict[str, int]  # group root -> output channels kept
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+# --------------------------------------------------------------------------------------------
+# rounding
+# --------------------------------------------------------------------------------------------
+def round_channels(n_keep: float, total: int, multiple: int = 8) -> int:
+    """Channels to keep: the multiple of ``multiple`` nearest to ``n_keep`` (or ``total`` itself,
+    which is always allowed, so a ratio of 0 never prunes), never below ``multiple`` (``total`` if
+    ``total < multiple``), never zero, never above ``total``. Ties round up (keep more).
+
+    ``multiple=1`` turns rounding off: the nearest integer, at least 1.
+    """
+    if total < 1:
+        raise ValueError(f"total channels must be >= 1, got {total}")
+    if multiple < 1:
+        raise ValueError(f"rounding multiple must be >= 1, got {multiple}")
+    n = min(max(float(n_keep), 0.0), float(total))
+    if multiple == 1:
+        k = math.floor(n + 0.5)
+    else:
+        below = math.floor(n / multiple) * multiple
+        cands = [c for c in (below, below + multiple, total) if 0 < c <= total]
+        k = min(cands, key=lambda c: (abs(c - n), -c))
+    return int(min(max(k, min(multiple, total), 1), total))
+
+
+# --------------------------------------------------------------------------------------------
+# the coupled groups
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChannelItem:
+    """One parameterised module touched when the group's channels go.
+
+    ``role``: ``out`` (conv/linear filters, dim 0), ``in`` (conv/linear input slices, dim 1),
+    ``dw`` (depthwise conv: in = out channels, dim 0), ``bn`` (BatchNorm affine and statistics),
+    ``other`` (any other module with parameters along dim 0, e.g. PReLU, LayerNorm).
+    """
+
+    module: str
+    role: str
+    idxs: tuple[int, ...]  # indices in this module's own channel dimension
+    root_idxs: tuple[int, ...]  # the matching indices in the group root's output channels
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that are removed together, indexed like the root layer's output channels."""
+
+    root: str  # first member in registration order: the name a ChannelPlan is keyed by
+    channels: int
+    members: tuple[str, ...]  # conv/linear layers whose OUTPUT channels are these
+    consumers: tuple[str, ...]  # conv/linear layers whose INPUT channels are these
+    items: tuple[ChannelItem, ...]
+
+
+@dataclass
+class ChannelTable:
+    """The coupled groups of one architecture plus what ``plan_cost`` needs, precomputed.
+
+    Built once per architecture (:func:`channel_table` caches it); holds names, never modules,
+    so it serves every copy of the model.
+    """
+
+    groups: list[ChannelGroup]
+    group_of: dict[str, int]  # member layer name -> index into groups
+    unprunable: dict[str, str]  # layer name -> why its output channels stay
+    layers: list[LayerInfo]
+    names: list[str]  # all prunable (conv/linear) layer names, registration order
+    dense_macs: int
+    dense_params: int
+    input_shape: tuple[int, ...]
+    # cost model: one row per parameterised leaf module
+    _mods: list[str] = field(default_factory=list, repr=False)
+    _m_out: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64), repr=False)  # (M x G)
+    _m_in: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64), repr=False)
+    _out0: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    _in0: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    _unit_macs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    _mac_in: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)  # MACs scale with in
+    _p_outin: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)  # params ~ out*in
+    _p_out: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)  # params ~ out
+    _p_const: int = 0
+    _macs_const: int = 0
+    _simple: list[bool] = field(default_factory=list, repr=False)  # group mapping is one-to-one
+
+    @property
+    def roots(self) -> list[str]:
+        return [g.root for g in self.groups]
+
+    def group(self, name: str) -> ChannelGroup:
+        """The group whose output channels ``name`` produces."""
+        if name not in self.group_of:
+            why = self.unprunable.get(name, "not a prunable layer of this model")
+            raise PolicyError(f"layer {name} has no prunable output channels: {why}")
+        return self.groups[self.group_of[name]]
+
+    def prunable_layers(self) -> list[str]:
+        """Layers (in registration order) whose output channels can be removed."""
+        return [n for n in self.names if n in self.group_of]
+
+    def layer_channels(self, counts: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        """(in, out) channels of every prunable layer after keeping ``counts[root]`` per group."""
+        out_k, in_k = self._kept(self._removed(counts))
+        idx = {m: i for i, m in enumerate(self._mods)}
+        return {n: (int(in_k[idx[n]]), int(out_k[idx[n]])) for n in self.names if n in idx}
+
+    # -- fast cost ---------------------------------------------------------------------------
+    def _removed(self, counts: Mapping[str, int]) -> np.ndarray:
+        rem = np.zeros(len(self.groups), dtype=np.int64)
+        for root, n in counts.items():
+            g = self.group_of.get(root)
+            if g is None or self.groups[g].root != root:
+                raise PolicyError(f"{root} is not a channel-group root of this model "
+                                  f"(roots: {', '.join(self.roots[:6])}{', ...' if len(self.groups) > 6 else ''})")
+            rem[g] = self.groups[g].channels - int(n)
+        return rem
+
+    def _kept(self, rem: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._out0 - self._m_out @ rem, self._in0 - self._m_in @ rem
+
+    def cost_of_counts(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """MACs and parameters with ``counts[root]`` output channels kept per group (others whole).
+
+        Exact for one-to-one groups (every model in the zoo); approximate (proportional) where a
+        group maps onto a module through a reshape or concat.
+        """
+        rem = self._removed(counts)
+        if not all(self._simple[g] for g in np.flatnonzero(rem)):
+            return self._cost_slow(counts)
+        out_k, in_k = self._kept(rem)
+        macs = int((self._unit_macs * out_k * np.where(self._mac_in, in_k, 1)).sum()) + self._macs_const
+        params = int((self._p_outin * out_k * in_k).sum() + (self._p_out * out_k).sum()) + self._p_const
+        return {"macs": macs, "params": params}
+
+    def _cost_slow(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """Proportional fallback where an item maps several indices per root channel."""
+        frac = self._removed(counts) / np.array([g.channels for g in self.groups], dtype=float)
+        out_k = self._out0 * (1 - ((self._m_out > 0) * frac[None, :]).sum(1))
+        in_k = self._in0 * (1 - ((self._m_in > 0) * frac[None, :]).sum(1))
+        macs = (self._unit_macs * out_k * np.where(self._mac_in, in_k, 1)).sum() + self._macs_const
+        params = (self._p_outin * out_k * in_k).sum() + (self._p_out * out_k).sum() + self._p_const
+        return {"macs": round(float(macs)), "params": round(float(params))}
+
+
+def _signature(model: nn.Module, input_shape: tuple[int, ...]) -> tuple:
+    mods = tuple((n, type(m).__name__) for n, m in model.named_modules())
+    params = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    return (type(model).__qualname__, mods, params, tuple(input_shape))
+
+
+_CACHE: OrderedDict[tuple, ChannelTable] = OrderedDict()
+_CACHE_SIZE = 16
+
+
+def _example(model: nn.Module, example_inputs: torch.Tensor | None) -> torch.Tensor:
+    if example_inputs is not None:
+        return example_inputs
+    p = next(model.parameters(), None)
+    return torch.randn(1, 3, 32, 32, device=p.device if p is not None else "cpu")
+
+
+def channel_table(model: nn.Module, example_inputs: torch.Tensor | None = None) -> ChannelTable:
+    """The coupled channel groups of ``model`` (cached per architecture and input shape)."""
+    x = _example(model, example_inputs)
+    key = _signature(model, tuple(x.shape))
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    table = _build_table(model, x)
+    _CACHE[key] = table
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return table
+
+
+def _output_layers(model: nn.Module, x: torch.Tensor) -> set[str]:
+    """Prunable layers whose output tensor is (part of) the model's output."""
+    outs: dict[str, torch.Tensor] = {}
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda mod, inp, out, n=n: outs.__setitem__(n, out)) for n in prunable_names(model)]
+    try:
+        with torch.no_grad():
+            y = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    ys = [t for t in (y if isinstance(y, (tuple, list)) else [y]) if isinstance(t, torch.Tensor)]
+    found = {n for n, o in outs.items() if isinstance(o, torch.Tensor) and any(o is t for t in ys)}
+    if not found:  # output went through a reshape/activation: fall back to the last Linear
+        lin = [n for n in prunable_names(model) if isinstance(model.get_submodule(n), nn.Linear)]
+        if lin:
+            found = {lin[-1]}
+    return found
+
+
+def _role(mod: nn.Module, is_out: bool) -> str | None:
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        if getattr(mod, "transposed", False):
+            return None
+        if mod.groups > 1:
+            return "dw" if mod.groups == mod.in_channels == mod.out_channels else None
+        return "out" if is_out else "in"
+    if isinstance(mod, nn.Linear):
+        return "out" if is_out else "in"
+    if isinstance(mod, _BN):
+        return "bn"
+    return "other"
+
+
+def _build_table(model: nn.Module, x: torch.Tensor) -> ChannelTable:
+    import torch_pruning as tp
+
+    work = copy.deepcopy(model).eval()  # tracing runs a forward: keep BN statistics of the caller's model
+    names = prunable_names(work)
+    n2m = dict(work.named_modules())
+    m2n = {id(m): n for n, m in n2m.items()}
+    outputs = _output_layers(work, x)
+    with torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(work, example_inputs=x)
+
+    groups: list[ChannelGroup] = []
+    group_of: dict[str, int] = {}
+    unprunable: dict[str, str] = {}
+    visited: set[str] = set()
+    for name in names:
+        if name in visited:
+            continue
+        mod = n2m[name]
+        if mod not in dg.module2node:
+            unprunable[name] = "not reached by a forward pass"
+            continue
+        pruner = dg.get_pruner_of_module(mod)
+        channels = pruner.get_out_channels(mod) if pruner is not None else None
+        if not channels:
+            unprunable[name] = "torch-pruning has no output-channel pruner for it"
+            continue
+        grp = dg.get_pruning_group(mod, pruner.prune_out_channels, list(range(channels)))
+        merged: OrderedDict[tuple[str, str], tuple[list[int], list[int]]] = OrderedDict()
+        members, consumers, problem = [], [], None
+        for item in grp.items:
+            tmod = item.dep.target.module
+            tname = m2n.get(id(tmod))
+            is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
+            if tname is None:  # elementwise ops, reshapes, unwrapped parameters
+                if isinstance(tmod, nn.Parameter):
+                    problem = "it is coupled with an unwrapped nn.Parameter"
+                continue
+            if not any(True for _ in tmod.parameters(recurse=False)) and not isinstance(tmod, _BN):
+                continue
+            role = _role(tmod, is_out)
+            if role is None:
+                problem = f"it is coupled with {tname}, a grouped or transposed convolution"
+                continue
+            if isinstance(tmod, PRUNABLE):
+                if role in ("out", "dw") and tname not in members:
+                    members.append(tname)
+                if role in ("in", "dw") and tname not in consumers:
+                    consumers.append(tname)
+            idxs, roots = merged.setdefault((tname, role), ([], []))
+            for i, r in zip(item.idxs, item.root_idxs, strict=True):
+                if i not in idxs:
+                    idxs.append(int(i))
+                    roots.append(int(r))
+        prunable_members = [m for m in names if m in members]
+        for m in prunable_members:
+            visited.add(m)
+        out_layers = [m for m in prunable_members if m in outputs]
+        if out_layers:
+            problem = f"its output channels are the model's outputs ({out_layers[0]})"
+        if problem is not None:
+            for m in prunable_members or [name]:
+                unprunable[m] = problem
+            continue
+        # ``name`` is the first member in registration order: earlier members would have visited it
+        root = name
+        items = tuple(ChannelItem(n, role, tuple(i), tuple(r)) for (n, role), (i, r) in merged.items())
+        g = ChannelGroup(root, int(channels), tuple(prunable_members), tuple(c for c in names if c in consumers), items)
+        for m in prunable_members:
+            group_of[m] = len(groups)
+        groups.append(g)
+
+    table = ChannelTable(groups=groups, group_of=group_of, unprunable=unprunable,
+                         layers=layer_table(work, tuple(x.shape)), names=names,
+                         dense_macs=count_macs(work, tuple(x.shape))[0], dense_params=count_params(work),
+                         input_shape=tuple(x.shape))
+    _fill_cost_model(table, work)
+    return table
+
+
+def _fill_cost_model(table: ChannelTable, model: nn.Module) -> None:
+    """Per parameterised leaf module: how its MACs and parameters scale with kept channels."""
+    macs = {li.name: li.macs for li in table.layers}
+    mods, out0, in0, unit, mac_in, p_outin, p_out = [], [], [], [], [], [], []
+    const = 0
+    for name, mod in model.named_modules():
+        own = list(mod.parameters(recurse=False))
+        if not own:
+            continue
+        if isinstance(mod, nn.modules.conv._ConvNd) and not getattr(mod, "transposed", False):
+            o, i, ng = mod.out_channels, mod.in_channels, mod.groups
+            k = int(np.prod(mod.kernel_size))
+            dw = ng > 1 and ng == i == o
+            if ng > 1 and not dw:  # grouped conv: never pruned (its groups are unprunable)
+                const += sum(p.numel() for p in own)
+                continue
+            mods.append(name)
+            out0.append(o)
+            in0.append(i)
+            mac_in.append(not dw)
+            per = o * (1 if dw else i)
+            unit.append(macs.get(name, 0) // per if per else 0)
+            p_outin.append(0 if dw else k)
+            p_out.append((k if dw else 0) + (1 if mod.bias is not None else 0))
+        elif isinstance(mod, nn.Linear):
+            mods.append(name)
+            out0.append(mod.out_features)
+            in0.append(mod.in_features)
+            mac_in.append(True)
+            unit.append(macs.get(name, 0) // (mod.out_features * mod.in_features))
+            p_outin.append(1)
+            p_out.append(1 if mod.bias is not None else 0)
+        else:  # BatchNorm and others: parameters along dim 0
+            c = own[0].shape[0] if own[0].ndim else 1
+            if not all(p.ndim >= 1 and p.shape[0] == c for p in own):
+                const += sum(p.numel() for p in own)
+                continue
+            mods.append(name)
+            out0.append(c)
+            in0.append(1)
+            mac_in.append(False)
+            unit.append(0)
+            p_outin.append(0)
+            p_out.append(sum(p.numel() for p in own) // c)
+    idx = {m: i for i, m in enumerate(mods)}
+    m_out = np.zeros((len(mods), len(table.groups)), dtype=np.int64)
+    m_in = np.zeros_like(m_out)
+    simple = []
+    for gi, g in enumerate(table.groups):
+        one_to_one = True
+        for it in g.items:
+            if it.module not in idx:
+                continue
+            row = idx[it.module]
+            n = len(it.idxs)
+            if n != g.channels or sorted(it.root_idxs) != list(range(g.channels)):
+                one_to_one = False
+            target = m_in if it.role == "in" else m_out
+            target[row, gi] += 1
+        simple.append(one_to_one)
+    table._mods = mods
+    table._m_out, table._m_in = m_out, m_in
+    table._out0, table._in0 = np.array(out0, dtype=np.int64), np.array(in0, dtype=np.int64)
+    table._unit_macs = np.array(unit, dtype=np.int64)
+    table._mac_in = np.array(mac_in, dtype=bool)
+    table._p_outin, table._p_out = np.array(p_outin, dtype=np.int64), np.array(p_out, dtype=np.int64)
+    modeled = int((table._p_outin * table._out0 * table._in0).sum() + (table._p_out * table._out0).sum())
+    table._p_const = table.dense_params - modeled  # parameters no group touches (incl. grouped convs)
+    table._macs_const = table.dense_macs - int(
+        (table._unit_macs * table._out0 * np.where(table._mac_in, table._in0, 1)).sum())  # other ops
+    table._simple = simple
+
+
+def _as_table(model_or_table: nn.Module | ChannelTable) -> ChannelTable:
+    return model_or_table if isinstance(model_or_table, ChannelTable) else channel_table(model_or_table)
+
+
+# --------------------------------------------------------------------------------------------
+# criteria
+# --------------------------------------------------------------------------------------------
+def _slice_scores(mod: nn.Module, item: ChannelItem, p: float, use_grad: bool = False) -> torch.Tensor | None:
+    """Sum of |w|^p (or |w * dL/dw| with ``use_grad``) over each indexed channel's slice."""
+    idx = torch.tensor(item.idxs, dtype=torch.long)
+
+    def term(t: Any) -> torch.Tensor | None:
+        if use_grad:
+            if t.grad is None:
+                return None
+            return (t.detach() * t.grad.detach()).abs().float()
+        return t.detach().abs().float().pow(p)
+
+    params: list[tuple[Any, int]] = []
+    if item.role in ("out", "dw"):
+        params = [(mod.weight, 0)] + ([(mod.bias, 0)] if use_grad and getattr(mod, "bias", None) is not None else [])
+    elif item.role == "in":
+        params = [(mod.weight, 1)]
+    elif item.role == "bn":
+        if getattr(mod, "weight", None) is None:
+            return None
+        params = [(mod.weight, 0)] + ([(mod.bias, 0)] if use_grad and mod.bias is not None else [])
+    else:
+        params = [(q, 0) for q in mod.parameters(recurse=False)]
+    total = None
+    for t, dim in params:
+        v = term(t)
+        if v is None:
+            continue
+        v = v.index_select(dim, idx.to(v.device)).transpose(0, dim).reshape(len(idx), -1).sum(1)
+        total = v if total is None else total + v
+    return None if total is None else total.double().cpu()
+
+
+def _group_score(model: nn.Module, group: ChannelGroup, roles: Iterable[str], p: float,
+                 use_grad: bool = False) -> torch.Tensor | None:
+    """Mean over the group's items (of the given roles) of each root channel's slice score."""
+    roles = set(roles)
+    total = torch.zeros(group.channels, dtype=torch.float64)
+    count = torch.zeros(group.channels, dtype=torch.float64)
+    for item in group.items:
+        if item.role not in roles:
+            continue
+        s = _slice_scores(model.get_submodule(item.module), item, p, use_grad)
+        if s is None:
+            continue
+        r = torch.tensor(item.root_idxs, dtype=torch.long)
+        total.index_add_(0, r, s)
+        count.index_add_(0, r, torch.ones_like(s))
+    if not bool((count > 0).any()):
+        return None
+    return total / count.clamp(min=1)
+
+
+def _filters(p: float) -> Callable[[nn.Module, ChannelGroup], torch.Tensor]:
+    def score(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+        s = _group_score(model, group, ("out", "dw"), p)
+        assert s is not None
+        return s
+    score.__doc__ = f"L{p:g} norm of each channel's own filters, mean over the group's producing layers."
+    return score
+
+
+def score_l2_next(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """The seed lab's variant: L2 of each channel's slice in the NEXT layers' inputs (mean over them)."""
+    s = _group_score(model, group, ("in", "dw"), 2.0)
+    return s if s is not None else _filters(2.0)(model, group)
+
+
+def score_bn(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """Network slimming: |gamma| of the group's BatchNorms (mean); filter L1 where there is none."""
+    s = _group_score(model, group, ("bn",), 1.0)
+    return s if s is not None else _filters(1.0)(model, group)
+
+
+def score_taylor(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """First-order Taylor: sum of |w * dL/dw| over every coupled slice (needs gradients: see
+    :func:`accumulate_gradients`; ``plan_channels(..., criterion="taylor", loader=...)`` does it)."""
+    s = _group_score(model, group, ("out", "dw", "in", "bn", "other"), 1.0, use_grad=True)
+    if s is None:
+        raise PolicyError("the taylor criterion needs gradients: pass a loader to plan_channels")
+    return s
+
+
+def score_group_l2(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """Torch-Pruning's GroupMagnitudeImportance(p=2): every coupled weight slice (filters, input
+    slices, BN scales), mean over the group."""
+    s = _group_score(model, group, ("out", "dw", "in", "bn", "other"), 2.0)
+    assert s is not None
+    return s
+
+
+score_taylor.needs_grad = True  # type: ignore[attr-defined]
+
+CRITERIA: dict[str, Callable[[nn.Module, ChannelGroup], torch.Tensor]] = {
+    "l1": _filters(1.0),
+    "l2": _filters(2.0),
+    "l2_next": score_l2_next,
+    "bn": score_bn,
+    "taylor": score_taylor,
+    "group_l2": score_group_l2,
+}
+
+
+def accumulate_gradients(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                         batches: int = 4) -> None:
+    """Sum cross-entropy gradients over ``batches`` batches into ``.grad`` (BN in eval mode)."""
+    was = model.training
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    dev = next(model.parameters()).device
+    loss_fn = nn.CrossEntropyLoss()
+    with torch.enable_grad():
+        for i, (x, y) in enumerate(loader):
+            if i >= batches:
+                break
+            loss_fn(model(x.to(dev)).float(), y.to(dev)).backward()
+    model.train(was)
+
+
+def channel_scores(model: nn.Module, criterion: str = "l2", table: ChannelTable | None = None,
+                   loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                   batches: int = 4) -> dict[str, torch.Tensor]:
+    """Per-channel importance of every group, keyed by root (higher = more important)."""
+    if criterion not in CRITERIA:
+        raise PolicyError(f"unknown criterion {criterion!r}; known: {', '.join(CRITERIA)}")
+    table = table or channel_table(model)
+    fn = CRITERIA[criterion]
+    src = model
+    if getattr(fn, "needs_grad", False):
+        if loader is None:
+            raise PolicyError(f"criterion {criterion!r} needs gradients: pass a loader")
+        src = copy.deepcopy(model)
+        accumulate_gradients(src, loader, batches)
+    return {g.root: fn(src, g) for g in table.groups}
+
+
+# --------------------------------------------------------------------------------------------
+# policies and plans
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChannelPlan:
+    """Which output channels each pruned group root keeps; replayable on a fresh dense model."""
+
+    keep: dict[str, list[int]]  # root layer -> sorted kept output-channel indices
+    notes: list[str] = field(default_factory=list)  # layers left alone and why
+    channels: dict[str, int] = field(default_factory=dict)  # root layer -> original channels
+    criterion: str = ""
+    round_to: int = 1
+
+    def counts(self) -> Counts:
+        return {k: len(v) for k, v in self.keep.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "amc-channel-plan/1", "criterion": self.criterion, "round_to": self.round_to,
+                "channels": dict(self.channels), "keep": {k: list(v) for k, v in self.keep.items()},
+                "notes": list(self.notes)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ChannelPlan:
+        try:
+            keep = {str(k): sorted(int(i) for i in v) for k, v in d["keep"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise PolicyError(f"not a channel plan: {e}") from None
+        return cls(keep, list(d.get("notes", [])), {str(k): int(v) for k, v in d.get("channels", {}).items()},
+                   str(d.get("criterion", "")), int(d.get("round_to", 1)))
+
+    def save(self, path: str | os.PathLike) -> None:
+        from amc.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ChannelPlan:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as e:
+            raise PolicyError(f"{path} is not JSON: {e}") from None
+
+
+def validate_channel_policy(table: ChannelTable, policy: Mapping[str, float]) -> Policy:
+    """Names must be conv/linear layers of the model, ratios numbers in [0, 1)."""
+    known = set(table.names)
+    unknown = [k for k in policy if k not in known]
+    if unknown:
+        raise PolicyError(
+            f"policy names layers not in the model: {', '.join(map(str, unknown[:5]))} (prunable layers: "
+            f"{', '.join(table.names[:8])}{', ...' if len(table.names) > 8 else ''})")
+    out: Policy = {}
+    for k, v in policy.items():
+        try:
+            r = float(v)
+        except (TypeError, ValueError):
+            raise PolicyError(f"ratio for {k} is not a number: {v!r}") from None
+        if not 0.0 <= r < 1.0 or math.isnan(r):
+            raise PolicyError(f"ratio for {k} is {r}, outside [0, 1): it is the fraction of output channels to remove")
+        out[k] = r
+    return out
+
+
+def group_ratios(table: ChannelTable, policy: Mapping[str, float]) -> tuple[dict[str, float], list[str]]:
+    """Policy (any member names) -> ratio per group root (the largest named wins), and notes."""
+    policy = validate_channel_policy(table, policy)
+    ratios: dict[str, float] = {}
+    notes: list[str] = []
+    for name, r in policy.items():
+        if name not in table.group_of:
+            why = table.unprunable.get(name, "its output channels are not prunable")
+            notes.append(f"{name}: left alone ({why})")
+            continue
+        root = table.groups[table.group_of[name]].root
+        ratios[root] = max(ratios.get(root, 0.0), r)
+    return ratios, notes
+
+
+def policy_counts(model_or_table: nn.Module | ChannelTable, policy: Mapping[str, float],
+                  round_to: int = 8) -> Counts:
+    """Output channels kept per group root for ``policy`` (no scoring: counts only)."""
+    table = _as_table(model_or_table)
+    ratios, _ = group_ratios(table, policy)
+    counts: Counts = {}
+    for root, r in ratios.items():
+        c = table.group(root).channels
+        k = round_channels(c * (1.0 - r), c, round_to)
+        if k < c:
+            counts[root] = k
+    return counts
+
+
+def plan_from_counts(model: nn.Module, counts: Mapping[str, int], criterion: str = "l2",
+                     scores: Mapping[str, torch.Tensor] | None = None, table: ChannelTable | None = None,
+                     loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                     notes: list[str] | None = None, round_to: int = 1) -> ChannelPlan:
+    """Keep the ``counts[root]`` highest-scoring channels of each group."""
+    table = table or channel_table(model)
+    if scores is None:
+        scores = channel_scores(model, criterion, table, loader)
+    keep, chans = {}, {}
+    for root, k in counts.items():
+        g = table.group(root)
+        if not 1 <= k <= g.channels:
+            raise PolicyError(f"{root}: cannot keep {k} of {g.channels} channels")
+        if k == g.channels:
+            continue
+        s = scores[root]
+        top = torch.topk(s, k, largest=True, sorted=False).indices  # ties: torch picks deterministically
+        keep[root] = sorted(int(i) for i in top)
+        chans[root] = g.channels
+    return ChannelPlan(keep, list(notes or []), chans, criterion, round_to)
+
+
+def plan_channels(model: nn.Module, policy: Mapping[str, float], criterion: str = "l2", round_to: int = 8,
+                  example_inputs: torch.Tensor | None = None,
+                  loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None) -> ChannelPlan:
+    """Turn ``{layer: fraction of output channels to remove}`` into kept channel indices.
+
+    Unknown layer names or ratios outside [0, 1) raise ``PolicyError``. Layers sharing a group
+    take the largest ratio named for the group. ``loader`` gives gradients for ``taylor``.
+    """
+    table = channel_table(model, example_inputs)
+    _, notes = group_ratios(table, policy)
+    counts = policy_counts(table, policy, round_to)
+    return plan_from_counts(model, counts, criterion, table=table, loader=loader, notes=notes,
+                            round_to=round_to)
+
+
+def uniform_policy(model_or_table: nn.Module | ChannelTable, ratio: float) -> Policy:
+    """The same ratio for every layer whose output channels can be removed."""
+    table = _as_table(model_or_table)
+    return validate_channel_policy(table, dict.fromkeys(table.prunable_layers(), ratio))
+
+
+def plan_cost(model_or_table: nn.Module | ChannelTable, plan: ChannelPlan | Mapping[str, int]) -> dict[str, int]:
+    """MACs (one input of the table's shape) and parameter count of the pruned model, analytically:
+    no tracing, no forward pass. ``plan`` may be a ChannelPlan or ``{root: kept channels}``."""
+    table = _as_table(model_or_table)
+    counts = plan.counts() if isinstance(plan, ChannelPlan) else dict(plan)
+    return table.cost_of_counts(counts)
+
+
+def policy_cost(model_or_table: nn.Module | ChannelTable, policy: Mapping[str, float],
+                round_to: int = 8) -> dict[str, int]:
+    """``plan_cost`` of a policy without scoring channels (the counts decide the cost)."""
+    table = _as_table(model_or_table)
+    return table.cost_of_counts(policy_counts(table, policy, round_to))
+
+
+def find_uniform_ratio(model_or_table: nn.Module | ChannelTable, macs_fraction: float, round_to: int = 8,
+                       max_ratio: float = 0.95, tol: float = 1e-4) -> float:
+    """The smallest uniform ratio (to ``tol``) whose pruned MACs are <= ``macs_fraction`` of dense."""
+    table = _as_table(model_or_table)
+    if not 0.0 < macs_fraction:
+        raise BudgetError(f"MACs fraction must be > 0, got {macs_fraction}")
+    target = macs_fraction * table.dense_macs
+
+    def macs(r: float) -> int:
+        return policy_cost(table, uniform_policy(table, r), round_to)["macs"]
+
+    if macs(0.0) <= target:
+        return 0.0
+    hi = max_ratio
+    if macs(hi) > target:
+        raise BudgetError(f"uniform channel pruning cannot reach {macs_fraction:.1%} of dense MACs "
+                          f"(at ratio {hi} it keeps {macs(hi) / table.dense_macs:.1%})")
+    lo = 0.0
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        if macs(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# --------------------------------------------------------------------------------------------
+# emulation (masks) and physical pruning
+# --------------------------------------------------------------------------------------------
+def _removed_positions(group: ChannelGroup, kept: Iterable[int]) -> list[tuple[ChannelItem, list[int]]]:
+    keep = set(kept)
+    return [(it, [i for i, r in zip(it.idxs, it.root_idxs, strict=True) if r not in keep]) for it in group.items]
+
+
+@torch.no_grad()
+def apply_channel_masks(model: nn.Module, plan: ChannelPlan, table: ChannelTable | None = None) -> None:
+    """Zero, IN PLACE, every parameter slice of the removed channels (filters and biases, BN
+    scale and shift, the next layers' input slices). The model then computes exactly what the
+    physically pruned model computes. The groups come from the cached table: no re-tracing."""
+    table = table or channel_table(model)
+    for root, kept in plan.keep.items():
+        g = table.group(root)
+        if g.root != root:
+            raise PolicyError(f"{root} is not a channel-group root (its group's root is {g.root})")
+        for item, idxs in _removed_positions(g, kept):
+            if not idxs:
+                continue
+            mod = model.get_submodule(item.module)
+            dev = next(iter(mod.parameters(recurse=False)), None)
+            idx = torch.tensor(idxs, dtype=torch.long, device=dev.device if dev is not None else "cpu")
+            if item.role == "in":
+                w: torch.Tensor = mod.weight  # type: ignore[assignment]
+                w.index_fill_(1, idx, 0.0)
+            else:
+                for p in mod.parameters(recurse=False):
+                    if p.ndim >= 1:
+                        p.index_fill_(0, idx, 0.0)
+
+
+def channel_masks(model: nn.Module, plan: ChannelPlan, table: ChannelTable | None = None) -> dict[str, torch.Tensor]:
+    """Weight masks ``{layer name: float mask}`` (filters, input slices, BN scales) for
+    ``amc.train.finetune(..., masks=...)``: keeping these at zero keeps the model equivalent to
+    the physically pruned one (every consumer of a removed channel sees a zero weight)."""
+    table = table or channel_table(model)
+    masks: dict[str, torch.Tensor] = {}
+    for root, kept in plan.keep.items():
+        for item, idxs in _removed_positions(table.group(root), kept):
+            if not idxs:
+                continue
+            w = getattr(model.get_submodule(item.module), "weight", None)
+            if w is None:
+                continue
+            m = masks.setdefault(item.module, torch.ones_like(w))
+            idx = torch.tensor(idxs, dtype=torch.long, device=w.device)
+            m.index_fill_(1 if item.role == "in" else 0, idx, 0.0)
+    return masks
+
+
+def prune_channels(model: nn.Module, plan: ChannelPlan, example_inputs: torch.Tensor | None = None) -> nn.Module:
+    """A deep copy of ``model`` with the plan's removed channels physically gone (torch-pruning
+    DependencyGraph). The input model is not modified."""
+    import torch_pruning as tp
+
+    x = _example(model, example_inputs)
+    table = channel_table(model, x)
+    work = copy.deepcopy(model)
+    was = work.training
+    work.eval()
+    with torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(work, example_inputs=x)
+    for root, kept in plan.keep.items():
+        g = table.group(root)
+        mod = work.get_submodule(root)
+        removed = sorted(set(range(g.channels)) - set(kept))
+        if not removed:
+            continue
+        if len(removed) >= g.channels:
+            raise PolicyError(f"{root}: the plan removes every channel")
+        pruner = dg.get_pruner_of_module(mod)
+        dg.get_pruning_group(mod, pruner.prune_out_channels, removed).prune()
+    work.train(was)
+    return work
+
+
+# --------------------------------------------------------------------------------------------
+# sensitivity scan and a greedy per-layer policy for a MACs target
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SensitivityScan:
+    """Held-out accuracy with one group pruned at a time (BN recalibrated), per kept count."""
+
+    base_acc: float
+    points: dict[str, list[tuple[int, float]]]  # root -> [(kept channels, accuracy)], kept descending
+    criterion: str
+    round_to: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"base_acc": self.base_acc, "criterion": self.criterion, "round_to": self.round_to,
+                "points": {k: [list(p) for p in v] for k, v in self.points.items()}}
+
+
+DEFAULT_SCAN_RATIOS = tuple(round(0.1 * i, 2) for i in range(1, 10))
+
+
+def scan_sensitivity(model: nn.Module, eval_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     recal_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                     criterion: str = "l2", round_to: int = 8, ratios: Iterable[float] = DEFAULT_SCAN_RATIOS,
+                     grad_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                     cache: dict[tuple[str, int], float] | None = None,
+                     on_point: Callable[[str, int, float], None] | None = None) -> SensitivityScan:
+    """Prune each group alone to each ratio (rounded, deduplicated), recalibrate BatchNorm on
+    ``recal_loader``, measure accuracy on ``eval_loader`` (the held-out split, never test).
+    ``cache`` ({(root, kept): acc}) lets scans at several roundings share points."""
+    from amc.train import evaluate, recalibrate_bn
+
+    table = channel_table(model)
+    scores = channel_scores(model, criterion, table, grad_loader)
+    work = copy.deepcopy(model)
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    cache = cache if cache is not None else {}
+
+    def acc_of(plan: ChannelPlan) -> float:
+        work.load_state_dict(dense_state)
+        apply_channel_masks(work, plan, table)
+        if recal_loader is not None:
+            recalibrate_bn(work, recal_loader)
+        return evaluate(work, eval_loader)
+
+    base = cache.get(("", 0))
+    if base is None:
+        base = cache[("", 0)] = acc_of(ChannelPlan({}))
+    points: dict[str, list[tuple[int, float]]] = {}
+    for g in table.groups:
+        ks = sorted({round_channels(g.channels * (1 - r), g.channels, round_to) for r in ratios} - {g.channels},
+                    reverse=True)
+        pts = [(g.channels, base)]
+        for k in ks:
+            key = (g.root, k)
+            if key not in cache:
+                cache[key] = acc_of(plan_from_counts(model, {g.root: k}, criterion, scores, table))
+                if on_point is not None:
+                    on_point(g.root, k, cache[key])
+            pts.append((k, cache[key]))
+        points[g.root] = pts
+    return SensitivityScan(base, points, criterion, round_to)
+
+
+def pick_channel_policy(model_or_table: nn.Module | ChannelTable, scan: SensitivityScan, macs_fraction: float,
+                        cost: Callable[[Counts], float] | None = None) -> Policy:
+    """Greedy: repeatedly take the step (one group to a smaller scanned count) with the least
+    held-out accuracy drop per unit of cost saved, until MACs <= ``macs_fraction`` of dense;
+    then give back steps that are not needed. ``cost`` defaults to MACs; pass a latency
+    predictor (``amc.latency.LatencyTable.counts_cost``) to prefer what is fast on a target.
+    The result is a policy ``{root: ratio}`` that ``policy_counts`` maps back to the same counts
+    at the scan's rounding."""
+    table = _as_table(model_or_table)
+    target = macs_fraction * table.dense_macs
+
+    def macs(c: Counts) -> int:
+        return table.cost_of_counts(c)["macs"]
+
+    cost_fn = cost or (lambda c: float(macs(c)))
+    levels: dict[str, list[tuple[int, float]]] = {}
+    for root, pts in scan.points.items():
+        if root not in table.group_of:
+            continue
+        drop, out = 0.0, []
+        for k, acc in pts:  # kept descending: make the drop non-decreasing (noise on small ratios)
+            drop = max(drop, scan.base_acc - acc)
+            out.append((k, drop))
+        levels[root] = out
+    state = dict.fromkeys(levels, 0)
+
+    def counts_of(st: Mapping[str, int]) -> Counts:
+        return {r: levels[r][i][0] for r, i in st.items() if i > 0}
+
+    counts = counts_of(state)
+    while macs(counts) > target:
+        cur = cost_fn(counts)
+        cur_macs = macs(counts)
+        best: tuple[float, float, str, int] | None = None
+        for root, i in state.items():
+            for j in range(i + 1, len(levels[root])):
+                trial = dict(counts)
+                trial[root] = levels[root][j][0]
+                saved = cur - cost_fn(trial)
+                if saved <= 0:  # a step that is not faster: judge it by MACs alone, last resort
+                    saved_macs = cur_macs - macs(trial)
+                    if saved_macs <= 0:
+                        continue
+                    saved = 1e-12 * saved_macs
+                slope = (levels[root][j][1] - levels[root][i][1]) / saved
+                cand = (slope, -saved, root, j)
+                if best is None or cand < best:
+                    best = cand
+        if best is None:
+            raise BudgetError(f"the scanned ratios cannot reach {macs_fraction:.1%} of dense MACs")
+        state[best[2]] = best[3]
+        counts = counts_of(state)
+    # give back: undo single levels while the budget still holds, most accuracy regained first
+    while True:
+        best_back: tuple[float, str] | None = None
+        for root, i in state.items():
+            if i == 0:
+                continue
+            trial = dict(state)
+            trial[root] = i - 1
+            if macs(counts_of(trial)) <= target:
+                gain = levels[root][i][1] - levels[root][i - 1][1]
+                if best_back is None or gain > best_back[0]:
+                    best_back = (gain, root)
+        if best_back is None or best_back[0] <= 0:
+            break
+        state[best_back[1]] -= 1
+        counts = counts_of(state)
+    return {root: 1.0 - k / table.group(root).channels for root, k in counts.items()}
+

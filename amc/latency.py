@@ -1,0 +1,310 @@
+"""Measured latency: end to end (``measure``) and per layer (``LatencyTable``, a lookup table).
+
+``measure`` returns the median milliseconds of ``runs`` timed forward passes after ``warmup``:
+
+* ``backend="torch"``, CPU: eager PyTorch under ``inference_mode`` with ``threads`` intra-op
+  threads (the caller's thread count is restored afterwards), wall clock per run.
+* ``backend="torch"``, CUDA: bf16 autocast, channels_last, cuDNN autotuning on (as a server would
+  run it; every model gets the same treatment), CUDA events around each run. Eager mode pays the
+  host's kernel-launch time, which a small (pruned) model at batch 256 may not hide;
+  ``cuda_graph=True`` captures the forward once and replays it, so the events time the device
+  alone (what TensorRT or ``torch.compile(mode="reduce-overhead")`` would see).
+* ``backend="onnxruntime"``: the model exported to ONNX (``amc.onnx_export``) and run by an
+  ``InferenceSession`` with ``intra_op_num_threads=threads``.
+
+The model passed in is never modified (a copy is moved, converted and timed).
+
+A ``LatencyTable`` holds the time of one conv+BN+ReLU block (or Linear) per (kind, in channels,
+out channels, input size, kernel, stride, groups), measured on the target the first time it is
+needed and cached as CSV (atomic writes). ``predict`` sums it over a model's layers (or over a
+dense model with a ChannelPlan); ``validate`` compares predictions with end-to-end measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from amc.errors import AmcError
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool) -> Iterator[None]:
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+def _check(device: torch.device, backend: str, warmup: int, runs: int) -> None:
+    if backend not in BACKENDS:
+        raise AmcError(f"unknown latency backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AmcError("CUDA latency asked for, but no CUDA device is available")
+    if runs < 1 or warmup < 0:
+        raise AmcError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+
+
+def _graphed(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``fn`` captured into a CUDA graph (after warm-up on a side stream): returns the replay."""
+    s = torch.cuda.Stream(device)
+    s.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
+def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, runs: int) -> list[float]:
+    """Milliseconds of each of ``runs`` calls after ``warmup`` calls (CUDA events on a GPU)."""
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(runs)]
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(device)
+        return [s.elapsed_time(e) for s, e in events]
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def measure(model: nn.Module, device: str | torch.device = "cpu", batch: int = 1, threads: int = 1,
+            backend: str = "torch", warmup: int = 10, runs: int = 50,
+            input_shape: tuple[int, ...] = (3, 32, 32), cuda_graph: bool = False) -> float:
+    """Median latency in milliseconds of one forward pass of a ``batch`` of ``input_shape`` inputs."""
+    dev = torch.device(device)
+    _check(dev, backend, warmup, runs)
+    if backend == "onnxruntime":
+        return _measure_ort(model, dev, batch, threads, warmup, runs, input_shape)
+    work = copy.deepcopy(model).eval()
+    with _threads(threads if dev.type == "cpu" else None), torch.inference_mode():
+        if dev.type == "cuda":
+            work = work.to(dev, memory_format=torch.channels_last)  # type: ignore[call-overload]
+            x = torch.randn(batch, *input_shape, device=dev).contiguous(memory_format=torch.channels_last)
+            # no autocast weight cache: it would be stale inside a captured graph
+            with _cudnn_benchmark(True), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not cuda_graph):
+                fn = (lambda: work(x)) if not cuda_graph else _graphed(lambda: work(x), dev)
+                times = time_callable(fn, dev, warmup, runs)
+        else:
+            work = work.float().to(dev)
+            x = torch.randn(batch, *input_shape, device=dev)
+            times = time_callable(lambda: work(x), dev, warmup, runs)
+    return statistics.median(times)
+
+
+def _measure_ort(model: nn.Module, dev: torch.device, batch: int, threads: int, warmup: int, runs: int,
+                 input_shape: tuple[int, ...]) -> float:
+    from amc.onnx_export import INPUT, export_onnx, ort_session
+
+    with tempfile.TemporaryDirectory(prefix="amc-ort-") as d:
+        path = export_onnx(model, Path(d) / "model.onnx", (1, *input_shape))
+        sess = ort_session(path, threads=threads, device=dev.type)
+        x = torch.randn(batch, *input_shape).numpy()
+        times = time_callable(lambda: sess.run(None, {INPUT: x}), torch.device("cpu"), warmup, runs)
+    return statistics.median(times)
+
+
+def describe_target(device: str | torch.device = "cpu", threads: int = 1) -> str:
+    """A short name for the machine a latency was measured on."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev).replace(",", " ")
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu} x{threads}".replace(",", " ")
+
+
+# --------------------------------------------------------------------------------------------
+# per-layer lookup table
+# --------------------------------------------------------------------------------------------
+LutKey = tuple[str, int, int, int, int, int, int, int]  # kind, in_c, out_c, in_h, in_w, kernel, stride, groups
+COLUMNS = ("target", "backend", "batch", "threads", "kind", "in_c", "out_c", "in_h", "in_w", "kernel", "stride",
+           "groups", "ms")
+
+
+def _block(key: LutKey) -> nn.Module:
+    kind, cin, cout, _, _, k, s, g = key
+    if kind == "linear":
+        return nn.Linear(cin, cout)
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride=s, padding=k // 2, groups=g, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class LatencyTable:
+    """Per-layer latencies on one target (device, batch, threads), measured lazily, cached as CSV.
+
+    Lifecycle: ``LatencyTable(path, device, batch, threads)`` (loads the CSV's rows for this
+    target) -> ``predict(model[, plan])`` / ``counts_cost(channel_table)`` (measures missing
+    entries) -> ``save()`` (atomic; ``predict`` saves too when it measured something).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                 batch: int = 1, threads: int = 1, warmup: int = 5, runs: int = 20,
+                 cuda_graph: bool = True) -> None:
+        self.path = Path(path) if path is not None else None
+        self.device = torch.device(device)
+        _check(self.device, "torch", warmup, runs)
+        self.batch, self.threads, self.warmup, self.runs = batch, threads, warmup, runs
+        # one block alone is launch-bound on a GPU: time the device (graph replay) unless told not to
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self.target = describe_target(self.device, threads) + (" graph" if self.cuda_graph else "")
+        self.entries: dict[LutKey, float] = {}
+        self._dirty = False
+        self._foreign: list[dict[str, str]] = []  # rows of other targets, kept on save
+        if self.path is not None and self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        assert self.path is not None
+        with open(self.path, newline="") as f:
+            for n, row in enumerate(csv.DictReader(f), start=2):
+                try:
+                    key = (row["kind"], *(int(row[c]) for c in COLUMNS[5:12]))
+                    ms, batch, threads = float(row["ms"]), int(row["batch"]), int(row["threads"])
+                    mine = (row["target"] == self.target and row["backend"] == "torch"
+                            and batch == self.batch and threads == self.threads)
+                except (KeyError, TypeError, ValueError) as e:
+                    raise AmcError(f"latency table {self.path} has a malformed row (line {n}): {e}") from None
+                if mine:
+                    self.entries[key] = ms  # type: ignore[index]
+                else:
+                    self._foreign.append(row)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        from amc.io import atomic_open
+
+        with atomic_open(self.path, "w") as f:
+            w = csv.writer(f)
+            w.writerow(COLUMNS)
+            for row in self._foreign:
+                w.writerow([row[c] for c in COLUMNS])
+            for key, ms in sorted(self.entries.items()):
+                w.writerow([self.target, "torch", self.batch, self.threads, *key, f"{ms:.6f}"])
+        self._dirty = False
+
+    def _measure_key(self, key: LutKey) -> float:
+        block = _block(key).to(self.device).eval()
+        kind, cin, _, h, w, *_ = key
+        shape = (self.batch, cin) if kind == "linear" else (self.batch, cin, h, w)
+        with _threads(self.threads if self.device.type == "cpu" else None), torch.inference_mode():
+            x = torch.randn(*shape, device=self.device)
+            if self.device.type == "cuda":
+                if kind != "linear":
+                    block = block.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with _cudnn_benchmark(True), torch.autocast("cuda", dtype=torch.bfloat16,
+                                                            cache_enabled=not self.cuda_graph):
+                    fn: Callable[[], object] = lambda: block(x)  # noqa: E731
+                    if self.cuda_graph:
+                        try:
+                            fn = _graphed(fn, self.device)
+                        except RuntimeError as e:  # a capture this PyTorch refuses: time it eagerly
+                            warnings.warn(f"CUDA graph capture failed ({e}); timing {key} eagerly", stacklevel=2)
+                    times = time_callable(fn, self.device, self.warmup, self.runs)
+            else:
+                times = time_callable(lambda: block(x), self.device, self.warmup, self.runs)
+        return statistics.median(times)
+
+    def lookup(self, key: LutKey) -> float:
+        ms = self.entries.get(key)
+        if ms is None:
+            ms = self.entries[key] = self._measure_key(key)
+            self._dirty = True
+        return ms
+
+    @staticmethod
+    def layer_keys(table, counts: Mapping[str, int] | None = None) -> list[LutKey]:
+        """One key per conv/linear layer of a ChannelTable's model with ``counts`` kept per group."""
+        chans = table.layer_channels(counts or {})
+        keys: list[LutKey] = []
+        for li in table.layers:
+            cin, cout = chans.get(li.name, (li.in_channels, li.out_channels))
+            if li.kind == "linear":
+                keys.append(("linear", cin, cout, 1, 1, 1, 1, 1))
+            else:
+                groups = cout if li.kind == "dwconv" and li.groups == li.in_channels else li.groups
+                keys.append((li.kind, cin, cout, li.in_hw[0], li.in_hw[1], li.kernel, li.stride, groups))
+        return keys
+
+    def predict(self, model: nn.Module, plan=None) -> float:
+        """Summed per-layer latency (ms) of ``model``, or of ``model`` pruned by ``plan``."""
+        from amc.channel import channel_table
+
+        table = channel_table(model)
+        ms = sum(self.lookup(k) for k in self.layer_keys(table, plan.counts() if plan is not None else None))
+        if self._dirty:
+            self.save()
+        return ms
+
+    def counts_cost(self, table) -> Callable[[Mapping[str, int]], float]:
+        """``counts -> predicted ms`` for ``amc.channel.pick_channel_policy(cost=...)``."""
+        return lambda counts: sum(self.lookup(k) for k in self.layer_keys(table, counts))
+
+
+def validate(lut: LatencyTable, models: Mapping[str, nn.Module], dense: str | None = None,
+             backend_runs: int = 50) -> list[dict[str, float | str]]:
+    """Prediction vs end-to-end measurement on the LUT's target for each named model.
+
+    ``error`` = predicted / measured - 1. With ``dense`` (a key of ``models``), also a
+    ``calibrated`` prediction: every sum times the dense model's measured / predicted ratio (what
+    the table leaves out, pools, adds, overhead, grows with the activations), and its error.
+    """
+    rows: list[dict[str, float | str]] = []
+    for name, m in models.items():
+        pred = lut.predict(m)
+        meas = measure(m, lut.device, lut.batch, lut.threads, "torch", warmup=10, runs=backend_runs,
+                       cuda_graph=lut.cuda_graph)
+        rows.append({"model": name, "predicted_ms": pred, "measured_ms": meas, "error": pred / meas - 1})
+    if dense is not None:
+        d = next(r for r in rows if r["model"] == dense)
+        scale = float(d["measured_ms"]) / float(d["predicted_ms"])
+        for r in rows:
+            r["calibrated_ms"] = float(r["predicted_ms"]) * scale
+            r["calibrated_error"] = float(r["calibrated_ms"]) / float(r["measured_ms"]) - 1
+    lut.save()
+    return rows

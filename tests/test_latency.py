@@ -1,0 +1,82 @@
+import csv
+
+import pytest
+import torch
+
+from amc.channel import channel_table, find_uniform_ratio, plan_channels, prune_channels, uniform_policy
+from amc.errors import AmcError
+from amc.latency import LatencyTable, measure, validate
+from tests.conftest import make_tiny_resnet
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_measure_returns_a_median_and_restores_threads(tiny_vgg, backend):
+    before = torch.get_num_threads()
+    ms = measure(tiny_vgg, "cpu", batch=2, threads=1, backend=backend, warmup=1, runs=5)
+    assert ms > 0
+    assert torch.get_num_threads() == before
+    assert not any(p.is_cuda for p in tiny_vgg.parameters())  # the argument is untouched
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"backend": "tensorrt"}, "unknown latency backend"),
+    ({"runs": 0}, "runs >= 1"),
+])
+def test_measure_rejects_bad_arguments(tiny_vgg, kwargs, message):
+    with pytest.raises(AmcError, match=message):
+        measure(tiny_vgg, **kwargs)
+
+
+def test_lookup_table_caches_predicts_and_validates(tmp_path, monkeypatch):
+    dense = make_tiny_resnet()
+    plan = plan_channels(dense, uniform_policy(dense, find_uniform_ratio(dense, 0.5, 1)), "l2", 1)
+    small = prune_channels(dense, plan)
+    path = tmp_path / "lut.csv"
+    lut = LatencyTable(path, "cpu", batch=1, threads=1, warmup=1, runs=3)
+    pred_plan = lut.predict(dense, plan)
+    assert pred_plan == pytest.approx(lut.predict(small))  # a plan on the dense model = the pruned model
+    assert lut.predict(dense) > pred_plan > 0
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(lut.entries) > 0 and {r["kind"] for r in rows} >= {"conv", "linear"}
+
+    calls = []
+    again = LatencyTable(path, "cpu", batch=1, threads=1)
+    monkeypatch.setattr(again, "_measure_key", lambda key: calls.append(key) or 1.0)
+    assert again.predict(small) == pytest.approx(pred_plan) and calls == []  # read from the CSV
+    other = LatencyTable(path, "cpu", batch=4, threads=1)  # another target: nothing reused
+    monkeypatch.setattr(other, "_measure_key", lambda key: calls.append(key) or 1.0)
+    other.predict(small)
+    other.save()
+    assert calls and len(list(csv.DictReader(open(path, newline="")))) == len(lut.entries) + len(other.entries)
+
+    rows = validate(lut, {"dense": dense, "pruned": small}, dense="dense", backend_runs=3)
+    assert [r["model"] for r in rows] == ["dense", "pruned"]
+    assert rows[0]["calibrated_error"] == pytest.approx(0.0)
+    assert all(r["measured_ms"] > 0 and "error" in r for r in rows)
+
+
+def test_counts_cost_follows_the_plan(tmp_path, monkeypatch):
+    dense = make_tiny_resnet()
+    table = channel_table(dense)
+    lut = LatencyTable(None, "cpu")
+    monkeypatch.setattr(lut, "_measure_key", lambda key: float(key[1] * key[2]))  # ~ in x out channels
+    cost = lut.counts_cost(table)
+    full = cost({})
+    assert cost({table.roots[0]: 4}) < full
+
+
+def test_malformed_table_is_one_clear_error(tmp_path):
+    path = tmp_path / "lut.csv"
+    path.write_text("target,backend,batch,threads,kind,in_c,out_c,in_h,in_w,kernel,stride,groups,ms\n"
+                    "x,torch,one,1,conv,3,8,32,32,3,1,1,0.1\n")
+    with pytest.raises(AmcError, match="malformed"):
+        LatencyTable(path, "cpu")
+
+
+@pytest.mark.gpu
+def test_measure_on_cuda(tiny_vgg):
+    ms = measure(tiny_vgg, "cuda", batch=256, warmup=2, runs=5)
+    assert ms > 0
+    lut = LatencyTable(None, "cuda", batch=256, warmup=1, runs=3)
+    assert lut.predict(tiny_vgg) > 0
