@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,14 @@ def tiny_vgg() -> VGG:
 @pytest.fixture
 def tiny_resnet() -> CifarResNet:
     return make_tiny_resnet()
+
+
+def flip_bit(path: Path, record_suffix: str, offset: int, bit: int = 0x10) -> None:
+    """Flip ``bit`` ``offset`` bytes into the stored data of the zip record ending in ``record_suffix``
+    of a ``torch.save`` checkpoint (torch.load itself would load flipped tensor bytes silently)."""
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(record_suffix))
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + offset] ^= bit
+    path.write_bytes(bytes(data))

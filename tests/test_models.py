@@ -1,6 +1,3 @@
-import struct
-import zipfile
-
 import pytest
 import torch
 
@@ -9,7 +6,7 @@ from amc.errors import CheckpointError
 from amc.layers import count_macs, count_params, layer_table, prunable_names
 from amc.models import VGG8_CFG, build_model, guess_model_name, load_model, read_state_dict
 from amc.train import evaluate
-from tests.conftest import MODELS
+from tests.conftest import MODELS, flip_bit
 
 
 def analytic_vgg_macs(cfg=VGG8_CFG, hw=32, c_in=3, classes=10) -> int:
@@ -97,20 +94,10 @@ def test_garbage_checkpoint(tmp_path):
         read_state_dict(path)
 
 
-def _flip_in_record(path, record_suffix: str, offset: int) -> None:
-    """Flip one bit ``offset`` bytes into the stored data of the zip record ending in ``record_suffix``."""
-    with zipfile.ZipFile(path) as z:
-        info = next(i for i in z.infolist() if i.filename.endswith(record_suffix))
-    data = bytearray(path.read_bytes())
-    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
-    data[info.header_offset + 30 + name_len + extra_len + offset] ^= 0x10
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize(("record", "offset"), [("data/0", 5), ("data/3", 0), ("data.pkl", 40)])
 def test_bit_flipped_checkpoint_is_refused(tmp_path, tiny_vgg, record, offset):
     path = _saved(tmp_path, tiny_vgg)
-    _flip_in_record(path, record, offset)  # torch.load alone would load flipped tensor data silently
+    flip_bit(path, record, offset)  # torch.load alone would load flipped tensor data silently
     with pytest.raises(CheckpointError, match="corrupt"):
         read_state_dict(path)
 

@@ -9,8 +9,6 @@ bad-input tests of ``test_models``, ``test_cli``, ``test_recipe``, ``test_export
 from __future__ import annotations
 
 import math
-import struct
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from amc.cli import main
 from amc.evaluator import EvalConfig, Evaluator, Result
 from amc.layers import prunable_names
 from amc.models import build_model
-from tests.conftest import CIFAR
+from tests.conftest import CIFAR, flip_bit
 from tests.reliability_counts import record
 from tests.reliability_worker import synthetic_splits, tiny_model
 
@@ -52,16 +50,6 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 # -- checkpoints ----------------------------------------------------------------------------------------
-def _flip_bit(path: Path, record_suffix: str, offset: int) -> None:
-    """Flip one bit ``offset`` bytes into the stored data of the zip record ending in ``record_suffix``."""
-    with zipfile.ZipFile(path) as z:
-        info = next(i for i in z.infolist() if i.filename.endswith(record_suffix))
-    data = bytearray(path.read_bytes())
-    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
-    data[info.header_offset + 30 + name_len + extra_len + offset] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize(("damage", "words"), [
     ("truncated_half", ("cannot read checkpoint",)),
     ("truncated_tail", ("cannot read checkpoint",)),
@@ -78,10 +66,10 @@ def test_damaged_checkpoint_cli(tmp_path, ckpt, capsys, damage, words):
         path.write_bytes(data[:-100])  # only the zip's central directory is cut: an interrupted copy
     elif damage == "bit_flip_weights":
         path.write_bytes(data)
-        _flip_bit(path, "data/0", 7)  # a bit of the first tensor's bytes
+        flip_bit(path, "data/0", 7, bit=0x01)  # a bit of the first tensor's bytes
     elif damage == "bit_flip_index":
         path.write_bytes(data)
-        _flip_bit(path, "data.pkl", 40)  # a bit of the record that maps names to tensors
+        flip_bit(path, "data.pkl", 40, bit=0x01)  # a bit of the record that maps names to tensors
     else:
         path.write_bytes(b"")
     assert_one_line(*run_cli(capsys, "info", path, "--model", "resnet20"), *words)
