@@ -88,7 +88,8 @@ class PgServer:
                        check=True, capture_output=True, text=True)
         port = free_port()
         opts = (f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={data} "
-                "-c fsync=off -c max_connections=50")  # fsync off: throwaway data, faster tests
+                "-c fsync=off -c max_connections=200")  # fsync off: throwaway data, faster tests;
+        # 200 connections: every Optuna storage the suite opens holds a small pool until it is collected
         (root / "port").write_text(str(port))
         subprocess.run(_as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"),
                                   "-o", opts, "-w", "-t", str(START_TIMEOUT_S), "start"]),

@@ -177,10 +177,14 @@ def test_optuna_worker_killed_mid_trial_resumes(storage, tmp_path, request):
     args = ["optuna", "--storage", url, "--study", "kill", "--trials", n, "--heartbeat", HEARTBEAT_S,
             "--grace", GRACE_S, "--delay", 1.0]  # 1 s asleep inside each evaluation: the kill lands mid-trial
     first = spawn(tmp_path, "first", *args, "--log", tmp_path / "first.jsonl")
+    # one storage (one connection pool) for all the polling: a new one per poll would pile up
+    # PostgreSQL connections until the server refuses clients
+    store = optuna.storages.RDBStorage(url)
+    request.addfinalizer(store.engine.dispose)
 
     def mid_trial() -> bool:
         try:
-            study = optuna.load_study(study_name="kill", storage=url)
+            study = optuna.load_study(study_name="kill", storage=store)
         except KeyError:  # not created yet
             return False
         states = _states(study)
@@ -189,14 +193,14 @@ def test_optuna_worker_killed_mid_trial_resumes(storage, tmp_path, request):
     wait_for("two completed trials and a third running", mid_trial, first)
     time.sleep(0.3)  # well inside the 1 s evaluation
     kill(first)
-    study = optuna.load_study(study_name="kill", storage=url)
+    study = optuna.load_study(study_name="kill", storage=store)
     before = {t.number: (t.params, t.value) for t in study.trials if t.state == TrialState.COMPLETE}
     (killed,) = [t.number for t in study.trials if t.state == TrialState.RUNNING]
     logged = {r["number"] for r in read_log(tmp_path / "first.jsonl") if r["state"] == "COMPLETE"}
     assert logged == set(before)  # what the worker saw finish is what the study holds
 
     finish(tmp_path, {"second": spawn(tmp_path, "second", *args, "--log", tmp_path / "second.jsonl")})
-    study = optuna.load_study(study_name="kill", storage=url)
+    study = optuna.load_study(study_name="kill", storage=store)
     by_number = {t.number: t for t in study.trials}
     assert by_number[killed].state == TrialState.FAIL  # failed by the heartbeat, not left RUNNING
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
