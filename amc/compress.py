@@ -25,7 +25,7 @@ from amc.budget import Budget
 from amc.data import Splits
 from amc.errors import AmcError
 from amc.io import atomic_write_text
-from amc.layers import count_macs, count_params, prunable_names
+from amc.layers import count_macs, count_params, layer_weight, prunable_names
 from amc.metrics import size_fraction
 from amc.models import guess_model_name, load_model
 from amc.train import evaluate
@@ -136,7 +136,7 @@ def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: C
     if gran == "fine":
         curves = finegrained_scan(dense, splits.loader("heldout", 512, limit=config.eval_images), evaluator.names,
                                   config.sparsities)
-        sens_policy = pick_policy(curves, {n: dense.get_submodule(n).weight.numel() for n in names},
+        sens_policy = pick_policy(curves, {n: layer_weight(dense, n).numel() for n in names},
                                   dense_params, budget.fraction) if budget.kind == "size" else None
         if sens_policy is not None:
             sens_policy = evaluator.projector.project(sens_policy)
@@ -152,6 +152,7 @@ def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: C
     # -- search -------------------------------------------------------------------------------------
     t = time.perf_counter()
     trials = pd.DataFrame()
+    policy: dict[str, float] | None
     if config.method == "sensitivity":
         policy = sens_policy
     elif config.method == "optuna":
@@ -160,16 +161,16 @@ def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: C
         ocfg = OptunaConfig(study=f"compress-{arch}", storage=config.storage, seed=config.seed,
                             n_trials=config.episodes)
         searcher = OptunaSearcher(evaluator, ocfg, run_dir=run, sensitivity_policy=sens_policy)
-        res = searcher.run(on_trial=lambda tr, n: say(f"trial {n}/{config.episodes}"))
-        policy, trials = res.best_policy, res.trials
+        found = searcher.run(on_trial=lambda tr, n: say(f"trial {n}/{config.episodes}"))
+        policy, trials = found.best_policy, found.trials
     else:
         from amc.agent import AgentConfig, run_agent
 
         warm = config.warmup if config.warmup is not None else max(1, config.episodes // 3)
         acfg = AgentConfig(episodes=config.episodes, warmup_episodes=min(warm, config.episodes), seed=config.seed)
-        res = run_agent(evaluator, acfg, run / "agent",
-                        on_episode=lambda row, best: say(f"episode {int(row.get('episode', 0)) + 1}/{config.episodes}"))
-        policy, trials = res.best_policy, res.episodes
+        agent = run_agent(evaluator, acfg, run / "agent", on_episode=lambda row, best: say(
+            f"episode {int(row.get('episode', 0)) + 1}/{config.episodes}"))
+        policy, trials = agent.best_policy, agent.episodes
     if policy is None:
         raise AmcError("the search found no feasible policy; raise the budget or the episodes")
     candidates = {"search best": policy, "sensitivity": sens_policy, "uniform": evaluator.uniform_policy()}

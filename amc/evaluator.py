@@ -29,7 +29,7 @@ from torch import nn
 from amc.budget import Bounds, Budget, ChannelCost, CostModel, FineCost, Policy, Projector, make_bounds
 from amc.data import Splits
 from amc.errors import BudgetError, PolicyError, TrainingDiverged
-from amc.layers import count_macs, count_params, layer_table
+from amc.layers import count_macs, count_params, layer_table, layer_weight
 from amc.train import FinetuneConfig, Masks, apply_masks, finetune, model_device, recalibrate_bn
 
 GRANULARITIES = ("fine", "channel")
@@ -121,12 +121,6 @@ class Result:
         return out
 
 
-def _weight(model: nn.Module, name: str) -> torch.Tensor:
-    w = model.get_submodule(name).weight
-    assert isinstance(w, torch.Tensor)
-    return w
-
-
 def _channel():
     """``amc.channel``, imported only when channel pruning is asked for (and kept off instance
     attributes: environments get deep-copied by the env checkers, modules cannot be)."""
@@ -182,7 +176,7 @@ class Evaluator:
         # keeps the weights whose rank >= round(r * numel): magnitude_mask's exact count, one comparison
         self._rank: dict[str, torch.Tensor] = {}
         for t in table:
-            w = _weight(self.work, t.name).detach()
+            w = layer_weight(self.work, t.name).detach()
             order = torch.argsort(w.abs().flatten().float(), stable=True)
             rank = torch.empty(order.numel(), dtype=torch.int32, device=order.device)
             rank[order] = torch.arange(order.numel(), dtype=torch.int32, device=order.device)
@@ -282,11 +276,11 @@ class Evaluator:
         non-zero weights (fine) or from the kept input/output channels (channel). One host sync."""
         counts = [torch.stack([p.count_nonzero() for p in model.parameters()]).sum()]
         for t in self.table if self.config.granularity == "channel" else []:
-            nz = _weight(model, t.name).detach().ne(0)
+            nz = layer_weight(model, t.name).detach().ne(0)
             counts.append(nz.flatten(1).any(1).sum())  # output channels with a non-zero weight
             counts.append(nz.any(0).reshape(nz.shape[1], -1).any(1).sum())  # input channels (per group)
         if self.config.granularity == "fine":
-            counts += [_weight(model, n).count_nonzero() for n in self.names]
+            counts += [layer_weight(model, n).count_nonzero() for n in self.names]
         vals = torch.stack(counts).tolist()
         nnz = vals[0]
         out = {"size": nnz / self.total_params, "params": nnz / self.total_params}
@@ -402,7 +396,7 @@ class Evaluator:
         if self.config.granularity == "fine" and self.budget.kind == "size":
             from amc.sensitivity import pick_policy
 
-            params = {n: _weight(self.work, n).numel() for n in self.names}
+            params = {n: layer_weight(self.work, n).numel() for n in self.names}
             try:
                 pol = pick_policy(curves, params, self.total_params, self.budget.fraction)
             except BudgetError:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from amc.errors import PolicyError
-from amc.layers import prunable_names
+from amc.layers import layer_weight, prunable_names
 from amc.train import Masks, apply_masks
 
 Policy = dict[str, float]
@@ -57,7 +57,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
 @torch.no_grad()
 def prune_layer(model: nn.Module, name: str, sparsity: float) -> torch.Tensor:
     """Magnitude-prune one layer in place; returns its mask."""
-    w = model.get_submodule(name).weight
+    w = layer_weight(model, name)
     mask = magnitude_mask(w, sparsity)
     w.mul_(mask)
     return mask
@@ -76,7 +76,7 @@ def global_prune(model: nn.Module, sparsity: float, names: list[str] | None = No
     ``round(sparsity * total)`` of their weights are removed; layers end at different sparsities."""
     names = names if names is not None else prunable_names(model)
     validate_policy(model, dict.fromkeys(names, sparsity))
-    weights = [model.get_submodule(n).weight for n in names]
+    weights = [layer_weight(model, n) for n in names]
     flat = torch.cat([w.detach().abs().flatten().float() for w in weights])
     keep = magnitude_mask(flat, sparsity)
     masks, off = {}, 0
@@ -116,7 +116,7 @@ def nm_prune(model: nn.Module, n: int = 2, m: int = 4, names: list[str] | None =
     masks, skipped = {}, []
     for name in names:
         mod = model.get_submodule(name)
-        w = mod.weight
+        w = layer_weight(model, name)
         in_dim = w.shape[1]
         if in_dim % m or (isinstance(mod, nn.Conv2d) and mod.groups > 1):
             skipped.append(name)

@@ -38,6 +38,13 @@ class LayerInfo:
         return (self.out_channels, self.in_channels // self.groups, self.kernel, self.kernel)
 
 
+def layer_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The weight tensor of the layer ``name`` (a dotted module name)."""
+    w = model.get_submodule(name).weight
+    assert isinstance(w, torch.Tensor), f"{name} has no weight tensor"
+    return w
+
+
 def prunable_names(model: nn.Module) -> list[str]:
     """Dotted names of the Conv2d and Linear modules, in registration order."""
     return [n for n, m in model.named_modules() if isinstance(m, PRUNABLE)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from amc.layers import prunable_names
+from amc.layers import layer_weight, prunable_names
 
 BITS = 32
 MiB = 8 * 1024 * 1024
@@ -29,7 +29,7 @@ def layer_sparsity(model: nn.Module, names: list[str] | None = None) -> dict[str
     """Share of zero weights in each prunable layer's weight tensor."""
     out = {}
     for name in names if names is not None else prunable_names(model):
-        w = model.get_submodule(name).weight
+        w = layer_weight(model, name)
         out[name] = 1.0 - int(w.count_nonzero()) / w.numel()
     return out
 
@@ -38,7 +38,7 @@ def global_sparsity(model: nn.Module, names: list[str] | None = None) -> float:
     """Share of zero weights over all prunable layers' weights together."""
     zeros = total = 0
     for name in names if names is not None else prunable_names(model):
-        w = model.get_submodule(name).weight
+        w = layer_weight(model, name)
         zeros += w.numel() - int(w.count_nonzero())
         total += w.numel()
     return zeros / max(total, 1)

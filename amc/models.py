@@ -79,12 +79,14 @@ class CifarResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         c_in = widths[0]
+        stages = []
         for i, w in enumerate(widths):
             blocks = []
             for b in range(n):
                 blocks.append(BasicBlock(c_in, w, stride=2 if (i > 0 and b == 0) else 1))
                 c_in = w
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
         self.fc = nn.Linear(c_in, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

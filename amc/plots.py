@@ -15,7 +15,7 @@ import pandas as pd
 from torch import nn
 
 from amc.io import atomic_path
-from amc.layers import prunable_names
+from amc.layers import layer_weight, prunable_names
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -41,10 +41,10 @@ def weight_histograms(model: nn.Module, path: str | os.PathLike, pruned: nn.Modu
     names = names if names is not None else prunable_names(model)
     fig, axes = _grid(len(names))
     for ax, name in zip(axes, names, strict=False):
-        w = model.get_submodule(name).weight.detach().float().flatten().cpu().numpy()
+        w = layer_weight(model, name).detach().float().flatten().cpu().numpy()
         ax.hist(w, bins=bins, color="tab:blue", alpha=0.6, label="dense", density=True)
         if pruned is not None:
-            wp = pruned.get_submodule(name).weight.detach().float().flatten().cpu().numpy()
+            wp = layer_weight(pruned, name).detach().float().flatten().cpu().numpy()
             nz = wp[wp != 0]
             ax.hist(nz, bins=bins, color="tab:red", alpha=0.6, label="pruned (non-zero)", density=True)
             ax.set_title(f"{name}\n{1 - nz.size / max(wp.size, 1):.0%} zero", fontsize=8)
@@ -74,13 +74,13 @@ def sensitivity_curves(curves: pd.DataFrame, path: str | os.PathLike, xlabel: st
 def param_bars(model: nn.Module, path: str | os.PathLike, pruned: nn.Module | None = None) -> Path:
     """Weights per prunable layer; with ``pruned``, its non-zero count beside."""
     names = prunable_names(model)
-    dense = [model.get_submodule(n).weight.numel() for n in names]
+    dense = [layer_weight(model, n).numel() for n in names]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names)), 4))
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs] if pruned is not None else xs, dense, width=0.4 if pruned is not None else 0.7,
            label="dense", color="tab:blue")
     if pruned is not None:
-        nz = [int(pruned.get_submodule(n).weight.count_nonzero()) for n in names]
+        nz = [int(layer_weight(pruned, n).count_nonzero()) for n in names]
         ax.bar([x + 0.2 for x in xs], nz, width=0.4, label="non-zero after pruning", color="tab:red")
     ax.set_xticks(list(xs))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)

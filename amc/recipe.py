@@ -49,7 +49,7 @@ from amc.budget import Budget
 from amc.errors import AmcError, CheckpointError, PolicyError
 from amc.finegrained import magnitude_mask, nm_mask
 from amc.io import atomic_write_text
-from amc.layers import prunable_names
+from amc.layers import layer_weight, prunable_names
 from amc.models import build_model, file_sha256, load_model
 from amc.schedule import SCHEDULES, IterativeSchedule, iterative_prune
 from amc.train import FinetuneConfig, Masks, apply_masks, finetune
@@ -166,7 +166,7 @@ def rebuild_masks(model: nn.Module, recipe: Recipe) -> Masks:
     """Compute (not apply) the fine / nm masks the recipe describes on ``model``'s current weights."""
     masks: Masks = {}
     for layer in recipe.layers:
-        w = _weight(model, layer.name)
+        w = layer_weight(model, layer.name)
         if recipe.granularity == "fine":
             masks[layer.name] = stable_magnitude_mask(w, layer.ratio)
         elif recipe.granularity == "nm":
@@ -238,12 +238,6 @@ def make_recipe(
     return recipe
 
 
-def _weight(model: nn.Module, name: str) -> torch.Tensor:
-    w = model.get_submodule(name).weight
-    assert isinstance(w, torch.Tensor)
-    return w
-
-
 def _out_channels(model: nn.Module, name: str) -> int:
     try:
         mod = model.get_submodule(name)
@@ -301,7 +295,7 @@ def validate_recipe(recipe: Recipe, model: nn.Module | None = None) -> None:
             if list(k) != sorted(set(k)) or k[0] < 0 or k[-1] >= out:
                 raise PolicyError(f"kept channels of {layer.name} must be sorted, unique and in [0, {out})")
         if recipe.granularity == "nm":
-            w = _weight(model, layer.name)
+            w = layer_weight(model, layer.name)
             assert recipe.nm is not None
             if w.shape[1] % recipe.nm[1]:
                 raise PolicyError(f"layer {layer.name}: input dimension {w.shape[1]} is not a multiple "

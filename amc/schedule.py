@@ -27,6 +27,7 @@ from torch import nn
 
 from amc.errors import PolicyError
 from amc.finegrained import validate_policy
+from amc.layers import layer_weight
 from amc.train import FinetuneConfig, Masks, apply_masks, evaluate, finetune
 
 SCHEDULES = ("constant", "linear", "agp")
@@ -126,7 +127,7 @@ def iterative_prune(
     for t, targets in enumerate(schedule_policies(policy, schedule), start=1):
         t0 = time.perf_counter()
         for name, s in targets.items():
-            w = model.get_submodule(name).weight
+            w = layer_weight(model, name)
             assert isinstance(w, torch.Tensor)
             masks[name] = monotone_mask(w, s, masks.get(name))
         apply_masks(model, masks)

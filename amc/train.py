@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from amc.errors import TrainingDiverged
+from amc.layers import layer_weight
 
 Masks = dict[str, torch.Tensor]  # dotted layer name -> bool/float mask shaped like its weight
 
@@ -102,7 +103,7 @@ def apply_masks(model: nn.Module, masks: Masks | None) -> None:
     if not masks:
         return
     for name, mask in masks.items():
-        w = model.get_submodule(name).weight
+        w = layer_weight(model, name)
         w.mul_(mask.to(device=w.device, dtype=w.dtype))
 
 
@@ -140,7 +141,8 @@ def finetune(
     total = max(1, round(cfg.epochs * per_epoch))
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)

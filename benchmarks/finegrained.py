@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from amc.data import load_cifar10, make_splits, subset  # noqa: E402
 from amc.finegrained import apply_policy  # noqa: E402
 from amc.io import atomic_write_text  # noqa: E402
-from amc.layers import count_macs, count_params, prunable_names  # noqa: E402
+from amc.layers import count_macs, count_params, layer_weight, prunable_names  # noqa: E402
 from amc.metrics import MiB, dense_size_bits, size_fraction, sparse_size_bits  # noqa: E402
 from amc.models import load_model  # noqa: E402
 from amc.plots import param_bars, sensitivity_curves, weight_histograms  # noqa: E402
@@ -115,7 +115,7 @@ def main() -> None:
     times["sensitivity scan"] = time.perf_counter() - t
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "vgg8_sensitivity.csv", curves.to_csv(index=False))
-    params = {n: dense.get_submodule(n).weight.numel() for n in names}
+    params = {n: layer_weight(dense, n).numel() for n in names}
     auto = {}
     for target in (0.25, 0.10):
         t = time.perf_counter()

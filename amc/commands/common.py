@@ -62,12 +62,9 @@ def progress(description: str, total: int | None = None) -> Iterator:
         task = prog.add_task(description, total=total, info="")
 
         def advance(n: int = 1, info: str = "", completed: int | None = None, total: int | None = None) -> None:
-            kw = {"info": info}
-            if total is not None:
-                kw["total"] = total
             if completed is not None:
-                prog.update(task, completed=completed, **kw)
+                prog.update(task, completed=completed, total=total, info=info)
             else:
-                prog.update(task, advance=n, **kw)
+                prog.update(task, advance=n, total=total, info=info)
 
         yield advance

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_arg(args)
     table = layer_table(model)
     total_macs, _ = count_macs(model)
-    summary = {
+    summary: dict[str, float | int | str] = {
         "params": count_params(model),
         "dense_size_mib": dense_size_bits(model) / MiB,
         "sparse_size_mib": sparse_size_bits(model) / MiB,

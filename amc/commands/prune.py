@@ -13,7 +13,7 @@ from amc.commands.sensitivity import parse_floats
 from amc.errors import AmcError
 from amc.finegrained import apply_policy, global_prune, nm_prune
 from amc.io import atomic_path, atomic_write_text
-from amc.layers import count_params, prunable_names
+from amc.layers import count_params, layer_weight, prunable_names
 from amc.metrics import layer_sparsity, size_fraction
 from amc.policy import load_policy_file, save_policy_file
 from amc.sensitivity import finegrained_scan, pick_policy
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 curves = finegrained_scan(model, splits.loader("heldout", args.batch_size), names, sparsities,
                                           on_point=lambda n, s, a: advance(info=f"{n} @ {s:.2f}"))
             atomic_write_text(out / "sensitivity.csv", curves.to_csv(index=False))
-            params = {n: model.get_submodule(n).weight.numel() for n in names}
+            params = {n: layer_weight(model, n).numel() for n in names}
             policy = pick_policy(curves, params, dense_params, args.size)
             summary["times_s"]["sensitivity"] = time.perf_counter() - t0
         else:
