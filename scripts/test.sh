@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-venv.sh
 .venv/bin/ruff check .
+.venv/bin/mypy
 if [ -z "${AMC_TEST_POSTGRES_URL:-}" ]; then
   pgdir=$(mktemp -d "${TMPDIR:-/tmp}/amc-pg-XXXXXX")
   trap './scripts/postgres.sh stop "$pgdir" || true; rm -rf "$pgdir"' EXIT
