@@ -189,7 +189,7 @@ def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: C
     spec = FinetuneSpec(epochs=config.finetune_epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed)
     info = SearchInfo(config.method, config.episodes if config.method != "sensitivity" else 0, config.seed)
     if gran == "channel":
-        plan = evaluator._plan(evaluator.check(policy))
+        plan = evaluator.plan(evaluator.check(policy))
         recipe = make_recipe(arch, checkpoint, dict(policy), "channel", config.criterion, kept=plan,
                              round_to=config.round_to, budget=budget, finetune=spec, search=info)
     else:

@@ -212,7 +212,9 @@ class Evaluator:
         self.cost_model = ChannelCost(self.budget.kind, self.names,
                                       lambda p: channel.policy_cost(table, p, round_to), totals)
 
-    def _plan(self, policy: Mapping[str, float]):
+    def plan(self, policy: Mapping[str, float]):
+        """The ``amc.channel.ChannelPlan`` (kept channels per group) that ``policy`` gives, with the
+        evaluator's cached importance scores: what a recipe records for a kept channel policy."""
         ch = _channel()
         counts = ch.policy_counts(self._ctable, policy, self.config.round_to)
         return ch.plan_from_counts(self.dense, counts, self.config.criterion, scores=self._scores,
@@ -250,7 +252,7 @@ class Evaluator:
             masks = self.fine_masks(policy)
             apply_masks(model, masks)
             return masks
-        plan = self._plan(policy)
+        plan = self.plan(policy)
         _channel().apply_channel_masks(model, plan, self._ctable)
         if self.config.recovery == "finetune":  # weight masks only matter while training
             return _channel().channel_masks(model, plan, self._ctable)
@@ -364,7 +366,7 @@ class Evaluator:
             masks = self.fine_masks(policy)
             apply_masks(model, masks)
             return model, masks
-        plan = self._plan(policy)
+        plan = self.plan(policy)
         return _channel().prune_channels(model, plan, self._example), None
 
     def uniform_policy(self) -> Policy:
