@@ -39,6 +39,9 @@ def main() -> None:
     ap.add_argument("--method", default="optuna")
     ap.add_argument("--cpu-standin", action="store_true",
                     help="ResNet-20 runs sized for a 2-core CPU (small search, 1 finetune epoch)")
+    ap.add_argument("--runs", default=None, help="MODEL:BUDGET,... (default: the issue's three on a GPU)")
+    ap.add_argument("--episodes", type=int, default=None, help="override the trials per search")
+    ap.add_argument("--finetune-epochs", type=float, default=None, help="override the finetune epochs")
     args = ap.parse_args()
     dev = torch.device(args.device)
     out = Path(args.out)
@@ -51,7 +54,16 @@ def main() -> None:
     else:
         runs = GPU_RUNS
         base = dict(episodes=200, finetune_epochs=5.0)
-    rows = []
+    if args.runs:
+        runs = [tuple(r.split(":", 1)) for r in args.runs.split(",")]  # type: ignore[misc]
+    if args.episodes is not None:
+        base["episodes"] = args.episodes
+    if args.finetune_epochs is not None:
+        base["finetune_epochs"] = args.finetune_epochs
+    meta = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or "cpu"),
+            "torch": torch.__version__, "cpu_standin": args.cpu_standin, "data_load_s": load_s,
+            "threads": torch.get_num_threads(), "command": "python " + " ".join(sys.argv)}
+    rows: list[dict] = []
     for model, budget in runs:
         cfg = CompressConfig(budget=budget, method=args.method, **base)  # type: ignore[arg-type]
         run_dir = Path("runs") / "one_button" / f"{model}-{budget.replace('=', '')}"
@@ -61,13 +73,10 @@ def main() -> None:
         rows.append({"model": model, "budget": budget, "wall_s": time.perf_counter() - t0,
                      "metrics": res.metrics, "stages_s": res.timings, "files": res.files,
                      "config": {k: v for k, v in cfg.__dict__.items() if k in base or k in ("method", "budget")}})
-    meta = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or "cpu"),
-            "torch": torch.__version__, "cpu_standin": args.cpu_standin, "data_load_s": load_s,
-            "threads": torch.get_num_threads()}
-    rep = {"meta": meta, "runs": rows}
-    atomic_write_text(out / "one_button.json", json.dumps(rep, indent=2, default=str))
-    atomic_write_text(out / "one_button.md", render(rep))
-    print(f"wrote {out / 'one_button.md'}")
+        rep = {"meta": meta, "runs": rows}  # rewritten after every run: a cut-off session keeps what finished
+        atomic_write_text(out / "one_button.json", json.dumps(rep, indent=2, default=str))
+        atomic_write_text(out / "one_button.md", render(rep))
+        print(f"wrote {out / 'one_button.md'}", flush=True)
 
 
 def render(rep: dict) -> str:
@@ -80,8 +89,7 @@ def render(rep: dict) -> str:
                   "1-epoch finetune, as the README's main command. Produced by "
                   "`python benchmarks/one_button.py --device cpu --cpu-standin --out reports/`.", ""]
     else:
-        lines += [f"Device: {m['device']} (torch {m['torch']}). Produced by "
-                  "`python benchmarks/one_button.py --device cuda --out reports/`.", ""]
+        lines += [f"Device: {m['device']} (torch {m['torch']}). Produced by `{m.get('command')}`.", ""]
     lines += ["| model | budget | method | episodes | finetune epochs | dense acc. | before finetune | final acc. | "
               "size | MACs | CPU 1-thread ms (speedup) | files (bytes) | wall time |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
