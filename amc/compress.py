@@ -27,7 +27,7 @@ from amc.errors import AmcError
 from amc.io import atomic_write_text
 from amc.layers import count_macs, count_params, layer_weight, prunable_names
 from amc.metrics import size_fraction
-from amc.models import guess_model_name, load_model
+from amc.models import load_model, resolve_arch
 from amc.train import evaluate
 
 METHODS = ("amc", "optuna", "sensitivity")
@@ -110,9 +110,7 @@ def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: C
 
     # -- profile ---------------------------------------------------------------------------------
     t = time.perf_counter()
-    arch = arch or guess_model_name(checkpoint)
-    if arch is None:
-        raise AmcError(f"cannot tell the architecture of {checkpoint}; pass --model NAME")
+    arch = resolve_arch(arch, checkpoint)
     dense = load_model(arch, checkpoint).to(device)
     test = splits.loader("test", 512, limit=config.test_limit)
     dense_acc = evaluate(dense, test)

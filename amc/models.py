@@ -200,15 +200,21 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model
 
 
+def resolve_arch(name: str | None, checkpoint: str | os.PathLike | None) -> str:
+    """``name``, or the zoo name guessed from the checkpoint's file name; a clear error if neither."""
+    if name is not None:
+        return name
+    if checkpoint is None:
+        raise CheckpointError("give a model name or a checkpoint")
+    guessed = guess_model_name(checkpoint)
+    if guessed is None:
+        raise CheckpointError(f"cannot tell the architecture of {checkpoint}; pass --model NAME")
+    return guessed
+
+
 def load_model(name: str | None, checkpoint: str | os.PathLike | None, num_classes: int = 10) -> nn.Module:
     """Build ``name`` (guessed from the checkpoint's file name if None) and load the checkpoint."""
-    if name is None:
-        if checkpoint is None:
-            raise CheckpointError("give a model name or a checkpoint")
-        name = guess_model_name(checkpoint)
-        if name is None:
-            raise CheckpointError(f"cannot tell the architecture of {checkpoint}; pass --model NAME")
-    model = build_model(name, num_classes)
+    model = build_model(resolve_arch(name, checkpoint), num_classes)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.eval()

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from amc.export import save_pruned
     from amc.io import atomic_write_text
     from amc.layers import count_macs, count_params
+    from amc.models import resolve_arch
     from amc.onnx_export import check_onnx, export_onnx
     from amc.policy import load_policy_file
     from amc.train import FinetuneConfig, evaluate, finetune
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         "macs": macs, "params": params, "macs_fraction": macs / table.dense_macs,
         "params_fraction": params / table.dense_params, "notes": plan.notes,
     }
-    model_name = args.model or _guess(args.checkpoint)
+    model_name = resolve_arch(args.model, args.checkpoint)
     out = Path(args.out)
     small = small.cpu().eval()
     export = save_pruned(small, model_name, out)
@@ -115,12 +116,3 @@ def run(args: argparse.Namespace) -> int:
           f"model.onnx (onnxruntime max diff {diff:.1e}), summary.json")
     return 0
 
-
-def _guess(checkpoint: str) -> str:
-    from amc.errors import CheckpointError
-    from amc.models import guess_model_name
-
-    name = guess_model_name(checkpoint)
-    if name is None:
-        raise CheckpointError(f"cannot tell the architecture of {checkpoint}; pass --model NAME")
-    return name

@@ -15,7 +15,7 @@ from pathlib import Path
 from amc.errors import AmcError
 from amc.export import CONFIG_FILE, load_pruned, save_pruned, save_sparse
 from amc.io import atomic_write_text
-from amc.models import guess_model_name, load_model
+from amc.models import load_model, resolve_arch
 
 FORMATS = ("sparse", "pruned", "onnx")
 
@@ -40,9 +40,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_pruned(src)
         arch = json.loads((src / CONFIG_FILE).read_text())["arch"]
     else:
-        arch = args.model or guess_model_name(src)
-        if arch is None:
-            raise AmcError(f"cannot tell the architecture of {src}; pass --model NAME")
+        arch = resolve_arch(args.model, src)
         model = load_model(arch, src)
     out = Path(args.out)
     written: dict[str, int] = {}
