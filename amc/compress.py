@@ -25,7 +25,7 @@ from amc.budget import Budget
 from amc.data import Splits
 from amc.errors import AmcError
 from amc.io import atomic_write_text
-from amc.layers import count_macs, count_params, layer_weight, prunable_names
+from amc.layers import count_macs, count_params
 from amc.metrics import size_fraction
 from amc.models import load_model, resolve_arch
 from amc.train import evaluate
@@ -87,7 +87,7 @@ class CompressResult:
 def _cpu_latency(model: nn.Module, runs: int) -> float:
     from amc.latency import measure
 
-    return measure(model.cpu(), "cpu", batch=1, threads=1, warmup=max(3, runs // 5), runs=runs)
+    return measure(model, "cpu", batch=1, threads=1, warmup=max(3, runs // 5), runs=runs)  # times a CPU copy
 
 
 def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: CompressConfig,
@@ -130,11 +130,10 @@ def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: C
 
     # -- sensitivity ------------------------------------------------------------------------------
     t = time.perf_counter()
-    names = prunable_names(dense)
     if gran == "fine":
         curves = finegrained_scan(dense, splits.loader("heldout", 512, limit=config.eval_images), evaluator.names,
                                   config.sparsities)
-        sens_policy = pick_policy(curves, {n: layer_weight(dense, n).numel() for n in names},
+        sens_policy = pick_policy(curves, {t.name: t.params for t in evaluator.table},
                                   dense_params, budget.fraction) if budget.kind == "size" else None
         if sens_policy is not None:
             sens_policy = evaluator.projector.project(sens_policy)
@@ -214,8 +213,9 @@ def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: C
     times["measure"] = time.perf_counter() - t
     t = time.perf_counter()
     exported = export_compressed(model.cpu(), arch, run, gran, dtype=config.export_dtype, onnx=config.onnx)
-    files = {Path(str(v)).name: int(exported[k.replace("_path", "_bytes").replace("_dir", "_bytes")])
-             for k, v in exported.items() if k.endswith(("_path", "_dir"))}
+    where = {"pruned": "pruned_dir", "sparse": "sparse_path", "onnx": "onnx_path"}  # export_compressed's keys
+    files = {Path(str(exported[loc])).name: int(exported[f"{kind}_bytes"])
+             for kind, loc in where.items() if loc in exported}
     times["export"] = time.perf_counter() - t
     metrics = dict(dense_accuracy=dense_acc, accuracy_before_finetune=before["accuracy"], accuracy=acc,
                    size_fraction=size_fraction(model, dense_params * 32), params=count_params(model), macs=macs,
