@@ -39,6 +39,7 @@ from amc.budget import Policy
 from amc.errors import AmcError, CheckpointError
 from amc.evaluator import Evaluator, Result
 from amc.io import atomic_path, atomic_write_text
+from amc.searcher import Proposals
 from envs.pruning_env import PruningEnv
 
 NOISE_CLIP = 2.0  # truncate the normal at +-2 sigma, as scipy.stats.truncnorm did in AMC's code
@@ -123,23 +124,40 @@ class DecayingTruncatedNormal(ActionNoise):
         self.episodes += 1
 
 
+class MovingBaseline:
+    """AMC's moving-average reward baseline: starts at the first reward, then
+    ``b <- alpha b + (1 - alpha) r`` after each episode."""
+
+    def __init__(self, alpha: float = 0.95, value: float | None = None) -> None:
+        self.alpha, self.value = alpha, value
+
+    def shift(self, r: float) -> tuple[float, float]:
+        """``(r - b, b)`` with the baseline ``b`` before this reward, then the update."""
+        if self.value is None:
+            self.value = r
+        used = self.value
+        self.value += (1.0 - self.alpha) * (r - used)
+        return r - used, used
+
+
 class RewardBaseline(gym.Wrapper):
     """Subtracts a moving average of past episode rewards from each episode's final reward (AMC).
     ``info`` keeps the ``raw_reward`` and the ``baseline`` used."""
 
     def __init__(self, env: gym.Env, alpha: float = 0.95, baseline: float | None = None) -> None:
         super().__init__(env)
-        self.alpha, self.baseline = alpha, baseline
+        self.moving = MovingBaseline(alpha, baseline)
+
+    @property
+    def baseline(self) -> float | None:
+        return self.moving.value
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         if terminated or truncated:
             r = float(reward)
-            if self.baseline is None:
-                self.baseline = r
-            info = dict(info, raw_reward=r, baseline=self.baseline)
-            reward = r - self.baseline
-            self.baseline += (1.0 - self.alpha) * (r - self.baseline)
+            reward, used = self.moving.shift(r)
+            info = dict(info, raw_reward=r, baseline=used)
         return obs, reward, terminated, truncated, info
 
 
@@ -242,9 +260,9 @@ class AmcSearcher:
         self.model = _make_model(config, self.env, self.n_layers, self.noise)
         self.model.set_logger(configure(None, [""]))  # train() logs; no output wanted
         self.env.action_space.seed(config.seed)
-        self.baseline: float | None = None
+        self.baseline = MovingBaseline(config.baseline_alpha)
         self.episodes = 0
-        self._pending: dict[tuple, list[list[tuple]]] = {}
+        self._pending: Proposals[list[tuple]] = Proposals()
 
     def propose(self) -> Policy:
         obs, _ = self.env.reset(seed=self.config.seed + self.episodes)
@@ -260,19 +278,13 @@ class AmcSearcher:
             steps.append((obs, nxt, np.asarray(action, dtype=np.float32).reshape(1), done))
             obs = nxt
         policy = info["policy"]
-        self._pending.setdefault(tuple(sorted(policy.items())), []).append(steps)
+        self._pending.add(policy, steps)
         return policy
 
     def observe(self, policy: Policy, result: Result) -> None:
-        key = tuple(sorted(policy.items()))
-        if not self._pending.get(key):
-            raise AmcError("observe() got a policy that propose() did not hand out")
-        steps = self._pending[key].pop(0)
+        steps = self._pending.take(policy)
         r = result.reward if math.isfinite(result.reward) else 0.0
-        if self.baseline is None:
-            self.baseline = r
-        shaped = r - self.baseline
-        self.baseline += (1.0 - self.config.baseline_alpha) * (r - self.baseline)
+        shaped, _ = self.baseline.shift(r)
         for obs, nxt, action, done in steps:
             scaled = self.model.policy.scale_action(action)  # type: ignore[union-attr]
             self.model.replay_buffer.add(obs[None], nxt[None], scaled[None],  # type: ignore[union-attr]

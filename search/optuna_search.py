@@ -37,6 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 from amc.budget import Policy
 from amc.errors import AmcError
 from amc.evaluator import Evaluator, Result
+from amc.searcher import Proposals
 
 SAMPLERS = ("tpe", "nsga2", "random")
 HEARTBEAT_S = 60  # a live worker writes a heartbeat every minute
@@ -150,7 +151,7 @@ class OptunaSearcher:
             raise AmcError(f"cannot open study {config.study!r}: {e}") from None
         self._sensitivity = sensitivity_policy
         self._extra = dict(extra_policies or {})  # more known policies to start from, by origin name
-        self._pending: dict[tuple, list[optuna.trial.Trial]] = {}
+        self._pending: Proposals[optuna.trial.Trial] = Proposals()
         if created:  # only the creator enqueues: workers joining at once would enqueue them twice
             self._enqueue_baselines()
 
@@ -195,14 +196,11 @@ class OptunaSearcher:
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             trial = self.study.ask()
         policy = self._suggest(trial)
-        self._pending.setdefault(tuple(sorted(policy.items())), []).append(trial)
+        self._pending.add(policy, trial)
         return policy
 
     def observe(self, policy: Policy, result: Result) -> None:
-        key = tuple(sorted(policy.items()))
-        if not self._pending.get(key):
-            raise AmcError("observe() got a policy that propose() did not hand out")
-        trial = self._pending[key].pop(0)
+        trial = self._pending.take(policy)
         self.study.tell(trial, self._record(trial, result))
 
     def objective(self, trial: optuna.trial.Trial) -> list[float] | float:
