@@ -17,11 +17,14 @@ from torch import nn
 from amc.io import atomic_path
 from amc.layers import layer_weight, prunable_names
 
+DPI = 110  # PNG resolution: sharp on screen, ~50-150 KB per plot
 
-def _save(fig, path: str | os.PathLike) -> Path:
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG atomically and release it."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
     plt.close(fig)
     return path
 
@@ -54,7 +57,7 @@ def weight_histograms(model: nn.Module, path: str | os.PathLike, pruned: nn.Modu
     axes[0].legend(fontsize=6)
     fig.suptitle("weight distributions", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sensitivity_curves(curves: pd.DataFrame, path: str | os.PathLike, xlabel: str = "sparsity") -> Path:
@@ -68,7 +71,7 @@ def sensitivity_curves(curves: pd.DataFrame, path: str | os.PathLike, xlabel: st
     ax.set_title("sensitivity: each layer pruned alone")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def param_bars(model: nn.Module, path: str | os.PathLike, pruned: nn.Module | None = None) -> Path:
@@ -87,4 +90,4 @@ def param_bars(model: nn.Module, path: str | os.PathLike, pruned: nn.Module | No
     ax.set_ylabel("weights")
     ax.set_title("parameters per layer")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -18,7 +18,6 @@ atomically. A section is a small frozen dataclass with ``render(run_dir, slug) -
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
@@ -33,9 +32,9 @@ from torch import nn
 
 from amc.io import atomic_write_bytes, atomic_write_text
 from amc.layers import prunable_names
+from amc.plots import save_figure
 
 MAX_HIST_LAYERS = 16  # weight histograms: at most this many layers (evenly spaced) keep the grid readable
-DPI = 110  # PNG resolution: sharp on screen, ~50-150 KB per plot
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g", index: bool = False) -> str:
@@ -53,13 +52,6 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g", index: bool = Fal
     rule = "| " + " | ".join("---" for _ in df.columns) + " |"
     rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, rule, *rows])
-
-
-def _save_figure(fig: Figure, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -198,7 +190,7 @@ class SearchProgress:
     title: str = "Search progress"
 
     def render(self, run_dir: Path, slug: str) -> str:
-        path = _save_figure(search_progress_figure(self.trials), run_dir / f"{slug}.png")
+        path = save_figure(search_progress_figure(self.trials), run_dir / f"{slug}.png")
         _write_csv(self.trials, run_dir / f"{slug}.csv")
         df, feasible = _progress_frame(self.trials)
         n, nf = len(df), int(feasible.sum())
@@ -238,7 +230,7 @@ class PolicyBars:
     ylabel: str = "pruning ratio"
 
     def render(self, run_dir: Path, slug: str) -> str:
-        path = _save_figure(policy_figure(self.policies, self.ylabel), run_dir / f"{slug}.png")
+        path = save_figure(policy_figure(self.policies, self.ylabel), run_dir / f"{slug}.png")
         frame = pd.DataFrame(self.policies).rename_axis("layer").reset_index()
         return f"{_img(self.title, path.name)}\n\n{markdown_table(frame, '.3f')}"
 
@@ -267,7 +259,7 @@ class AccuracyVsBudget:
     title: str = "Accuracy vs. budget"
 
     def render(self, run_dir: Path, slug: str) -> str:
-        path = _save_figure(accuracy_budget_figure(self.results), run_dir / f"{slug}.png")
+        path = save_figure(accuracy_budget_figure(self.results), run_dir / f"{slug}.png")
         _write_csv(self.results, run_dir / f"{slug}.csv")
         return f"{_img(self.title, path.name)}\n\n{markdown_table(self.results)}"
 
