@@ -5,7 +5,10 @@ learning rate 1e-4 and critic 1e-3, soft target updates tau 0.01, batch 64, no d
 only reward is the episode's last), warm-up episodes of uniformly random actions, then the actor's
 action plus truncated normal noise whose width decays by 0.99 per episode, and a moving-average
 baseline subtracted from the episode reward (``RewardBaseline``). One gradient step per
-transition after each episode.
+transition after each episode. Two additions to AMC: ``seed_policies`` (the uniform and the
+sensitivity-picked policies, say) are played as the first warm-up episodes, as Optuna enqueues
+them as its first trials; and each episode's policy is filled to spend the whole budget
+(``AgentConfig.fill_budget``, ``Projector.fill``), since AMC's projection only ever raises ratios.
 
 Lifecycle: ``AgentConfig(...)`` -> ``run_agent(evaluator, config, run_dir)`` -> ``AgentResult``;
 or, with the searcher interface the Optuna searcher shares, ``AmcSearcher(evaluator, config)`` ->
@@ -23,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,7 @@ class AgentConfig:
     batch_size: int = 64  # AMC bsize
     gamma: float = 1.0  # AMC: no discount; the episode's only reward is its last
     baseline_alpha: float = 0.95  # moving-average baseline: b <- alpha b + (1 - alpha) r
+    fill_budget: bool = True  # each episode's policy spends the whole budget (Projector.fill)
     buffer_episodes: int | None = None  # replay buffer size in episodes (None: the whole run)
     net_arch: tuple[int, ...] = (300, 300)  # AMC hidden1, hidden2 for the actor and the critic
     checkpoint_every: int = 25  # episodes between agent + replay-buffer checkpoints (0: never)
@@ -85,11 +89,28 @@ class _TwoRates:
             g["lr"] = self.critic_lr
 
 
-class AmcDDPG(_TwoRates, DDPG):
+class _Demonstrations:
+    """Warm-up episodes that replay given policies before the random ones: ``demo_actions`` holds
+    per-step actions (in [-1, 1]) taken in order, without noise, while the warm-up lasts. Not saved
+    with the agent (``run_agent`` sets what is left of them on resume)."""
+
+    demo_actions: list[np.ndarray] = []  # noqa: RUF012 (replaced per instance)
+
+    def _sample_action(self, learning_starts: int, action_noise=None, n_envs: int = 1):
+        if self.demo_actions and self.num_timesteps < learning_starts:  # type: ignore[attr-defined]
+            a = np.asarray(self.demo_actions.pop(0), dtype=np.float32).reshape(1, -1)
+            return a, a  # the action space is [-1, 1]: scaled and unscaled are the same
+        return super()._sample_action(learning_starts, action_noise, n_envs)  # type: ignore[misc]
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "demo_actions"]  # type: ignore[misc]
+
+
+class AmcDDPG(_TwoRates, _Demonstrations, DDPG):
     pass
 
 
-class AmcTD3(_TwoRates, TD3):
+class AmcTD3(_TwoRates, _Demonstrations, TD3):
     pass
 
 
@@ -249,11 +270,12 @@ class AmcSearcher:
     reward in the replay buffer and, after the warm-up, takes one gradient step per transition.
     The same agent, settings and networks as ``run_agent``; no checkpoints (use ``run_agent``)."""
 
-    def __init__(self, evaluator: Evaluator, config: AgentConfig = AgentConfig()) -> None:
+    def __init__(self, evaluator: Evaluator, config: AgentConfig = AgentConfig(),
+                 seed_policies: Sequence[Mapping[str, float]] = ()) -> None:
         from stable_baselines3.common.logger import configure
 
         self.config = config
-        self.env = PruningEnv(evaluator, evaluate=False)
+        self.env = PruningEnv(evaluator, evaluate=False, fill=config.fill_budget)
         self.n_layers = len(self.env.names)
         self.noise = DecayingTruncatedNormal(config.sigma, config.sigma_decay, config.warmup_episodes,
                                              seed=config.seed)
@@ -263,13 +285,16 @@ class AmcSearcher:
         self.baseline = MovingBaseline(config.baseline_alpha)
         self.episodes = 0
         self._pending: Proposals[list[tuple]] = Proposals()
+        self._demos = [a for p in seed_policies[:config.warmup_episodes] for a in self.env.actions_of(dict(p))]
 
     def propose(self) -> Policy:
         obs, _ = self.env.reset(seed=self.config.seed + self.episodes)
         steps, done, info = [], False, {}
         warm = self.episodes < self.config.warmup_episodes
         while not done:
-            if warm:
+            if warm and self._demos:
+                action = self._demos.pop(0)
+            elif warm:
                 action = self.env.action_space.sample()
             else:
                 action, _ = self.model.predict(obs, deterministic=True)
@@ -320,11 +345,15 @@ def _own_file(run: Path, name: str) -> Path:
 
 
 def run_agent(evaluator: Evaluator, config: AgentConfig = AgentConfig(), run_dir: str | Path | None = None,
-              on_episode: Callable[[dict, dict | None], None] | None = None, resume: bool = True) -> AgentResult:
-    """Search with the AMC agent until ``config.episodes`` episodes are done in total."""
+              on_episode: Callable[[dict, dict | None], None] | None = None, resume: bool = True,
+              seed_policies: Sequence[Mapping[str, float]] = ()) -> AgentResult:
+    """Search with the AMC agent until ``config.episodes`` episodes are done in total.
+    ``seed_policies`` (for instance the uniform and the sensitivity-picked policies) are played as
+    the first warm-up episodes, so the agent's replay buffer and its best policy start from them;
+    as many as fit in the warm-up are used."""
     t0 = time.perf_counter()
     run = Path(run_dir) if run_dir is not None else None
-    env = PruningEnv(evaluator)
+    env = PruningEnv(evaluator, fill=config.fill_budget)
     n_layers = len(env.names)
     state = None
     if run is not None and resume and (run / "state.json").exists():
@@ -349,6 +378,8 @@ def run_agent(evaluator: Evaluator, config: AgentConfig = AgentConfig(), run_dir
     else:
         model = _make_model(config, wrapper, n_layers, noise)
     model.actor_lr, model.critic_lr = config.actor_lr, config.critic_lr
+    demos = [a for p in seed_policies[:config.warmup_episodes] for a in env.actions_of(dict(p))]
+    model.demo_actions = demos[done * n_layers:]  # on resume: the ones not yet played
     rows: list[dict] = []
     best = None
     if state is not None and run is not None and (run / "episodes.csv").exists():

@@ -12,6 +12,8 @@ that the projection is exact; it is non-increasing in every ratio. The projectio
 the layers in order, each ratio is raised to the least value for which the budget still holds when
 every later layer goes to its upper bound. Since the last layer is clamped with nothing left to
 go, the projected policy always meets the budget under the cost model, whatever the proposal.
+``projector.fill(policy)`` then scales a feasible policy's ratios toward their lower bounds until
+the budget is spent (the environment does so at the end of each episode).
 """
 
 from __future__ import annotations
@@ -205,6 +207,31 @@ class Projector:
         for name in self.names:
             out[name] = self.clamp(out, name, policy.get(name, self.lower[name]))
         return out
+
+    def fill(self, policy: Mapping[str, float]) -> Policy:
+        """``policy`` with every ratio moved toward its lower bound by one shared factor, as far as
+        the budget allows: ``lower + lam * (ratio - lower)`` with the least ``lam`` in [0, 1] that
+        still meets it. A feasible policy that prunes more than the budget asks (an agent that
+        overshot early, or a projection that raised a late layer) then spends the whole budget,
+        keeping its per-layer shape; an infeasible one is returned projected."""
+        full = {n: min(max(float(policy.get(n, self.lower[n])), self.lower[n]), self.upper[n])
+                for n in self.names}
+        if not self.feasible(full):
+            return self.project(full)
+
+        def pol(lam: float) -> Policy:
+            return {n: self.lower[n] + lam * (full[n] - self.lower[n]) for n in self.names}
+
+        lo, hi = 0.0, 1.0  # invariant: hi meets the budget
+        if self.feasible(pol(lo)):
+            return pol(lo)
+        for _ in range(BISECT_STEPS):
+            mid = 0.5 * (lo + hi)
+            if self.feasible(pol(mid)):
+                hi = mid
+            else:
+                lo = mid
+        return pol(hi)
 
     def feasible(self, policy: Mapping[str, float], tol: float = 1e-9) -> bool:
         return self.cost.fraction(policy) <= self.budget.fraction + tol

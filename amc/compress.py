@@ -166,7 +166,8 @@ def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: C
         warm = config.warmup if config.warmup is not None else max(1, config.episodes // 3)
         acfg = AgentConfig(episodes=config.episodes, warmup_episodes=min(warm, config.episodes), seed=config.seed)
         agent = run_agent(evaluator, acfg, run / "agent", on_episode=lambda row, best: say(
-            f"episode {int(row.get('episode', 0)) + 1}/{config.episodes}"))
+            f"episode {int(row.get('episode', 0)) + 1}/{config.episodes}"),
+            seed_policies=[evaluator.uniform_policy(), sens_policy])  # the first warm-up episodes
         policy, trials = agent.best_policy, agent.episodes
     if policy is None:
         raise AmcError("the search found no feasible policy; raise the budget or the episodes")

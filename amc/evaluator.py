@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from amc.budget import Bounds, Budget, ChannelCost, CostModel, FineCost, Policy, Projector, make_bounds
 from amc.data import Splits
 from amc.errors import BudgetError, PolicyError, TrainingDiverged
 from amc.layers import count_macs, count_params, layer_table, layer_weight
+from amc.sensitivity import LOSS_TIE_WEIGHT
 from amc.train import FinetuneConfig, Masks, apply_masks, finetune, model_device, recalibrate_bn
 
 GRANULARITIES = ("fine", "channel")
@@ -57,8 +59,18 @@ def reward_acc_penalty(accuracy: float, costs: Mapping[str, float], budget: Budg
     return accuracy - PENALTY * over
 
 
+def reward_acc_loss(accuracy: float, costs: Mapping[str, float], budget: Budget) -> float:
+    """Held-out accuracy minus ``LOSS_TIE_WEIGHT`` x the held-out mean cross-entropy (``costs["loss"]``):
+    AMC's accuracy reward with a tie-breaker. Checkpoints trained on the whole train set score near
+    100% on any held-out part of it, so mild policies tie on accuracy alone; the loss still orders
+    them, and at this weight (a loss rise of 0.1 counts as 0.1 points) it cannot overrule a real
+    accuracy difference. The same weight as the sensitivity picker's."""
+    return accuracy - LOSS_TIE_WEIGHT * costs["loss"]
+
+
 REWARDS: dict[str, Callable[[float, Mapping[str, float], Budget], float]] = {
     "acc": reward_acc,
+    "acc_loss": reward_acc_loss,
     "error_log_flops": reward_error_log_flops,
     "acc_penalty": reward_acc_penalty,
 }
@@ -259,9 +271,10 @@ class Evaluator:
         return None
 
     @torch.no_grad()
-    def _score(self, model: nn.Module) -> tuple[float, bool]:
-        """Held-out accuracy and whether every logit was finite (one host sync)."""
+    def _score(self, model: nn.Module) -> tuple[float, float, bool]:
+        """Held-out accuracy, mean cross-entropy and whether every logit was finite (one host sync)."""
         correct = torch.zeros((), dtype=torch.long, device=self.device)
+        loss = torch.zeros((), dtype=torch.float32, device=self.device)
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else \
             torch.autocast("cpu", enabled=False)
@@ -269,8 +282,10 @@ class Evaluator:
             for x, y in self._eval:
                 out = model(x)
                 correct += (out.argmax(1) == y).sum()
+                loss += F.cross_entropy(out.float(), y, reduction="sum")
                 finite &= torch.isfinite(out).all()
-        return int(correct) / self._n_eval, bool(finite)
+        c, lsum, ok = torch.stack([correct.float(), loss, finite.float()]).tolist()
+        return c / self._n_eval, lsum / self._n_eval, bool(ok)
 
     @torch.no_grad()
     def measure(self, model: nn.Module) -> dict[str, float]:
@@ -323,11 +338,12 @@ class Evaluator:
                     self._apply(self.work, policy)  # zero removed channels' BN shifts again
             recalibrate_bn(self.work, self._calib)
             t_recover = self._tick()
-            acc, finite = self._score(self.work)
+            acc, loss, finite = self._score(self.work)
         except TrainingDiverged as e:  # a result, never a crash
-            acc, finite, reason = float("nan"), False, str(e)
+            acc, loss, finite, reason = float("nan"), float("nan"), False, str(e)
         t_score = time.perf_counter()
         costs = self.measure(self.work)
+        costs["loss"] = loss  # held-out mean cross-entropy, for rewards that use it
         latency = None
         if self.latency_table is not None and self.config.granularity == "channel":
             ms = self.latency_table.counts_cost(self._ctable)  # type: ignore[attr-defined]

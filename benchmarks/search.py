@@ -107,8 +107,9 @@ def run_task(name: str, args, dense, splits, dev, run_root: Path) -> dict:
     out: dict = {"granularity": gran, "budget": budget_s, "times_s": {}}
     times = out["times_s"]
     t = time.perf_counter()
-    cfg = EvalConfig(granularity=gran, calib_images=args.calib_images, round_to=8, criterion="l2",
-                     upper=0.9 if gran == "channel" else 0.98, profile=True)
+    cfg = EvalConfig(granularity=gran, calib_images=args.calib_images, eval_images=args.eval_images,
+                     reward=args.reward, round_to=8, criterion="l2", upper=0.9 if gran == "channel" else 0.98,
+                     profile=True)
     ev = Evaluator(dense, splits, budget, cfg)
     _sync(dev)
     times["evaluator setup"] = time.perf_counter() - t
@@ -159,11 +160,12 @@ def run_task(name: str, args, dense, splits, dev, run_root: Path) -> dict:
         global_built = ("global_magnitude", (m, masks))
     global_key = global_built[0]
 
-    # the AMC agent
+    # the AMC agent (its first warm-up episodes play the uniform, sensitivity-picked and global policies)
     warm = min(args.warmup, args.episodes - 1) if args.episodes > 1 else 0
     t = time.perf_counter()
+    seeds = [uniform, sens, cands[global_key]["policy"]]
     amc = run_agent(ev, AgentConfig(episodes=args.episodes, warmup_episodes=warm, seed=args.seed,
-                                    checkpoint_every=0), run_root / f"{name}-amc")
+                                    checkpoint_every=0), run_root / f"{name}-amc", seed_policies=seeds)
     times["AMC search"] = time.perf_counter() - t
     out["amc"] = {"episodes": len(amc.episodes), "warmup": warm, "wall_s": times["AMC search"],
                   "feasible_share": float(amc.episodes.feasible.mean()),
@@ -226,11 +228,11 @@ def run_task(name: str, args, dense, splits, dev, run_root: Path) -> dict:
               flush=True)
     out["candidates"] = cands
     out["sensitivity_curves"] = curves.to_dict("records")
-    _plots(name, out, ev.names, amc.episodes, frame, Path(args.out))
+    _plots(name, out, ev.names, amc.episodes, frame, Path(args.out), args.stem)
     return out
 
 
-def _plots(name: str, res: dict, names: list[str], amc_frame, opt_frame, out: Path) -> None:
+def _plots(name: str, res: dict, names: list[str], amc_frame, opt_frame, out: Path, stem: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,10 +262,10 @@ def _plots(name: str, res: dict, names: list[str], amc_frame, opt_frame, out: Pa
         finite = r[np.isfinite(r)]
         if finite.size:
             ax.set_ylim(max(0.0, np.quantile(finite, 0.05) - 0.05), finite.max() + 0.02)
-    axes[0].set_ylabel("reward (held-out accuracy)")
+    axes[0].set_ylabel("reward")
     axes[1].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{name}: {res['granularity']}, {res['budget']}")
-    with atomic_path(out / f"search_{name}_rewards.png") as tmp:
+    with atomic_path(out / f"{stem}_{name}_rewards.png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
 
@@ -278,7 +280,7 @@ def _plots(name: str, res: dict, names: list[str], amc_frame, opt_frame, out: Pa
     ax.set_ylabel("ratio removed" if res["granularity"] == "channel" else "sparsity")
     ax.set_title(f"{name}: best policy per layer")
     ax.legend(fontsize=7)
-    with atomic_path(out / f"search_{name}_policy.png") as tmp:
+    with atomic_path(out / f"{stem}_{name}_policy.png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
 
@@ -289,6 +291,16 @@ def _markdown(report: dict) -> str:
              f"{report['torch']}; {'QUICK smoke settings' if report['quick'] else 'full settings'}. "
              f"Data: {report['data']}. Finetune: {report['epochs']:g} epochs per candidate. All numbers measured "
              "in this one run.", ""]
+    if report["device"] == "cpu" and not report["quick"]:
+        lines += [f"**CPU stand-in** (no GPU was lent to this run): {report['model']} on the CPU, each reward "
+                  f"scored on {report.get('eval_images') or report['heldout']} held-out images after BN "
+                  f"recalibration on {report['calib_images']} train images, {report['epochs']:g} finetune "
+                  "epoch(s) per candidate.", ""]
+    lines += [f"Reward: `{report.get('reward', 'acc')}` (acc: held-out accuracy; acc_loss: held-out accuracy "
+              "minus 0.01 x held-out cross-entropy, a tie-breaker where accuracy saturates). The AMC agent's "
+              "first warm-up episodes play the uniform, sensitivity-picked and global policies, and every "
+              "episode's policy is filled to spend the whole budget; Optuna's first trials are the same three.",
+              ""]
     label = {"uniform": "uniform", "sensitivity": "sensitivity-picked", "amc": "AMC agent (DDPG)",
              "optuna": "Optuna TPE", "tp_global": "Torch-Pruning global L2 (round_to 8)",
              "global_magnitude": "global magnitude threshold"}
@@ -300,13 +312,14 @@ def _markdown(report: dict) -> str:
         ph = t["reward_ms"]
         lines.append(f"One reward (median of {report['timing_evals']}): **{ph['total']:.1f} ms** = apply masks "
                      f"{ph['apply']:.1f} + BN recalibration on {report['calib_images']} images {ph['recover']:.1f} + "
-                     f"held-out evaluation on {report['heldout']} images {ph['score']:.1f} + cost re-measure "
+                     f"held-out evaluation on {report.get('eval_images') or report['heldout']} images "
+                     f"{ph['score']:.1f} + cost re-measure "
                      f"{ph['measure']:.1f} ms.")
         lines.append(f"AMC: {t['amc']['episodes']} episodes ({t['amc']['warmup']} warm-up) in "
                      f"**{t['amc']['wall_s']:.1f} s**, {t['amc']['feasible_share']:.0%} feasible. "
                      f"Optuna TPE: {t['optuna']['trials']} trials in **{t['optuna']['wall_s']:.1f} s**, "
                      f"{t['optuna']['feasible_share']:.0%} feasible.")
-        lines += ["", f"| policy | held-out acc. (reward) | {cost} | test acc. before FT (BN recal.) | "
+        lines += ["", f"| policy | held-out acc. (search score) | {cost} | test acc. before FT (BN recal.) | "
                   f"test acc. after {report['epochs']:g} ep | finetune s |", "| --- | --- | --- | --- | --- | --- |"]
         for k, c in t["candidates"].items():
             v = c.get("macs") if cost == "MACs" else c.get("size")
@@ -317,7 +330,8 @@ def _markdown(report: dict) -> str:
         lines += ["", "Held-out accuracy is the search's reward (BN recalibrated, no finetune) of each row's "
                   "per-layer ratios, scored by the evaluator (for the Torch-Pruning row: its per-layer channel "
                   "counts with our L2 channel choice). Test accuracies are of the model each row builds.",
-                  "", f"![rewards](search_{name}_rewards.png)", "", f"![policy](search_{name}_policy.png)", ""]
+                  "", f"![rewards]({report.get('stem', 'search')}_{name}_rewards.png)", "",
+                  f"![policy]({report.get('stem', 'search')}_{name}_policy.png)", ""]
         lines += ["Wall time per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t["times_s"].items()), ""]
     lines += ["## Settings", "", "```", json.dumps(report["settings"], indent=1), "```", ""]
     return "\n".join(lines)
@@ -336,7 +350,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=200, help="Optuna trials")
     ap.add_argument("--epochs", type=float, default=5.0, help="finetune epochs per candidate")
     ap.add_argument("--calib-images", type=int, default=5120)
-    ap.add_argument("--heldout", type=int, default=5000)
+    ap.add_argument("--heldout", type=int, default=5000, help="held-out split carved from train")
+    ap.add_argument("--eval-images", type=int, default=None, help="held-out images per reward (default: all)")
+    ap.add_argument("--reward", default="acc_loss", help="a key of amc.evaluator.REWARDS")
+    ap.add_argument("--stem", default="search", help="file name stem: STEM.md, STEM.json, STEM_<task>_*.png")
     ap.add_argument("--timing-evals", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
@@ -370,12 +387,13 @@ def main() -> None:
         "torch": torch.__version__, "data": f"{len(splits.train_y)} train / {len(splits.heldout_y)} held-out / "
                                            f"{len(splits.test_y)} test", "epochs": args.epochs,
         "calib_images": args.calib_images, "heldout": args.heldout, "timing_evals": args.timing_evals,
+        "eval_images": args.eval_images, "reward": args.reward, "stem": args.stem,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
         "times_s": {"load data": t_data}, "tasks": {},
         "dense": {"test_accuracy": evaluate(dense, splits.loader("test", 1000)), "macs": count_macs(dense)[0],
                   "params": count_params(dense), "layers": len(layer_table(dense))},
     }
-    prev = out / "search.json"
+    prev = out / f"{args.stem}.json"
     if args.merge and prev.exists():
         old = json.loads(prev.read_text())
         if (old.get("model"), old.get("device"), old.get("quick")) == (args.model, str(dev), args.quick):
@@ -388,11 +406,11 @@ def main() -> None:
             t = time.perf_counter()
             report["tasks"][name] = run_task(name, args, dense, splits, dev, Path(tmp))
             report["times_s"][name] = time.perf_counter() - t
-            atomic_write_text(out / "search.json", json.dumps(report, indent=1, default=_json))
+            atomic_write_text(out / f"{args.stem}.json", json.dumps(report, indent=1, default=_json))
     report["times_s"]["total"] = time.perf_counter() - t0
-    atomic_write_text(out / "search.json", json.dumps(report, indent=1, default=_json))
-    atomic_write_text(out / "search.md", _markdown(report))
-    print(f"wrote {out / 'search.md'} in {report['times_s']['total']:.0f} s")
+    atomic_write_text(out / f"{args.stem}.json", json.dumps(report, indent=1, default=_json))
+    atomic_write_text(out / f"{args.stem}.md", _markdown(report))
+    print(f"wrote {out / (args.stem + '.md')} in {report['times_s']['total']:.0f} s")
 
 
 def _json(o):

@@ -10,6 +10,9 @@ bounds.
 
 Action: float32 ``Box`` [-1, 1] of shape (1,), mapped linearly to the layer's ``[lower, upper]``
 ratio bounds, then clamped by the budget projection (so every finished episode meets the budget).
+At the last step the policy is filled (``Projector.fill``, on by default): when the actions pruned
+more than the budget needs, every ratio is scaled toward its lower bound by one factor until the
+budget is spent, so no episode wastes budget it was given.
 The reward is 0 before the last step and ``Evaluator.evaluate(policy).reward`` at the last step;
 ``info`` at the last step holds ``policy`` and ``result`` (with ``evaluate=False`` only ``policy``
 and reward 0: an ask/tell driver such as ``amc.agent.AmcSearcher`` scores it). The environment only steps: logging and
@@ -40,9 +43,10 @@ def _minmax(col: np.ndarray) -> np.ndarray:
 class PruningEnv(gym.Env):
     metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium's class attribute)
 
-    def __init__(self, evaluator: Evaluator, evaluate: bool = True) -> None:
+    def __init__(self, evaluator: Evaluator, evaluate: bool = True, fill: bool = True) -> None:
         super().__init__()
         self.evaluator = evaluator
+        self.fill = fill  # spend the whole budget at the last step (Projector.fill)
         self.evaluate = evaluate  # False: the last step only hands back the policy (ask/tell drivers)
         self.names = list(evaluator.names)
         info = {t.name: t for t in evaluator.table}
@@ -79,6 +83,17 @@ class PruningEnv(gym.Env):
         a = float(np.clip(action, -1.0, 1.0))
         return lo + (a + 1.0) / 2.0 * (hi - lo)
 
+    def action_of(self, ratio: float, name: str) -> float:
+        """The action in [-1, 1] that ``ratio_of`` maps to ``ratio`` (clipped to the bounds)."""
+        lo, hi = self.evaluator.bounds[name]
+        return float(np.clip(2.0 * (ratio - lo) / (hi - lo) - 1.0, -1.0, 1.0)) if hi > lo else -1.0
+
+    def actions_of(self, policy: Policy) -> list[np.ndarray]:
+        """The per-step actions of one episode that plays ``policy`` (missing layers at their lower
+        bound); a feasible policy comes out of the projection unchanged."""
+        return [np.array([self.action_of(policy.get(n, self.evaluator.bounds[n][0]), n)], dtype=np.float32)
+                for n in self.names]
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self._t, self._policy, self._prev = 0, {}, 0.0
@@ -94,6 +109,8 @@ class PruningEnv(gym.Env):
         self._t += 1
         if self._t < len(self.names):
             return self._obs(), 0.0, False, False, {}
+        if self.fill:
+            self._policy = self.projector.fill(self._policy)
         if not self.evaluate:
             return self._obs(), 0.0, True, False, {"policy": dict(self._policy)}
         result = self.evaluator.evaluate(self._policy)

@@ -146,3 +146,16 @@ def test_cli_search(tmp_path, method, capsys):
     assert set(policy) and (out / "episodes.csv").exists()
     assert "best policy" in capsys.readouterr().out
     assert main([*argv[:-2], "--budget", "macs=0.01", "--out", str(tmp_path / "x")]) == 2  # impossible budget
+
+
+def test_seed_policies_are_the_first_episodes(tiny_splits, tmp_path):
+    ev = _evaluator(tiny_splits)
+    seeds = [ev.uniform_policy(), ev.projector.project({n: 0.9 for n in ev.names[:2]})]
+    res = run_agent(ev, AgentConfig(episodes=3, warmup_episodes=2, batch_size=4, checkpoint_every=0), tmp_path,
+                    seed_policies=seeds)
+    rows = res.episodes
+    for i, pol in enumerate(seeds):
+        played = {n: float(rows.loc[i, f"r:{n}"]) for n in ev.names}
+        assert played == pytest.approx(ev.projector.fill(pol), abs=1e-6)
+    assert res.best_result is not None
+    assert res.best_result.reward >= max(ev.evaluate(ev.projector.fill(p)).reward for p in seeds) - 1e-9

@@ -168,3 +168,42 @@ def test_channel_projection_always_feasible(actions, upper, slack, round_to):
     out = proj.project(dict(zip(cost.names, actions, strict=False)))
     assert cost.fraction(out) <= budget + 1e-12
     assert all(0.0 <= r <= upper for r in out.values())
+
+
+@settings(max_examples=100, deadline=None)
+@given(layers=layers, fixed=st.floats(0.0, 5000.0), slack=st.floats(0.0, 1.0),
+       actions=st.lists(st.floats(0.0, 1.0), min_size=12, max_size=12))
+def test_fill_spends_the_budget_and_keeps_the_shape(layers, fixed, slack, actions):
+    cost = _synthetic_cost([n for n, *_ in layers], [w for _, w, *_ in layers], fixed)
+    bounds = {f"l{i}": (lo, lo + span) for i, (_, _, lo, span) in enumerate(layers)}
+    floor = cost.fraction({n: hi for n, (_, hi) in bounds.items()})
+    ceiling = cost.fraction({n: lo for n, (lo, _) in bounds.items()})
+    budget = min(1.0, floor + slack * (ceiling - floor))
+    proj = Projector(cost, Budget("size", budget), bounds)
+    # a feasible policy that may prune more than needed: upper bounds mixed with random ratios
+    pol = proj.project({n: bounds[n][0] + a * (bounds[n][1] - bounds[n][0])
+                        for n, a in zip(cost.names, actions, strict=False)})
+    out = proj.fill(pol)
+    assert cost.fraction(out) <= budget + 1e-12
+    lam = None
+    for n in cost.names:
+        lo, _ = bounds[n]
+        assert lo - 1e-12 <= out[n] <= pol[n] + 1e-12  # only ever prunes less
+        if pol[n] - lo > 1e-9:
+            ratio = (out[n] - lo) / (pol[n] - lo)
+            assert lam is None or ratio == pytest.approx(lam, abs=1e-9)  # one shared factor
+            lam = ratio
+    # spent: no smaller shared factor meets the budget (the costs move in whole weights, so "at the
+    # budget" means "one step short of exceeding it")
+    if lam is not None and lam > 1e-6:
+        less = {n: bounds[n][0] + (lam - 1e-6) * (pol[n] - bounds[n][0]) for n in cost.names}
+        assert cost.fraction(less) > budget
+
+
+def test_fill_projects_an_infeasible_policy():
+    model = make_tiny_vgg()
+    cost = FineCost.from_table(model, layer_table(model), "size")
+    proj = Projector(cost, Budget("size", 0.4), make_bounds(cost.names, 0.0, 0.9))
+    out = proj.fill({})
+    assert cost.fraction(out) <= 0.4 + 1e-12
+    assert out == pytest.approx(proj.project({}))

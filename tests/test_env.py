@@ -95,3 +95,34 @@ def test_observation_tracks_removed_cost(tiny_splits):
     obs1, *_ = env.step(np.array([1.0], dtype=np.float32))
     assert obs1[7] > 0  # removed cost grows
     assert obs1[9] == pytest.approx(1.0)  # previous action at its upper bound
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_fill_spends_the_budget(tiny_splits, granularity):
+    """Every action at its upper bound prunes far past the budget; the filled episode spends it all."""
+    ev = _evaluator(tiny_splits, granularity)
+    spent = {}
+    for fill in (False, True):
+        env = PruningEnv(ev, fill=fill)
+        env.reset(seed=0)
+        info: dict = {}
+        for _ in env.names:
+            *_, info = env.step(np.array([1.0], dtype=np.float32))
+        assert info["result"].feasible
+        # the cost model's figure: the tiny untrained model's BatchNorm biases are exact zeros, which
+        # the re-measure (non-zeros) does not count
+        spent[fill] = ev.projector.cost.fraction(info["policy"])
+    assert spent[False] < 0.5 * ev.budget.fraction
+    tol = 0.002 if granularity == "fine" else 0.1  # channel costs move in whole channels (tiny layers)
+    assert ev.budget.fraction - tol <= spent[True] <= ev.budget.fraction + 1e-9
+
+
+def test_actions_of_replays_a_policy(tiny_splits):
+    ev = _evaluator(tiny_splits, "fine")
+    env = PruningEnv(ev)
+    pol = ev.uniform_policy()
+    env.reset(seed=0)
+    info: dict = {}
+    for a in env.actions_of(pol):
+        *_, info = env.step(a)
+    assert info["policy"] == pytest.approx(pol, abs=1e-6)

@@ -83,6 +83,8 @@ def test_rewards_registry(tiny_splits, reward):
     assert math.isfinite(res.reward)
     if reward == "error_log_flops":
         assert res.reward < 0
+    elif reward == "acc_loss":
+        assert res.accuracy - 0.2 < res.reward < res.accuracy  # minus 0.01 x a cross-entropy
     else:
         assert res.reward == pytest.approx(res.accuracy)  # feasible: no penalty
 
@@ -185,3 +187,14 @@ def test_fine_masks_equal_magnitude_mask(tiny_splits):
     pol = ev.projector.project({n: 0.37 for n in ev.names})
     for n, m in ev.fine_masks(pol).items():
         assert torch.equal(m, magnitude_mask(dense.get_submodule(n).weight, pol[n])), n
+
+
+def test_acc_loss_reward_breaks_ties_by_heldout_loss(tiny_splits):
+    ev = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("size=0.5"), EvalConfig(calib_images=256,
+                                                                                      reward="acc_loss"))
+    res = ev.evaluate(ev.uniform_policy())
+    ref = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("size=0.5"), FAST).evaluate(ev.uniform_policy())
+    assert res.accuracy == ref.accuracy  # same policy, same scoring
+    loss = (res.accuracy - res.reward) / 0.01
+    assert 0.0 < loss < 20.0  # a mean cross-entropy, strictly below the accuracy
+    assert REWARDS["acc_loss"](0.9, {"loss": 2.0}, Budget.parse("size=0.5")) == pytest.approx(0.88)

@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/search", help="run folder (resumes what it finds there)")
     p.add_argument("--no-resume", action="store_true", help="refuse to reuse an existing run folder")
     e = p.add_argument_group("evaluator")
-    e.add_argument("--reward", default="acc", help="acc, error_log_flops or acc_penalty")
+    e.add_argument("--reward", default="acc",
+                   help="acc (AMC), acc_loss (held-out loss as tie-breaker), error_log_flops, acc_penalty")
     e.add_argument("--recovery", choices=("bn", "finetune"), default="bn")
     e.add_argument("--recovery-steps", type=int, default=20)
     e.add_argument("--calib-images", type=int, default=5120)
@@ -104,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
                 advance(completed=state["done"], info=_info(best["reward"] if best else None,
                                                             state["feasible"], seen, t1, 0))
 
-            res = run_agent(ev, cfg, out, on_episode=on_episode, resume=not args.no_resume)
+            res = run_agent(ev, cfg, out, on_episode=on_episode, resume=not args.no_resume,
+                            seed_policies=[ev.uniform_policy()])  # the first warm-up episode
         frame, best_policy, best = res.episodes, res.best_policy, res.best_result
     else:
         from search import OptunaConfig, OptunaSearcher
