@@ -19,7 +19,7 @@ the budget is spent (the environment does so at the end of each episode).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -222,16 +222,20 @@ class Projector:
         def pol(lam: float) -> Policy:
             return {n: self.lower[n] + lam * (full[n] - self.lower[n]) for n in self.names}
 
-        lo, hi = 0.0, 1.0  # invariant: hi meets the budget
+        return pol(self._least_feasible(pol, 0.0, 1.0))
+
+    def _least_feasible(self, pol: Callable[[float], Policy], lo: float, hi: float) -> float:
+        """The least ``x`` in [lo, hi] whose ``pol(x)`` meets the budget, by bisection (costs are
+        non-increasing in ``x``); ``hi`` when nothing below it is checked feasible."""
         if self.feasible(pol(lo)):
-            return pol(lo)
-        for _ in range(BISECT_STEPS):
+            return lo
+        for _ in range(BISECT_STEPS):  # invariant: pol(lo) misses the budget
             mid = 0.5 * (lo + hi)
             if self.feasible(pol(mid)):
                 hi = mid
             else:
                 lo = mid
-        return pol(hi)
+        return hi
 
     def feasible(self, policy: Mapping[str, float], tol: float = 1e-9) -> bool:
         return self.cost.fraction(policy) <= self.budget.fraction + tol
@@ -243,15 +247,7 @@ class Projector:
         def pol(r: float) -> Policy:
             return {n: min(max(r, self.lower[n]), self.upper[n]) for n in self.names}
 
-        if self.feasible(pol(lo)):
-            return pol(lo)
-        for _ in range(BISECT_STEPS):
-            mid = 0.5 * (lo + hi)
-            if self.feasible(pol(mid)):
-                hi = mid
-            else:
-                lo = mid
-        return self.project(pol(hi))
+        return self.project(pol(self._least_feasible(pol, lo, hi)))
 
     def from_sensitivity(self, curves: pd.DataFrame) -> Policy:
         """AMC's hand-design baseline made automatic: one accuracy-drop threshold ``t`` for all
