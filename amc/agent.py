@@ -4,8 +4,10 @@ AMC's settings (He et al. 2018, mit-han-lab/amc): actor and critic of two 300-un
 learning rate 1e-4 and critic 1e-3, soft target updates tau 0.01, batch 64, no discount (the
 only reward is the episode's last), warm-up episodes of uniformly random actions, then the actor's
 action plus truncated normal noise whose width decays by 0.99 per episode, and a moving-average
-baseline subtracted from the episode reward (``RewardBaseline``). One gradient step per
-transition after each episode. Two additions to AMC: ``seed_policies`` (the uniform and the
+baseline subtracted from the episode reward (``RewardBaseline``). As in AMC's code, every
+transition of an episode is stored with the episode's final reward (``credit="final"``; ``"td"``
+keeps the reward on the last step and bootstraps). One gradient step per transition after each
+episode. Two additions to AMC: ``seed_policies`` (the uniform and the
 sensitivity-picked policies, say) are played as the first warm-up episodes, as Optuna enqueues
 them as its first trials; and each episode's policy is filled to spend the whole budget
 (``AgentConfig.fill_budget``, ``Projector.fill``), since AMC's projection only ever raises ratios.
@@ -45,6 +47,7 @@ from amc.io import atomic_path, atomic_write_text
 from amc.searcher import Proposals
 from envs.pruning_env import PruningEnv
 
+CREDITS = ("final", "td")
 NOISE_CLIP = 2.0  # truncate the normal at +-2 sigma, as scipy.stats.truncnorm did in AMC's code
 
 
@@ -62,6 +65,7 @@ class AgentConfig:
     gamma: float = 1.0  # AMC: no discount; the episode's only reward is its last
     baseline_alpha: float = 0.95  # moving-average baseline: b <- alpha b + (1 - alpha) r
     fill_budget: bool = True  # each episode's policy spends the whole budget (Projector.fill)
+    credit: str = "final"  # "final": every step stored with the episode's reward (AMC's code); "td": last only
     buffer_episodes: int | None = None  # replay buffer size in episodes (None: the whole run)
     net_arch: tuple[int, ...] = (300, 300)  # AMC hidden1, hidden2 for the actor and the critic
     checkpoint_every: int = 25  # episodes between agent + replay-buffer checkpoints (0: never)
@@ -71,6 +75,8 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
             raise AmcError(f"unknown agent {self.algo!r}; known: {', '.join(ALGOS)}")
+        if self.credit not in CREDITS:
+            raise AmcError(f"unknown credit {self.credit!r}; known: {', '.join(CREDITS)}")
         if self.episodes < 1 or self.warmup_episodes < 0:
             raise AmcError("episodes must be >= 1 and warm-up episodes >= 0")
 
@@ -106,11 +112,43 @@ class _Demonstrations:
         return [*super()._excluded_save_params(), "demo_actions"]  # type: ignore[misc]
 
 
-class AmcDDPG(_TwoRates, _Demonstrations, DDPG):
+class _EpisodeCredit:
+    """AMC's credit assignment (``credit="final"``): an episode's transitions wait until it ends,
+    then each is stored with the episode's (baseline-shifted) final reward and as terminal, so the
+    critic regresses every step's value on the return it led to (a Monte-Carlo target) instead of
+    bootstrapping it back one layer at a time through slowly moving target networks. With
+    ``credit="td"`` SB3 stores transitions as they come (reward only at the last step)."""
+
+    credit: str = "final"
+
+    def _store_transition(self, replay_buffer, buffer_action, new_obs, reward, dones, infos) -> None:
+        if self.credit != "final":
+            return super()._store_transition(replay_buffer, buffer_action, new_obs, reward,  # type: ignore[misc]
+                                             dones, infos)
+        pending = self.__dict__.setdefault("_episode_steps", [])
+
+        class _Hold:  # receives SB3's add() for this step; the real buffer gets it at the episode's end
+            @staticmethod
+            def add(obs, next_obs, action, _reward, _done, step_infos) -> None:
+                pending.append((np.array(obs, copy=True), np.array(next_obs, copy=True),
+                                np.array(action, copy=True), step_infos))
+
+        super()._store_transition(_Hold(), buffer_action, new_obs, reward, dones, infos)  # type: ignore[misc]
+        if bool(np.asarray(dones).reshape(-1)[0]):
+            final = np.asarray(reward, dtype=np.float32).reshape(1)
+            for obs, nxt, act, step_infos in pending:
+                replay_buffer.add(obs, nxt, act, final.copy(), np.array([True]), step_infos)
+            pending.clear()
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_episode_steps"]  # type: ignore[misc]
+
+
+class AmcDDPG(_TwoRates, _Demonstrations, _EpisodeCredit, DDPG):
     pass
 
 
-class AmcTD3(_TwoRates, _Demonstrations, TD3):
+class AmcTD3(_TwoRates, _Demonstrations, _EpisodeCredit, TD3):
     pass
 
 
@@ -190,6 +228,7 @@ class AgentResult:
     seconds: float
     resumed_from: int = 0  # episodes already done when this run started
     extra: dict[str, Any] = field(default_factory=dict)
+    agent: Any = None  # the trained SB3 model (actor, critic, replay buffer)
 
 
 class SearchLogger(BaseCallback):
@@ -260,6 +299,7 @@ def _make_model(config: AgentConfig, env: gym.Env, n_layers: int, noise: ActionN
         gamma=config.gamma, train_freq=(1, "episode"), gradient_steps=-1, action_noise=noise, seed=config.seed,
         device=config.device, policy_kwargs={"net_arch": {"pi": list(config.net_arch), "qf": list(config.net_arch)}})
     model.actor_lr, model.critic_lr = config.actor_lr, config.critic_lr
+    model.credit = config.credit
     return model
 
 
@@ -310,10 +350,12 @@ class AmcSearcher:
         steps = self._pending.take(policy)
         r = result.reward if math.isfinite(result.reward) else 0.0
         shaped, _ = self.baseline.shift(r)
+        final = self.config.credit == "final"
         for obs, nxt, action, done in steps:
             scaled = self.model.policy.scale_action(action)  # type: ignore[union-attr]
             self.model.replay_buffer.add(obs[None], nxt[None], scaled[None],  # type: ignore[union-attr]
-                                         np.array([shaped if done else 0.0]), np.array([done]), [{}])
+                                         np.array([shaped if done or final else 0.0]), np.array([done or final]),
+                                         [{}])
         self.episodes += 1
         self.noise.reset()
         self.model.num_timesteps += len(steps)
@@ -375,6 +417,7 @@ def run_agent(evaluator: Evaluator, config: AgentConfig = AgentConfig(), run_dir
         except (OSError, ValueError, KeyError) as e:
             raise CheckpointError(f"cannot resume the agent from {run}: {e}") from None
         model.action_noise = noise
+        model.credit = config.credit
     else:
         model = _make_model(config, wrapper, n_layers, noise)
     model.actor_lr, model.critic_lr = config.actor_lr, config.critic_lr
@@ -398,4 +441,4 @@ def run_agent(evaluator: Evaluator, config: AgentConfig = AgentConfig(), run_dir
     if best_result is None and logger.best is not None:
         best_result = _result_from_row(logger.best[2])
     return AgentResult(None if logger.best is None else logger.best[1], best_result, logger.frame(),
-                       time.perf_counter() - t0, done, {"config": asdict(config)})
+                       time.perf_counter() - t0, done, {"config": asdict(config)}, model)

@@ -159,3 +159,32 @@ def test_seed_policies_are_the_first_episodes(tiny_splits, tmp_path):
         assert played == pytest.approx(ev.projector.fill(pol), abs=1e-6)
     assert res.best_result is not None
     assert res.best_result.reward >= max(ev.evaluate(ev.projector.fill(p)).reward for p in seeds) - 1e-9
+
+
+@pytest.mark.parametrize("credit", ["final", "td"])
+def test_credit_assignment_in_the_replay_buffer(tiny_splits, credit):
+    """``final`` (AMC's code): every step of an episode is stored with its final, baseline-shifted
+    reward and as terminal; ``td``: reward and termination at the last step only."""
+    ev = _evaluator(tiny_splits)
+    n = len(ev.names)
+    res = run_agent(ev, AgentConfig(episodes=2, warmup_episodes=2, batch_size=4, checkpoint_every=0,
+                                    credit=credit, baseline_alpha=0.5))
+    rows = res.episodes
+    shifted = [float(r - b) for r, b in zip(rows.raw_reward, rows.baseline, strict=True)]
+    buf = res.agent.replay_buffer
+    assert buf.size() == 2 * n
+    rewards = buf.rewards[:2 * n, 0].reshape(2, n)
+    dones = buf.dones[:2 * n, 0].reshape(2, n)
+    for ep in range(2):
+        if credit == "final":
+            np.testing.assert_allclose(rewards[ep], shifted[ep], rtol=1e-5, atol=1e-6)
+            assert dones[ep].all()
+        else:
+            np.testing.assert_allclose(rewards[ep, :-1], 0.0)
+            assert rewards[ep, -1] == pytest.approx(shifted[ep], abs=1e-6)
+            assert dones[ep, -1] and not dones[ep, :-1].any()
+
+
+def test_unknown_credit_is_an_error():
+    with pytest.raises(AmcError, match="credit"):
+        AgentConfig(credit="monte")
