@@ -48,7 +48,7 @@ from amc.searcher import Proposals
 from envs.pruning_env import PruningEnv
 
 CREDITS = ("final", "td")
-NOISE_CLIP = 2.0  # truncate the normal at +-2 sigma, as scipy.stats.truncnorm did in AMC's code
+NOISE_CLIP = 2.0  # a normal truncated at +-2 sigma, added to the action and clipped to [-1, 1]
 
 
 @dataclass(frozen=True)
