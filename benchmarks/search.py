@@ -319,6 +319,7 @@ def _markdown(report: dict) -> str:
                      f"**{t['amc']['wall_s']:.1f} s**, {t['amc']['feasible_share']:.0%} feasible. "
                      f"Optuna TPE: {t['optuna']['trials']} trials in **{t['optuna']['wall_s']:.1f} s**, "
                      f"{t['optuna']['feasible_share']:.0%} feasible.")
+        lines.append(_provenance(t, report.get("n_seeds", 3)))
         lines += ["", f"| policy | held-out acc. (search score) | {cost} | test acc. before FT (BN recal.) | "
                   f"test acc. after {report['epochs']:g} ep | finetune s |", "| --- | --- | --- | --- | --- | --- |"]
         for k, c in t["candidates"].items():
@@ -335,6 +336,27 @@ def _markdown(report: dict) -> str:
         lines += ["Wall time per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t["times_s"].items()), ""]
     lines += ["## Settings", "", "```", json.dumps(report["settings"], indent=1), "```", ""]
     return "\n".join(lines)
+
+
+def _provenance(t: dict, n_seeds: int) -> str:
+    """Where each searcher's best policy came from: AMC's warm-up (a seeded or a random episode) or
+    its learning phase; Optuna's enqueued first trials or TPE's own."""
+    out = []
+    rewards = [float("-inf") if r is None or r != r else r for r in t["amc"]["rewards"]]
+    if rewards:
+        i = max(range(len(rewards)), key=rewards.__getitem__)
+        warm = t["amc"]["warmup"]
+        kind = ("a seeded episode" if i < n_seeds else "a random warm-up episode" if i < warm
+                else "the learning phase")
+        learned = rewards[warm:]
+        tail = f"; learning-phase best {max(learned):.4f}" if learned else ""
+        out.append(f"AMC's best reward {rewards[i]:.4f} came from episode {i} ({kind}){tail}.")
+    rewards = [float("-inf") if r is None or r != r else r for r in t["optuna"]["rewards"]]
+    if rewards:
+        i = max(range(len(rewards)), key=rewards.__getitem__)
+        kind = "an enqueued baseline" if i < n_seeds else "a TPE trial"
+        out.append(f"Optuna's best reward {rewards[i]:.4f} came from trial {i} ({kind}).")
+    return " ".join(out)
 
 
 def main() -> None:
@@ -360,8 +382,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny slice, few episodes (smoke test on CPU)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other tasks already in OUT/search.json (run the tasks in separate commands)")
+    ap.add_argument("--render-only", action="store_true", help="rewrite OUT/STEM.md from OUT/STEM.json and stop")
     args = ap.parse_args()
     args.sens_ratios = SENS_RATIOS
+    if args.render_only:
+        path = Path(args.out) / f"{args.stem}.json"
+        atomic_write_text(path.with_suffix(".md"), _markdown(json.loads(path.read_text())))
+        return
     dev = torch.device(args.device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes during the search: autotune once
