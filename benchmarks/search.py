@@ -289,13 +289,14 @@ def _markdown(report: dict) -> str:
     lines = ["# Search: AMC agent and Optuna vs uniform, sensitivity-picked and global baselines", "",
              f"Model **{report['model']}** on {report['device_name']} ({report['device']}), torch "
              f"{report['torch']}; {'QUICK smoke settings' if report['quick'] else 'full settings'}. "
-             f"Data: {report['data']}. Finetune: {report['epochs']:g} epochs per candidate. All numbers measured "
+             f"Data: {report['data']}. Finetune: {report['epochs']:g} epoch"
+             f"{'' if report['epochs'] == 1 else 's'} per candidate. All numbers measured "
              "in this one run.", ""]
     if report["device"] == "cpu" and not report["quick"]:
         lines += [f"**CPU stand-in** (no GPU was lent to this run): {report['model']} on the CPU, each reward "
                   f"scored on {report.get('eval_images') or report['heldout']} held-out images after BN "
                   f"recalibration on {report['calib_images']} train images, {report['epochs']:g} finetune "
-                  "epoch(s) per candidate.", ""]
+                  f"epoch{'' if report['epochs'] == 1 else 's'} per candidate.", ""]
     lines += [f"Reward: `{report.get('reward', 'acc')}` (acc: held-out accuracy; acc_loss: held-out accuracy "
               "minus 0.01 x held-out cross-entropy, a tie-breaker where accuracy saturates). The AMC agent's "
               "first warm-up episodes play the uniform, sensitivity-picked and global policies, and every "
