@@ -347,7 +347,7 @@ def _provenance(t: dict, n_seeds: int) -> str:
     if rewards:
         i = max(range(len(rewards)), key=rewards.__getitem__)
         warm = t["amc"]["warmup"]
-        kind = ("a seeded episode" if i < n_seeds else "a random warm-up episode" if i < warm
+        kind = ("a seeded episode" if i < min(n_seeds, warm) else "a random warm-up episode" if i < warm
                 else "the learning phase")
         learned = rewards[warm:]
         tail = f"; learning-phase best {max(learned):.4f}" if learned else ""
