@@ -325,7 +325,7 @@ class AmcSearcher:
         self.baseline = MovingBaseline(config.baseline_alpha)
         self.episodes = 0
         self._pending: Proposals[list[tuple]] = Proposals()
-        self._demos = [a for p in seed_policies[:config.warmup_episodes] for a in self.env.actions_of(dict(p))]
+        self._demos = _demo_actions(self.env, seed_policies, config.warmup_episodes)
 
     def propose(self) -> Policy:
         obs, _ = self.env.reset(seed=self.config.seed + self.episodes)
@@ -361,6 +361,11 @@ class AmcSearcher:
         self.model.num_timesteps += len(steps)
         if self.episodes > self.config.warmup_episodes:
             self.model.train(gradient_steps=len(steps), batch_size=self.config.batch_size)
+
+
+def _demo_actions(env: PruningEnv, policies: Sequence[Mapping[str, float]], warmup: int) -> list[np.ndarray]:
+    """The per-step actions that play ``policies`` as episodes, as many as fit in the warm-up."""
+    return [a for p in policies[:warmup] for a in env.actions_of(dict(p))]
 
 
 def _result_from_row(row: dict) -> Result:
@@ -421,8 +426,8 @@ def run_agent(evaluator: Evaluator, config: AgentConfig = AgentConfig(), run_dir
     else:
         model = _make_model(config, wrapper, n_layers, noise)
     model.actor_lr, model.critic_lr = config.actor_lr, config.critic_lr
-    demos = [a for p in seed_policies[:config.warmup_episodes] for a in env.actions_of(dict(p))]
-    model.demo_actions = demos[done * n_layers:]  # on resume: the ones not yet played
+    # on resume: the ones not yet played
+    model.demo_actions = _demo_actions(env, seed_policies, config.warmup_episodes)[done * n_layers:]
     rows: list[dict] = []
     best = None
     if state is not None and run is not None and (run / "episodes.csv").exists():

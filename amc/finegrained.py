@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from amc.errors import PolicyError
-from amc.layers import layer_weight, prunable_names
+from amc.layers import count_params, layer_weight, prunable_names
 from amc.train import Masks, apply_masks
 
 Policy = dict[str, float]
@@ -85,6 +85,16 @@ def global_prune(model: nn.Module, sparsity: float, names: list[str] | None = No
         off += w.numel()
     apply_masks(model, masks)
     return masks
+
+
+def global_sparsity_for_size(model: nn.Module, size: float, names: list[str] | None = None) -> float:
+    """The global sparsity of ``names`` (default: all prunable layers) whose non-zero parameters are
+    ``size`` of the model's: the other parameters (BatchNorm, biases) stay, so the pruned weights go
+    a little further than ``1 - size``. Not clamped: may fall outside [0, 1) for extreme sizes."""
+    names = names if names is not None else prunable_names(model)
+    total = count_params(model)
+    weights = sum(layer_weight(model, n).numel() for n in names)
+    return 1.0 - (size * total - (total - weights)) / weights
 
 
 def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:

@@ -38,6 +38,14 @@ def _grid(n: int, size: float = 2.6):
     return fig, list(axes.flat)
 
 
+def label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, title and the light grid every figure of the project uses."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
 def weight_histograms(model: nn.Module, path: str | os.PathLike, pruned: nn.Module | None = None,
                       names: list[str] | None = None, bins: int = 60) -> Path:
     """Per-layer histograms of weights; with ``pruned``, its non-zero weights overlaid."""
@@ -66,10 +74,7 @@ def sensitivity_curves(curves: pd.DataFrame, path: str | os.PathLike, xlabel: st
     for name, g in curves.groupby("layer", sort=False):
         g = g.sort_values("ratio")
         ax.plot(g["ratio"], 100 * g["accuracy"], marker="o", ms=3, label=str(name))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("sensitivity: each layer pruned alone")
-    ax.grid(alpha=0.3)
+    label_axes(ax, xlabel, "held-out accuracy (%)", "sensitivity: each layer pruned alone")
     ax.legend(fontsize=7, ncol=2)
     return save_figure(fig, path)
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from amc.io import atomic_write_bytes, atomic_write_text
 from amc.layers import prunable_names
-from amc.plots import save_figure
+from amc.plots import label_axes, save_figure
 
 MAX_HIST_LAYERS = 16  # weight histograms: at most this many layers (evenly spaced) keep the grid readable
 
@@ -176,10 +176,7 @@ def search_progress_figure(trials: pd.DataFrame) -> Figure:
     else:
         best = df["reward"].where(feasible).cummax()
     ax.step(df["episode"], best, where="post", color="tab:red", label="best so far")
-    ax.set_xlabel("episode / trial")
-    ax.set_ylabel("reward")
-    ax.set_title("search progress")
-    ax.grid(alpha=0.3)
+    label_axes(ax, "episode / trial", "reward", "search progress")
     ax.legend(fontsize=8)
     return fig
 
@@ -245,10 +242,7 @@ def accuracy_budget_figure(results: pd.DataFrame) -> Figure:
     if "dense_accuracy" in results.columns and results["dense_accuracy"].notna().any():
         ax.axhline(100 * float(results["dense_accuracy"].dropna().iloc[0]), color="black", ls="--", lw=1,
                    label="dense")
-    ax.set_xlabel("budget reached (% of dense)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("accuracy vs. budget")
-    ax.grid(alpha=0.3)
+    label_axes(ax, "budget reached (% of dense)", "accuracy (%)", "accuracy vs. budget")
     ax.legend(fontsize=8)
     return fig
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from amc.channel import find_uniform_ratio, plan_channels, uniform_policy  # noqa: E402
 from amc.data import load_cifar10, make_splits, subset  # noqa: E402
 from amc.export import load_pruned, load_sparse, save_pruned, save_sparse  # noqa: E402
-from amc.finegrained import global_prune  # noqa: E402
+from amc.finegrained import global_prune, global_sparsity_for_size  # noqa: E402
 from amc.io import atomic_write_text  # noqa: E402
 from amc.latency import describe_target, measure  # noqa: E402
 from amc.layers import count_macs, count_params, prunable_names  # noqa: E402
@@ -57,12 +57,9 @@ def same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def fg_policy(dense: torch.nn.Module, size: float) -> dict[str, float]:
     """Per-layer sparsities of one global magnitude threshold that brings the model to ``size`` of dense
     (the non-prunable BatchNorm parameters stay, so the prunable weights go a little further)."""
-    total = count_params(dense)
     names = prunable_names(dense)
-    prunable = sum(dense.get_submodule(n).weight.numel() for n in names)
-    sparsity = 1 - (size * total - (total - prunable)) / prunable
     work = copy.deepcopy(dense)
-    global_prune(work, sparsity, names)
+    global_prune(work, global_sparsity_for_size(dense, size, names), names)
     return layer_sparsity(work, names)
 
 

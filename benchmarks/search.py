@@ -42,7 +42,7 @@ from amc.agent import AgentConfig, run_agent  # noqa: E402
 from amc.budget import Budget  # noqa: E402
 from amc.data import load_cifar10, make_splits, subset  # noqa: E402
 from amc.evaluator import EvalConfig, Evaluator  # noqa: E402
-from amc.finegrained import global_prune  # noqa: E402
+from amc.finegrained import global_prune, global_sparsity_for_size  # noqa: E402
 from amc.io import atomic_path, atomic_write_text  # noqa: E402
 from amc.layers import count_macs, count_params, layer_table, prunable_names  # noqa: E402
 from amc.metrics import size_fraction  # noqa: E402
@@ -150,12 +150,9 @@ def run_task(name: str, args, dense, splits, dev, run_root: Path) -> dict:
         global_built = ("tp_global", (small, None))
     else:
         m = copy.deepcopy(dense)
-        names = prunable_names(m)
-        total = count_params(m)
-        weights = sum(m.get_submodule(n).weight.numel() for n in names)
-        s = 1.0 - (budget.fraction * total - (total - weights)) / weights  # global sparsity that meets the size
+        s = global_sparsity_for_size(m, budget.fraction)
         masks = global_prune(m, min(max(s, 0.0), 0.999))  # 0.999: global_prune needs sparsity < 1
-        table = {n: 1.0 - float(masks[n].float().mean()) for n in names}
+        table = {n: 1.0 - float(masks[n].float().mean()) for n in masks}
         cands["global_magnitude"] = {"policy": {n: table[n] for n in ev.names}, "sparsity": s}
         global_built = ("global_magnitude", (m, masks))
     global_key = global_built[0]
@@ -342,8 +339,11 @@ def _markdown(report: dict) -> str:
 def _provenance(t: dict, n_seeds: int) -> str:
     """Where each searcher's best policy came from: AMC's warm-up (a seeded or a random episode) or
     its learning phase; Optuna's enqueued first trials or TPE's own."""
+    def finite(rewards: list) -> list[float]:  # NaN / None (JSON) never count as the best
+        return [float("-inf") if r is None or r != r else r for r in rewards]
+
     out = []
-    rewards = [float("-inf") if r is None or r != r else r for r in t["amc"]["rewards"]]
+    rewards = finite(t["amc"]["rewards"])
     if rewards:
         i = max(range(len(rewards)), key=rewards.__getitem__)
         warm = t["amc"]["warmup"]
@@ -352,7 +352,7 @@ def _provenance(t: dict, n_seeds: int) -> str:
         learned = rewards[warm:]
         tail = f"; learning-phase best {max(learned):.4f}" if learned else ""
         out.append(f"AMC's best reward {rewards[i]:.4f} came from episode {i} ({kind}){tail}.")
-    rewards = [float("-inf") if r is None or r != r else r for r in t["optuna"]["rewards"]]
+    rewards = finite(t["optuna"]["rewards"])
     if rewards:
         i = max(range(len(rewards)), key=rewards.__getitem__)
         kind = "an enqueued baseline" if i < n_seeds else "a TPE trial"

@@ -93,3 +93,18 @@ def test_apply_masks_reapplies(tiny_vgg):
         tiny_vgg.get_submodule("backbone.conv1").weight.add_(1.0)
     apply_masks(tiny_vgg, masks)
     assert abs(layer_sparsity(tiny_vgg)["backbone.conv1"] - 0.5) < 0.01
+
+
+def test_global_sparsity_for_size_meets_the_size():
+    from amc.finegrained import global_sparsity_for_size
+    from amc.metrics import size_fraction
+    from tests.conftest import make_tiny_vgg
+
+    model = make_tiny_vgg()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(3.0)  # no exact zeros: non-zero counts are parameter counts
+    total_bits = sum(p.numel() for p in model.parameters()) * 32
+    s = global_sparsity_for_size(model, 0.4)
+    global_prune(model, s)
+    assert size_fraction(model, total_bits) == pytest.approx(0.4, abs=2 / (total_bits / 32))
