@@ -81,6 +81,23 @@ def make_bounds(names: Sequence[str], lower: float = 0.0, upper: float = DEFAULT
     return bounds
 
 
+def bounds_around(reference: Mapping[str, float], radius: float, lower: float = 0.0,
+                  upper: float = DEFAULT_UPPER) -> dict[str, tuple[float, float]]:
+    """Per-layer bounds ``[r - radius, r + radius]`` around a reference policy ``{layer: r}``,
+    cut to ``[lower, upper]``: a search box that refines a known policy (the global magnitude
+    one, a recipe's) instead of searching every layer's whole range. Pass the result as
+    ``make_bounds(..., overrides=...)`` (``EvalConfig.bounds``)."""
+    if not (math.isfinite(radius) and radius > 0.0):
+        raise PolicyError(f"search radius must be > 0, got {radius!r}")
+    out = {}
+    for name, r in reference.items():
+        if not math.isfinite(r):
+            raise PolicyError(f"reference ratio of {name} is not finite: {r}")
+        centre = min(max(float(r), lower), upper)
+        out[name] = (max(lower, centre - radius), min(upper, centre + radius))
+    return out
+
+
 class CostModel(Protocol):
     """Cost of a policy as a fraction of the dense model's; non-increasing in every ratio."""
 

@@ -9,7 +9,8 @@ Per episode nothing is rebuilt: the dense weights are copied back into ONE worki
 (``Tensor.copy_`` from the cached state dict), the policy is emulated by masks on it (zeroed
 weights for fine-grained pruning; zeroed coupled channels for channel pruning, whose outputs equal
 the physically pruned model's), BatchNorm statistics are re-estimated on ``calib_images`` train
-images (or the model is finetuned ``recovery_steps`` steps), and accuracy is measured on the
+images (or the model is first finetuned ``recovery_steps`` steps, every policy on the same
+batches, so that rewards differ by the policy alone), and accuracy is measured on the
 held-out split. The costs are re-measured on the masked model (non-zero weights, or kept channels
 read from the zero pattern), so ``feasible`` is checked, not assumed.
 """
@@ -83,6 +84,7 @@ class EvalConfig:
     recovery: str = "bn"  # "bn" (BatchNorm recalibration) or "finetune" (then recalibration)
     recovery_steps: int = 20  # SGD steps when recovery == "finetune"
     recovery_lr: float = 0.01  # the finetune learning rate of FinetuneConfig
+    recovery_seed: int = 0  # every policy recovers on the same batches (common random numbers)
     calib_images: int = CALIB_IMAGES  # train images (no augmentation) for BN recalibration
     eval_images: int | None = None  # held-out images scored per episode (None: all)
     batch_size: int = 512  # large batches: the reward is throughput-bound on a GPU
@@ -330,7 +332,7 @@ class Evaluator:
         try:
             if self.config.recovery == "finetune" and self.config.recovery_steps > 0:
                 loader = self.splits.loader("train", batch_size=min(self.config.batch_size, 128),
-                                            seed=self.calls)
+                                            seed=self.config.recovery_seed)
                 cfg = FinetuneConfig(epochs=1.0, lr=self.config.recovery_lr, schedule="constant",
                                      max_steps=self.config.recovery_steps)
                 finetune(self.work, loader, cfg, masks=masks)

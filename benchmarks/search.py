@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from amc.agent import AgentConfig, run_agent  # noqa: E402
-from amc.budget import Budget  # noqa: E402
+from amc.budget import Budget, bounds_around  # noqa: E402
 from amc.data import load_cifar10, make_splits, subset  # noqa: E402
 from amc.evaluator import EvalConfig, Evaluator  # noqa: E402
 from amc.finegrained import global_prune, global_sparsity_for_size  # noqa: E402
@@ -110,10 +111,51 @@ def run_task(name: str, args, dense, splits, dev, run_root: Path) -> dict:
     cfg = EvalConfig(granularity=gran, calib_images=args.calib_images, eval_images=args.eval_images,
                      reward=args.reward, round_to=8, criterion="l2", upper=0.9 if gran == "channel" else 0.98,
                      profile=True)
-    ev = Evaluator(dense, splits, budget, cfg)
+    base = Evaluator(dense, splits, budget, cfg)  # BN recalibration, every layer's whole range: the baselines
     _sync(dev)
     times["evaluator setup"] = time.perf_counter() - t
-    out["searched_layers"] = ev.names
+    out["searched_layers"] = base.names
+
+    cands: dict[str, dict] = {}
+    t = time.perf_counter()
+    uniform = base.uniform_policy()
+    times["uniform policy"] = time.perf_counter() - t
+    cands["uniform"] = {"policy": uniform}
+    t = time.perf_counter()
+    curves = base.sensitivity(args.sens_ratios)
+    sens = base.sensitivity_policy(curves)
+    times["sensitivity scan + pick"] = time.perf_counter() - t
+    cands["sensitivity"] = {"policy": sens}
+
+    # the global baseline first: both searchers start from it too
+    example = torch.zeros(1, 3, 32, 32, device=dev)
+    if gran == "channel":
+        t = time.perf_counter()
+        small, ratio = tp_global(dense, budget.fraction, 8, example)
+        times["Torch-Pruning global"] = time.perf_counter() - t
+        cands["tp_global"] = {"policy": _policy_of_physical(dense, small, base.names), "tp_ratio": ratio}
+        global_built = ("tp_global", (small, None))
+    else:
+        m = copy.deepcopy(dense)
+        s = global_sparsity_for_size(m, budget.fraction)
+        masks = global_prune(m, min(max(s, 0.0), 0.999))  # 0.999: global_prune needs sparsity < 1
+        table = {n: 1.0 - float(masks[n].float().mean()) for n in masks}
+        cands["global_magnitude"] = {"policy": {n: table[n] for n in base.names}, "sparsity": s}
+        global_built = ("global_magnitude", (m, masks))
+    global_key = global_built[0]
+
+    # the searchers' evaluator: the asked recovery, and the search box (a box around the global
+    # policy with --around global; every layer's whole range otherwise)
+    box = None
+    if args.around == "global":
+        box = bounds_around(cands[global_key]["policy"], args.radius, cfg.lower, cfg.upper)
+    scfg = replace(cfg, recovery=args.recovery, recovery_steps=args.recovery_steps, bounds=box)
+    ev = base if scfg == cfg else Evaluator(dense, splits, budget, scfg)
+    out["search_space"] = {"recovery": args.recovery, "recovery_steps": args.recovery_steps if
+                           args.recovery == "finetune" else 0, "around": args.around,
+                           "radius": args.radius if box else None, "eval_images": args.eval_images,
+                           "reward": args.reward, "calib_images": args.calib_images,
+                           "optuna_fill": OptunaConfig.fill}
 
     # the per-reward cost: a few warm evaluations first (cuDNN autotuning), then timed ones
     for _ in range(3):
@@ -128,34 +170,6 @@ def run_task(name: str, args, dense, splits, dev, run_root: Path) -> dict:
     out["reward_ms"] = phases
     print(f"[{name}] one reward: {phases['total']:.1f} ms median "
           f"({', '.join(f'{k} {v:.1f}' for k, v in phases.items() if k != 'total')})", flush=True)
-
-    cands: dict[str, dict] = {}
-    t = time.perf_counter()
-    uniform = ev.uniform_policy()
-    times["uniform policy"] = time.perf_counter() - t
-    cands["uniform"] = {"policy": uniform}
-    t = time.perf_counter()
-    curves = ev.sensitivity(args.sens_ratios)
-    sens = ev.sensitivity_policy(curves)
-    times["sensitivity scan + pick"] = time.perf_counter() - t
-    cands["sensitivity"] = {"policy": sens}
-
-    # the global baseline first: Optuna starts from it too
-    example = torch.zeros(1, 3, 32, 32, device=dev)
-    if gran == "channel":
-        t = time.perf_counter()
-        small, ratio = tp_global(dense, budget.fraction, 8, example)
-        times["Torch-Pruning global"] = time.perf_counter() - t
-        cands["tp_global"] = {"policy": _policy_of_physical(dense, small, ev.names), "tp_ratio": ratio}
-        global_built = ("tp_global", (small, None))
-    else:
-        m = copy.deepcopy(dense)
-        s = global_sparsity_for_size(m, budget.fraction)
-        masks = global_prune(m, min(max(s, 0.0), 0.999))  # 0.999: global_prune needs sparsity < 1
-        table = {n: 1.0 - float(masks[n].float().mean()) for n in masks}
-        cands["global_magnitude"] = {"policy": {n: table[n] for n in ev.names}, "sparsity": s}
-        global_built = ("global_magnitude", (m, masks))
-    global_key = global_built[0]
 
     # the AMC agent (its first warm-up episodes play the uniform, sensitivity-picked and global policies)
     warm = min(args.warmup, args.episodes - 1) if args.episodes > 1 else 0
@@ -282,22 +296,40 @@ def _plots(name: str, res: dict, names: list[str], amc_frame, opt_frame, out: Pa
     plt.close(fig)
 
 
+def _space(report: dict, t: dict) -> dict:
+    """A task's search settings (older reports kept them once, for the whole run)."""
+    return t.get("search_space") or {"recovery": "bn", "recovery_steps": 0, "around": "none", "radius": None,
+                                     "eval_images": report.get("eval_images"), "reward": report.get("reward", "acc"),
+                                     "calib_images": report["calib_images"]}
+
+
+def _recovery_words(sp: dict) -> str:
+    bn = f"BN recalibration on {sp['calib_images']} train images"
+    if sp["recovery"] == "finetune":
+        return (f"{sp['recovery_steps']} SGD steps (batch 128, lr 0.01, the same batches for every policy) "
+                f"then {bn}")
+    return bn
+
+
 def _markdown(report: dict) -> str:
+    merged = report.get("merged_tasks") or []
     lines = ["# Search: AMC agent and Optuna vs uniform, sensitivity-picked and global baselines", "",
              f"Model **{report['model']}** on {report['device_name']} ({report['device']}), torch "
              f"{report['torch']}; {'QUICK smoke settings' if report['quick'] else 'full settings'}. "
              f"Data: {report['data']}. Finetune: {report['epochs']:g} epoch"
-             f"{'' if report['epochs'] == 1 else 's'} per candidate. All numbers measured "
-             "in this one run.", ""]
+             f"{'' if report['epochs'] == 1 else 's'} per candidate. "
+             + ("All numbers measured in this one run." if not merged else
+                f"Each task's numbers were measured in one run; {', '.join(merged)} "
+                f"{'comes' if len(merged) == 1 else 'come'} from an earlier run of this benchmark on the same "
+                "model and device, kept with --merge (its settings are listed at the end)."), ""]
     if report["device"] == "cpu" and not report["quick"]:
         lines += [f"**CPU stand-in** (no GPU was lent to this run): {report['model']} on the CPU, each reward "
-                  f"scored on {report.get('eval_images') or report['heldout']} held-out images after BN "
-                  f"recalibration on {report['calib_images']} train images, {report['epochs']:g} finetune "
-                  f"epoch{'' if report['epochs'] == 1 else 's'} per candidate.", ""]
-    lines += [f"Reward: `{report.get('reward', 'acc')}` (acc: held-out accuracy; acc_loss: held-out accuracy "
-              "minus 0.01 x held-out cross-entropy, a tie-breaker where accuracy saturates). The AMC agent's "
-              "first warm-up episodes play the uniform, sensitivity-picked and global policies, and every "
-              "episode's policy is filled to spend the whole budget; Optuna's first trials are the same three.",
+                  f"scored on {report.get('eval_images') or report['heldout']} held-out images, {report['epochs']:g} "
+                  f"finetune epoch{'' if report['epochs'] == 1 else 's'} per candidate.", ""]
+    lines += ["Rewards: acc is held-out accuracy; acc_loss is held-out accuracy minus 0.01 x held-out "
+              "cross-entropy, a tie-breaker where accuracy saturates. The AMC agent's first warm-up episodes "
+              "play the uniform, sensitivity-picked and global policies, and every episode's policy is filled to "
+              "spend the whole budget; Optuna's first trials are the same three.",
               ""]
     label = {"uniform": "uniform", "sensitivity": "sensitivity-picked", "amc": "AMC agent (DDPG)",
              "optuna": "Optuna TPE", "tp_global": "Torch-Pruning global L2 (round_to 8)",
@@ -306,13 +338,20 @@ def _markdown(report: dict) -> str:
     lines.append("")
     for name, t in report["tasks"].items():
         cost = "MACs" if t["granularity"] == "channel" else "size"
+        sp = _space(report, t)
+        images = sp["eval_images"] or report["heldout"]
         lines += [f"## {name}: {t['granularity']} pruning, budget {t['budget']}", ""]
+        box = ("every layer's whole ratio range" if sp["around"] == "none" else
+               f"a box of +-{sp['radius']:g} around the {sp['around']} policy's per-layer ratios")
+        filled = "projected, then filled to spend the budget" if sp.get("optuna_fill") else "projected"
+        lines.append(f"Search reward: `{sp['reward']}` on {images} held-out images after {_recovery_words(sp)}. "
+                     f"Search space: {box}. Optuna's proposals are {filled}.")
         ph = t["reward_ms"]
+        recover = ("BN recalibration" if sp["recovery"] == "bn" else
+                   f"{sp['recovery_steps']} finetune steps + BN recalibration")
         lines.append(f"One reward (median of {report['timing_evals']}): **{ph['total']:.1f} ms** = apply masks "
-                     f"{ph['apply']:.1f} + BN recalibration on {report['calib_images']} images {ph['recover']:.1f} + "
-                     f"held-out evaluation on {report.get('eval_images') or report['heldout']} images "
-                     f"{ph['score']:.1f} + cost re-measure "
-                     f"{ph['measure']:.1f} ms.")
+                     f"{ph['apply']:.1f} + {recover} {ph['recover']:.1f} + held-out evaluation on {images} images "
+                     f"{ph['score']:.1f} + cost re-measure {ph['measure']:.1f} ms.")
         lines.append(f"AMC: {t['amc']['episodes']} episodes ({t['amc']['warmup']} warm-up) in "
                      f"**{t['amc']['wall_s']:.1f} s**, {t['amc']['feasible_share']:.0%} feasible. "
                      f"Optuna TPE: {t['optuna']['trials']} trials in **{t['optuna']['wall_s']:.1f} s**, "
@@ -326,13 +365,17 @@ def _markdown(report: dict) -> str:
             lines.append(f"| {label.get(k, k)} | {'-' if ho is None else f'{ho:.2%}'} | "
                          f"{'-' if v is None else f'{v:.2%}'} | {c['test_before']:.2%} | {c['test_after']:.2%} | "
                          f"{c['finetune_s']:.1f} |")
-        lines += ["", "Held-out accuracy is the search's reward (BN recalibrated, no finetune) of each row's "
-                  "per-layer ratios, scored by the evaluator (for the Torch-Pruning row: its per-layer channel "
-                  "counts with our L2 channel choice). Test accuracies are of the model each row builds.",
+        lines += ["", f"Held-out accuracy is the search's score (after {_recovery_words(sp)}) of each row's "
+                  "per-layer ratios, scored by the search's evaluator (for the Torch-Pruning row: its per-layer "
+                  "channel counts with our L2 channel choice). Test accuracies are of the model each row builds.",
                   "", f"![rewards]({report.get('stem', 'search')}_{name}_rewards.png)", "",
                   f"![policy]({report.get('stem', 'search')}_{name}_policy.png)", ""]
         lines += ["Wall time per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t["times_s"].items()), ""]
     lines += ["## Settings", "", "```", json.dumps(report["settings"], indent=1), "```", ""]
+    for name in merged:
+        old = report["tasks"][name].get("settings")
+        if old:
+            lines += [f"Settings of the run that measured {name}:", "", "```", json.dumps(old, indent=1), "```", ""]
     return "\n".join(lines)
 
 
@@ -376,6 +419,12 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=5000, help="held-out split carved from train")
     ap.add_argument("--eval-images", type=int, default=None, help="held-out images per reward (default: all)")
     ap.add_argument("--reward", default="acc_loss", help="a key of amc.evaluator.REWARDS")
+    ap.add_argument("--recovery", choices=("bn", "finetune"), default="bn",
+                    help="the searchers' recovery before each reward (the baselines' scan keeps bn)")
+    ap.add_argument("--recovery-steps", type=int, default=20, help="SGD steps with --recovery finetune")
+    ap.add_argument("--around", choices=("none", "global"), default="none",
+                    help="search a box of --radius around the global baseline's ratios instead of every range")
+    ap.add_argument("--radius", type=float, default=0.2)
     ap.add_argument("--stem", default="search", help="file name stem: STEM.md, STEM.json, STEM_<task>_*.png")
     ap.add_argument("--timing-evals", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=256)
@@ -425,7 +474,11 @@ def main() -> None:
     if args.merge and prev.exists():
         old = json.loads(prev.read_text())
         if (old.get("model"), old.get("device"), old.get("quick")) == (args.model, str(dev), args.quick):
-            report["tasks"].update(old.get("tasks", {}))
+            kept = {k: v for k, v in old.get("tasks", {}).items() if k not in args.tasks.split(",")}
+            for v in kept.values():
+                v.setdefault("settings", old.get("settings"))
+            report["tasks"].update(kept)
+            report["merged_tasks"] = sorted(kept)
             report["times_s"].update({k: v for k, v in old.get("times_s", {}).items() if k in old.get("tasks", {})})
     with tempfile.TemporaryDirectory(prefix="amc-search-bench-") as tmp:
         for name in [s.strip() for s in args.tasks.split(",") if s.strip()]:

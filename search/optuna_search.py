@@ -1,7 +1,8 @@
 """The Optuna searcher: one float per searched layer, TPE by default, NSGA-II for Pareto fronts.
 
 Lifecycle (the searcher interface both searchers share): ``OptunaSearcher(evaluator, config)``
--> ``propose() -> Policy`` (``study.ask``; the suggested ratios projected onto the budget) ->
+-> ``propose() -> Policy`` (``study.ask``; the suggested ratios projected onto the budget, then
+filled to spend it) ->
 ``evaluator.evaluate(policy)`` -> ``observe(policy, result)`` (``study.tell``), repeated; or
 ``run()``, which drives the same steps through ``study.optimize`` until ``n_trials`` trials are
 COMPLETE in the study in total (a resumed or shared study continues to the asked total).
@@ -58,6 +59,7 @@ class OptunaConfig:
     seed: int | None = 0  # sampler seed; give each worker its own
     n_trials: int = 200  # COMPLETE trials in the study in total
     project: bool = True  # project proposals onto the budget (else only the constraint guides)
+    fill: bool = True  # then spend the whole budget (Projector.fill), as the AMC environment does
     n_startup_trials: int = 10  # TPE: random trials before the model (enqueued ones count)
     population: int = 20  # NSGA-II population size
     enqueue_uniform: bool = True
@@ -177,7 +179,11 @@ class OptunaSearcher:
     # -- one trial -----------------------------------------------------------------------------------
     def _suggest(self, trial: optuna.trial.BaseTrial) -> Policy:
         raw = {n: trial.suggest_float(n, lo, hi) for n, (lo, hi) in self.evaluator.bounds.items()}
-        return self.evaluator.projector.project(raw) if self.config.project else raw
+        if not self.config.project:
+            return raw
+        projector = self.evaluator.projector
+        policy = projector.project(raw)
+        return projector.fill(policy) if self.config.fill else policy
 
     def _record(self, trial: optuna.trial.BaseTrial, result: Result) -> list[float]:
         budget = self.evaluator.budget

@@ -148,6 +148,36 @@ def test_cli_search(tmp_path, method, capsys):
     assert main([*argv[:-2], "--budget", "macs=0.01", "--out", str(tmp_path / "x")]) == 2  # impossible budget
 
 
+@pytest.mark.parametrize("method", ["amc", "optuna"])
+def test_cli_search_around_a_policy(tmp_path, method):
+    """``--around FILE --radius R``: the named layers are searched within R of the file's ratios,
+    and the search starts from that policy; a missing file is one error, exit 2."""
+    import json
+
+    import pandas as pd
+
+    from amc.cli import main
+    from amc.policy import save_policy_file
+    from tests.conftest import CIFAR, MODELS
+
+    ckpt = MODELS / "resnet20_dense.pt"
+    if not ckpt.exists() or not CIFAR.exists():
+        pytest.skip("shared checkpoint or data missing")
+    ref = tmp_path / "ref.yaml"
+    save_policy_file({"layer1.0.conv1": 0.5, "layer3.2.conv2": 0.8}, ref)
+    out = tmp_path / "run"
+    argv = ["search", str(ckpt), "--method", method, "--budget", "size=0.6", "--granularity", "fine",
+            "--episodes", "3", "--warmup", "2", "--heldout", "128", "--calib-images", "128",
+            "--around", str(ref), "--radius", "0.1", "--sens-ratios", "", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    frame = pd.read_csv(out / "episodes.csv")
+    assert frame["r:layer1.0.conv1"].between(0.4 - 1e-9, 0.6 + 1e-9).all()
+    assert frame["r:layer3.2.conv2"].between(0.7 - 1e-9, 0.9 + 1e-9).all()  # 0.9: the default --upper
+    assert json.loads((out / "summary.json").read_text())["best"]["feasible"]
+    argv[argv.index(str(ref))] = str(tmp_path / "missing.yaml")
+    assert main([*argv[:-1], str(tmp_path / "run2")]) == 2
+
+
 def test_seed_policies_are_the_first_episodes(tiny_splits, tmp_path):
     ev = _evaluator(tiny_splits)
     seeds = [ev.uniform_policy(), ev.projector.project({n: 0.9 for n in ev.names[:2]})]

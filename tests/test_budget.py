@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amc.budget import Budget, FineCost, Projector, make_bounds
+from amc.budget import Budget, FineCost, Projector, bounds_around, make_bounds
 from amc.errors import BudgetError, PolicyError
 from amc.finegrained import apply_policy
 from amc.layers import layer_table
@@ -207,3 +207,16 @@ def test_fill_projects_an_infeasible_policy():
     out = proj.fill({})
     assert cost.fraction(out) <= 0.4 + 1e-12
     assert out == pytest.approx(proj.project({}))
+
+
+def test_bounds_around_a_reference_policy():
+    ref = {"a": 0.5, "b": 0.05, "c": 0.97}
+    b = bounds_around(ref, 0.1, lower=0.0, upper=0.9)
+    assert b["a"] == pytest.approx((0.4, 0.6))
+    assert b["b"] == pytest.approx((0.0, 0.15))  # cut at the lower bound
+    assert b["c"] == pytest.approx((0.8, 0.9))  # centre clipped to the upper bound first
+    assert make_bounds(list(ref), overrides=b) == b  # valid bounds
+    with pytest.raises(PolicyError):
+        bounds_around(ref, 0.0)
+    with pytest.raises(PolicyError):
+        bounds_around({"a": float("nan")}, 0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -104,6 +105,19 @@ def test_finetune_recovery_keeps_pruned_weights_zero(tiny_splits):
     assert res.feasible
     for n, m in ev.fine_masks(pol).items():
         assert torch.all(ev.work.get_submodule(n).weight[~m] == 0)
+
+
+def test_finetune_recovery_scores_a_policy_the_same_every_time(tiny_splits):
+    """Every policy recovers on the same batches: the reward is a function of the policy alone,
+    and another ``recovery_seed`` draws other batches."""
+    cfg = EvalConfig(calib_images=256, recovery="finetune", recovery_steps=3, recovery_lr=0.05)
+    ev = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("size=0.5"), cfg)
+    pol = ev.uniform_policy()
+    first = ev.evaluate(pol)
+    ev.evaluate({n: 0.6 for n in ev.names})  # another policy in between
+    assert ev.evaluate(pol).reward == first.reward
+    other = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("size=0.5"), replace(cfg, recovery_seed=1))
+    assert other.evaluate(pol).reward != first.reward
 
 
 def test_nan_model_is_never_feasible(tiny_splits):

@@ -91,9 +91,27 @@ def test_bad_config(evaluator):
 
 def test_extra_policies_are_enqueued_after_the_baselines(evaluator):
     extra = {n: 0.95 for n in evaluator.names}  # above the 0.9 upper bound: clipped to it
-    s = OptunaSearcher(evaluator, OptunaConfig(n_trials=3, enqueue_sensitivity=False, **QUICK),
+    s = OptunaSearcher(evaluator, OptunaConfig(n_trials=3, enqueue_sensitivity=False, fill=False, **QUICK),
                        extra_policies={"global": extra})
     res = s.run()
     assert list(res.trials.origin[:2]) == ["uniform", "global"]
     row = res.trials.iloc[1]
     assert all(row[f"r:{n}"] == pytest.approx(0.9) for n in evaluator.names)
+
+
+def test_trials_spend_the_budget(evaluator):
+    """With ``fill`` (the default) every proposal is projected, then moved toward the lower bounds
+    until it costs the whole budget; without it, an over-pruning proposal keeps its ratios."""
+    over = {n: 0.85 for n in evaluator.names}  # far below the 0.5 size budget
+    cost = evaluator.projector.cost
+
+    def spent(trials) -> list[float]:
+        return [cost.fraction({n: row[f"r:{n}"] for n in evaluator.names}) for _, row in trials.iterrows()]
+
+    filled = OptunaSearcher(evaluator, OptunaConfig(n_trials=4, enqueue_sensitivity=False, **QUICK),
+                            extra_policies={"over": over}).run().trials
+    assert list(filled.origin[:2]) == ["uniform", "over"]
+    assert spent(filled) == pytest.approx([0.5] * 4, abs=1e-3)  # a weight of the largest layer: 6e-4
+    kept = OptunaSearcher(evaluator, OptunaConfig(n_trials=2, enqueue_sensitivity=False, fill=False, **QUICK),
+                          extra_policies={"over": over}).run().trials
+    assert spent(kept)[1] < 0.3

@@ -36,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--calib-images", type=int, default=5120)
     e.add_argument("--lower", type=float, default=0.0, help="lowest ratio per layer")
     e.add_argument("--upper", type=float, default=0.9, help="highest ratio per layer")
+    e.add_argument("--around", default=None, metavar="POLICY",
+                   help="search a box of --radius around this policy file's ratios (and start from it)")
+    e.add_argument("--radius", type=float, default=0.2, help="half-width of the --around box")
     e.add_argument("--criterion", default="l2", help="channel importance (amc.channel.CRITERIA)")
     e.add_argument("--round-to", type=int, default=8, help="channel counts rounded to this multiple")
     e.add_argument("--lut", default=None, metavar="CSV", help="latency lookup table (for --budget latency=...)")
@@ -52,14 +55,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _evaluator(args: argparse.Namespace, model, splits):
+def _evaluator(args: argparse.Namespace, model, splits, reference: dict[str, float] | None = None):
     from amc.budget import Budget
     from amc.evaluator import EvalConfig, Evaluator
 
     budget = Budget.parse(args.budget)
+    box = None
+    if reference is not None:  # the search box: --radius around the reference policy's ratios
+        from amc.budget import bounds_around
+
+        box = bounds_around(reference, args.radius, args.lower, args.upper)
     cfg = EvalConfig(granularity=args.granularity, reward=args.reward, recovery=args.recovery,
                      recovery_steps=args.recovery_steps, calib_images=args.calib_images, lower=args.lower,
-                     upper=args.upper, criterion=args.criterion, round_to=args.round_to)
+                     upper=args.upper, criterion=args.criterion, round_to=args.round_to, bounds=box)
     lut = None
     if budget.kind == "latency":
         if args.lut is None:
@@ -82,10 +90,15 @@ def run(args: argparse.Namespace) -> int:
         raise AmcError(f"run folder {out} is not empty and --no-resume was given")
     if args.episodes < 1:
         raise AmcError("--episodes must be >= 1")
+    reference = None
+    if args.around is not None:  # the searchers start from it: AMC's first episode, an enqueued trial
+        from amc.policy import load_policy_file
+
+        reference = load_policy_file(args.around)
     model = load_model_arg(args)
     splits = load_splits(args)
     t0 = time.perf_counter()
-    ev = _evaluator(args, model, splits)
+    ev = _evaluator(args, model, splits, reference)
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     if args.method == "amc":
@@ -106,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                                                             state["feasible"], seen, t1, 0))
 
             res = run_agent(ev, cfg, out, on_episode=on_episode, resume=not args.no_resume,
-                            seed_policies=[ev.uniform_policy()])  # the first warm-up episode
+                            seed_policies=[reference or ev.uniform_policy()])  # the first warm-up episode
         frame, best_policy, best = res.episodes, res.best_policy, res.best_result
     else:
         from search import OptunaConfig, OptunaSearcher
@@ -118,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         ocfg = OptunaConfig(study=args.study, storage=args.storage, sampler=args.sampler, seed=args.seed,
                             n_trials=args.episodes, enqueue_sensitivity=bool(ratios),
                             sensitivity_ratios=ratios or (0.5,))
-        searcher = OptunaSearcher(ev, ocfg, out)
+        searcher = OptunaSearcher(ev, ocfg, out, extra_policies={"around": reference} if reference else None)
         before = searcher.completed()
         with progress(f"Optuna {args.sampler}", total=args.episodes) as advance:
             def on_trial(trial, completed: int) -> None:
