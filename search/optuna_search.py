@@ -163,18 +163,22 @@ class OptunaSearcher:
             return
         self.study.set_user_attr("baselines_enqueued", True)
         ev = self.evaluator
+        lo_hi = ev.bounds
+
+        def enqueue(pol: Policy, origin: str) -> None:  # clipped into the search box: Optuna's ranges
+            clipped = {n: min(max(float(pol.get(n, lo_hi[n][0])), lo_hi[n][0]), lo_hi[n][1]) for n in ev.names}
+            self.study.enqueue_trial(clipped, user_attrs={"origin": origin})
+
         if self.config.enqueue_uniform:
-            self.study.enqueue_trial(ev.uniform_policy(), user_attrs={"origin": "uniform"})
+            enqueue(ev.uniform_policy(), "uniform")
         if self.config.enqueue_sensitivity:
             pol = self._sensitivity
             if pol is None:
                 pol = ev.sensitivity_policy(ev.sensitivity(self.config.sensitivity_ratios))
             self._sensitivity = pol
-            self.study.enqueue_trial(pol, user_attrs={"origin": "sensitivity"})
+            enqueue(pol, "sensitivity")
         for origin, pol in self._extra.items():
-            lo_hi = ev.bounds
-            clipped = {n: min(max(float(pol.get(n, lo_hi[n][0])), lo_hi[n][0]), lo_hi[n][1]) for n in ev.names}
-            self.study.enqueue_trial(clipped, user_attrs={"origin": origin})
+            enqueue(pol, origin)
 
     # -- one trial -----------------------------------------------------------------------------------
     def _suggest(self, trial: optuna.trial.BaseTrial) -> Policy:
