@@ -225,14 +225,17 @@ class Projector:
             out[name] = self.clamp(out, name, policy.get(name, self.lower[name]))
         return out
 
+    def clip(self, policy: Mapping[str, float]) -> Policy:
+        """Every searched layer's ratio inside its bounds (a missing layer at its lower bound)."""
+        return {n: min(max(float(policy.get(n, self.lower[n])), self.lower[n]), self.upper[n]) for n in self.names}
+
     def fill(self, policy: Mapping[str, float]) -> Policy:
         """``policy`` with every ratio moved toward its lower bound by one shared factor, as far as
         the budget allows: ``lower + lam * (ratio - lower)`` with the least ``lam`` in [0, 1] that
         still meets it. A feasible policy that prunes more than the budget asks (an agent that
         overshot early, or a projection that raised a late layer) then spends the whole budget,
         keeping its per-layer shape; an infeasible one is returned projected."""
-        full = {n: min(max(float(policy.get(n, self.lower[n])), self.lower[n]), self.upper[n])
-                for n in self.names}
+        full = self.clip(policy)
         if not self.feasible(full):
             return self.project(full)
 

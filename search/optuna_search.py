@@ -163,11 +163,9 @@ class OptunaSearcher:
             return
         self.study.set_user_attr("baselines_enqueued", True)
         ev = self.evaluator
-        lo_hi = ev.bounds
 
         def enqueue(pol: Policy, origin: str) -> None:  # clipped into the search box: Optuna's ranges
-            clipped = {n: min(max(float(pol.get(n, lo_hi[n][0])), lo_hi[n][0]), lo_hi[n][1]) for n in ev.names}
-            self.study.enqueue_trial(clipped, user_attrs={"origin": origin})
+            self.study.enqueue_trial(ev.projector.clip(pol), user_attrs={"origin": origin})
 
         if self.config.enqueue_uniform:
             enqueue(ev.uniform_policy(), "uniform")
