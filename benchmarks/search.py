@@ -48,6 +48,7 @@ from amc.io import atomic_path, atomic_write_text  # noqa: E402
 from amc.layers import count_macs, count_params, layer_table, prunable_names  # noqa: E402
 from amc.metrics import size_fraction  # noqa: E402
 from amc.models import load_model  # noqa: E402
+from amc.searcher import rerank, rerank_evaluators, score  # noqa: E402
 from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
 from search import OptunaConfig, OptunaSearcher  # noqa: E402
 
@@ -202,6 +203,26 @@ def run_task(name: str, args, dense, splits, dev, run_root: Path) -> dict:
     if ores.best_policy is not None:
         cands["optuna"] = {"policy": ores.best_policy}
 
+    # the final choice: each searcher's top --rerank policies re-scored on every held-out image after
+    # the recovery on other batches (--rerank-seeds), the baselines scored the same way for comparison
+    if args.rerank:
+        t = time.perf_counter()
+        rev = rerank_evaluators(ev, args.rerank_seeds)
+        out["rerank"] = {"k": args.rerank, "seeds": list(args.rerank_seeds), "evaluators": len(rev)}
+        for key, log in (("amc", amc.episodes), ("optuna", frame)):
+            ranked = rerank(rev, log, args.rerank)
+            out["rerank"][key] = [{"rank": r.rank, "search_reward": r.search_reward, "score": r.score}
+                                  for r in ranked]
+            if ranked and ranked[0].feasible:
+                cands[key] = {"policy": ranked[0].policy, "search_rank": ranked[0].rank,
+                              "rerank_score": ranked[0].score, "search_reward": ranked[0].search_reward}
+        for c in cands.values():
+            if "rerank_score" not in c:
+                c["rerank_score"] = score(rev, c["policy"])[0]
+        times["re-rank"] = time.perf_counter() - t
+        print(f"[{name}] re-rank: " + ", ".join(f"{k} {c['rerank_score']:.4f}" for k, c in cands.items()),
+              flush=True)
+
     # every candidate: held-out reward, build, recalibrate, test, finetune, test
     calib = splits.loader("train", 512, limit=args.calib_images, shuffle=False, augment=False)
     test = splits.loader("test", 1000)
@@ -227,16 +248,22 @@ def run_task(name: str, args, dense, splits, dev, run_root: Path) -> dict:
         c["size"] = size_fraction(model, count_params(dense) * 32)
         recalibrate_bn(model, calib)
         c["test_before"] = evaluate(model, test)
-        _sync(dev)
-        t = time.perf_counter()
-        finetune(model, splits.loader("train", args.batch_size, seed=args.seed), ft, masks=masks)  # type: ignore[arg-type]
-        _sync(dev)
-        c["finetune_s"] = time.perf_counter() - t
-        c["test_after"] = evaluate(model, test)
+        runs, secs = [], []
+        for s in range(args.ft_seeds):  # the same model finetuned on other batch orders: the spread
+            m = copy.deepcopy(model) if s < args.ft_seeds - 1 else model
+            _sync(dev)
+            t = time.perf_counter()
+            finetune(m, splits.loader("train", args.batch_size, seed=args.seed + s), ft, masks=masks)  # type: ignore[arg-type]
+            _sync(dev)
+            secs.append(time.perf_counter() - t)
+            runs.append(evaluate(m, test))
+        c["finetune_s"] = statistics.mean(secs)
+        c["test_after_runs"] = runs
+        c["test_after"] = statistics.mean(runs)
         if gran == "fine":
             c["size_after"] = size_fraction(model, count_params(dense) * 32)
-        print(f"[{name}] {key}: test {c['test_before']:.4f} -> {c['test_after']:.4f} after {args.epochs:g} ep",
-              flush=True)
+        print(f"[{name}] {key}: test {c['test_before']:.4f} -> {c['test_after']:.4f} after {args.epochs:g} ep "
+              f"({', '.join(f'{r:.4f}' for r in runs)})", flush=True)
     out["candidates"] = cands
     out["sensitivity_curves"] = curves.to_dict("records")
     _plots(name, out, ev.names, amc.episodes, frame, Path(args.out), args.stem)
@@ -357,14 +384,25 @@ def _markdown(report: dict) -> str:
                      f"Optuna TPE: {t['optuna']['trials']} trials in **{t['optuna']['wall_s']:.1f} s**, "
                      f"{t['optuna']['feasible_share']:.0%} feasible.")
         lines.append(_provenance(t, report.get("n_seeds", 3)))
-        lines += ["", f"| policy | held-out acc. (search score) | {cost} | test acc. before FT (BN recal.) | "
-                  f"test acc. after {report['epochs']:g} ep | finetune s |", "| --- | --- | --- | --- | --- | --- |"]
+        rr = t.get("rerank")
+        if rr:
+            lines.append(_rerank_words(rr, sp, report["heldout"]))
+        runs = max(len(c.get("test_after_runs", [0])) for c in t["candidates"].values())
+        after = f"test acc. after {report['epochs']:g} ep" + (f" (mean of {runs} finetunes)" if runs > 1 else "")
+        lines += ["", f"| policy | held-out acc. (search score) |{' re-rank score |' if rr else ''} {cost} | "
+                  f"test acc. before FT (BN recal.) | {after} |{' runs |' if runs > 1 else ''} finetune s |",
+                  "| --- " * (6 + bool(rr) + (runs > 1)) + "|"]
         for k, c in t["candidates"].items():
             v = c.get("macs") if cost == "MACs" else c.get("size")
             ho = c.get("heldout_acc")
-            lines.append(f"| {label.get(k, k)} | {'-' if ho is None else f'{ho:.2%}'} | "
-                         f"{'-' if v is None else f'{v:.2%}'} | {c['test_before']:.2%} | {c['test_after']:.2%} | "
-                         f"{c['finetune_s']:.1f} |")
+            cells = [label.get(k, k), "-" if ho is None else f"{ho:.2%}"]
+            if rr:
+                cells.append(_num(c.get("rerank_score")))
+            cells += ["-" if v is None else f"{v:.2%}", f"{c['test_before']:.2%}", f"{c['test_after']:.2%}"]
+            if runs > 1:
+                cells.append(", ".join(f"{r:.2%}" for r in c.get("test_after_runs", [])))
+            cells.append(f"{c['finetune_s']:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"Held-out accuracy is the search's score (after {_recovery_words(sp)}) of each row's "
                   "per-layer ratios, scored by the search's evaluator (for the Torch-Pruning row: its per-layer "
                   "channel counts with our L2 channel choice). Test accuracies are of the model each row builds.",
@@ -377,6 +415,25 @@ def _markdown(report: dict) -> str:
         if old:
             lines += [f"Settings of the run that measured {name}:", "", "```", json.dumps(old, indent=1), "```", ""]
     return "\n".join(lines)
+
+
+def _num(x) -> str:
+    return "-" if x is None or x != x else f"{x:.4f}"
+
+
+def _rerank_words(rr: dict, sp: dict, heldout: int) -> str:
+    seeds = rr["seeds"] if rr["evaluators"] > 1 else []
+    how = (f"after the same recovery on other batches (seeds {', '.join(map(str, seeds))}; the search's is "
+           f"0), mean of the {len(seeds)}" if seeds else "after the same recovery")
+    out = [f"Final choice: each searcher's top {rr['k']} distinct feasible policies (by search reward) re-scored "
+           f"on all {heldout} held-out images {how}; the baselines are scored the same way (re-rank score)."]
+    for key, name in (("amc", "AMC"), ("optuna", "Optuna")):
+        ranked = rr.get(key) or []
+        if ranked:
+            out.append(f"{name}'s re-ranked winner was its search's #{ranked[0]['rank']} (search reward "
+                       f"{_num(ranked[0]['search_reward'])}, re-rank score {_num(ranked[0]['score'])}); the search's "
+                       f"#1 re-scored {_num(next(r['score'] for r in ranked if r['rank'] == 1))}.")
+    return " ".join(out)
 
 
 def _provenance(t: dict, n_seeds: int) -> str:
@@ -425,6 +482,12 @@ def main() -> None:
     ap.add_argument("--around", choices=("none", "global"), default="none",
                     help="search a box of --radius around the global baseline's ratios instead of every range")
     ap.add_argument("--radius", type=float, default=0.2)
+    ap.add_argument("--rerank", type=int, default=5,
+                    help="re-score each searcher's top K policies on every held-out image (0: take the best reward)")
+    ap.add_argument("--rerank-seeds", default="1,2",
+                    help="recovery seeds of the re-rank (with --recovery finetune; the search's is 0)")
+    ap.add_argument("--ft-seeds", type=int, default=1,
+                    help="finetune each candidate this many times (batch orders seed, seed+1, ...); report the mean")
     ap.add_argument("--stem", default="search", help="file name stem: STEM.md, STEM.json, STEM_<task>_*.png")
     ap.add_argument("--timing-evals", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=256)
@@ -435,6 +498,12 @@ def main() -> None:
     ap.add_argument("--render-only", action="store_true", help="rewrite OUT/STEM.md from OUT/STEM.json and stop")
     args = ap.parse_args()
     args.sens_ratios = SENS_RATIOS
+    try:
+        args.rerank_seeds = tuple(int(x) for x in args.rerank_seeds.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(f"--rerank-seeds must be comma-separated integers, got {args.rerank_seeds!r}") from None
+    if args.rerank < 0 or args.ft_seeds < 1:
+        raise SystemExit("--rerank must be >= 0 and --ft-seeds >= 1")
     if args.render_only:
         path = Path(args.out) / f"{args.stem}.json"
         atomic_write_text(path.with_suffix(".md"), _markdown(json.loads(path.read_text())))

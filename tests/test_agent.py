@@ -218,3 +218,37 @@ def test_credit_assignment_in_the_replay_buffer(tiny_splits, credit):
 def test_unknown_credit_is_an_error():
     with pytest.raises(AmcError, match="credit"):
         AgentConfig(credit="monte")
+
+
+def test_cli_search_reranks_the_top_policies(tmp_path):
+    """A reward on a subset of the held-out images: the top K are re-scored on all of them and the
+    best of those is kept (``rerank.csv``, ``summary.json``); ``--rerank 0`` keeps the best reward."""
+    import json
+
+    import pandas as pd
+
+    from amc.cli import main
+    from amc.policy import load_policy_file
+    from tests.conftest import CIFAR, MODELS
+
+    ckpt = MODELS / "resnet20_dense.pt"
+    if not ckpt.exists() or not CIFAR.exists():
+        pytest.skip("shared checkpoint or data missing")
+    out = tmp_path / "run"
+    argv = ["search", str(ckpt), "--method", "optuna", "--budget", "size=0.5", "--granularity", "fine",
+            "--episodes", "4", "--heldout", "256", "--eval-images", "64", "--calib-images", "128",
+            "--reward", "acc_loss", "--sens-ratios", "", "--rerank", "3", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    ranked = pd.read_csv(out / "rerank.csv")
+    assert len(ranked) == 3 and sorted(ranked["rank"]) == [1, 2, 3]
+    assert list(ranked["score"]) == sorted(ranked["score"], reverse=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rerank"]["k"] == 3 and summary["rerank"]["winner_search_rank"] == ranked["rank"][0]
+    kept = load_policy_file(out / "best_policy.yaml")
+    first = {c[2:]: ranked.loc[0, c] for c in ranked.columns if c.startswith("r:")}
+    assert kept == pytest.approx(first)
+    # BN recalibration on every held-out image is exact: nothing to re-rank
+    assert main([*argv[:argv.index("--eval-images")], *argv[argv.index("--calib-images"):-1],
+                 str(tmp_path / "run2")]) == 0
+    assert not (tmp_path / "run2" / "rerank.csv").exists()
+    assert json.loads((tmp_path / "run2" / "summary.json").read_text())["rerank"] is None

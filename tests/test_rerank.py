@@ -1,0 +1,78 @@
+"""The final choice: a search's top policies re-scored on every held-out image and other recovery batches."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from amc.budget import Budget
+from amc.errors import AmcError
+from amc.evaluator import EvalConfig, Evaluator
+from amc.searcher import rerank, rerank_evaluators, score, top_policies
+from tests.conftest import make_tiny_vgg
+
+
+def _log(rows: list[tuple[float, bool, dict[str, float]]]) -> pd.DataFrame:
+    return pd.DataFrame([{"reward": r, "feasible": f, **{f"r:{k}": v for k, v in p.items()}} for r, f, p in rows])
+
+
+def test_top_policies_distinct_feasible_best_first():
+    a, b, c = {"x": 0.1, "y": 0.2}, {"x": 0.3, "y": 0.2}, {"x": 0.5, "y": 0.5}
+    log = _log([(0.5, True, a), (0.9, False, c), (0.7, True, b), (0.7, True, b), (float("nan"), True, c),
+                (0.6, True, a)])
+    top = top_policies(log, 5)
+    assert top == [(b, 0.7), (a, 0.6)]  # the infeasible and NaN rows dropped, b's duplicate once
+    assert top_policies(log, 1) == [(b, 0.7)]
+    assert top_policies(pd.DataFrame(), 3) == []
+    with pytest.raises(AmcError):
+        top_policies(log, 0)
+
+
+@pytest.fixture
+def evaluator(tiny_splits):
+    cfg = EvalConfig(calib_images=128, eval_images=64, recovery="finetune", recovery_steps=2, reward="acc_loss")
+    return Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("size=0.5"), cfg)
+
+
+def test_rerank_evaluators_see_every_heldout_image_and_other_batches(evaluator, tiny_splits):
+    evs = rerank_evaluators(evaluator, seeds=(1, 2, 2))
+    assert [e.config.recovery_seed for e in evs] == [1, 2]  # duplicates dropped
+    assert all(e.config.eval_images is None for e in evs)
+    assert all(e._n_eval == len(tiny_splits.heldout_y) > evaluator._n_eval for e in evs)
+    pol = evaluator.uniform_policy()
+    r1, r2 = (e.evaluate(pol) for e in evs)
+    assert r1.reward != r2.reward  # other recovery batches, another score
+    bn = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("size=0.5"), EvalConfig(calib_images=128))
+    assert len(rerank_evaluators(bn, seeds=(1, 2))) == 1  # BN recalibration alone: seeds change nothing
+
+
+def test_rerank_orders_by_the_new_score(evaluator):
+    evs = rerank_evaluators(evaluator, seeds=(1, 2))
+    proj = evaluator.projector
+    pols = [proj.fill(proj.project({n: 0.1 * (i + 1) for n in evaluator.names})) for i in range(2)]
+    pols.append(proj.project({n: 0.9 for n in evaluator.names}))  # prunes far more than it must
+    # the search's order says the worst is best: the re-rank must follow the re-scored values
+    log = _log([(0.9, True, pols[2]), (0.8, True, pols[0]), (0.7, True, pols[1]), (0.95, False, pols[0])])
+    ranked = rerank(evs, log, k=3)
+    assert [r.rank for r in ranked] != [] and sorted(r.rank for r in ranked) == [1, 2, 3]
+    scores = [r.score for r in ranked]
+    assert scores == sorted(scores, reverse=True)
+    for r in ranked:
+        expect, results = score(evs, r.policy)
+        assert r.feasible and len(r.results) == 2
+        assert r.score == pytest.approx(expect)  # the same batches each time: the same score
+        assert r.score == pytest.approx(sum(x.reward for x in results) / 2)
+    assert rerank(evs, log, k=1)[0].rank == 1  # k=1 keeps the search's own best
+    with pytest.raises(AmcError):
+        rerank([], log)
+
+
+def test_rerank_puts_policies_infeasible_on_rescoring_last(evaluator):
+    evs = rerank_evaluators(evaluator, seeds=(1,))
+    good = evaluator.projector.project({n: 0.5 for n in evaluator.names})
+    log = _log([(0.9, True, {n: 0.0 for n in evaluator.names}), (0.5, True, good)])  # dense: over budget
+    ranked = rerank(evs, log, k=2)
+    assert [r.rank for r in ranked] == [2, 1]
+    assert not ranked[1].feasible and math.isnan(ranked[1].score)
