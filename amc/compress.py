@@ -97,7 +97,7 @@ def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: C
     from amc.export import export_compressed
     from amc.recipe import FinetuneSpec, SearchInfo, apply_recipe, make_recipe, save_recipe
     from amc.report import run_report
-    from amc.sensitivity import finegrained_scan, pick_policy
+    from amc.sensitivity import auto_policy, finegrained_scan
 
     say = progress or (lambda msg: None)
     run = Path(run_dir)
@@ -133,9 +133,13 @@ def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: C
     if gran == "fine":
         curves = finegrained_scan(dense, splits.loader("heldout", 512, limit=config.eval_images), evaluator.names,
                                   config.sparsities)
-        sens_policy = pick_policy(curves, {t.name: t.params for t in evaluator.table},
-                                  dense_params, budget.fraction) if budget.kind == "size" else None
-        if sens_policy is not None:
+        sens_policy = None
+        if budget.kind == "size":  # the curve-picked policies, global magnitude and LAMP, checked jointly
+            calib = splits.loader("train", 512, limit=config.calib_images, shuffle=False, augment=False)
+            sens_policy, table = auto_policy(dense, curves, budget.fraction,
+                                             splits.loader("heldout", 512, limit=config.eval_images), calib=calib,
+                                             names=evaluator.names)
+            atomic_write_text(run / "candidates.csv", table.to_csv(index=False))
             sens_policy = evaluator.projector.project(sens_policy)
     else:
         curves = evaluator.sensitivity(config.sensitivity_ratios)

@@ -97,6 +97,57 @@ def global_sparsity_for_size(model: nn.Module, size: float, names: list[str] | N
     return 1.0 - (size * total - (total - weights)) / weights
 
 
+def _layer_share(model: nn.Module, size: float, names: list[str]) -> int:
+    """How many of ``names``' weights to remove so that the model is ``size`` of its dense size."""
+    s = global_sparsity_for_size(model, size, names)
+    if not 0.0 <= s < 1.0:
+        raise PolicyError(f"size {size} cannot be reached by pruning these layers (global sparsity {s:.4f})")
+    return round(s * sum(layer_weight(model, n).numel() for n in names))
+
+
+def _policy_from_scores(model: nn.Module, names: list[str], scores: list[torch.Tensor], k: int) -> Policy:
+    """Per-layer sparsities that remove the ``k`` lowest ``scores`` across ``names`` (each layer's
+    scores rise with |w|, so per-layer magnitude pruning at these sparsities removes the same weights)."""
+    flat = torch.cat([sc.flatten() for sc in scores])
+    removed = ~magnitude_mask(flat, k / flat.numel())
+    out, off = {}, 0
+    for n in names:
+        numel = layer_weight(model, n).numel()
+        out[n] = int(removed[off: off + numel].sum()) / numel
+        off += numel
+    return out
+
+
+@torch.no_grad()
+def global_policy(model: nn.Module, size: float, names: list[str] | None = None) -> Policy:
+    """Per-layer sparsities of one global magnitude threshold that brings the model to ``size`` of
+    its dense size (what ``global_prune`` does, as a policy; the model is not changed)."""
+    names = names if names is not None else prunable_names(model)
+    k = _layer_share(model, size, names)
+    return _policy_from_scores(model, names, [layer_weight(model, n).detach().abs().float() for n in names], k)
+
+
+@torch.no_grad()
+def lamp_policy(model: nn.Module, size: float, names: list[str] | None = None) -> Policy:
+    """Per-layer sparsities of LAMP (layer-adaptive magnitude pruning, Lee et al., ICLR 2021): each
+    weight scores w^2 over the sum of the squares of the weights of its layer at least as large;
+    one global threshold on those scores. A layer's largest weight scores 1, so no layer empties,
+    and layers with many small weights go further than under a plain global threshold."""
+    names = names if names is not None else prunable_names(model)
+    k = _layer_share(model, size, names)
+    scores = []
+    for n in names:
+        w2 = layer_weight(model, n).detach().float().flatten().pow(2)
+        order = torch.sort(w2, stable=True).indices
+        s = w2[order]
+        tail = s.flip(0).cumsum(0).flip(0)  # sum of the squares from each weight up
+        sc = torch.empty_like(w2)
+        sc[order] = s / tail.clamp_min(torch.finfo(torch.float32).tiny)
+        # ties in |w| share a score that rises with the sort position: monotone in |w| within the layer
+        scores.append(sc)
+    return _policy_from_scores(model, names, scores, k)
+
+
 def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     """N:M mask along the input dimension: in each group of ``m`` consecutive input channels (at a
     fixed output channel and kernel position) keep the ``n`` largest |w|, ties by lower index."""

@@ -5,6 +5,14 @@
 sensitivity scan. ``pick_policy`` chooses a sparsity per layer so that the whole model meets a
 size target while the sum of the per-layer accuracy drops stays small: greedy on the lower convex
 hull of each layer's drop-vs-weights-removed curve (the lab chose these by hand).
+
+Per-layer curves measure each layer alone, and damage does not add up across layers: at 25% of
+the lab VGG8's size, one global magnitude threshold ended at 91.50% after 5 finetune epochs, the
+curve-picked policies at 91.30% and 90.94% (reports/vgg8_finegrained.md, reports/search.md).
+``auto_policy`` therefore checks candidates jointly: the curve-picked policies (accuracy drop with
+the loss as tie-breaker, and the loss rise alone), one global magnitude threshold, and LAMP's
+layer-adaptive threshold, each applied to the whole model, BatchNorm recalibrated, and scored on
+the held-out split; the best score wins (held-out accuracy minus 0.01 x held-out loss).
 """
 
 from __future__ import annotations
@@ -17,9 +25,9 @@ import torch
 from torch import nn
 
 from amc.errors import BudgetError
-from amc.finegrained import Policy, prune_layer
-from amc.layers import prunable_names
-from amc.train import evaluate_full
+from amc.finegrained import Policy, apply_policy, global_policy, lamp_policy, prune_layer
+from amc.layers import layer_weight, prunable_names
+from amc.train import evaluate_full, recalibrate_bn
 
 DEFAULT_SPARSITIES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # weight of the held-out loss rise beside the accuracy drop: a loss rise of 0.1 counts as a 0.1-point
@@ -155,3 +163,51 @@ def pick_policy(
         raise BudgetError(f"size target {size_target:.4f} cannot be met from the scanned sparsities "
                           f"(at most down to {best:.4f}); scan higher sparsities")
     return {n: policy[n] for n in curves["layer"].unique() if n in policy}
+
+
+def candidate_policies(model: nn.Module, curves: pd.DataFrame | None, size_target: float,
+                       names: Sequence[str] | None = None) -> dict[str, Policy]:
+    """The policies ``auto_policy`` chooses among, by name: ``curves`` and ``curves_loss`` (the
+    picker on the sensitivity curves, when given and reachable from them), ``global`` and ``lamp``."""
+    names = list(names) if names is not None else prunable_names(model)
+    out: dict[str, Policy] = {}
+    if curves is not None:
+        params = {n: layer_weight(model, n).numel() for n in names}
+        total = sum(p.numel() for p in model.parameters())
+        metrics = ["accuracy+loss", "loss"] if "loss" in curves.columns else ["accuracy"]
+        for metric in metrics:
+            try:
+                pol = pick_policy(curves[curves["layer"].isin(names)], params, total, size_target, metric)
+            except BudgetError:
+                continue  # the scanned sparsities cannot reach the target: the thresholds still can
+            out["curves" if metric != "loss" else "curves_loss"] = {n: pol.get(n, 0.0) for n in names}
+    out["global"] = global_policy(model, size_target, names)
+    out["lamp"] = lamp_policy(model, size_target, names)
+    return out
+
+
+def auto_policy(model: nn.Module, curves: pd.DataFrame | None, size_target: float, heldout: Iterable,
+                calib: Iterable | None = None, names: Sequence[str] | None = None) -> tuple[Policy, pd.DataFrame]:
+    """The best of ``candidate_policies`` checked jointly (see the module doc): each applied to a
+    copy of ``model``, BatchNorm recalibrated on ``calib`` (when given) and scored on ``heldout``.
+    Returns the winner and one row per candidate (``candidate, accuracy, loss, score, size, chosen``).
+    ``model`` is not changed."""
+    import copy
+
+    cands = candidate_policies(model, curves, size_target, names)
+    rows = []
+    total = sum(p.numel() for p in model.parameters())
+    for name, pol in cands.items():
+        work = copy.deepcopy(model)
+        apply_policy(work, pol)
+        if calib is not None:
+            recalibrate_bn(work, calib)
+        acc, loss = evaluate_full(work, heldout)
+        size = sum(int(p.count_nonzero()) for p in work.parameters()) / total
+        rows.append({"candidate": name, "accuracy": acc, "loss": loss, "score": acc - LOSS_TIE_WEIGHT * loss,
+                     "size": size})
+        del work
+    table = pd.DataFrame(rows)
+    best = int(table["score"].idxmax())  # the first of equal scores: the candidates' order
+    table["chosen"] = table.index == best
+    return dict(cands[table.loc[best, "candidate"]]), table

@@ -61,3 +61,10 @@ def test_prune_size_target_end_to_end(capsys, tmp_path):
     assert summary["size_fraction_after_finetune"] == summary["size_fraction"]  # masks held
     assert (out / "model.safetensors").stat().st_size > 0 and (out / "policy.yaml").exists()
     assert (out / "sensitivity.csv").exists()
+    # the automatic picker checked its candidates jointly and kept the best-scoring one
+    cands = summary["candidates"]
+    assert [c["candidate"] for c in cands] == ["curves", "curves_loss", "global", "lamp"]
+    chosen = [c for c in cands if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["score"] == max(c["score"] for c in cands)
+    assert f"picked {chosen[0]['candidate']}" in stdout
+    assert (out / "candidates.csv").exists()

@@ -36,7 +36,7 @@ def test_compress_writes_every_promised_file(tmp_path, tiny_splits, r20_ckpt, bu
         assert "trials.csv" in names
     kind, fraction = budget.split("=")
     if kind == "size":
-        assert "model.sparse.safetensors" in names
+        assert "model.sparse.safetensors" in names and "candidates.csv" in names  # the joint check's table
         assert res.metrics["size_fraction"] <= float(fraction)
     else:
         assert (run / "pruned" / "model.safetensors").exists() and (run / "pruned" / "config.json").exists()

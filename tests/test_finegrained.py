@@ -108,3 +108,51 @@ def test_global_sparsity_for_size_meets_the_size():
     s = global_sparsity_for_size(model, 0.4)
     global_prune(model, s)
     assert size_fraction(model, total_bits) == pytest.approx(0.4, abs=2 / (total_bits / 32))
+
+
+@pytest.mark.parametrize("size", [0.5, 0.25])
+def test_global_policy_is_global_prune_as_a_policy(tiny_vgg, size):
+    import copy
+
+    from amc.finegrained import global_policy, global_prune, global_sparsity_for_size
+
+    before = {k: v.clone() for k, v in tiny_vgg.state_dict().items()}
+    pol = global_policy(tiny_vgg, size)
+    assert all(torch.equal(v, tiny_vgg.state_dict()[k]) for k, v in before.items())  # model untouched
+    a, b = copy.deepcopy(tiny_vgg), copy.deepcopy(tiny_vgg)
+    masks = global_prune(a, global_sparsity_for_size(a, size))
+    mine = apply_policy(b, pol)
+    for n in masks:  # the same weights removed
+        assert torch.equal(masks[n], mine[n]), n
+    weights = sum(m.numel() for m in mine.values())
+    removed = sum(int((~m).sum()) for m in mine.values())
+    assert removed == round(global_sparsity_for_size(tiny_vgg, size) * weights)  # the size, to the weight
+
+
+def test_lamp_policy_meets_the_size_and_keeps_every_layer(tiny_vgg):
+    from amc.finegrained import global_policy, global_sparsity_for_size, lamp_policy
+
+    with torch.no_grad():  # one layer of tiny weights: a plain global threshold would empty it
+        tiny_vgg.get_submodule("backbone.conv0").weight.mul_(1e-3)
+    glob, lamp = global_policy(tiny_vgg, 0.2), lamp_policy(tiny_vgg, 0.2)
+    assert glob["backbone.conv0"] == 1.0
+    assert lamp["backbone.conv0"] < 1.0  # LAMP: a layer's largest weight scores 1 and stays
+    assert all(0.0 <= r < 1.0 for r in lamp.values())
+    masks = apply_policy(tiny_vgg, lamp)
+    weights = sum(m.numel() for m in masks.values())
+    removed = sum(int((~m).sum()) for m in masks.values())
+    assert removed == round(global_sparsity_for_size(tiny_vgg, 0.2) * weights)
+
+
+def test_lamp_scores_by_hand():
+    """Two layers: [1, 2] and [3, 3, 3, 3] squared; LAMP scores 1/5, 1 and 9/36, 9/27, 9/18, 1; removing two
+    weights removes 1 (0.2) and one 3 (0.25), a global threshold would remove 1 and 2."""
+    from amc.finegrained import global_policy, lamp_policy
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(4, 1, bias=False))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0, 2.0]]))
+        m[1].weight.copy_(torch.tensor([[3.0, 3.0, 3.0, 3.0]]))
+    size = 4 / 6  # 2 of the 6 weights removed
+    assert lamp_policy(m, size) == {"0": 0.5, "1": 0.25}
+    assert global_policy(m, size) == {"0": 1.0, "1": 0.0}

@@ -56,3 +56,34 @@ def test_picker_uses_the_loss_when_accuracy_is_saturated():
     policy = pick_policy(pd.DataFrame(rows), {"a": 1000, "b": 1000}, total_params=2000, size_target=0.6)
     assert policy == pick_policy(pd.DataFrame(rows), {"a": 1000, "b": 1000}, 2000, 0.6, metric="loss")
     assert policy.get("b", 0) >= 0.8 and policy.get("a", 0) == 0
+
+
+def test_auto_policy_checks_the_candidates_jointly(tiny_vgg, tiny_splits):
+    from amc.sensitivity import auto_policy, candidate_policies
+
+    before = {k: v.clone() for k, v in tiny_vgg.state_dict().items()}
+    heldout = tiny_splits.loader("heldout", 256)
+    curves = finegrained_scan(tiny_vgg, heldout, sparsities=(0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98))
+    cands = candidate_policies(tiny_vgg, curves, 0.3)
+    assert list(cands) == ["curves", "curves_loss", "global", "lamp"]
+    calib = tiny_splits.loader("train", 256, limit=256, shuffle=False, augment=False)
+    policy, table = auto_policy(tiny_vgg, curves, 0.3, heldout, calib=calib)
+    assert all((tiny_vgg.state_dict()[k] == v).all() for k, v in before.items())  # model untouched
+    assert list(table["candidate"]) == list(cands) and table["chosen"].sum() == 1
+    win = table[table["chosen"]].iloc[0]
+    assert win["score"] == table["score"].max()
+    assert policy == cands[win["candidate"]]
+    assert (table["size"] <= 0.3 + 1e-3).all()
+    # the table's scores are what the candidate scores when rebuilt the same way
+    import copy
+
+    from amc.train import evaluate_full, recalibrate_bn
+
+    m = copy.deepcopy(tiny_vgg)
+    apply_policy(m, policy)
+    recalibrate_bn(m, calib)
+    acc, loss = evaluate_full(m, heldout)
+    assert (acc, loss) == pytest.approx((win["accuracy"], win["loss"]))
+    # without curves the thresholds alone compete
+    _, table = auto_policy(tiny_vgg, None, 0.3, heldout)
+    assert list(table["candidate"]) == ["global", "lamp"]

@@ -16,7 +16,7 @@ from amc.io import atomic_path, atomic_write_text
 from amc.layers import count_params, layer_weight, prunable_names
 from amc.metrics import layer_sparsity, size_fraction
 from amc.policy import load_policy_file, save_policy_file
-from amc.sensitivity import finegrained_scan, pick_policy
+from amc.sensitivity import auto_policy, finegrained_scan, pick_policy
 from amc.train import FinetuneConfig, evaluate, finetune
 
 
@@ -29,6 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--policy", default=None, help="YAML/JSON {layer: sparsity}")
     g.add_argument("--size", type=float, default=None,
                    help="size target as a fraction of dense (policy picked from a sensitivity scan)")
+    g.add_argument("--picker", choices=("auto", "curves"), default="auto",
+                   help="with --size: 'curves' picks from the sensitivity curves alone; 'auto' (default) also "
+                        "tries one global magnitude threshold and LAMP, checks each candidate on the whole model "
+                        "(BN recalibrated, held-out images) and keeps the best")
+    g.add_argument("--calib-images", type=int, default=5120, help="BN recalibration images of the --picker auto check")
     g.add_argument("--global-sparsity", type=float, default=None, help="one magnitude threshold for all layers")
     g.add_argument("--sparsities", default="0.4,0.5,0.6,0.7,0.8,0.85,0.9,0.93,0.95,0.97,0.98",
                    help="scan grid for --size")
@@ -88,8 +93,17 @@ def run(args: argparse.Namespace) -> int:
                 curves = finegrained_scan(model, splits.loader("heldout", args.batch_size), names, sparsities,
                                           on_point=lambda n, s, a: advance(info=f"{n} @ {s:.2f}"))
             atomic_write_text(out / "sensitivity.csv", curves.to_csv(index=False))
-            params = {n: layer_weight(model, n).numel() for n in names}
-            policy = pick_policy(curves, params, dense_params, args.size)
+            if args.picker == "auto":
+                calib = splits.loader("train", args.batch_size, limit=args.calib_images, shuffle=False, augment=False)
+                policy, table = auto_policy(model, curves, args.size, splits.loader("heldout", args.batch_size),
+                                            calib=calib, names=names)
+                atomic_write_text(out / "candidates.csv", table.to_csv(index=False))
+                summary["candidates"] = table.to_dict("records")
+                print(f"picked {table.loc[table['chosen'], 'candidate'].item()} of "
+                      + ", ".join(f"{r.candidate} {r.score:.4f}" for r in table.itertuples()))
+            else:
+                params = {n: layer_weight(model, n).numel() for n in names}
+                policy = pick_policy(curves, params, dense_params, args.size)
             summary["times_s"]["sensitivity"] = time.perf_counter() - t0
         else:
             policy = load_policy_file(args.policy)
