@@ -26,7 +26,8 @@ from torch import nn
 
 from amc.errors import BudgetError
 from amc.finegrained import Policy, apply_policy, global_policy, lamp_policy, prune_layer
-from amc.layers import layer_weight, prunable_names
+from amc.layers import count_params, layer_weight, prunable_names
+from amc.metrics import size_fraction
 from amc.train import evaluate_full, recalibrate_bn
 
 DEFAULT_SPARSITIES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -173,7 +174,7 @@ def candidate_policies(model: nn.Module, curves: pd.DataFrame | None, size_targe
     out: dict[str, Policy] = {}
     if curves is not None:
         params = {n: layer_weight(model, n).numel() for n in names}
-        total = sum(p.numel() for p in model.parameters())
+        total = count_params(model)
         metrics = ["accuracy+loss", "loss"] if "loss" in curves.columns else ["accuracy"]
         for metric in metrics:
             try:
@@ -196,14 +197,14 @@ def auto_policy(model: nn.Module, curves: pd.DataFrame | None, size_target: floa
 
     cands = candidate_policies(model, curves, size_target, names)
     rows = []
-    total = sum(p.numel() for p in model.parameters())
+    dense_bits = count_params(model) * 32
     for name, pol in cands.items():
         work = copy.deepcopy(model)
         apply_policy(work, pol)
         if calib is not None:
             recalibrate_bn(work, calib)
         acc, loss = evaluate_full(work, heldout)
-        size = sum(int(p.count_nonzero()) for p in work.parameters()) / total
+        size = size_fraction(work, dense_bits)
         rows.append({"candidate": name, "accuracy": acc, "loss": loss, "score": acc - LOSS_TIE_WEIGHT * loss,
                      "size": size})
         del work
