@@ -34,6 +34,8 @@ def load_policy_file(path: str | os.PathLike) -> dict[str, float]:
 
 def save_policy_file(policy: dict[str, float], path: str | os.PathLike) -> None:
     path = Path(path)
-    rounded = {k: round(float(v), 6) for k, v in policy.items()}
-    text = json.dumps(rounded, indent=2) if path.suffix == ".json" else yaml.safe_dump(rounded, sort_keys=False)
+    # every digit kept (repr round-trips): a ratio rounded to a few decimals can move a large layer's
+    # weight count by one and push a policy that exactly spends the budget over it
+    exact = {k: float(v) for k, v in policy.items()}
+    text = json.dumps(exact, indent=2) if path.suffix == ".json" else yaml.safe_dump(exact, sort_keys=False)
     atomic_write_text(path, text)

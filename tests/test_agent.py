@@ -171,6 +171,9 @@ def test_cli_search_around_a_policy(tmp_path, method):
             "--around", str(ref), "--radius", "0.1", "--sens-ratios", "", "--device", "cpu", "--out", str(out)]
     assert main(argv) == 0
     frame = pd.read_csv(out / "episodes.csv")
+    if "state" in frame:  # Optuna lists enqueued trials that never ran (WAITING) too
+        frame = frame[frame["state"] == "COMPLETE"]
+    assert len(frame) == 3
     assert frame["r:layer1.0.conv1"].between(0.4 - 1e-9, 0.6 + 1e-9).all()
     assert frame["r:layer3.2.conv2"].between(0.7 - 1e-9, 0.9 + 1e-9).all()  # 0.9: the default --upper
     assert json.loads((out / "summary.json").read_text())["best"]["feasible"]
@@ -252,3 +255,48 @@ def test_cli_search_reranks_the_top_policies(tmp_path):
                  str(tmp_path / "run2")]) == 0
     assert not (tmp_path / "run2" / "rerank.csv").exists()
     assert json.loads((tmp_path / "run2" / "summary.json").read_text())["rerank"] is None
+
+
+@pytest.mark.parametrize("method", ["amc", "optuna"])
+def test_cli_fine_size_search_starts_from_global_and_lamp(tmp_path, method):
+    """Fine-grained pruning to a size budget: both searchers also start from one global magnitude
+    threshold and from LAMP at that size (AMC's warm-up episodes after the uniform one, Optuna's
+    enqueued trials), so the search's best is never below those two under its own reward."""
+    import json
+
+    import pandas as pd
+
+    from amc.cli import main
+    from amc.finegrained import global_policy, lamp_policy
+    from amc.models import load_model
+    from tests.conftest import CIFAR, MODELS
+
+    ckpt = MODELS / "resnet20_dense.pt"
+    if not ckpt.exists() or not CIFAR.exists():
+        pytest.skip("shared checkpoint or data missing")
+    out = tmp_path / "run"
+    argv = ["search", str(ckpt), "--method", method, "--budget", "size=0.4", "--granularity", "fine",
+            "--episodes", "4", "--warmup", "3", "--heldout", "128", "--calib-images", "128", "--sens-ratios", "",
+            "--upper", "0.98", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    frame = pd.read_csv(out / "episodes.csv")
+    if "state" in frame:
+        frame = frame[frame["state"] == "COMPLETE"].reset_index(drop=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seed_policies"] == ["uniform", "global", "lamp"]
+    dense = load_model("resnet20", ckpt)
+    cols = [c for c in frame.columns if c.startswith("r:")]
+    played = [{c[2:]: float(frame.loc[i, c]) for c in cols} for i in range(len(frame))]
+    for want in (global_policy(dense, 0.4, [c[2:] for c in cols]), lamp_policy(dense, 0.4, [c[2:] for c in cols])):
+        # each is played (up to the fill that spends the whole budget: a few weights' worth)
+        assert any(all(abs(p[n] - want[n]) < 2e-3 for n in want) for p in played), want
+    assert frame.loc[frame["feasible"].astype(bool), "reward"].max() == pytest.approx(summary["best"]["reward"])
+
+
+def test_policy_files_keep_every_digit(tmp_path):
+    from amc.policy import load_policy_file, save_policy_file
+
+    pol = {"a": 0.1 + 0.2, "b": 1 / 3, "c": 0.0}
+    for name in ("p.yaml", "p.json"):
+        save_policy_file(pol, tmp_path / name)
+        assert load_policy_file(tmp_path / name) == pol  # exact, not approximately
