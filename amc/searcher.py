@@ -25,20 +25,21 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+def policy_key(policy: Mapping[str, float]) -> tuple:
+    """A hashable identity of a policy: its (layer, ratio) pairs in layer-name order."""
+    return tuple(sorted(policy.items()))
+
+
 class Proposals(Generic[T]):
     def __init__(self) -> None:
         self._open: dict[tuple, list[T]] = {}
 
-    @staticmethod
-    def _key(policy: Mapping[str, float]) -> tuple:
-        return tuple(sorted(policy.items()))
-
     def add(self, policy: Mapping[str, float], item: T) -> None:
-        self._open.setdefault(self._key(policy), []).append(item)
+        self._open.setdefault(policy_key(policy), []).append(item)
 
     def take(self, policy: Mapping[str, float]) -> T:
         """The item stored with ``policy``; an error if ``propose()`` never handed it out."""
-        items = self._open.get(self._key(policy))
+        items = self._open.get(policy_key(policy))
         if not items:
             raise AmcError("observe() got a policy that propose() did not hand out")
         return items.pop(0)
@@ -67,7 +68,7 @@ def top_policies(frame: pd.DataFrame, k: int) -> list[tuple[Policy, float]]:
     seen: set[tuple] = set()
     for _, row in rows.sort_values("reward", ascending=False, kind="stable").iterrows():
         policy = {c[2:]: float(row[c]) for c in cols if math.isfinite(float(row[c]))}
-        key = Proposals._key(policy)
+        key = policy_key(policy)
         if key in seen:
             continue
         seen.add(key)
