@@ -43,7 +43,7 @@ from amc.agent import AgentConfig, run_agent  # noqa: E402
 from amc.budget import Budget, bounds_around  # noqa: E402
 from amc.data import load_cifar10, make_splits, subset  # noqa: E402
 from amc.evaluator import EvalConfig, Evaluator  # noqa: E402
-from amc.finegrained import global_prune, global_sparsity_for_size  # noqa: E402
+from amc.finegrained import global_prune, global_sparsity_for_size, lamp_policy  # noqa: E402
 from amc.io import atomic_path, atomic_write_text  # noqa: E402
 from amc.layers import count_macs, count_params, layer_table, prunable_names  # noqa: E402
 from amc.metrics import size_fraction  # noqa: E402
@@ -144,16 +144,33 @@ def run_task(name: str, args, dense, splits, dev, run_root: Path) -> dict:
         cands["global_magnitude"] = {"policy": {n: table[n] for n in base.names}, "sparsity": s}
         global_built = ("global_magnitude", (m, masks))
     global_key = global_built[0]
+    if gran == "fine":  # LAMP: layer-adaptive magnitude scores under one global threshold
+        cands["lamp"] = {"policy": lamp_policy(dense, budget.fraction, base.names)}
+    seed_keys = ["uniform", "sensitivity", global_key] + (["lamp"] if gran == "fine" else [])
+    out["seeds"] = seed_keys
 
-    # the searchers' evaluator: the asked recovery, and the search box (a box around the global
-    # policy with --around global; every layer's whole range otherwise)
-    box = None
+    # the searchers' evaluator: the asked recovery, and the search box (--around: a box of --radius
+    # around the global policy, or around the seed policy with the best reward under the search's own
+    # recovery; every layer's whole range with none)
+    scfg = replace(cfg, recovery=args.recovery, recovery_steps=args.recovery_steps)
+    center, seed_rewards = None, None
     if args.around == "global":
-        box = bounds_around(cands[global_key]["policy"], args.radius, cfg.lower, cfg.upper)
-    scfg = replace(cfg, recovery=args.recovery, recovery_steps=args.recovery_steps, bounds=box)
+        center = global_key
+    elif args.around == "best":
+        probe = base if scfg == cfg else Evaluator(dense, splits, budget, scfg)
+        seed_rewards = {}
+        for k in seed_keys:
+            r = probe.evaluate(cands[k]["policy"])
+            seed_rewards[k] = r.reward if r.feasible else float("-inf")
+        center = max(seed_rewards, key=seed_rewards.__getitem__)  # the first of equal rewards
+        print(f"[{name}] search box around {center} (seed rewards: "
+              f"{', '.join(f'{k} {v:.4f}' for k, v in seed_rewards.items())})", flush=True)
+    box = bounds_around(cands[center]["policy"], args.radius, cfg.lower, cfg.upper) if center else None
+    scfg = replace(scfg, bounds=box)
     ev = base if scfg == cfg else Evaluator(dense, splits, budget, scfg)
     out["search_space"] = {"recovery": args.recovery, "recovery_steps": args.recovery_steps if
-                           args.recovery == "finetune" else 0, "around": args.around,
+                           args.recovery == "finetune" else 0, "around": center or "none",
+                           "around_rule": args.around, "seed_rewards": seed_rewards,
                            "radius": args.radius if box else None, "eval_images": args.eval_images,
                            "reward": args.reward, "calib_images": args.calib_images,
                            "optuna_fill": OptunaConfig.fill}
@@ -172,10 +189,11 @@ def run_task(name: str, args, dense, splits, dev, run_root: Path) -> dict:
     print(f"[{name}] one reward: {phases['total']:.1f} ms median "
           f"({', '.join(f'{k} {v:.1f}' for k, v in phases.items() if k != 'total')})", flush=True)
 
-    # the AMC agent (its first warm-up episodes play the uniform, sensitivity-picked and global policies)
+    # the AMC agent (its first warm-up episodes play the seed policies: uniform, sensitivity-picked,
+    # global and, for fine-grained pruning, LAMP)
     warm = min(args.warmup, args.episodes - 1) if args.episodes > 1 else 0
     t = time.perf_counter()
-    seeds = [uniform, sens, cands[global_key]["policy"]]
+    seeds = [cands[k]["policy"] for k in seed_keys]
     amc = run_agent(ev, AgentConfig(episodes=args.episodes, warmup_episodes=warm, seed=args.seed,
                                     checkpoint_every=0), run_root / f"{name}-amc", seed_policies=seeds)
     times["AMC search"] = time.perf_counter() - t
@@ -187,11 +205,11 @@ def run_task(name: str, args, dense, splits, dev, run_root: Path) -> dict:
     if amc.best_policy is not None:
         cands["amc"] = {"policy": amc.best_policy}
 
-    # Optuna TPE (its first trials: the uniform, sensitivity-picked and global-baseline policies)
+    # Optuna TPE (its first trials: the same seed policies)
     t = time.perf_counter()
     searcher = OptunaSearcher(ev, OptunaConfig(study=f"{name}", n_trials=args.trials, seed=args.seed),
                               run_root / f"{name}-optuna", sensitivity_policy=sens,
-                              extra_policies={global_key: cands[global_key]["policy"]})
+                              extra_policies={k: cands[k]["policy"] for k in seed_keys[2:]})
     ores = searcher.run()
     times["Optuna search"] = time.perf_counter() - t
     frame = ores.trials
@@ -355,12 +373,13 @@ def _markdown(report: dict) -> str:
                   f"finetune epoch{'' if report['epochs'] == 1 else 's'} per candidate.", ""]
     lines += ["Rewards: acc is held-out accuracy; acc_loss is held-out accuracy minus 0.01 x held-out "
               "cross-entropy, a tie-breaker where accuracy saturates. The AMC agent's first warm-up episodes "
-              "play the uniform, sensitivity-picked and global policies, and every episode's policy is filled to "
-              "spend the whole budget; Optuna's first trials are the same three.",
+              "play the seed policies (uniform, sensitivity-picked, global and, for fine-grained pruning in newer "
+              "runs, LAMP; each task lists its own), and every episode's policy is filled to spend the whole "
+              "budget; Optuna's first trials are the same.",
               ""]
     label = {"uniform": "uniform", "sensitivity": "sensitivity-picked", "amc": "AMC agent (DDPG)",
              "optuna": "Optuna TPE", "tp_global": "Torch-Pruning global L2 (round_to 8)",
-             "global_magnitude": "global magnitude threshold"}
+             "global_magnitude": "global magnitude threshold", "lamp": "LAMP (layer-adaptive magnitude)"}
     lines.append(f"Dense test accuracy: {report['dense']['test_accuracy']:.2%}.")
     lines.append("")
     for name, t in report["tasks"].items():
@@ -369,7 +388,14 @@ def _markdown(report: dict) -> str:
         images = sp["eval_images"] or report["heldout"]
         lines += [f"## {name}: {t['granularity']} pruning, budget {t['budget']}", ""]
         box = ("every layer's whole ratio range" if sp["around"] == "none" else
-               f"a box of +-{sp['radius']:g} around the {sp['around']} policy's per-layer ratios")
+               f"a box of +-{sp['radius']:g} around the {label.get(sp['around'], sp['around'])} policy's "
+               "per-layer ratios")
+        if sp.get("around_rule") == "best" and sp.get("seed_rewards"):
+            box += (" (the seed policy with the best search reward: " + ", ".join(
+                f"{label.get(k, k)} {_num(v)}" for k, v in sp["seed_rewards"].items()) + ")")
+        if t.get("seeds"):
+            box += (". Seed policies (AMC's first warm-up episodes, Optuna's first trials): "
+                    + ", ".join(label.get(k, k) for k in t["seeds"]))
         filled = "projected, then filled to spend the budget" if sp.get("optuna_fill") else "projected"
         lines.append(f"Search reward: `{sp['reward']}` on {images} held-out images after {_recovery_words(sp)}. "
                      f"Search space: {box}. Optuna's proposals are {filled}.")
@@ -383,7 +409,7 @@ def _markdown(report: dict) -> str:
                      f"**{t['amc']['wall_s']:.1f} s**, {t['amc']['feasible_share']:.0%} feasible. "
                      f"Optuna TPE: {t['optuna']['trials']} trials in **{t['optuna']['wall_s']:.1f} s**, "
                      f"{t['optuna']['feasible_share']:.0%} feasible.")
-        lines.append(_provenance(t, report.get("n_seeds", 3)))
+        lines.append(_provenance(t, len(t.get("seeds", [])) or report.get("n_seeds", 3)))
         rr = t.get("rerank")
         if rr:
             lines.append(_rerank_words(rr, sp, report["heldout"]))
@@ -479,8 +505,9 @@ def main() -> None:
     ap.add_argument("--recovery", choices=("bn", "finetune"), default="bn",
                     help="the searchers' recovery before each reward (the baselines' scan keeps bn)")
     ap.add_argument("--recovery-steps", type=int, default=20, help="SGD steps with --recovery finetune")
-    ap.add_argument("--around", choices=("none", "global"), default="none",
-                    help="search a box of --radius around the global baseline's ratios instead of every range")
+    ap.add_argument("--around", choices=("none", "global", "best"), default="none",
+                    help="search a box of --radius around the global baseline's ratios (global) or around the "
+                         "seed policy with the best search reward (best) instead of every range")
     ap.add_argument("--radius", type=float, default=0.2)
     ap.add_argument("--rerank", type=int, default=5,
                     help="re-score each searcher's top K policies on every held-out image (0: take the best reward)")

@@ -88,6 +88,22 @@ def _evaluator(args: argparse.Namespace, model, splits, reference: dict[str, flo
     return Evaluator(model, splits, budget, cfg, latency_table=lut)
 
 
+def _heuristic_seeds(args: argparse.Namespace, model, ev) -> dict[str, dict[str, float]]:
+    """Known policies both searchers start from besides the uniform (or ``--around``) one: for
+    fine-grained pruning to a size budget, one global magnitude threshold and LAMP at that size
+    (cheap to compute, and often hard to beat)."""
+    if args.granularity != "fine" or ev.budget.kind != "size":
+        return {}
+    from amc.errors import PolicyError
+    from amc.finegrained import global_policy, lamp_policy
+
+    try:
+        return {"global": global_policy(model, ev.budget.fraction, ev.names),
+                "lamp": lamp_policy(model, ev.budget.fraction, ev.names)}
+    except PolicyError:  # the size cannot be reached by these layers alone: the projection decides
+        return {}
+
+
 def _info(best: float | None, feasible: int, done: int, t0: float, started: int) -> str:
     rate = (done - started) / max(time.perf_counter() - t0, 1e-9)
     b = "-" if best is None else f"{best:.4f}"
@@ -115,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     splits = load_splits(args)
     t0 = time.perf_counter()
     ev = _evaluator(args, model, splits, reference)
+    seeds = _heuristic_seeds(args, model, ev)
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     if args.method == "amc":
@@ -135,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
                                                             state["feasible"], seen, t1, 0))
 
             res = run_agent(ev, cfg, out, on_episode=on_episode, resume=not args.no_resume,
-                            seed_policies=[reference or ev.uniform_policy()])  # the first warm-up episode
+                            seed_policies=[reference or ev.uniform_policy(), *seeds.values()])  # warm-up
         frame, best_policy, best = res.episodes, res.best_policy, res.best_result
     else:
         from search import OptunaConfig, OptunaSearcher
@@ -147,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
         ocfg = OptunaConfig(study=args.study, storage=args.storage, sampler=args.sampler, seed=args.seed,
                             n_trials=args.episodes, enqueue_sensitivity=bool(ratios),
                             sensitivity_ratios=ratios or (0.5,))
-        searcher = OptunaSearcher(ev, ocfg, out, extra_policies={"around": reference} if reference else None)
+        extra = ({"around": reference} if reference else {}) | seeds
+        searcher = OptunaSearcher(ev, ocfg, out, extra_policies=extra or None)
         before = searcher.completed()
         with progress(f"Optuna {args.sampler}", total=args.episodes) as advance:
             def on_trial(trial, completed: int) -> None:
@@ -190,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
     save_policy_file(best_policy, out / "best_policy.yaml")
     summary = {"checkpoint": str(args.checkpoint), "method": args.method, "budget": args.budget,
                "granularity": args.granularity, "episodes": len(frame), "best": best.row(),
+               "seed_policies": ["around" if reference else "uniform", *seeds],
                "rerank": None if reranked is None else {k: v for k, v in reranked.items() if k != "ranked"} |
                {"winner_search_rank": reranked["ranked"][0]["rank"] if reranked["ranked"] else None},
                "setup_s": setup_s, "search_s": search_s, "evaluator_calls": ev.calls}
