@@ -34,7 +34,7 @@ from amc.metrics import MiB, dense_size_bits, size_fraction, sparse_size_bits  #
 from amc.models import load_model  # noqa: E402
 from amc.plots import param_bars, sensitivity_curves, weight_histograms  # noqa: E402
 from amc.schedule import IterativeSchedule, iterative_prune  # noqa: E402
-from amc.sensitivity import auto_policy, finegrained_scan, pick_policy  # noqa: E402
+from amc.sensitivity import auto_policy, candidate_policies, finegrained_scan, pick_policy  # noqa: E402
 from amc.train import FinetuneConfig, evaluate, finetune  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--distill", type=float, default=0.5,
                     help="knowledge-distillation weight of the second finetune column (0 = plain only)")
+    ap.add_argument("--no-candidates", action="store_true",
+                    help="skip finetuning the joint check's other <= 25%% candidates (global, LAMP, curves by loss)")
     ap.add_argument("--quick", action="store_true", help="tiny slice and a fraction of an epoch (smoke test)")
     args = ap.parse_args()
     out = Path(args.out)
@@ -134,6 +136,12 @@ def main() -> None:
         res[key]["candidates"] = table.to_dict("records")
         print(f"{key}: chose {table.loc[table['chosen'], 'candidate'].item()} of\n{table.to_string(index=False)}",
               flush=True)
+        if target == 0.25 and not args.no_candidates:
+            # the candidates the check did not choose, finetuned the same way: does its choice hold?
+            chosen = table.loc[table["chosen"], "candidate"].item()
+            for cand, cpol in candidate_policies(dense, curves, target, names).items():
+                if cand not in (chosen, "curves"):  # the curves' pick has its own row (curves_25)
+                    run_policy(f"{cand}_25", cpol)
 
     t = time.perf_counter()
     weight_histograms(dense.cpu(), out / "vgg8_weights_auto25.png", pruned=auto[0.25].cpu())
@@ -182,6 +190,9 @@ def render(rep: dict, curves) -> str:
         + " — |" * len(kinds),
     ]
     labels = {"hand_tuned": "seed's hand-tuned", "curves_25": "picked from the curves alone, <= 25%",
+              "curves_loss_25": "picked from the curves by loss, <= 25% (not chosen)",
+              "global_25": "one global magnitude threshold, <= 25% (not chosen)",
+              "lamp_25": "LAMP, <= 25% (not chosen)",
               "auto_25": "automatic, <= 25%", "auto_10": "automatic, <= 10%"}
     for k, label in labels.items():
         if k not in r:  # reports from before the joint check
@@ -212,8 +223,10 @@ def render(rep: dict, curves) -> str:
             lines.append(f"| {c['candidate']} | {c['accuracy']:.2%} | {c['loss']:.4f} | {c['score']:.4f} | "
                          f"{c['size']:.2%} | {'yes' if c['chosen'] else ''} |")
         lines.append("")
-    cols = [k for k in ("hand_tuned", "curves_25", "auto_25", "auto_10") if k in r]
-    short = {"hand_tuned": "hand-tuned", "curves_25": "curves <= 25%", "auto_25": "auto <= 25%",
+    cols = [k for k in ("hand_tuned", "curves_25", "curves_loss_25", "global_25", "lamp_25", "auto_25", "auto_10")
+            if k in r]
+    short = {"hand_tuned": "hand-tuned", "curves_25": "curves <= 25%", "curves_loss_25": "curves (loss) <= 25%",
+             "global_25": "global <= 25%", "lamp_25": "LAMP <= 25%", "auto_25": "auto <= 25%",
              "auto_10": "auto <= 10%"}
     lines += ["## Per-layer sparsity", "", "| layer | " + " | ".join(short[k] for k in cols) + " |",
               "| --- |" + " --- |" * len(cols)]
