@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -137,6 +138,8 @@ def main() -> None:
     ap.add_argument("--gpu-runs", type=int, default=50, help="timed GPU runs per round")
     ap.add_argument("--rounds", type=int, default=2,
                     help="latency rounds, round-robin over all models (median of the rounds' medians)")
+    ap.add_argument("--distill", type=float, default=0.5,
+                    help="knowledge-distillation weight of a second finetune of every variant (0 = CE only)")
     ap.add_argument("--extra-lrs", default="", help="also finetune the sensitivity-picked models at these lrs "
                                                    "(reported on held-out and test, side table)")
     ap.add_argument("--tp-grid", type=float, default=None,
@@ -195,7 +198,8 @@ def main() -> None:
         return res
 
     rep: dict = {"model": args.model, "checkpoint": ckpt, "device": str(dev), "macs_target": args.macs,
-                 "finetune": {"epochs": args.epochs, "lr": args.lr, "schedule": cfg.schedule},
+                 "finetune": {"epochs": args.epochs, "lr": args.lr, "schedule": cfg.schedule,
+                              "distill_weight": args.distill, "distill_temperature": cfg.distill_temperature},
                  "quick": args.quick, "host": platform.node(), "cpu": describe_target("cpu", 1),
                  "gpu": describe_target(dev) if cuda else None, "torch": torch.__version__, "variants": {}}
     json_path = out / f"channel_{args.model}.json"
@@ -223,6 +227,7 @@ def main() -> None:
         recalibrate_bn(recal_model, recal)
         after_recal = evaluate(recal_model, test)
         start = copy.deepcopy(model) if extra_lrs and name.startswith("sens") else None
+        kd_model = copy.deepcopy(model) if args.distill > 0 else None
         ft = finetune(model, splits.loader("train", 256, seed=1), cfg)
         after = evaluate(model, test)
         row = {**info, "macs": macs, "params": params, "macs_fraction": macs / table.dense_macs,
@@ -230,6 +235,11 @@ def main() -> None:
                "acc_before": before, "acc_recal": after_recal, "acc_after": after,
                "acc_after_heldout": evaluate(model, heldout), "delta_pt": 100 * (after - dense_acc),
                "finetune_s": ft["seconds"], "widths": conv_widths(model)}
+        if kd_model is not None:  # the same finetune (batches, schedule) with the dense model as teacher
+            finetune(kd_model, splits.loader("train", 256, seed=1), replace(cfg, distill_weight=args.distill),
+                     teacher=dense)
+            row["acc_after_kd"] = evaluate(kd_model, test)
+            row["delta_pt_kd"] = 100 * (row["acc_after_kd"] - dense_acc)
         for lr in extra_lrs if start is not None else []:
             m2 = copy.deepcopy(start)
             finetune(m2, splits.loader("train", 256, seed=1), FinetuneConfig(epochs=args.epochs, lr=lr))
@@ -365,29 +375,37 @@ def _fmt_lat(row: dict, key: str) -> str:
 def render(rep: dict) -> str:
     d = rep["dense"]
     gpu = rep.get("gpu")
+    kd = any("acc_after_kd" in v for v in rep["variants"].values())
     lines = [f"# CH-50: channel pruning of {rep['model']} to <= {rep['macs_target']:.0%} of dense MACs", ""]
     if rep["quick"]:
         lines += ["**Quick smoke run (tiny data slice, a fraction of an epoch): numbers are not results.**", ""]
     lines += [
         f"One run of `benchmarks/channel.py` on {rep['device']} ({gpu or 'no GPU'}; CPU: {rep['cpu']}), "
         f"torch {rep['torch']}. Checkpoint `{Path(rep['checkpoint']).name}`. Finetune: {rep['finetune']['epochs']:g} "
-        f"epochs, SGD lr {rep['finetune']['lr']:g} {rep['finetune']['schedule']}. Accuracy on the 10,000 test images; "
+        f"epochs, SGD lr {rep['finetune']['lr']:g} {rep['finetune']['schedule']}"
+        + (f"; 'KD' is the same finetune with distillation from the dense model (weight "
+           f"{rep['finetune']['distill_weight']:g}, temperature {rep['finetune']['distill_temperature']:g})"
+           if kd else "")
+        + ". Accuracy on the 10,000 test images; "
         "policies picked on the 5,000-image held-out split of train. Latency: median ms; CPU 1 thread batch 1 "
         "(PyTorch eager, onnxruntime); GPU batch 256 bf16 channels_last, CUDA events, cuDNN autotuning. "
         "Speedup = dense / pruned, same process.",
         "",
         "| variant | round | MACs | params | file MiB | acc before | after BN recal | after finetune | Δ pt "
-        "| CPU torch ms | CPU ORT ms | GPU eager ms | GPU graph ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        + ("| after finetune + KD | Δ pt KD " if kd else "")
+        + "| CPU torch ms | CPU ORT ms | GPU eager ms | GPU graph ms |",
+        "| --- " * (13 + 2 * kd) + "|",
         f"| dense | - | {d['macs'] / 1e6:.1f}M | {d['params']:,} | {d['file_bytes'] / 2**20:.2f} "
-        f"| {d['acc']:.2%} | | | | {_fmt_lat(d, 'cpu_torch_ms')} | {_fmt_lat(d, 'cpu_ort_ms')} "
+        f"| {d['acc']:.2%} | | | {'| | ' if kd else ''}| {_fmt_lat(d, 'cpu_torch_ms')} | {_fmt_lat(d, 'cpu_ort_ms')} "
         f"| {_fmt_lat(d, 'gpu_ms')} | {_fmt_lat(d, 'gpu_graph_ms')} |",
     ]
     for name, v in rep["variants"].items():
+        kd_cells = "" if not kd else (
+            f"| {v['acc_after_kd']:.2%} | {v['delta_pt_kd']:+.2f} " if "acc_after_kd" in v else "| | ")
         lines.append(
             f"| **{name}**: {v['method']} | {v['round_to']} | {v['macs_fraction']:.1%} | {v['params_fraction']:.1%} "
             f"| {v['file_bytes'] / 2**20:.2f} | {v['acc_before']:.2%} | {v['acc_recal']:.2%} | {v['acc_after']:.2%} "
-            f"| {v['delta_pt']:+.2f} | {_fmt_lat(v, 'cpu_torch_ms')} | {_fmt_lat(v, 'cpu_ort_ms')} "
+            f"| {v['delta_pt']:+.2f} {kd_cells}| {_fmt_lat(v, 'cpu_torch_ms')} | {_fmt_lat(v, 'cpu_ort_ms')} "
             f"| {_fmt_lat(v, 'gpu_ms')} | {_fmt_lat(v, 'gpu_graph_ms')} |")
     extra = {n: v["extra_lrs"] for n, v in rep["variants"].items() if v.get("extra_lrs")}
     if extra:
