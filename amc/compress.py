@@ -44,6 +44,7 @@ class CompressConfig:
     seed: int = 0
     finetune_epochs: float = 5.0  # the benchmark protocol's finetune
     lr: float = 0.01
+    distill: float = 0.0  # knowledge-distillation weight of the finetune, the dense model as teacher (0: labels only)
     batch_size: int = 256
     calib_images: int = 5120  # BN recalibration images per reward (the DESIGN's 5,120)
     eval_images: int | None = None  # held-out images per reward (None: the whole held-out split)
@@ -62,6 +63,9 @@ class CompressConfig:
         if self.method not in METHODS:
             raise AmcError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
         Budget.parse(self.budget)  # a malformed budget fails here, before any work
+        if not (self.finetune_epochs >= 0 and self.lr > 0 and 0 <= self.distill <= 1):
+            raise AmcError(f"finetune needs epochs >= 0, lr > 0 and a distill weight in [0, 1]; got "
+                           f"epochs {self.finetune_epochs}, lr {self.lr}, distill {self.distill}")
 
     @property
     def parsed_budget(self) -> Budget:
@@ -188,7 +192,8 @@ def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: C
 
     # -- recipe, rebuild, finetune -------------------------------------------------------------------
     t = time.perf_counter()
-    spec = FinetuneSpec(epochs=config.finetune_epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed)
+    spec = FinetuneSpec(epochs=config.finetune_epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+                        distill=config.distill)
     info = SearchInfo(config.method, config.episodes if config.method != "sensitivity" else 0, config.seed)
     if gran == "channel":
         plan = evaluator.plan(evaluator.check(policy))

@@ -16,7 +16,9 @@ Format version 1 (every key below is written; ``load_recipe`` rejects unknown ke
       - {name: backbone.conv0, ratio: 0.5, mask_sha256: <hex>}      # channel: kept: [0, 3, ...]
     budget: {kind: size, fraction: 0.25}       # amc.budget.Budget, or null
     finetune: {epochs: 5.0, lr: 0.01, schedule: cosine, batch_size: 256, seed: 0,
-               iterative: {kind: agp, steps: 5, initial: 0.0, epochs_per_step: 1.0}}   # or iterative: null
+               iterative: {kind: agp, steps: 5, initial: 0.0, epochs_per_step: 1.0},   # or iterative: null
+               distill: 0.0}             # distillation weight; the dense checkpoint is the teacher
+                                         # (optional on reading: recipes without it read as 0.0)
     search: {method: optuna, episodes: 100, seed: 0}                                    # or null
     metrics: {accuracy: 0.91, ...}             # achieved numbers, all optional
 
@@ -32,6 +34,7 @@ How each granularity rebuilds deterministically (same result on any device, from
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -90,9 +93,10 @@ class FinetuneSpec:
     batch_size: int = 256
     seed: int = 0
     iterative: IterativeSchedule | None = None  # None: one-shot pruning, then ``epochs`` of finetuning
+    distill: float = 0.0  # knowledge-distillation weight in [0, 1], the dense model as teacher (0: labels only)
 
     def config(self) -> FinetuneConfig:
-        return FinetuneConfig(epochs=self.epochs, lr=self.lr, schedule=self.schedule)
+        return FinetuneConfig(epochs=self.epochs, lr=self.lr, schedule=self.schedule, distill_weight=self.distill)
 
 
 @dataclass(frozen=True)
@@ -271,6 +275,8 @@ def validate_recipe(recipe: Recipe, model: nn.Module | None = None) -> None:
         raise RecipeError(f"unknown finetune schedule {ft.schedule!r}; known: {', '.join(LR_SCHEDULES)}")
     if not (ft.epochs >= 0 and ft.lr > 0 and ft.batch_size > 0):
         raise RecipeError(f"finetune needs epochs >= 0, lr > 0, batch_size > 0; got {ft}")
+    if not 0 <= ft.distill <= 1:
+        raise RecipeError(f"finetune.distill is a weight in [0, 1], got {ft.distill}")
     if ft.iterative is not None and recipe.granularity != "fine":
         raise RecipeError("an iterative schedule is only defined for fine-grained recipes")
     seen: set[str] = set()
@@ -434,7 +440,8 @@ def recipe_from_dict(d: Any) -> Recipe:
                 raise RecipeError(f"recipe.finetune.iterative: {e}") from None
             it.done()
         ft = FinetuneSpec(f.get("epochs", float), f.get("lr", float), f.get("schedule", str, "cosine"),
-                          f.get("batch_size", int, 256), f.get("seed", int, 0), iterative)
+                          f.get("batch_size", int, 256), f.get("seed", int, 0), iterative,
+                          f.get("distill", float, 0.0))
         f.done()
     search = None
     if (s := r.sub("search", None)) is not None:
@@ -502,7 +509,8 @@ def apply_recipe(
     masks)`` sees it (e.g. to measure accuracy before finetuning). With ``loader``,
     ``recipe.finetune`` runs, seeded: ``epochs`` of finetuning with the masks held or, with an
     iterative schedule, iterative pruning from the dense weights to the same policy (its own
-    ``steps x epochs_per_step`` epochs) followed by ``epochs`` more.
+    ``steps x epochs_per_step`` epochs) followed by ``epochs`` more; with ``distill > 0`` the dense
+    model (from the same checkpoint) is the teacher of every finetune.
     """
     validate_recipe(recipe)
     check_checkpoint(recipe, checkpoint, force)
@@ -510,6 +518,7 @@ def apply_recipe(
     validate_recipe(recipe, model)
     masks: Masks = {}
     dense_state = None
+    teacher = copy.deepcopy(model) if loader is not None and recipe.finetune.distill > 0 else None
     if recipe.granularity == "channel":
         from amc.channel import prune_channels
 
@@ -529,6 +538,7 @@ def apply_recipe(
     if device is not None:
         model = model.to(device)
         masks = {k: v.to(device) for k, v in masks.items()}
+        teacher = teacher.to(device) if teacher is not None else None
     if on_rebuilt is not None:
         on_rebuilt(model, masks)
     if loader is not None:
@@ -537,10 +547,11 @@ def apply_recipe(
         if ft.iterative is not None:
             assert dense_state is not None
             model.load_state_dict(dense_state)
-            result = iterative_prune(model, recipe.policy, ft.iterative, loader=loader, finetune_cfg=ft.config())
+            result = iterative_prune(model, recipe.policy, ft.iterative, loader=loader, finetune_cfg=ft.config(),
+                                     teacher=teacher)
             masks = result.masks
         if ft.epochs > 0:
-            finetune(model, loader, ft.config(), masks=masks or None, on_step=on_step)
+            finetune(model, loader, ft.config(), masks=masks or None, on_step=on_step, teacher=teacher)
     return model.eval(), masks
 
 

@@ -107,13 +107,15 @@ def iterative_prune(
     finetune_cfg: FinetuneConfig | None = None,
     eval_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     on_step: Callable[[dict], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> IterativeResult:
     """Prune ``model`` in place to ``final_policy`` over the schedule's steps, finetuning between them.
 
     ``schedule`` is an ``IterativeSchedule`` or a kind name (``steps`` then sets its step count).
     ``finetune_cfg`` is used for every step, its ``epochs`` replaced by ``schedule.epochs_per_step``
     (no finetuning when ``loader`` is None or that is 0). ``eval_loader`` adds an accuracy to each
-    step's history row; ``on_step(row)`` reports each row as it is made.
+    step's history row; ``on_step(row)`` reports each row as it is made. ``teacher`` distils into
+    every step's finetune when ``finetune_cfg.distill_weight > 0`` (see ``amc.train.finetune``).
     """
     if isinstance(schedule, str):
         schedule = IterativeSchedule(kind=schedule, steps=steps if steps is not None else 5)
@@ -133,7 +135,7 @@ def iterative_prune(
         apply_masks(model, masks)
         trained = loader is not None and schedule.epochs_per_step > 0
         if trained:
-            finetune(model, loader, step_cfg, masks=masks)  # type: ignore[arg-type]
+            finetune(model, loader, step_cfg, masks=masks, teacher=teacher)  # type: ignore[arg-type]
         zeros = sum(int((~m).sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
         row = {"step": t, "target": dict(targets), "sparsity": zeros / max(total, 1),

@@ -34,6 +34,11 @@ def test_info_json(capsys):
     (["prune", MODELS / "resnet20_dense.pt", "--policy", "/no/policy.yaml"], "policy file not found"),
     (["prune", MODELS / "resnet20_dense.pt"], "give exactly one of"),
     (["sensitivity", MODELS / "resnet20_dense.pt", "--sparsities", "0.5,1.5"], "sparsities must be in"),
+    (["prune", MODELS / "resnet20_dense.pt", "--global-sparsity", "0.5", "--distill", "1.5"],
+     "--distill is a weight in [0, 1]"),
+    (["prune", MODELS / "resnet20_dense.pt", "--granularity", "channel", "--distill", "nan"],
+     "--distill is a weight in [0, 1]"),
+    (["compress", MODELS / "resnet20_dense.pt", "--distill", "-0.5"], "distill weight in [0, 1]"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(capsys, argv, message):
     rc, _, err = run_cli(capsys, *argv)
@@ -48,6 +53,17 @@ def test_bad_policy_layer(capsys, tmp_path):
     rc, _, err = run_cli(capsys, "prune", MODELS / "resnet20_dense.pt", "--policy", pol, "--data", CIFAR,
                          "--eval-limit", "64", "--out", tmp_path / "o")
     assert rc == 2 and "not in the model" in err
+
+
+def test_prune_finetune_with_distillation(capsys, tmp_path):
+    out = tmp_path / "run"
+    rc, stdout, _ = run_cli(capsys, "prune", MODELS / "resnet20_dense.pt", "--global-sparsity", "0.6",
+                            "--data", CIFAR, "--heldout", "256", "--eval-limit", "128", "--finetune-epochs", "0.006",
+                            "--distill", "0.5", "--out", out)
+    assert rc == 0, stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["distill"] == 0.5 and "accuracy_after_finetune" in summary
+    assert summary["size_fraction_after_finetune"] == pytest.approx(summary["size_fraction"])  # masks held
 
 
 def test_prune_size_target_end_to_end(capsys, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,8 @@ def _mutate(data: dict, how: str) -> str | dict:
         d["budget"]["fraction"] = 1.5
     elif how == "duplicate_layer":
         d["layers"][1]["name"] = d["layers"][0]["name"]
+    elif how == "distill":
+        d["finetune"]["distill"] = 1.5
     elif how == "iterative_kind":
         d["finetune"]["iterative"] = {"kind": "exp", "steps": 3}
     elif how == "not_mapping":
@@ -198,6 +201,7 @@ def _mutate(data: dict, how: str) -> str | dict:
     ("budget", BudgetError, "(0, 1]"),
     ("duplicate_layer", PolicyError, "appears twice"),
     ("iterative_kind", RecipeError, "'exp' unknown"),
+    ("distill", RecipeError, "finetune.distill is a weight in [0, 1]"),
     ("not_mapping", RecipeError, "must be a mapping"),
     ("malformed", RecipeError, "not valid YAML"),
 ])
@@ -262,6 +266,46 @@ def test_apply_with_finetune_keeps_masks_and_is_repeatable(tmp_path, iterative):
         assert not torch.equal(w, dense.get_submodule(name).weight * masks[name])  # it trained
         assert bool((w[~masks[name]] == 0).all())
         assert int((~masks[name]).sum()) == round(ratio * w.numel())
+
+
+def test_recipe_without_distill_reads_as_labels_only(tmp_path, fine_recipe):
+    recipe, _ = fine_recipe
+    data = yaml.safe_load(save_recipe(recipe, tmp_path / "r.yaml").read_text())
+    assert data["finetune"]["distill"] == 0.0  # written
+    del data["finetune"]["distill"]  # a recipe written before the key existed
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(data))
+    assert load_recipe(tmp_path / "old.yaml") == recipe
+
+
+@pytest.mark.parametrize("iterative", [None, IterativeSchedule("agp", steps=2, epochs_per_step=0.5)])
+def test_apply_with_distillation_uses_the_dense_teacher(tmp_path, iterative):
+    ckpt = _ckpt(tmp_path, make_tiny_vgg())
+    spec = FinetuneSpec(epochs=1.0, lr=0.01, seed=1, iterative=iterative, distill=0.7)
+    recipe = make_recipe("vgg8", ckpt, POLICY, finetune=spec)
+    loaded = load_recipe(save_recipe(recipe, tmp_path / "r.yaml"))
+    assert loaded.finetune == spec and loaded.finetune.config().distill_weight == 0.7
+    model, masks = apply_recipe(loaded, ckpt, loader=_tiny_loader())
+    again, _ = apply_recipe(loaded, ckpt, loader=_tiny_loader())
+    assert _same_state(model, again)  # seeded, teacher included
+    plain, _ = apply_recipe(replace(loaded, finetune=replace(spec, distill=0.0)), ckpt, loader=_tiny_loader())
+    assert not _same_state(model, plain)  # the teacher's soft targets changed the training
+    for name in POLICY:
+        assert bool((model.get_submodule(name).weight[~masks[name]] == 0).all())
+
+
+def test_channel_apply_with_distillation(tmp_path):
+    channel = pytest.importorskip("amc.channel")
+    model = make_tiny_resnet()
+    ckpt = _ckpt(tmp_path, model)
+    policy = dict.fromkeys([n for n in prunable_names(model) if n != "fc"], 0.5)
+    plan = channel.plan_channels(model, policy, round_to=4, example_inputs=torch.randn(2, 3, 32, 32))
+    spec = FinetuneSpec(epochs=1.0, lr=0.01, seed=0, distill=0.5)
+    recipe = make_recipe("resnet8", ckpt, policy, granularity="channel", criterion="l2", kept=plan, round_to=4,
+                         finetune=spec)
+    small, _ = apply_recipe(load_recipe(save_recipe(recipe, tmp_path / "ch.yaml")), ckpt, loader=_tiny_loader())
+    plain, _ = apply_recipe(replace(recipe, finetune=replace(spec, distill=0.0)), ckpt, loader=_tiny_loader())
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    assert not _same_state(small, plain)  # the dense teacher changed the training
 
 
 # ------------------------------------------------------------------------------- the amc apply command

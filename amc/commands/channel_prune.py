@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         prune_channels,
         uniform_policy,
     )
-    from amc.commands.common import device_of, load_model_arg, load_splits
+    from amc.commands.common import check_distill, device_of, load_model_arg, load_splits
     from amc.export import save_pruned
     from amc.io import atomic_write_text
     from amc.layers import count_macs, count_params
@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise BudgetError(f"--macs must be in (0, 1], got {args.macs}")
     device = device_of(args)
     model = load_model_arg(args)
+    distill = float(getattr(args, "distill", 0.0) or 0.0)
+    check_distill(distill)
     table = channel_table(model, torch.randn(1, 3, 32, 32, device=device))
     if args.channel_policy:
         policy = load_policy_file(args.channel_policy)
@@ -85,14 +87,15 @@ def run(args: argparse.Namespace) -> int:
     before = evaluate(small, test)
     epochs = float(getattr(args, "finetune_epochs", 0) or 0)
     if epochs > 0:
-        cfg = FinetuneConfig(epochs=epochs, lr=getattr(args, "lr", None) or FinetuneConfig.lr)
-        finetune(small, splits.loader("train", args.batch_size), cfg)
+        cfg = FinetuneConfig(epochs=epochs, lr=getattr(args, "lr", None) or FinetuneConfig.lr, distill_weight=distill)
+        finetune(small, splits.loader("train", args.batch_size), cfg, teacher=model if distill > 0 else None)
     after = evaluate(small, test) if epochs > 0 else before
     macs, params = count_macs(small)[0], count_params(small)
     summary = {
         "granularity": "channel", "how": how, "criterion": args.criterion, "round_to": args.round_to,
         "policy": policy, "dense": {"acc": dense_acc, "macs": table.dense_macs, "params": table.dense_params},
         "acc_before_finetune": before, "acc_after_finetune": after, "finetune_epochs": epochs,
+        "distill": distill,
         "macs": macs, "params": params, "macs_fraction": macs / table.dense_macs,
         "params_fraction": params / table.dense_params, "notes": plan.notes,
     }

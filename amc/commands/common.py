@@ -44,6 +44,12 @@ def load_model_arg(args: argparse.Namespace) -> nn.Module:
     return load_model(args.model, args.checkpoint).to(device_of(args))
 
 
+def check_distill(weight: float) -> None:
+    """``--distill`` is a loss weight: one clear error outside [0, 1] (NaN included)."""
+    if not 0 <= weight <= 1:
+        raise AmcError(f"--distill is a weight in [0, 1], got {weight}")
+
+
 def load_splits(args: argparse.Namespace) -> Splits:
     path = args.data if args.data is not None else DEFAULT_DATA
     return make_splits(load_cifar10(path), heldout=args.heldout, device=device_of(args))

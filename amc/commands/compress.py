@@ -32,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--finetune-epochs", type=float, default=d.finetune_epochs)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--distill", type=float, default=d.distill,
+                   help="knowledge-distillation weight in [0, 1] of the finetune, the dense model as teacher")
     p.add_argument("--calib-images", type=int, default=d.calib_images, help="BN recalibration images per reward")
     p.add_argument("--eval-images", type=int, default=None, help="held-out images per reward (default: all)")
     p.add_argument("--test-limit", type=int, default=None, help="test images for the final numbers (default: all)")
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = CompressConfig(budget=args.budget, method=args.method, granularity=args.granularity,
                          episodes=args.episodes, warmup=args.warmup, seed=args.seed,
-                         finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
+                         finetune_epochs=args.finetune_epochs, lr=args.lr, distill=args.distill,
+                         batch_size=args.batch_size,
                          calib_images=args.calib_images, eval_images=args.eval_images, upper=args.upper,
                          criterion=args.criterion, round_to=args.round_to, test_limit=args.test_limit,
                          latency_runs=args.latency_runs, export_dtype=args.dtype, onnx=not args.no_onnx,

@@ -4,11 +4,12 @@ optional finetune with the masks kept; writes the pruned weights, the policy and
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
 
-from amc.commands.common import add_data_args, add_model_args, load_model_arg, load_splits, progress
+from amc.commands.common import add_data_args, add_model_args, check_distill, load_model_arg, load_splits, progress
 from amc.commands.sensitivity import parse_floats
 from amc.errors import AmcError
 from amc.finegrained import apply_policy, global_prune, nm_prune
@@ -44,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t = p.add_argument_group("finetune")
     t.add_argument("--finetune-epochs", type=float, default=0.0)
     t.add_argument("--lr", type=float, default=FinetuneConfig.lr)
+    t.add_argument("--distill", type=float, default=0.0,
+                   help="knowledge-distillation weight in [0, 1]: the dense model teaches the finetune "
+                   "(0 = labels only)")
     t.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N (shuffled) test images")
     p.add_argument("--out", default="runs/prune", help="output folder")
     p.set_defaults(func=run)
@@ -63,10 +67,12 @@ def run(args: argparse.Namespace) -> int:
         if cp is None:
             raise AmcError("channel pruning is not available in this build")
         return cp.run(args)
+    check_distill(args.distill)
     chosen = [x is not None for x in (args.policy, args.size, args.global_sparsity)]
     if args.granularity == "fine" and sum(chosen) != 1:
         raise AmcError("give exactly one of --policy FILE, --size FRACTION, --global-sparsity S")
     model = load_model_arg(args)
+    teacher = copy.deepcopy(model) if args.distill > 0 and args.finetune_epochs > 0 else None  # the dense model
     splits = load_splits(args)
     out = Path(args.out)
     summary: dict = {"checkpoint": str(args.checkpoint), "granularity": args.granularity, "times_s": {}}
@@ -112,10 +118,11 @@ def run(args: argparse.Namespace) -> int:
     summary["size_fraction"] = size_fraction(model)
     summary["accuracy_before_finetune"] = evaluate(model, test)
     if args.finetune_epochs > 0:
-        cfg = FinetuneConfig(epochs=args.finetune_epochs, lr=args.lr)
+        cfg = FinetuneConfig(epochs=args.finetune_epochs, lr=args.lr, distill_weight=args.distill)
+        summary["distill"] = args.distill
         t1 = time.perf_counter()
         with progress("finetune") as advance:
-            finetune(model, splits.loader("train", args.batch_size), cfg, masks=masks,
+            finetune(model, splits.loader("train", args.batch_size), cfg, masks=masks, teacher=teacher,
                      on_step=lambda s, n, loss: advance(completed=s, total=n, info=f"loss {loss:.3f}"))
         summary["times_s"]["finetune"] = time.perf_counter() - t1
         summary["accuracy_after_finetune"] = evaluate(model, test)
