@@ -872,13 +872,15 @@ def scan_sensitivity(model: nn.Module, eval_loader: Iterable[tuple[torch.Tensor,
 
 
 def pick_channel_policy(model_or_table: nn.Module | ChannelTable, scan: SensitivityScan, macs_fraction: float,
-                        cost: Callable[[Counts], float] | None = None) -> Policy:
+                        cost: Callable[[Counts], float] | None = None,
+                        until: Callable[[Counts], bool] | None = None) -> Policy:
     """Greedy: repeatedly take the step (one group to a smaller scanned count) with the least
-    held-out accuracy drop per unit of cost saved, until MACs <= ``macs_fraction`` of dense;
-    then give back steps that are not needed. ``cost`` defaults to MACs; pass a latency
-    predictor (``amc.latency.LatencyTable.counts_cost``) to prefer what is fast on a target.
-    The result is a policy ``{root: ratio}`` that ``policy_counts`` maps back to the same counts
-    at the scan's rounding."""
+    held-out accuracy drop per unit of cost saved, until MACs <= ``macs_fraction`` of dense (and,
+    with ``until``, until ``until(counts)`` holds too: say, a predicted-latency goal on top of the
+    MACs budget); then give back steps that are not needed. ``cost`` defaults to MACs; pass a
+    latency predictor (``amc.latency.LatencyTable.counts_cost``) to prefer what is fast on a
+    target. The result is a policy ``{root: ratio}`` that ``policy_counts`` maps back to the same
+    counts at the scan's rounding."""
     table = _as_table(model_or_table)
     target = macs_fraction * table.dense_macs
 
@@ -886,6 +888,10 @@ def pick_channel_policy(model_or_table: nn.Module | ChannelTable, scan: Sensitiv
         return table.cost_of_counts(c)["macs"]
 
     cost_fn = cost or (lambda c: float(macs(c)))
+
+    def meets(c: Counts) -> bool:
+        return macs(c) <= target and (until is None or until(c))
+
     levels: dict[str, list[tuple[int, float]]] = {}
     for root, pts in scan.points.items():
         if root not in table.group_of:
@@ -901,7 +907,7 @@ def pick_channel_policy(model_or_table: nn.Module | ChannelTable, scan: Sensitiv
         return {r: levels[r][i][0] for r, i in st.items() if i > 0}
 
     counts = counts_of(state)
-    while macs(counts) > target:
+    while not meets(counts):
         cur = cost_fn(counts)
         cur_macs = macs(counts)
         best: tuple[float, float, str, int] | None = None
@@ -920,7 +926,8 @@ def pick_channel_policy(model_or_table: nn.Module | ChannelTable, scan: Sensitiv
                 if best is None or cand < best:
                     best = cand
         if best is None:
-            raise BudgetError(f"the scanned ratios cannot reach {macs_fraction:.1%} of dense MACs")
+            extra = " and the further goal" if until is not None else ""
+            raise BudgetError(f"the scanned ratios cannot reach {macs_fraction:.1%} of dense MACs{extra}")
         state[best[2]] = best[3]
         counts = counts_of(state)
     # give back: undo single levels while the budget still holds, most accuracy regained first
@@ -931,7 +938,7 @@ def pick_channel_policy(model_or_table: nn.Module | ChannelTable, scan: Sensitiv
                 continue
             trial = dict(state)
             trial[root] = i - 1
-            if macs(counts_of(trial)) <= target:
+            if meets(counts_of(trial)):
                 gain = levels[root][i][1] - levels[root][i - 1][1]
                 if best_back is None or gain > best_back[0]:
                     best_back = (gain, root)

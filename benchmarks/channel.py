@@ -50,6 +50,7 @@ from amc.channel import (  # noqa: E402
     scan_sensitivity,
 )
 from amc.data import load_cifar10, make_splits, subset  # noqa: E402
+from amc.errors import BudgetError  # noqa: E402
 from amc.io import atomic_write_text  # noqa: E402
 from amc.latency import LatencyTable, describe_target, measure  # noqa: E402
 from amc.layers import count_macs, count_params  # noqa: E402
@@ -132,6 +133,9 @@ def main() -> None:
                     help="roundings of the sensitivity-picked (MACs) policies (default vgg8 1,32; resnet 1,8)")
     ap.add_argument("--lat-round-to", default=None,
                     help="roundings of the latency-aware policies, '' to skip them (default vgg8 32; resnet 8)")
+    ap.add_argument("--speed-goals", default="cpu=2.3,gpu=1.6",
+                    help="predicted speedups the sens_speed policies must reach on top of the MACs budget, per "
+                         "target with a lookup table (cpu: 1 thread batch 1; gpu: batch 256); '' to skip them")
     ap.add_argument("--scan-ratios", default=None,
                     help="ratios of the per-group scan (default vgg8 0.1 ... 0.9; resnet 0.25,0.5,0.75)")
     ap.add_argument("--cpu-runs", type=int, default=30, help="timed CPU runs per round")
@@ -182,6 +186,12 @@ def main() -> None:
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr)
     rounds = [int(r) for r in args.round_to.split(",") if r]
     lat_rounds = [int(r) for r in args.lat_round_to.split(",") if r]
+    try:
+        goals = {k.strip(): float(v) for k, v in (g.split("=") for g in args.speed_goals.split(",") if g.strip())}
+    except ValueError:
+        raise SystemExit(f"--speed-goals must look like cpu=2.3,gpu=1.6, got {args.speed_goals!r}") from None
+    if not set(goals) <= {"cpu", "gpu"} or not all(v > 0 for v in goals.values()):
+        raise SystemExit(f"--speed-goals takes cpu= and gpu= with positive speedups, got {args.speed_goals!r}")
     scan_ratios = tuple(float(r) for r in args.scan_ratios.split(","))
     wanted = set(args.variants.split(",")) if args.variants else None
 
@@ -198,6 +208,7 @@ def main() -> None:
         return res
 
     rep: dict = {"model": args.model, "checkpoint": ckpt, "device": str(dev), "macs_target": args.macs,
+                 "speed_goals": goals,
                  "finetune": {"epochs": args.epochs, "lr": args.lr, "schedule": cfg.schedule,
                               "distill_weight": args.distill, "distill_temperature": cfg.distill_temperature},
                  "quick": args.quick, "host": platform.node(), "cpu": describe_target("cpu", 1),
@@ -285,9 +296,14 @@ def main() -> None:
     log(f"sensitivity scans: {len(cache)} points in {times['sensitivity scans']:.0f}s")
     rep["scans"] = {str(r): s.to_dict() for r, s in scans.items()}
 
-    def run_sens(name: str, r: int, cost: Callable | None, label: str) -> None:
+    def run_sens(name: str, r: int, cost: Callable | None, label: str, until: Callable | None = None) -> None:
         t1 = time.perf_counter()
-        policy = pick_channel_policy(table, scans[r], args.macs, cost=cost)
+        try:
+            policy = pick_channel_policy(table, scans[r], args.macs, cost=cost, until=until)
+        except BudgetError as e:  # a goal the scanned ratios cannot reach: say so, run the rest
+            log(f"{name}: skipped, {e}")
+            rep.setdefault("skipped", {})[name] = str(e)
+            return
         times[f"{name} pick"] = time.perf_counter() - t1
         plan = plan_channels(dense, policy, args.criterion, round_to=r)
         assert plan_cost(table, plan)["macs"] <= args.macs * table.dense_macs
@@ -300,7 +316,7 @@ def main() -> None:
             run_sens(f"sens_macs_r{r}", r, None, f"sensitivity-picked, accuracy drop per MAC (round {r})")
 
     luts: list[LatencyTable] = []
-    if lat_rounds and any(want(f"sens_lat_r{r}") for r in lat_rounds):
+    if lat_rounds and any(want(f"sens_lat_r{r}") or want(f"sens_speed_r{r}") for r in lat_rounds):
         luts.append(LatencyTable(out / "latency_lut_cpu.csv", "cpu", 1, 1, warmup=3, runs=15 if not args.quick else 3))
         if cuda:
             luts.append(LatencyTable(out / "latency_lut_gpu.csv", dev, 256, 1, warmup=5, runs=20))
@@ -315,6 +331,20 @@ def main() -> None:
                 run_sens(f"sens_lat_r{r}", r, lat_cost,
                          f"sensitivity-picked, accuracy drop per predicted latency ({'CPU+GPU' if cuda else 'CPU'}; "
                          f"round {r})")
+        # the same ordering, but picked on until every target's predicted speedup reaches its goal
+        kinds = ["cpu"] + (["gpu"] if cuda else [])
+        goal = [goals.get(k) for k in kinds]
+
+        def fast_enough(counts) -> bool:  # every target with a goal: predicted dense / pruned >= its goal
+            return all(b / f(counts) >= g for f, b, g in zip(fns, base, goal, strict=True) if g)
+
+        if any(goal):
+            words = " and ".join(f"{k.upper()} {g:g}x" for k, g in zip(kinds, goal, strict=True) if g)
+            for r in lat_rounds:
+                if want(f"sens_speed_r{r}"):
+                    run_sens(f"sens_speed_r{r}", r, lat_cost,
+                             f"sensitivity-picked per predicted latency until the predicted speedup reaches "
+                             f"{words} (round {r})", until=fast_enough)
         for lut in luts:
             lut.save()
 
@@ -427,6 +457,8 @@ def render(rep: dict) -> str:
               "generalisation; the sensitivity scan still ranks groups by it, and the learning-rate table should "
               "be read on the test column.", ""]
     lines += [f"Targets (issue 3): {TARGETS.get(rep['model'], '-')}.", ""]
+    for name, why in rep.get("skipped", {}).items():
+        lines += [f"Not built: **{name}**: {why}.", ""]
     anchors = ANCHORS.get(rep["model"])
     if anchors:
         lines += ["Anchors (DESIGN.md, same data and checkpoints, one H100 run): "

@@ -245,6 +245,32 @@ def test_pick_policy_meets_budget_and_prefers_insensitive_groups(tiny_vgg):
         pick_channel_policy(table, scan, 0.0001)
 
 
+def test_pick_policy_meets_a_further_goal_on_top_of_macs(tiny_vgg):
+    table = channel_table(tiny_vgg)
+    sensitive = table.roots[0]
+    points = {}
+    for g in table.groups:
+        ks = [g.channels, *range(g.channels - 2, 0, -2)]
+        points[g.root] = [(k, 0.9 - (0.5 if g.root == sensitive and k < g.channels else 0.01) * (1 - k / g.channels))
+                          for k in ks]
+    scan = SensitivityScan(0.9, points, "l2", 1)
+    whole = table.group(sensitive).channels
+
+    def cost(counts) -> float:  # a "latency" that only the sensitive group's width moves
+        return counts.get(sensitive, whole) / whole
+
+    free = policy_counts(table, pick_channel_policy(table, scan, 0.5), round_to=1)
+    assert sensitive not in free and cost(free) == 1.0  # the MACs budget alone leaves it whole
+    goal = pick_channel_policy(table, scan, 0.5, cost=cost, until=lambda c: cost(c) <= 0.6)
+    counts = policy_counts(table, goal, round_to=1)
+    assert cost(counts) <= 0.6 and table.cost_of_counts(counts)["macs"] <= 0.5 * table.dense_macs
+    # ordered by MACs, with only the goal naming the sensitive group: it is cut all the same
+    counts = policy_counts(table, pick_channel_policy(table, scan, 0.5, until=lambda c: cost(c) <= 0.6), round_to=1)
+    assert cost(counts) <= 0.6
+    with pytest.raises(BudgetError, match="further goal"):
+        pick_channel_policy(table, scan, 0.5, cost=cost, until=lambda c: False)
+
+
 def test_scan_sensitivity_on_real_data(tiny_vgg, tiny_splits):
     ev = tiny_splits.loader("heldout", 128)
     cache: dict = {}
