@@ -4,8 +4,11 @@
 # Here, once:   ../shared/tools/gpu-prep.sh            (stages .gpu/: data, checkpoints, wheels)
 # There:        bash scripts/gpu-bench.sh [STEP[:SECONDS]] ...   (device run, carry [".gpu"])
 #
-# STEP is one of: fine (reports/vgg8_finegrained), search (reports/search, VGG8 ch50 + fg25),
-# channel (reports/channel_vgg8), channel56 (reports/channel_resnet56). Each step runs under its own
+# STEP is one of: fine (reports/vgg8_finegrained, about 3 min on an H100), search (reports/search,
+# VGG8 ch50 + fg25 with BN-recalibration rewards, about 3 min), searchfg (fg25 again, searched around
+# the global policy with 16-step finetune rewards and 2 finetune seeds, merged into search's report;
+# run it after search), channel (reports/channel_vgg8, about 2 min), channel56
+# (reports/channel_resnet56, about 4 min). Each step runs under its own
 # time limit (default below, or :SECONDS) so that one slow step cannot take the others' results with
 # it, and leaves STEP.tar.gz (its report files) and STEP.log under $OUT (at most 8 files come back).
 # Unpack here with: tar -xzf FILE -C reports
@@ -21,7 +24,7 @@ fi
 export PYTHONUNBUFFERED=1
 
 data=.gpu/cifar10-jpeg.tar.xz
-declare -A limit=([fine]=240 [search]=300 [channel]=300 [channel56]=300)
+declare -A limit=([fine]=240 [search]=300 [searchfg]=300 [channel]=240 [channel56]=330)
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(fine search)
 rc=0
@@ -29,13 +32,16 @@ for spec in "${steps[@]}"; do
   step=${spec%%:*}
   secs=${limit[$step]:-}
   [ "$spec" != "$step" ] && secs=${spec#*:}
-  [ -n "$secs" ] || { echo "unknown step $step (fine, search, channel, channel56)" >&2; rc=2; continue; }
-  dir=/tmp/bench-$step
+  [ -n "$secs" ] || { echo "unknown step $step (fine, search, searchfg, channel, channel56)" >&2; rc=2; continue; }
+  dir=/tmp/bench-${step/searchfg/search}
   mkdir -p "$dir"
   case $step in
     fine) cmd=(python3 benchmarks/finegrained.py --data "$data" --checkpoint .gpu/vgg8_dense.pt --out "$dir") ;;
     search) cmd=(python3 benchmarks/search.py --model vgg8 --data "$data" --checkpoint .gpu/vgg8_dense.pt
                  --tasks ch50,fg25 --out "$dir") ;;
+    searchfg) cmd=(python3 benchmarks/search.py --model vgg8 --data "$data" --checkpoint .gpu/vgg8_dense.pt
+                   --tasks fg25 --recovery finetune --recovery-steps 16 --around global --radius 0.2 --ft-seeds 2
+                   --merge --out "$dir") ;;
     channel) cmd=(python3 benchmarks/channel.py --model vgg8 --data "$data" --checkpoint .gpu/vgg8_dense.pt
                   --out "$dir") ;;
     channel56) cmd=(python3 benchmarks/channel.py --model resnet56 --data "$data"
