@@ -228,15 +228,20 @@ def test_plan_for_another_model_is_refused(tiny_vgg, tiny_resnet):
 
 
 # -- sensitivity picker ------------------------------------------------------------------------
-def test_pick_policy_meets_budget_and_prefers_insensitive_groups(tiny_vgg):
-    table = channel_table(tiny_vgg)
+def _one_sensitive_group(model):
+    """A synthetic scan in which the first group loses 50x more accuracy per pruned channel."""
+    table = channel_table(model)
     sensitive = table.roots[0]
     points = {}
     for g in table.groups:
         ks = [g.channels, *range(g.channels - 2, 0, -2)]
         points[g.root] = [(k, 0.9 - (0.5 if g.root == sensitive and k < g.channels else 0.01) * (1 - k / g.channels))
                           for k in ks]
-    scan = SensitivityScan(0.9, points, "l2", 1)
+    return table, sensitive, SensitivityScan(0.9, points, "l2", 1)
+
+
+def test_pick_policy_meets_budget_and_prefers_insensitive_groups(tiny_vgg):
+    table, sensitive, scan = _one_sensitive_group(tiny_vgg)
     policy = pick_channel_policy(table, scan, 0.5)
     counts = policy_counts(table, policy, round_to=1)
     assert table.cost_of_counts(counts)["macs"] <= 0.5 * table.dense_macs
@@ -246,14 +251,7 @@ def test_pick_policy_meets_budget_and_prefers_insensitive_groups(tiny_vgg):
 
 
 def test_pick_policy_meets_a_further_goal_on_top_of_macs(tiny_vgg):
-    table = channel_table(tiny_vgg)
-    sensitive = table.roots[0]
-    points = {}
-    for g in table.groups:
-        ks = [g.channels, *range(g.channels - 2, 0, -2)]
-        points[g.root] = [(k, 0.9 - (0.5 if g.root == sensitive and k < g.channels else 0.01) * (1 - k / g.channels))
-                          for k in ks]
-    scan = SensitivityScan(0.9, points, "l2", 1)
+    table, sensitive, scan = _one_sensitive_group(tiny_vgg)
     whole = table.group(sensitive).channels
 
     def cost(counts) -> float:  # a "latency" that only the sensitive group's width moves
