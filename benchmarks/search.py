@@ -432,7 +432,17 @@ def _markdown(report: dict) -> str:
         lines += ["", f"Held-out accuracy is the search's score (after {_recovery_words(sp)}) of each row's "
                   "per-layer ratios, scored by the search's evaluator (for the Torch-Pruning row: its per-layer "
                   "channel counts with our L2 channel choice). Test accuracies are of the model each row builds.",
-                  "", f"![rewards]({report.get('stem', 'search')}_{name}_rewards.png)", "",
+                  ""]
+        extra = {k: c["extra_runs"] for k, c in t["candidates"].items() if c.get("extra_runs")}
+        if extra:  # finetunes on further batch orders, measured after the run (see "extra_runs_how")
+            lines += [f"Further finetunes, measured after this run: {t.get('extra_runs_how', '')}", "",
+                      "| policy | further runs (seed: test acc.) | mean of all runs |", "| --- | --- | --- |"]
+            for k, e in extra.items():
+                everything = [*t["candidates"][k].get("test_after_runs", []), *e.values()]
+                lines.append(f"| {label.get(k, k)} | {', '.join(f'{s}: {a:.2%}' for s, a in e.items())} | "
+                             f"{statistics.mean(everything):.2%} ({len(everything)} runs) |")
+            lines.append("")
+        lines += [f"![rewards]({report.get('stem', 'search')}_{name}_rewards.png)", "",
                   f"![policy]({report.get('stem', 'search')}_{name}_policy.png)", ""]
         lines += ["Wall time per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t["times_s"].items()), ""]
     lines += ["## Settings", "", "```", json.dumps(report["settings"], indent=1), "```", ""]

@@ -1,0 +1,87 @@
+"""Finetune a search report's fine-grained rows on further batch orders, after the run.
+
+Each named row's policy is applied again to the dense checkpoint (magnitude masks, as the search
+benchmark builds it), BN recalibrated on the same calibration images, finetuned as the benchmark
+does (``--epochs`` of SGD, lr 0.01 cosine, batch 256, masks kept) on the batch order of each seed,
+and tested on the whole test set. The accuracies go into the report's JSON as the rows'
+``extra_runs`` and the markdown is rendered again (its "Further finetunes" table).
+
+    python benchmarks/search_more_seeds.py --report reports/search_cpu.json --task fg25 \\
+        --rows global_magnitude,amc,optuna --seeds 2,3 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from amc.data import load_cifar10, make_splits  # noqa: E402
+from amc.finegrained import apply_policy  # noqa: E402
+from amc.io import atomic_write_text  # noqa: E402
+from amc.models import load_model  # noqa: E402
+from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--report", required=True, help="the search benchmark's JSON")
+    ap.add_argument("--task", default="fg25")
+    ap.add_argument("--rows", default="global_magnitude,amc,optuna")
+    ap.add_argument("--seeds", default="2,3", help="finetune batch orders (the benchmark's own are 0 .. ft-seeds-1)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--data", default=None, help="default: the report's data set")
+    args = ap.parse_args()
+    path = Path(args.report)
+    rep = json.loads(path.read_text())
+    task = rep["tasks"].get(args.task)
+    if task is None or task.get("granularity") != "fine":
+        raise SystemExit(f"{path} has no fine-grained task {args.task!r}")
+    rows = [r for r in args.rows.split(",") if r]
+    missing = [r for r in rows if r not in task["candidates"]]
+    if missing:
+        raise SystemExit(f"rows not in {args.task}: {', '.join(missing)}; known: {', '.join(task['candidates'])}")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    settings = rep["settings"]
+    epochs = rep["epochs"]  # the report's: further runs are pooled with its own
+    dev = torch.device(args.device)
+    splits = make_splits(load_cifar10(args.data or settings["data"]), heldout=rep["heldout"], device=dev)
+    dense = load_model(rep["model"], rep["checkpoint"] or str(ROOT.parent / "shared" / "models" /
+                                                                 f"{rep['model']}_dense.pt")).to(dev).eval()
+    calib = splits.loader("train", 512, limit=rep["calib_images"], shuffle=False, augment=False)
+    test = splits.loader("test", 1000)
+    for seed in seeds:
+        for key in rows:
+            model = copy.deepcopy(dense)
+            masks = apply_policy(model, task["candidates"][key]["policy"])
+            recalibrate_bn(model, calib)
+            finetune(model, splits.loader("train", settings.get("batch_size", 256), seed=seed),
+                     FinetuneConfig(epochs=epochs), masks=masks)
+            acc = evaluate(model, test)
+            task["candidates"][key].setdefault("extra_runs", {})[str(seed)] = acc
+            print(f"{args.task} {key} seed {seed}: {acc:.4f}", flush=True)
+    task["extra_runs_how"] = (
+        f"the rows' policies applied again to the dense checkpoint (magnitude masks), BN recalibrated on the "
+        f"same {rep['calib_images']} train images, finetuned the same way ({epochs:g} epoch, SGD lr 0.01 cosine, "
+        f"batch {settings.get('batch_size', 256)}, masks kept) on further batch orders, tested on all "
+        f"{len(splits.test_y):,} test images (`benchmarks/search_more_seeds.py`).")
+    atomic_write_text(path, json.dumps(rep, indent=1, default=float) + "\n")
+    # the search benchmark's renderer (benchmarks/search.py; not importable as "search", the package's name)
+    spec = importlib.util.spec_from_file_location("search_benchmark", ROOT / "benchmarks" / "search.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    atomic_write_text(path.with_suffix(".md"), bench._markdown(rep))
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
