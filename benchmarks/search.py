@@ -61,6 +61,24 @@ SENS_RATIOS = (0.2, 0.4, 0.6, 0.8, 0.9)  # per-layer sensitivity scan for the se
 TP_BISECT = 12  # bisection steps on Torch-Pruning's global ratio (2^-12 of a ratio)
 
 
+def finetune_runs(model: torch.nn.Module, masks, splits, seeds: list[int], ft: FinetuneConfig, batch_size: int,
+                  test) -> tuple[list[float], list[float]]:
+    """The same (pruned, BN-recalibrated) model finetuned once per seed, each on that seed's batch
+    order with ``masks`` held: test accuracy and seconds of each run (the spread of the finetune).
+    The last run finetunes ``model`` itself."""
+    dev = next(model.parameters()).device
+    runs, secs = [], []
+    for i, seed in enumerate(seeds):
+        m = copy.deepcopy(model) if i < len(seeds) - 1 else model
+        _sync(dev)
+        t = time.perf_counter()
+        finetune(m, splits.loader("train", batch_size, seed=seed), ft, masks=masks)
+        _sync(dev)
+        secs.append(time.perf_counter() - t)
+        runs.append(evaluate(m, test))
+    return runs, secs
+
+
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -266,15 +284,8 @@ def run_task(name: str, args, dense, splits, dev, run_root: Path) -> dict:
         c["size"] = size_fraction(model, count_params(dense) * 32)
         recalibrate_bn(model, calib)
         c["test_before"] = evaluate(model, test)
-        runs, secs = [], []
-        for s in range(args.ft_seeds):  # the same model finetuned on other batch orders: the spread
-            m = copy.deepcopy(model) if s < args.ft_seeds - 1 else model
-            _sync(dev)
-            t = time.perf_counter()
-            finetune(m, splits.loader("train", args.batch_size, seed=args.seed + s), ft, masks=masks)  # type: ignore[arg-type]
-            _sync(dev)
-            secs.append(time.perf_counter() - t)
-            runs.append(evaluate(m, test))
+        runs, secs = finetune_runs(model, masks, splits, [args.seed + s for s in range(args.ft_seeds)], ft,
+                                   args.batch_size, test)
         c["finetune_s"] = statistics.mean(secs)
         c["test_after_runs"] = runs
         c["test_after"] = statistics.mean(runs)

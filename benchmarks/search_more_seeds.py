@@ -2,7 +2,7 @@
 
 Each named row's policy is applied again to the dense checkpoint (magnitude masks, as the search
 benchmark builds it), BN recalibrated on the same calibration images, finetuned as the benchmark
-does (``--epochs`` of SGD, lr 0.01 cosine, batch 256, masks kept) on the batch order of each seed,
+does (the report's epochs of SGD, lr 0.01 cosine, batch 256, masks kept) on the batch order of each seed,
 and tested on the whole test set. The accuracies go into the report's JSON as the rows'
 ``extra_runs`` and the markdown is rendered again (its "Further finetunes" table).
 
@@ -28,7 +28,17 @@ from amc.data import load_cifar10, make_splits  # noqa: E402
 from amc.finegrained import apply_policy  # noqa: E402
 from amc.io import atomic_write_text  # noqa: E402
 from amc.models import load_model  # noqa: E402
-from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
+from amc.train import FinetuneConfig, recalibrate_bn  # noqa: E402
+
+
+def _search_benchmark():
+    """benchmarks/search.py as a module (its finetune runs and renderer); not importable as
+    ``search``, which is the package's name."""
+    spec = importlib.util.spec_from_file_location("search_benchmark", ROOT / "benchmarks" / "search.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
 
 
 def main() -> None:
@@ -51,34 +61,28 @@ def main() -> None:
         raise SystemExit(f"rows not in {args.task}: {', '.join(missing)}; known: {', '.join(task['candidates'])}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     settings = rep["settings"]
+    batch = settings.get("batch_size", 256)
     epochs = rep["epochs"]  # the report's: further runs are pooled with its own
+    bench = _search_benchmark()
     dev = torch.device(args.device)
     splits = make_splits(load_cifar10(args.data or settings["data"]), heldout=rep["heldout"], device=dev)
-    dense = load_model(rep["model"], rep["checkpoint"] or str(ROOT.parent / "shared" / "models" /
-                                                                 f"{rep['model']}_dense.pt")).to(dev).eval()
+    dense = load_model(rep["model"], rep["checkpoint"]).to(dev).eval()
     calib = splits.loader("train", 512, limit=rep["calib_images"], shuffle=False, augment=False)
     test = splits.loader("test", 1000)
-    for seed in seeds:
-        for key in rows:
-            model = copy.deepcopy(dense)
-            masks = apply_policy(model, task["candidates"][key]["policy"])
-            recalibrate_bn(model, calib)
-            finetune(model, splits.loader("train", settings.get("batch_size", 256), seed=seed),
-                     FinetuneConfig(epochs=epochs), masks=masks)
-            acc = evaluate(model, test)
-            task["candidates"][key].setdefault("extra_runs", {})[str(seed)] = acc
-            print(f"{args.task} {key} seed {seed}: {acc:.4f}", flush=True)
+    for key in rows:
+        model = copy.deepcopy(dense)
+        masks = apply_policy(model, task["candidates"][key]["policy"])
+        recalibrate_bn(model, calib)
+        runs, _ = bench.finetune_runs(model, masks, splits, seeds, FinetuneConfig(epochs=epochs), batch, test)
+        got = dict(zip(map(str, seeds), runs, strict=True))
+        task["candidates"][key].setdefault("extra_runs", {}).update(got)
+        print(f"{args.task} {key}: " + ", ".join(f"seed {s} {a:.4f}" for s, a in got.items()), flush=True)
     task["extra_runs_how"] = (
         f"the rows' policies applied again to the dense checkpoint (magnitude masks), BN recalibrated on the "
         f"same {rep['calib_images']} train images, finetuned the same way ({epochs:g} epoch, SGD lr 0.01 cosine, "
-        f"batch {settings.get('batch_size', 256)}, masks kept) on further batch orders, tested on all "
+        f"batch {batch}, masks kept) on further batch orders, tested on all "
         f"{len(splits.test_y):,} test images (`benchmarks/search_more_seeds.py`).")
     atomic_write_text(path, json.dumps(rep, indent=1, default=float) + "\n")
-    # the search benchmark's renderer (benchmarks/search.py; not importable as "search", the package's name)
-    spec = importlib.util.spec_from_file_location("search_benchmark", ROOT / "benchmarks" / "search.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     atomic_write_text(path.with_suffix(".md"), bench._markdown(rep))
     print(f"wrote {path} and {path.with_suffix('.md')}")
 
