@@ -160,8 +160,9 @@ class Evaluator:
         self.latency_table = latency_table  # amc.latency.LatencyTable: predicted latency (channel pruning)
         self.dense = dense_model.eval()
         self.work = copy.deepcopy(dense_model).eval()  # the one working copy (made once)
-        if self.device.type == "cuda":
-            self.work.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # channels_last before ``_live`` is taken: finetune recovery converts its model to it, which
+        # would otherwise give the working copy new tensors that ``_live`` no longer shares
+        self.work.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._state = {k: v.detach().clone() for k, v in self.work.state_dict().items()}
         self._live = self.work.state_dict()  # tensors sharing storage with the working copy
         self.table = layer_table(self.dense, input_shape)

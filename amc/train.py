@@ -1,6 +1,6 @@
 """Plain training functions: ``evaluate``, ``finetune`` (masks kept), ``recalibrate_bn``.
 
-On CUDA: bf16 autocast and channels_last. Pruned weights stay at exactly zero: masks are
+channels_last; on CUDA also bf16 autocast. Pruned weights stay at exactly zero: masks are
 re-applied after every optimiser step, so momentum and weight decay cannot revive them.
 """
 
@@ -135,8 +135,9 @@ def finetune(
     ``on_step(step, total_steps, loss)`` reports progress. Returns the last loss and the wall time.
     """
     device = model_device(model)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    # channels_last on both: cuDNN and oneDNN convolutions run faster in it (a VGG8 training step on a
+    # 2-core CPU: 2.7 s against 3.3-3.6 s contiguous; ResNet-20: 0.23 s against 0.33 s)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     per_epoch = len(loader)  # type: ignore[arg-type]
     total = max(1, round(cfg.epochs * per_epoch))
     if cfg.max_steps is not None:
