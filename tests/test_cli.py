@@ -84,3 +84,24 @@ def test_prune_size_target_end_to_end(capsys, tmp_path):
     assert len(chosen) == 1 and chosen[0]["score"] == max(c["score"] for c in cands)
     assert f"picked {chosen[0]['candidate']}" in stdout
     assert (out / "candidates.csv").exists()
+
+
+def test_progress_prints_plain_lines_off_a_terminal(capsys):
+    from amc.commands.common import progress
+
+    with progress("finetune", every_s=1e9) as advance:  # stderr is captured: not a terminal
+        for step in range(1, 21):
+            advance(completed=step, total=20, info=f"loss {1 / step:.3f}")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10  # one per tenth, no repeat at the end
+    assert lines[0].startswith("finetune 2/20 (10%) ") and lines[0].endswith("loss 0.500")
+    assert lines[-1].startswith("finetune 20/20 (100%) ")
+
+    with progress("scan", every_s=0) as advance:  # no total: a line per step when every_s allows
+        advance()
+        advance(2)
+    assert [ln.split()[1] for ln in capsys.readouterr().err.splitlines()] == ["1/?", "3/?"]
+
+    with progress("rebuild", total=100, every_s=1e9) as advance:
+        advance(5)  # below the first tenth: nothing yet, one line when the work ends
+    assert capsys.readouterr().err.splitlines()[0].startswith("rebuild 5/100 (5%) ")

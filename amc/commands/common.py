@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,15 +58,22 @@ def load_splits(args: argparse.Namespace) -> Splits:
 
 
 @contextlib.contextmanager
-def progress(description: str, total: int | None = None) -> Iterator:
-    """A rich progress bar on stderr; yields ``advance(n=1, **fields)``."""
+def progress(description: str, total: int | None = None, every_s: float = 60.0) -> Iterator:
+    """Progress on stderr; yields ``advance(n=1, info="", completed=None, total=None)``.
+
+    On a terminal, a rich progress bar. Elsewhere (a log file, CI, ``nohup``) a bar would print
+    nothing, so plain lines go out instead: ``description done/total (pct) elapsed info``, at each
+    tenth of the total and at least every ``every_s`` seconds while work moves, and once at the end."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
+    if not console.is_terminal:
+        with _plain_progress(description, total, every_s) as advance:
+            yield advance
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[info]}"), console=console, transient=False,
-                  disable=not console.is_terminal) as prog:
+                  TextColumn("{task.fields[info]}"), console=console, transient=False) as prog:
         task = prog.add_task(description, total=total, info="")
 
         def advance(n: int = 1, info: str = "", completed: int | None = None, total: int | None = None) -> None:
@@ -74,3 +83,36 @@ def progress(description: str, total: int | None = None) -> Iterator:
                 prog.update(task, advance=n, total=total, info=info)
 
         yield advance
+
+
+class _PlainProgress:
+    """Plain progress lines for a stderr that is not a terminal (see ``progress``)."""
+
+    def __init__(self, description: str, total: int | None, every_s: float) -> None:
+        self.description, self.total, self.every_s = description, total, every_s
+        self.done, self.info, self.tenth, self.shown = 0, "", 0, -1
+        self.t0 = self.printed_at = time.perf_counter()
+
+    def line(self) -> None:
+        pct = f" ({self.done / self.total:.0%})" if self.total else ""
+        info = f"  {self.info}" if self.info else ""
+        print(f"{self.description} {self.done}/{self.total or '?'}{pct} {time.perf_counter() - self.t0:.0f}s{info}",
+              file=sys.stderr, flush=True)
+        self.printed_at, self.shown = time.perf_counter(), self.done
+
+    def advance(self, n: int = 1, info: str = "", completed: int | None = None, total: int | None = None) -> None:
+        self.done = completed if completed is not None else self.done + n
+        self.total = total if total is not None else self.total
+        self.info = info
+        tenth = int(10 * self.done / self.total) if self.total else 0
+        if tenth > self.tenth or time.perf_counter() - self.printed_at >= self.every_s:
+            self.tenth = max(self.tenth, tenth)
+            self.line()
+
+
+@contextlib.contextmanager
+def _plain_progress(description: str, total: int | None, every_s: float) -> Iterator:
+    prog = _PlainProgress(description, total, every_s)
+    yield prog.advance
+    if prog.shown != prog.done:
+        prog.line()
