@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from amc.commands.common import add_data_args, device_of, load_splits, progress
+from amc.commands.common import add_data_args, device_of, finetune_progress, load_splits
 from amc.errors import AmcError
 from amc.export import export_compressed
 from amc.io import atomic_write_text
@@ -87,10 +87,9 @@ def run(args: argparse.Namespace) -> int:
     if args.finetune and splits is not None:
         loader = splits.loader("train", recipe.finetune.batch_size, seed=recipe.finetune.seed)
     t = time.perf_counter()
-    with progress("finetune" if loader is not None else "rebuild") as advance:
+    with finetune_progress("finetune" if loader is not None else "rebuild") as on_step:
         model, _ = apply_recipe(recipe, args.checkpoint, args.force, loader=loader, device=device,
-                                on_step=lambda s, n, loss: advance(completed=s, total=n, info=f"loss {loss:.3f}"),
-                                on_rebuilt=rebuilt)
+                                on_step=on_step, on_rebuilt=rebuilt)
     if loader is not None:
         times["finetune"] = time.perf_counter() - t - times["rebuild"] - times.get("evaluate_rebuilt", 0.0)
         if test is not None:

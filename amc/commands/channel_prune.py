@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         prune_channels,
         uniform_policy,
     )
-    from amc.commands.common import check_distill, device_of, load_model_arg, load_splits, progress
+    from amc.commands.common import check_distill, device_of, finetune_progress, load_model_arg, load_splits
     from amc.export import save_pruned
     from amc.io import atomic_write_text
     from amc.layers import count_macs, count_params
@@ -88,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
     epochs = float(getattr(args, "finetune_epochs", 0) or 0)
     if epochs > 0:
         cfg = FinetuneConfig(epochs=epochs, lr=getattr(args, "lr", None) or FinetuneConfig.lr, distill_weight=distill)
-        with progress("finetune") as advance:
+        with finetune_progress() as on_step:
             finetune(small, splits.loader("train", args.batch_size), cfg, teacher=model if distill > 0 else None,
-                     on_step=lambda s, n, loss: advance(completed=s, total=n, info=f"loss {loss:.3f}"))
+                     on_step=on_step)
     after = evaluate(small, test) if epochs > 0 else before
     macs, params = count_macs(small)[0], count_params(small)
     summary = {

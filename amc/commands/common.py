@@ -69,8 +69,10 @@ def progress(description: str, total: int | None = None, every_s: float = 60.0) 
 
     console = Console(stderr=True)
     if not console.is_terminal:
-        with _plain_progress(description, total, every_s) as advance:
-            yield advance
+        plain = _PlainProgress(description, total, every_s)
+        yield plain.advance
+        if plain.shown != plain.done:
+            plain.line()
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), console=console, transient=False) as prog:
@@ -111,8 +113,7 @@ class _PlainProgress:
 
 
 @contextlib.contextmanager
-def _plain_progress(description: str, total: int | None, every_s: float) -> Iterator:
-    prog = _PlainProgress(description, total, every_s)
-    yield prog.advance
-    if prog.shown != prog.done:
-        prog.line()
+def finetune_progress(description: str = "finetune") -> Iterator:
+    """``progress`` for ``amc.train.finetune``: yields its ``on_step(step, total, loss)`` callback."""
+    with progress(description) as advance:
+        yield lambda s, n, loss: advance(completed=s, total=n, info=f"loss {loss:.3f}")

@@ -9,7 +9,15 @@ import json
 import time
 from pathlib import Path
 
-from amc.commands.common import add_data_args, add_model_args, check_distill, load_model_arg, load_splits, progress
+from amc.commands.common import (
+    add_data_args,
+    add_model_args,
+    check_distill,
+    finetune_progress,
+    load_model_arg,
+    load_splits,
+    progress,
+)
 from amc.commands.sensitivity import parse_floats
 from amc.errors import AmcError
 from amc.finegrained import apply_policy, global_prune, nm_prune
@@ -121,9 +129,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = FinetuneConfig(epochs=args.finetune_epochs, lr=args.lr, distill_weight=args.distill)
         summary["distill"] = args.distill
         t1 = time.perf_counter()
-        with progress("finetune") as advance:
+        with finetune_progress() as on_step:
             finetune(model, splits.loader("train", args.batch_size), cfg, masks=masks, teacher=teacher,
-                     on_step=lambda s, n, loss: advance(completed=s, total=n, info=f"loss {loss:.3f}"))
+                     on_step=on_step)
         summary["times_s"]["finetune"] = time.perf_counter() - t1
         summary["accuracy_after_finetune"] = evaluate(model, test)
         summary["size_fraction_after_finetune"] = size_fraction(model)
