@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from amc.errors import BudgetError, PolicyError
 
@@ -35,6 +36,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channel-policy", default=None, metavar="FILE",
                    help="YAML or JSON {layer name: fraction of output channels to remove} "
                         "(or {policy: {...}}); layers sharing a channel group take the largest ratio")
+    g.add_argument("--reconstruct", type=int, default=0, metavar="IMAGES",
+                   help="refit the weights of every layer that lost input channels by least squares so "
+                        "it reproduces the dense layer's outputs, from IMAGES training images (AMC's "
+                        "recovery step; 0 = off, 1024 is plenty)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.round_to < 1:
         raise PolicyError(f"--round-to must be >= 1, got {args.round_to}")
+    if getattr(args, "reconstruct", 0) < 0:
+        raise PolicyError(f"--reconstruct takes a number of images >= 0, got {args.reconstruct}")
     if args.macs is not None and not 0 < args.macs <= 1:
         raise BudgetError(f"--macs must be in (0, 1], got {args.macs}")
     device = device_of(args)
@@ -84,6 +91,16 @@ def run(args: argparse.Namespace) -> int:
     small = prune_channels(model, plan)
     test = splits.loader("test", args.batch_size, limit=getattr(args, "eval_limit", None))
     dense_acc = evaluate(model, test)
+    recon: dict[str, Any] = {}
+    n_recon = int(getattr(args, "reconstruct", 0) or 0)
+    if n_recon > 0:
+        from amc.reconstruct import reconstruct
+
+        recon["acc_before"] = evaluate(small, test)
+        calib = splits.loader("train", args.batch_size, shuffle=True, augment=False)
+        rep = reconstruct(model, small, plan, calib, images=n_recon)
+        recon.update(images=n_recon, layers={k: {"rel_error_before": a, "rel_error_after": b}
+                                             for k, (a, b) in rep.layers.items()}, notes=rep.notes)
     before = evaluate(small, test)
     epochs = float(getattr(args, "finetune_epochs", 0) or 0)
     if epochs > 0:
@@ -97,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         "granularity": "channel", "how": how, "criterion": args.criterion, "round_to": args.round_to,
         "policy": policy, "dense": {"acc": dense_acc, "macs": table.dense_macs, "params": table.dense_params},
         "acc_before_finetune": before, "acc_after_finetune": after, "finetune_epochs": epochs,
-        "distill": distill,
+        "distill": distill, "reconstruction": recon or None,
         "macs": macs, "params": params, "macs_fraction": macs / table.dense_macs,
         "params_fraction": params / table.dense_params, "notes": plan.notes,
     }
@@ -115,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"channel pruning ({how}, criterion {args.criterion}, round to {args.round_to}): "
           f"MACs {macs / 1e6:.2f}M ({macs / table.dense_macs:.1%} of dense), "
           f"params {params:,} ({params / table.dense_params:.1%})")
+    if recon:
+        print(f"least-squares reconstruction from {n_recon} images: {len(recon['layers'])} layers refitted, "
+              f"test accuracy {recon['acc_before']:.2%} -> {before:.2%}")
     print(f"test accuracy: dense {dense_acc:.2%}, pruned {before:.2%}"
           + (f", after {epochs:g} finetune epochs {after:.2%}" if epochs > 0 else ""))
     print(f"wrote {out}/: model.safetensors + config.json ({export.file_bytes:,} bytes), channel_plan.json, "
