@@ -100,9 +100,11 @@ def reconstruct(dense: nn.Module, small: nn.Module, plan: ChannelPlan,
     channels were removed, so that each such layer reproduces the dense layer's kept outputs.
 
     ``images`` training images (from ``loader``, without augmentation preferably) supply
-    ``positions`` sampled output locations each; ``ridge`` is relative to the mean diagonal of
-    ``X^T X``. Returns each refitted layer's relative error (||XW - Y|| / ||Y|| on the samples)
-    before and after.
+    ``positions`` sampled output locations each (more where a layer has more unknowns: four rows
+    per unknown when the feature map has the positions); ``ridge`` is relative to the mean
+    diagonal of ``X^T X``. A layer with fewer samples than unknowns, or whose fit would not lower
+    the error, is left as pruned with a note. Returns each refitted layer's relative error
+    (||XW - Y|| / ||Y|| on the samples) before and after.
     """
     table = table or channel_table(dense)
     dev = next(small.parameters()).device
@@ -143,6 +145,10 @@ def _refit(name: str, mod: nn.Conv2d | nn.Linear, dense: nn.Module, small: nn.Mo
     w = mod.weight
     bias = mod.bias is not None
     feats = w[0].numel() + int(bias)
+    # at least four regression rows per unknown where the feature maps have the positions for it
+    images = sum(len(x) for x in batches)
+    positions = max(positions, -(-4 * feats // max(images, 1)))
+    rows = 0
     xtx = torch.zeros(feats, feats, dtype=torch.float64, device=w.device)
     xty = torch.zeros(feats, w.shape[0], dtype=torch.float64, device=w.device)
     yty = torch.zeros((), dtype=torch.float64, device=w.device)
@@ -152,6 +158,7 @@ def _refit(name: str, mod: nn.Conv2d | nn.Linear, dense: nn.Module, small: nn.Mo
         a, b = _rows(mod, inp, tgt, positions, gen)
         if bias:
             a = torch.cat([a, torch.ones(len(a), 1, device=a.device)], 1)
+        rows += len(a)
         a64, b64 = a.double(), b.double()
         xtx += a64.T @ a64
         xty += a64.T @ b64
@@ -166,7 +173,12 @@ def _refit(name: str, mod: nn.Conv2d | nn.Linear, dense: nn.Module, small: nn.Mo
         sq = (m * (xtx @ m)).sum() - 2 * (m * xty).sum() + yty
         return float(sq.clamp_min(0).sqrt() / yty.sqrt().clamp_min(1e-30))
 
-    report.layers[name] = (err(old), err(new))
+    before, after = err(old), err(new)
+    if rows < feats or not after < before:
+        report.notes.append(f"{name}: left as pruned ({rows} samples for {feats} unknowns, relative error "
+                            f"{before:.3f} -> {after:.3f} on them); more images would refit it")
+        return
+    report.layers[name] = (before, after)
     if bias:
         mod.bias.copy_(new[-1].to(mod.bias.dtype))  # type: ignore[union-attr]
         new = new[:-1]

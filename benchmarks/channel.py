@@ -14,7 +14,10 @@ For ``--model vgg8`` or ``resnet56`` (from ``../shared/models/<model>_dense.pt``
 Each: test accuracy before / after BN recalibration / after ``--epochs`` finetune epochs, params,
 MACs, file bytes, latency (CPU 1 thread batch 1 in PyTorch and onnxruntime; GPU batch 256 bf16
 with CUDA events), speedups = dense / pruned measured in this process. Also the lookup tables'
-prediction error. Writes ``channel_<model>.md`` / ``.json`` (+ the latency tables as CSV) to --out.
+prediction error. With ``--reconstruct N`` (default 1024), every variant built from our channel
+plans is also refitted by least squares on N train images (``amc.reconstruct``, AMC's recovery
+step) and finetuned the same way (with distillation when ``--distill`` > 0).
+Writes ``channel_<model>.md`` / ``.json`` (+ the latency tables as CSV) to --out.
 
     python benchmarks/channel.py --model vgg8 --device cuda --out reports/
     python benchmarks/channel.py --model vgg8 --device cpu --quick --out /tmp/ch   # smoke test
@@ -41,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from amc.channel import (  # noqa: E402
+    ChannelPlan,
     channel_table,
     pick_channel_policy,
     plan_channels,
@@ -55,6 +59,7 @@ from amc.io import atomic_write_text  # noqa: E402
 from amc.latency import LatencyTable, describe_target, measure  # noqa: E402
 from amc.layers import count_macs, count_params  # noqa: E402
 from amc.models import load_model  # noqa: E402
+from amc.reconstruct import reconstruct  # noqa: E402
 from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
@@ -144,6 +149,9 @@ def main() -> None:
                     help="latency rounds, round-robin over all models (median of the rounds' medians)")
     ap.add_argument("--distill", type=float, default=0.5,
                     help="knowledge-distillation weight of a second finetune of every variant (0 = CE only)")
+    ap.add_argument("--reconstruct", type=int, default=1024,
+                    help="also refit each variant of our plans by least squares on this many train images, "
+                         "then finetune it (0 = off)")
     ap.add_argument("--extra-lrs", default="", help="also finetune the sensitivity-picked models at these lrs "
                                                    "(reported on held-out and test, side table)")
     ap.add_argument("--tp-grid", type=float, default=None,
@@ -211,6 +219,7 @@ def main() -> None:
                  "speed_goals": goals,
                  "finetune": {"epochs": args.epochs, "lr": args.lr, "schedule": cfg.schedule,
                               "distill_weight": args.distill, "distill_temperature": cfg.distill_temperature},
+                 "reconstruct_images": args.reconstruct,
                  "quick": args.quick, "host": platform.node(), "cpu": describe_target("cpu", 1),
                  "gpu": describe_target(dev) if cuda else None, "torch": torch.__version__, "variants": {}}
     json_path = out / f"channel_{args.model}.json"
@@ -229,9 +238,10 @@ def main() -> None:
     save()
     extra_lrs = [float(v) for v in args.extra_lrs.split(",") if v]
 
-    def finish(name: str, model: nn.Module, info: dict) -> None:
+    def finish(name: str, model: nn.Module, info: dict, plan: ChannelPlan | None = None) -> None:
         t0 = time.perf_counter()
         model = model.to(dev).eval()
+        rc_model = copy.deepcopy(model) if plan is not None and args.reconstruct > 0 else None
         macs, params = count_macs(model)[0], count_params(model)
         before = evaluate(model, test)
         recal_model = copy.deepcopy(model)
@@ -251,6 +261,16 @@ def main() -> None:
                      teacher=dense)
             row["acc_after_kd"] = evaluate(kd_model, test)
             row["delta_pt_kd"] = 100 * (row["acc_after_kd"] - dense_acc)
+        if rc_model is not None and plan is not None:  # AMC's least-squares recovery, then the same finetune
+            t1 = time.perf_counter()
+            rc = reconstruct(dense, rc_model, plan, recal, images=args.reconstruct)
+            row["reconstruct_s"] = time.perf_counter() - t1
+            row["acc_rc"] = evaluate(rc_model, test)
+            row["rc_rel_error"] = {k: list(v) for k, v in rc.layers.items()}
+            finetune(rc_model, splits.loader("train", 256, seed=1), replace(cfg, distill_weight=args.distill),
+                     teacher=dense if args.distill > 0 else None)
+            row["acc_after_rc"] = evaluate(rc_model, test)
+            row["delta_pt_rc"] = 100 * (row["acc_after_rc"] - dense_acc)
         for lr in extra_lrs if start is not None else []:
             m2 = copy.deepcopy(start)
             finetune(m2, splits.loader("train", 256, seed=1), FinetuneConfig(epochs=args.epochs, lr=lr))
@@ -274,7 +294,7 @@ def main() -> None:
                if any(c != _name_of(dense, last) for c in table.group(n).consumers)}
         plan = plan_channels(dense, lab, "l2_next", round_to=1)
         finish("lab_uniform30", prune_channels(dense, plan, example),
-               {"method": "lab uniform 30% (L2 of next input, no rounding)", "round_to": 1})
+               {"method": "lab uniform 30% (L2 of next input, no rounding)", "round_to": 1}, plan)
     # 2. Torch-Pruning's MagnitudePruner as its users run it
     for glob in (False, True):
         name = "tp_global" if glob else "tp_uniform"
@@ -309,7 +329,7 @@ def main() -> None:
         assert plan_cost(table, plan)["macs"] <= args.macs * table.dense_macs
         finish(name, prune_channels(dense, plan, example),
                {"method": label, "round_to": r, "criterion": args.criterion, "policy": policy,
-                "kept": policy_counts(table, policy, r)})
+                "kept": policy_counts(table, policy, r)}, plan)
 
     for r in rounds:
         if want(f"sens_macs_r{r}"):
@@ -437,6 +457,17 @@ def render(rep: dict) -> str:
             f"| {v['file_bytes'] / 2**20:.2f} | {v['acc_before']:.2%} | {v['acc_recal']:.2%} | {v['acc_after']:.2%} "
             f"| {v['delta_pt']:+.2f} {kd_cells}| {_fmt_lat(v, 'cpu_torch_ms')} | {_fmt_lat(v, 'cpu_ort_ms')} "
             f"| {_fmt_lat(v, 'gpu_ms')} | {_fmt_lat(v, 'gpu_graph_ms')} |")
+    rc = {n: v for n, v in rep["variants"].items() if "acc_after_rc" in v}
+    if rc:
+        ft = "finetune + KD" if rep["finetune"]["distill_weight"] > 0 else "finetune"
+        lines += ["", f"Least-squares reconstruction (AMC's recovery step, `amc.reconstruct`, "
+                  f"{rep.get('reconstruct_images', '?')} train images) before the same {ft}:", "",
+                  f"| variant | after BN recal | after reconstruction | after {ft} | Δ pt | without reconstruction |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for n, v in rc.items():
+            plain = v.get("acc_after_kd", v["acc_after"]) if rep["finetune"]["distill_weight"] > 0 else v["acc_after"]
+            lines.append(f"| {n} | {v['acc_recal']:.2%} | {v['acc_rc']:.2%} | {v['acc_after_rc']:.2%} "
+                         f"| {v['delta_pt_rc']:+.2f} | {plain:.2%} |")
     extra = {n: v["extra_lrs"] for n, v in rep["variants"].items() if v.get("extra_lrs")}
     if extra:
         lrs = sorted({lr for e in extra.values() for lr in e}, key=float)

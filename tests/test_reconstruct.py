@@ -90,3 +90,15 @@ def test_cli_reconstruct(capsys, tmp_path, image_folder, monkeypatch):  # noqa: 
     assert "least-squares reconstruction from 64 images" in stdout
     rc, _, err = _cli(capsys, *args, "--reconstruct", "-1", "--out", tmp_path / "bad")
     assert rc == 2 and "--reconstruct" in err and len(err.strip().splitlines()) == 1
+
+
+def test_too_few_samples_leave_the_layer_as_pruned_with_a_note():
+    dense = randomise_bn(make_tiny_vgg())
+    plan = plan_channels(dense, uniform_policy(dense, 0.5), "l2", round_to=1)
+    small = prune_channels(dense, plan)
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    # one image: the last conv (2x2 feature map, 4 positions) has 8 x 9 = 72 unknowns
+    rep = reconstruct(dense, small, plan, _batches(1, seed=0, bs=1), images=1)
+    assert "backbone.conv2" not in rep.layers
+    assert any(n.startswith("backbone.conv2: left as pruned") for n in rep.notes)
+    assert torch.equal(small.get_submodule("backbone.conv2").weight, before["backbone.conv2.weight"])
