@@ -132,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"channel pruning ({how}, criterion {args.criterion}, round to {args.round_to}): "
           f"MACs {macs / 1e6:.2f}M ({macs / table.dense_macs:.1%} of dense), "
           f"params {params:,} ({params / table.dense_params:.1%})")
+    for note in recon.get("notes", []):
+        print(f"note: {note}")
     if recon:
         print(f"least-squares reconstruction from {n_recon} images: {len(recon['layers'])} layers refitted, "
               f"test accuracy {recon['acc_before']:.2%} -> {before:.2%}")
