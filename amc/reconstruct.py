@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amc.channel import ChannelPlan, ChannelTable, channel_table
+from amc.channel import ChannelPlan, ChannelTable, _removed_positions, channel_table
 
 
 class _Stop(Exception):
@@ -36,13 +36,10 @@ class ReconstructionReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _kept(plan: ChannelPlan, table: ChannelTable, module: str, role: str, size: int) -> list[int]:
-    removed: set[int] = set()
-    for root, kept in plan.keep.items():
-        keep = set(kept)
-        for it in table.group(root).items:
-            if it.module == module and it.role == role:
-                removed.update(i for i, r in zip(it.idxs, it.root_idxs, strict=True) if r not in keep)
+def _kept_outputs(plan: ChannelPlan, table: ChannelTable, module: str, size: int) -> list[int]:
+    removed = {i for root, kept in plan.keep.items()
+               for item, idxs in _removed_positions(table.group(root), kept)
+               if item.module == module and item.role == "out" for i in idxs}
     return [i for i in range(size) if i not in removed]
 
 
@@ -130,7 +127,7 @@ def reconstruct(dense: nn.Module, small: nn.Module, plan: ChannelPlan,
                                                  or isinstance(mod_s.padding, str)):
                 report.notes.append(f"{name}: grouped, string-padded or non-zero-padded conv left as pruned")
                 continue
-            keep_out = torch.tensor(_kept(plan, table, name, "out", mod_d.weight.shape[0]), device=dev)
+            keep_out = torch.tensor(_kept_outputs(plan, table, name, mod_d.weight.shape[0]), device=dev)
             _refit(name, mod_s, dense, small, batches, keep_out, positions, ridge, seed, report)
     finally:
         dense.train(was[0])

@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.round_to < 1:
         raise PolicyError(f"--round-to must be >= 1, got {args.round_to}")
-    if getattr(args, "reconstruct", 0) < 0:
-        raise PolicyError(f"--reconstruct takes a number of images >= 0, got {args.reconstruct}")
+    n_recon = int(getattr(args, "reconstruct", 0) or 0)
+    if n_recon < 0:
+        raise PolicyError(f"--reconstruct takes a number of images >= 0, got {n_recon}")
     if args.macs is not None and not 0 < args.macs <= 1:
         raise BudgetError(f"--macs must be in (0, 1], got {args.macs}")
     device = device_of(args)
@@ -92,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
     test = splits.loader("test", args.batch_size, limit=getattr(args, "eval_limit", None))
     dense_acc = evaluate(model, test)
     recon: dict[str, Any] = {}
-    n_recon = int(getattr(args, "reconstruct", 0) or 0)
     if n_recon > 0:
         from amc.reconstruct import reconstruct
 
