@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from amc.budget import Bounds, Budget, ChannelCost, CostModel, FineCost, Policy, Projector, make_bounds
+from amc.cpuconv import training_layout
 from amc.data import Splits
 from amc.errors import BudgetError, PolicyError, TrainingDiverged
 from amc.layers import count_macs, count_params, layer_table, layer_weight
@@ -160,9 +161,9 @@ class Evaluator:
         self.latency_table = latency_table  # amc.latency.LatencyTable: predicted latency (channel pruning)
         self.dense = dense_model.eval()
         self.work = copy.deepcopy(dense_model).eval()  # the one working copy (made once)
-        # channels_last before ``_live`` is taken: finetune recovery converts its model to it, which
+        # the training layout before ``_live`` is taken: finetune recovery converts its model to it, which
         # would otherwise give the working copy new tensors that ``_live`` no longer shares
-        self.work.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        training_layout(self.work)
         self._state = {k: v.detach().clone() for k, v in self.work.state_dict().items()}
         self._live = self.work.state_dict()  # tensors sharing storage with the working copy
         self.table = layer_table(self.dense, input_shape)

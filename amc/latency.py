@@ -26,7 +26,6 @@ import contextlib
 import copy
 import csv
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -148,13 +147,9 @@ def describe_target(device: str | torch.device = "cpu", threads: int = 1) -> str
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev).replace(",", " ")
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu} x{threads}".replace(",", " ")
+    from amc.system import cpu_name
+
+    return f"{cpu_name()} x{threads}".replace(",", " ")
 
 
 # --------------------------------------------------------------------------------------------
