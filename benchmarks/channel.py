@@ -60,6 +60,7 @@ from amc.latency import LatencyTable, describe_target, measure  # noqa: E402
 from amc.layers import count_macs, count_params  # noqa: E402
 from amc.models import load_model  # noqa: E402
 from amc.reconstruct import reconstruct  # noqa: E402
+from amc.system import machine_info  # noqa: E402
 from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
@@ -221,7 +222,8 @@ def main() -> None:
                               "distill_weight": args.distill, "distill_temperature": cfg.distill_temperature},
                  "reconstruct_images": args.reconstruct,
                  "quick": args.quick, "host": platform.node(), "cpu": describe_target("cpu", 1),
-                 "gpu": describe_target(dev) if cuda else None, "torch": torch.__version__, "variants": {}}
+                 "gpu": describe_target(dev) if cuda else None, "torch": torch.__version__, "variants": {},
+                 "machine": machine_info()}
     json_path = out / f"channel_{args.model}.json"
 
     def save() -> None:  # after every stage: a run cut short still leaves its numbers

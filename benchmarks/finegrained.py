@@ -35,6 +35,7 @@ from amc.models import load_model  # noqa: E402
 from amc.plots import param_bars, sensitivity_curves, weight_histograms  # noqa: E402
 from amc.schedule import IterativeSchedule, iterative_prune  # noqa: E402
 from amc.sensitivity import auto_policy, candidate_policies, finegrained_scan, pick_policy  # noqa: E402
+from amc.system import machine_info  # noqa: E402
 from amc.train import FinetuneConfig, evaluate, finetune  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
@@ -150,7 +151,8 @@ def main() -> None:
     times["plots"] = time.perf_counter() - t
 
     meta = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-            "torch": torch.__version__, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+            "torch": torch.__version__,
+            "machine": machine_info(), "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
             "quick": args.quick, "distill_weight": args.distill,
             "distill_temperature": FinetuneConfig.distill_temperature, "sparsity_grid": SPARSITIES,
             "heldout_images": len(splits.heldout_y),

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from amc.compress import CompressConfig, compress  # noqa: E402
 from amc.data import load_cifar10, make_splits  # noqa: E402
 from amc.io import atomic_write_text  # noqa: E402
+from amc.system import machine_info  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 GPU_RUNS = [("vgg8", "size=0.25"), ("vgg8", "macs=0.5"), ("resnet56", "macs=0.5")]
@@ -61,7 +62,8 @@ def main() -> None:
     if args.finetune_epochs is not None:
         base["finetune_epochs"] = args.finetune_epochs
     meta = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or "cpu"),
-            "torch": torch.__version__, "cpu_standin": args.cpu_standin, "data_load_s": load_s,
+            "torch": torch.__version__,
+            "machine": machine_info(), "cpu_standin": args.cpu_standin, "data_load_s": load_s,
             "threads": torch.get_num_threads(), "command": "python " + " ".join(sys.argv)}
     rows: list[dict] = []
     for model, budget in runs:

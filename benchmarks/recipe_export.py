@@ -43,6 +43,7 @@ from amc.onnx_export import export_onnx  # noqa: E402
 from amc.recipe import FinetuneSpec, SearchInfo, apply_recipe, load_recipe, make_recipe, save_recipe  # noqa: E402
 from amc.report import AccuracyVsBudget, PolicyBars, Table, Text, write_report  # noqa: E402
 from amc.schedule import IterativeSchedule  # noqa: E402
+from amc.system import machine_info  # noqa: E402
 from amc.train import evaluate  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
@@ -83,7 +84,8 @@ def main() -> None:
     lat_runs = (3, 10) if args.quick else (20, 200)  # (warm-up, timed) runs per latency measurement
     times: dict[str, float] = {}
     res: dict = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else describe_target("cpu"),
-                 "host": platform.node(), "torch": torch.__version__, "quick": args.quick, "epochs": epochs}
+                 "host": platform.node(), "torch": torch.__version__,
+            "machine": machine_info(), "quick": args.quick, "epochs": epochs}
 
     t = time.perf_counter()
     data = load_cifar10(args.data)

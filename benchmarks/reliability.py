@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from amc.io import atomic_write_text  # noqa: E402
+from amc.system import machine_info  # noqa: E402
 
 OWN = ["tests/test_reliability.py", "tests/test_reliability_inputs.py"]
 # bad-input tests that live with their modules: (file::test, what it covers)
@@ -263,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     summary = summarise(records, cases, [(n, label) for n, label in ELSEWHERE if n in elsewhere])
     summary["missing_module_tests"] = missing
-    meta = {"device": args.device, "device_name": device_name(args.device), "quick": args.quick,
+    meta = {"device": args.device, "device_name": device_name(args.device),
+            "machine": machine_info(), "quick": args.quick,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "versions": versions(),
             "pytest_exit": rc, "seconds": seconds}
     seconds["render"] = time.perf_counter() - t

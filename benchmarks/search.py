@@ -49,6 +49,7 @@ from amc.layers import count_macs, count_params, layer_table, prunable_names  # 
 from amc.metrics import size_fraction  # noqa: E402
 from amc.models import load_model  # noqa: E402
 from amc.searcher import rerank, rerank_evaluators, score  # noqa: E402
+from amc.system import machine_info  # noqa: E402
 from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
 from search import OptunaConfig, OptunaSearcher  # noqa: E402
 
@@ -578,7 +579,8 @@ def main() -> None:
     report: dict = {
         "model": args.model, "checkpoint": ckpt, "device": str(dev), "quick": args.quick,
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "data": f"{len(splits.train_y)} train / {len(splits.heldout_y)} held-out / "
+        "torch": torch.__version__,
+            "machine": machine_info(), "data": f"{len(splits.train_y)} train / {len(splits.heldout_y)} held-out / "
                                            f"{len(splits.test_y)} test", "epochs": args.epochs,
         "calib_images": args.calib_images, "heldout": args.heldout, "timing_evals": args.timing_evals,
         "eval_images": args.eval_images, "reward": args.reward, "stem": args.stem,
