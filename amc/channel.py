@@ -27,12 +27,13 @@ outputs; grouped or transposed convolutions) are left alone and named in ``Chann
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,15 @@ import torch
 from torch import nn
 
 from amc.errors import BudgetError, PolicyError
-from amc.layers import PRUNABLE, LayerInfo, count_macs, count_params, layer_table, prunable_names
+from amc.layers import (
+    DEFAULT_INPUT_SHAPE,
+    PRUNABLE,
+    LayerInfo,
+    count_macs,
+    count_params,
+    layer_table,
+    prunable_names,
+)
 
 Policy = dict[str, float]
 Counts = dict[str, int]  # group root -> output channels kept
@@ -203,14 +212,18 @@ _CACHE_SIZE = 16
 
 
 def _example(model: nn.Module, example_inputs: torch.Tensor | None) -> torch.Tensor:
+    """``example_inputs`` as given; only when the caller gave none, one random CIFAR-sized image."""
     if example_inputs is not None:
         return example_inputs
     p = next(model.parameters(), None)
-    return torch.randn(1, 3, 32, 32, device=p.device if p is not None else "cpu")
+    return torch.randn(DEFAULT_INPUT_SHAPE, device=p.device if p is not None else "cpu")
 
 
 def channel_table(model: nn.Module, example_inputs: torch.Tensor | None = None) -> ChannelTable:
-    """The coupled channel groups of ``model`` (cached per architecture and input shape)."""
+    """The coupled channel groups of ``model`` (cached per architecture and input shape).
+
+    ``example_inputs`` default to one 3x32x32 image; pass the model's own input (a 224x224 image
+    for an ImageNet model) so MACs and shapes are measured where the model runs."""
     x = _example(model, example_inputs)
     key = _signature(model, tuple(x.shape))
     hit = _CACHE.get(key)
@@ -258,16 +271,50 @@ def _role(mod: nn.Module, is_out: bool) -> str | None:
     return "other"
 
 
-def _build_table(model: nn.Module, x: torch.Tensor) -> ChannelTable:
+@contextlib.contextmanager
+def _tolerant_reshapes() -> Iterator[set[int]]:
+    """torch-pruning maps channels through flattening reshapes (4D <-> 2D) only; a channel shuffle's
+    4D -> 5D view (ShuffleNet) makes it divide by zero. Inside this context such a reshape is left
+    unmapped and its node recorded (by id), so the groups that pass through it are held."""
+    from torch_pruning.dependency import index_mapping
+
+    failed: set[int] = set()
+    original = index_mapping.update_reshape_index_mapping
+
+    def tolerant(graph: Any, node: Any) -> None:
+        try:
+            original(graph, node)
+        except ZeroDivisionError:
+            failed.add(id(node))
+
+    index_mapping.update_reshape_index_mapping = tolerant
+    try:
+        yield failed
+    finally:
+        index_mapping.update_reshape_index_mapping = original
+
+
+def _dependency_graph(model: nn.Module, x: torch.Tensor) -> Any:
+    """torch-pruning's DependencyGraph of ``model`` on ``x`` (call inside ``_tolerant_reshapes``:
+    the graph re-maps its reshapes on every ``get_pruning_group``)."""
     import torch_pruning as tp
 
+    with torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(model, example_inputs=x)
+
+
+def _build_table(model: nn.Module, x: torch.Tensor) -> ChannelTable:
+    with _tolerant_reshapes() as unmapped:
+        return _trace_table(model, x, unmapped)
+
+
+def _trace_table(model: nn.Module, x: torch.Tensor, unmapped: set[int]) -> ChannelTable:
     work = copy.deepcopy(model).eval()  # tracing runs a forward: keep BN statistics of the caller's model
     names = prunable_names(work)
     n2m = dict(work.named_modules())
     m2n = {id(m): n for n, m in n2m.items()}
     outputs = _output_layers(work, x)
-    with torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(work, example_inputs=x)
+    dg = _dependency_graph(work, x)
 
     groups: list[ChannelGroup] = []
     group_of: dict[str, int] = {}
@@ -285,13 +332,23 @@ def _build_table(model: nn.Module, x: torch.Tensor) -> ChannelTable:
         if not channels:
             unprunable[name] = "torch-pruning has no output-channel pruner for it"
             continue
-        grp = dg.get_pruning_group(mod, pruner.prune_out_channels, list(range(channels)))
+        try:
+            grp = dg.get_pruning_group(mod, pruner.prune_out_channels, list(range(channels)))
+        except (IndexError, ValueError, KeyError, ZeroDivisionError, RuntimeError) as e:
+            through = " through a channel shuffle" if unmapped else ""
+            unprunable[name] = (f"torch-pruning cannot follow its channels{through} "
+                                f"({type(e).__name__}: {str(e)[:80]})")
+            continue
         merged: OrderedDict[tuple[str, str], tuple[list[int], list[int]]] = OrderedDict()
         members, consumers, problem = [], [], None
         for item in grp.items:
             tmod = item.dep.target.module
             tname = m2n.get(id(tmod))
             is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
+            if id(item.dep.target) in unmapped or id(item.dep.source) in unmapped:
+                problem = ("coupled through a channel shuffle (a reshape whose channel mapping torch-pruning "
+                           "cannot follow)")
+                continue
             if tname is None:  # elementwise ops, reshapes, unwrapped parameters
                 if isinstance(tmod, nn.Parameter):
                     problem = "it is coupled with an unwrapped nn.Parameter"
@@ -331,8 +388,8 @@ def _build_table(model: nn.Module, x: torch.Tensor) -> ChannelTable:
         groups.append(g)
 
     table = ChannelTable(groups=groups, group_of=group_of, unprunable=unprunable,
-                         layers=layer_table(work, tuple(x.shape)), names=names,
-                         dense_macs=count_macs(work, tuple(x.shape))[0], dense_params=count_params(work),
+                         layers=layer_table(work, example_inputs=x), names=names,
+                         dense_macs=count_macs(work, example_inputs=x)[0], dense_params=count_params(work),
                          input_shape=tuple(x.shape))
     _fill_cost_model(table, work)
     return table
@@ -411,8 +468,11 @@ def _fill_cost_model(table: ChannelTable, model: nn.Module) -> None:
     table._simple = simple
 
 
-def _as_table(model_or_table: nn.Module | ChannelTable) -> ChannelTable:
-    return model_or_table if isinstance(model_or_table, ChannelTable) else channel_table(model_or_table)
+def _as_table(model_or_table: nn.Module | ChannelTable, example_inputs: torch.Tensor | None = None) -> ChannelTable:
+    """A table as given, or the model's table on ``example_inputs`` (a table already carries its shape)."""
+    if isinstance(model_or_table, ChannelTable):
+        return model_or_table
+    return channel_table(model_or_table, example_inputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,11 +598,11 @@ def accumulate_gradients(model: nn.Module, loader: Iterable[tuple[torch.Tensor, 
 
 def channel_scores(model: nn.Module, criterion: str = "l2", table: ChannelTable | None = None,
                    loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                   batches: int = 4) -> dict[str, torch.Tensor]:
+                   batches: int = 4, example_inputs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-channel importance of every group, keyed by root (higher = more important)."""
     if criterion not in CRITERIA:
         raise PolicyError(f"unknown criterion {criterion!r}; known: {', '.join(CRITERIA)}")
-    table = table or channel_table(model)
+    table = table or channel_table(model, example_inputs)
     fn = CRITERIA[criterion]
     src = model
     if getattr(fn, "needs_grad", False):
@@ -632,9 +692,9 @@ def group_ratios(table: ChannelTable, policy: Mapping[str, float]) -> tuple[dict
 
 
 def policy_counts(model_or_table: nn.Module | ChannelTable, policy: Mapping[str, float],
-                  round_to: int = 8) -> Counts:
+                  round_to: int = 8, example_inputs: torch.Tensor | None = None) -> Counts:
     """Output channels kept per group root for ``policy`` (no scoring: counts only)."""
-    table = _as_table(model_or_table)
+    table = _as_table(model_or_table, example_inputs)
     ratios, _ = group_ratios(table, policy)
     counts: Counts = {}
     for root, r in ratios.items():
@@ -648,9 +708,10 @@ def policy_counts(model_or_table: nn.Module | ChannelTable, policy: Mapping[str,
 def plan_from_counts(model: nn.Module, counts: Mapping[str, int], criterion: str = "l2",
                      scores: Mapping[str, torch.Tensor] | None = None, table: ChannelTable | None = None,
                      loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                     notes: list[str] | None = None, round_to: int = 1) -> ChannelPlan:
+                     notes: list[str] | None = None, round_to: int = 1,
+                     example_inputs: torch.Tensor | None = None) -> ChannelPlan:
     """Keep the ``counts[root]`` highest-scoring channels of each group."""
-    table = table or channel_table(model)
+    table = table or channel_table(model, example_inputs)
     if scores is None:
         scores = channel_scores(model, criterion, table, loader)
     keep, chans = {}, {}
@@ -682,31 +743,34 @@ def plan_channels(model: nn.Module, policy: Mapping[str, float], criterion: str 
                             round_to=round_to)
 
 
-def uniform_policy(model_or_table: nn.Module | ChannelTable, ratio: float) -> Policy:
+def uniform_policy(model_or_table: nn.Module | ChannelTable, ratio: float,
+                   example_inputs: torch.Tensor | None = None) -> Policy:
     """The same ratio for every layer whose output channels can be removed."""
-    table = _as_table(model_or_table)
+    table = _as_table(model_or_table, example_inputs)
     return validate_channel_policy(table, dict.fromkeys(table.prunable_layers(), ratio))
 
 
-def plan_cost(model_or_table: nn.Module | ChannelTable, plan: ChannelPlan | Mapping[str, int]) -> dict[str, int]:
+def plan_cost(model_or_table: nn.Module | ChannelTable, plan: ChannelPlan | Mapping[str, int],
+              example_inputs: torch.Tensor | None = None) -> dict[str, int]:
     """MACs (one input of the table's shape) and parameter count of the pruned model, analytically:
     no tracing, no forward pass. ``plan`` may be a ChannelPlan or ``{root: kept channels}``."""
-    table = _as_table(model_or_table)
+    table = _as_table(model_or_table, example_inputs)
     counts = plan.counts() if isinstance(plan, ChannelPlan) else dict(plan)
     return table.cost_of_counts(counts)
 
 
 def policy_cost(model_or_table: nn.Module | ChannelTable, policy: Mapping[str, float],
-                round_to: int = 8) -> dict[str, int]:
+                round_to: int = 8, example_inputs: torch.Tensor | None = None) -> dict[str, int]:
     """``plan_cost`` of a policy without scoring channels (the counts decide the cost)."""
-    table = _as_table(model_or_table)
+    table = _as_table(model_or_table, example_inputs)
     return table.cost_of_counts(policy_counts(table, policy, round_to))
 
 
 def find_uniform_ratio(model_or_table: nn.Module | ChannelTable, macs_fraction: float, round_to: int = 8,
-                       max_ratio: float = 0.95, tol: float = 1e-4) -> float:
+                       max_ratio: float = 0.95, tol: float = 1e-4,
+                       example_inputs: torch.Tensor | None = None) -> float:
     """The smallest uniform ratio (to ``tol``) whose pruned MACs are <= ``macs_fraction`` of dense."""
-    table = _as_table(model_or_table)
+    table = _as_table(model_or_table, example_inputs)
     if not 0.0 < macs_fraction:
         raise BudgetError(f"MACs fraction must be > 0, got {macs_fraction}")
     target = macs_fraction * table.dense_macs
@@ -739,11 +803,12 @@ def _removed_positions(group: ChannelGroup, kept: Iterable[int]) -> list[tuple[C
 
 
 @torch.no_grad()
-def apply_channel_masks(model: nn.Module, plan: ChannelPlan, table: ChannelTable | None = None) -> None:
+def apply_channel_masks(model: nn.Module, plan: ChannelPlan, table: ChannelTable | None = None,
+                        example_inputs: torch.Tensor | None = None) -> None:
     """Zero, IN PLACE, every parameter slice of the removed channels (filters and biases, BN
     scale and shift, the next layers' input slices). The model then computes exactly what the
     physically pruned model computes. The groups come from the cached table: no re-tracing."""
-    table = table or channel_table(model)
+    table = table or channel_table(model, example_inputs)
     for root, kept in plan.keep.items():
         g = table.group(root)
         if g.root != root:
@@ -763,11 +828,12 @@ def apply_channel_masks(model: nn.Module, plan: ChannelPlan, table: ChannelTable
                         p.index_fill_(0, idx, 0.0)
 
 
-def channel_masks(model: nn.Module, plan: ChannelPlan, table: ChannelTable | None = None) -> dict[str, torch.Tensor]:
+def channel_masks(model: nn.Module, plan: ChannelPlan, table: ChannelTable | None = None,
+                  example_inputs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Weight masks ``{layer name: float mask}`` (filters, input slices, BN scales) for
     ``amc.train.finetune(..., masks=...)``: keeping these at zero keeps the model equivalent to
     the physically pruned one (every consumer of a removed channel sees a zero weight)."""
-    table = table or channel_table(model)
+    table = table or channel_table(model, example_inputs)
     masks: dict[str, torch.Tensor] = {}
     for root, kept in plan.keep.items():
         for item, idxs in _removed_positions(table.group(root), kept):
@@ -785,25 +851,23 @@ def channel_masks(model: nn.Module, plan: ChannelPlan, table: ChannelTable | Non
 def prune_channels(model: nn.Module, plan: ChannelPlan, example_inputs: torch.Tensor | None = None) -> nn.Module:
     """A deep copy of ``model`` with the plan's removed channels physically gone (torch-pruning
     DependencyGraph). The input model is not modified."""
-    import torch_pruning as tp
-
     x = _example(model, example_inputs)
     table = channel_table(model, x)
     work = copy.deepcopy(model)
     was = work.training
     work.eval()
-    with torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(work, example_inputs=x)
-    for root, kept in plan.keep.items():
-        g = table.group(root)
-        mod = work.get_submodule(root)
-        removed = sorted(set(range(g.channels)) - set(kept))
-        if not removed:
-            continue
-        if len(removed) >= g.channels:
-            raise PolicyError(f"{root}: the plan removes every channel")
-        pruner = dg.get_pruner_of_module(mod)
-        dg.get_pruning_group(mod, pruner.prune_out_channels, removed).prune()
+    with _tolerant_reshapes():
+        dg = _dependency_graph(work, x)
+        for root, kept in plan.keep.items():
+            g = table.group(root)
+            mod = work.get_submodule(root)
+            removed = sorted(set(range(g.channels)) - set(kept))
+            if not removed:
+                continue
+            if len(removed) >= g.channels:
+                raise PolicyError(f"{root}: the plan removes every channel")
+            pruner = dg.get_pruner_of_module(mod)
+            dg.get_pruning_group(mod, pruner.prune_out_channels, removed).prune()
     work.train(was)
     return work
 
@@ -833,13 +897,14 @@ def scan_sensitivity(model: nn.Module, eval_loader: Iterable[tuple[torch.Tensor,
                      criterion: str = "l2", round_to: int = 8, ratios: Iterable[float] = DEFAULT_SCAN_RATIOS,
                      grad_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
                      cache: dict[tuple[str, int], float] | None = None,
-                     on_point: Callable[[str, int, float], None] | None = None) -> SensitivityScan:
+                     on_point: Callable[[str, int, float], None] | None = None,
+                     example_inputs: torch.Tensor | None = None) -> SensitivityScan:
     """Prune each group alone to each ratio (rounded, deduplicated), recalibrate BatchNorm on
     ``recal_loader``, measure accuracy on ``eval_loader`` (the held-out split, never test).
     ``cache`` ({(root, kept): acc}) lets scans at several roundings share points."""
     from amc.train import evaluate, recalibrate_bn
 
-    table = channel_table(model)
+    table = channel_table(model, example_inputs)
     scores = channel_scores(model, criterion, table, grad_loader)
     work = copy.deepcopy(model)
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -873,7 +938,8 @@ def scan_sensitivity(model: nn.Module, eval_loader: Iterable[tuple[torch.Tensor,
 
 def pick_channel_policy(model_or_table: nn.Module | ChannelTable, scan: SensitivityScan, macs_fraction: float,
                         cost: Callable[[Counts], float] | None = None,
-                        until: Callable[[Counts], bool] | None = None) -> Policy:
+                        until: Callable[[Counts], bool] | None = None,
+                        example_inputs: torch.Tensor | None = None) -> Policy:
     """Greedy: repeatedly take the step (one group to a smaller scanned count) with the least
     held-out accuracy drop per unit of cost saved, until MACs <= ``macs_fraction`` of dense (and,
     with ``until``, until ``until(counts)`` holds too: say, a predicted-latency goal on top of the
@@ -881,7 +947,7 @@ def pick_channel_policy(model_or_table: nn.Module | ChannelTable, scan: Sensitiv
     latency predictor (``amc.latency.LatencyTable.counts_cost``) to prefer what is fast on a
     target. The result is a policy ``{root: ratio}`` that ``policy_counts`` maps back to the same
     counts at the scan's rounding."""
-    table = _as_table(model_or_table)
+    table = _as_table(model_or_table, example_inputs)
     target = macs_fraction * table.dense_macs
 
     def macs(c: Counts) -> int:

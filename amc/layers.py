@@ -1,7 +1,9 @@
 """The layer table: every prunable layer (Conv2d, Linear) by dotted name, with shapes, params and MACs.
 
 MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2 for multiply-accumulate
-ops); input and output shapes from forward hooks on one example batch.
+ops); input and output shapes from forward hooks on one example batch. Every function takes the
+input shape or the example inputs themselves; ``(1, 3, 32, 32)`` (one CIFAR image) is only the
+default when neither is given.
 """
 
 from __future__ import annotations
@@ -54,16 +56,30 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> tuple[int, dict[str, int]]:
-    """Total MACs for one input of ``input_shape`` and the MACs of each leaf module by dotted name."""
+DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)
+ExampleInputs = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def example_batch(model: nn.Module, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
+                  example_inputs: ExampleInputs | None = None) -> tuple[torch.Tensor, ...]:
+    """The positional inputs of one forward: ``example_inputs`` as given, else zeros of ``input_shape``
+    on the model's device."""
+    if example_inputs is not None:
+        return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
-    x = torch.zeros(input_shape, device=device)
+    return (torch.zeros(tuple(input_shape), device=p.device if p is not None else torch.device("cpu")),)
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
+               example_inputs: ExampleInputs | None = None) -> tuple[int, dict[str, int]]:
+    """Total MACs for one forward (``example_inputs``, else zeros of ``input_shape``) and the MACs
+    of each leaf module by dotted name."""
+    xs = example_batch(model, input_shape, example_inputs)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            model(x)
+            model(*xs)
     finally:
         model.train(was_training)
     counts = fc.get_flop_counts()
@@ -77,17 +93,21 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) 
     return total, per_module
 
 
-def layer_table(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> list[LayerInfo]:
-    """One ``LayerInfo`` per prunable layer, in the order the modules are registered."""
+def layer_table(model: nn.Module, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
+                example_inputs: ExampleInputs | None = None) -> list[LayerInfo]:
+    """One ``LayerInfo`` per prunable layer, in the order the modules are registered, measured on
+    ``example_inputs`` (else zeros of ``input_shape``)."""
     names = prunable_names(model)
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     hooks = []
     for name in names:
         def hook(mod, inp, out, name=name):
-            shapes[name] = (tuple(inp[0].shape), tuple(out.shape))
+            first_in = inp[0] if inp and isinstance(inp[0], torch.Tensor) else None
+            shapes[name] = (tuple(first_in.shape) if first_in is not None else (),
+                            tuple(out.shape) if isinstance(out, torch.Tensor) else ())
         hooks.append(model.get_submodule(name).register_forward_hook(hook))
     try:
-        _, macs = count_macs(model, input_shape)
+        _, macs = count_macs(model, input_shape, example_inputs)
     finally:
         for h in hooks:
             h.remove()
