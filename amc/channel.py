@@ -257,6 +257,14 @@ def _output_layers(model: nn.Module, x: torch.Tensor) -> set[str]:
     return found
 
 
+def _in_attention(n2m: Mapping[str, nn.Module], name: str) -> bool:
+    """``name`` is a projection inside an attention block (its parent splits channels into heads:
+    timm's and torchvision's attention modules all carry ``num_heads``). Removing arbitrary output
+    channels there would re-cut the heads, so such layers keep their outputs."""
+    parent = n2m.get(name.rsplit(".", 1)[0]) if "." in name else None
+    return parent is not None and isinstance(getattr(parent, "num_heads", None), int)
+
+
 def _role(mod: nn.Module, is_out: bool) -> str | None:
     if isinstance(mod, nn.modules.conv._ConvNd):
         if getattr(mod, "transposed", False):
@@ -358,6 +366,9 @@ def _trace_table(model: nn.Module, x: torch.Tensor, unmapped: set[int]) -> Chann
             role = _role(tmod, is_out)
             if role is None:
                 problem = f"it is coupled with {tname}, a grouped or transposed convolution"
+                continue
+            if isinstance(tmod, nn.MultiheadAttention) or (role == "out" and _in_attention(n2m, tname)):
+                problem = f"attention heads / qkv: coupled with {tname}, whose channels are split into heads"
                 continue
             if isinstance(tmod, PRUNABLE):
                 if role in ("out", "dw") and tname not in members:

@@ -15,6 +15,7 @@ from amc.errors import AmcError
 
 COMMANDS = [
     "amc.commands.info",
+    "amc.commands.inspect",
     "amc.commands.sensitivity",
     "amc.commands.prune",
     "amc.commands.apply",
