@@ -23,6 +23,9 @@ COMMANDS = [
     "amc.commands.latency",
     "amc.commands.search",
     "amc.commands.compress",
+    "amc.commands.serve",
+    "amc.commands.worker",
+    "amc.commands.token",
 ]
 
 

@@ -1,0 +1,210 @@
+// amc-service page: plain JS, no external library. Every request carries the API token (kept in
+// localStorage; a "#token=..." fragment, as scripts/serve.sh prints, sets it without reaching the server).
+"use strict";
+const $ = (id) => document.getElementById(id);
+let token = localStorage.getItem("amc-token") || "";
+let timer = null;
+
+function takeTokenFromHash() {
+  const m = location.hash.match(/token=([^&]+)/);
+  if (m) { token = decodeURIComponent(m[1]); localStorage.setItem("amc-token", token); location.hash = "#/"; }
+}
+
+async function api(path, opts = {}) {
+  opts.headers = Object.assign({ Authorization: "Bearer " + token }, opts.headers || {});
+  const r = await fetch(path, opts);
+  if (!r.ok) {
+    let msg = r.status + " " + r.statusText;
+    try { msg = (await r.json()).detail || msg; } catch (e) { /* not JSON */ }
+    throw new Error(msg);
+  }
+  return r;
+}
+const json = async (path, opts) => (await api(path, opts)).json();
+
+function showError(e) { const el = $("error"); el.textContent = e ? String(e.message || e) : ""; el.hidden = !e; }
+function fmt(v, d = 3) { return v === null || v === undefined ? "–" : Number(v).toFixed(d); }
+function secs(s) { if (s === null || s === undefined) return "–"; s = Math.round(s); return s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`; }
+function esc(s) { return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
+
+// ---------------------------------------------------------------------------------- job list + form
+async function loadRegistry() {
+  const reg = await json("/api/v1/registry");
+  $("f-checkpoint").innerHTML = '<option value="">(upload)</option>' +
+    reg.checkpoints.map((c) => `<option ${c.startsWith("resnet20") ? "selected" : ""}>${esc(c)}</option>`).join("");
+  $("f-data").innerHTML = reg.datasets.map((d) => `<option>${esc(d)}</option>`).join("");
+  const me = await json("/api/v1/me");
+  $("who").textContent = "user: " + me.user;
+}
+
+async function showList() {
+  $("list-view").hidden = false; $("job-view").hidden = true;
+  const jobs = await json("/api/v1/jobs");
+  $("jobs").querySelector("tbody").innerHTML = jobs.map((j) => {
+    const p = j.progress;
+    return `<tr><td><a href="#/jobs/${j.id}">${j.id}</a></td><td>${esc(j.spec.model || j.spec.checkpoint || j.spec.upload)}</td>
+      <td>${esc(j.spec.budget)}</td><td>${esc(j.spec.method)}</td><td><span class="state ${j.state}">${j.state}</span></td>
+      <td>${esc(p.stage)}</td><td>${p.total ? p.done + "/" + p.total : ""}</td><td>${fmt(p.best)}</td>
+      <td>${new Date(j.created * 1000).toLocaleTimeString()}</td></tr>`;
+  }).join("");
+}
+
+async function submitForm(ev) {
+  ev.preventDefault();
+  showError(null);
+  const f = new FormData(ev.target);
+  const spec = {};
+  for (const k of ["model", "budget", "method", "data"]) if (f.get(k)) spec[k] = f.get(k);
+  for (const k of ["episodes", "train_limit", "heldout", "test_limit", "calib_images", "eval_images", "latency_runs"])
+    if (f.get(k)) spec[k] = parseInt(f.get(k), 10);
+  if (f.get("finetune_epochs") !== "") spec.finetune_epochs = parseFloat(f.get("finetune_epochs"));
+  spec.onnx = f.get("onnx") === "on";
+  try {
+    const file = $("f-weights").files[0];
+    if (file) {
+      const up = new FormData(); up.append("file", file); if (spec.model) up.append("model", spec.model);
+      spec.upload = (await json("/api/v1/uploads", { method: "POST", body: up })).id;
+    } else if (f.get("checkpoint")) spec.checkpoint = f.get("checkpoint");
+    const job = await json("/api/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
+                                             body: JSON.stringify(spec) });
+    location.hash = "#/jobs/" + job.id;
+  } catch (e) { showError(e); }
+}
+
+// ---------------------------------------------------------------------------------- one job
+function svgEl(tag, attrs, text) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+function axes(svg, xs, ys, xlabel, ylabel) {
+  const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), m = { l: 50, r: 10, t: 10, b: 35 };
+  let [x0, x1] = [Math.min(...xs), Math.max(...xs)], [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  if (x1 - x0 < 1e-9) { x0 -= 0.05; x1 += 0.05; } if (y1 - y0 < 1e-9) { y0 -= 0.05; y1 += 0.05; }
+  const px = (x) => m.l + (x - x0) / (x1 - x0) * (W - m.l - m.r), py = (y) => H - m.b - (y - y0) / (y1 - y0) * (H - m.t - m.b);
+  svg.append(svgEl("line", { x1: m.l, y1: H - m.b, x2: W - m.r, y2: H - m.b, stroke: "#888" }));
+  svg.append(svgEl("line", { x1: m.l, y1: m.t, x2: m.l, y2: H - m.b, stroke: "#888" }));
+  for (let i = 0; i <= 4; i++) {
+    const xv = x0 + (x1 - x0) * i / 4, yv = y0 + (y1 - y0) * i / 4;
+    svg.append(svgEl("text", { x: px(xv), y: H - m.b + 14, "font-size": 10, "text-anchor": "middle" }, xv.toFixed(3)));
+    svg.append(svgEl("text", { x: m.l - 4, y: py(yv) + 3, "font-size": 10, "text-anchor": "end" }, yv.toFixed(3)));
+  }
+  svg.append(svgEl("text", { x: (W + m.l) / 2, y: H - 4, "font-size": 11, "text-anchor": "middle" }, xlabel));
+  svg.append(svgEl("text", { x: 12, y: H / 2, "font-size": 11, transform: `rotate(-90 12 ${H / 2})`, "text-anchor": "middle" }, ylabel));
+  return [px, py];
+}
+
+function plotTrials(data) {
+  const svg = $("trials-plot"); svg.innerHTML = "";
+  const pts = data.trials.filter((t) => t.state === "COMPLETE" && t.accuracy !== null && t.cost !== null);
+  if (!pts.length) { svg.append(svgEl("text", { x: 20, y: 30 }, "no finished trials yet")); return null; }
+  const [px, py] = axes(svg, pts.map((t) => t.cost), pts.map((t) => t.accuracy), data.budget_kind + " (fraction of dense)", "held-out accuracy");
+  const feas = pts.filter((t) => t.feasible);
+  const front = feas.filter((p) => !feas.some((q) => q.accuracy >= p.accuracy && q.cost <= p.cost && (q.accuracy > p.accuracy || q.cost < p.cost)))
+    .sort((a, b) => a.cost - b.cost);
+  if (front.length > 1) svg.append(svgEl("polyline", { points: front.map((t) => `${px(t.cost)},${py(t.accuracy)}`).join(" "), fill: "none", stroke: "#c60" }));
+  let best = null;
+  for (const t of feas) if (best === null || t.reward > best.reward) best = t;
+  for (const t of pts) {
+    const c = svgEl("circle", { cx: px(t.cost), cy: py(t.accuracy), r: 4, fill: t.feasible ? "#46c" : "none", stroke: "#46c", class: "trial" });
+    c.append(svgEl("title", {}, `trial ${t.number} (${t.origin}): accuracy ${fmt(t.accuracy)}, cost ${fmt(t.cost)}, reward ${fmt(t.reward)}`));
+    svg.append(c);
+  }
+  if (best) svg.append(svgEl("circle", { cx: px(best.cost), cy: py(best.accuracy), r: 8, fill: "none", stroke: "#c00", "stroke-width": 2 }));
+  return best;
+}
+
+function plotPolicy(best) {
+  const svg = $("policy-plot"); svg.innerHTML = "";
+  if (!best || !best.policy) { svg.append(svgEl("text", { x: 20, y: 30 }, "no feasible trial yet")); return; }
+  const names = Object.keys(best.policy), W = 520, H = 320, m = { l: 40, b: 90, t: 10 };
+  const bw = (W - m.l - 10) / names.length;
+  svg.append(svgEl("line", { x1: m.l, y1: H - m.b, x2: W - 10, y2: H - m.b, stroke: "#888" }));
+  names.forEach((n, i) => {
+    const v = best.policy[n] || 0, h = v * (H - m.t - m.b), x = m.l + i * bw;
+    const r = svgEl("rect", { x: x + 1, y: H - m.b - h, width: Math.max(1, bw - 2), height: h, fill: "#46c" });
+    r.append(svgEl("title", {}, `${n}: ${fmt(v)}`)); svg.append(r);
+    svg.append(svgEl("text", { x: x + bw / 2, y: H - m.b + 6, "font-size": 9, transform: `rotate(60 ${x + bw / 2} ${H - m.b + 6})` }, n));
+  });
+  for (const v of [0, 0.5, 1]) svg.append(svgEl("text", { x: m.l - 4, y: H - m.b - v * (H - m.t - m.b) + 3, "font-size": 10, "text-anchor": "end" }, v));
+}
+
+async function download(ev) {
+  ev.preventDefault();
+  try {
+    const a = ev.currentTarget, blob = await (await api(a.dataset.href)).blob();
+    const url = URL.createObjectURL(blob), tmp = document.createElement("a");
+    tmp.href = url; tmp.download = a.dataset.name; document.body.append(tmp); tmp.click(); tmp.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (e) { showError(e); }
+}
+
+async function showReport(id) {
+  const html = await (await api(`/api/v1/jobs/${id}/report`)).text();
+  const art = $("report"); art.innerHTML = html;
+  for (const img of art.querySelectorAll("img[data-src]")) {
+    try { img.src = URL.createObjectURL(await (await api(img.dataset.src)).blob()); } catch (e) { img.alt = "missing: " + img.dataset.src; }
+  }
+  art.dataset.loaded = "1";
+}
+
+async function refreshJob(id) {
+  const j = await json(`/api/v1/jobs/${id}`), p = j.progress;
+  $("job-title").textContent = `job ${j.id}: ${j.spec.model || j.spec.checkpoint || "upload " + j.spec.upload}, ${j.spec.budget}, ${j.spec.method}`;
+  const st = $("job-state"); st.textContent = j.state; st.className = "state " + j.state;
+  $("job-stage").textContent = "stage: " + p.stage;
+  $("job-bar").style.width = (j.state === "done" ? 100 : p.total ? 100 * p.done / p.total : 0) + "%";
+  $("job-progress").textContent = `${p.total ? `trials ${p.done}/${p.total}, ` : ""}best ${fmt(p.best)}, elapsed ${secs(p.elapsed_s)}, ` +
+    `ETA ${secs(p.eta_s)}, attempt ${j.attempts}${p.message ? " — " + p.message : ""}`;
+  $("job-error").hidden = !j.error; $("job-error").textContent = j.error || "";
+  $("cancel-btn").hidden = !["queued", "running"].includes(j.state);
+  $("resume-btn").hidden = !["failed", "cancelled"].includes(j.state);
+  plotPolicy(plotTrials(await json(`/api/v1/jobs/${id}/trials`)));
+  const files = await json(`/api/v1/jobs/${id}/files`);
+  $("files").innerHTML = files.filter((f) => f.main || f.path.endsWith(".png")).map((f) =>
+    `<li><a href="#" data-href="/api/v1/jobs/${id}/files/${encodeURI(f.path)}" data-name="${esc(f.path.replace(/\//g, "_"))}">${esc(f.path)}</a> (${f.bytes.toLocaleString()} bytes)</li>`).join("");
+  for (const a of $("files").querySelectorAll("a")) a.addEventListener("click", download);
+  if (j.state === "done" && !$("report").dataset.loaded) await showReport(id);
+  return j.state;
+}
+
+async function showJob(id) {
+  $("list-view").hidden = true; $("job-view").hidden = false;
+  $("report").innerHTML = '<p class="muted">the report appears when the job is done</p>'; delete $("report").dataset.loaded;
+  $("cancel-btn").onclick = async () => { try { await api(`/api/v1/jobs/${id}/cancel`, { method: "POST" }); } catch (e) { showError(e); } };
+  $("resume-btn").onclick = async () => { try { await api(`/api/v1/jobs/${id}/resume`, { method: "POST" }); poll(id); } catch (e) { showError(e); } };
+  poll(id);
+}
+
+function poll(id) {
+  clearTimeout(timer);
+  const tick = async () => {
+    try {
+      const state = await refreshJob(id);
+      if (!["done", "failed", "cancelled"].includes(state)) timer = setTimeout(tick, 1000);
+    } catch (e) { showError(e); timer = setTimeout(tick, 3000); }
+  };
+  tick();
+}
+
+// ---------------------------------------------------------------------------------- routing
+async function route() {
+  clearTimeout(timer);
+  takeTokenFromHash();
+  showError(null);
+  if (!token) { showError("paste an API token above (amc token create USER)"); return; }
+  try {
+    await loadRegistry();
+    const m = location.hash.match(/^#\/jobs\/([0-9a-f]+)/);
+    if (m) await showJob(m[1]); else await showList();
+  } catch (e) { showError(e); }
+}
+
+$("token-form").addEventListener("submit", (ev) => {
+  ev.preventDefault(); token = $("token").value.trim(); localStorage.setItem("amc-token", token); route();
+});
+$("submit-form").addEventListener("submit", submitForm);
+window.addEventListener("hashchange", route);
+route();
