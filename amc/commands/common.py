@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -12,11 +13,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from amc.data import Splits, default_device, load_cifar10, make_splits
+from amc.data import DataSource, Splits, default_device, load_images, make_splits, open_data
 from amc.errors import AmcError
 from amc.models import load_model
 
+# the shared CIFAR-10 archive beside a source checkout (absent once the package is installed elsewhere)
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "cifar10-jpeg.tar.xz"
+
+
+def default_data() -> Path:
+    """``$AMC_DATA`` when set, else ``DEFAULT_DATA`` when it exists, else one clear error."""
+    env = os.environ.get("AMC_DATA")
+    if env:
+        return Path(env)
+    if DEFAULT_DATA.exists():
+        return DEFAULT_DATA
+    raise AmcError("no data given: pass --data PATH (an ImageFolder with train/ and test/, a .tar[.gz|.xz] "
+                   "of one, or a torchvision CIFAR-10 root) or set $AMC_DATA")
 
 
 def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
@@ -28,8 +41,16 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = True)
 
 
 def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--data", default=None if not required else str(DEFAULT_DATA),
-                   help=f"CIFAR-10 archive, ImageFolder or torchvision root (default: {DEFAULT_DATA})")
+    """``required`` is kept for old callers: ``--data`` always falls back to ``default_data()``."""
+    p.add_argument("--data", default=None,
+                   help="ImageFolder (train/ and test/, optionally val/; any classes and image size), a "
+                        ".tar[.gz|.xz] of one, or a torchvision CIFAR-10 root "
+                        f"(default: $AMC_DATA, else {DEFAULT_DATA})")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="resize every image to this many pixels square (default: the most common size)")
+    p.add_argument("--val", default=None,
+                   help="validation folder of <class>/<image> used as the held-out split "
+                        "(default: DATA/val/ when present, else --heldout train images)")
     p.add_argument("--heldout", type=int, default=5000, help="held-out train images for search rewards")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -52,9 +73,20 @@ def check_distill(weight: float) -> None:
         raise AmcError(f"--distill is a weight in [0, 1], got {weight}")
 
 
+def _data_path(args: argparse.Namespace) -> Path:
+    return Path(args.data) if getattr(args, "data", None) is not None else default_data()
+
+
 def load_splits(args: argparse.Namespace) -> Splits:
-    path = args.data if args.data is not None else DEFAULT_DATA
-    return make_splits(load_cifar10(path), heldout=args.heldout, device=device_of(args))
+    """In-memory splits of ``--data`` (``--image-size``, ``--val``, ``--heldout``, ``--device``)."""
+    data = load_images(_data_path(args), image_size=getattr(args, "image_size", None), val=getattr(args, "val", None))
+    return make_splits(data, heldout=args.heldout, device=device_of(args))
+
+
+def load_source(args: argparse.Namespace) -> DataSource:
+    """``load_splits``, or streaming splits (DataLoader workers) for an ImageFolder too big for memory."""
+    return open_data(_data_path(args), heldout=args.heldout, device=device_of(args),
+                     image_size=getattr(args, "image_size", None), val=getattr(args, "val", None))
 
 
 @contextlib.contextmanager
