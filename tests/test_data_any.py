@@ -110,9 +110,8 @@ def test_bad_folders_are_one_clear_error(tmp_path, case):
         (root / "train" / "a" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=match):
         load_images(root, use_cache=False)
-    if case != "unreadable":  # the streaming path checks the folders the same way
-        with pytest.raises(DataError, match=match):
-            stream_images(root, heldout=1, num_workers=0)
+    with pytest.raises(DataError, match=match):  # the streaming path checks the folders the same way
+        stream_images(root, heldout=1, num_workers=0)
 
 
 def test_cache_is_keyed_by_the_settings(five, tmp_path, monkeypatch):
@@ -193,6 +192,8 @@ def test_every_source_is_a_data_source(five):
     for source in (make_splits(load_images(five, use_cache=False), heldout=5),
                    stream_images(five, heldout=5, num_workers=0), splits_from_torch(train, device="cpu")):
         assert isinstance(source, DataSource)
+        with pytest.raises(ValueError, match="unknown split"):
+            source.loader("validation")
 
 
 def old_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

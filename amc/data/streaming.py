@@ -30,7 +30,7 @@ from amc.data.images import (
     load_images,
     published_normalisation,
 )
-from amc.data.splits import HELDOUT, DataSource, carve_and_shuffle, loader_flags, make_splits
+from amc.data.splits import HELDOUT, DataSource, carve_and_shuffle, check_split, loader_flags, make_splits
 from amc.errors import DataError
 
 STREAM_ABOVE = 2 * 2**30  # decoded bytes (uint8 pixels of every split) above which open_data streams
@@ -92,14 +92,15 @@ class StreamingSplits:
         return (self.channels, *self.image_size)
 
     def size(self, split: str) -> int:
-        loader_flags(split, 0, 1, None, None)  # checks the name
+        check_split(split)
         return len(self.samples[split])
 
     def loader(self, split: str, batch_size: int = 256, shuffle: bool | None = None,
                augment: bool | None = None, seed: int = 0, limit: int | None = None) -> DeviceBatches:
         """``train`` shuffles and augments by default; ``heldout`` and ``test`` do neither."""
-        flags = loader_flags(split, len(self.samples[split][:limit]), batch_size, shuffle, augment)
+        check_split(split)
         items = self.samples[split][:limit]
+        flags = loader_flags(split, len(items), batch_size, shuffle, augment)
         return dataloader_batches(ImageFiles(items, self.image_size, self.channels), len(items), batch_size,
                                   flags, seed, self.device, self.mean, self.std, PIXEL_SCALE,
                                   nhwc_uint8=True, num_workers=self.num_workers)
