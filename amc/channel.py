@@ -398,12 +398,61 @@ def _trace_table(model: nn.Module, x: torch.Tensor, unmapped: set[int]) -> Chann
             group_of[m] = len(groups)
         groups.append(g)
 
+    broken = _breaking_groups(work, x, groups)
+    if broken:  # torch-pruning mapped these groups wrongly (seen: a concat before a flatten): hold them
+        for g in groups:
+            if g.root in broken:
+                for m in g.members:
+                    unprunable[m] = f"pruning its channels breaks the forward pass ({broken[g.root]})"
+        groups = [g for g in groups if g.root not in broken]
+        group_of = {m: i for i, g in enumerate(groups) for m in g.members}
+
     table = ChannelTable(groups=groups, group_of=group_of, unprunable=unprunable,
                          layers=layer_table(work, example_inputs=x), names=names,
                          dense_macs=count_macs(work, example_inputs=x)[0], dense_params=count_params(work),
                          input_shape=tuple(x.shape))
     _fill_cost_model(table, work)
     return table
+
+
+def _breaking_groups(model: nn.Module, x: torch.Tensor, groups: list[ChannelGroup]) -> dict[str, str]:
+    """Roots of the groups whose physical pruning (one channel removed) breaks the forward pass or
+    changes the output's shape, with the error. One copy and one forward when every group works;
+    halving the set to find the culprits otherwise."""
+    with torch.no_grad():
+        y = model.eval()(x)
+    shape = tuple(y.shape) if isinstance(y, torch.Tensor) else None
+
+    def error(gs: list[ChannelGroup]) -> str | None:
+        work = copy.deepcopy(model).eval()
+        try:
+            dg = _dependency_graph(work, x)
+            for g in gs:
+                mod = work.get_submodule(g.root)
+                dg.get_pruning_group(mod, dg.get_pruner_of_module(mod).prune_out_channels, [0]).prune()
+            with torch.no_grad():
+                out = work(x)
+        except Exception as e:
+            return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:100] if str(e).strip() else ''}"
+        if shape is not None and (not isinstance(out, torch.Tensor) or tuple(out.shape) != shape):
+            return "the output's shape changes"
+        return None
+
+    found: dict[str, str] = {}
+
+    def search(gs: list[ChannelGroup]) -> None:
+        err = error(gs)
+        if err is None:
+            return
+        if len(gs) == 1:
+            found[gs[0].root] = err
+            return
+        search(gs[: len(gs) // 2])
+        search(gs[len(gs) // 2:])
+
+    with _tolerant_reshapes():
+        search([g for g in groups if g.channels > 1])
+    return found
 
 
 def _fill_cost_model(table: ChannelTable, model: nn.Module) -> None:
