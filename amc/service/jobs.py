@@ -53,6 +53,8 @@ class JobSpec(BaseModel):
     criterion: Literal["l1", "l2", "l2_next", "bn", "taylor"] = "l2"
     round_to: int = Field(8, ge=1, le=256)
     latency_runs: int = Field(50, ge=1, le=10_000)
+    sensitivity_ratios: tuple[float, ...] = Field((0.2, 0.4, 0.6, 0.8), min_length=1, max_length=16,
+                                                  description="channel ratios scanned per layer")
     onnx: bool = True
 
     @field_validator("budget")
@@ -65,6 +67,13 @@ class JobSpec(BaseModel):
         except AmcError as e:
             raise ValueError(str(e)) from None
         return str(b)
+
+    @field_validator("sensitivity_ratios")
+    @classmethod
+    def _ratios(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(0 < r < 1 for r in v):
+            raise ValueError(f"sensitivity ratios must be in (0, 1), got {list(v)}")
+        return v
 
     @model_validator(mode="after")
     def _source(self) -> JobSpec:
@@ -84,7 +93,8 @@ class JobSpec(BaseModel):
                                   lr=self.lr, distill=self.distill, batch_size=self.batch_size,
                                   calib_images=self.calib_images, eval_images=self.eval_images, upper=self.upper,
                                   criterion=self.criterion, round_to=self.round_to, test_limit=self.test_limit,
-                                  latency_runs=self.latency_runs, onnx=self.onnx, storage=storage)
+                                  latency_runs=self.latency_runs, onnx=self.onnx, storage=storage,
+                                  sensitivity_ratios=self.sensitivity_ratios)
         except AmcError as e:
             raise ValueError(str(e)) from None
 
