@@ -11,7 +11,9 @@ The study lives in a real database: ``sqlite:///<run_dir>/study.db`` by default,
 URL otherwise (PostgreSQL for workers on several machines), opened with ``load_if_exists=True`` so
 a killed run resumes with no completed trial lost and several workers can share one study
 (optuna-dashboard opens the same URL). Workers write heartbeats; a trial whose worker died is
-failed after the grace period and retried once more (``RetryHeartbeatStaleTrialCallback``).
+failed after the grace period and retried once more (``RetryHeartbeatStaleTrialCallback``); trials
+asked through ``propose()`` beat from a thread of their own until ``observe()``. A trial whose
+training diverged (non-finite reward or accuracy) is recorded as FAIL, with its result attributes.
 
 The budget reaches the sampler twice: proposals are projected (AMC's projection, so every trial
 is feasible by construction) and each trial records ``measured cost - budget`` as its constraint
@@ -24,6 +26,7 @@ e.g. a global-magnitude baseline) are enqueued as the first trials of a new stud
 from __future__ import annotations
 
 import math
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+from optuna.storages._heartbeat import BaseHeartbeat  # the heartbeat interface RDBStorage implements
 from optuna.study import MaxTrialsCallback, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -154,6 +158,7 @@ class OptunaSearcher:
         self._sensitivity = sensitivity_policy
         self._extra = dict(extra_policies or {})  # more known policies to start from, by origin name
         self._pending: Proposals[optuna.trial.Trial] = Proposals()
+        self._beats: dict[int, threading.Event] = {}  # trial number -> stops its heartbeat
         if created:  # only the creator enqueues: workers joining at once would enqueue them twice
             self._enqueue_baselines()
 
@@ -197,25 +202,55 @@ class OptunaSearcher:
         if self.multi:
             acc = result.accuracy if math.isfinite(result.accuracy) else 0.0
             return [acc, cost if math.isfinite(cost) else 1.0]
-        return [result.reward if finite else 0.0]  # a diverged model scores as badly as a dead one
+        return [result.reward if finite else 0.0]
+
+    @staticmethod
+    def _diverged(result: Result) -> bool:
+        return not (math.isfinite(result.reward) and math.isfinite(result.accuracy))
+
+    def _heartbeat(self, trial: optuna.trial.BaseTrial) -> threading.Event:
+        """Beat for a trial asked through ``propose()`` (``optimize()`` beats for its own) until the
+        returned event is set, so a dead ask/tell driver's trial goes stale like any other."""
+        stop = threading.Event()
+        storage = self.study._storage
+        interval = storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+        if interval:
+            trial_id = trial._trial_id  # type: ignore[attr-defined]
+            storage.record_heartbeat(trial_id)
+
+            def beat() -> None:
+                while not stop.wait(interval):
+                    storage.record_heartbeat(trial_id)
+
+            threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True).start()
+        return stop
 
     def propose(self) -> Policy:
-        with warnings.catch_warnings():  # heartbeats are written by optimize(); ask/tell drivers do without
+        with warnings.catch_warnings():  # optimize()'s check; _heartbeat beats for ask/tell trials
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             trial = self.study.ask()
         policy = self._suggest(trial)
         self._pending.add(policy, trial)
+        self._beats[trial.number] = self._heartbeat(trial)
         return policy
 
     def observe(self, policy: Policy, result: Result) -> None:
         trial = self._pending.take(policy)
-        self.study.tell(trial, self._record(trial, result))
+        self._beats.pop(trial.number, threading.Event()).set()
+        values = self._record(trial, result)
+        if self._diverged(result):  # training diverged: a failed trial, not a complete infeasible one
+            self.study.tell(trial, state=TrialState.FAIL)
+        else:
+            self.study.tell(trial, values)
 
     def objective(self, trial: optuna.trial.Trial) -> list[float] | float:
         if self._surplus(trial):  # another worker took the last free slot at the same moment
             raise optuna.TrialPruned("surplus: the study already has its trials done or in flight")
         policy = self._suggest(trial)
-        values = self._record(trial, self.evaluator.evaluate(policy))
+        result = self.evaluator.evaluate(policy)
+        values = self._record(trial, result)
+        if self._diverged(result):  # Optuna records a NaN objective as FAIL (its attrs say why)
+            return [math.nan] * len(values) if self.multi else math.nan
         return values if self.multi else values[0]
 
     # -- the whole search ------------------------------------------------------------------------------
