@@ -214,7 +214,7 @@ class OptunaSearcher:
         stop = threading.Event()
         storage = self.study._storage
         interval = storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
-        if interval:
+        if interval and isinstance(storage, BaseHeartbeat):
             trial_id = trial._trial_id  # type: ignore[attr-defined]
             storage.record_heartbeat(trial_id)
 
