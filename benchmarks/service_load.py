@@ -1,0 +1,125 @@
+"""Load on the service over loopback: 50 concurrent submissions, then status polls at 200 requests per
+second for 60 s, against ``amc serve`` with 2 workers (subprocesses on one SQLite service folder).
+
+The jobs are tiny (a width-8/16 ResNet-8, the sensitivity-picked policy, 512 train images, no finetune,
+no ONNX) so that they finish; after the polling phase the script waits (bounded) for the queue to drain
+and counts jobs completed, lost (submitted but not done in the end) and duplicated (claimed more than
+once; nothing is killed here). Writes reports/service.json and reports/service.md.
+
+    nice .venv/bin/python benchmarks/service_load.py [--jobs 50 --rate 200 --seconds 60 --drain-s 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.test_service_e2e import TINY, Service, tiny_weights  # noqa: E402
+
+SPEC = {**TINY, "method": "sensitivity", "episodes": 1, "onnx": False, "latency_runs": 1}
+
+
+async def run_load(svc: Service, jobs: int, rate: float, seconds: float) -> dict:
+    headers = {"Authorization": f"Bearer {svc.token}"}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=svc.url, headers=headers, timeout=30, limits=limits) as c:
+        up = await c.post("/api/v1/uploads", files={"file": ("tiny.safetensors", tiny_weights())},
+                          data={"model": SPEC["model"]})
+        up.raise_for_status()
+        spec = {**SPEC, "upload": up.json()["id"]}
+        t0 = time.perf_counter()
+        subs = await asyncio.gather(*(c.post("/api/v1/jobs", json=spec) for _ in range(jobs)))
+        submit_s = time.perf_counter() - t0
+        ids = [r.json()["id"] for r in subs if r.status_code == 201]
+        codes = [r.status_code for r in subs]
+        lat: list[float] = []
+
+        async def poll(jid: str) -> None:
+            t = time.perf_counter()
+            r = await c.get(f"/api/v1/jobs/{jid}")
+            lat.append((time.perf_counter() - t) * 1000)
+            codes.append(r.status_code)
+
+        tasks = []
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):  # open loop: one request every 1/rate s, whatever the replies
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(poll(ids[i % len(ids)])))
+        await asyncio.gather(*tasks)
+        polled_s = time.perf_counter() - start
+    return {"ids": ids, "codes": codes, "latencies_ms": lat, "submit_s": submit_s, "poll_s": polled_s}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=50)
+    ap.add_argument("--rate", type=float, default=200.0)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--drain-s", type=float, default=900.0, help="longest wait for the jobs to finish")
+    ap.add_argument("--out", default=str(ROOT / "reports" / "service"))
+    args = ap.parse_args()
+    from amc.system import machine_info
+
+    with tempfile.TemporaryDirectory() as tmp:
+        svc = Service(Path(tmp) / "svc")
+        svc.env["AMC_SERVICE_STALE_S"] = "60"
+        svc.env["AMC_SERVICE_HEARTBEAT_S"] = "5"
+        svc.serve()
+        try:
+            for i in range(2):
+                svc.start("worker", "--device", "cpu", "--name", f"w{i}")
+            res = run_load_sync(svc, args)
+            t0 = time.time()
+            with svc.client() as c:
+                while time.time() - t0 < args.drain_s:
+                    listed = c.get("/api/v1/jobs", params={"limit": 1000}).json()
+                    if all(j["state"] in ("done", "failed", "cancelled") for j in listed):
+                        break
+                    time.sleep(2)
+                listed = {j["id"]: j for j in c.get("/api/v1/jobs", params={"limit": 1000}).json()}
+            drain_s = time.time() - t0
+        finally:
+            svc.stop()
+    ids = res["ids"]
+    done = [i for i in ids if listed.get(i, {}).get("state") == "done"]
+    lat = sorted(res["latencies_ms"])
+    q = statistics.quantiles(lat, n=100) if len(lat) >= 100 else [float("nan")] * 99
+    runs = [listed[i]["progress"].get("elapsed_s") for i in done if listed[i]["progress"].get("elapsed_s")]
+    report = {
+        "errors_5xx": sum(code >= 500 for code in res["codes"]),
+        "errors_4xx": sum(400 <= code < 500 for code in res["codes"]),
+        "jobs_submitted": len(ids), "jobs_completed": len(done),
+        "jobs_lost": sum(i not in listed or listed[i]["state"] != "done" for i in ids),
+        "jobs_duplicated": sum(listed[i]["attempts"] > 1 for i in ids if i in listed),
+        "status_requests": len(lat), "status_rate_achieved": len(lat) / res["poll_s"],
+        "status_p50_ms": q[49], "status_p99_ms": q[98], "status_max_ms": max(lat) if lat else None,
+        "submit_all_s": res["submit_s"], "drain_s": drain_s,
+        "job_wall_s_median": statistics.median(runs) if runs else None,
+        "workers": 2, "jobs": args.jobs, "rate": args.rate, "seconds": args.seconds, "spec": SPEC,
+        "screenshot": "reports/service.png", "machine": machine_info(),
+    }
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k not in ("spec", "machine")}, indent=2, default=str))
+    return 0
+
+
+def run_load_sync(svc: Service, args: argparse.Namespace) -> dict:
+    return asyncio.run(run_load(svc, args.jobs, args.rate, args.seconds))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
