@@ -282,24 +282,33 @@ def _role(mod: nn.Module, is_out: bool) -> str | None:
 @contextlib.contextmanager
 def _tolerant_reshapes() -> Iterator[set[int]]:
     """torch-pruning maps channels through flattening reshapes (4D <-> 2D) only; a channel shuffle's
-    4D -> 5D view (ShuffleNet) makes it divide by zero. Inside this context such a reshape is left
-    unmapped and its node recorded (by id), so the groups that pass through it are held."""
+    4D -> 5D view (ShuffleNet) makes it divide by zero, and a concat whose sizes it cannot infer
+    (Swin's patch merging) makes it add None. Inside this context such a node is left unmapped and
+    recorded (by id), so the groups that pass through it are held."""
     from torch_pruning.dependency import index_mapping
 
     failed: set[int] = set()
-    original = index_mapping.update_reshape_index_mapping
+    reshape, concat = index_mapping.update_reshape_index_mapping, index_mapping.update_concat_index_mapping
 
-    def tolerant(graph: Any, node: Any) -> None:
+    def tolerant_reshape(graph: Any, node: Any) -> None:
         try:
-            original(graph, node)
+            reshape(graph, node)
         except ZeroDivisionError:
             failed.add(id(node))
 
-    index_mapping.update_reshape_index_mapping = tolerant
+    def tolerant_concat(graph: Any, node: Any) -> None:  # Swin's concat on the last dim: sizes unknown
+        try:
+            concat(graph, node)
+        except TypeError:
+            failed.add(id(node))
+
+    index_mapping.update_reshape_index_mapping = tolerant_reshape
+    index_mapping.update_concat_index_mapping = tolerant_concat
     try:
         yield failed
     finally:
-        index_mapping.update_reshape_index_mapping = original
+        index_mapping.update_reshape_index_mapping = reshape
+        index_mapping.update_concat_index_mapping = concat
 
 
 def _dependency_graph(model: nn.Module, x: torch.Tensor) -> Any:
@@ -343,7 +352,7 @@ def _trace_table(model: nn.Module, x: torch.Tensor, unmapped: set[int]) -> Chann
         try:
             grp = dg.get_pruning_group(mod, pruner.prune_out_channels, list(range(channels)))
         except (IndexError, ValueError, KeyError, ZeroDivisionError, RuntimeError) as e:
-            through = " through a channel shuffle" if unmapped else ""
+            through = " through a channel shuffle or concat it cannot map" if unmapped else ""
             unprunable[name] = (f"torch-pruning cannot follow its channels{through} "
                                 f"({type(e).__name__}: {str(e)[:80]})")
             continue
@@ -354,8 +363,8 @@ def _trace_table(model: nn.Module, x: torch.Tensor, unmapped: set[int]) -> Chann
             tname = m2n.get(id(tmod))
             is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
             if id(item.dep.target) in unmapped or id(item.dep.source) in unmapped:
-                problem = ("coupled through a channel shuffle (a reshape whose channel mapping torch-pruning "
-                           "cannot follow)")
+                problem = ("coupled through a channel shuffle or concat (a node whose channel mapping "
+                           "torch-pruning cannot follow)")
                 continue
             if tname is None:  # elementwise ops, reshapes, unwrapped parameters
                 if isinstance(tmod, nn.Parameter):

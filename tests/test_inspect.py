@@ -68,7 +68,7 @@ class OnlyHead(nn.Module):
 
 
 def test_a_model_with_nothing_prunable_is_one_clear_error():
-    with pytest.raises(AmcError, match="no layer whose output channels can be pruned.*fc: output layer"):
+    with pytest.raises(AmcError, match=r"no layer whose output channels can be pruned.*fc: output layer"):
         inspect_model(OnlyHead(), torch.randn(1, 3, 2, 2))
 
 
