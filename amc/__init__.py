@@ -1,3 +1,55 @@
-"""AutoML compression search for PyTorch models."""
+"""AutoML compression search for PyTorch models.
+
+The public API (see ``amc/api.py`` and the README's "Python API"):
+
+- ``amc.compress(model, budget="macs=0.5", data=..., ...) -> CompressResult``: the one button.
+- ``amc.Recipe.load(path).apply(model)``: re-apply a compression to a dense model bit for bit.
+- ``amc.inspect_model(model, example_inputs)``: which layers can be pruned and which are held, and why.
+- ``amc.prune_to_budget(model, example_inputs, "macs=0.5")``: a data-free one-shot channel pruner.
+- The pieces for driving a search yourself: ``Evaluator`` / ``EvalConfig`` (pruner + recovery + score),
+  ``amc.data`` (``open_data``, ``splits_from_torch``), ``amc.models.resolve_model``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# name -> module; imported on first use so `import amc` stays light (the CLI imports submodules itself)
+_EXPORTS = {
+    "compress": "amc.api", "open_dataset": "amc.api", "open_model": "amc.api",
+    "CompressConfig": "amc.pipeline", "CompressResult": "amc.pipeline",
+    "Recipe": "amc.recipe", "load_recipe": "amc.recipe", "apply_recipe": "amc.recipe",
+    "Budget": "amc.budget",
+    "Evaluator": "amc.evaluator", "EvalConfig": "amc.evaluator",
+    "inspect_model": "amc.inspect", "Prunability": "amc.inspect",
+    "prune_to_budget": "amc.oneshot",
+    "resolve_model": "amc.models",
+    "AmcError": "amc.errors",
+}
+__all__ = [
+    "AmcError", "Budget", "CompressConfig", "CompressResult", "EvalConfig", "Evaluator", "Prunability", "Recipe",
+    "__version__", "apply_recipe", "compress", "inspect_model", "load_recipe", "open_dataset", "open_model",
+    "prune_to_budget", "resolve_model",
+]
+
+if TYPE_CHECKING:
+    from amc.api import compress, open_dataset, open_model
+    from amc.budget import Budget
+    from amc.errors import AmcError
+    from amc.evaluator import EvalConfig, Evaluator
+    from amc.inspect import Prunability, inspect_model
+    from amc.models import resolve_model
+    from amc.oneshot import prune_to_budget
+    from amc.pipeline import CompressConfig, CompressResult
+    from amc.recipe import Recipe, apply_recipe, load_recipe
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'amc' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

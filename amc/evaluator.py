@@ -30,7 +30,7 @@ from torch import nn
 
 from amc.budget import Bounds, Budget, ChannelCost, CostModel, FineCost, Policy, Projector, make_bounds
 from amc.cpuconv import training_layout
-from amc.data import Splits
+from amc.data import DataSource
 from amc.errors import BudgetError, PolicyError, TrainingDiverged
 from amc.layers import count_macs, count_params, layer_table, layer_weight
 from amc.sensitivity import LOSS_TIE_WEIGHT
@@ -144,7 +144,8 @@ def _channel():
     return channel
 
 
-def _batches(splits: Splits, split: str, limit: int | None, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(splits: DataSource, split: str, limit: int | None,
+             batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     loader = splits.loader(split, batch_size=batch_size, limit=limit, shuffle=False, augment=False)
     return [(x, y) for x, y in loader]
 
@@ -152,10 +153,11 @@ def _batches(splits: Splits, split: str, limit: int | None, batch_size: int) -> 
 class Evaluator:
     """Scores pruning policies on one persistent working copy of ``dense_model`` (see module doc)."""
 
-    def __init__(self, dense_model: nn.Module, splits: Splits, budget: Budget,
+    def __init__(self, dense_model: nn.Module, splits: DataSource, budget: Budget,
                  config: EvalConfig = EvalConfig(), input_shape: tuple[int, ...] = (1, 3, 32, 32),
-                 latency_table: object | None = None) -> None:
+                 latency_table: object | None = None, score_fn: Callable[[nn.Module], float] | None = None) -> None:
         self.config, self.budget, self.splits = config, budget, splits
+        self.score_fn = score_fn  # the user's evaluate(model) -> float replaces held-out accuracy when given
         self.input_shape = input_shape
         self.device = model_device(dense_model)
         self.latency_table = latency_table  # amc.latency.LatencyTable: predicted latency (channel pruning)
@@ -291,6 +293,12 @@ class Evaluator:
         c, lsum, ok = torch.stack([correct.float(), loss, finite.float()]).tolist()
         return c / self._n_eval, lsum / self._n_eval, bool(ok)
 
+    def _user_score(self, model: nn.Module) -> tuple[float, float, bool]:
+        """The user's score (loss 0: the tie-breaking rewards see the score alone)."""
+        model.eval()
+        value = float(self.score_fn(model))  # type: ignore[misc]
+        return value, 0.0, math.isfinite(value)
+
     @torch.no_grad()
     def measure(self, model: nn.Module) -> dict[str, float]:
         """Costs of the (masked) model as fractions of dense: non-zero params, and MACs from the
@@ -342,7 +350,7 @@ class Evaluator:
                     self._apply(self.work, policy)  # zero removed channels' BN shifts again
             recalibrate_bn(self.work, self._calib)
             t_recover = self._tick()
-            acc, loss, finite = self._score(self.work)
+            acc, loss, finite = self._score(self.work) if self.score_fn is None else self._user_score(self.work)
         except TrainingDiverged as e:  # a result, never a crash
             acc, loss, finite, reason = float("nan"), float("nan"), False, str(e)
         t_score = time.perf_counter()

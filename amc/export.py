@@ -356,13 +356,41 @@ def load_sparse(path: str | os.PathLike, arch: str | nn.Module | None = None) ->
 # ----------------------------------------------------------------------------- one call for a run
 
 
+def save_program(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> Path:
+    """A ``torch.export`` program (``.pt2``) of a CPU fp32 eval copy: it loads with
+    ``torch.export.load(path).module()`` without the model's source code. Written atomically;
+    ``ExportError`` when the model does not export (data-dependent control flow and the like)."""
+    import copy
+
+    from amc.io import atomic_open
+
+    work = copy.deepcopy(model).cpu().float().eval()
+    x = torch.zeros((2, *input_shape[1:]))  # batch 2: export specialises sizes 0 and 1
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        try:  # any batch size
+            program = torch.export.export(work, (x,), dynamic_shapes=({0: batch},))
+        except Exception:  # a model whose code fixes the batch: the example's shape only
+            program = torch.export.export(work, (torch.zeros(input_shape),))
+    except Exception as e:  # torch.export raises many kinds (Unsupported, UserError, TypeError...)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"the model does not export with torch.export ({type(e).__name__}: {first[:200]})") from None
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        torch.export.save(program, f)
+    return path
+
+
 def export_compressed(model: nn.Module, arch: str, directory: str | os.PathLike, granularity: str,
                       dtype: str = "fp32", onnx: bool = True,
-                      input_shape: tuple[int, ...] = (1, 3, 32, 32), num_classes: int = 10) -> dict[str, Any]:
+                      input_shape: tuple[int, ...] = (1, 3, 32, 32), num_classes: int = 10,
+                      program: bool = False) -> dict[str, Any]:
     """Write the files a user takes home for a compressed model; returns their paths and byte sizes.
 
     fine / nm: ``model.sparse.safetensors`` (compact sparse). channel: ``pruned/`` (safetensors +
-    config). Both: ``model.onnx`` when ``onnx`` and ``amc.onnx_export`` is available.
+    config). Both: ``model.onnx`` when ``onnx`` and ``amc.onnx_export`` is available, and with
+    ``program`` a self-contained ``model.pt2`` (``torch.export``) where the model exports (else
+    ``program_skipped`` says why). ``pruned/`` rebuilds only models ``arch`` names a builder for.
     """
     directory = Path(directory)
     out: dict[str, Any] = {}
@@ -382,4 +410,11 @@ def export_compressed(model: nn.Module, arch: str, directory: str | os.PathLike,
             onnx_path = directory / "model.onnx"
             export_onnx(model, onnx_path, input_shape=input_shape)
             out.update(onnx_path=onnx_path, onnx_bytes=onnx_path.stat().st_size)
+    if program:
+        try:
+            pt2 = save_program(model, directory / "model.pt2", input_shape)
+        except ExportError as e:
+            out["program_skipped"] = str(e)
+        else:
+            out.update(program_path=pt2, program_bytes=pt2.stat().st_size)
     return out

@@ -1,13 +1,19 @@
 """Recipes: a readable, versioned YAML file that re-applies a compression bit for bit.
 
 Lifecycle: ``make_recipe(arch, checkpoint, policy, ...)`` (records the mask hashes or kept channels
-by rebuilding once) -> ``save_recipe(recipe, path)`` -> ``load_recipe(path, checkpoint=...)``
-(validates) -> ``apply_recipe(recipe, checkpoint, loader=...)`` -> ``(model, masks)``.
+by rebuilding once; ``model=`` a module object instead of rebuilding ``arch``) -> ``save_recipe(recipe,
+path)`` -> ``load_recipe(path, checkpoint=...)`` (validates) -> ``apply_recipe(recipe, checkpoint,
+loader=...)`` -> ``(model, masks)``; or, on a model object the caller built, ``Recipe.load(path).apply(model)``.
 
-Format version 1 (every key below is written; ``load_recipe`` rejects unknown keys)::
+Format version 2 (every key below is written; ``load_recipe`` rejects unknown keys; version 1 files,
+which have no ``data`` section and always a checkpoint hash, still read)::
 
-    format_version: 1
+    format_version: 2
     model: {arch: vgg8, checkpoint_sha256: <hex>, num_classes: 10, input_shape: [1, 3, 32, 32]}
+                                 # arch: a model reference (vgg8, torchvision:mobilenet_v2, timm:resnet18,
+                                 # pkg.module:factory) or the class name of a user's module;
+                                 # checkpoint_sha256: null when the model was given as an object
+    data: {source: <path or description>, classes: [...], mean: [...], std: [...]}    # or null
     granularity: fine            # fine | nm | channel
     criterion: magnitude         # fine / nm: magnitude; channel: the criterion that chose the channels
     nm: null                     # [N, M] for granularity nm
@@ -57,7 +63,8 @@ from amc.models import build_model, file_sha256, load_model
 from amc.schedule import SCHEDULES, IterativeSchedule, iterative_prune
 from amc.train import FinetuneConfig, Masks, apply_masks, finetune
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no data section, a checkpoint hash always
 GRANULARITIES = ("fine", "nm", "channel")
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -71,10 +78,20 @@ class RecipeError(AmcError):
 
 @dataclass(frozen=True)
 class ModelRef:
-    arch: str  # a name ``amc.models.build_model`` knows
-    checkpoint_sha256: str  # of the dense checkpoint file the recipe was made from
+    arch: str  # a reference ``amc.models.build_model`` knows, or a user module's class name
+    checkpoint_sha256: str | None  # of the dense checkpoint file the recipe was made from (None: an object)
     num_classes: int = 10
     input_shape: tuple[int, ...] = (1, 3, 32, 32)  # one example input (CIFAR-10)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the model was compressed on: enough to rebuild the loaders' normalisation."""
+
+    source: str | None = None  # a path or a description ("torch Dataset")
+    classes: tuple[str, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +152,23 @@ class Recipe:
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     search: SearchInfo | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    data: DataInfo | None = None
     format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
+             force: bool = False) -> Recipe:
+        """``load_recipe``: read and validate a recipe file."""
+        return load_recipe(path, checkpoint, force)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """``save_recipe``: validate and write atomically."""
+        return save_recipe(self, path)
+
+    def apply(self, model: nn.Module, force: bool = False) -> nn.Module:
+        """Apply to a dense ``model`` object the caller built and loaded (left untouched): the
+        physically smaller model (channel) or a masked copy (fine / nm), bit for bit as recorded."""
+        return apply_to_model(self, model, force)[0]
 
     @property
     def policy(self) -> dict[str, float]:
@@ -186,7 +219,7 @@ def rebuild_masks(model: nn.Module, recipe: Recipe) -> Masks:
 
 def make_recipe(
     arch: str,
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | None,
     policy: Mapping[str, float] | None = None,
     granularity: str = "fine",
     criterion: str = "magnitude",
@@ -200,6 +233,8 @@ def make_recipe(
     metrics: Metrics | None = None,
     num_classes: int = 10,
     input_shape: tuple[int, ...] = (1, 3, 32, 32),
+    model: nn.Module | None = None,
+    data: DataInfo | None = None,
 ) -> Recipe:
     """A validated recipe for ``policy`` on the dense ``checkpoint``.
 
@@ -207,8 +242,11 @@ def make_recipe(
     nm: ``policy`` names the layers (ratios are 1 - N/M); ``nm`` = (N, M), default (2, 4).
     channel: ``kept`` = {root layer: kept output channels} (e.g. an ``amc.channel.ChannelPlan``);
     ``policy`` gives the ratios asked for (default: the share actually removed).
+    With ``model`` (the dense module object, left untouched), nothing is rebuilt from ``arch``, and
+    ``checkpoint`` may be None (the recipe then records no checkpoint hash).
     """
-    ref = ModelRef(arch, file_sha256(checkpoint), num_classes, tuple(input_shape))
+    sha = file_sha256(checkpoint) if checkpoint is not None else None
+    ref = ModelRef(arch, sha, num_classes, tuple(input_shape))
     if granularity == "nm":
         nm = tuple(nm) if nm is not None else (2, 4)  # type: ignore[assignment]
     layers: list[LayerRecipe] = []
@@ -218,10 +256,10 @@ def make_recipe(
         if hasattr(kept, "keep"):  # an amc.channel.ChannelPlan
             round_to = round_to if round_to is not None else getattr(kept, "round_to", None)
             kept = kept.keep
-        model = build_model(arch, num_classes)
+        shapes = model if model is not None else build_model(arch, num_classes)
         for name, idx in kept.items():
             idx_t = tuple(sorted(int(i) for i in idx))
-            out = _out_channels(model, name)
+            out = _out_channels(shapes, name)
             ratio = float(policy[name]) if policy is not None and name in policy else 1 - len(idx_t) / out
             layers.append(LayerRecipe(name, ratio, None, idx_t))
     else:
@@ -232,8 +270,8 @@ def make_recipe(
             policy = dict.fromkeys(policy, 1 - nm[0] / nm[1])
         layers = [LayerRecipe(name, float(r)) for name, r in policy.items()]
     recipe = Recipe(ref, granularity, criterion, tuple(layers), nm=nm, round_to=round_to, budget=budget,  # type: ignore[arg-type]
-                    finetune=finetune or FinetuneSpec(), search=search, metrics=metrics or Metrics())
-    dense = load_model(arch, checkpoint, num_classes)
+                    finetune=finetune or FinetuneSpec(), search=search, metrics=metrics or Metrics(), data=data)
+    dense = copy.deepcopy(model).cpu().float() if model is not None else load_model(arch, checkpoint, num_classes)
     validate_recipe(recipe, dense)
     if granularity != "channel":
         masks = rebuild_masks(dense, recipe)
@@ -259,9 +297,9 @@ def _out_channels(model: nn.Module, name: str) -> int:
 
 def validate_recipe(recipe: Recipe, model: nn.Module | None = None) -> None:
     """Raise one clear error for the first problem: version, granularity, ranges, unknown layers."""
-    if recipe.format_version != FORMAT_VERSION:
+    if recipe.format_version not in READABLE_VERSIONS:
         raise RecipeError(f"unknown recipe format_version {recipe.format_version!r}; this amc reads "
-                          f"version {FORMAT_VERSION}")
+                          f"versions {', '.join(map(str, READABLE_VERSIONS))}")
     if recipe.granularity not in GRANULARITIES:
         raise RecipeError(f"unknown granularity {recipe.granularity!r}; known: {', '.join(GRANULARITIES)}")
     if recipe.granularity in ("fine", "nm") and recipe.criterion != "magnitude":
@@ -289,6 +327,8 @@ def validate_recipe(recipe: Recipe, model: nn.Module | None = None) -> None:
         if recipe.granularity == "channel" and not layer.kept:
             raise RecipeError(f"channel recipe layer {layer.name} lists no kept channels")
     if model is None:
+        if recipe.model.checkpoint_sha256 is None:  # made from a module object: its class may need arguments,
+            return  # so the layer checks wait for the model it is applied to (Recipe.apply)
         model = build_model(recipe.model.arch, recipe.model.num_classes)
     names = set(prunable_names(model))
     for layer in recipe.layers:
@@ -313,6 +353,8 @@ def check_checkpoint(recipe: Recipe, checkpoint: str | os.PathLike, force: bool 
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     digest = file_sha256(checkpoint)
+    if recipe.model.checkpoint_sha256 is None:  # made from a model object: nothing to compare with
+        return digest
     if digest != recipe.model.checkpoint_sha256 and not force:
         raise CheckpointError(
             f"checkpoint {checkpoint} has sha256 {digest[:12]}..., but the recipe was made from "
@@ -328,6 +370,11 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     out: dict[str, Any] = {"format_version": d.pop("format_version")}
     out.update(d)
     out["model"]["input_shape"] = list(recipe.model.input_shape)
+    data = out.pop("data")
+    if data is not None:
+        data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
+    if recipe.format_version >= 2:  # version 1 has no data section
+        out["data"] = data
     out["nm"] = list(recipe.nm) if recipe.nm is not None else None
     out["layers"] = []
     for la in recipe.layers:  # fields a granularity does not use are left out (read back as null)
@@ -405,11 +452,13 @@ def recipe_from_dict(d: Any) -> Recipe:
     """Parse a YAML mapping into a ``Recipe``; one ``RecipeError`` for the first problem found."""
     r = _Reader(d, "recipe")
     version = r.get("format_version", int)
-    if version != FORMAT_VERSION:
-        raise RecipeError(f"unknown recipe format_version {version!r}; this amc reads version {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise RecipeError(f"unknown recipe format_version {version!r}; this amc reads versions "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}")
     m = r.sub("model")
     assert m is not None
-    model = ModelRef(m.get("arch", str), m.get("checkpoint_sha256", str), m.get("num_classes", int, 10),
+    sha = m.get("checkpoint_sha256", str) if version == 1 else m.get("checkpoint_sha256", str, None)
+    model = ModelRef(m.get("arch", str), sha, m.get("num_classes", int, 10),
                      _ints(m.get("input_shape", list, [1, 3, 32, 32]), "recipe.model.input_shape"))
     m.done()
     layers = []
@@ -455,10 +504,24 @@ def recipe_from_dict(d: Any) -> Recipe:
             values[fl.name] = mt.get(fl.name, kind, None)
         metrics = Metrics(**values)
         mt.done()
+    data = None
+    if version >= 2 and (dr := r.sub("data", None)) is not None:
+        def floats(key: str) -> tuple[float, ...] | None:
+            v = dr.get(key, list, None)
+            if v is not None and not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                raise RecipeError(f"recipe.data.{key} must be a list of numbers")
+            return tuple(float(x) for x in v) if v is not None else None
+
+        classes = dr.get("classes", list, None)
+        if classes is not None and not all(isinstance(c, str) for c in classes):
+            raise RecipeError("recipe.data.classes must be a list of strings")
+        data = DataInfo(dr.get("source", str, None), tuple(classes) if classes is not None else None,
+                        floats("mean"), floats("std"))
+        dr.done()
     recipe = Recipe(model, r.get("granularity", str), r.get("criterion", str), tuple(layers),
                     nm=_ints(nm, "recipe.nm") if nm is not None else None,  # type: ignore[arg-type]
                     round_to=r.get("round_to", int, None), budget=budget, finetune=ft, search=search,
-                    metrics=metrics, format_version=version)
+                    metrics=metrics, data=data, format_version=version)
     r.done()
     return recipe
 
@@ -514,27 +577,12 @@ def apply_recipe(
     """
     validate_recipe(recipe)
     check_checkpoint(recipe, checkpoint, force)
-    model = load_model(recipe.model.arch, checkpoint, recipe.model.num_classes)
-    validate_recipe(recipe, model)
-    masks: Masks = {}
+    dense = load_model(recipe.model.arch, checkpoint, recipe.model.num_classes)
+    teacher = dense if loader is not None and recipe.finetune.distill > 0 else None
     dense_state = None
-    teacher = copy.deepcopy(model) if loader is not None and recipe.finetune.distill > 0 else None
-    if recipe.granularity == "channel":
-        from amc.channel import prune_channels
-
-        example = torch.zeros(recipe.model.input_shape)
-        model = prune_channels(model, channel_plan(recipe, model), example)
-    else:
-        masks = rebuild_masks(model, recipe)
-        if not force:
-            bad = [la.name for la in recipe.layers
-                   if la.mask_sha256 is not None and mask_sha256(masks[la.name]) != la.mask_sha256]
-            if bad:
-                raise RecipeError(f"rebuilt masks differ from the recipe's hashes for {len(bad)} layers "
-                                  f"(e.g. {bad[0]}); the checkpoint or the pruning code changed")
-        if recipe.finetune.iterative is not None and loader is not None:
-            dense_state = {k: v.clone() for k, v in model.state_dict().items()}
-        apply_masks(model, masks)
+    if recipe.finetune.iterative is not None and loader is not None:
+        dense_state = {k: v.clone() for k, v in dense.state_dict().items()}
+    model, masks = apply_to_model(recipe, dense, force)
     if device is not None:
         model = model.to(device)
         masks = {k: v.to(device) for k, v in masks.items()}
@@ -553,6 +601,29 @@ def apply_recipe(
         if ft.epochs > 0:
             finetune(model, loader, ft.config(), masks=masks or None, on_step=on_step, teacher=teacher)
     return model.eval(), masks
+
+
+def apply_to_model(recipe: Recipe, dense: nn.Module, force: bool = False) -> tuple[nn.Module, Masks]:
+    """The pruning half of ``apply_recipe`` on a dense module object (not modified; a copy is
+    pruned on the CPU in fp32). channel: the physically smaller model and no masks; fine / nm: the
+    masked copy and its masks, checked against the recipe's hashes unless ``force``."""
+    validate_recipe(recipe, dense)
+    model = copy.deepcopy(dense).cpu().float().eval()
+    masks: Masks = {}
+    if recipe.granularity == "channel":
+        from amc.channel import prune_channels
+
+        example = torch.zeros(recipe.model.input_shape)
+        return prune_channels(model, channel_plan(recipe, model), example), masks
+    masks = rebuild_masks(model, recipe)
+    if not force:
+        bad = [la.name for la in recipe.layers
+               if la.mask_sha256 is not None and mask_sha256(masks[la.name]) != la.mask_sha256]
+        if bad:
+            raise RecipeError(f"rebuilt masks differ from the recipe's hashes for {len(bad)} layers "
+                              f"(e.g. {bad[0]}); the checkpoint or the pruning code changed")
+    apply_masks(model, masks)
+    return model, masks
 
 
 def channel_plan(recipe: Recipe, model: nn.Module | None = None):

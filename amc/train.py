@@ -7,9 +7,10 @@ re-applied after every optimiser step, so momentum and weight decay cannot reviv
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -107,6 +108,31 @@ def apply_masks(model: nn.Module, masks: Masks | None) -> None:
     for name, mask in masks.items():
         w = layer_weight(model, name)
         w.mul_(mask.to(device=w.device, dtype=w.dtype))
+
+
+@contextlib.contextmanager
+def hold_masks(model: nn.Module, masks: Masks | None) -> Iterator[nn.Module]:
+    """Keep pruned weights at zero while code the project does not control trains ``model`` (a
+    user's own finetune loop): every masked layer re-applies its mask before each forward, and once
+    more on exit, so whatever the optimiser wrote into a pruned weight never takes effect."""
+    if not masks:
+        yield model
+        return
+
+    def hook(name: str) -> Callable[[nn.Module, tuple], None]:
+        def reapply(_m: nn.Module, _args: tuple) -> None:
+            with torch.no_grad():
+                w = layer_weight(model, name)
+                w.mul_(masks[name].to(device=w.device, dtype=w.dtype))
+        return reapply
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(hook(name)) for name in masks]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        apply_masks(model, masks)
 
 
 def _lr_factor(step: int, total: int, cfg: FinetuneConfig) -> float:

@@ -21,9 +21,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from amc.compress import CompressConfig, compress  # noqa: E402
 from amc.data import load_cifar10, make_splits  # noqa: E402
 from amc.io import atomic_write_text  # noqa: E402
+from amc.pipeline import CompressConfig, compress  # noqa: E402
 from amc.system import machine_info  # noqa: E402
 
 SHARED = ROOT.parent / "shared"

@@ -213,14 +213,17 @@ class OptunaSearcher:
         returned event is set, so a dead ask/tell driver's trial goes stale like any other."""
         stop = threading.Event()
         storage = self.study._storage
-        interval = storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
-        if interval and isinstance(storage, BaseHeartbeat):
+        if not isinstance(storage, BaseHeartbeat):
+            return stop
+        hb: BaseHeartbeat = storage
+        interval = hb.get_heartbeat_interval()
+        if interval:
             trial_id = trial._trial_id  # type: ignore[attr-defined]
-            storage.record_heartbeat(trial_id)
+            hb.record_heartbeat(trial_id)
 
             def beat() -> None:
                 while not stop.wait(interval):
-                    storage.record_heartbeat(trial_id)
+                    hb.record_heartbeat(trial_id)
 
             threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True).start()
         return stop

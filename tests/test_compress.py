@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from amc.compress import CompressConfig, compress
 from amc.errors import AmcError, BudgetError
 from amc.models import build_model
+from amc.pipeline import CompressConfig, compress
 from amc.recipe import apply_recipe, load_recipe
 
 

@@ -109,12 +109,25 @@ def test_yaml_is_readable_and_versioned(tmp_path, fine_recipe):
     recipe, _ = fine_recipe
     text = save_recipe(recipe, tmp_path / "r.yaml").read_text()
     data = yaml.safe_load(text)
-    assert data["format_version"] == 1
+    assert data["format_version"] == 2
     assert data["model"]["arch"] == "vgg8" and len(data["model"]["checkpoint_sha256"]) == 64
+    assert "data" in data
     assert [la["name"] for la in data["layers"]] == list(POLICY)
     assert data["budget"] == {"kind": "size", "fraction": 0.5}
     assert data["search"] == {"method": "optuna", "episodes": 20, "seed": 3}
     assert data["metrics"]["latency_device"] == "cpu 1 thread"
+
+
+def test_version_1_files_still_read_and_apply(tmp_path, fine_recipe):
+    recipe, ckpt = fine_recipe
+    data = yaml.safe_load(save_recipe(recipe, tmp_path / "r.yaml").read_text())
+    data["format_version"] = 1
+    del data["data"]  # version 1 had no data section
+    (tmp_path / "v1.yaml").write_text(yaml.safe_dump(data))
+    old = load_recipe(tmp_path / "v1.yaml", checkpoint=ckpt)
+    assert old.format_version == 1 and old.data is None
+    assert _same_state(apply_recipe(old, ckpt)[0], apply_recipe(recipe, ckpt)[0])
+    assert "data" not in yaml.safe_load(save_recipe(old, tmp_path / "again.yaml").read_text())
 
 
 def test_nm_round_trip(tmp_path):
@@ -164,7 +177,7 @@ def _mutate(data: dict, how: str) -> str | dict:
     elif how == "ratio_text":
         d["layers"][1]["ratio"] = "half"
     elif how == "version":
-        d["format_version"] = 2
+        d["format_version"] = 3
     elif how == "missing_granularity":
         del d["granularity"]
     elif how == "missing_arch":
@@ -193,7 +206,7 @@ def _mutate(data: dict, how: str) -> str | dict:
     ("ratio_high", PolicyError, "outside [0, 1)"),
     ("ratio_negative", PolicyError, "outside [0, 1)"),
     ("ratio_text", RecipeError, "ratio must be float"),
-    ("version", RecipeError, "format_version 2"),
+    ("version", RecipeError, "format_version 3"),
     ("missing_granularity", RecipeError, "missing field 'granularity'"),
     ("missing_arch", RecipeError, "missing field 'arch'"),
     ("unknown_field", RecipeError, "unknown field 'epoch'"),

@@ -1,4 +1,4 @@
-"""``amc compress CHECKPOINT --budget size=0.25|macs=0.5|latency=0.5``: the one button.
+"""``amc compress CHECKPOINT|MODEL_REF --budget size=0.25|macs=0.5|latency=0.5``: the one button, over ``amc.compress``.
 
 profile -> sensitivity -> search (AMC agent, Optuna, or the sensitivity-picked policy) -> recipe ->
 finetune -> export -> report, into one run folder (recipe.yaml, model files, report.md with plots,
@@ -12,16 +12,19 @@ import argparse
 import time
 from pathlib import Path
 
-from amc.commands.common import add_data_args, add_model_args, load_splits
+from amc.commands.common import add_data_args, add_model_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from amc.compress import CompressConfig
+    from amc.pipeline import CompressConfig
 
     d = CompressConfig()
     p = sub.add_parser("compress", help="one-button compression to a budget", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
+    p.add_argument("--weights", default=None,
+                   help="with a model reference instead of a checkpoint: its weights (.pt state dict or .safetensors)")
+    p.add_argument("--num-classes", type=int, default=None, help="model outputs (default: the data's classes)")
     add_data_args(p)
     p.add_argument("--budget", default=d.budget, help="KIND=FRACTION, KIND in size, macs, params, latency")
     p.add_argument("--method", choices=("amc", "optuna", "sensitivity"), default=d.method)
@@ -49,8 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from amc.compress import CompressConfig, compress
-    from amc.models import guess_model_name
+    from amc.errors import CheckpointError
+    from amc.models import resolve_arch
+    from amc.pipeline import CompressConfig
 
     cfg = CompressConfig(budget=args.budget, method=args.method, granularity=args.granularity,
                          episodes=args.episodes, warmup=args.warmup, seed=args.seed,
@@ -60,20 +64,28 @@ def run(args: argparse.Namespace) -> int:
                          criterion=args.criterion, round_to=args.round_to, test_limit=args.test_limit,
                          latency_runs=args.latency_runs, export_dtype=args.dtype, onnx=not args.no_onnx,
                          storage=args.storage)
-    arch = args.model or guess_model_name(args.checkpoint)
-    out = Path(args.out or f"runs/{arch or 'model'}-{args.budget.replace('=', '')}-{args.method}")
+    from amc.api import compress as compress_api
+    from amc.commands.common import load_source
+
+    if Path(args.checkpoint).is_file():  # a checkpoint: the architecture from --model or its file name
+        weights: str | None = args.checkpoint
+        ref = resolve_arch(args.model, args.checkpoint)
+    else:  # a model reference (torchvision:NAME, timm:NAME, package.module:factory, a zoo name)
+        weights, ref = args.weights, args.checkpoint
+        if "/" in ref or ref.endswith((".pt", ".pth", ".safetensors")):
+            raise CheckpointError(f"checkpoint not found: {ref}")
+    out = Path(args.out or f"runs/{ref.replace(':', '-')}-{args.budget.replace('=', '')}-{args.method}")
     t0 = time.perf_counter()
 
     def say(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
 
-    if not Path(args.checkpoint).exists():  # fail before the data set is decoded
-        from amc.errors import CheckpointError
-
-        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
-    splits = load_splits(args)
-    say(f"data: {len(splits.train_y):,} train, {len(splits.heldout_y):,} held-out, {len(splits.test_y):,} test")
-    res = compress(args.checkpoint, arch, splits, cfg, out, progress=say)
+    splits = load_source(args)  # the data first: its classes and image size shape the model
+    say(f"data: {splits.size('train'):,} train, {splits.size('heldout'):,} held-out, {splits.size('test'):,} test, "
+        f"{splits.num_classes} classes, images {'x'.join(map(str, splits.input_shape))}")
+    res = compress_api(ref, budget=cfg.budget, data=splits, method=cfg.method, episodes=cfg.episodes,
+                       finetune=cfg.finetune_epochs, weights=weights, num_classes=args.num_classes,
+                       run_dir=out, progress=say, config=cfg)
     m = res.metrics
     print(f"accuracy {m['dense_accuracy']:.2%} dense -> {m['accuracy_before_finetune']:.2%} pruned -> "
           f"{m['accuracy']:.2%} finetuned; size {m['size_fraction']:.2%}, MACs {m['macs_fraction']:.2%} of dense; "

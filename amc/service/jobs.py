@@ -2,7 +2,7 @@
 pipeline (``run_job``).
 
 ``run_job(spec, weights, data_path, run_dir, progress, device)`` is the only place the service calls
-the compression pipeline; it calls today's ``amc.compress.compress`` and would re-point at the public
+the compression pipeline; it calls ``amc.pipeline.compress`` and would re-point at the public
 ``amc.compress(model, ...)`` API in one place. The pipeline reports progress as message strings
 ("profile: ...", "sensitivity: ...", "trial 3/30" or "episode 2/10", "search (...): ...",
 "finetune: ..."); ``ProgressTracker.update`` turns them into a stage, done / total and an ETA.
@@ -85,7 +85,7 @@ class JobSpec(BaseModel):
         return self
 
     def compress_config(self, storage: str | None) -> Any:
-        from amc.compress import CompressConfig
+        from amc.pipeline import CompressConfig
 
         try:
             return CompressConfig(budget=self.budget, method=self.method, granularity=self.granularity,
@@ -162,7 +162,7 @@ def study_storage(run_dir: Path) -> str:
 
 def run_job(spec: JobSpec, weights: Path, splits: Any, run_dir: Path, progress: Callable[[str], None]) -> Any:
     """Run one compression into ``run_dir`` (the pipeline call; see the module doc)."""
-    from amc.compress import compress
+    from amc.pipeline import compress
 
     return compress(weights, spec.model, splits, spec.compress_config(study_storage(run_dir)), run_dir,
                     progress=progress)

@@ -1,7 +1,10 @@
 """One-button compression: profile -> sensitivity -> search -> recipe -> finetune -> export -> report.
 
-Lifecycle: ``CompressConfig(...)`` -> ``compress(checkpoint, arch, splits, config, run_dir)`` ->
-``CompressResult`` (paths, metrics, timings). Everything lands in ``run_dir``: ``recipe.yaml``,
+Lifecycle: ``CompressConfig(...)`` -> ``compress_model(dense, splits, config, run_dir, ...)`` (a
+module object; ``compress(checkpoint, arch, splits, config, run_dir)`` builds it from a checkpoint) ->
+``CompressResult`` (the compressed model, the recipe, paths, metrics, timings). The public entry
+point, which also takes model references, data paths and torch datasets, is ``amc.compress``
+(``amc/api.py``). Everything lands in ``run_dir``: ``recipe.yaml``,
 the model files (``model.sparse.safetensors`` or ``pruned/`` and ``model.onnx``), ``report.md``
 with its plots, ``trials.csv`` (every search episode or trial), ``sensitivity.csv`` and
 ``summary.json``. A size budget prunes weights (fine-grained); MACs, parameter and latency budgets
@@ -10,11 +13,13 @@ prune channels, so the model really gets faster.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -22,16 +27,20 @@ import torch
 from torch import nn
 
 from amc.budget import Budget
-from amc.data import Splits
+from amc.data import DataSource
 from amc.errors import AmcError
 from amc.io import atomic_write_text
 from amc.layers import count_macs, count_params
 from amc.metrics import size_fraction
 from amc.models import load_model, resolve_arch
+from amc.recipe import DataInfo, Metrics, Recipe
 from amc.train import evaluate
 
 METHODS = ("amc", "optuna", "sensitivity")
+RECIPE_METRICS = {f.name for f in fields(Metrics)}  # what a recipe's metrics section holds
 Progress = Callable[[str], None]
+Score = Callable[[nn.Module], float]  # the user's evaluate(model) -> float, higher is better
+Train = Callable[[nn.Module, float], object]  # the user's finetune(model, epochs)
 
 
 @dataclass(frozen=True)
@@ -86,41 +95,78 @@ class CompressResult:
     metrics: dict
     timings: dict[str, float] = field(default_factory=dict)
     files: dict[str, int] = field(default_factory=dict)
+    model: nn.Module | None = None  # the compressed model (CPU, eval mode)
+    recipe: Recipe | None = None
 
 
-def _cpu_latency(model: nn.Module, runs: int) -> float:
+def _cpu_latency(model: nn.Module, runs: int, input_shape: tuple[int, ...] = (3, 32, 32)) -> float:
     from amc.latency import measure
 
-    return measure(model, "cpu", batch=1, threads=1, warmup=max(3, runs // 5), runs=runs)  # times a CPU copy
+    return measure(model, "cpu", batch=1, threads=1, warmup=max(3, runs // 5), runs=runs,
+                   input_shape=input_shape)  # times a CPU copy
 
 
-def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: CompressConfig,
+def compress(checkpoint: str | Path, arch: str | None, splits: DataSource, config: CompressConfig,
              run_dir: str | Path, progress: Progress | None = None) -> CompressResult:
-    """Run the whole pipeline; see the module doc."""
+    """Run the whole pipeline on the model ``arch`` (a reference; guessed from the file name when
+    None) loaded from ``checkpoint``; see the module doc."""
+    arch = resolve_arch(arch, checkpoint)
+    dense = load_model(arch, checkpoint)
+    return compress_model(dense, splits, config, run_dir, progress=progress, ref=arch, checkpoint=checkpoint)
+
+
+def _user_train(train: Train, model: nn.Module, epochs: float, masks) -> None:
+    """The user's finetune, with pruned weights held at zero (re-applied before every forward)."""
+    from amc.train import hold_masks
+
+    with hold_masks(model, masks):
+        train(model, epochs)
+
+
+def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig, run_dir: str | os.PathLike, *,
+                   progress: Progress | None = None, ref: str | None = None,
+                   checkpoint: str | os.PathLike | None = None,
+                   input_shape: tuple[int, ...] | None = None, score: Score | None = None,
+                   train: Train | None = None, data: DataInfo | None = None) -> CompressResult:
+    """The whole pipeline on a dense module object (not modified; see the module doc).
+
+    ``ref``: the model reference the recipe records (default: the module's class name);
+    ``checkpoint``: the weights file it came from, if any (its hash goes into the recipe);
+    ``input_shape``: one example input's shape (default: from the data, else (1, 3, 32, 32));
+    ``score(model) -> float`` (higher is better) replaces held-out accuracy as the search's score and
+    is reported beside test accuracy; ``train(model, epochs)`` replaces the built-in finetune (the
+    final one; pruned weights are held at zero during it).
+    """
     from amc.evaluator import EvalConfig, Evaluator
     from amc.export import export_compressed
-    from amc.recipe import FinetuneSpec, SearchInfo, apply_recipe, make_recipe, save_recipe
+    from amc.recipe import FinetuneSpec, SearchInfo, apply_to_model, make_recipe, save_recipe
     from amc.report import run_report
     from amc.sensitivity import auto_policy, finegrained_scan
+    from amc.train import finetune
 
     say = progress or (lambda msg: None)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     budget = config.parsed_budget
     gran = config.resolved_granularity
-    device = splits.train_x.device
+    device = splits.device
+    shape = tuple(input_shape) if input_shape is not None else (1, *getattr(splits, "input_shape", (3, 32, 32)))
+    arch = ref or type(dense).__name__
     times: dict[str, float] = {}
     t_all = time.perf_counter()
 
     # -- profile ---------------------------------------------------------------------------------
     t = time.perf_counter()
-    arch = resolve_arch(arch, checkpoint)
-    dense = load_model(arch, checkpoint).to(device)
+    source = dense
+    dense = copy.deepcopy(dense).to(device).eval()
     test = splits.loader("test", 512, limit=config.test_limit)
     dense_acc = evaluate(dense, test)
-    dense_macs, dense_params = count_macs(dense)[0], count_params(dense)
+    dense_score = float(score(dense)) if score is not None else None
+    dense_macs, dense_params = count_macs(dense, shape)[0], count_params(dense)
+    num_classes = int(dense(torch.zeros(shape, device=device)).shape[-1])
     times["profile"] = time.perf_counter() - t
-    say(f"profile: {arch}, {dense_params:,} params, {dense_macs / 1e6:.2f} M MACs, test accuracy {dense_acc:.2%}")
+    say(f"profile: {arch}, {dense_params:,} params, {dense_macs / 1e6:.2f} M MACs, test accuracy {dense_acc:.2%}"
+        + (f", score {dense_score:.4g}" if dense_score is not None else ""))
 
     # -- evaluator (the budget is checked here, before any search) ------------------------------
     lut = None
@@ -130,7 +176,7 @@ def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: C
         lut = LatencyTable(run / "latency_lut.csv", "cpu", threads=1)
     ecfg = EvalConfig(granularity=gran, calib_images=config.calib_images, eval_images=config.eval_images,
                       upper=config.upper, criterion=config.criterion, round_to=config.round_to)
-    evaluator = Evaluator(dense, splits, budget, ecfg, latency_table=lut)
+    evaluator = Evaluator(dense, splits, budget, ecfg, input_shape=shape, latency_table=lut, score_fn=score)
 
     # -- sensitivity ------------------------------------------------------------------------------
     t = time.perf_counter()
@@ -195,44 +241,59 @@ def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: C
     spec = FinetuneSpec(epochs=config.finetune_epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
                         distill=config.distill)
     info = SearchInfo(config.method, config.episodes if config.method != "sensitivity" else 0, config.seed)
+    common = dict(budget=budget, finetune=spec, search=info, model=source, num_classes=num_classes,
+                  input_shape=shape, data=data)
     if gran == "channel":
         plan = evaluator.plan(evaluator.check(policy))
         recipe = make_recipe(arch, checkpoint, dict(policy), "channel", config.criterion, kept=plan,
-                             round_to=config.round_to, budget=budget, finetune=spec, search=info)
+                             round_to=config.round_to, **common)  # type: ignore[arg-type]
     else:
-        recipe = make_recipe(arch, checkpoint, dict(policy), "fine", budget=budget, finetune=spec, search=info)
-    before: dict[str, float] = {}
-
-    def on_rebuilt(model: nn.Module, masks) -> None:
-        before["accuracy"] = evaluate(model, test)
-
-    model, _ = apply_recipe(recipe, checkpoint, loader=splits.loader("train", config.batch_size,
-                                                                           seed=config.seed),
-                                device=device, on_rebuilt=on_rebuilt)
+        recipe = make_recipe(arch, checkpoint, dict(policy), "fine", **common)  # type: ignore[arg-type]
+    model, masks = apply_to_model(recipe, source)
+    model = model.to(device)
+    masks = {k: v.to(device) for k, v in masks.items()}
+    before = {"accuracy": evaluate(model, test)}
+    if spec.epochs > 0:
+        torch.manual_seed(spec.seed)
+        if train is not None:
+            _user_train(train, model, spec.epochs, masks)
+        else:
+            teacher = dense if spec.distill > 0 else None
+            finetune(model, splits.loader("train", config.batch_size, seed=config.seed), spec.config(),
+                     masks=masks or None, teacher=teacher)
+    model.eval()
     times["finetune"] = time.perf_counter() - t
     acc = evaluate(model, test)
-    if not math.isfinite(acc):
+    final_score = float(score(model)) if score is not None else None
+    if not math.isfinite(acc) or (final_score is not None and not math.isfinite(final_score)):
         raise AmcError("the finetuned model produced non-finite outputs")
     say(f"finetune: {before['accuracy']:.2%} -> {acc:.2%} in {times['finetune']:.1f} s")
 
     # -- measure, export ----------------------------------------------------------------------------
     t = time.perf_counter()
-    macs = count_macs(model)[0]
-    dense_ms = _cpu_latency(dense, config.latency_runs)
-    ms = _cpu_latency(model, config.latency_runs)
+    macs = count_macs(model, shape)[0]
+    dense_ms = _cpu_latency(dense, config.latency_runs, shape[1:])
+    ms = _cpu_latency(model, config.latency_runs, shape[1:])
     times["measure"] = time.perf_counter() - t
     t = time.perf_counter()
-    exported = export_compressed(model.cpu(), arch, run, gran, dtype=config.export_dtype, onnx=config.onnx)
-    where = {"pruned": "pruned_dir", "sparse": "sparse_path", "onnx": "onnx_path"}  # export_compressed's keys
+    exported = export_compressed(model.cpu(), arch, run, gran, dtype=config.export_dtype, onnx=config.onnx,
+                                 input_shape=shape, num_classes=num_classes, program=True)
+    for problem in ("onnx_skipped", "program_skipped"):
+        if problem in exported:
+            say(f"export: {exported[problem]}")
+    where = {"pruned": "pruned_dir", "sparse": "sparse_path", "onnx": "onnx_path",
+             "program": "program_path"}  # export_compressed's keys
     files = {Path(str(exported[loc])).name: int(exported[f"{kind}_bytes"])
              for kind, loc in where.items() if loc in exported}
     times["export"] = time.perf_counter() - t
     metrics = dict(dense_accuracy=dense_acc, accuracy_before_finetune=before["accuracy"], accuracy=acc,
+                   dense_score=dense_score, score=final_score, params_fraction=count_params(model) / dense_params,
+                   latency_fraction=ms / dense_ms,
                    size_fraction=size_fraction(model, dense_params * 32), params=count_params(model), macs=macs,
                    macs_fraction=macs / dense_macs, latency_ms=ms, latency_speedup=dense_ms / ms,
                    latency_device="cpu 1 thread bs1 (PyTorch eager)",
                    file_bytes=int(next(iter(files.values()))) if files else None)
-    recipe = recipe.with_metrics(**metrics)
+    recipe = recipe.with_metrics(**{k: v for k, v in metrics.items() if k in RECIPE_METRICS})
     recipe_path = save_recipe(recipe, run / "recipe.yaml")
 
     # -- report ----------------------------------------------------------------------------------------
@@ -248,9 +309,10 @@ def compress(checkpoint: str | Path, arch: str | None, splits: Splits, config: C
                      baseline_policies={"sensitivity": sens_policy, "uniform": candidates["uniform"]},
                      title=f"amc compress: {arch}, {config.budget}, {config.method}")
     times["report"] = time.perf_counter() - t
-    summary = {"checkpoint": str(checkpoint), "arch": arch, "config": asdict(config), "granularity": gran,
+    summary = {"checkpoint": str(checkpoint) if checkpoint is not None else None, "arch": arch,
+               "input_shape": list(shape), "num_classes": num_classes, "config": asdict(config), "granularity": gran,
                "metrics": metrics, "files": files, "wall_time_s": times,
                "candidates_heldout": {k: r.row() for k, r in scored.items()},
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=2, default=str))
-    return CompressResult(run, recipe_path, rep.path, metrics, times, files)
+    return CompressResult(run, recipe_path, rep.path, metrics, times, files, model=model, recipe=recipe)

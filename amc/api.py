@@ -1,0 +1,143 @@
+"""The public Python API: ``amc.compress(model, budget=..., data=...)`` and its pieces.
+
+    import amc
+    result = amc.compress(model, budget="macs=0.5", data="path/to/imagefolder", method="optuna",
+                          episodes=30, finetune=1.0, run_dir="runs/mine")
+    result.model            # the compressed nn.Module (really smaller for channel budgets)
+    result.recipe           # amc.Recipe: result.recipe.apply(fresh_dense_model) rebuilds it bit for bit
+    result.metrics          # accuracy, size / MACs / params fractions, measured CPU latency and speedup
+    result.report_path      # report.md with plots; model files, ONNX, model.pt2 and trials.csv beside it
+
+``model``: an ``nn.Module`` (any; traced on ``example_inputs``) or a reference (``resnet20``,
+``torchvision:mobilenet_v2``, ``timm:resnet18``, ``package.module:factory``) with ``weights=``.
+``data``: an ImageFolder path or archive (any classes, channels, sizes; ``heldout`` training images
+are held out for the search, default 5,000 or a tenth of a smaller set), a ``DataSource`` (e.g.
+``amc.data.make_splits``), or the user's ``Dataset`` / ``DataLoader`` (then ``val=`` and ``test=``
+may be given as well). The search is scored on held-out training data (or ``val``), never on the
+test split. ``evaluate(model) -> float`` (higher is better) replaces held-out accuracy as the
+search's score and is reported beside test accuracy; ``finetune`` is the built-in finetune's epochs
+or the user's ``finetune(model, epochs)``, whose pruned weights are held at zero.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from amc.data import STREAM_ABOVE, DataSource, decoded_bytes, load_images, make_splits, open_data, splits_from_torch
+from amc.data.splits import HELDOUT
+from amc.errors import AmcError, DataError
+from amc.pipeline import CompressConfig, CompressResult, Progress, compress_model
+from amc.recipe import DataInfo
+
+DataArg = str | os.PathLike | DataSource | torch.utils.data.Dataset | torch.utils.data.DataLoader
+
+
+def open_model(model: nn.Module | str, weights: str | os.PathLike | None = None,
+               num_classes: int | None = None, input_size: tuple[int, ...] | None = None) -> tuple[nn.Module, str]:
+    """A module and the reference a recipe records for it: objects pass through (their reference is
+    ``module:Class``, for the record only); strings resolve through ``amc.models.resolve_model``."""
+    if isinstance(model, nn.Module):
+        if weights is not None:
+            from amc.models import load_checkpoint
+
+            load_checkpoint(model, weights)
+        cls = type(model)
+        return model, f"{cls.__module__}:{cls.__qualname__}"
+    if not isinstance(model, str):
+        raise AmcError(f"model must be an nn.Module or a reference string, got {type(model).__name__}")
+    from amc.models import ModelRef, resolve_model
+
+    return resolve_model(model, num_classes=num_classes, weights=weights, input_size=input_size), \
+        str(ModelRef.parse(model))
+
+
+def open_dataset(data: DataArg, *, val: Any = None, test: Any = None, heldout: int | None = None,
+                 device: str | torch.device | None = None, image_size: int | None = None,
+                 seed: int = 0) -> DataSource:
+    """Any accepted ``data`` as a ``DataSource`` (see the module doc)."""
+    dev = torch.device(device) if device is not None else (
+        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    if data is None:
+        raise DataError("compress needs data: an ImageFolder path or archive, a DataSource, or a torch Dataset")
+    if hasattr(data, "loader") and hasattr(data, "num_classes"):
+        return data  # type: ignore[return-value]
+    if isinstance(data, torch.utils.data.Dataset | torch.utils.data.DataLoader):
+        return splits_from_torch(data, val, test, device=dev, seed=seed)
+    if isinstance(data, str | os.PathLike):
+        p = Path(data)
+        if p.is_dir() and (p / "train").is_dir() and decoded_bytes(p, image_size) > STREAM_ABOVE:
+            return open_data(p, heldout=heldout or HELDOUT, device=dev, seed=seed, image_size=image_size,
+                             val=val, streaming=True)
+        images = load_images(p, image_size, val=val)
+        if heldout is None:  # 5,000 (CIFAR-10's tenth), or a tenth of a smaller set
+            heldout = min(HELDOUT, max(1, len(images.train_y) // 10))
+        return make_splits(images, heldout, dev, seed)
+    raise DataError(f"data must be a path, a DataSource or a torch Dataset/DataLoader, got {type(data).__name__}")
+
+
+def _check_model(model: nn.Module, example: torch.Tensor, num_classes: int) -> None:
+    """One clear error when the model does not run on the example inputs or its outputs do not
+    match the data's classes."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example)
+    except Exception as e:  # the user's forward may raise anything
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise AmcError(f"the model fails on example inputs of shape {tuple(example.shape)}: "
+                       f"{type(e).__name__}: {first[:200]}") from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise AmcError(f"the model must return (batch, classes) logits; got "
+                       f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    if out.shape[1] != num_classes:
+        raise AmcError(f"the model has {out.shape[1]} outputs but the data has {num_classes} classes; "
+                       f"build the model with num_classes={num_classes}")
+
+
+def compress(model: nn.Module | str, budget: str = "macs=0.5", data: DataArg | None = None, *,
+             example_inputs: torch.Tensor | None = None, method: str = "optuna", episodes: int = 30,
+             finetune: float | Callable[[nn.Module, float], object] = 1.0,
+             evaluate: Callable[[nn.Module], float] | None = None, run_dir: str | os.PathLike = "runs/compress",
+             weights: str | os.PathLike | None = None, num_classes: int | None = None,
+             val: Any = None, test: Any = None, heldout: int | None = None,
+             device: str | torch.device | None = None, image_size: int | None = None,
+             progress: Progress | None = None, config: CompressConfig | None = None,
+             **options: Any) -> CompressResult:
+    """Compress ``model`` to ``budget`` on ``data``; see the module doc.
+
+    ``method``: ``optuna``, ``amc`` (the DDPG agent) or ``sensitivity`` (no search); ``episodes``:
+    trials or agent episodes. Further ``options`` are ``CompressConfig`` fields (``calib_images``,
+    ``eval_images``, ``test_limit``, ``round_to``, ``criterion``, ``lr``, ``distill``, ``seed``...);
+    ``config`` gives them all at once. ``progress(message)`` sees each stage and trial.
+    """
+    known = {f.name for f in fields(CompressConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise AmcError(f"unknown option {unknown[0]!r}; CompressConfig takes: {', '.join(sorted(known))}")
+    epochs = float(finetune) if not callable(finetune) else float(options.pop("finetune_epochs", 1.0))
+    cfg = replace(config or CompressConfig(), budget=budget, method=method, episodes=episodes,
+                  finetune_epochs=epochs, **options)
+    source = open_dataset(data, val=val, test=test, heldout=heldout, device=device,  # type: ignore[arg-type]
+                          image_size=image_size, seed=cfg.seed)
+    shape = tuple(example_inputs.shape) if example_inputs is not None else (1, *source.input_shape)
+    module, ref = open_model(model, weights, num_classes or source.num_classes, shape[1:])
+    module = module.to(source.device).eval()
+    example = (example_inputs if example_inputs is not None else torch.zeros(shape)).to(source.device)
+    _check_model(module, example, source.num_classes)
+    info = DataInfo(source=str(data) if isinstance(data, str | os.PathLike) else type(data).__name__,
+                    classes=tuple(source.classes), mean=tuple(float(v) for v in source.mean),
+                    std=tuple(float(v) for v in source.std))
+    checkpoint = Path(weights) if weights is not None else None
+    return compress_model(module, source, cfg, run_dir, progress=progress, ref=ref, checkpoint=checkpoint,
+                          input_shape=shape, score=evaluate,
+                          train=finetune if callable(finetune) else None, data=info)  # type: ignore[arg-type]
