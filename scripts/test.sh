@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-venv.sh
+# the browser test drives Debian's Chromium (Playwright's Python package, no browser download): install it
+# when missing and we may (root with apt-get); otherwise that one test skips
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; } >&2 \
+    || echo "test.sh: could not install chromium; the browser test will skip" >&2
+fi
 .venv/bin/ruff check .
 .venv/bin/mypy
 if [ -z "${AMC_TEST_POSTGRES_URL:-}" ]; then
