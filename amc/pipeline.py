@@ -67,6 +67,7 @@ class CompressConfig:
     export_dtype: str = "fp32"
     onnx: bool = True
     storage: str | None = None  # Optuna storage URL (default sqlite in the run folder)
+    study: str | None = None  # Optuna study name (default compress-<model>): one per job on a shared storage
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -209,7 +210,7 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
     elif config.method == "optuna":
         from search.optuna_search import OptunaConfig, OptunaSearcher
 
-        ocfg = OptunaConfig(study=f"compress-{arch}", storage=config.storage, seed=config.seed,
+        ocfg = OptunaConfig(study=config.study or f"compress-{arch}", storage=config.storage, seed=config.seed,
                             n_trials=config.episodes)
         searcher = OptunaSearcher(evaluator, ocfg, run_dir=run, sensitivity_policy=sens_policy)
         found = searcher.run(on_trial=lambda tr, n: say(f"trial {n}/{config.episodes}"))

@@ -84,7 +84,7 @@ class JobSpec(BaseModel):
         self.compress_config(None)  # the pipeline's own checks, up front
         return self
 
-    def compress_config(self, storage: str | None) -> Any:
+    def compress_config(self, storage: str | None, study: str | None = None) -> Any:
         from amc.pipeline import CompressConfig
 
         try:
@@ -93,7 +93,7 @@ class JobSpec(BaseModel):
                                   lr=self.lr, distill=self.distill, batch_size=self.batch_size,
                                   calib_images=self.calib_images, eval_images=self.eval_images, upper=self.upper,
                                   criterion=self.criterion, round_to=self.round_to, test_limit=self.test_limit,
-                                  latency_runs=self.latency_runs, onnx=self.onnx, storage=storage,
+                                  latency_runs=self.latency_runs, onnx=self.onnx, storage=storage, study=study,
                                   sensitivity_ratios=self.sensitivity_ratios)
         except AmcError as e:
             raise ValueError(str(e)) from None
@@ -164,5 +164,5 @@ def run_job(spec: JobSpec, weights: Path, splits: Any, run_dir: Path, progress: 
     """Run one compression into ``run_dir`` (the pipeline call; see the module doc)."""
     from amc.pipeline import compress
 
-    return compress(weights, spec.model, splits, spec.compress_config(study_storage(run_dir)), run_dir,
-                    progress=progress)
+    config = spec.compress_config(study_storage(run_dir), study=f"job-{run_dir.name}")  # one study per job
+    return compress(weights, spec.model, splits, config, run_dir, progress=progress)
