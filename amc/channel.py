@@ -853,10 +853,16 @@ def find_uniform_ratio(model_or_table: nn.Module | ChannelTable, macs_fraction: 
     if macs(hi) > target:
         raise BudgetError(f"uniform channel pruning cannot reach {macs_fraction:.1%} of dense MACs "
                           f"(at ratio {hi} it keeps {macs(hi) / table.dense_macs:.1%})")
+    return smallest_ratio(lambda r: macs(r) <= target, hi, tol)
+
+
+def smallest_ratio(fits: Callable[[float], bool], hi: float, tol: float) -> float:
+    """Bisection on [0, hi] for the smallest ratio that ``fits`` (a cost falling as the ratio rises),
+    to within ``tol``; ``hi`` itself when nothing smaller is found."""
     lo = 0.0
     while hi - lo > tol:
         mid = (lo + hi) / 2
-        if macs(mid) <= target:
+        if fits(mid):
             hi = mid
         else:
             lo = mid

@@ -34,6 +34,7 @@ from amc.channel import (
     policy_counts,
     prune_channels,
     round_channels,
+    smallest_ratio,
     uniform_policy,
 )
 from amc.errors import BudgetError, PolicyError
@@ -92,16 +93,9 @@ def _counts_at(table: ChannelTable, mode: str, ratio: float, round_to: int, max_
 
 def _bisect(cost: Callable[[float], int], target: float, hi: float) -> float:
     """The smallest ratio in [0, hi] whose cost is <= target (``hi`` itself if none is)."""
-    lo = 0.0
     if cost(0.0) <= target:
         return 0.0
-    for _ in range(BISECT_STEPS):
-        mid = (lo + hi) / 2
-        if cost(mid) <= target:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return smallest_ratio(lambda r: cost(r) <= target, hi, hi / 2**BISECT_STEPS)
 
 
 def prune_to_budget(model: nn.Module, example_inputs: torch.Tensor, budget: str | Budget = "macs=0.5",

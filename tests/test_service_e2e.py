@@ -26,7 +26,7 @@ pytest.importorskip("fastapi")
 from amc.service.auth import create_token  # noqa: E402
 from amc.service.store import Store  # noqa: E402
 from tests.conftest import CIFAR  # noqa: E402
-from tests.test_service_models import REF, tiny_resnet  # noqa: E402
+from tests.service_models import REF, tiny_resnet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.timeout(290), pytest.mark.skipif(not CIFAR.exists(), reason="shared data set not found")]

@@ -1,4 +1,4 @@
-"""A tiny model the service tests name by reference (``tests.test_service_models:tiny_resnet``), so that
+"""A tiny model the service tests name by reference (``tests.service_models:tiny_resnet``), so that
 server and worker subprocesses build it the way a user's ``package.module:factory`` is built."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from torch import nn
 
 from amc.models import CifarResNet
 
-REF = "tests.test_service_models:tiny_resnet"
+REF = "tests.service_models:tiny_resnet"
 
 
 def tiny_resnet(num_classes: int = 10) -> nn.Module:
