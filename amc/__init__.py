@@ -24,7 +24,7 @@ _EXPORTS = {
     "Budget": "amc.budget",
     "Evaluator": "amc.evaluator", "EvalConfig": "amc.evaluator",
     "inspect_model": "amc.inspect", "Prunability": "amc.inspect",
-    "prune_to_budget": "amc.oneshot",
+    "prune_to_budget": "amc.pruners.oneshot",
     "resolve_model": "amc.models",
     "AmcError": "amc.errors",
 }
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from amc.evaluator import EvalConfig, Evaluator
     from amc.inspect import Prunability, inspect_model
     from amc.models import resolve_model
-    from amc.oneshot import prune_to_budget
     from amc.pipeline import CompressConfig, CompressResult
+    from amc.pruners.oneshot import prune_to_budget
     from amc.recipe import Recipe, apply_recipe, load_recipe
 
 

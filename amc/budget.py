@@ -148,7 +148,7 @@ class FineCost:
 @dataclass
 class ChannelCost:
     """Channel pruning: ``counter(policy)`` returns absolute costs of the pruned model (MACs and
-    params from ``amc.channel.policy_cost``, exact and analytic; or predicted latency from a
+    params from ``amc.pruners.channel.policy_cost``, exact and analytic; or predicted latency from a
     lookup table), ``total`` the dense model's."""
 
     kind: str

@@ -89,7 +89,7 @@ class EvalConfig:
     calib_images: int = CALIB_IMAGES  # train images (no augmentation) for BN recalibration
     eval_images: int | None = None  # held-out images scored per episode (None: all)
     batch_size: int = 512  # large batches: the reward is throughput-bound on a GPU
-    criterion: str = "l2"  # channel importance (a key of amc.channel.CRITERIA)
+    criterion: str = "l2"  # channel importance (a key of amc.pruners.channel.CRITERIA)
     round_to: int = 8  # channel counts rounded to a multiple of this
     lower: float = 0.0  # default per-layer ratio bounds
     upper: float = 0.9
@@ -137,9 +137,9 @@ class Result:
 
 
 def _channel():
-    """``amc.channel``, imported only when channel pruning is asked for (and kept off instance
+    """``amc.pruners.channel``, imported only when channel pruning is asked for (and kept off instance
     attributes: environments get deep-copied by the env checkers, modules cannot be)."""
-    from amc import channel
+    from amc.pruners import channel
 
     return channel
 
@@ -206,7 +206,7 @@ class Evaluator:
         self._fine_cost = {k: FineCost.from_table(self.dense, table, k, self.input_shape) for k in ("size", "macs")}
 
     def _setup_channel(self) -> None:
-        from amc import channel  # the channel-pruning core (coupled groups, criteria, masks)
+        from amc.pruners import channel  # the channel-pruning core (coupled groups, criteria, masks)
 
         self._example = torch.zeros(self.input_shape, device=self.device)
         # coupled groups traced ONCE; one searched ratio per group, keyed by its root layer
@@ -231,7 +231,7 @@ class Evaluator:
                                       lambda p: channel.policy_cost(table, p, round_to), totals)
 
     def plan(self, policy: Mapping[str, float]):
-        """The ``amc.channel.ChannelPlan`` (kept channels per group) that ``policy`` gives, with the
+        """The ``amc.pruners.channel.ChannelPlan`` (kept channels per group) that ``policy`` gives, with the
         evaluator's cached importance scores: what a recipe records for a kept channel policy."""
         ch = _channel()
         counts = ch.policy_counts(self._ctable, policy, self.config.round_to)

@@ -7,7 +7,7 @@
     report.prunable()    # layers whose output channels can be removed (with their coupled group)
 
 Built on the layer table (``amc.layers.layer_table``: kind, shapes, params, MACs) and the coupled
-channel groups (``amc.channel.channel_table``: torch-pruning's DependencyGraph). A model that fails
+channel groups (``amc.pruners.channel.channel_table``: torch-pruning's DependencyGraph). A model that fails
 on ``example_inputs``, or that has nothing to prune, is one ``AmcError``.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from amc.channel import ChannelTable, channel_table
 from amc.errors import AmcError
 from amc.layers import count_params, layer_table
+from amc.pruners.channel import ChannelTable, channel_table
 
 
 @dataclass(frozen=True)

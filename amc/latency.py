@@ -9,7 +9,7 @@
   host's kernel-launch time, which a small (pruned) model at batch 256 may not hide;
   ``cuda_graph=True`` captures the forward once and replays it, so the events time the device
   alone (what TensorRT or ``torch.compile(mode="reduce-overhead")`` would see).
-* ``backend="onnxruntime"``: the model exported to ONNX (``amc.onnx_export``) and run by an
+* ``backend="onnxruntime"``: the model exported to ONNX (``amc.export.onnx``) and run by an
   ``InferenceSession`` with ``intra_op_num_threads=threads``.
 
 The model passed in is never modified (a copy is moved, converted and timed).
@@ -132,7 +132,7 @@ def measure(model: nn.Module, device: str | torch.device = "cpu", batch: int = 1
 
 def _measure_ort(model: nn.Module, dev: torch.device, batch: int, threads: int, warmup: int, runs: int,
                  input_shape: tuple[int, ...]) -> float:
-    from amc.onnx_export import INPUT, export_onnx, ort_session
+    from amc.export.onnx import INPUT, export_onnx, ort_session
 
     with tempfile.TemporaryDirectory(prefix="amc-ort-") as d:
         path = export_onnx(model, Path(d) / "model.onnx", (1, *input_shape))
@@ -268,7 +268,7 @@ class LatencyTable:
 
     def predict(self, model: nn.Module, plan=None) -> float:
         """Summed per-layer latency (ms) of ``model``, or of ``model`` pruned by ``plan``."""
-        from amc.channel import channel_table
+        from amc.pruners.channel import channel_table
 
         table = channel_table(model)
         ms = sum(self.lookup(k) for k in self.layer_keys(table, plan.counts() if plan is not None else None))
@@ -277,7 +277,7 @@ class LatencyTable:
         return ms
 
     def counts_cost(self, table) -> Callable[[Mapping[str, int]], float]:
-        """``counts -> predicted ms`` for ``amc.channel.pick_channel_policy(cost=...)``."""
+        """``counts -> predicted ms`` for ``amc.pruners.channel.pick_channel_policy(cost=...)``."""
         return lambda counts: sum(self.lookup(k) for k in self.layer_keys(table, counts))
 
 

@@ -139,7 +139,7 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
     final one; pruned weights are held at zero during it).
     """
     from amc.evaluator import EvalConfig, Evaluator
-    from amc.export import export_compressed
+    from amc.export.files import export_compressed
     from amc.recipe import FinetuneSpec, SearchInfo, apply_to_model, make_recipe, save_recipe
     from amc.report import run_report
     from amc.sensitivity import auto_policy, finegrained_scan
@@ -208,7 +208,7 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
     if config.method == "sensitivity":
         policy = sens_policy
     elif config.method == "optuna":
-        from search.optuna_search import OptunaConfig, OptunaSearcher
+        from amc.search.optuna import OptunaConfig, OptunaSearcher
 
         ocfg = OptunaConfig(study=config.study or f"compress-{arch}", storage=config.storage, seed=config.seed,
                             n_trials=config.episodes)
@@ -216,7 +216,7 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
         found = searcher.run(on_trial=lambda tr, n: say(f"trial {n}/{config.episodes}"))
         policy, trials = found.best_policy, found.trials
     else:
-        from amc.agent import AgentConfig, run_agent
+        from amc.search.agent import AgentConfig, run_agent
 
         warm = config.warmup if config.warmup is not None else max(1, config.episodes // 3)
         acfg = AgentConfig(episodes=config.episodes, warmup_episodes=min(warm, config.episodes), seed=config.seed)

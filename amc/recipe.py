@@ -34,7 +34,7 @@ How each granularity rebuilds deterministically (same result on any device, from
   and CUDA; the fp16-stored shared checkpoints have many equal magnitudes). ``mask_sha256`` (of
   the shape and the packed mask bits) lets ``apply`` verify the rebuild.
 - ``nm``: in every group of M consecutive input channels keep the N largest |w|, ties by index.
-- ``channel``: ``kept`` lists each root layer's kept output channels; ``amc.channel.prune_channels``
+- ``channel``: ``kept`` lists each root layer's kept output channels; ``amc.pruners.channel.prune_channels``
   slices the dense tensors, so weights are copies of the dense ones.
 """
 
@@ -56,11 +56,11 @@ from torch import nn
 
 from amc.budget import Budget
 from amc.errors import AmcError, CheckpointError, PolicyError
-from amc.finegrained import magnitude_mask, nm_mask
 from amc.io import atomic_write_text
 from amc.layers import layer_weight, prunable_names
 from amc.models import build_model, file_sha256, load_model
-from amc.schedule import SCHEDULES, IterativeSchedule, iterative_prune
+from amc.pruners.finegrained import magnitude_mask, nm_mask
+from amc.pruners.schedule import SCHEDULES, IterativeSchedule, iterative_prune
 from amc.train import FinetuneConfig, Masks, apply_masks, finetune
 
 FORMAT_VERSION = 2
@@ -193,7 +193,7 @@ def mask_sha256(mask: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-# the stable (ties by lower index) masks of amc.finegrained, under the names recipes use
+# the stable (ties by lower index) masks of amc.pruners.finegrained, under the names recipes use
 stable_magnitude_mask = magnitude_mask
 stable_nm_mask = nm_mask
 
@@ -240,7 +240,7 @@ def make_recipe(
 
     fine: ``policy`` = {layer: sparsity}; the masks are rebuilt once here and their hashes stored.
     nm: ``policy`` names the layers (ratios are 1 - N/M); ``nm`` = (N, M), default (2, 4).
-    channel: ``kept`` = {root layer: kept output channels} (e.g. an ``amc.channel.ChannelPlan``);
+    channel: ``kept`` = {root layer: kept output channels} (e.g. an ``amc.pruners.channel.ChannelPlan``);
     ``policy`` gives the ratios asked for (default: the share actually removed).
     With ``model`` (the dense module object, left untouched), nothing is rebuilt from ``arch``, and
     ``checkpoint`` may be None (the recipe then records no checkpoint hash).
@@ -253,7 +253,7 @@ def make_recipe(
     if granularity == "channel":
         if kept is None:
             raise PolicyError("a channel recipe needs the kept channel indices (kept=plan)")
-        if hasattr(kept, "keep"):  # an amc.channel.ChannelPlan
+        if hasattr(kept, "keep"):  # an amc.pruners.channel.ChannelPlan
             round_to = round_to if round_to is not None else getattr(kept, "round_to", None)
             kept = kept.keep
         shapes = model if model is not None else build_model(arch, num_classes)
@@ -611,7 +611,7 @@ def apply_to_model(recipe: Recipe, dense: nn.Module, force: bool = False) -> tup
     model = copy.deepcopy(dense).cpu().float().eval()
     masks: Masks = {}
     if recipe.granularity == "channel":
-        from amc.channel import prune_channels
+        from amc.pruners.channel import prune_channels
 
         example = torch.zeros(recipe.model.input_shape)
         return prune_channels(model, channel_plan(recipe, model), example), masks
@@ -627,8 +627,8 @@ def apply_to_model(recipe: Recipe, dense: nn.Module, force: bool = False) -> tup
 
 
 def channel_plan(recipe: Recipe, model: nn.Module | None = None):
-    """The ``amc.channel.ChannelPlan`` that a channel recipe's kept indices describe."""
-    from amc.channel import ChannelPlan
+    """The ``amc.pruners.channel.ChannelPlan`` that a channel recipe's kept indices describe."""
+    from amc.pruners.channel import ChannelPlan
 
     model = model if model is not None else build_model(recipe.model.arch, recipe.model.num_classes)
     channels = {name: _out_channels(model, name) for name in recipe.kept_channels()}

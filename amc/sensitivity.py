@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from amc.errors import BudgetError
-from amc.finegrained import Policy, apply_policy, global_policy, lamp_policy, prune_layer
 from amc.layers import count_params, layer_weight, prunable_names
 from amc.metrics import size_fraction
+from amc.pruners.finegrained import Policy, apply_policy, global_policy, lamp_policy, prune_layer
 from amc.train import evaluate_full, recalibrate_bn
 
 DEFAULT_SPARSITIES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

@@ -15,7 +15,7 @@ Each: test accuracy before / after BN recalibration / after ``--epochs`` finetun
 MACs, file bytes, latency (CPU 1 thread batch 1 in PyTorch and onnxruntime; GPU batch 256 bf16
 with CUDA events), speedups = dense / pruned measured in this process. Also the lookup tables'
 prediction error. With ``--reconstruct N`` (default 1024), every variant built from our channel
-plans is also refitted by least squares on N train images (``amc.reconstruct``, AMC's recovery
+plans is also refitted by least squares on N train images (``amc.pruners.reconstruct``, AMC's recovery
 step) and finetuned the same way (with distillation when ``--distill`` > 0).
 Writes ``channel_<model>.md`` / ``.json`` (+ the latency tables as CSV) to --out.
 
@@ -43,7 +43,13 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from amc.channel import (  # noqa: E402
+from amc.data import load_cifar10, make_splits, subset  # noqa: E402
+from amc.errors import BudgetError  # noqa: E402
+from amc.io import atomic_write_text  # noqa: E402
+from amc.latency import LatencyTable, describe_target, measure  # noqa: E402
+from amc.layers import count_macs, count_params  # noqa: E402
+from amc.models import load_model  # noqa: E402
+from amc.pruners.channel import (  # noqa: E402
     ChannelPlan,
     channel_table,
     pick_channel_policy,
@@ -53,13 +59,7 @@ from amc.channel import (  # noqa: E402
     prune_channels,
     scan_sensitivity,
 )
-from amc.data import load_cifar10, make_splits, subset  # noqa: E402
-from amc.errors import BudgetError  # noqa: E402
-from amc.io import atomic_write_text  # noqa: E402
-from amc.latency import LatencyTable, describe_target, measure  # noqa: E402
-from amc.layers import count_macs, count_params  # noqa: E402
-from amc.models import load_model  # noqa: E402
-from amc.reconstruct import reconstruct  # noqa: E402
+from amc.pruners.reconstruct import reconstruct  # noqa: E402
 from amc.system import machine_info  # noqa: E402
 from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
 
@@ -462,7 +462,7 @@ def render(rep: dict) -> str:
     rc = {n: v for n, v in rep["variants"].items() if "acc_after_rc" in v}
     if rc:
         ft = "finetune + KD" if rep["finetune"]["distill_weight"] > 0 else "finetune"
-        lines += ["", f"Least-squares reconstruction (AMC's recovery step, `amc.reconstruct`, "
+        lines += ["", f"Least-squares reconstruction (AMC's recovery step, `amc.pruners.reconstruct`, "
                   f"{rep.get('reconstruct_images', '?')} train images) before the same {ft}:", "",
                   f"| variant | after BN recal | after reconstruction | after {ft} | Δ pt | without reconstruction |",
                   "| --- | --- | --- | --- | --- | --- |"]

@@ -34,7 +34,7 @@ CHILD = textwrap.dedent("""
     import copy, json, sys, time
     import torch
     from torch import nn
-    from amc.channel import plan_channels, prune_channels
+    from amc.pruners.channel import plan_channels, prune_channels
     from amc.data import load_cifar10, make_splits
     from amc.layers import prunable_names
     from amc.models import load_model

@@ -27,13 +27,13 @@ sys.path.insert(0, str(ROOT))
 
 from amc.data import load_cifar10, make_splits, subset  # noqa: E402
 from amc.evaluator import CALIB_IMAGES  # noqa: E402
-from amc.finegrained import apply_policy  # noqa: E402
 from amc.io import atomic_write_text  # noqa: E402
 from amc.layers import count_macs, count_params, layer_weight, prunable_names  # noqa: E402
 from amc.metrics import MiB, dense_size_bits, size_fraction, sparse_size_bits  # noqa: E402
 from amc.models import load_model  # noqa: E402
 from amc.plots import param_bars, sensitivity_curves, weight_histograms  # noqa: E402
-from amc.schedule import IterativeSchedule, iterative_prune  # noqa: E402
+from amc.pruners.finegrained import apply_policy  # noqa: E402
+from amc.pruners.schedule import IterativeSchedule, iterative_prune  # noqa: E402
 from amc.sensitivity import auto_policy, candidate_policies, finegrained_scan, pick_policy  # noqa: E402
 from amc.system import machine_info  # noqa: E402
 from amc.train import FinetuneConfig, evaluate, finetune  # noqa: E402

@@ -2,7 +2,7 @@
 
 Each model is built with random weights (nothing is downloaded), run on one random image (64x64,
 else 128 or 224 where the model needs more), pruned to ``--budget`` (default ``macs=0.5``) by
-``amc.oneshot.prune_to_budget`` and run again. Columns: built / forward ok / output shape
+``amc.pruners.oneshot.prune_to_budget`` and run again. Columns: built / forward ok / output shape
 unchanged / MACs fraction / within budget / seconds / error.
 
 Resumable: each model's row is cached as JSON under ``--cache`` and skipped on the next run
@@ -71,7 +71,7 @@ def run_one(ref: str, budget: str) -> dict[str, Any]:
     import torch
 
     from amc.models import resolve_model
-    from amc.oneshot import prune_to_budget
+    from amc.pruners.oneshot import prune_to_budget
 
     torch.manual_seed(0)
     source, name = ref.split(":", 1)
@@ -179,7 +179,8 @@ def write_report(rows: list[dict[str, Any]], stem: Path, budget: str, expected: 
     lines += [
         f"Every torchvision classifier (`torchvision.models.list_models(module=torchvision.models)`) and "
         f"{len(TIMM_MODELS)} timm models, random weights, {NUM_CLASSES} classes, one random image at the first "
-        f"of {', '.join(map(str, SIZES))} px the model runs at, pruned by `amc.oneshot.prune_to_budget(model, x, "
+        f"of {', '.join(map(str, SIZES))} px the model runs at, pruned by "
+        f"`amc.pruners.oneshot.prune_to_budget(model, x, "
         f"{budget!r})` (uniform ratio over the prunable groups, L2, round_to 8) and run again. "
         f"Time limit {limit_s:.0f} s per model. Machine: {m['cpu']} ({m['cpu_capability']}), "
         f"torch {m['torch']}, {m['threads']} threads. Script: `benchmarks/model_coverage.py`.", "",

@@ -30,19 +30,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from amc.channel import find_uniform_ratio, plan_channels, uniform_policy  # noqa: E402
 from amc.data import load_cifar10, make_splits, subset  # noqa: E402
-from amc.export import load_pruned, load_sparse, save_pruned, save_sparse  # noqa: E402
-from amc.finegrained import global_prune, global_sparsity_for_size  # noqa: E402
+from amc.export.files import load_pruned, load_sparse, save_pruned, save_sparse  # noqa: E402
+from amc.export.onnx import export_onnx  # noqa: E402
 from amc.io import atomic_write_text  # noqa: E402
 from amc.latency import describe_target, measure  # noqa: E402
 from amc.layers import count_macs, count_params, prunable_names  # noqa: E402
 from amc.metrics import layer_sparsity, size_fraction  # noqa: E402
 from amc.models import load_model  # noqa: E402
-from amc.onnx_export import export_onnx  # noqa: E402
+from amc.pruners.channel import find_uniform_ratio, plan_channels, uniform_policy  # noqa: E402
+from amc.pruners.finegrained import global_prune, global_sparsity_for_size  # noqa: E402
+from amc.pruners.schedule import IterativeSchedule  # noqa: E402
 from amc.recipe import FinetuneSpec, SearchInfo, apply_recipe, load_recipe, make_recipe, save_recipe  # noqa: E402
 from amc.report import AccuracyVsBudget, PolicyBars, Table, Text, write_report  # noqa: E402
-from amc.schedule import IterativeSchedule  # noqa: E402
 from amc.system import machine_info  # noqa: E402
 from amc.train import evaluate  # noqa: E402
 

@@ -9,7 +9,7 @@ uniform, sensitivity-picked and global-baseline policies are its first trials), 
 candidate policy built (the physically smaller model for channel pruning, the masked model for
 fine-grained), BatchNorm
 recalibrated, finetuned ``--epochs`` epochs and tested on the 10,000 test images. The baseline
-for FG-25 is one global magnitude threshold (``amc.finegrained.global_prune``); for CH-50 Torch-
+for FG-25 is one global magnitude threshold (``amc.pruners.finegrained.global_prune``); for CH-50 Torch-
 Pruning's ``MagnitudePruner(global_pruning=True)``, L2, round_to 8, ratio bisected to <= 50% MACs.
 
 Writes ``search.md``, ``search.json`` and PNG plots into ``--out``.
@@ -39,19 +39,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from amc.agent import AgentConfig, run_agent  # noqa: E402
 from amc.budget import Budget, bounds_around  # noqa: E402
 from amc.data import load_cifar10, make_splits, subset  # noqa: E402
 from amc.evaluator import EvalConfig, Evaluator  # noqa: E402
-from amc.finegrained import global_prune, global_sparsity_for_size, lamp_policy  # noqa: E402
 from amc.io import atomic_path, atomic_write_text  # noqa: E402
 from amc.layers import count_macs, count_params, layer_table, prunable_names  # noqa: E402
 from amc.metrics import size_fraction  # noqa: E402
 from amc.models import load_model  # noqa: E402
-from amc.searcher import rerank, rerank_evaluators, score  # noqa: E402
+from amc.pruners.finegrained import global_prune, global_sparsity_for_size, lamp_policy  # noqa: E402
+from amc.search.agent import AgentConfig, run_agent  # noqa: E402
+from amc.search.base import rerank, rerank_evaluators, score  # noqa: E402
+from amc.search.optuna import OptunaConfig, OptunaSearcher  # noqa: E402
 from amc.system import machine_info  # noqa: E402
 from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
-from search import OptunaConfig, OptunaSearcher  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 TASKS = {  # name -> (granularity, budget)

@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from amc.data import load_cifar10, make_splits  # noqa: E402
-from amc.finegrained import apply_policy  # noqa: E402
 from amc.io import atomic_write_text  # noqa: E402
 from amc.models import load_model  # noqa: E402
+from amc.pruners.finegrained import apply_policy  # noqa: E402
 from amc.train import FinetuneConfig, recalibrate_bn  # noqa: E402
 
 

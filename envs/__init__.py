@@ -1,11 +1,6 @@
-"""Gymnasium environments of the AMC search, registered by id: ``gymnasium.make("amc/Pruning-v0",
-evaluator=...)``."""
+"""The gymnasium environment of the AMC search, kept at the top level for existing imports: it lives
+in ``amc.search.env`` (importing it registers ``gymnasium.make("amc/Pruning-v0", evaluator=...)``)."""
 
-from gymnasium.envs.registration import register, registry
+from amc.search.env import ENV_ID, OBS_DIM, PruningEnv
 
-ENV_ID = "amc/Pruning-v0"
-
-if ENV_ID not in registry:
-    register(id=ENV_ID, entry_point="envs.pruning_env:PruningEnv", disable_env_checker=True)
-
-__all__ = ["ENV_ID"]
+__all__ = ["ENV_ID", "OBS_DIM", "PruningEnv"]

@@ -1,5 +1,6 @@
-"""Searchers over the evaluator: the Optuna searcher (the AMC agent lives in ``amc.agent``)."""
+"""The Optuna searcher, kept at the top level for existing imports: it lives in ``amc.search.optuna``
+(the AMC agent in ``amc.search.agent``); ``amc`` itself never imports this package."""
 
-from search.optuna_search import OptunaConfig, OptunaResult, OptunaSearcher
+from amc.search.optuna import OptunaConfig, OptunaResult, OptunaSearcher
 
 __all__ = ["OptunaConfig", "OptunaResult", "OptunaSearcher"]

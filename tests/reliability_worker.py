@@ -72,7 +72,7 @@ def _append(log: Path, record: dict) -> None:
 
 
 def run_optuna(args: argparse.Namespace) -> None:
-    from search import OptunaConfig, OptunaSearcher
+    from amc.search.optuna import OptunaConfig, OptunaSearcher
 
     ev = make_evaluator(args.delay)
     cfg = OptunaConfig(study=args.study, storage=args.storage, seed=args.seed, n_trials=args.trials,
@@ -93,7 +93,7 @@ def run_optuna(args: argparse.Namespace) -> None:
 
 
 def run_amc(args: argparse.Namespace) -> None:
-    from amc.agent import AgentConfig, run_agent
+    from amc.search.agent import AgentConfig, run_agent
 
     ev = make_evaluator(args.delay)
     cfg = AgentConfig(episodes=args.episodes, warmup_episodes=1, batch_size=4, net_arch=(16, 16),

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from amc.agent import AgentConfig, DecayingTruncatedNormal, RewardBaseline, run_agent
 from amc.budget import Budget
 from amc.errors import AmcError
 from amc.evaluator import EvalConfig, Evaluator
+from amc.search.agent import AgentConfig, DecayingTruncatedNormal, RewardBaseline, run_agent
 from tests.conftest import make_tiny_vgg
 
 TINY = dict(warmup_episodes=1, batch_size=4)  # 1 random episode, then the actor learns on 4-transition batches
@@ -18,7 +18,7 @@ TINY = dict(warmup_episodes=1, batch_size=4)  # 1 random episode, then the actor
 
 def _evaluator(splits, granularity="fine"):
     if granularity == "channel":
-        pytest.importorskip("amc.channel")
+        pytest.importorskip("amc.pruners.channel")
     budget = Budget.parse("size=0.5" if granularity == "fine" else "macs=0.6")
     return Evaluator(make_tiny_vgg(), splits, budget, EvalConfig(granularity=granularity, calib_images=256,
                                                                  round_to=1))
@@ -106,7 +106,7 @@ def test_bad_config():
 def test_propose_observe_interface(tiny_splits):
     import torch
 
-    from amc.agent import AmcSearcher
+    from amc.search.agent import AmcSearcher
 
     ev = _evaluator(tiny_splits)
     s = AmcSearcher(ev, AgentConfig(episodes=4, checkpoint_every=0, **TINY))
@@ -267,8 +267,8 @@ def test_cli_fine_size_search_starts_from_global_and_lamp(tmp_path, method):
     import pandas as pd
 
     from amc.cli import main
-    from amc.finegrained import global_policy, lamp_policy
     from amc.models import load_model
+    from amc.pruners.finegrained import global_policy, lamp_policy
     from tests.conftest import CIFAR, MODELS
 
     ckpt = MODELS / "resnet20_dense.pt"

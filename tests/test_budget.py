@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from amc.budget import Budget, FineCost, Projector, bounds_around, make_bounds
 from amc.errors import BudgetError, PolicyError
-from amc.finegrained import apply_policy
 from amc.layers import layer_table
 from amc.metrics import sparse_size_bits
+from amc.pruners.finegrained import apply_policy
 from tests.conftest import make_tiny_resnet, make_tiny_vgg
 
 
@@ -154,7 +154,7 @@ def test_sensitivity_policy_prefers_robust_layers():
 @given(actions=st.lists(st.floats(0.0, 1.0), min_size=8, max_size=8), upper=st.floats(0.3, 0.95),
        slack=st.floats(0.0, 1.0), round_to=st.sampled_from([1, 4, 8]))
 def test_channel_projection_always_feasible(actions, upper, slack, round_to):
-    channel = pytest.importorskip("amc.channel")
+    channel = pytest.importorskip("amc.pruners.channel")
     from amc.budget import ChannelCost
 
     model = make_tiny_resnet()

@@ -9,7 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from amc.channel import (
+from amc.data import CLASSES
+from amc.errors import BudgetError, PolicyError
+from amc.layers import count_macs, count_params
+from amc.models import build_model
+from amc.pruners.channel import (
     CRITERIA,
     ChannelPlan,
     SensitivityScan,
@@ -28,10 +32,6 @@ from amc.channel import (
     scan_sensitivity,
     uniform_policy,
 )
-from amc.data import CLASSES
-from amc.errors import BudgetError, PolicyError
-from amc.layers import count_macs, count_params
-from amc.models import build_model
 from amc.train import FinetuneConfig, finetune
 from tests.conftest import make_tiny_resnet, make_tiny_vgg
 

@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent("""
     import copy, json, sys
     import torch
     from torch import nn
-    from amc.channel import plan_channels, prune_channels
+    from amc.pruners.channel import plan_channels, prune_channels
     from amc.layers import prunable_names
     from amc.models import CifarResNet
     from amc.train import FinetuneConfig, finetune

@@ -8,10 +8,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import envs
 from amc.budget import Budget
 from amc.evaluator import EvalConfig, Evaluator
-from envs.pruning_env import OBS_DIM, PruningEnv
+from amc.search.env import ENV_ID, OBS_DIM, PruningEnv
 from tests.conftest import make_tiny_resnet, make_tiny_vgg
 
 GRANULARITIES = ["fine", "channel"]
@@ -19,7 +18,7 @@ GRANULARITIES = ["fine", "channel"]
 
 def _evaluator(splits, granularity: str, make=make_tiny_vgg) -> Evaluator:
     if granularity == "channel":
-        pytest.importorskip("amc.channel")
+        pytest.importorskip("amc.pruners.channel")
         budget = Budget.parse("macs=0.6")
     else:
         budget = Budget.parse("size=0.5")
@@ -29,7 +28,7 @@ def _evaluator(splits, granularity: str, make=make_tiny_vgg) -> Evaluator:
 
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_env_checkers(tiny_splits, granularity):
-    env = gym.make(envs.ENV_ID, evaluator=_evaluator(tiny_splits, granularity))
+    env = gym.make(ENV_ID, evaluator=_evaluator(tiny_splits, granularity))
     gym_check_env(env.unwrapped, skip_render_check=True)
     sb3_check_env(env.unwrapped, warn=True)
 

@@ -153,7 +153,7 @@ def test_sensitivity_policy(evaluator):
 @pytest.mark.parametrize("make", [make_tiny_vgg, make_tiny_resnet])
 @pytest.mark.parametrize("round_to", [1, 4])
 def test_channel_costs_match_the_physical_model(tiny_splits, make, round_to):
-    pytest.importorskip("amc.channel")
+    pytest.importorskip("amc.pruners.channel")
     from amc.layers import count_macs, count_params
 
     dense = make()
@@ -173,7 +173,7 @@ def test_channel_costs_match_the_physical_model(tiny_splits, make, round_to):
 
 
 def test_latency_budget_through_the_lookup_table(tiny_splits, tmp_path, monkeypatch):
-    pytest.importorskip("amc.channel")
+    pytest.importorskip("amc.pruners.channel")
     latency = pytest.importorskip("amc.latency")
 
     def analytic_ms(self, key):  # per-call overhead + work: repeatable, unlike timings on a shared CPU
@@ -201,8 +201,8 @@ def test_latency_budget_through_the_lookup_table(tiny_splits, tmp_path, monkeypa
 
 
 def test_fine_masks_equal_magnitude_mask(tiny_splits):
-    """The searched masks are the ones ``amc.finegrained`` (and so a recipe) rebuilds."""
-    from amc.finegrained import magnitude_mask
+    """The searched masks are the ones ``amc.pruners.finegrained`` (and so a recipe) rebuilds."""
+    from amc.pruners.finegrained import magnitude_mask
 
     dense = make_tiny_resnet()
     with torch.no_grad():  # fp16 round trip: many tied magnitudes, as in the shared checkpoints

@@ -12,7 +12,7 @@ from torch import nn
 
 from amc import io as amc_io
 from amc.errors import CheckpointError
-from amc.export import (
+from amc.export.files import (
     ExportError,
     encoding_sizes,
     export_compressed,
@@ -21,8 +21,8 @@ from amc.export import (
     save_pruned,
     save_sparse,
 )
-from amc.finegrained import apply_policy
 from amc.layers import prunable_names
+from amc.pruners.finegrained import apply_policy
 from tests.conftest import make_tiny_resnet, make_tiny_vgg
 
 
@@ -277,7 +277,7 @@ def test_cli_export_errors(tmp_path, capsys):
 
 
 def test_export_compressed_with_onnx(tmp_path):
-    onnx_export = pytest.importorskip("amc.onnx_export")
+    onnx_export = pytest.importorskip("amc.export.onnx")
     model = _pruned_with_tp(make_tiny_resnet())
     out = export_compressed(model, "tinyresnet", tmp_path, "channel", onnx=True)
     assert out["onnx_bytes"] == Path(out["onnx_path"]).stat().st_size > 0

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from amc.errors import PolicyError
-from amc.finegrained import apply_policy, global_prune, magnitude_mask, nm_mask, nm_prune, prune_layer
 from amc.layers import prunable_names
 from amc.metrics import layer_sparsity
+from amc.pruners.finegrained import apply_policy, global_prune, magnitude_mask, nm_mask, nm_prune, prune_layer
 from amc.train import FinetuneConfig, apply_masks, finetune
 
 
@@ -96,8 +96,8 @@ def test_apply_masks_reapplies(tiny_vgg):
 
 
 def test_global_sparsity_for_size_meets_the_size():
-    from amc.finegrained import global_sparsity_for_size
     from amc.metrics import size_fraction
+    from amc.pruners.finegrained import global_sparsity_for_size
     from tests.conftest import make_tiny_vgg
 
     model = make_tiny_vgg()
@@ -114,7 +114,7 @@ def test_global_sparsity_for_size_meets_the_size():
 def test_global_policy_is_global_prune_as_a_policy(tiny_vgg, size):
     import copy
 
-    from amc.finegrained import global_policy, global_prune, global_sparsity_for_size
+    from amc.pruners.finegrained import global_policy, global_prune, global_sparsity_for_size
 
     before = {k: v.clone() for k, v in tiny_vgg.state_dict().items()}
     pol = global_policy(tiny_vgg, size)
@@ -130,7 +130,7 @@ def test_global_policy_is_global_prune_as_a_policy(tiny_vgg, size):
 
 
 def test_lamp_policy_meets_the_size_and_keeps_every_layer(tiny_vgg):
-    from amc.finegrained import global_policy, global_sparsity_for_size, lamp_policy
+    from amc.pruners.finegrained import global_policy, global_sparsity_for_size, lamp_policy
 
     with torch.no_grad():  # one layer of tiny weights: a plain global threshold would empty it
         tiny_vgg.get_submodule("backbone.conv0").weight.mul_(1e-3)
@@ -147,7 +147,7 @@ def test_lamp_policy_meets_the_size_and_keeps_every_layer(tiny_vgg):
 def test_lamp_scores_by_hand():
     """Two layers: [1, 2] and [3, 3, 3, 3] squared; LAMP scores 1/5, 1 and 9/36, 9/27, 9/18, 1; removing two
     weights removes 1 (0.2) and one 3 (0.25), a global threshold would remove 1 and 2."""
-    from amc.finegrained import global_policy, lamp_policy
+    from amc.pruners.finegrained import global_policy, lamp_policy
 
     m = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(4, 1, bias=False))
     with torch.no_grad():

@@ -8,7 +8,7 @@ from amc.cli import main
 from amc.errors import AmcError
 from amc.inspect import inspect_model
 from amc.layers import count_macs, layer_table
-from amc.oneshot import prune_to_budget
+from amc.pruners.oneshot import prune_to_budget
 
 
 class Mixed(nn.Module):

@@ -3,9 +3,9 @@ import csv
 import pytest
 import torch
 
-from amc.channel import channel_table, find_uniform_ratio, plan_channels, prune_channels, uniform_policy
 from amc.errors import AmcError
 from amc.latency import LatencyTable, measure, validate
+from amc.pruners.channel import channel_table, find_uniform_ratio, plan_channels, prune_channels, uniform_policy
 from tests.conftest import make_tiny_resnet
 
 

@@ -3,10 +3,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from amc.channel import plan_channels, prune_channels, uniform_policy
 from amc.errors import AmcError
+from amc.export.onnx import INPUT, check_onnx, export_onnx
 from amc.models import build_model
-from amc.onnx_export import INPUT, check_onnx, export_onnx
+from amc.pruners.channel import plan_channels, prune_channels, uniform_policy
 from tests.conftest import make_tiny_resnet, make_tiny_vgg
 
 

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from amc.budget import Budget
 from amc.errors import AmcError
 from amc.evaluator import EvalConfig, Evaluator
-from search import OptunaConfig, OptunaSearcher
+from amc.search.optuna import OptunaConfig, OptunaSearcher
 from tests.conftest import make_tiny_vgg
 
 QUICK = dict(sensitivity_ratios=(0.5,), n_startup_trials=2)  # a 1-point scan per layer for the baseline

@@ -1,7 +1,7 @@
 import pandas as pd
 
-from amc.finegrained import apply_policy
 from amc.plots import param_bars, sensitivity_curves, weight_histograms
+from amc.pruners.finegrained import apply_policy
 from tests.conftest import make_tiny_vgg
 
 

@@ -14,6 +14,7 @@ import yaml
 from amc.budget import Budget
 from amc.errors import AmcError, BudgetError, CheckpointError, PolicyError
 from amc.layers import prunable_names
+from amc.pruners.schedule import IterativeSchedule
 from amc.recipe import (
     FinetuneSpec,
     Metrics,
@@ -27,7 +28,6 @@ from amc.recipe import (
     stable_magnitude_mask,
     stable_nm_mask,
 )
-from amc.schedule import IterativeSchedule
 from tests.conftest import make_tiny_resnet, make_tiny_vgg
 
 POLICY = {"backbone.conv0": 0.3, "backbone.conv1": 0.6, "backbone.conv2": 0.75, "classifier": 0.5}
@@ -145,7 +145,7 @@ def test_nm_round_trip(tmp_path):
 
 
 def test_channel_round_trip(tmp_path):
-    channel = pytest.importorskip("amc.channel")
+    channel = pytest.importorskip("amc.pruners.channel")
     model = make_tiny_resnet()
     ckpt = _ckpt(tmp_path, model)
     example = torch.randn(2, 3, 32, 32)
@@ -307,7 +307,7 @@ def test_apply_with_distillation_uses_the_dense_teacher(tmp_path, iterative):
 
 
 def test_channel_apply_with_distillation(tmp_path):
-    channel = pytest.importorskip("amc.channel")
+    channel = pytest.importorskip("amc.pruners.channel")
     model = make_tiny_resnet()
     ckpt = _ckpt(tmp_path, model)
     policy = dict.fromkeys([n for n in prunable_names(model) if n != "fc"], 0.5)
@@ -343,7 +343,7 @@ def _image_folder(root: Path, train_per_class: int = 6, test_per_class: int = 2)
 
 def test_cli_apply_writes_model_files(tmp_path, fine_recipe, capsys):
     from amc.cli import main
-    from amc.export import load_sparse
+    from amc.export.files import load_sparse
 
     recipe, ckpt = fine_recipe
     path = save_recipe(recipe, tmp_path / "r.yaml")

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from amc.channel import ChannelPlan, plan_channels, prune_channels, uniform_policy
 from amc.models import build_model
-from amc.reconstruct import _rows, reconstruct
+from amc.pruners.channel import ChannelPlan, plan_channels, prune_channels, uniform_policy
+from amc.pruners.reconstruct import _rows, reconstruct
 from tests.conftest import make_tiny_resnet, make_tiny_vgg
 from tests.test_channel import _cli, image_folder, randomise_bn  # noqa: F401  (image_folder: a fixture)
 

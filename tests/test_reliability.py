@@ -149,7 +149,7 @@ def test_two_worker_processes_share_one_postgres_study(pg_url, tmp_path):
 def test_a_trial_started_for_a_taken_last_slot_is_pruned_not_completed(tmp_path):
     """Two workers that start the last free trial at the same moment: the later-numbered one is
     surplus and pruned, so the study never holds more COMPLETE trials than asked."""
-    from search import OptunaConfig, OptunaSearcher
+    from amc.search.optuna import OptunaConfig, OptunaSearcher
     from tests.reliability_worker import make_evaluator
 
     cfg = OptunaConfig(storage=f"sqlite:///{tmp_path / 'study.db'}", study="slot", n_trials=1,
@@ -250,11 +250,11 @@ def test_agent_killed_after_a_checkpoint_resumes(tmp_path):
 
 def test_export_killed_midway_leaves_old_file_whole(tmp_path):
     """SIGKILL a process that rewrites a sparse export over and over: the file in place always loads."""
-    from amc.export import load_sparse
+    from amc.export.files import load_sparse
     from tests.reliability_worker import tiny_model
 
     path = tmp_path / "m.safetensors"
-    code = ("import sys\nfrom amc.export import save_sparse\nfrom amc.models import build_model\n"
+    code = ("import sys\nfrom amc.export.files import save_sparse\nfrom amc.models import build_model\n"
             "m = build_model('resnet56')\nopen(sys.argv[2], 'w').close()\n"
             "while True:\n    save_sparse(m, sys.argv[1], arch='resnet56')\n")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -302,14 +302,14 @@ def test_every_torch_load_is_weights_only():
                      if _keyword(c, "allow_pickle") is True]
     assert not numpy_pickles, f"numpy load with allow_pickle=True: {numpy_pickles}"
     sb3 = {p.relative_to(REPO).as_posix() for name in ("load_replay_buffer",) for p, _ in _calls(name)}
-    assert sb3 <= {"amc/agent.py"}  # SB3 pickles are read in one place, which checks the path
+    assert sb3 <= {"amc/search/agent.py"}  # SB3 pickles are read in one place, which checks the path
     record("safety", "torch.load weights_only", calls=len(loads), unsafe=0)
 
 
 @pytest.fixture(scope="module")
 def checkpointed_run(tmp_path_factory):
     """A finished 2-episode agent run with a checkpoint after each episode."""
-    from amc.agent import AgentConfig, run_agent
+    from amc.search.agent import AgentConfig, run_agent
     from tests.reliability_worker import make_evaluator
 
     run = tmp_path_factory.mktemp("agent") / "run"
@@ -322,8 +322,8 @@ def checkpointed_run(tmp_path_factory):
 @pytest.mark.parametrize("name", ["replay.pkl", "agent.zip"])
 @pytest.mark.parametrize("how", ["symlink_outside", "symlink_inside", "missing"])
 def test_agent_checkpoints_only_from_the_run_folder(checkpointed_run, tmp_path, name, how):
-    from amc.agent import AgentConfig, run_agent
     from amc.errors import CheckpointError
+    from amc.search.agent import AgentConfig, run_agent
 
     ev, original = checkpointed_run
     run = tmp_path / "run"
@@ -345,7 +345,7 @@ def test_agent_checkpoints_only_from_the_run_folder(checkpointed_run, tmp_path, 
 
 
 def test_agent_resumes_from_its_own_regular_files(checkpointed_run, tmp_path):
-    from amc.agent import AgentConfig, run_agent
+    from amc.search.agent import AgentConfig, run_agent
 
     ev, original = checkpointed_run
     run = tmp_path / "run"

@@ -166,7 +166,7 @@ def diverging(request) -> tuple[SometimesDiverging, str]:
 
 
 def test_nan_loss_fails_the_trial_and_optuna_goes_on(diverging):
-    from search import OptunaConfig, OptunaSearcher
+    from amc.search.optuna import OptunaConfig, OptunaSearcher
 
     ev, words = diverging
     n = 6  # completed trials asked; every other evaluation diverges
@@ -187,7 +187,7 @@ def test_nan_loss_fails_the_trial_and_optuna_goes_on(diverging):
 
 
 def test_nan_loss_fails_the_episode_and_the_agent_goes_on(diverging, tmp_path):
-    from amc.agent import AgentConfig, run_agent
+    from amc.search.agent import AgentConfig, run_agent
 
     ev, words = diverging
     n = 4  # episodes asked: 2 of them diverge
@@ -207,7 +207,7 @@ def test_nan_loss_fails_the_episode_and_the_agent_goes_on(diverging, tmp_path):
 @pytest.mark.parametrize("what", ["unreachable_postgres", "not_a_url", "sqlite_in_missing_folder"])
 def test_bad_study_storage(tmp_path, what):
     from amc.errors import AmcError
-    from search import OptunaConfig, OptunaSearcher
+    from amc.search.optuna import OptunaConfig, OptunaSearcher
     from tests.pg import free_port
 
     if what == "unreachable_postgres":

@@ -7,8 +7,8 @@ import re
 import pandas as pd
 import pytest
 
-from amc.finegrained import apply_policy
 from amc.layers import prunable_names
+from amc.pruners.finegrained import apply_policy
 from amc.report import (
     AccuracyVsBudget,
     Image,
@@ -117,8 +117,8 @@ def test_run_report_from_a_recipe(tmp_path, monkeypatch):
 
     from amc import models
     from amc.budget import Budget
+    from amc.pruners.schedule import IterativeSchedule
     from amc.recipe import FinetuneSpec, Metrics, SearchInfo, make_recipe
-    from amc.schedule import IterativeSchedule
 
     monkeypatch.setitem(models.MODELS, "tinyvgg", lambda num_classes=10: make_tiny_vgg())
     ckpt = tmp_path / "dense.pt"

@@ -10,7 +10,7 @@ import pytest
 from amc.budget import Budget
 from amc.errors import AmcError
 from amc.evaluator import EvalConfig, Evaluator
-from amc.searcher import rerank, rerank_evaluators, score, top_policies
+from amc.search.base import rerank, rerank_evaluators, score, top_policies
 from tests.conftest import make_tiny_vgg
 
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from amc.errors import PolicyError
-from amc.schedule import (
+from amc.pruners.schedule import (
     SCHEDULES,
     IterativeSchedule,
     iterative_prune,

@@ -2,9 +2,9 @@ import pandas as pd
 import pytest
 
 from amc.errors import BudgetError
-from amc.finegrained import apply_policy
 from amc.layers import count_params, prunable_names
 from amc.metrics import size_fraction
+from amc.pruners.finegrained import apply_policy
 from amc.sensitivity import finegrained_scan, pick_policy
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from amc.commands.common import add_data_args, device_of, finetune_progress, load_splits
 from amc.errors import AmcError
-from amc.export import export_compressed
+from amc.export.files import export_compressed
 from amc.io import atomic_write_text
 from amc.layers import count_macs, count_params
 from amc.metrics import dense_size_bits, sparse_size_bits

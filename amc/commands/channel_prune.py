@@ -7,7 +7,7 @@ and ``out`` (a directory).
 
 Writes to ``out``: ``model.safetensors`` + ``config.json`` (``amc.export.save_pruned``: reload
 with ``amc.export.load_pruned``), ``channel_plan.json`` (the kept channel indices: re-applies to a
-fresh dense model with ``amc.channel.prune_channels``), ``model.onnx`` (checked against
+fresh dense model with ``amc.pruners.channel.prune_channels``), ``model.onnx`` (checked against
 onnxruntime) and ``summary.json`` (accuracy before/after finetuning, MACs, parameters, notes).
 """
 
@@ -22,7 +22,7 @@ from amc.errors import BudgetError, PolicyError
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    from amc.channel import CRITERIA
+    from amc.pruners.channel import CRITERIA
 
     g = p.add_argument_group("channel pruning (--granularity channel)")
     g.add_argument("--macs", type=float, default=None, metavar="FRACTION",
@@ -45,7 +45,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from amc.channel import (
+    from amc.commands.common import check_distill, device_of, finetune_progress, load_model_arg, load_splits
+    from amc.export.files import save_pruned
+    from amc.export.onnx import check_onnx, export_onnx
+    from amc.io import atomic_write_text
+    from amc.layers import count_macs, count_params
+    from amc.models import resolve_arch
+    from amc.policy import load_policy_file
+    from amc.pruners.channel import (
         channel_table,
         find_uniform_ratio,
         plan_channels,
@@ -53,13 +60,6 @@ def run(args: argparse.Namespace) -> int:
         prune_channels,
         uniform_policy,
     )
-    from amc.commands.common import check_distill, device_of, finetune_progress, load_model_arg, load_splits
-    from amc.export import save_pruned
-    from amc.io import atomic_write_text
-    from amc.layers import count_macs, count_params
-    from amc.models import resolve_arch
-    from amc.onnx_export import check_onnx, export_onnx
-    from amc.policy import load_policy_file
     from amc.train import FinetuneConfig, evaluate, finetune
 
     if args.round_to < 1:
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     dense_acc = evaluate(model, test)
     recon: dict[str, Any] = {}
     if n_recon > 0:
-        from amc.reconstruct import reconstruct
+        from amc.pruners.reconstruct import reconstruct
 
         recon["acc_before"] = evaluate(small, test)
         calib = splits.loader("train", args.batch_size, shuffle=True, augment=False)

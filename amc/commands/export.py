@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from amc.errors import AmcError
-from amc.export import CONFIG_FILE, load_pruned, save_pruned, save_sparse
+from amc.export.files import CONFIG_FILE, load_pruned, save_pruned, save_sparse
 from amc.io import atomic_write_text
 from amc.models import load_model, resolve_arch
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         written[str(pe.directory)] = pe.file_bytes
         print(f"pruned: {pe.file_bytes:,} bytes ({pe.params:,} parameters)")
     if "onnx" in formats:
-        from amc.onnx_export import export_onnx
+        from amc.export.onnx import export_onnx
 
         path = export_onnx(model, out / "model.onnx")
         written[str(path)] = path.stat().st_size

@@ -33,7 +33,7 @@ def load_any(checkpoint: str, model: str | None):
     from amc.models import load_model
 
     if Path(checkpoint).is_dir():
-        from amc.export import load_pruned
+        from amc.export.files import load_pruned
 
         return load_pruned(checkpoint)
     return load_model(model, checkpoint)

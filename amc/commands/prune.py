@@ -20,11 +20,11 @@ from amc.commands.common import (
 )
 from amc.commands.sensitivity import parse_floats
 from amc.errors import AmcError
-from amc.finegrained import apply_policy, global_prune, nm_prune
 from amc.io import atomic_path, atomic_write_text
 from amc.layers import count_params, layer_weight, prunable_names
 from amc.metrics import layer_sparsity, size_fraction
 from amc.policy import load_policy_file, save_policy_file
+from amc.pruners.finegrained import apply_policy, global_prune, nm_prune
 from amc.sensitivity import auto_policy, finegrained_scan, pick_policy
 from amc.train import FinetuneConfig, evaluate, finetune
 

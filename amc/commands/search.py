@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--around", default=None, metavar="POLICY",
                    help="search a box of --radius around this policy file's ratios (and start from it)")
     e.add_argument("--radius", type=float, default=0.2, help="half-width of the --around box")
-    e.add_argument("--criterion", default="l2", help="channel importance (amc.channel.CRITERIA)")
+    e.add_argument("--criterion", default="l2", help="channel importance (amc.pruners.channel.CRITERIA)")
     e.add_argument("--round-to", type=int, default=8, help="channel counts rounded to this multiple")
     e.add_argument("--lut", default=None, metavar="CSV", help="latency lookup table (for --budget latency=...)")
     a = p.add_argument_group("AMC agent")
@@ -95,7 +95,7 @@ def _heuristic_seeds(args: argparse.Namespace, model, ev) -> dict[str, dict[str,
     if args.granularity != "fine" or ev.budget.kind != "size":
         return {}
     from amc.errors import PolicyError
-    from amc.finegrained import global_policy, lamp_policy
+    from amc.pruners.finegrained import global_policy, lamp_policy
 
     try:
         return {"global": global_policy(model, ev.budget.fraction, ev.names),
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     if args.method == "amc":
-        from amc.agent import AgentConfig, run_agent
+        from amc.search.agent import AgentConfig, run_agent
 
         warm = args.warmup if args.warmup is not None else max(1, args.episodes // 3)
         cfg = AgentConfig(algo=args.algo, episodes=args.episodes, warmup_episodes=warm,
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
                             seed_policies=[reference or ev.uniform_policy(), *seeds.values()])  # warm-up
         frame, best_policy, best = res.episodes, res.best_policy, res.best_result
     else:
-        from search import OptunaConfig, OptunaSearcher
+        from amc.search.optuna import OptunaConfig, OptunaSearcher
 
         try:
             ratios = tuple(float(x) for x in args.sens_ratios.split(",") if x.strip())
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     reranked = None
     # a reward on every held-out image after BN recalibration is exact: re-scoring would repeat it
     if args.rerank and (ev.config.eval_images is not None or ev.config.recovery == "finetune"):
-        from amc.searcher import rerank, rerank_evaluators
+        from amc.search.base import rerank, rerank_evaluators
 
         t2 = time.perf_counter()
         ranked = rerank(rerank_evaluators(ev, rerank_seeds), frame, args.rerank)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amc.channel import ChannelPlan, ChannelTable, _removed_positions, channel_table
+from amc.pruners.channel import ChannelPlan, ChannelTable, _removed_positions, channel_table
 
 
 class _Stop(Exception):

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from amc.errors import PolicyError
-from amc.finegrained import validate_policy
 from amc.layers import layer_weight
+from amc.pruners.finegrained import validate_policy
 from amc.train import FinetuneConfig, Masks, apply_masks, evaluate, finetune
 
 SCHEDULES = ("constant", "linear", "agp")

@@ -15,8 +15,8 @@ more than the budget needs, every ratio is scaled toward its lower bound by one 
 budget is spent, so no episode wastes budget it was given.
 The reward is 0 before the last step and ``Evaluator.evaluate(policy).reward`` at the last step;
 ``info`` at the last step holds ``policy`` and ``result`` (with ``evaluate=False`` only ``policy``
-and reward 0: an ask/tell driver such as ``amc.agent.AmcSearcher`` scores it). The environment only steps: logging and
-best-policy tracking are callbacks (``amc.agent``).
+and reward 0: an ask/tell driver such as ``amc.search.agent.AmcSearcher`` scores it). The environment
+only steps: logging and best-policy tracking are callbacks (``amc.search.agent``).
 """
 
 from __future__ import annotations
@@ -117,3 +117,9 @@ class PruningEnv(gym.Env):
         reward = result.reward if math.isfinite(result.reward) else 0.0  # a diverged model scores 0
         info = {"policy": dict(self._policy), "result": result}
         return self._obs(), float(reward), True, False, info
+
+
+ENV_ID = "amc/Pruning-v0"  # gymnasium.make(ENV_ID, evaluator=...) once this module is imported
+
+if ENV_ID not in gym.envs.registration.registry:
+    gym.register(id=ENV_ID, entry_point="amc.search.env:PruningEnv", disable_env_checker=True)

@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from amc.budget import Budget
-from amc.channel import (
+from amc.errors import BudgetError, PolicyError
+from amc.layers import count_macs, count_params
+from amc.pruners.channel import (
     ChannelPlan,
     ChannelTable,
     channel_scores,
@@ -37,8 +39,6 @@ from amc.channel import (
     smallest_ratio,
     uniform_policy,
 )
-from amc.errors import BudgetError, PolicyError
-from amc.layers import count_macs, count_params
 
 MODES = ("uniform", "global")
 BISECT_STEPS = 30  # 2^-30 of the ratio range: far finer than one channel

@@ -388,7 +388,7 @@ def export_compressed(model: nn.Module, arch: str, directory: str | os.PathLike,
     """Write the files a user takes home for a compressed model; returns their paths and byte sizes.
 
     fine / nm: ``model.sparse.safetensors`` (compact sparse). channel: ``pruned/`` (safetensors +
-    config). Both: ``model.onnx`` when ``onnx`` and ``amc.onnx_export`` is available, and with
+    config). Both: ``model.onnx`` when ``onnx`` and ``amc.export.onnx`` is available, and with
     ``program`` a self-contained ``model.pt2`` (``torch.export``) where the model exports (else
     ``program_skipped`` says why). ``pruned/`` rebuilds only models ``arch`` names a builder for.
     """
@@ -403,9 +403,9 @@ def export_compressed(model: nn.Module, arch: str, directory: str | os.PathLike,
                    dense_bytes=sp.dense_bits // 8)
     if onnx:
         try:
-            from amc.onnx_export import export_onnx
+            from amc.export.onnx import export_onnx
         except ImportError:
-            out["onnx_skipped"] = "amc.onnx_export is not available"
+            out["onnx_skipped"] = "amc.export.onnx is not available"
         else:
             onnx_path = directory / "model.onnx"
             export_onnx(model, onnx_path, input_shape=input_shape)

@@ -1,7 +1,7 @@
 """What both searchers share: the ask/tell bookkeeping of the searcher interface.
 
 A searcher is ``propose() -> Policy`` then, once the evaluator has scored it,
-``observe(policy, result)`` (the AMC agent in ``amc.agent``, Optuna in ``search.optuna_search``).
+``observe(policy, result)`` (the AMC agent in ``amc.search.agent``, Optuna in ``amc.search.optuna``).
 ``Proposals`` remembers what each handed-out policy needs back at ``observe`` time (the agent's
 transitions, Optuna's trial), matched by the policy itself, first in first out. ``rerank`` makes
 the final choice among a search's best few on a larger evaluation (see below).

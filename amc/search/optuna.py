@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from amc.budget import Policy
 from amc.errors import AmcError
 from amc.evaluator import Evaluator, Result
-from amc.searcher import Proposals
+from amc.search.base import Proposals
 
 SAMPLERS = ("tpe", "nsga2", "random")
 HEARTBEAT_S = 60  # a live worker writes a heartbeat every minute
