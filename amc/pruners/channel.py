@@ -279,36 +279,75 @@ def _role(mod: nn.Module, is_out: bool) -> str | None:
     return "other"
 
 
+MAPPING_LIMIT = 500_000  # channel indices torch-pruning may produce while following one group
+
+
+class MappingDiverges(RuntimeError):
+    """torch-pruning's index mapping of one group grew past ``MAPPING_LIMIT`` indices."""
+
+
+@dataclass
+class _Tolerance:
+    """What ``_tolerant_reshapes`` saw: nodes left unmapped (by id), and the indices produced by
+    flattening reshapes since the last ``reset`` (a group's traversal)."""
+
+    failed: set[int] = field(default_factory=set)
+    produced: int = 0
+
+    def reset(self) -> None:
+        self.produced = 0
+
+
 @contextlib.contextmanager
-def _tolerant_reshapes() -> Iterator[set[int]]:
+def _tolerant_reshapes() -> Iterator[_Tolerance]:
     """torch-pruning maps channels through flattening reshapes (4D <-> 2D) only; a channel shuffle's
     4D -> 5D view (ShuffleNet) makes it divide by zero, and a concat whose sizes it cannot infer
     (Swin's patch merging) makes it add None. Inside this context such a node is left unmapped and
-    recorded (by id), so the groups that pass through it are held."""
+    recorded (by id), so the groups that pass through it are held. Window partitions (Swin, MaxViT)
+    read as flattens and splits make a group's index lists grow without end (minutes, then memory): past
+    ``MAPPING_LIMIT`` indices in one traversal it raises ``MappingDiverges`` instead."""
     from torch_pruning.dependency import index_mapping
 
-    failed: set[int] = set()
+    tol = _Tolerance()
     reshape, concat = index_mapping.update_reshape_index_mapping, index_mapping.update_concat_index_mapping
 
     def tolerant_reshape(graph: Any, node: Any) -> None:
         try:
             reshape(graph, node)
         except ZeroDivisionError:
-            failed.add(id(node))
+            tol.failed.add(id(node))
 
     def tolerant_concat(graph: Any, node: Any) -> None:  # Swin's concat on the last dim: sizes unknown
         try:
             concat(graph, node)
         except TypeError:
-            failed.add(id(node))
+            tol.failed.add(id(node))
+
+    mappings = [c for c in vars(index_mapping).values()
+                if isinstance(c, type) and c.__name__.endswith("IndexMapping") and "__call__" in vars(c)]
+    calls = {c: c.__call__ for c in mappings}
+
+    def bounded(call: Callable[..., Any]) -> Callable[..., Any]:
+        def mapped(self: Any, idxs: Any) -> Any:
+            out = call(self, idxs)
+            tol.produced += len(out)
+            if tol.produced > MAPPING_LIMIT:
+                raise MappingDiverges(f"its channel mapping through reshapes does not settle (over "
+                                      f"{MAPPING_LIMIT:,} indices: a window partition or similar reshape)")
+            return out
+        return mapped
 
     index_mapping.update_reshape_index_mapping = tolerant_reshape
     index_mapping.update_concat_index_mapping = tolerant_concat
+    for c, call in calls.items():
+        c.__call__ = bounded(call)  # type: ignore[method-assign]
     try:
-        yield failed
+        yield tol
     finally:
         index_mapping.update_reshape_index_mapping = reshape
         index_mapping.update_concat_index_mapping = concat
+        for c, call in calls.items():
+            c.__call__ = call  # type: ignore[method-assign]
 
 
 def _dependency_graph(model: nn.Module, x: torch.Tensor) -> Any:
@@ -321,17 +360,39 @@ def _dependency_graph(model: nn.Module, x: torch.Tensor) -> Any:
 
 
 def _build_table(model: nn.Module, x: torch.Tensor) -> ChannelTable:
-    with _tolerant_reshapes() as unmapped:
-        return _trace_table(model, x, unmapped)
+    with _tolerant_reshapes() as tol:
+        return _trace_table(model, x, tol)
 
 
-def _trace_table(model: nn.Module, x: torch.Tensor, unmapped: set[int]) -> ChannelTable:
+def _trace_table(model: nn.Module, x: torch.Tensor, tol: _Tolerance) -> ChannelTable:
     work = copy.deepcopy(model).eval()  # tracing runs a forward: keep BN statistics of the caller's model
     names = prunable_names(work)
     n2m = dict(work.named_modules())
     m2n = {id(m): n for n, m in n2m.items()}
     outputs = _output_layers(work, x)
     dg = _dependency_graph(work, x)
+    with _mapped_once(dg):  # nothing is pruned while tracing: the index mapping stays valid
+        return _group_table(work, x, dg, tol, names, n2m, m2n, outputs)
+
+
+@contextlib.contextmanager
+def _mapped_once(dg: Any) -> Iterator[None]:
+    """Inside, torch-pruning's ``get_pruning_group`` skips re-inferring the index mapping of every
+    reshape and concat (seconds per call on a transformer) once it has been done: valid while the
+    graph's modules keep their shapes, i.e. while nothing is pruned."""
+    from torch_pruning.dependency import index_mapping
+
+    update = index_mapping.update_index_mapping
+    update(dg)
+    index_mapping.update_index_mapping = lambda graph: None if graph is dg else update(graph)
+    try:
+        yield
+    finally:
+        index_mapping.update_index_mapping = update
+
+
+def _group_table(work: nn.Module, x: torch.Tensor, dg: Any, tol: _Tolerance, names: list[str],
+                 n2m: dict[str, nn.Module], m2n: dict[int, str], outputs: set[str]) -> ChannelTable:
 
     groups: list[ChannelGroup] = []
     group_of: dict[str, int] = {}
@@ -349,10 +410,14 @@ def _trace_table(model: nn.Module, x: torch.Tensor, unmapped: set[int]) -> Chann
         if not channels:
             unprunable[name] = "torch-pruning has no output-channel pruner for it"
             continue
+        tol.reset()
         try:
             grp = dg.get_pruning_group(mod, pruner.prune_out_channels, list(range(channels)))
+        except MappingDiverges as e:
+            unprunable[name] = f"torch-pruning cannot follow its channels: {e}"
+            continue
         except (IndexError, ValueError, KeyError, ZeroDivisionError, RuntimeError) as e:
-            through = " through a channel shuffle or concat it cannot map" if unmapped else ""
+            through = " through a channel shuffle or concat it cannot map" if tol.failed else ""
             unprunable[name] = (f"torch-pruning cannot follow its channels{through} "
                                 f"({type(e).__name__}: {str(e)[:80]})")
             continue
@@ -362,7 +427,7 @@ def _trace_table(model: nn.Module, x: torch.Tensor, unmapped: set[int]) -> Chann
             tmod = item.dep.target.module
             tname = m2n.get(id(tmod))
             is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
-            if id(item.dep.target) in unmapped or id(item.dep.source) in unmapped:
+            if id(item.dep.target) in tol.failed or id(item.dep.source) in tol.failed:
                 problem = ("coupled through a channel shuffle or concat (a node whose channel mapping "
                            "torch-pruning cannot follow)")
                 continue

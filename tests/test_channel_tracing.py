@@ -1,0 +1,47 @@
+"""How the channel tracer copes with graphs torch-pruning cannot map: held with a reason, quickly."""
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from amc.pruners import channel
+
+
+class ConvFlattenHead(nn.Module):
+    """conv -> conv -> flatten -> linear: the second conv's channels reach the head through a flatten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.relu(self.b(torch.relu(self.a(x)))), 1))
+
+
+def test_flatten_groups_prune_under_the_default_mapping_limit():
+    table = channel.channel_table(ConvFlattenHead(), torch.randn(1, 3, 8, 8))
+    assert "b" in table.group_of and "a" in table.group_of
+
+
+def test_a_mapping_past_the_limit_holds_that_group_with_a_reason(monkeypatch):
+    # the flatten maps each of b's 8 channels to 64 inputs of fc: 512 indices, above a limit of 100
+    monkeypatch.setattr(channel, "MAPPING_LIMIT", 100)
+    monkeypatch.setattr(channel, "_CACHE", OrderedDict())  # tables are cached per architecture
+    table = channel.channel_table(ConvFlattenHead(), torch.randn(1, 3, 8, 8))
+    assert "b" not in table.group_of
+    assert "does not settle" in table.unprunable["b"] and "100" in table.unprunable["b"]
+    assert "a" in table.group_of  # a's group ends at b's input channels: no flatten, still prunable
+
+
+def test_the_mapping_patches_are_undone_after_tracing():
+    from torch_pruning.dependency import index_mapping
+
+    before = (index_mapping.update_index_mapping, index_mapping.update_reshape_index_mapping,
+              index_mapping.update_concat_index_mapping, index_mapping._FlattenIndexMapping.__call__)
+    channel.channel_table(ConvFlattenHead(), torch.randn(1, 3, 8, 8))
+    after = (index_mapping.update_index_mapping, index_mapping.update_reshape_index_mapping,
+             index_mapping.update_concat_index_mapping, index_mapping._FlattenIndexMapping.__call__)
+    assert before == after
