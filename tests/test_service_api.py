@@ -148,6 +148,30 @@ def test_uploads_weights_only_and_bounded(service) -> None:
     assert _leftovers(config) == kept  # every refused upload left nothing behind
 
 
+@pytest.mark.parametrize("cut", ["length", "header", "data"])
+def test_truncated_safetensors_upload_is_one_clear_400(service, tmp_path: Path, cut: str) -> None:
+    from safetensors.torch import save
+
+    from amc.errors import CheckpointError
+    from amc.models import read_state_dict
+
+    client, config, alice, _ = service
+    blob = save({k: v.contiguous() for k, v in make_tiny_resnet().state_dict().items()})
+    header = 8 + int.from_bytes(blob[:8], "little")  # safetensors: u64 header length, JSON header, data
+    keep = {"length": 5, "header": header // 2, "data": header + (len(blob) - header) // 2}[cut]
+    cut_blob = blob[:keep]
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(cut_blob)
+    with pytest.raises(CheckpointError, match="corrupt, truncated"):  # not safetensors' own error
+        read_state_dict(path)
+    r = _upload(client, alice, "cut.safetensors", cut_blob, model="tests.service_models:tiny_resnet")
+    assert r.status_code == 400, r.text
+    detail = r.json()["detail"]
+    assert "cannot read checkpoint cut.safetensors: corrupt, truncated" in detail
+    assert "\n" not in detail and "Traceback" not in detail and str(config.uploads) not in detail
+    assert _leftovers(config) == []  # nothing half-written stays behind
+
+
 def test_paths_cannot_leave_the_run_folder(service) -> None:
     client, config, alice, _ = service
     job = client.post("/api/v1/jobs", json=QUICK, headers=alice).json()
