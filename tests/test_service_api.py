@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import time
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,30 @@ def test_progress_messages_become_stages() -> None:
     assert p.stage == "finetune"
     p.update("finetune: 80.00% -> 85.00% in 1.0 s")
     assert p.stage == "export"
+
+
+def test_a_revoked_token_stops_working_within_the_token_cache_time(service) -> None:
+    client, config, alice, bob = service
+    assert client.get("/api/v1/me", headers=alice).json() == {"user": "alice"}  # read, then cached
+    store = client.app.state.store
+    tid = next(t["id"] for t in store.list_tokens() if t["user"] == "alice")
+    assert store.revoke_token(tid)  # as `amc token revoke` does, from another process
+    time.sleep(config.token_cache_s + 0.1)
+    r = client.get("/api/v1/me", headers=alice)
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    assert client.get("/api/v1/me", headers=bob).json() == {"user": "bob"}  # the others still work
+
+
+def test_token_cache_keeps_valid_tokens_only_for_its_time() -> None:
+    from amc.service.auth import TokenCache
+
+    off = TokenCache(0)
+    off.put("amc_x", "alice")
+    assert off.get("amc_x") is None  # ttl 0: every request reads the table
+    cache = TokenCache(0.2)
+    assert cache.get("amc_x") is None
+    cache.put("amc_x", "alice")
+    assert cache.get("amc_x") == "alice" and cache.get("amc_y") is None
+    time.sleep(0.25)
+    assert cache.get("amc_x") is None
+
