@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The service on this machine: `amc serve` on 127.0.0.1 and one `amc worker`, both on the SQLite files
 # under service/ (jobs and tokens in service.db, the huey queue in queue.db, one run folder per job in
-# runs/). Prints the page's URL with a fresh token for $USER (the token travels in the URL's #fragment,
-# which the browser never sends to the server). Ctrl-C stops both.
+# runs/; the worker under `--nice 10`, so that the server stays responsive). Prints the page's URL with a
+# fresh token for $USER (the token travels in the URL's #fragment, which the browser never sends to the
+# server). Ctrl-C stops both.
 # PORT=8000, AMC_SERVICE_ROOT=service and extra flags for the worker (e.g. --device cpu) may be given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ PORT="${PORT:-8000}"
 TOKEN="$(.venv/bin/amc token create "${USER:-user}" --note serve.sh | head -1)"
 .venv/bin/amc serve --host 127.0.0.1 --port "$PORT" &
 SERVER=$!
-.venv/bin/amc worker "$@" &
+.venv/bin/amc worker --nice 10 "$@" &
 WORKER=$!
 trap 'kill -INT $SERVER $WORKER 2>/dev/null || true; wait' EXIT INT TERM
 for _ in $(seq 120); do

@@ -9,17 +9,24 @@ From the shell (``scripts/postgres.sh`` uses this)::
     python -m tests.pg start DIR   # prints ``export AMC_TEST_POSTGRES_URL=...`` lines
     python -m tests.pg stop DIR
 
+In pytest, ``server_url()`` (a session fixture's body) gives ``$AMC_TEST_POSTGRES_URL``, else a
+server of its own, else skips; with ``AMC_REQUIRE_POSTGRES=1`` it fails instead of skipping.
+
 The binaries are looked up on ``PATH`` and in Debian's ``/usr/lib/postgresql/<version>/bin``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,7 +146,6 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-
 def fresh_database(url: str, name: str) -> str:
     """Create an empty database ``name`` on the server of ``url`` and return its URL (the same
     server and user): each test gets tables of its own, created by its own workers."""
@@ -153,6 +159,38 @@ def fresh_database(url: str, name: str) -> str:
     finally:
         engine.dispose()
     return sqlalchemy.engine.make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@contextmanager
+def server_url() -> Iterator[str]:
+    """A PostgreSQL URL for the tests (see the module doc); a server it started is stopped at the end."""
+    import pytest
+
+    url = os.environ.get(ENV_URL)
+    if url:
+        importlib.import_module("psycopg2")  # a URL was given: the driver must be there
+        wait_ready(url)
+        yield url
+        return
+    required = os.environ.get("AMC_REQUIRE_POSTGRES") == "1"  # CI: these tests must run, not skip
+    skip = pytest.fail if required else pytest.skip
+    if required:
+        importlib.import_module("psycopg2")  # an ImportError, not a skip
+    pytest.importorskip("psycopg2", reason="the PostgreSQL driver: pip install -e '.[dev]'")
+    if bin_dir() is None:
+        skip(f"PostgreSQL is not installed and {ENV_URL} is unset (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="amc-pg-"))  # under /tmp: the postgres user can reach it
+    try:
+        server = PgServer.start(root)
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        shutil.rmtree(root, ignore_errors=True)
+        skip(f"cannot start PostgreSQL here: {e}")
+    try:
+        wait_ready(server.url)
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import time
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,30 @@ def test_uploads_weights_only_and_bounded(service) -> None:
     assert _leftovers(config) == kept  # every refused upload left nothing behind
 
 
+@pytest.mark.parametrize("cut", ["length", "header", "data"])
+def test_truncated_safetensors_upload_is_one_clear_400(service, tmp_path: Path, cut: str) -> None:
+    from safetensors.torch import save
+
+    from amc.errors import CheckpointError
+    from amc.models import read_state_dict
+
+    client, config, alice, _ = service
+    blob = save({k: v.contiguous() for k, v in make_tiny_resnet().state_dict().items()})
+    header = 8 + int.from_bytes(blob[:8], "little")  # safetensors: u64 header length, JSON header, data
+    keep = {"length": 5, "header": header // 2, "data": header + (len(blob) - header) // 2}[cut]
+    cut_blob = blob[:keep]
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(cut_blob)
+    with pytest.raises(CheckpointError, match="corrupt, truncated"):  # not safetensors' own error
+        read_state_dict(path)
+    r = _upload(client, alice, "cut.safetensors", cut_blob, model="tests.service_models:tiny_resnet")
+    assert r.status_code == 400, r.text
+    detail = r.json()["detail"]
+    assert "cannot read checkpoint cut.safetensors: corrupt, truncated" in detail
+    assert "\n" not in detail and "Traceback" not in detail and str(config.uploads) not in detail
+    assert _leftovers(config) == []  # nothing half-written stays behind
+
+
 def test_paths_cannot_leave_the_run_folder(service) -> None:
     client, config, alice, _ = service
     job = client.post("/api/v1/jobs", json=QUICK, headers=alice).json()
@@ -186,3 +211,30 @@ def test_progress_messages_become_stages() -> None:
     assert p.stage == "finetune"
     p.update("finetune: 80.00% -> 85.00% in 1.0 s")
     assert p.stage == "export"
+
+
+def test_a_revoked_token_stops_working_within_the_token_cache_time(service) -> None:
+    client, config, alice, bob = service
+    assert client.get("/api/v1/me", headers=alice).json() == {"user": "alice"}  # read, then cached
+    store = client.app.state.store
+    tid = next(t["id"] for t in store.list_tokens() if t["user"] == "alice")
+    assert store.revoke_token(tid)  # as `amc token revoke` does, from another process
+    time.sleep(config.token_cache_s + 0.1)
+    r = client.get("/api/v1/me", headers=alice)
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    assert client.get("/api/v1/me", headers=bob).json() == {"user": "bob"}  # the others still work
+
+
+def test_token_cache_keeps_valid_tokens_only_for_its_time() -> None:
+    from amc.service.auth import TokenCache
+
+    off = TokenCache(0)
+    off.put("amc_x", "alice")
+    assert off.get("amc_x") is None  # ttl 0: every request reads the table
+    cache = TokenCache(0.2)
+    assert cache.get("amc_x") is None
+    cache.put("amc_x", "alice")
+    assert cache.get("amc_x") == "alice" and cache.get("amc_y") is None
+    time.sleep(0.25)
+    assert cache.get("amc_x") is None
+

@@ -3,7 +3,8 @@
 A tiny job (a width-8/16 ResNet-8 named by reference, 512 train images, 64-image rewards, no finetune)
 is submitted with uploaded weights, polled to completion, and its recipe re-applied bit for bit; a
 worker SIGKILLed mid-search leaves the job to a second worker, which finishes the same Optuna study
-with every completed trial kept.
+with every completed trial kept; two workers on one PostgreSQL server (jobs table and huey queue)
+share the queue and run every job exactly once, even when the queue delivers a job twice.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ pytest.importorskip("fastapi")
 
 from amc.service.auth import create_token  # noqa: E402
 from amc.service.store import Store  # noqa: E402
+from tests import pg  # noqa: E402
 from tests.conftest import CIFAR  # noqa: E402
 from tests.service_models import REF, tiny_resnet  # noqa: E402
 
@@ -44,13 +47,16 @@ def free_port() -> int:
 class Service:
     """A server and its workers as subprocesses sharing one service folder (see the module doc)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, db_url: str | None = None, queue_url: str | None = None) -> None:
         self.root, self.port = root, free_port()
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "AMC_SERVICE_ROOT": str(root),
                     "AMC_SERVICE_STALE_S": "2", "AMC_SERVICE_HEARTBEAT_S": "0.5", "OMP_NUM_THREADS": "1"}
+        for name, url in (("AMC_SERVICE_DB", db_url), ("AMC_SERVICE_QUEUE", queue_url)):
+            if url:
+                self.env[name] = url
         self.procs: list[subprocess.Popen] = []
         root.mkdir(parents=True, exist_ok=True)
-        store = Store(f"sqlite:///{root / 'service.db'}")
+        store = Store(db_url or f"sqlite:///{root / 'service.db'}")
         self.token = create_token(store, "alice")[1]
         store.engine.dispose()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -192,4 +198,63 @@ def test_cancel_a_running_job(service: Service) -> None:
             time.sleep(0.2)
         assert c.get(f"/api/v1/jobs/{jid}").json()["progress"]["done"] < 200
 
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    with pg.server_url() as url:
+        yield url
+
+
+def worker_lines(root: Path, what: str) -> list[str]:
+    """The job ids of the workers' "job ID: <what>" log lines, all workers together."""
+    ids = []
+    for log in sorted(root.glob("worker-*.log")):
+        for line in log.read_text().splitlines():
+            rest = line.partition(" amc.worker INFO job ")[2]
+            if rest and rest.split(": ", 1)[1].startswith(what):
+                ids.append(rest.split(":", 1)[0])
+    return ids
+
+
+def test_two_workers_share_a_postgres_queue_and_run_each_job_once(pg_url: str, tmp_path: Path) -> None:
+    from amc.service.queue import JobQueue
+
+    n = 4
+    url = pg.fresh_database(pg_url, f"amc_svc_{os.getpid()}")  # jobs, tokens and huey's tables, empty
+    svc = Service(tmp_path / "svc", db_url=url, queue_url=url)
+    svc.env.update(AMC_SERVICE_STALE_S="120", AMC_SERVICE_HEARTBEAT_S="1")  # no recovery sweep requeues here
+    svc.serve()
+    try:
+        for name in ("w0", "w1"):
+            svc.start("worker", "--device", "cpu", "--name", name)
+        t0 = time.time()  # both consumers up before the jobs go in, so that both can take some
+        while not all("amc worker" in (svc.root / f"worker-{i}.log").read_text() for i in (1, 2)):
+            assert time.time() - t0 < 90, "workers did not start"
+            assert all(p.poll() is None for p in svc.procs), "a process died"
+            time.sleep(0.3)
+        spec = {"method": "sensitivity", "episodes": 1, "onnx": False, "latency_runs": 1}
+        with svc.client() as c:
+            ids = [submit(c, tiny_weights(), **spec)["id"] for _ in range(n)]
+            queue = JobQueue(url)
+            for jid in ids:  # each job delivered a second time, as a recovery sweep racing a live worker would
+                queue.submit(jid)
+            t0 = time.time()
+            while True:
+                jobs = {j["id"]: j for j in c.get("/api/v1/jobs").json()}
+                skipped = worker_lines(svc.root, "skipped")
+                if all(jobs[j]["state"] == "done" for j in ids) and len(skipped) == n and queue.pending() == 0:
+                    break
+                assert not [j for j in ids if jobs[j]["state"] in ("failed", "cancelled")], jobs
+                assert time.time() - t0 < 240, f"not all done: {[j['state'] for j in jobs.values()]}"
+                time.sleep(0.5)
+            queue.huey.storage.close()
+    finally:
+        svc.stop()
+    claimed = worker_lines(svc.root, "claimed")
+    assert sorted(claimed) == sorted(ids)  # every job ran, and once: one claim each over both workers
+    assert sorted(skipped) == sorted(ids)  # every second delivery arrived and was refused
+    assert all(jobs[j]["attempts"] == 1 for j in ids)
+    assert {jobs[j]["worker"] for j in ids} == {"w0", "w1"}  # the queue was shared: both took jobs
+    for jid in ids:
+        assert (svc.root / "runs" / jid / "recipe.yaml").is_file()
 

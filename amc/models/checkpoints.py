@@ -47,6 +47,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint path is a directory: {path}")
     if zipfile.is_zipfile(path):
         _verify_zip_crc(path)
+    from safetensors import SafetensorError  # a truncated or garbled .safetensors raises this, not OSError
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -54,8 +56,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             sd = load_file(str(path))
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError,
-            KeyError, AttributeError, TypeError, IndexError) as e:
+    except (pickle.UnpicklingError, zipfile.BadZipFile, SafetensorError, RuntimeError, EOFError, OSError,
+            ValueError, KeyError, AttributeError, TypeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"cannot read checkpoint {path}: corrupt, truncated or not a weights file ({first[:160]})"

@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from amc import __version__
 from amc.errors import AmcError
 from amc.service.api import files, health, jobs, registry, uploads
+from amc.service.auth import TokenCache
 from amc.service.config import ServiceConfig
 from amc.service.queue import JobQueue
 from amc.service.store import Store
@@ -41,6 +42,7 @@ def create_app(config: ServiceConfig, store: Store | None = None, queue: JobQueu
     app.state.config = config
     app.state.store = store or Store(config.database)
     app.state.queue = queue or JobQueue(config.queue)
+    app.state.tokens = TokenCache(config.token_cache_s)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -29,6 +29,7 @@ class ServiceConfig:
     max_upload_bytes: int = 256 * MiB  # weights uploads larger than this are refused (413)
     heartbeat_s: float = 5.0  # a worker running a job writes a heartbeat this often
     stale_s: float = 60.0  # a running job with no heartbeat for this long belongs to a dead worker
+    token_cache_s: float = 2.0  # the server trusts a token it has read for this long (a revoke waits as long)
     checkpoints: Path = field(default_factory=_default_checkpoints)  # registered checkpoints: <name>.pt
     datasets: dict[str, Path] = field(default_factory=lambda: {"cifar10": DEFAULT_DATA})
     device: str | None = None  # the workers' device (None: CUDA when present)
@@ -58,7 +59,8 @@ class ServiceConfig:
     @classmethod
     def from_env(cls, **overrides: object) -> ServiceConfig:
         """``AMC_SERVICE_ROOT``, ``AMC_SERVICE_DB``, ``AMC_SERVICE_QUEUE``, ``AMC_SERVICE_STALE_S``,
-        ``AMC_SERVICE_HEARTBEAT_S``, ``AMC_SERVICE_MAX_UPLOAD``; explicit ``overrides`` (not None) win."""
+        ``AMC_SERVICE_HEARTBEAT_S``, ``AMC_SERVICE_TOKEN_CACHE_S``, ``AMC_SERVICE_MAX_UPLOAD``; explicit
+        ``overrides`` (not None) win."""
         env = os.environ
         values: dict[str, object] = {}
         if "AMC_SERVICE_ROOT" in env:
@@ -66,7 +68,8 @@ class ServiceConfig:
         for key, name in (("db_url", "AMC_SERVICE_DB"), ("queue_url", "AMC_SERVICE_QUEUE")):
             if env.get(name):
                 values[key] = env[name]
-        for key, name in (("stale_s", "AMC_SERVICE_STALE_S"), ("heartbeat_s", "AMC_SERVICE_HEARTBEAT_S")):
+        for key, name in (("stale_s", "AMC_SERVICE_STALE_S"), ("heartbeat_s", "AMC_SERVICE_HEARTBEAT_S"),
+                          ("token_cache_s", "AMC_SERVICE_TOKEN_CACHE_S")):
             if name in env:
                 values[key] = float(env[name])
         if "AMC_SERVICE_MAX_UPLOAD" in env:

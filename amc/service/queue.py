@@ -31,10 +31,11 @@ def make_huey(url: str) -> Huey:
         from huey import RedisHuey
 
         return RedisHuey(NAME, url=url, results=False)
-    if url.startswith(("postgres://", "postgresql://")):
+    if url.startswith(("postgres://", "postgresql://", "postgresql+psycopg2://")):
         from huey.contrib.sql_huey import SqlHuey
 
-        return SqlHuey(NAME, database=url.replace("postgresql+psycopg2://", "postgresql://"), results=False)
+        # peewee's URL, over psycopg2: the jobs table's SQLAlchemy URL (postgresql+psycopg2://) works too
+        return SqlHuey(NAME, database="postgresql://" + url.split("://", 1)[1], results=False)
     raise AmcError(f"queue must be sqlite:///FILE, redis://HOST:PORT/DB or postgresql://..., got {url!r}")
 
 

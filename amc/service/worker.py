@@ -134,10 +134,14 @@ class Worker:
         return self._data[key]
 
     def execute(self, jid: str) -> None:
-        if not self.store.claim(jid, self.name):
-            return  # cancelled while queued, or another worker has it
+        if not self.store.claim(jid, self.name):  # cancelled while queued, or delivered twice
+            other = self.store.get(jid)
+            log.info("job %s: skipped (%s, worker %s)", jid, other.state if other else "gone",
+                     other.worker if other else None)
+            return
         job = self.store.get(jid)
         assert job is not None
+        log.info("job %s: claimed (attempt %d)", jid, job.attempts)
         run_dir = self.config.runs / jid
         run_dir.mkdir(parents=True, exist_ok=True)
         tracker = ProgressTracker(stage="data")
@@ -188,6 +192,7 @@ class Worker:
         finally:
             stop.set()
             hb.join(timeout=5)
+            log.info("job %s: attempt %d over", jid, job.attempts)
 
 
 def _json(obj: Any) -> str:

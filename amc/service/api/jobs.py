@@ -98,7 +98,7 @@ def list_jobs(store: StoreDep, user: User, limit: int = 100) -> list[JobOut]:
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job: Job) -> JobOut:
+async def get_job(job: Job) -> JobOut:  # no I/O left once the job is read: no thread-pool hop
     return job_out(job)
 
 
