@@ -7,7 +7,8 @@ The public API (see ``amc/api.py`` and the README's "Python API"):
 - ``amc.inspect_model(model, example_inputs)``: which layers can be pruned and which are held, and why.
 - ``amc.prune_to_budget(model, example_inputs, "macs=0.5")``: a data-free one-shot channel pruner.
 - The pieces for driving a search yourself: ``Evaluator`` / ``EvalConfig`` (pruner + recovery + score),
-  ``amc.data`` (``open_data``, ``splits_from_torch``), ``amc.models.resolve_model``.
+  ``make_searcher(method, evaluator, SearchSpec(...), run_dir) -> Searcher`` (``propose`` / ``observe`` /
+  ``run`` -> ``SearchResult``), ``amc.data`` (``open_data``, ``splits_from_torch``), ``amc.models.resolve_model``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ _EXPORTS = {
     "Recipe": "amc.recipe", "load_recipe": "amc.recipe", "apply_recipe": "amc.recipe",
     "Budget": "amc.budget",
     "Evaluator": "amc.evaluator", "EvalConfig": "amc.evaluator",
+    "make_searcher": "amc.search.registry", "SearchSpec": "amc.search.registry",
+    "Searcher": "amc.search.base", "SearchResult": "amc.search.base",
     "inspect_model": "amc.inspect", "Prunability": "amc.inspect",
     "prune_to_budget": "amc.pruners.oneshot",
     "resolve_model": "amc.models",
@@ -30,8 +33,8 @@ _EXPORTS = {
 }
 __all__ = [
     "AmcError", "Budget", "CompressConfig", "CompressResult", "EvalConfig", "Evaluator", "Prunability", "Recipe",
-    "__version__", "apply_recipe", "compress", "inspect_model", "load_recipe", "open_dataset", "open_model",
-    "prune_to_budget", "resolve_model",
+    "SearchResult", "SearchSpec", "Searcher", "__version__", "apply_recipe", "compress", "inspect_model",
+    "load_recipe", "make_searcher", "open_dataset", "open_model", "prune_to_budget", "resolve_model",
 ]
 
 if TYPE_CHECKING:
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
     from amc.pipeline import CompressConfig, CompressResult
     from amc.pruners.oneshot import prune_to_budget
     from amc.recipe import Recipe, apply_recipe, load_recipe
+    from amc.search.base import Searcher, SearchResult
+    from amc.search.registry import SearchSpec, make_searcher
 
 
 def __getattr__(name: str) -> Any:

@@ -28,8 +28,8 @@ from torch import nn
 
 from amc.errors import BudgetError, PolicyError
 from amc.layers import LayerInfo, count_params
+from amc.policy import Policy
 
-Policy = dict[str, float]
 Bounds = dict[str, tuple[float, float]]  # layer -> (lower, upper) ratio
 
 BUDGET_KINDS = ("size", "macs", "params", "latency")

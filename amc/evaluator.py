@@ -404,18 +404,14 @@ class Evaluator:
                     on_point: Callable[[str, float, float], None] | None = None) -> pd.DataFrame:
         """Accuracy with one layer at a time pruned to each ratio (others dense), scored the
         evaluator's way; columns layer, ratio, accuracy (a ratio-0 row per layer)."""
-        base = self.evaluate({}).accuracy
-        rows = []
-        for n in self.names:
-            rows.append({"layer": n, "ratio": 0.0, "accuracy": base})
-            lo, hi = self.bounds[n]
-            for r in ratios:
-                r = min(max(float(r), lo), hi)
-                acc = self.evaluate({n: r}).accuracy
-                rows.append({"layer": n, "ratio": r, "accuracy": acc})
-                if on_point is not None:
-                    on_point(n, r, acc)
-        return pd.DataFrame(rows)
+        from amc.sensitivity import scan_each
+
+        def at(name: str, r: float) -> dict[str, float]:
+            lo, hi = self.bounds[name]
+            r = min(max(r, lo), hi)
+            return {"ratio": r, "accuracy": self.evaluate({name: r}).accuracy}
+
+        return scan_each(self.names, ratios, at, {"accuracy": self.evaluate({}).accuracy}, on_point)
 
     def sensitivity_policy(self, curves: pd.DataFrame | None = None) -> Policy:
         """The sensitivity-picked policy: for fine-grained pruning under a size budget the lab's

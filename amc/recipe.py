@@ -45,13 +45,14 @@ import hashlib
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from amc.budget import Budget
@@ -400,130 +401,165 @@ def save_recipe(recipe: Recipe, path: str | os.PathLike) -> Path:
     return path
 
 
-class _Reader:
-    """Strict field access on one YAML mapping, naming the place of every problem."""
-
-    def __init__(self, d: Any, where: str):
-        if not isinstance(d, dict):
-            raise RecipeError(f"{where} must be a mapping, got {type(d).__name__}")
-        self.d, self.where = d, where
-        self.used: set[str] = set()
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., nullable: bool = False) -> Any:
-        self.used.add(key)
-        if key not in self.d:
-            if default is ...:
-                raise RecipeError(f"{self.where}: missing field {key!r}")
-            return default
-        v = self.d[key]
-        if v is None and (nullable or default is None):
-            return None
-        if kind is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if (isinstance(v, bool) and bool not in kinds) or not isinstance(v, kinds):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise RecipeError(f"{self.where}.{key} must be {names}, got {v!r}")
-        return v
-
-    def sub(self, key: str, default: Any = ...) -> _Reader | None:
-        self.used.add(key)
-        if key not in self.d:
-            if default is ...:
-                raise RecipeError(f"{self.where}: missing field {key!r}")
-            return default
-        if self.d[key] is None:
-            return None
-        return _Reader(self.d[key], f"{self.where}.{key}")
-
-    def done(self) -> None:
-        extra = [k for k in self.d if k not in self.used]
-        if extra:
-            raise RecipeError(f"{self.where}: unknown field {extra[0]!r} (known: {', '.join(sorted(self.used))})")
+# -- reading: the file's schema as pydantic models (strict types, no unknown fields) -------------------
 
 
-def _ints(v: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
-        raise RecipeError(f"{where} must be a list of integers")
-    return tuple(v)
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _ModelFile(_Strict):
+    arch: str
+    checkpoint_sha256: str | None = None  # required in version 1 (checked below)
+    num_classes: int = 10
+    input_shape: list[int] = [1, 3, 32, 32]
+
+
+class _LayerFile(_Strict):
+    name: str
+    ratio: float
+    mask_sha256: str | None = None
+    kept: list[int] | None = None
+
+
+class _BudgetFile(_Strict):
+    kind: str
+    fraction: float
+
+
+class _IterativeFile(_Strict):
+    kind: str
+    steps: int
+    initial: float = 0.0
+    epochs_per_step: float = 1.0
+
+
+class _FinetuneFile(_Strict):
+    epochs: float
+    lr: float
+    schedule: str = "cosine"
+    batch_size: int = 256
+    seed: int = 0
+    iterative: _IterativeFile | None = None
+    distill: float = 0.0
+
+
+class _SearchFile(_Strict):
+    method: str
+    episodes: int = 0
+    seed: int = 0
+
+
+class _MetricsFile(_Strict):
+    dense_accuracy: float | None = None
+    accuracy_before_finetune: float | None = None
+    accuracy: float | None = None
+    size_fraction: float | None = None
+    file_bytes: int | None = None
+    params: int | None = None
+    macs: int | None = None
+    macs_fraction: float | None = None
+    latency_ms: float | None = None
+    latency_speedup: float | None = None
+    latency_device: str | None = None
+
+
+class _DataFile(_Strict):
+    source: str | None = None
+    classes: list[str] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+class _RecipeFile(_Strict):
+    format_version: int
+    model: _ModelFile
+    granularity: str
+    criterion: str
+    layers: list[_LayerFile]
+    nm: list[int] | None = None
+    round_to: int | None = None
+    budget: _BudgetFile | None = None
+    finetune: _FinetuneFile | None = None
+    search: _SearchFile | None = None
+    metrics: _MetricsFile | None = None
+    data: _DataFile | None = None  # version 2
+
+
+_KINDS = {"float_type": "float", "int_type": "int", "string_type": "str", "list_type": "list",
+          "bool_type": "bool", "model_type": "a mapping", "dict_type": "a mapping"}
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "model": _ModelFile, "layers": _LayerFile, "budget": _BudgetFile, "finetune": _FinetuneFile,
+    "iterative": _IterativeFile, "search": _SearchFile, "metrics": _MetricsFile, "data": _DataFile}
+
+
+def _place(loc: tuple[int | str, ...]) -> str:
+    return "recipe" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+
+
+def _schema_error(e: ValidationError, model: type[BaseModel]) -> RecipeError:
+    """The first problem pydantic found, in the reader's words: where, and what was wrong."""
+    err = e.errors()[0]
+    loc, kind = tuple(err["loc"]), err["type"]
+    if kind == "missing":
+        return RecipeError(f"{_place(loc[:-1])}: missing field {loc[-1]!r}")
+    if kind == "extra_forbidden":
+        section = next((p for p in reversed(loc[:-1]) if isinstance(p, str)), None)
+        owner = _SECTIONS.get(section, model) if section is not None else model
+        known = ", ".join(sorted(owner.model_fields))
+        return RecipeError(f"{_place(loc[:-1])}: unknown field {loc[-1]!r} (known: {known})")
+    if kind in ("model_type", "dict_type"):
+        return RecipeError(f"{_place(loc)} must be a mapping, got {type(err['input']).__name__}")
+    if loc and isinstance(loc[-1], int):  # an item of a list
+        return RecipeError(f"{_place(loc[:-1])} must be a list of {_KINDS.get(kind, 'values of one type')}s")
+    return RecipeError(f"{_place(loc)} must be {_KINDS.get(kind, kind)}, got {err['input']!r}")
 
 
 def recipe_from_dict(d: Any) -> Recipe:
     """Parse a YAML mapping into a ``Recipe``; one ``RecipeError`` for the first problem found."""
-    r = _Reader(d, "recipe")
-    version = r.get("format_version", int)
-    if version not in READABLE_VERSIONS:
+    if not isinstance(d, dict):
+        raise RecipeError(f"recipe must be a mapping, got {type(d).__name__}")
+    version = d.get("format_version")
+    if "format_version" in d and (not isinstance(version, int) or isinstance(version, bool)
+                                  or version not in READABLE_VERSIONS):
         raise RecipeError(f"unknown recipe format_version {version!r}; this amc reads versions "
                           f"{', '.join(map(str, READABLE_VERSIONS))}")
-    m = r.sub("model")
-    assert m is not None
-    sha = m.get("checkpoint_sha256", str) if version == 1 else m.get("checkpoint_sha256", str, None)
-    model = ModelRef(m.get("arch", str), sha, m.get("num_classes", int, 10),
-                     _ints(m.get("input_shape", list, [1, 3, 32, 32]), "recipe.model.input_shape"))
-    m.done()
-    layers = []
-    raw_layers = r.get("layers", list)
-    for i, entry in enumerate(raw_layers):
-        la = _Reader(entry, f"recipe.layers[{i}]")
-        kept = la.get("kept", list, None)
-        layers.append(LayerRecipe(la.get("name", str), la.get("ratio", float), la.get("mask_sha256", str, None),
-                                  _ints(kept, f"recipe.layers[{i}].kept") if kept is not None else None))
-        la.done()
-    nm = r.get("nm", list, None)
-    budget = None
-    if (b := r.sub("budget", None)) is not None:
-        budget = Budget(b.get("kind", str), b.get("fraction", float))  # checks kind and range
-        b.done()
+    if version == 1 and "data" in d:
+        raise RecipeError("recipe: unknown field 'data' (a version 2 section; this recipe is version 1)")
+    try:
+        f = _RecipeFile.model_validate(d)
+    except ValidationError as e:
+        raise _schema_error(e, _RecipeFile) from None
+    if f.format_version == 1 and f.model.checkpoint_sha256 is None:
+        raise RecipeError("recipe.model: missing field 'checkpoint_sha256'" if "checkpoint_sha256" not in d["model"]
+                          else "recipe.model.checkpoint_sha256 must be str, got None")
+    model = ModelRef(f.model.arch, f.model.checkpoint_sha256, f.model.num_classes, tuple(f.model.input_shape))
+    layers = tuple(LayerRecipe(la.name, la.ratio, la.mask_sha256, tuple(la.kept) if la.kept is not None else None)
+                   for la in f.layers)
+    budget = Budget(f.budget.kind, f.budget.fraction) if f.budget is not None else None  # checks kind and range
     ft = FinetuneSpec()
-    if (f := r.sub("finetune", None)) is not None:
+    if (fs := f.finetune) is not None:
         iterative = None
-        if (it := f.sub("iterative", None)) is not None:
-            sched_kind = it.get("kind", str)
-            if sched_kind not in SCHEDULES:
-                raise RecipeError(f"recipe.finetune.iterative.kind {sched_kind!r} unknown; "
-                                  f"known: {', '.join(SCHEDULES)}")
+        if (it := fs.iterative) is not None:
+            if it.kind not in SCHEDULES:
+                raise RecipeError(f"recipe.finetune.iterative.kind {it.kind!r} unknown; known: {', '.join(SCHEDULES)}")
             try:
-                iterative = IterativeSchedule(sched_kind, it.get("steps", int), it.get("initial", float, 0.0),
-                                              it.get("epochs_per_step", float, 1.0))
+                iterative = IterativeSchedule(it.kind, it.steps, it.initial, it.epochs_per_step)
             except PolicyError as e:
                 raise RecipeError(f"recipe.finetune.iterative: {e}") from None
-            it.done()
-        ft = FinetuneSpec(f.get("epochs", float), f.get("lr", float), f.get("schedule", str, "cosine"),
-                          f.get("batch_size", int, 256), f.get("seed", int, 0), iterative,
-                          f.get("distill", float, 0.0))
-        f.done()
-    search = None
-    if (s := r.sub("search", None)) is not None:
-        search = SearchInfo(s.get("method", str), s.get("episodes", int, 0), s.get("seed", int, 0))
-        s.done()
-    metrics = Metrics()
-    if (mt := r.sub("metrics", None)) is not None:
-        values = {}
-        for fl in fields(Metrics):
-            kind: Any = {"file_bytes": int, "params": int, "macs": int, "latency_device": str}.get(fl.name, float)
-            values[fl.name] = mt.get(fl.name, kind, None)
-        metrics = Metrics(**values)
-        mt.done()
+        ft = FinetuneSpec(fs.epochs, fs.lr, fs.schedule, fs.batch_size, fs.seed, iterative, fs.distill)
+    search = SearchInfo(f.search.method, f.search.episodes, f.search.seed) if f.search is not None else None
+    metrics = Metrics(**f.metrics.model_dump()) if f.metrics is not None else Metrics()
     data = None
-    if version >= 2 and (dr := r.sub("data", None)) is not None:
-        def floats(key: str) -> tuple[float, ...] | None:
-            v = dr.get(key, list, None)
-            if v is not None and not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-                raise RecipeError(f"recipe.data.{key} must be a list of numbers")
-            return tuple(float(x) for x in v) if v is not None else None
-
-        classes = dr.get("classes", list, None)
-        if classes is not None and not all(isinstance(c, str) for c in classes):
-            raise RecipeError("recipe.data.classes must be a list of strings")
-        data = DataInfo(dr.get("source", str, None), tuple(classes) if classes is not None else None,
-                        floats("mean"), floats("std"))
-        dr.done()
-    recipe = Recipe(model, r.get("granularity", str), r.get("criterion", str), tuple(layers),
-                    nm=_ints(nm, "recipe.nm") if nm is not None else None,  # type: ignore[arg-type]
-                    round_to=r.get("round_to", int, None), budget=budget, finetune=ft, search=search,
-                    metrics=metrics, data=data, format_version=version)
-    r.done()
-    return recipe
+    if (dr := f.data) is not None:
+        data = DataInfo(dr.source, tuple(dr.classes) if dr.classes is not None else None,
+                        tuple(dr.mean) if dr.mean is not None else None, tuple(dr.std) if dr.std is not None else None)
+    return Recipe(model, f.granularity, f.criterion, layers,
+                  nm=tuple(f.nm) if f.nm is not None else None,  # type: ignore[arg-type]
+                  round_to=f.round_to, budget=budget, finetune=ft, search=search, metrics=metrics, data=data,
+                  format_version=f.format_version)
 
 
 def load_recipe(path: str | os.PathLike, checkpoint: str | os.PathLike | None = None,

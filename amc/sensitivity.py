@@ -1,5 +1,6 @@
 """Sensitivity scans and a policy picker that meets a size target from the curves.
 
+``scan_each`` is the one sensitivity loop (each layer alone at each ratio; the evaluator's scan uses it too);
 ``scan`` prunes one layer at a time (all others dense), scores the model, and restores the layer.
 ``finegrained_scan`` is that scan with magnitude pruning and held-out accuracy: the seed lab's
 sensitivity scan. ``pick_policy`` chooses a sparsity per layer so that the whole model meets a
@@ -52,18 +53,38 @@ def scan(
     """For each layer alone and each ratio: ``apply_fn(model, name, ratio)``, ``score_fn(model)``
     (a dict of metrics, ``accuracy`` among them), then restore the layer's tensors. Returns columns
     ``layer, ratio`` and the metrics; ratio-0 rows hold the unpruned scores (measured once)."""
-    base = score_fn(model)
+
+    def at(name: str, r: float) -> dict[str, float]:
+        saved = _snapshot(model, name)
+        apply_fn(model, name, r)
+        try:
+            return score_fn(model)
+        finally:
+            model.get_submodule(name).load_state_dict(saved)
+
+    return scan_each(names, ratios, at, score_fn(model), on_point)
+
+
+def scan_each(
+    names: Sequence[str],
+    ratios: Sequence[float],
+    score_at: Callable[[str, float], dict[str, float]],
+    base: dict[str, float],
+    on_point: Callable[[str, float, float], None] | None = None,
+) -> pd.DataFrame:
+    """The one sensitivity loop: ``score_at(name, ratio)`` with that layer alone at each ratio (the
+    others dense), a dict of metrics with ``accuracy`` among them (and ``ratio`` where it scored at
+    another ratio than asked, say clipped into the layer's bounds). Columns ``layer, ratio`` and the
+    metrics; a ratio-0 row per layer holds ``base`` (the dense scores, measured once)."""
     rows = []
     for name in names:
         rows.append({"layer": name, "ratio": 0.0, **base})
-        saved = _snapshot(model, name)
         for r in ratios:
-            apply_fn(model, name, float(r))
-            scores = score_fn(model)
-            model.get_submodule(name).load_state_dict(saved)
-            rows.append({"layer": name, "ratio": float(r), **scores})
+            scores = dict(score_at(name, float(r)))
+            used = float(scores.pop("ratio", r))
+            rows.append({"layer": name, "ratio": used, **scores})
             if on_point is not None:
-                on_point(name, float(r), scores["accuracy"])
+                on_point(name, used, scores["accuracy"])
     return pd.DataFrame(rows)
 
 

@@ -89,7 +89,7 @@ def run_optuna(args: argparse.Namespace) -> None:
         args.ready.touch()
     while args.go is not None and not args.go.exists():  # ... and start trials when it says so
         time.sleep(0.05)  # poll every 50 ms
-    searcher.run(on_trial)
+    searcher.run(on_trial=on_trial)
 
 
 def run_amc(args: argparse.Namespace) -> None:

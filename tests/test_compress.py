@@ -64,3 +64,25 @@ def test_bad_config():
         CompressConfig(method="magic")
     with pytest.raises(AmcError):
         CompressConfig(budget="speed=2")
+
+
+def test_final_row_shows_the_finetuned_cost_for_a_params_budget(tmp_path, tiny_splits, r20_ckpt):
+    """The report's last row ("chosen, test after finetune") carries the compressed model's own
+    params fraction, not the search's pre-finetune estimate (metrics hold <kind>_fraction for all kinds)."""
+    import pandas as pd
+
+    from amc.layers import count_params
+
+    run = tmp_path / "run"
+    res = compress(r20_ckpt, "resnet20", tiny_splits, quick(budget="params=0.6", method="sensitivity"), run)
+    dense = count_params(build_model("resnet20"))
+    measured = count_params(res.model) / dense
+    assert res.metrics["params_fraction"] == pytest.approx(measured)
+    assert measured <= 0.6
+    assert res.metrics["latency_fraction"] > 0
+    tables = [pd.read_csv(p) for p in run.glob("*.csv")]
+    rows = [t for t in tables if "method" in t and (t["method"] == "chosen, test after finetune").any()]
+    assert len(rows) == 1
+    final = rows[0][rows[0]["method"] == "chosen, test after finetune"].iloc[0]
+    assert final["budget"] == pytest.approx(measured)
+    assert final["accuracy"] == pytest.approx(res.metrics["accuracy"])

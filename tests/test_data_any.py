@@ -253,6 +253,10 @@ def test_cli_data_flags(five, tmp_path, monkeypatch):
     monkeypatch.setenv("AMC_DATA", str(five))
     assert common.default_data() == five
     monkeypatch.delenv("AMC_DATA")
-    monkeypatch.setattr(common, "DEFAULT_DATA", tmp_path / "not-installed.tar.xz")
+    import amc.paths
+
+    monkeypatch.delenv("AMC_SHARED", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ../shared beside it
+    monkeypatch.setattr(amc.paths, "_SOURCE_SHARED", tmp_path / "not-installed")
     with pytest.raises(AmcError, match="pass --data"):
         common.default_data()

@@ -394,3 +394,37 @@ def test_cli_apply_errors_are_one_line(tmp_path, fine_recipe, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("amc apply: error:") and "--force" in err and "\n" not in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("how", "words"), [
+    (lambda d: d["layers"][0].update(kept=[1, True]), "recipe.layers[0].kept must be a list of ints"),
+    (lambda d: d["model"].update(num_classes=None), "recipe.model.num_classes must be int, got None"),
+    (lambda d: d.update(model=[1]), "recipe.model must be a mapping, got list"),
+    (lambda d: d["model"].update(width=2), "recipe.model: unknown field 'width' (known: arch, checkpoint_sha256"),
+    (lambda d: d["metrics"].update(params=1.5), "recipe.metrics.params must be int, got 1.5"),
+    (lambda d: d.update(format_version="2"), "unknown recipe format_version '2'"),
+])
+def test_schema_errors_name_the_place(tmp_path, fine_recipe, how, words):
+    """The schema (pydantic, strict, no unknown fields) reports the first problem where it is."""
+    recipe, _ = fine_recipe
+    data = yaml.safe_load(save_recipe(recipe, tmp_path / "good.yaml").read_text())
+    data.setdefault("metrics", {})
+    how(data)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(tmp_path / "bad.yaml")
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_version_1_needs_its_checkpoint_hash_and_has_no_data(tmp_path, fine_recipe):
+    recipe, _ = fine_recipe
+    data = yaml.safe_load(save_recipe(recipe, tmp_path / "good.yaml").read_text())
+    data["format_version"] = 1
+    (tmp_path / "v1.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(RecipeError, match="unknown field 'data'"):
+        load_recipe(tmp_path / "v1.yaml")
+    del data["data"]
+    del data["model"]["checkpoint_sha256"]
+    (tmp_path / "v1.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(RecipeError, match="missing field 'checkpoint_sha256'"):
+        load_recipe(tmp_path / "v1.yaml")

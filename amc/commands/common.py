@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -16,20 +15,7 @@ from torch import nn
 from amc.data import DataSource, Splits, default_device, load_images, make_splits, open_data
 from amc.errors import AmcError
 from amc.models import load_model
-
-# the shared CIFAR-10 archive beside a source checkout (absent once the package is installed elsewhere)
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "cifar10-jpeg.tar.xz"
-
-
-def default_data() -> Path:
-    """``$AMC_DATA`` when set, else ``DEFAULT_DATA`` when it exists, else one clear error."""
-    env = os.environ.get("AMC_DATA")
-    if env:
-        return Path(env)
-    if DEFAULT_DATA.exists():
-        return DEFAULT_DATA
-    raise AmcError("no data given: pass --data PATH (an ImageFolder with train/ and test/, a .tar[.gz|.xz] "
-                   "of one, or a torchvision CIFAR-10 root) or set $AMC_DATA")
+from amc.paths import default_data
 
 
 def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
@@ -45,7 +31,7 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--data", default=None,
                    help="ImageFolder (train/ and test/, optionally val/; any classes and image size), a "
                         ".tar[.gz|.xz] of one, or a torchvision CIFAR-10 root "
-                        f"(default: $AMC_DATA, else {DEFAULT_DATA})")
+                        "(default: $AMC_DATA, else datasets/cifar10-jpeg.tar.xz in $AMC_SHARED or ../shared)")
     p.add_argument("--image-size", type=int, default=None,
                    help="resize every image to this many pixels square (default: the most common size)")
     p.add_argument("--val", default=None,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from amc.commands.common import add_data_args, add_model_args, load_model_arg, load_splits, progress
 from amc.errors import AmcError
+from amc.search.registry import SEARCHERS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--method", choices=("amc", "optuna"), default="amc")
+    p.add_argument("--method", choices=tuple(SEARCHERS), default="amc")
     p.add_argument("--budget", default="macs=0.5", help="KIND=FRACTION, KIND in size, macs, params, latency")
     p.add_argument("--granularity", choices=("channel", "fine"), default="channel")
     p.add_argument("--episodes", type=int, default=300, help="episodes (AMC) or completed trials (Optuna), in total")
@@ -104,10 +105,11 @@ def _heuristic_seeds(args: argparse.Namespace, model, ev) -> dict[str, dict[str,
         return {}
 
 
-def _info(best: float | None, feasible: int, done: int, t0: float, started: int) -> str:
-    rate = (done - started) / max(time.perf_counter() - t0, 1e-9)
+def _info(best: float | None, feasible: int, counted: int, ran: int, t0: float) -> str:
+    """``feasible`` of ``counted`` trials were feasible; ``ran`` trials since ``t0``."""
+    rate = ran / max(time.perf_counter() - t0, 1e-9)
     b = "-" if best is None else f"{best:.4f}"
-    return f"best {b} | feasible {feasible / max(done, 1):.0%} | {rate:.2f} ep/s"
+    return f"best {b} | feasible {feasible / max(counted, 1):.0%} | {rate:.2f} ep/s"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,58 +136,34 @@ def run(args: argparse.Namespace) -> int:
     seeds = _heuristic_seeds(args, model, ev)
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    if args.method == "amc":
-        from amc.search.agent import AgentConfig, run_agent
+    try:
+        ratios = tuple(float(x) for x in args.sens_ratios.split(",") if x.strip())
+    except ValueError:
+        raise AmcError(f"--sens-ratios must be comma-separated numbers, got {args.sens_ratios!r}") from None
+    from amc.search.base import Progress
+    from amc.search.registry import SearchSpec, make_searcher
 
-        warm = args.warmup if args.warmup is not None else max(1, args.episodes // 3)
-        cfg = AgentConfig(algo=args.algo, episodes=args.episodes, warmup_episodes=warm,
-                          checkpoint_every=args.checkpoint_every, seed=args.seed)
-        state = {"feasible": 0, "done": 0, "start": -1}
-        with progress(f"AMC {args.algo}", total=args.episodes) as advance:
-            def on_episode(row: dict, best: dict | None) -> None:
-                if state["start"] < 0:
-                    state["start"] = int(row["episode"])
-                state["done"] = row["episode"] + 1
-                state["feasible"] += bool(row["feasible"])
-                seen = state["done"] - state["start"]
-                advance(completed=state["done"], info=_info(best["reward"] if best else None,
-                                                            state["feasible"], seen, t1, 0))
+    # the first trials: the --around policy (else the uniform one), then the heuristics' policies
+    start = ({"around": reference} if reference else {"uniform": ev.uniform_policy()}) | seeds
+    spec = SearchSpec(args.episodes, args.seed, start=start, resume=not args.no_resume, options={
+        "algo": args.algo, "warmup": args.warmup, "checkpoint_every": args.checkpoint_every,  # the agent's
+        "study": args.study, "storage": args.storage, "sampler": args.sampler,  # Optuna's
+        "enqueue_sensitivity": bool(ratios), "sensitivity_ratios": ratios or (0.5,)})
+    searcher = make_searcher(args.method, ev, spec, out)
+    with progress(f"search ({args.method})", total=args.episodes) as advance:
+        def on_progress(p: Progress) -> None:
+            advance(completed=p.done, info=_info(p.best_reward, p.feasible, p.counted, p.done - p.resumed_from, t1))
 
-            res = run_agent(ev, cfg, out, on_episode=on_episode, resume=not args.no_resume,
-                            seed_policies=[reference or ev.uniform_policy(), *seeds.values()])  # warm-up
-        frame, best_policy, best = res.episodes, res.best_policy, res.best_result
-    else:
-        from amc.search.optuna import OptunaConfig, OptunaSearcher
+        res = searcher.run(progress=on_progress)
+    frame, best_policy, best = res.trials, res.best_policy, res.best_result
+    from amc.io import atomic_path, atomic_write_text
+    from amc.policy import save_policy_file
 
-        try:
-            ratios = tuple(float(x) for x in args.sens_ratios.split(",") if x.strip())
-        except ValueError:
-            raise AmcError(f"--sens-ratios must be comma-separated numbers, got {args.sens_ratios!r}") from None
-        ocfg = OptunaConfig(study=args.study, storage=args.storage, sampler=args.sampler, seed=args.seed,
-                            n_trials=args.episodes, enqueue_sensitivity=bool(ratios),
-                            sensitivity_ratios=ratios or (0.5,))
-        extra = ({"around": reference} if reference else {}) | seeds
-        searcher = OptunaSearcher(ev, ocfg, out, extra_policies=extra or None)
-        before = searcher.completed()
-        with progress(f"Optuna {args.sampler}", total=args.episodes) as advance:
-            def on_trial(trial, completed: int) -> None:
-                b, _ = searcher.best()
-                feas = len(searcher._feasible())
-                best_r = None if b is None else searcher.best()[1].reward  # type: ignore[union-attr]
-                advance(completed=completed, info=_info(best_r, feas, completed, t1, before))
-
-            advance(completed=before)
-            ores = searcher.run(on_trial=on_trial)
-        frame, best_policy, best = ores.trials, ores.best_policy, ores.best_result
-        from amc.io import atomic_path
-
-        with atomic_path(out / "episodes.csv") as tmp:
-            frame.to_csv(tmp, index=False)
+    with atomic_path(out / "episodes.csv") as tmp:  # one row per episode / trial (the agent's as it wrote it)
+        frame.to_csv(tmp, index=False)
     search_s = time.perf_counter() - t1
     if best_policy is None or best is None:
         raise AmcError("the search found no feasible policy; raise --upper or the budget")
-    from amc.io import atomic_path, atomic_write_text
-    from amc.policy import save_policy_file
 
     reranked = None
     # a reward on every held-out image after BN recalibration is exact: re-scoring would repeat it

@@ -52,8 +52,8 @@ from amc.layers import (
     layer_table,
     prunable_names,
 )
+from amc.policy import Policy, check_policy
 
-Policy = dict[str, float]
 Counts = dict[str, int]  # group root -> output channels kept
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -791,23 +791,8 @@ class ChannelPlan:
 
 
 def validate_channel_policy(table: ChannelTable, policy: Mapping[str, float]) -> Policy:
-    """Names must be conv/linear layers of the model, ratios numbers in [0, 1)."""
-    known = set(table.names)
-    unknown = [k for k in policy if k not in known]
-    if unknown:
-        raise PolicyError(
-            f"policy names layers not in the model: {', '.join(map(str, unknown[:5]))} (prunable layers: "
-            f"{', '.join(table.names[:8])}{', ...' if len(table.names) > 8 else ''})")
-    out: Policy = {}
-    for k, v in policy.items():
-        try:
-            r = float(v)
-        except (TypeError, ValueError):
-            raise PolicyError(f"ratio for {k} is not a number: {v!r}") from None
-        if not 0.0 <= r < 1.0 or math.isnan(r):
-            raise PolicyError(f"ratio for {k} is {r}, outside [0, 1): it is the fraction of output channels to remove")
-        out[k] = r
-    return out
+    """Names must be conv/linear layers of the model, ratios numbers in [0, 1) (``check_policy``)."""
+    return check_policy(policy, list(table.names), meaning="it is the fraction of output channels to remove")
 
 
 def group_ratios(table: ChannelTable, policy: Mapping[str, float]) -> tuple[dict[str, float], list[str]]:

@@ -14,30 +14,14 @@ from torch import nn
 
 from amc.errors import PolicyError
 from amc.layers import count_params, layer_weight, prunable_names
+from amc.policy import Policy, check_policy
 from amc.train import Masks, apply_masks
-
-Policy = dict[str, float]
 
 
 def validate_policy(model: nn.Module, policy: Mapping[str, float], upper: float = 1.0,
                     inclusive_upper: bool = False) -> Policy:
-    """Check names against the model's prunable layers and ratios against [0, upper)."""
-    names = set(prunable_names(model))
-    unknown = [k for k in policy if k not in names]
-    if unknown:
-        raise PolicyError(f"policy names layers not in the model: {', '.join(unknown[:5])}"
-                          f" (prunable layers: {', '.join(sorted(names)[:8])}{', ...' if len(names) > 8 else ''})")
-    out = {}
-    for k, v in policy.items():
-        try:
-            r = float(v)
-        except (TypeError, ValueError):
-            raise PolicyError(f"ratio for {k} is not a number: {v!r}") from None
-        ok = 0.0 <= r <= upper if inclusive_upper else 0.0 <= r < upper
-        if not ok:
-            raise PolicyError(f"ratio for {k} is {r}, outside [0, {upper}{']' if inclusive_upper else ')'}")
-        out[k] = r
-    return out
+    """Check names against the model's prunable layers and ratios against [0, upper) (``check_policy``)."""
+    return check_policy(policy, sorted(prunable_names(model)), upper, inclusive_upper)
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:

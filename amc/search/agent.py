@@ -12,9 +12,10 @@ sensitivity-picked policies, say) are played as the first warm-up episodes, as O
 them as its first trials; and each episode's policy is filled to spend the whole budget
 (``AgentConfig.fill_budget``, ``Projector.fill``), since AMC's projection only ever raises ratios.
 
-Lifecycle: ``AgentConfig(...)`` -> ``run_agent(evaluator, config, run_dir)`` -> ``AgentResult``;
-or, with the searcher interface the Optuna searcher shares, ``AmcSearcher(evaluator, config)`` ->
-``propose() -> Policy`` -> ``evaluator.evaluate`` -> ``observe(policy, result)``, repeated.
+Lifecycle: ``AgentConfig(...)`` -> ``run_agent(evaluator, config, run_dir)`` -> ``SearchResult``;
+or, with the searcher interface the Optuna searcher shares, ``AmcSearcher(evaluator, config, run_dir=...)``
+-> ``run(progress)`` (the same as ``run_agent``), or ``propose() -> Policy`` -> ``evaluator.evaluate``
+-> ``observe(policy, result)``, repeated (ask and tell: no checkpoints).
 Inside: the env is wrapped in ``RewardBaseline``; ``SearchLogger`` (an SB3 callback) logs every
 episode to ``run_dir/episodes.csv`` (atomic), tracks the best feasible policy, and every
 ``checkpoint_every`` episodes saves the agent (``agent.zip``), its replay buffer (``replay.pkl``)
@@ -29,9 +30,8 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -44,7 +44,7 @@ from amc.budget import Policy
 from amc.errors import AmcError, CheckpointError
 from amc.evaluator import Evaluator, Result
 from amc.io import atomic_path, atomic_write_text
-from amc.search.base import Proposals
+from amc.search.base import Progress, Proposals, Searcher, SearchResult
 from amc.search.env import PruningEnv
 
 CREDITS = ("final", "td")
@@ -220,15 +220,7 @@ class RewardBaseline(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-@dataclass
-class AgentResult:
-    best_policy: Policy | None
-    best_result: Result | None
-    episodes: pd.DataFrame
-    seconds: float
-    resumed_from: int = 0  # episodes already done when this run started
-    extra: dict[str, Any] = field(default_factory=dict)
-    agent: Any = None  # the trained SB3 model (actor, critic, replay buffer)
+AgentResult = SearchResult  # the one result type of every searcher (``episodes`` = ``trials``)
 
 
 class SearchLogger(BaseCallback):
@@ -303,18 +295,21 @@ def _make_model(config: AgentConfig, env: gym.Env, n_layers: int, noise: ActionN
     return model
 
 
-class AmcSearcher:
+class AmcSearcher(Searcher):
     """The AMC agent behind the searcher interface: ``propose()`` rolls the actor (random actions
     during the warm-up, then actor + decaying noise) over the layers and returns the projected
     policy; ``observe(policy, result)`` stores the episode's transitions with the baseline-shifted
     reward in the replay buffer and, after the warm-up, takes one gradient step per transition.
-    The same agent, settings and networks as ``run_agent``; no checkpoints (use ``run_agent``)."""
+    The same agent, settings and networks as ``run_agent``; no checkpoints. ``run(progress)`` is
+    ``run_agent`` on ``run_dir`` (checkpointed, resumed; its own agent, not the ask/tell one)."""
 
     def __init__(self, evaluator: Evaluator, config: AgentConfig = AgentConfig(),
-                 seed_policies: Sequence[Mapping[str, float]] = ()) -> None:
+                 seed_policies: Sequence[Mapping[str, float]] = (), run_dir: str | Path | None = None,
+                 resume: bool = True) -> None:
         from stable_baselines3.common.logger import configure
 
-        self.config = config
+        self.evaluator, self.config = evaluator, config
+        self.seed_policies, self.run_dir, self.resume = list(seed_policies), run_dir, resume
         self.env = PruningEnv(evaluator, evaluate=False, fill=config.fill_budget)
         self.n_layers = len(self.env.names)
         self.noise = DecayingTruncatedNormal(config.sigma, config.sigma_decay, config.warmup_episodes,
@@ -362,6 +357,24 @@ class AmcSearcher:
         if self.episodes > self.config.warmup_episodes:
             self.model.train(gradient_steps=len(steps), batch_size=self.config.batch_size)
 
+    def run(self, progress: Callable[[Progress], None] | None = None,
+            on_episode: Callable[[dict, dict | None], None] | None = None) -> SearchResult:
+        seen = {"first": -1, "feasible": 0}
+
+        def each(row: dict, best: dict | None) -> None:
+            if on_episode is not None:
+                on_episode(row, best)
+            if progress is not None:
+                if seen["first"] < 0:
+                    seen["first"] = int(row["episode"])
+                seen["feasible"] += bool(row["feasible"])  # this run's (earlier ones are not re-read)
+                done = int(row["episode"]) + 1
+                progress(Progress(done, self.config.episodes, seen["feasible"], done - seen["first"],
+                                  None if best is None else float(best["reward"]), seen["first"]))
+
+        return run_agent(self.evaluator, self.config, self.run_dir, on_episode=each, resume=self.resume,
+                         seed_policies=self.seed_policies)
+
 
 def _demo_actions(env: PruningEnv, policies: Sequence[Mapping[str, float]], warmup: int) -> list[np.ndarray]:
     """The per-step actions that play ``policies`` as episodes, as many as fit in the warm-up."""
@@ -393,7 +406,7 @@ def _own_file(run: Path, name: str) -> Path:
 
 def run_agent(evaluator: Evaluator, config: AgentConfig = AgentConfig(), run_dir: str | Path | None = None,
               on_episode: Callable[[dict, dict | None], None] | None = None, resume: bool = True,
-              seed_policies: Sequence[Mapping[str, float]] = ()) -> AgentResult:
+              seed_policies: Sequence[Mapping[str, float]] = ()) -> SearchResult:
     """Search with the AMC agent until ``config.episodes`` episodes are done in total.
     ``seed_policies`` (for instance the uniform and the sensitivity-picked policies) are played as
     the first warm-up episodes, so the agent's replay buffer and its best policy start from them;
@@ -445,5 +458,5 @@ def run_agent(evaluator: Evaluator, config: AgentConfig = AgentConfig(), run_dir
     best_result = logger.best_result
     if best_result is None and logger.best is not None:
         best_result = _result_from_row(logger.best[2])
-    return AgentResult(None if logger.best is None else logger.best[1], best_result, logger.frame(),
-                       time.perf_counter() - t0, done, {"config": asdict(config)}, model)
+    return SearchResult(None if logger.best is None else logger.best[1], best_result, logger.frame(),
+                        time.perf_counter() - t0, done, extra={"config": asdict(config)}, agent=model)

@@ -1,18 +1,21 @@
-"""What both searchers share: the ask/tell bookkeeping of the searcher interface.
+"""What every searcher shares: the interface, the one result type, the ask/tell bookkeeping, re-ranking.
 
-A searcher is ``propose() -> Policy`` then, once the evaluator has scored it,
-``observe(policy, result)`` (the AMC agent in ``amc.search.agent``, Optuna in ``amc.search.optuna``).
-``Proposals`` remembers what each handed-out policy needs back at ``observe`` time (the agent's
-transitions, Optuna's trial), matched by the policy itself, first in first out. ``rerank`` makes
-the final choice among a search's best few on a larger evaluation (see below).
+A searcher (``Searcher``) is ``propose() -> Policy`` then, once the evaluator has scored it,
+``observe(policy, result)``; ``run(progress)`` drives a whole search to its number of trials and
+returns a ``SearchResult`` (the AMC agent in ``amc.search.agent``, Optuna in ``amc.search.optuna``;
+``amc.search.registry`` builds one by method name). ``Proposals`` remembers what each handed-out
+policy needs back at ``observe`` time (the agent's transitions, Optuna's trial), matched by the
+policy itself, first in first out. ``rerank`` makes the final choice among a search's best few on a
+larger evaluation (see below).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Generic, TypeVar
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pandas as pd
 
@@ -23,6 +26,60 @@ if TYPE_CHECKING:
     from amc.evaluator import Evaluator, Result
 
 T = TypeVar("T")
+
+
+@dataclass
+class SearchResult:
+    """What a search found: the best feasible policy and its result (None when none was feasible),
+    one row per trial / episode (``reward``, ``feasible``, ``r:<layer>`` columns among others), the
+    seconds this run took and the trials already done when it started (a resumed search)."""
+
+    best_policy: Policy | None
+    best_result: Result | None
+    trials: pd.DataFrame
+    seconds: float
+    resumed_from: int = 0
+    pareto: list[Result] = field(default_factory=list)  # feasible results no other beats on accuracy and cost
+    extra: dict[str, Any] = field(default_factory=dict)  # the searcher's settings
+    agent: Any = None  # the AMC agent's trained SB3 model (actor, critic, replay buffer)
+
+    @property
+    def episodes(self) -> pd.DataFrame:
+        """``trials`` by the AMC agent's word."""
+        return self.trials
+
+    @property
+    def completed_before(self) -> int:
+        """``resumed_from`` by Optuna's word (complete trials in the study before this run)."""
+        return self.resumed_from
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a running search, for a progress display: trials done in total (``resumed_from``
+    of them before this run), ``feasible`` of the last ``counted`` trials were feasible, the best
+    reward so far."""
+
+    done: int
+    total: int
+    feasible: int
+    counted: int
+    best_reward: float | None
+    resumed_from: int = 0
+
+
+class Searcher(ABC):
+    """propose / observe (ask and tell, for a caller that evaluates itself) and ``run`` (the whole
+    search against the searcher's own evaluator, resuming what its run folder or study holds)."""
+
+    @abstractmethod
+    def propose(self) -> Policy: ...
+
+    @abstractmethod
+    def observe(self, policy: Policy, result: Result) -> None: ...
+
+    @abstractmethod
+    def run(self, progress: Callable[[Progress], None] | None = None) -> SearchResult: ...
 
 
 def policy_key(policy: Mapping[str, float]) -> tuple:

@@ -30,7 +30,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import optuna
@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from amc.budget import Policy
 from amc.errors import AmcError
 from amc.evaluator import Evaluator, Result
-from amc.search.base import Proposals
+from amc.search.base import Progress, Proposals, Searcher, SearchResult
 
 SAMPLERS = ("tpe", "nsga2", "random")
 HEARTBEAT_S = 60  # a live worker writes a heartbeat every minute
@@ -118,17 +118,10 @@ def make_storage(url: str | None, config: OptunaConfig) -> optuna.storages.BaseS
     raise AssertionError("unreachable")
 
 
-@dataclass
-class OptunaResult:
-    best_policy: Policy | None
-    best_result: Result | None
-    trials: pd.DataFrame
-    pareto: list[Result]
-    seconds: float
-    completed_before: int
+OptunaResult = SearchResult  # the one result type of every searcher (``completed_before`` = ``resumed_from``)
 
 
-class OptunaSearcher:
+class OptunaSearcher(Searcher):
     """Searcher over ``evaluator`` backed by an Optuna study (see the module doc)."""
 
     def __init__(self, evaluator: Evaluator, config: OptunaConfig = OptunaConfig(),
@@ -269,7 +262,8 @@ class OptunaSearcher:
         ahead = [t for t in self._in_flight() if t.number < trial.number]
         return self.completed() + len(ahead) >= self.config.n_trials
 
-    def run(self, on_trial: Callable[[FrozenTrial, int], None] | None = None) -> OptunaResult:
+    def run(self, progress: Callable[[Progress], None] | None = None,
+            on_trial: Callable[[FrozenTrial, int], None] | None = None) -> SearchResult:
         """Optimise until the study holds ``n_trials`` COMPLETE trials (over all runs and workers).
 
         One trial per ``study.optimize`` call: a worker starts a trial only while the trials done
@@ -281,6 +275,8 @@ class OptunaSearcher:
         callbacks: list = [MaxTrialsCallback(self.config.n_trials, states=(TrialState.COMPLETE,))]
         if on_trial is not None:
             callbacks.append(lambda study, trial: on_trial(trial, self.completed()))
+        if progress is not None:
+            callbacks.append(lambda study, trial: progress(self._progress(before)))
         started, waited = 0, 0.0
         # each unfinished slot may take a few tries: failed or surplus trials do not count
         while (done := self.completed()) < self.config.n_trials and started < TRIES * self.config.n_trials:
@@ -296,7 +292,14 @@ class OptunaSearcher:
                 continue
             started, waited = started + 1, 0.0
             self.study.optimize(self.objective, n_trials=1, callbacks=callbacks, catch=())
-        return OptunaResult(*self.best(), self.frame(), self.pareto(), time.perf_counter() - t0, before)
+        return SearchResult(*self.best(), self.frame(), time.perf_counter() - t0, before, pareto=self.pareto(),
+                            extra={"config": asdict(self.config)})
+
+    def _progress(self, before: int) -> Progress:
+        _, best = self.best()
+        done = self.completed()
+        return Progress(done, self.config.n_trials, len(self._feasible()), done,
+                        None if best is None else best.reward, before)
 
     # -- reading the study -----------------------------------------------------------------------------
     def _feasible(self) -> list[FrozenTrial]:

@@ -12,13 +12,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-DEFAULT_DATA = SHARED / "datasets" / "cifar10-jpeg.tar.xz"
+from amc.paths import CIFAR_ARCHIVE, shared_path
+
 MiB = 1 << 20
 
 
 def _default_checkpoints() -> Path:
-    return SHARED / "models"
+    return shared_path("models")  # $AMC_SHARED, else ../shared (amc.paths)
+
+
+def _default_datasets() -> dict[str, Path]:
+    return {"cifar10": shared_path(CIFAR_ARCHIVE)}
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class ServiceConfig:
     stale_s: float = 60.0  # a running job with no heartbeat for this long belongs to a dead worker
     token_cache_s: float = 2.0  # the server trusts a token it has read for this long (a revoke waits as long)
     checkpoints: Path = field(default_factory=_default_checkpoints)  # registered checkpoints: <name>.pt
-    datasets: dict[str, Path] = field(default_factory=lambda: {"cifar10": DEFAULT_DATA})
+    datasets: dict[str, Path] = field(default_factory=_default_datasets)
     device: str | None = None  # the workers' device (None: CUDA when present)
 
     @property
