@@ -92,6 +92,9 @@ class DataInfo:
     classes: tuple[str, ...] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    protocol: str | None = None  # "test-halves" (amc.data.holdout) or "heldout"; None: not recorded
+    val_sha256: str | None = None  # test-halves: hash of the validation half's test-set indices
+    test_sha256: str | None = None  # test-halves: hash of the final-test half's indices
 
 
 @dataclass(frozen=True)
@@ -516,7 +519,8 @@ def recipe_from_dict(d: Any) -> Recipe:
         if classes is not None and not all(isinstance(c, str) for c in classes):
             raise RecipeError("recipe.data.classes must be a list of strings")
         data = DataInfo(dr.get("source", str, None), tuple(classes) if classes is not None else None,
-                        floats("mean"), floats("std"))
+                        floats("mean"), floats("std"), dr.get("protocol", str, None),
+                        dr.get("val_sha256", str, None), dr.get("test_sha256", str, None))
         dr.done()
     recipe = Recipe(model, r.get("granularity", str), r.get("criterion", str), tuple(layers),
                     nm=_ints(nm, "recipe.nm") if nm is not None else None,  # type: ignore[arg-type]
