@@ -116,6 +116,8 @@ class Bench:
         self.cache = Path(args.cache)
         data = load_cifar10(args.data)
         halved, self.record = halve_test(data)
+        _save(self.cache / "protocol.json", self.record.row())
+        _save(self.cache / "settings.json", _settings(args))
         self.splits = make_splits(halved, 0, "cpu", seed=0)
         self.dense = load_model("resnet20", args.checkpoint).eval()
         self.lut = LatencyTable(self.cache / "latency_lut_cpu.csv", "cpu", batch=1, threads=1, warmup=3, runs=15)
@@ -270,6 +272,13 @@ def collect(cache: Path) -> dict:
             r = json.loads(p.read_text())
             methods.setdefault(r["method"], []).append(r)
         out: dict = {"granularity": gran, "budget": budget, "methods": {}}
+        base_file = _load(cache / task / "baselines.json")
+        if base_file:  # each baseline's search reward (validation accuracy after BN recalibration)
+            out["baseline_val_reward"] = {k: v.get("val_reward") for k, v in base_file.items()}
+        for p in sorted(cache.glob(f"{task}/s*/search_*.json")):
+            r = json.loads(p.read_text())
+            out.setdefault("search_val_reward", {})[f"{p.stem.removeprefix('search_')} {p.parent.name}"] = \
+                r.get("val_reward")
         for m, rs in methods.items():
             rs.sort(key=lambda r: r["seed"])
             acc = {str(r["seed"]): r["test_accuracy"] for r in rs}
@@ -284,7 +293,8 @@ def collect(cache: Path) -> dict:
             out["methods"][m] = entry
         base = [m for m in out["methods"] if m not in SEARCHERS]
         srch = [m for m in out["methods"] if m in SEARCHERS]
-        if base and srch:
+        complete = set(out["methods"]) == set(BASELINES[gran]) | set(SEARCHERS)
+        if complete and len({tuple(e["test_accuracy"]) for e in out["methods"].values()}) == 1:
             bb = max(base, key=lambda m: out["methods"][m]["mean"])
             bs = max(srch, key=lambda m: out["methods"][m]["mean"])
             a, b = out["methods"][bs], out["methods"][bb]
@@ -299,6 +309,10 @@ def collect(cache: Path) -> dict:
     return tasks
 
 
+def _settings(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "report_only"}
+
+
 def write_report(args, record: dict | None = None) -> None:
     cache = Path(args.cache)
     tasks = collect(cache)
@@ -306,6 +320,10 @@ def write_report(args, record: dict | None = None) -> None:
     if record is not None:
         _save(rec_path, record)
     record = _load(rec_path)
+    if record is None:  # a run that had not saved it yet: the split is a function of the labels alone
+        record = halve_test(load_cifar10(args.data))[1].row()
+        _save(rec_path, record)
+    settings = _load(cache / "settings.json") or _settings(args)  # the run's own settings when it saved them
     cost = _load(ROOT / "reports" / "reward_cost.json") or {}
     expected = {t: len(BASELINES[TASKS[t][0]]) + len(SEARCHERS) for t in TASKS}
     done = sum(len(m["test_accuracy"]) for t in tasks.values() for m in t["methods"].values())
@@ -313,7 +331,7 @@ def write_report(args, record: dict | None = None) -> None:
     partial = done < total
     report = {"partial": partial, "rows_done": done, "rows_expected": total, "machine": machine_info(),
               "model": "resnet20", "protocol": record, "tasks": tasks,
-              "settings": {k: v for k, v in vars(args).items() if k != "report_only"},
+              "settings": settings,
               "reward_s_before": cost.get("reward_s_before"), "reward_s_after": cost.get("reward_s_after"),
               "spearman": cost.get("spearman")}
     out = Path(args.out)
@@ -346,8 +364,14 @@ def _markdown(r: dict) -> str:
               "and built with our L2 channel choice (the same builder as every row).", ""]
     for task, t in r["tasks"].items():
         lines += [f"## {task}: {t['granularity']}, {t['budget']}", ""]
+        if t.get("margin") is None and t["methods"]:
+            lines += ["Margin: not computed until every method has a row for the same seeds.", ""]
+        vals = {**t.get("baseline_val_reward", {}), **t.get("search_val_reward", {})}
+        if vals:
+            lines += ["Search reward (validation accuracy after BN recalibration, before any finetune): "
+                      + ", ".join(f"{k} {_pct(v)}%" for k, v in vals.items()) + ".", ""]
         if not t["methods"]:
-            lines += ["No row finished yet.", ""]
+            lines += ["No finetuned row finished yet.", ""]
             continue
         extra = "latency measured / predicted |" if task == "lat05" else ""
         lines += [f"| method | test acc. per seed (%) | mean | std | search s |{extra}",
