@@ -10,13 +10,17 @@
 
 ``model``: an ``nn.Module`` (any; traced on ``example_inputs``) or a reference (``resnet20``,
 ``torchvision:mobilenet_v2``, ``timm:resnet18``, ``package.module:factory``) with ``weights=``.
-``data``: an ImageFolder path or archive (any classes, channels, sizes; ``heldout`` training images
-are held out for the search, default 5,000 or a tenth of a smaller set), a ``DataSource`` (e.g.
+``data``: an ImageFolder path or archive (any classes, channels, sizes), a ``DataSource`` (e.g.
 ``amc.data.make_splits``), or the user's ``Dataset`` / ``DataLoader`` (then ``val=`` and ``test=``
-may be given as well). The search is scored on held-out training data (or ``val``), never on the
-test split. ``evaluate(model) -> float`` (higher is better) replaces held-out accuracy as the
-search's score and is reported beside test accuracy; ``finetune`` is the built-in finetune's epochs
-or the user's ``finetune(model, epochs)``, whose pruned weights are held at zero.
+may be given as well). For an image path with a test set and no validation set the default
+``protocol="auto"`` halves the test set (``amc.data.holdout``): the search and the final choice
+are scored on a fixed validation half, final numbers on the other half, and the recipe records
+both halves' hashes; ``protocol="heldout"`` holds out ``heldout`` training images instead (default
+5,000 or a tenth of a smaller set), right only when the checkpoint never trained on them. The
+search is never scored on the test split. ``evaluate(model) -> float`` (higher is better) replaces
+held-out accuracy as the search's score and is reported beside test accuracy; ``finetune`` is the
+built-in finetune's epochs or the user's ``finetune(model, epochs)``, whose pruned weights are held
+at zero.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 from torch import nn
 
 from amc.data import STREAM_ABOVE, DataSource, decoded_bytes, load_images, make_splits, open_data, splits_from_torch
+from amc.data.holdout import ProtocolRecord, halve_test, resolve_protocol
 from amc.data.splits import HELDOUT
 from amc.errors import AmcError, DataError
 from amc.pipeline import CompressConfig, CompressResult, Progress, compress_model
@@ -60,25 +65,40 @@ def open_model(model: nn.Module | str, weights: str | os.PathLike | None = None,
 
 def open_dataset(data: DataArg, *, val: Any = None, test: Any = None, heldout: int | None = None,
                  device: str | torch.device | None = None, image_size: int | None = None,
-                 seed: int = 0) -> DataSource:
+                 seed: int = 0, protocol: str = "auto") -> DataSource:
     """Any accepted ``data`` as a ``DataSource`` (see the module doc)."""
+    return open_dataset_recorded(data, val=val, test=test, heldout=heldout, device=device,
+                                 image_size=image_size, seed=seed, protocol=protocol)[0]
+
+
+def open_dataset_recorded(data: DataArg, *, val: Any = None, test: Any = None, heldout: int | None = None,
+                          device: str | torch.device | None = None, image_size: int | None = None,
+                          seed: int = 0, protocol: str = "auto") -> tuple[DataSource, ProtocolRecord | None]:
+    """``open_dataset`` and the record of its protocol (``amc.data.holdout``): for an image path
+    with a test set and no validation set, ``auto`` halves the test set (validation half: the
+    search's held-out split; final-test half: the test split); ``heldout`` keeps the carve-out
+    of train. Other data (a DataSource, torch datasets, streaming folders) keep their own
+    held-out split and record None."""
     dev = torch.device(device) if device is not None else (
         torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     if data is None:
         raise DataError("compress needs data: an ImageFolder path or archive, a DataSource, or a torch Dataset")
     if hasattr(data, "loader") and hasattr(data, "num_classes"):
-        return data  # type: ignore[return-value]
+        return data, None  # type: ignore[return-value]
     if isinstance(data, torch.utils.data.Dataset | torch.utils.data.DataLoader):
-        return splits_from_torch(data, val, test, device=dev, seed=seed)
+        return splits_from_torch(data, val, test, device=dev, seed=seed), None
     if isinstance(data, str | os.PathLike):
         p = Path(data)
         if p.is_dir() and (p / "train").is_dir() and decoded_bytes(p, image_size) > STREAM_ABOVE:
             return open_data(p, heldout=heldout or HELDOUT, device=dev, seed=seed, image_size=image_size,
-                             val=val, streaming=True)
+                             val=val, streaming=True), None
         images = load_images(p, image_size, val=val)
+        if resolve_protocol(protocol, images.val_y is not None, len(images.test_y) > 0) == "test-halves":
+            images, record = halve_test(images)
+            return make_splits(images, 0, dev, seed), record
         if heldout is None:  # 5,000 (CIFAR-10's tenth), or a tenth of a smaller set
             heldout = min(HELDOUT, max(1, len(images.train_y) // 10))
-        return make_splits(images, heldout, dev, seed)
+        return make_splits(images, heldout, dev, seed), ProtocolRecord("heldout", heldout, len(images.test_y))
     raise DataError(f"data must be a path, a DataSource or a torch Dataset/DataLoader, got {type(data).__name__}")
 
 
@@ -112,7 +132,7 @@ def compress(model: nn.Module | str, budget: str = "macs=0.5", data: DataArg | N
              val: Any = None, test: Any = None, heldout: int | None = None,
              device: str | torch.device | None = None, image_size: int | None = None,
              progress: Progress | None = None, config: CompressConfig | None = None,
-             **options: Any) -> CompressResult:
+             protocol: str = "auto", **options: Any) -> CompressResult:
     """Compress ``model`` to ``budget`` on ``data``; see the module doc.
 
     ``method``: ``optuna``, ``amc`` (the DDPG agent) or ``sensitivity`` (no search); ``episodes``:
@@ -127,8 +147,8 @@ def compress(model: nn.Module | str, budget: str = "macs=0.5", data: DataArg | N
     epochs = float(finetune) if not callable(finetune) else float(options.pop("finetune_epochs", 1.0))
     cfg = replace(config or CompressConfig(), budget=budget, method=method, episodes=episodes,
                   finetune_epochs=epochs, **options)
-    source = open_dataset(data, val=val, test=test, heldout=heldout, device=device,  # type: ignore[arg-type]
-                          image_size=image_size, seed=cfg.seed)
+    source, record = open_dataset_recorded(data, val=val, test=test, heldout=heldout,  # type: ignore[arg-type]
+                                           device=device, image_size=image_size, seed=cfg.seed, protocol=protocol)
     shape = tuple(example_inputs.shape) if example_inputs is not None else (1, *source.input_shape)
     module, ref = open_model(model, weights, num_classes or source.num_classes, shape[1:])
     module = module.to(source.device).eval()
@@ -136,7 +156,9 @@ def compress(model: nn.Module | str, budget: str = "macs=0.5", data: DataArg | N
     _check_model(module, example, source.num_classes)
     info = DataInfo(source=str(data) if isinstance(data, str | os.PathLike) else type(data).__name__,
                     classes=tuple(source.classes), mean=tuple(float(v) for v in source.mean),
-                    std=tuple(float(v) for v in source.std))
+                    std=tuple(float(v) for v in source.std),
+                    protocol=record.protocol if record else None, val_sha256=record.val_sha256 if record else None,
+                    test_sha256=record.test_sha256 if record else None)
     checkpoint = Path(weights) if weights is not None else None
     return compress_model(module, source, cfg, run_dir, progress=progress, ref=ref, checkpoint=checkpoint,
                           input_shape=shape, score=evaluate,

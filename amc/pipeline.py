@@ -30,6 +30,7 @@ from amc.budget import Budget
 from amc.data import DataSource
 from amc.errors import AmcError
 from amc.io import atomic_write_text
+from amc.latency_check import check_latency
 from amc.layers import count_macs, count_params
 from amc.metrics import size_fraction
 from amc.models import load_model, resolve_arch
@@ -287,6 +288,11 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
                    macs_fraction=macs / dense_macs, latency_ms=ms, latency_speedup=dense_ms / ms,
                    latency_device="cpu 1 thread bs1 (PyTorch eager)",
                    file_bytes=int(next(iter(files.values()))) if files else None)
+    if budget.kind == "latency":  # the budget checked against the measurement, not only the table's prediction
+        check = check_latency(model, dense, budget, measure=lambda m: ms, dense_ms=dense_ms)
+        metrics["latency_within_budget"] = check.within
+        if not check.within:
+            say(f"warning: measured CPU latency {check.measured:.2%} of dense exceeds the budget {budget.fraction:.2%}")
     recipe = recipe.with_metrics(**{k: v for k, v in metrics.items() if k in RECIPE_METRICS})
     recipe_path = save_recipe(recipe, run / "recipe.yaml")
 

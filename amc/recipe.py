@@ -93,6 +93,9 @@ class DataInfo:
     classes: tuple[str, ...] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    protocol: str | None = None  # "test-halves" (amc.data.holdout) or "heldout"; None: not recorded
+    val_sha256: str | None = None  # test-halves: hash of the validation half's test-set indices
+    test_sha256: str | None = None  # test-halves: hash of the final-test half's indices
 
 
 @dataclass(frozen=True)
@@ -469,6 +472,9 @@ class _DataFile(_Strict):
     classes: list[str] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    protocol: str | None = None
+    val_sha256: str | None = None
+    test_sha256: str | None = None
 
 
 class _RecipeFile(_Strict):
@@ -555,7 +561,8 @@ def recipe_from_dict(d: Any) -> Recipe:
     data = None
     if (dr := f.data) is not None:
         data = DataInfo(dr.source, tuple(dr.classes) if dr.classes is not None else None,
-                        tuple(dr.mean) if dr.mean is not None else None, tuple(dr.std) if dr.std is not None else None)
+                        tuple(dr.mean) if dr.mean is not None else None, tuple(dr.std) if dr.std is not None else None,
+                        dr.protocol, dr.val_sha256, dr.test_sha256)
     return Recipe(model, f.granularity, f.criterion, layers,
                   nm=tuple(f.nm) if f.nm is not None else None,  # type: ignore[arg-type]
                   round_to=f.round_to, budget=budget, finetune=ft, search=search, metrics=metrics, data=data,

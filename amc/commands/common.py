@@ -12,7 +12,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from amc.data import DataSource, Splits, default_device, load_images, make_splits, open_data
+from amc.data import (
+    STREAM_ABOVE,
+    DataSource,
+    Splits,
+    decoded_bytes,
+    default_device,
+    load_images,
+    make_splits,
+    open_data,
+)
+from amc.data.holdout import PROTOCOLS, halve_test, resolve_protocol
 from amc.errors import AmcError
 from amc.models import load_model
 from amc.paths import default_data
@@ -37,7 +47,13 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--val", default=None,
                    help="validation folder of <class>/<image> used as the held-out split "
                         "(default: DATA/val/ when present, else --heldout train images)")
-    p.add_argument("--heldout", type=int, default=5000, help="held-out train images for search rewards")
+    p.add_argument("--heldout", type=int, default=5000,
+                   help="held-out train images for search rewards (with --protocol heldout)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="auto",
+                   help="auto (default): with a test set and no validation set, the test set's fixed validation "
+                        "half scores the search and its other half gives the final numbers (test-halves); "
+                        "heldout: --heldout train images score the search (only honest for a checkpoint that "
+                        "never trained on them)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=256)
 
@@ -66,11 +82,20 @@ def _data_path(args: argparse.Namespace) -> Path:
 def load_splits(args: argparse.Namespace) -> Splits:
     """In-memory splits of ``--data`` (``--image-size``, ``--val``, ``--heldout``, ``--device``)."""
     data = load_images(_data_path(args), image_size=getattr(args, "image_size", None), val=getattr(args, "val", None))
+    protocol = getattr(args, "protocol", "heldout")  # commands without the flag keep the carve-out of train
+    if resolve_protocol(protocol, data.val_y is not None, len(data.test_y) > 0) == "test-halves":
+        return make_splits(halve_test(data)[0], 0, device=device_of(args))
     return make_splits(data, heldout=args.heldout, device=device_of(args))
 
 
 def load_source(args: argparse.Namespace) -> DataSource:
-    """``load_splits``, or streaming splits (DataLoader workers) for an ImageFolder too big for memory."""
+    """``load_splits``, or streaming splits (DataLoader workers) for an ImageFolder too big for memory
+    (those keep the held-out protocol)."""
+    p = _data_path(args)
+    image_size = getattr(args, "image_size", None)
+    big = p.is_dir() and (p / "train").is_dir() and decoded_bytes(p, image_size) > STREAM_ABOVE
+    if not big and getattr(args, "protocol", "heldout") != "heldout":
+        return load_splits(args)
     return open_data(_data_path(args), heldout=args.heldout, device=device_of(args),
                      image_size=getattr(args, "image_size", None), val=getattr(args, "val", None))
 

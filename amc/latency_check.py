@@ -1,0 +1,58 @@
+"""A latency budget checked against a measurement, not only against the lookup table's prediction.
+
+The search meets a latency budget through ``amc.latency.LatencyTable`` (per-layer times summed);
+the final model can still run slower end to end (overheads the table does not see). Lifecycle:
+after the final model is built, ``check_latency(model, dense, budget)`` times both on the target
+(CPU, 1 thread, batch 1 by default) and says whether the measured fraction meets the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from amc.budget import Budget
+from amc.errors import BudgetError
+
+Measure = Callable[[nn.Module], float]  # model -> milliseconds
+
+
+@dataclass(frozen=True)
+class LatencyCheck:
+    budget: float  # the budget's fraction of the dense latency
+    measured: float  # measured latency over the measured dense latency
+    predicted: float | None  # the table's prediction of that fraction, when given
+    model_ms: float
+    dense_ms: float
+
+    @property
+    def within(self) -> bool:
+        """The verdict: the MEASURED fraction meets the budget (the prediction does not count)."""
+        return self.measured <= self.budget
+
+    def row(self) -> dict[str, float | bool | None]:
+        return {**asdict(self), "within": self.within}
+
+
+def cpu_measure(runs: int = 50, input_shape: tuple[int, ...] = (3, 32, 32)) -> Measure:
+    """Median milliseconds of one forward on the CPU, 1 thread, batch 1 (``amc.latency.measure``)."""
+    from amc.latency import measure
+
+    return lambda m: measure(m, "cpu", batch=1, threads=1, warmup=max(3, runs // 5), runs=runs,
+                             input_shape=input_shape)
+
+
+def check_latency(model: nn.Module, dense: nn.Module, budget: Budget, measure: Measure | None = None,
+                  predicted: float | None = None, dense_ms: float | None = None) -> LatencyCheck:
+    """Time ``model`` and ``dense`` with ``measure`` (default ``cpu_measure()``; ``dense_ms`` skips
+    timing the dense model again) and compare the measured fraction with ``budget``."""
+    if budget.kind != "latency":
+        raise BudgetError(f"check_latency needs a latency budget, got {budget.kind}")
+    measure = measure or cpu_measure()
+    base = dense_ms if dense_ms is not None else measure(dense)
+    ms = measure(model)
+    if not base > 0:
+        raise BudgetError(f"the dense model's measured latency is {base} ms; cannot form a fraction")
+    return LatencyCheck(budget.fraction, ms / base, predicted, ms, base)

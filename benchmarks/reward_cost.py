@@ -1,0 +1,142 @@
+"""Benchmark: the cost of one search reward on the CPU, and how much cheaper it can be while it
+keeps the ranking of policies.
+
+ResNet-20 (shared checkpoint), channel pruning to macs=0.3, the test-halves protocol
+(``amc.data.holdout``). ``--policies`` random feasible policies (uniform random ratios projected
+onto the budget, seed 0), each scored by:
+
+* ``before``: today's CPU reward: the masked dense model, BN recalibration on 1,024 train
+  images, validation accuracy on 2,000 images (``amc.evaluator.Evaluator``);
+* ``masked-<c>-<e>``: the same evaluator on ``c`` calibration and ``e`` validation images;
+* ``physical-<c>-<e>``: the physically smaller model (``Evaluator.build``: copy + channel removal)
+  recalibrated on ``c`` and scored on ``e`` images, the build included in the time.
+
+Per variant: median seconds per reward and Spearman's rank correlation with ``before``
+(``scipy.stats.spearmanr``) on the same policies. ``reward_s_after`` / ``spearman`` name the
+cheapest variant whose Spearman is >= 0.9 (else the one with the highest Spearman). Cached per
+variant under runs/reward_cost/; writes reports/reward_cost.{md,json}.
+
+    nice -n 15 python benchmarks/reward_cost.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from amc.budget import Budget  # noqa: E402
+from amc.data import load_cifar10, make_splits  # noqa: E402
+from amc.data.holdout import halve_test  # noqa: E402
+from amc.evaluator import EvalConfig, Evaluator  # noqa: E402
+from amc.io import atomic_write_text  # noqa: E402
+from amc.models import load_model  # noqa: E402
+from amc.system import machine_info  # noqa: E402
+from amc.train import evaluate, recalibrate_bn  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+BEFORE = (1024, 2000)  # today's CPU reward: calibration images, scored images
+VARIANTS = ("masked-256-1000", "masked-128-500", "physical-1024-2000", "physical-256-1000", "physical-128-500")
+
+
+def _variant(name: str) -> tuple[str, int, int]:
+    kind, c, e = name.split("-")
+    return kind, int(c), int(e)
+
+
+def score_all(kind: str, calib: int, images: int, dense, splits, budget, policies) -> tuple[list[float], list[float]]:
+    cfg = EvalConfig(granularity="channel", reward="acc", calib_images=calib, eval_images=images, round_to=8,
+                     criterion="l2", upper=0.9)
+    ev = Evaluator(dense, splits, budget, cfg)
+    rewards, secs = [], []
+    if kind == "masked":
+        ev.evaluate(policies[0])  # warm
+        for p in policies:
+            r = ev.evaluate(p)
+            rewards.append(r.reward)
+            secs.append(r.seconds)
+        return rewards, secs
+    calib_b = list(splits.loader("train", 512, limit=calib, shuffle=False, augment=False))
+    val_b = list(splits.loader("heldout", 512, limit=images))
+    for p in policies:
+        t = time.perf_counter()
+        model, _ = ev.build(p)
+        recalibrate_bn(model, calib_b)
+        rewards.append(evaluate(model, val_b))
+        secs.append(time.perf_counter() - t)
+    return rewards, secs
+
+
+def main() -> None:
+    from scipy.stats import spearmanr
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.xz"))
+    ap.add_argument("--checkpoint", default=str(SHARED / "models" / "resnet20_dense.pt"))
+    ap.add_argument("--cache", default=str(ROOT / "runs" / "reward_cost"))
+    ap.add_argument("--out", default=str(ROOT / "reports"))
+    ap.add_argument("--policies", type=int, default=50)
+    ap.add_argument("--budget", default="macs=0.3")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    halved, record = halve_test(load_cifar10(args.data))
+    splits = make_splits(halved, 0, "cpu")
+    dense = load_model("resnet20", args.checkpoint).eval()
+    budget = Budget.parse(args.budget)
+    probe = Evaluator(dense, splits, budget, EvalConfig(granularity="channel", round_to=8, criterion="l2",
+                                                        upper=0.9, calib_images=64, eval_images=64))
+    g = torch.Generator().manual_seed(0)
+    policies = [probe.projector.project({n: float(torch.rand((), generator=g)) for n in probe.names})
+                for _ in range(args.policies)]
+    results = {}
+    for name in ["before", *[v for v in args.variants.split(",") if v]]:
+        path = cache / f"{name}-{args.policies}.json"
+        if path.exists():
+            results[name] = json.loads(path.read_text())
+            continue
+        kind, c, e = ("masked", *BEFORE) if name == "before" else _variant(name)
+        rewards, secs = score_all(kind, c, e, dense, splits, budget, policies)
+        results[name] = {"rewards": rewards, "seconds": secs, "median_s": statistics.median(secs)}
+        atomic_write_text(path, json.dumps(results[name]))
+        print(f"{name}: {results[name]['median_s']:.3f} s per reward", flush=True)
+    ref = results["before"]["rewards"]
+    for name, r in results.items():
+        r["spearman"] = 1.0 if name == "before" else float(spearmanr(ref, r["rewards"]).statistic)
+    others = {k: v for k, v in results.items() if k != "before"}
+    good = {k: v for k, v in others.items() if v["spearman"] >= 0.9}
+    pick = (min(good, key=lambda k: good[k]["median_s"]) if good else
+            max(others, key=lambda k: others[k]["spearman"]) if others else "before")
+    report = {"model": "resnet20", "budget": args.budget, "policies": args.policies, "protocol": record.row(),
+              "machine": machine_info(), "threads": args.threads,
+              "reward_s_before": results["before"]["median_s"], "reward_s_after": results[pick]["median_s"],
+              "spearman": results[pick]["spearman"], "after_variant": pick,
+              "variants": {k: {"median_s": v["median_s"], "spearman": v["spearman"]} for k, v in results.items()}}
+    out = Path(args.out)
+    atomic_write_text(out / "reward_cost.json", json.dumps(report, indent=1))
+    lines = ["# Reward cost on the CPU (ResNet-20, channel, " + args.budget + ")", "",
+             f"{args.policies} random feasible policies, each scored by every variant; {args.threads} torch "
+             "thread(s), `nice -n 15` on a 2-core CPU shared with other jobs. Spearman against `before` "
+             "(today's reward: masked model, BN recalibration on 1,024 train images, 2,000 validation images).", "",
+             "| variant | median s per reward | speed-up | Spearman vs before |", "| --- | --- | --- | --- |"]
+    b = results["before"]["median_s"]
+    for k, v in results.items():
+        lines.append(f"| {k} | {v['median_s']:.3f} | {b / v['median_s']:.2f}x | {v['spearman']:.3f} |")
+    lines += ["", f"Chosen `after`: {pick} ({b / results[pick]['median_s']:.2f}x cheaper, Spearman "
+              f"{results[pick]['spearman']:.3f}); goal >= 3x at Spearman >= 0.9.", ""]
+    atomic_write_text(out / "reward_cost.md", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

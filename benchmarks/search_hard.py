@@ -1,0 +1,433 @@
+"""Benchmark: search quality at tight budgets on ResNet-20, on the CPU, under the honest protocol.
+
+Protocol (``amc.data.holdout``): the shared checkpoint trained on all 50,000 train images; the
+10,000 test images are split once (stratified by class, seed 0) into a 5,000 validation half (every
+search reward, the sensitivity scan, every choice) and a 5,000 final-test half (the reported
+accuracy only). Train stays whole (BN recalibration, finetuning). The halves' hashes are recorded.
+
+Tasks: ``macs03`` channel pruning to <= 30% MACs; ``lat05`` channel pruning to <= 50% of the dense
+latency predicted by a lookup table measured on this CPU (1 thread, batch 1), the final model's
+latency then measured end to end; ``size01`` fine-grained pruning to <= 10% size. Methods: uniform,
+sensitivity-picked, Torch-Pruning's global L2 ratio (channel; its per-layer channel counts, our L2
+channel choice) / global magnitude and LAMP (fine), the AMC agent (DDPG) and Optuna TPE (both start
+from the baseline policies). Every row: the policy built, BN recalibrated, finetuned ``--epochs``
+(the same recipe for every row, finetune seed = the row's seed), tested on the final-test half.
+
+Every finished piece (a task's baselines, a search, a finetuned row) is cached as JSON under
+``--cache`` (default runs/search_hard/), so a rerun resumes; work goes task macs03 seed 0 (every
+method), lat05 seed 0, size01 seed 0, then seeds 1 and 2. ``--report-only`` writes
+reports/search_hard.{md,json} from what is cached (PARTIAL while rows are missing).
+
+    nice -n 15 python benchmarks/search_hard.py                 # everything, resumable
+    python benchmarks/search_hard.py --report-only              # the report from the cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from amc.budget import Budget  # noqa: E402
+from amc.data import load_cifar10, make_splits  # noqa: E402
+from amc.data.holdout import halve_test  # noqa: E402
+from amc.evaluator import EvalConfig, Evaluator  # noqa: E402
+from amc.io import atomic_write_text  # noqa: E402
+from amc.latency import LatencyTable, measure  # noqa: E402
+from amc.layers import count_macs, count_params, prunable_names  # noqa: E402
+from amc.metrics import size_fraction  # noqa: E402
+from amc.models import load_model  # noqa: E402
+from amc.pruners.finegrained import global_prune, global_sparsity_for_size, lamp_policy  # noqa: E402
+from amc.search.agent import AgentConfig, run_agent  # noqa: E402
+from amc.search.optuna import OptunaConfig, OptunaSearcher  # noqa: E402
+from amc.system import machine_info  # noqa: E402
+from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+TASKS = {"macs03": ("channel", "macs=0.3"), "lat05": ("channel", "latency=0.5"), "size01": ("fine", "size=0.1")}
+BASELINES = {"channel": ("uniform", "sensitivity", "tp_global"),
+             "fine": ("uniform", "sensitivity", "global_magnitude", "lamp")}
+SEARCHERS = ("optuna", "amc")
+FINETUNE_ORDER = ("optuna", "tp_global", "global_magnitude", "amc", "lamp", "sensitivity", "uniform")
+SENS_RATIOS = (0.2, 0.4, 0.6, 0.8)
+TP_BISECT = 12  # bisection steps on Torch-Pruning's global ratio
+
+
+def _load(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _save(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=_json))
+
+
+def _json(o):
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def tp_global_policy(dense, names: list[str], fraction: float, cost, round_to: int = 8) -> tuple[dict, float]:
+    """Torch-Pruning's global L2 MagnitudePruner at the largest ratio whose ``cost(model)`` (a fraction
+    of dense) is <= ``fraction``; returned as the removed output-channel share of each searched layer."""
+    import torch_pruning as tp
+
+    example = torch.zeros(1, 3, 32, 32)
+    last_linear = [n for n in prunable_names(dense) if isinstance(dense.get_submodule(n), torch.nn.Linear)][-1:]
+
+    def prune_at(r: float):
+        m = copy.deepcopy(dense).eval()
+        pruner = tp.pruner.MagnitudePruner(m, example, importance=tp.importance.MagnitudeImportance(p=2),
+                                           global_pruning=True, pruning_ratio=r, round_to=round_to,
+                                           ignored_layers=[m.get_submodule(n) for n in last_linear])
+        pruner.step()
+        return m
+
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(TP_BISECT):
+        mid = 0.5 * (lo + hi)
+        m = prune_at(mid)
+        if cost(m) <= fraction:
+            hi, best = mid, m
+        else:
+            lo = mid
+    best = best if best is not None else prune_at(hi)
+    pol = {n: 1.0 - best.get_submodule(n).weight.shape[0] / dense.get_submodule(n).weight.shape[0] for n in names}
+    return pol, hi
+
+
+class Bench:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.cache = Path(args.cache)
+        data = load_cifar10(args.data)
+        halved, self.record = halve_test(data)
+        _save(self.cache / "protocol.json", self.record.row())
+        _save(self.cache / "settings.json", _settings(args))
+        self.splits = make_splits(halved, 0, "cpu", seed=0)
+        self.dense = load_model("resnet20", args.checkpoint).eval()
+        self.lut = LatencyTable(self.cache / "latency_lut_cpu.csv", "cpu", batch=1, threads=1, warmup=3, runs=15)
+        self._dense_ms: float | None = None
+        self._evals: dict[str, Evaluator] = {}
+
+    def evaluator(self, task: str) -> Evaluator:
+        if task not in self._evals:
+            gran, budget = TASKS[task]
+            cfg = EvalConfig(granularity=gran, reward="acc", calib_images=self.args.calib_images,
+                             eval_images=self.args.eval_images, round_to=8, criterion="l2",
+                             upper=0.9 if gran == "channel" else 0.98)
+            lut = self.lut if Budget.parse(budget).kind == "latency" else None
+            self._evals[task] = Evaluator(self.dense, self.splits, Budget.parse(budget), cfg, latency_table=lut)
+            self.lut.save()
+        return self._evals[task]
+
+    # -- policies ---------------------------------------------------------------------------------
+    def baselines(self, task: str) -> dict:
+        path = self.cache / task / "baselines.json"
+        if (got := _load(path)) is not None:
+            return got
+        gran, budget_s = TASKS[task]
+        budget = Budget.parse(budget_s)
+        ev = self.evaluator(task)
+        out: dict = {}
+        t = time.perf_counter()
+        out["uniform"] = {"policy": ev.uniform_policy(), "search_s": time.perf_counter() - t}
+        t = time.perf_counter()
+        curves = ev.sensitivity(SENS_RATIOS)
+        out["sensitivity"] = {"policy": ev.sensitivity_policy(curves), "search_s": time.perf_counter() - t}
+        t = time.perf_counter()
+        if gran == "channel":
+            if budget.kind == "latency":
+                dense_ms = self.lut.predict(self.dense)
+
+                def cost(m):
+                    return self.lut.predict(m) / dense_ms
+            else:
+                dense_macs = count_macs(self.dense)[0]
+
+                def cost(m):
+                    return count_macs(m)[0] / dense_macs
+            pol, ratio = tp_global_policy(self.dense, ev.names, budget.fraction, cost)
+            self.lut.save()
+            out["tp_global"] = {"policy": ev.projector.project(pol), "tp_ratio": ratio,
+                                "search_s": time.perf_counter() - t}
+        else:
+            m = copy.deepcopy(self.dense)
+            s = global_sparsity_for_size(m, budget.fraction)
+            masks = global_prune(m, min(max(s, 0.0), 0.999))
+            pol = {n: 1.0 - float(masks[n].float().mean()) for n in ev.names}
+            out["global_magnitude"] = {"policy": pol, "sparsity": s, "search_s": time.perf_counter() - t}
+            t = time.perf_counter()
+            out["lamp"] = {"policy": lamp_policy(self.dense, budget.fraction, ev.names),
+                           "search_s": time.perf_counter() - t}
+        for c in out.values():
+            r = ev.evaluate(c["policy"])
+            c.update(val_reward=r.reward, feasible=r.feasible, reason=r.reason)
+        _save(path, out)
+        return out
+
+    def search(self, task: str, method: str, seed: int, base: dict) -> dict:
+        path = self.cache / task / f"s{seed}" / f"search_{method}.json"
+        if (got := _load(path)) is not None:
+            return got
+        gran = TASKS[task][0]
+        ev = self.evaluator(task)
+        keys = BASELINES[gran]
+        run_dir = self.cache / task / f"s{seed}" / f"{method}-run"
+        t = time.perf_counter()
+        if method == "amc":
+            warm = min(self.args.warmup, self.args.episodes - 1)
+            res = run_agent(ev, AgentConfig(episodes=self.args.episodes, warmup_episodes=warm, seed=seed,
+                                            checkpoint_every=0), run_dir,
+                            seed_policies=[base[k]["policy"] for k in keys])
+            pol, best = res.best_policy, res.best_result
+            n = len(res.episodes)
+        else:
+            searcher = OptunaSearcher(ev, OptunaConfig(study=f"{task}-s{seed}", n_trials=self.args.trials, seed=seed),
+                                      run_dir, sensitivity_policy=base["sensitivity"]["policy"],
+                                      extra_policies={k: base[k]["policy"] for k in keys[2:]})
+            res = searcher.run()
+            pol, best = res.best_policy, res.best_result
+            n = int((res.trials.state == "COMPLETE").sum())
+        out = {"policy": pol, "search_s": time.perf_counter() - t, "evaluations": n,
+               "val_reward": best.reward if best is not None else None}
+        _save(path, out)
+        return out
+
+    # -- rows -------------------------------------------------------------------------------------
+    def row(self, task: str, method: str, seed: int, policy: dict, search_s: float) -> dict:
+        path = self.cache / task / f"s{seed}" / f"row_{method}.json"
+        if (got := _load(path)) is not None:
+            return got
+        gran, budget_s = TASKS[task]
+        ev = self.evaluator(task)
+        model, masks = ev.build(policy)
+        calib = self.splits.loader("train", 512, limit=self.args.calib_images, shuffle=False, augment=False)
+        test = self.splits.loader("test", 1000)
+        recalibrate_bn(model, calib)
+        before = evaluate(model, test)
+        t = time.perf_counter()
+        torch.manual_seed(seed)
+        finetune(model, self.splits.loader("train", 256, seed=seed), FinetuneConfig(epochs=self.args.epochs),
+                 masks=masks)
+        ft_s = time.perf_counter() - t
+        out: dict = {"task": task, "method": method, "seed": seed, "search_s": search_s,
+                     "test_accuracy": evaluate(model, test), "test_before_finetune": before, "finetune_s": ft_s,
+                     "epochs": self.args.epochs, "policy": policy,
+                     "size": size_fraction(model, count_params(self.dense) * 32)}
+        if gran == "channel":
+            out["macs"] = count_macs(model)[0] / count_macs(self.dense)[0]
+            out["params"] = count_params(model) / count_params(self.dense)
+        if Budget.parse(budget_s).kind == "latency":
+            if self._dense_ms is None:
+                self._dense_ms = measure(self.dense, "cpu", batch=1, threads=1, warmup=20, runs=200)
+            ms = measure(model, "cpu", batch=1, threads=1, warmup=20, runs=200)
+            out.update(latency_ms=ms, dense_latency_ms=self._dense_ms, latency_measured=ms / self._dense_ms,
+                       latency_predicted=self.lut.predict(model) / self.lut.predict(self.dense))
+        _save(path, out)
+        print(f"[{task} s{seed}] {method}: test {before:.4f} -> {out['test_accuracy']:.4f} "
+              f"(finetune {ft_s:.0f} s)", flush=True)
+        return out
+
+    def run(self) -> None:
+        for seed in self.args.seeds:
+            for task in self.args.tasks:
+                try:
+                    self.run_task(task, seed)
+                except Exception:  # one task's failure is logged; the others still run
+                    traceback.print_exc()
+                write_report(self.args, self.record.row())
+
+    def run_task(self, task: str, seed: int) -> None:
+        base = self.baselines(task)
+        cands = {k: base[k] for k in BASELINES[TASKS[task][0]]}
+        for m in SEARCHERS:
+            cands[m] = self.search(task, m, seed, base)
+        for m in FINETUNE_ORDER:
+            if m in cands and cands[m].get("policy") is not None:
+                self.row(task, m, seed, cands[m]["policy"], cands[m]["search_s"])
+
+
+# -- the report -------------------------------------------------------------------------------------
+def collect(cache: Path) -> dict:
+    tasks: dict = {}
+    for task, (gran, budget) in TASKS.items():
+        rows = sorted(cache.glob(f"{task}/s*/row_*.json"))
+        methods: dict = {}
+        for p in rows:
+            r = json.loads(p.read_text())
+            methods.setdefault(r["method"], []).append(r)
+        out: dict = {"granularity": gran, "budget": budget, "methods": {}}
+        base_file = _load(cache / task / "baselines.json")
+        if base_file:  # each baseline's search reward (validation accuracy after BN recalibration)
+            out["baseline_val_reward"] = {k: v.get("val_reward") for k, v in base_file.items()}
+        for p in sorted(cache.glob(f"{task}/s*/search_*.json")):
+            r = json.loads(p.read_text())
+            out.setdefault("search_val_reward", {})[f"{p.stem.removeprefix('search_')} {p.parent.name}"] = \
+                r.get("val_reward")
+        for m, rs in methods.items():
+            rs.sort(key=lambda r: r["seed"])
+            acc = {str(r["seed"]): r["test_accuracy"] for r in rs}
+            vals = list(acc.values())
+            entry = {"test_accuracy": acc, "mean": statistics.mean(vals),
+                     "std": statistics.stdev(vals) if len(vals) > 1 else None,
+                     "search_s": {str(r["seed"]): r["search_s"] for r in rs},
+                     "finetune_s": {str(r["seed"]): r["finetune_s"] for r in rs}}
+            for k in ("macs", "size", "latency_measured", "latency_predicted", "latency_ms", "dense_latency_ms"):
+                if k in rs[0]:
+                    entry[k] = {str(r["seed"]): r[k] for r in rs}
+            out["methods"][m] = entry
+        base = [m for m in out["methods"] if m not in SEARCHERS]
+        srch = [m for m in out["methods"] if m in SEARCHERS]
+        complete = set(out["methods"]) == set(BASELINES[gran]) | set(SEARCHERS)
+        if complete and len({tuple(e["test_accuracy"]) for e in out["methods"].values()}) == 1:
+            bb = max(base, key=lambda m: out["methods"][m]["mean"])
+            bs = max(srch, key=lambda m: out["methods"][m]["mean"])
+            a, b = out["methods"][bs], out["methods"][bb]
+            out["best_searcher"], out["best_baseline"] = bs, bb
+            out["margin"] = a["mean"] - b["mean"]
+            na, nb = len(a["test_accuracy"]), len(b["test_accuracy"])
+            out["margin_se"] = (math.sqrt(a["std"] ** 2 / na + b["std"] ** 2 / nb)
+                                if a["std"] is not None and b["std"] is not None else None)
+        else:
+            out["margin"] = out["margin_se"] = None
+        tasks[task] = out
+    return tasks
+
+
+def _settings(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "report_only"}
+
+
+def write_report(args, record: dict | None = None) -> None:
+    cache = Path(args.cache)
+    tasks = collect(cache)
+    rec_path = cache / "protocol.json"
+    if record is not None:
+        _save(rec_path, record)
+    record = _load(rec_path)
+    if record is None:  # a run that had not saved it yet: the split is a function of the labels alone
+        record = halve_test(load_cifar10(args.data))[1].row()
+        _save(rec_path, record)
+    settings = _load(cache / "settings.json") or _settings(args)  # the run's own settings when it saved them
+    cost = _load(ROOT / "reports" / "reward_cost.json") or {}
+    expected = {t: len(BASELINES[TASKS[t][0]]) + len(SEARCHERS) for t in TASKS}
+    done = sum(len(m["test_accuracy"]) for t in tasks.values() for m in t["methods"].values())
+    total = sum(expected.values()) * 3
+    partial = done < total
+    report = {"partial": partial, "rows_done": done, "rows_expected": total, "machine": machine_info(),
+              "model": "resnet20", "protocol": record, "tasks": tasks,
+              "settings": settings,
+              "reward_s_before": cost.get("reward_s_before"), "reward_s_after": cost.get("reward_s_after"),
+              "spearman": cost.get("spearman")}
+    out = Path(args.out)
+    _save(out / "search_hard.json", report)
+    atomic_write_text(out / "search_hard.md", _markdown(report))
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _markdown(r: dict) -> str:
+    s = r["settings"]
+    p = r.get("protocol") or {}
+    lines = [f"# Search at tight budgets (ResNet-20, CPU){' — PARTIAL' if r['partial'] else ''}", ""]
+    if r["partial"]:
+        lines += [f"**PARTIAL**: {r['rows_done']} of {r['rows_expected']} rows (3 tasks x methods x 3 seeds) "
+                  "finished when this was written; the run continues and resumes from its cache.", ""]
+    lines += [f"Protocol: the shared checkpoint (trained on all 50,000 train images); the test set split by class "
+              f"(seed {p.get('seed')}) into a {p.get('val_images')}-image validation half (every search reward "
+              f"and choice; sha256 {str(p.get('val_sha256'))[:16]}...) and a {p.get('test_images')}-image "
+              f"final-test half (the accuracies below; sha256 {str(p.get('test_sha256'))[:16]}...).", "",
+              f"Search reward: validation accuracy (`acc`, no tie-break) on {s['eval_images']} validation images after "
+              f"BN recalibration on {s['calib_images']} train images. Optuna TPE: {s['trials']} trials; AMC agent: "
+              f"{s['episodes']} episodes ({s['warmup']} warm-up); both start from the baseline policies. Every row "
+              f"finetuned {s['epochs']:g} epochs (SGD, cosine, lr 0.01; finetune seed = the row's seed; no KD), "
+              "then tested on the final-test half. One torch thread, `nice -n 15`, on a 2-core CPU shared with "
+              "other jobs: wall times are inflated by that sharing.", "",
+              "Torch-Pruning row: its global L2 ratio bisected to the budget, taken as per-layer channel counts "
+              "and built with our L2 channel choice (the same builder as every row).", ""]
+    for task, t in r["tasks"].items():
+        lines += [f"## {task}: {t['granularity']}, {t['budget']}", ""]
+        if t.get("margin") is None and t["methods"]:
+            lines += ["Margin: not computed until every method has a row for the same seeds.", ""]
+        vals = {**t.get("baseline_val_reward", {}), **t.get("search_val_reward", {})}
+        if vals:
+            lines += ["Search reward (validation accuracy after BN recalibration, before any finetune): "
+                      + ", ".join(f"{k} {_pct(v)}%" for k, v in vals.items()) + ".", ""]
+        if not t["methods"]:
+            lines += ["No finetuned row finished yet.", ""]
+            continue
+        extra = "latency measured / predicted |" if task == "lat05" else ""
+        lines += [f"| method | test acc. per seed (%) | mean | std | search s |{extra}",
+                  "| --- " * (5 + bool(extra)) + "|"]
+        for m, e in t["methods"].items():
+            cells = [m, ", ".join(f"s{k}: {_pct(v)}" for k, v in e["test_accuracy"].items()), _pct(e["mean"]),
+                     _pct(e["std"]), ", ".join(f"{v:.0f}" for v in e["search_s"].values())]
+            if extra:
+                cells.append(", ".join(f"{e['latency_measured'][k]:.3f} / {e['latency_predicted'][k]:.3f}"
+                                       for k in e["test_accuracy"]))
+            lines.append("| " + " | ".join(cells) + " |")
+        if t.get("margin") is not None:
+            se = t.get("margin_se")
+            lines += ["", f"Margin (best searcher {t['best_searcher']} minus best baseline {t['best_baseline']}): "
+                      f"{100 * t['margin']:+.2f} points" + (f", standard error {100 * se:.2f}" if se is not None
+                                                            else " (one seed: no standard error yet)") + "."]
+        lines.append("")
+    lines += ["## Reward cost", ""]
+    if r.get("reward_s_before") is not None:
+        lines.append(f"Seconds per reward before {r['reward_s_before']:.3f}, after {r['reward_s_after']:.3f}; "
+                     f"Spearman {r['spearman']:.3f} (reports/reward_cost.md).")
+    else:
+        lines.append("Not measured yet (reports/reward_cost.json absent).")
+    lines += ["", "## Settings", "", "```", json.dumps(s, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.xz"))
+    ap.add_argument("--checkpoint", default=str(SHARED / "models" / "resnet20_dense.pt"))
+    ap.add_argument("--cache", default=str(ROOT / "runs" / "search_hard"))
+    ap.add_argument("--out", default=str(ROOT / "reports"))
+    ap.add_argument("--tasks", default="macs03,lat05,size01")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--trials", type=int, default=60, help="Optuna trials")
+    ap.add_argument("--episodes", type=int, default=100, help="AMC episodes")
+    ap.add_argument("--warmup", type=int, default=40, help="AMC warm-up episodes")
+    ap.add_argument("--epochs", type=float, default=2.0, help="finetune epochs of every row")
+    ap.add_argument("--calib-images", type=int, default=512)
+    ap.add_argument("--eval-images", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        raise SystemExit(f"unknown task {unknown[0]!r}; known: {', '.join(TASKS)}")
+    if args.report_only:
+        write_report(args)
+        return
+    torch.set_num_threads(args.threads)
+    Bench(args).run()
+    write_report(args)
+
+
+if __name__ == "__main__":
+    main()
