@@ -38,7 +38,15 @@ def _pruned_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def import_masks(model: nn.Module) -> tuple[nn.Module, Masks]:
     """A copy of a ``torch.nn.utils.prune``-pruned ``model`` with the pruning made permanent
     (``prune.remove``: weight = weight_orig * weight_mask) and its masks, keyed by layer name."""
-    work = copy.deepcopy(model)
+    pruned = _pruned_modules(model)
+    # the masked weight is a non-leaf tensor deepcopy refuses; the pre-hook recomputes it anyway
+    held = {name: mod.__dict__.pop("weight") for name, mod in pruned if "weight" in mod.__dict__}
+    try:
+        work = copy.deepcopy(model)
+    finally:
+        for name, mod in pruned:
+            if name in held:
+                mod.weight = held[name]
     masks: Masks = {}
     for name, mod in _pruned_modules(work):
         masks[name] = mod.weight_mask.detach().bool().clone()  # type: ignore[union-attr]

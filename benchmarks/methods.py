@@ -43,7 +43,7 @@ FINE_CRITERIA = ("magnitude", "obd", "synflow")
 CHANNEL_CRITERIA = ("l2", "obd", "apoz")
 LOTTERY_SIZES = (0.5, 0.2, 0.1)
 SEEDS = (0, 1)
-SLIM_PENALTY = 1e-2
+SLIM_PENALTY = 5e-2
 SYNFLOW_ROUNDS = 20
 
 
