@@ -49,7 +49,7 @@ def import_masks(model: nn.Module) -> tuple[nn.Module, Masks]:
                 mod.weight = held[name]
     masks: Masks = {}
     for name, mod in _pruned_modules(work):
-        masks[name] = mod.weight_mask.detach().bool().clone()  # type: ignore[union-attr]
+        masks[name] = mod.weight_mask.detach().bool().clone()  # type: ignore[union-attr,operator]
         prune.remove(mod, "weight")
     if not masks:
         raise PolicyError("the model has no torch.nn.utils.prune masks (no module has weight_orig / weight_mask)")
