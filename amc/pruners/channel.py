@@ -691,7 +691,8 @@ def channel_scores(model: nn.Module, criterion: str = "l2", table: ChannelTable 
     src = model
     if needs_data(criterion):
         if loader is None:
-            raise PolicyError(f"criterion {criterion!r} needs data: pass a loader")
+            what = "gradients" if getattr(fn, "needs_grad", False) else "data"
+            raise PolicyError(f"criterion {criterion!r} needs {what}: pass a loader")
         src = copy.deepcopy(model)
         prepare = getattr(fn, "prepare", None)  # amc.importance.channels: obd, apoz
         if prepare is not None:
