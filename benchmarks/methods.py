@@ -240,8 +240,18 @@ def report(args: argparse.Namespace) -> None:
               "Lottery: starts from the dense checkpoint (no early checkpoint of the original training "
               "exists), 2 rounds of training + global magnitude pruning, rewinding to 10 steps in; the "
               "control puts the ticket's mask on fresh weights.", ""]
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_task.setdefault(r["task"], []).append(r)
+    lines += ["## What the measured rows say", ""]
+    for task, rs in by_task.items():
+        ranked = sorted(rs, key=lambda r: -r["test_accuracy"]["mean"])
+        lines.append(f"- {task}: " + " > ".join(f"{r['method']} {r['test_accuracy']['mean']:.2%} ({r['seeds']} seed"
+                                                 f"{'s' if r['seeds'] > 1 else ''})" for r in ranked))
+    lines.append("")
     if partial:
-        lines += ["PARTIAL: the benchmark is still running; no recommendation is drawn until its rows are in.", ""]
+        lines += ["PARTIAL: the benchmark is still running; the ranking above covers the rows measured so far "
+                  "and no recommendation is drawn until all rows (2 seeds) are in.", ""]
     atomic_write_text(out / "methods.md", "\n".join(lines))
     print(f"wrote {out / 'methods.md'} ({done}/{total} runs)")
 

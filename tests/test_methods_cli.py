@@ -47,6 +47,14 @@ def test_slim_then_scratch_of_its_architecture(capsys, tmp_path):
     assert sc["params"] == sum(v.numel() for k, v in small.items() if "running" not in k and "num_batches" not in k)
 
 
+def test_prune_with_a_weight_criterion(capsys, tmp_path):
+    rc, _, err = run_cli(capsys, "prune", R20, "--size", "0.3", "--weight-criterion", "obd", "--data", CIFAR,
+                         "--heldout", "64", "--batch-size", "32", "--eval-limit", "64", "--out", tmp_path)
+    assert rc == 0, err
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["weight_criterion"] == "obd" and s["size_fraction"] <= 0.3 + 1e-6
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["lottery", R20, "--size", "1.5"], "--size must be in (0, 1)"),
     (["lottery", R20, "--size", "0.5", "--rounds", "0"], "--rounds must be >= 1"),
