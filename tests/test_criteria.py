@@ -114,3 +114,15 @@ def test_prune_by_criterion_meets_the_size_and_rejects_unknown_names():
         prune_by_criterion(make_tiny_vgg(), 0.3, "nope")
     with pytest.raises(PolicyError, match="needs data"):
         prune_by_criterion(make_tiny_vgg(), 0.3, "obd")
+
+
+@pytest.mark.parametrize("criterion", ["obd", "apoz"])
+def test_the_searchers_evaluator_scores_channels_with_a_data_criterion(tiny_splits, criterion):
+    from amc.budget import Budget
+    from amc.evaluator import EvalConfig, Evaluator
+
+    ev = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("macs=0.5"),
+                   EvalConfig(granularity="channel", calib_images=256, criterion=criterion, round_to=4))
+    res = ev.evaluate(ev.projector.project({n: 0.2 for n in ev.names}))
+    assert res.feasible and 0.0 <= res.accuracy <= 1.0, res.reason
+    assert ev.plan(res.policy).criterion == criterion
