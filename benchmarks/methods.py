@@ -200,6 +200,45 @@ def collect(cache: Path) -> list[dict[str, Any]]:
     return out
 
 
+def advice(rows: list[dict[str, Any]]) -> str:
+    """A paragraph computed from the measured means: best one-shot criterion per task, and the
+    differences each procedure made against its control."""
+    acc = {(r["method"], r["task"]): r["test_accuracy"]["mean"] for r in rows}
+    fine, chan = f"fine size={FINE_SIZE}", f"channel macs={CHANNEL_MACS}"
+
+    def best(task: str, methods: tuple[str, ...]) -> tuple[str, float]:
+        got = [(m, acc[(m, task)]) for m in methods if (m, task) in acc]
+        return max(got, key=lambda x: x[1])
+
+    bf = best(fine, FINE_CRITERIA)
+    bc = best(chan, ("magnitude (l2)", "obd", "apoz"))
+    out = [f"One-shot at size {FINE_SIZE}: {bf[0]} ({bf[1]:.2%}) is the best fine-grained criterion here; "
+           f"at {CHANNEL_MACS:.0%} of the MACs, {bc[0]} ({bc[1]:.2%}) is the best channel criterion."]
+    gaps = [(s, acc[("lottery ticket", f"fine size={s}")] - acc[("lottery random reinit", f"fine size={s}")])
+            for s in LOTTERY_SIZES if ("lottery ticket", f"fine size={s}") in acc
+            and ("lottery random reinit", f"fine size={s}") in acc]
+    if gaps:
+        out.append("The lottery ticket beats its random-reinit control by " + ", ".join(
+            f"{g * 100:+.1f} points at size {s}" for s, g in gaps) + " (the control starts from fresh weights "
+            "and gets the same short training, so this mostly measures what the trained weights are worth).")
+    lt = acc.get(("lottery ticket", fine))
+    if lt is not None:
+        out.append(f"At size {FINE_SIZE} the ticket ({lt:.2%}) {'beats' if lt > bf[1] else 'does not beat'} "
+                   f"one-shot {bf[0]} ({bf[1]:.2%}), at about three times the training (2 rounds + the final one).")
+    sl, sc = acc.get(("slimming", chan)), acc.get(("slimming control (no penalty)", chan))
+    if sl is not None and sc is not None:
+        out.append(f"Slimming (lambda {SLIM_PENALTY}) gives {sl:.2%} against {sc:.2%} for the same training "
+                   f"without the penalty ({(sl - sc) * 100:+.1f} points) and {bc[1]:.2%} for {bc[0]}.")
+    sr, pf = acc.get(("scratch (l2 architecture)", chan)), acc.get(("magnitude (l2)", chan))
+    if sr is not None and pf is not None:
+        out.append(f"The l2-pruned architecture trained from scratch reaches {sr:.2%} against {pf:.2%} pruned and "
+                   f"finetuned ({(pf - sr) * 100:+.1f} points for keeping the weights) on this schedule.")
+    out.append(f"So, on this evidence: for a fine-grained budget use {bf[0]} one-shot (or the lottery procedure "
+               f"when several trainings are affordable), for a channel budget use {bc[0]}; the schedule is far "
+               "shorter than a real finetune, so rerun with longer finetunes before trusting small gaps.")
+    return " ".join(out)
+
+
 def report(args: argparse.Namespace) -> None:
     cache = Path(args.cache)
     rows = collect(cache)
@@ -252,6 +291,8 @@ def report(args: argparse.Namespace) -> None:
     if partial:
         lines += ["PARTIAL: the benchmark is still running; the ranking above covers the rows measured so far "
                   "and no recommendation is drawn until all rows (2 seeds) are in.", ""]
+    else:
+        lines += ["## Which method to pick (from the rows above)", "", advice(rows), ""]
     atomic_write_text(out / "methods.md", "\n".join(lines))
     print(f"wrote {out / 'methods.md'} ({done}/{total} runs)")
 
