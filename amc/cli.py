@@ -26,6 +26,9 @@ COMMANDS = [
     "amc.commands.serve",
     "amc.commands.worker",
     "amc.commands.token",
+    "amc.commands.lottery",
+    "amc.commands.slim",
+    "amc.commands.scratch",
 ]
 
 

@@ -214,7 +214,7 @@ class Evaluator:
         self.names = [r for r in self._ctable.roots if r not in self.config.skip]
         if not self.names:
             raise PolicyError("the model has no layer whose output channels can be pruned")
-        calib = self._calib[:4] if self.config.criterion == "taylor" else None  # 4 batches of gradients
+        calib = self._calib[:4] if channel.needs_data(self.config.criterion) else None  # 4 batches
         self._scores = channel.channel_scores(self.dense, self.config.criterion, self._ctable, calib)  # cached
         table, round_to = self._ctable, self.config.round_to
         if self.budget.kind == "latency":

@@ -22,6 +22,7 @@ from amc.pruners.channel import (
     channel_scores,
     channel_table,
     find_uniform_ratio,
+    needs_data,
     pick_channel_policy,
     plan_channels,
     plan_cost,
@@ -114,7 +115,7 @@ def test_classifier_outputs_are_left_alone_with_a_note(zoo_model):
 @pytest.mark.parametrize("make", [make_tiny_vgg, make_tiny_resnet], ids=["vgg", "resnet"])
 def test_masked_model_equals_pruned_model(make, criterion, tiny_splits):
     model = randomise_bn(make())
-    loader = tiny_splits.loader("heldout", 64) if criterion == "taylor" else None
+    loader = tiny_splits.loader("heldout", 64) if needs_data(criterion) else None
     plan = plan_channels(model, uniform_policy(model, 0.4), criterion, round_to=1, loader=loader)
     assert plan.keep and plan.criterion == criterion
     small = prune_channels(model, plan)

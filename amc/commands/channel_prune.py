@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from amc.pruners.channel import (
         channel_table,
         find_uniform_ratio,
+        needs_data,
         plan_channels,
         plan_cost,
         prune_channels,
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         policy = uniform_policy(table, ratio)
         how = f"uniform ratio {ratio:.4f} for <= {frac:.1%} of dense MACs"
     splits = load_splits(args)
-    loader = splits.loader("heldout", args.batch_size) if args.criterion == "taylor" else None
+    loader = splits.loader("heldout", args.batch_size) if needs_data(args.criterion) else None
     plan = plan_channels(model, policy, args.criterion, args.round_to, loader=loader)
     cost = plan_cost(table, plan)
     if args.macs is not None and cost["macs"] > args.macs * table.dense_macs:

@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--sparsities", default="0.4,0.5,0.6,0.7,0.8,0.85,0.9,0.93,0.95,0.97,0.98",
                    help="scan grid for --size")
     g.add_argument("--nm", default="2:4", help="N:M pattern for --granularity nm")
+    g.add_argument("--weight-criterion", choices=("magnitude", "obd", "synflow"), default="magnitude",
+                   help="with --size: obd (Optimal Brain Damage, Fisher of a few held-out batches) or synflow "
+                        "(iterative, data-free) scores under one global threshold instead of the magnitude picker")
     cp = _channel()
     if cp is not None:
         cp.add_args(p)
@@ -99,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
     elif args.global_sparsity is not None:
         masks = global_prune(model, args.global_sparsity)
         policy = layer_sparsity(model, list(masks))
+    elif args.size is not None and args.weight_criterion != "magnitude":
+        from amc.importance import prune_by_criterion
+
+        heldout = splits.loader("heldout", args.batch_size)
+        masks, policy = prune_by_criterion(model, args.size, args.weight_criterion, loader=heldout)
+        summary["weight_criterion"] = args.weight_criterion
     else:
         if args.size is not None:
             sparsities = parse_floats(args.sparsities)

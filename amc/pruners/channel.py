@@ -714,6 +714,15 @@ CRITERIA: dict[str, Callable[[nn.Module, ChannelGroup], torch.Tensor]] = {
 }
 
 
+def _register_data_criteria() -> None:
+    from amc.importance.channels import CHANNEL_CRITERIA  # obd, apoz: defined apart, scored here
+
+    CRITERIA.update(CHANNEL_CRITERIA)
+
+
+_register_data_criteria()
+
+
 def accumulate_gradients(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
                          batches: int = 4) -> None:
     """Sum cross-entropy gradients over ``batches`` batches into ``.grad`` (BN in eval mode)."""
@@ -730,6 +739,12 @@ def accumulate_gradients(model: nn.Module, loader: Iterable[tuple[torch.Tensor, 
     model.train(was)
 
 
+def needs_data(criterion: str) -> bool:
+    """Whether a criterion scores from a few batches of images (gradients or activations)."""
+    fn = CRITERIA.get(criterion)
+    return fn is not None and (bool(getattr(fn, "needs_grad", False)) or hasattr(fn, "prepare"))
+
+
 def channel_scores(model: nn.Module, criterion: str = "l2", table: ChannelTable | None = None,
                    loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
                    batches: int = 4, example_inputs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -739,11 +754,16 @@ def channel_scores(model: nn.Module, criterion: str = "l2", table: ChannelTable 
     table = table or channel_table(model, example_inputs)
     fn = CRITERIA[criterion]
     src = model
-    if getattr(fn, "needs_grad", False):
+    if needs_data(criterion):
         if loader is None:
-            raise PolicyError(f"criterion {criterion!r} needs gradients: pass a loader")
+            what = "gradients" if getattr(fn, "needs_grad", False) else "data"
+            raise PolicyError(f"criterion {criterion!r} needs {what}: pass a loader")
         src = copy.deepcopy(model)
-        accumulate_gradients(src, loader, batches)
+        prepare = getattr(fn, "prepare", None)  # amc.importance.channels: obd, apoz
+        if prepare is not None:
+            prepare(src, loader, batches)
+        else:
+            accumulate_gradients(src, loader, batches)
     return {g.root: fn(src, g) for g in table.groups}
 
 
