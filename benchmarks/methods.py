@@ -278,7 +278,8 @@ def report(args: argparse.Namespace) -> None:
               "one global |gamma| threshold to the MACs budget; its control is the same without the penalty. "
               "Lottery: starts from the dense checkpoint (no early checkpoint of the original training "
               "exists), 2 rounds of training + global magnitude pruning, rewinding to 10 steps in; the "
-              "control puts the ticket's mask on fresh weights.", ""]
+              "control puts the ticket's mask on fresh weights. Seconds are wall time on a CPU shared with other "
+              "jobs (niced, 1 thread): the first rows ran under heavy contention, so compare them loosely.", ""]
     by_task: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_task.setdefault(r["task"], []).append(r)
