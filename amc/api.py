@@ -76,7 +76,8 @@ def open_dataset_recorded(data: DataArg, *, val: Any = None, test: Any = None, h
                           seed: int = 0, protocol: str = "auto") -> tuple[DataSource, ProtocolRecord | None]:
     """``open_dataset`` and the record of its protocol (``amc.data.holdout``): for an image path
     with a test set and no validation set, ``auto`` halves the test set (validation half: the
-    search's held-out split; final-test half: the test split); ``heldout`` keeps the carve-out
+    search's held-out split; final-test half: the test split) unless ``heldout=`` is given (then
+    ``heldout`` train images are held out); ``protocol="heldout"`` keeps the carve-out
     of train. Other data (a DataSource, torch datasets, streaming folders) keep their own
     held-out split and record None."""
     dev = torch.device(device) if device is not None else (
@@ -93,6 +94,8 @@ def open_dataset_recorded(data: DataArg, *, val: Any = None, test: Any = None, h
             return open_data(p, heldout=heldout or HELDOUT, device=dev, seed=seed, image_size=image_size,
                              val=val, streaming=True), None
         images = load_images(p, image_size, val=val)
+        if protocol == "auto" and heldout is not None:  # the user asked for that many held-out train images
+            protocol = "heldout"
         if resolve_protocol(protocol, images.val_y is not None, len(images.test_y) > 0) == "test-halves":
             images, record = halve_test(images)
             return make_splits(images, 0, dev, seed), record

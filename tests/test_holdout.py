@@ -98,6 +98,7 @@ def test_open_dataset_defaults_to_the_halves_and_keeps_the_heldout_protocol(tmp_
     source, record = open_dataset_recorded(tmp_path / "data", device="cpu")
     assert record is not None and record.protocol == "test-halves"
     assert (source.size("train"), source.size("heldout"), source.size("test")) == (16, 4, 4)
-    source, record = open_dataset_recorded(tmp_path / "data", device="cpu", protocol="heldout", heldout=4)
-    assert record is not None and record.protocol == "heldout"
-    assert (source.size("train"), source.size("heldout"), source.size("test")) == (12, 4, 8)
+    for protocol in ("heldout", "auto"):  # an explicit heldout= asks for the carve-out of train
+        source, record = open_dataset_recorded(tmp_path / "data", device="cpu", protocol=protocol, heldout=4)
+        assert record is not None and record.protocol == "heldout"
+        assert (source.size("train"), source.size("heldout"), source.size("test")) == (12, 4, 8)

@@ -23,6 +23,7 @@ from amc.data import (
     open_data,
 )
 from amc.data.holdout import PROTOCOLS, halve_test, resolve_protocol
+from amc.data.splits import HELDOUT
 from amc.errors import AmcError
 from amc.models import load_model
 from amc.paths import default_data
@@ -47,8 +48,9 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--val", default=None,
                    help="validation folder of <class>/<image> used as the held-out split "
                         "(default: DATA/val/ when present, else --heldout train images)")
-    p.add_argument("--heldout", type=int, default=5000,
-                   help="held-out train images for search rewards (with --protocol heldout)")
+    p.add_argument("--heldout", type=int, default=None,
+                   help="held-out train images for search rewards (default 5,000); giving it asks for "
+                        "--protocol heldout")
     p.add_argument("--protocol", choices=PROTOCOLS, default="auto",
                    help="auto (default): with a test set and no validation set, the test set's fixed validation "
                         "half scores the search and its other half gives the final numbers (test-halves); "
@@ -82,10 +84,21 @@ def _data_path(args: argparse.Namespace) -> Path:
 def load_splits(args: argparse.Namespace) -> Splits:
     """In-memory splits of ``--data`` (``--image-size``, ``--val``, ``--heldout``, ``--device``)."""
     data = load_images(_data_path(args), image_size=getattr(args, "image_size", None), val=getattr(args, "val", None))
-    protocol = getattr(args, "protocol", "heldout")  # commands without the flag keep the carve-out of train
-    if resolve_protocol(protocol, data.val_y is not None, len(data.test_y) > 0) == "test-halves":
+    if resolve_protocol(_protocol(args), data.val_y is not None, len(data.test_y) > 0) == "test-halves":
         return make_splits(halve_test(data)[0], 0, device=device_of(args))
-    return make_splits(data, heldout=args.heldout, device=device_of(args))
+    return make_splits(data, heldout=_heldout(args), device=device_of(args))
+
+
+def _protocol(args: argparse.Namespace) -> str:
+    """``--protocol``; ``auto`` with an explicit ``--heldout`` is the held-out protocol (the user
+    asked for that many held-out train images); commands without the flag keep the held-out one."""
+    protocol = getattr(args, "protocol", "heldout")
+    return "heldout" if protocol == "auto" and getattr(args, "heldout", None) is not None else protocol
+
+
+def _heldout(args: argparse.Namespace) -> int:
+    value = getattr(args, "heldout", None)
+    return HELDOUT if value is None else int(value)
 
 
 def load_source(args: argparse.Namespace) -> DataSource:
@@ -94,9 +107,9 @@ def load_source(args: argparse.Namespace) -> DataSource:
     p = _data_path(args)
     image_size = getattr(args, "image_size", None)
     big = p.is_dir() and (p / "train").is_dir() and decoded_bytes(p, image_size) > STREAM_ABOVE
-    if not big and getattr(args, "protocol", "heldout") != "heldout":
+    if not big and _protocol(args) != "heldout":
         return load_splits(args)
-    return open_data(_data_path(args), heldout=args.heldout, device=device_of(args),
+    return open_data(_data_path(args), heldout=_heldout(args), device=device_of(args),
                      image_size=getattr(args, "image_size", None), val=getattr(args, "val", None))
 
 
