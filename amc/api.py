@@ -135,13 +135,15 @@ def compress(model: nn.Module | str, budget: str = "macs=0.5", data: DataArg | N
              val: Any = None, test: Any = None, heldout: int | None = None,
              device: str | torch.device | None = None, image_size: int | None = None,
              progress: Progress | None = None, config: CompressConfig | None = None,
-             protocol: str = "auto", **options: Any) -> CompressResult:
+             protocol: str = "auto", data_record: ProtocolRecord | None = None, **options: Any) -> CompressResult:
     """Compress ``model`` to ``budget`` on ``data``; see the module doc.
 
     ``method``: ``optuna``, ``amc`` (the DDPG agent) or ``sensitivity`` (no search); ``episodes``:
     trials or agent episodes. Further ``options`` are ``CompressConfig`` fields (``calib_images``,
     ``eval_images``, ``test_limit``, ``round_to``, ``criterion``, ``lr``, ``distill``, ``seed``...);
     ``config`` gives them all at once. ``progress(message)`` sees each stage and trial.
+    ``data_record``: for ``data`` already opened as a DataSource, how it was split (the recipe
+    records it; ``amc compress`` passes the one its data loading made).
     """
     known = {f.name for f in fields(CompressConfig)}
     unknown = sorted(set(options) - known)
@@ -152,6 +154,7 @@ def compress(model: nn.Module | str, budget: str = "macs=0.5", data: DataArg | N
                   finetune_epochs=epochs, **options)
     source, record = open_dataset_recorded(data, val=val, test=test, heldout=heldout,  # type: ignore[arg-type]
                                            device=device, image_size=image_size, seed=cfg.seed, protocol=protocol)
+    record = record or data_record
     shape = tuple(example_inputs.shape) if example_inputs is not None else (1, *source.input_shape)
     module, ref = open_model(model, weights, num_classes or source.num_classes, shape[1:])
     module = module.to(source.device).eval()

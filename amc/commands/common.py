@@ -22,7 +22,7 @@ from amc.data import (
     make_splits,
     open_data,
 )
-from amc.data.holdout import PROTOCOLS, halve_test, resolve_protocol
+from amc.data.holdout import PROTOCOLS, ProtocolRecord, halve_test, resolve_protocol
 from amc.data.splits import HELDOUT
 from amc.errors import AmcError
 from amc.models import load_model
@@ -83,10 +83,18 @@ def _data_path(args: argparse.Namespace) -> Path:
 
 def load_splits(args: argparse.Namespace) -> Splits:
     """In-memory splits of ``--data`` (``--image-size``, ``--val``, ``--heldout``, ``--device``)."""
+    return load_splits_recorded(args)[0]
+
+
+def load_splits_recorded(args: argparse.Namespace) -> tuple[Splits, ProtocolRecord | None]:
+    """``load_splits`` and the record of its protocol (which images score the search, which are
+    reported): what a recipe written from these splits records."""
     data = load_images(_data_path(args), image_size=getattr(args, "image_size", None), val=getattr(args, "val", None))
     if resolve_protocol(_protocol(args), data.val_y is not None, len(data.test_y) > 0) == "test-halves":
-        return make_splits(halve_test(data)[0], 0, device=device_of(args))
-    return make_splits(data, heldout=_heldout(args), device=device_of(args))
+        halves, record = halve_test(data)
+        return make_splits(halves, 0, device=device_of(args)), record
+    splits = make_splits(data, heldout=_heldout(args), device=device_of(args))
+    return splits, ProtocolRecord("heldout", splits.size("heldout"), splits.size("test"))
 
 
 def _protocol(args: argparse.Namespace) -> str:
@@ -104,13 +112,19 @@ def _heldout(args: argparse.Namespace) -> int:
 def load_source(args: argparse.Namespace) -> DataSource:
     """``load_splits``, or streaming splits (DataLoader workers) for an ImageFolder too big for memory
     (those keep the held-out protocol)."""
+    return load_source_recorded(args)[0]
+
+
+def load_source_recorded(args: argparse.Namespace) -> tuple[DataSource, ProtocolRecord | None]:
+    """``load_source`` and the record of its protocol (None for streaming splits)."""
     p = _data_path(args)
     image_size = getattr(args, "image_size", None)
     big = p.is_dir() and (p / "train").is_dir() and decoded_bytes(p, image_size) > STREAM_ABOVE
     if not big and _protocol(args) != "heldout":
-        return load_splits(args)
-    return open_data(_data_path(args), heldout=_heldout(args), device=device_of(args),
-                     image_size=getattr(args, "image_size", None), val=getattr(args, "val", None))
+        return load_splits_recorded(args)
+    source = open_data(_data_path(args), heldout=_heldout(args), device=device_of(args),
+                       image_size=getattr(args, "image_size", None), val=getattr(args, "val", None))
+    return source, None if big else ProtocolRecord("heldout", source.size("heldout"), source.size("test"))
 
 
 @contextlib.contextmanager

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                          latency_runs=args.latency_runs, export_dtype=args.dtype, onnx=not args.no_onnx,
                          storage=args.storage)
     from amc.api import compress as compress_api
-    from amc.commands.common import load_source
+    from amc.commands.common import load_source_recorded
 
     if Path(args.checkpoint).is_file():  # a checkpoint: the architecture from --model or its file name
         weights: str | None = args.checkpoint
@@ -80,12 +80,12 @@ def run(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
 
-    splits = load_source(args)  # the data first: its classes and image size shape the model
+    splits, record = load_source_recorded(args)  # the data first: its classes and image size shape the model
     say(f"data: {splits.size('train'):,} train, {splits.size('heldout'):,} held-out, {splits.size('test'):,} test, "
         f"{splits.num_classes} classes, images {'x'.join(map(str, splits.input_shape))}")
     res = compress_api(ref, budget=cfg.budget, data=splits, method=cfg.method, episodes=cfg.episodes,
                        finetune=cfg.finetune_epochs, weights=weights, num_classes=args.num_classes,
-                       run_dir=out, progress=say, config=cfg)
+                       run_dir=out, progress=say, config=cfg, data_record=record)
     m = res.metrics
     print(f"accuracy {m['dense_accuracy']:.2%} dense -> {m['accuracy_before_finetune']:.2%} pruned -> "
           f"{m['accuracy']:.2%} finetuned; size {m['size_fraction']:.2%}, MACs {m['macs_fraction']:.2%} of dense; "
