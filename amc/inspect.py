@@ -81,7 +81,8 @@ def _held_reason(raw: str) -> str:
     if "channel shuffle" in raw:
         return f"channel shuffle: {raw}"
     if "not reached" in raw:
-        return "not traceable: not reached by a forward pass on the example inputs"
+        return ("not traceable: not reached by a forward pass on the example inputs (never called, or its "
+                "weight used through a functional call)")
     return raw
 
 

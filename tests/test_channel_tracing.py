@@ -45,3 +45,25 @@ def test_the_mapping_patches_are_undone_after_tracing():
     after = (index_mapping.update_index_mapping, index_mapping.update_reshape_index_mapping,
              index_mapping.update_concat_index_mapping, index_mapping._FlattenIndexMapping.__call__)
     assert before == after
+
+
+class FunctionalUse(nn.Module):
+    """``proj``'s weight is used through ``F.linear``, its module never called (torchvision's Swin
+    attention does this with qkv and proj)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.proj = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x)).mean((2, 3))
+        return self.head(torch.nn.functional.linear(h, self.proj.weight, self.proj.bias))
+
+
+def test_a_layer_used_only_through_its_weight_is_held_and_the_reason_says_so(monkeypatch):
+    monkeypatch.setattr(channel, "_CACHE", OrderedDict())
+    table = channel.channel_table(FunctionalUse(), torch.randn(1, 3, 8, 8))
+    assert "proj" not in table.group_of
+    assert "functional call" in table.unprunable["proj"]

@@ -403,7 +403,8 @@ def _group_table(work: nn.Module, x: torch.Tensor, dg: Any, tol: _Tolerance, nam
             continue
         mod = n2m[name]
         if mod not in dg.module2node:
-            unprunable[name] = "not reached by a forward pass"
+            unprunable[name] = ("not reached by a forward pass (its module is never called: unused, or its "
+                                "weight used through a functional call, as in torchvision's Swin attention)")
             continue
         pruner = dg.get_pruner_of_module(mod)
         channels = pruner.get_out_channels(mod) if pruner is not None else None
