@@ -88,6 +88,9 @@ def test_prune_to_budget_meets_half_the_macs_at_64px(mode):
 def test_prune_to_budget_says_when_the_budget_is_out_of_reach():
     _, info = prune_to_budget(Mixed(), torch.randn(1, 3, 16, 16), "macs=0.05")
     assert not info.met and "not met" in info.notes[-1]
+    assert "largest held: " in info.notes[-1]  # the layers that keep the cost up, with their reasons
+    held = info.notes[-1].split("largest held: ")[1]
+    assert any(name in held and why in held for name, why in info.held.items())
 
 
 def test_amc_inspect_command(capsys):

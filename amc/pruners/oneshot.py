@@ -91,6 +91,16 @@ def _counts_at(table: ChannelTable, mode: str, ratio: float, round_to: int, max_
     return counts
 
 
+def _largest_held(table: ChannelTable, n: int = 2) -> str:
+    """``; largest held: <layer> (<share> of MACs: <why>), ...`` for the held layers of most MACs."""
+    macs = {li.name: li.macs for li in table.layers}
+    held = sorted(table.unprunable, key=lambda name: -macs.get(name, 0))[:n]
+    if not held or not table.dense_macs:
+        return ""
+    return "; largest held: " + ", ".join(
+        f"{name} ({macs.get(name, 0) / table.dense_macs:.1%} of MACs: {table.unprunable[name]})" for name in held)
+
+
 def _bisect(cost: Callable[[float], int], target: float, hi: float) -> float:
     """The smallest ratio in [0, hi] whose cost is <= target (``hi`` itself if none is)."""
     if cost(0.0) <= target:
@@ -149,7 +159,7 @@ def prune_to_budget(model: nn.Module, example_inputs: torch.Tensor, budget: str 
     met = measured[b.kind] <= target * (1 + 1e-9)
     if not met:
         notes.append(f"budget {b} not met: the held layers keep {measured[b.kind] / dense[b.kind]:.1%} of dense "
-                     f"{b.kind} with every prunable group at most {max_ratio:.0%} pruned")
+                     f"{b.kind} with every prunable group at most {max_ratio:.0%} pruned{_largest_held(table)}")
     info = OneShotInfo(str(b), mode, criterion, round_to, float(ratio), table.dense_macs, measured["macs"],
                        table.dense_params, measured["params"], met, plan, dict(table.unprunable), notes)
     return pruned, info
