@@ -157,7 +157,8 @@ def run_limited(ref: str, budget: str, limit_s: float, threads: int) -> dict[str
     return row
 
 
-def write_report(rows: list[dict[str, Any]], stem: Path, budget: str, expected: int, limit_s: float) -> None:
+def write_report(rows: list[dict[str, Any]], stem: Path, budget: str, expected: int, limit_s: float,
+                 note: str = "") -> None:
     from amc.io import atomic_write_text
     from amc.system import machine_info
 
@@ -169,8 +170,8 @@ def write_report(rows: list[dict[str, Any]], stem: Path, budget: str, expected: 
         t["ok"] += int(r["ok"])
         t["within_budget"] += int(r["ok"] and r["within_budget"])
         t["forward_ok"] += int(r["forward_ok"])
-    doc = {"budget": budget, "partial": partial, "expected_models": expected, "time_limit_s": limit_s,
-           "machine": machine_info(), "totals": totals, "rows": rows}
+    doc: dict[str, Any] = {"budget": budget, "partial": partial, "expected_models": expected, "time_limit_s": limit_s,
+                           "note": note, "machine": machine_info(), "totals": totals, "rows": rows}
     atomic_write_text(stem.with_suffix(".json"), json.dumps(doc, indent=1) + "\n")
     lines = [f"# Model coverage: one-shot channel pruning to {budget}{' (PARTIAL)' if partial else ''}", ""]
     if partial:
@@ -182,7 +183,8 @@ def write_report(rows: list[dict[str, Any]], stem: Path, budget: str, expected: 
         f"of {', '.join(map(str, SIZES))} px the model runs at, pruned by "
         f"`amc.pruners.oneshot.prune_to_budget(model, x, "
         f"{budget!r})` (uniform ratio over the prunable groups, L2, round_to 8) and run again. "
-        f"Time limit {limit_s:.0f} s per model. Machine: {m['cpu']} ({m['cpu_capability']}), "
+        f"Time limit {limit_s:.0f} s per model (a row's own `limit_s` where it has one). "
+        f"{note + ' ' if note else ''}Machine: {m['cpu']} ({m['cpu_capability']}), "
         f"torch {m['torch']}, {m['threads']} threads. Script: `benchmarks/model_coverage.py`.", "",
         "| source | models | forward ok | pruned and run | within budget |", "| --- | --- | --- | --- | --- |"]
     for src, t in totals.items():
@@ -214,6 +216,7 @@ def main() -> int:
     ap.add_argument("--redo", action="store_true", help="rerun everything")
     ap.add_argument("--report-only", action="store_true", help="write the report from the cache, run nothing")
     ap.add_argument("--stem", default=str(ROOT / "reports" / "model_coverage"))
+    ap.add_argument("--note", default="", help="a sentence for the report on how the cache was filled")
     args = ap.parse_args()
     refs = QUICK if args.quick else args.models.split(",") if args.models else all_refs()
     cache = Path(args.cache)
@@ -225,6 +228,7 @@ def main() -> int:
             if not (args.redo_failed and not (row["ok"] and row["within_budget"])):
                 continue
         row = run_limited(ref, args.budget, args.limit_s, args.threads)
+        row["limit_s"] = args.limit_s
         path.write_text(json.dumps(row) + "\n")
         status = "ok" if row["ok"] and row["within_budget"] else "FAIL"
         print(f"{ref:45s} {status:4s} {row['seconds']:7.1f}s macs {row.get('macs_fraction')} {row['error'][:150]}",
@@ -234,7 +238,7 @@ def main() -> int:
     every = all_refs()
     rows = [json.loads(p.read_text()) for ref in every
             if (p := cache / (ref.replace(":", "__") + ".json")).exists()]
-    write_report(rows, Path(args.stem), args.budget, len(every), args.limit_s)
+    write_report(rows, Path(args.stem), args.budget, len(every), args.limit_s, args.note)
     return 0
 
 
