@@ -10,14 +10,12 @@ that ``benchmarks/reliability.py`` renders into ``reports/reliability.md``.
 from __future__ import annotations
 
 import ast
-import importlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,32 +36,10 @@ HEARTBEAT_S, GRACE_S = 1, 2  # Optuna heartbeat every second; a trial 2 s withou
 # -- PostgreSQL -------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    """``$AMC_TEST_POSTGRES_URL`` (CI starts the server), else a server of our own, else skip."""
-    url = os.environ.get(pg.ENV_URL)
-    if url:
-        importlib.import_module("psycopg2")  # a URL was given: the driver must be there
-        pg.wait_ready(url)
+    """``$AMC_TEST_POSTGRES_URL`` (CI starts the server), else a server of our own, else skip
+    (fail with ``AMC_REQUIRE_POSTGRES=1``): ``tests/pg.py``'s ``server_url``."""
+    with pg.server_url() as url:
         yield url
-        return
-    required = os.environ.get("AMC_REQUIRE_POSTGRES") == "1"  # CI: these tests must run, not skip
-    skip = pytest.fail if required else pytest.skip
-    if required:
-        importlib.import_module("psycopg2")  # an ImportError, not a skip
-    pytest.importorskip("psycopg2", reason="the PostgreSQL driver: pip install -e '.[dev]'")
-    if pg.bin_dir() is None:
-        skip(f"PostgreSQL is not installed and {pg.ENV_URL} is unset (apt-get install postgresql)")
-    root = Path(tempfile.mkdtemp(prefix="amc-pg-"))  # under /tmp: the postgres user can reach it
-    try:
-        server = pg.PgServer.start(root)
-    except (RuntimeError, subprocess.CalledProcessError) as e:
-        shutil.rmtree(root, ignore_errors=True)
-        skip(f"cannot start PostgreSQL here: {e}")
-    try:
-        pg.wait_ready(server.url)
-        yield server.url
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 # -- worker processes --------------------------------------------------------------------------------
