@@ -110,12 +110,13 @@ def _cpu_latency(model: nn.Module, runs: int, input_shape: tuple[int, ...] = (3,
 
 
 def compress(checkpoint: str | Path, arch: str | None, splits: DataSource, config: CompressConfig,
-             run_dir: str | Path, progress: Progress | None = None) -> CompressResult:
+             run_dir: str | Path, progress: Progress | None = None, data: DataInfo | None = None) -> CompressResult:
     """Run the whole pipeline on the model ``arch`` (a reference; guessed from the file name when
-    None) loaded from ``checkpoint``; see the module doc."""
+    None) loaded from ``checkpoint``; see the module doc. ``data`` describes the splits for the recipe."""
     arch = resolve_arch(arch, checkpoint)
     dense = load_model(arch, checkpoint)
-    return compress_model(dense, splits, config, run_dir, progress=progress, ref=arch, checkpoint=checkpoint)
+    return compress_model(dense, splits, config, run_dir, progress=progress, ref=arch, checkpoint=checkpoint,
+                          data=data)
 
 
 def _user_train(train: Train, model: nn.Module, epochs: float, masks) -> None:
