@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from amc.budget import Budget
+from amc.budget import Budget, default_upper
 from amc.data import DataSource
 from amc.errors import AmcError
 from amc.io import atomic_write_text
@@ -59,7 +59,7 @@ class CompressConfig:
     batch_size: int = 256
     calib_images: int = 5120  # BN recalibration images per reward (the DESIGN's 5,120)
     eval_images: int | None = None  # held-out images per reward (None: the whole held-out split)
-    upper: float = 0.9  # highest per-layer ratio the searchers may propose
+    upper: float | None = None  # highest per-layer ratio searches may take (None: amc.budget.default_upper)
     criterion: str = "l2"  # channel importance
     round_to: int = 8  # channel multiple
     sensitivity_ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # channel scan
@@ -179,7 +179,8 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
 
         lut = LatencyTable(run / "latency_lut.csv", "cpu", threads=1)
     ecfg = EvalConfig(granularity=gran, calib_images=config.calib_images, eval_images=config.eval_images,
-                      upper=config.upper, criterion=config.criterion, round_to=config.round_to)
+                      upper=config.upper if config.upper is not None else default_upper(gran),
+                      criterion=config.criterion, round_to=config.round_to)
     evaluator = Evaluator(dense, splits, budget, ecfg, input_shape=shape, latency_table=lut, score_fn=score)
 
     # -- sensitivity ------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-images", type=int, default=d.calib_images, help="BN recalibration images per reward")
     p.add_argument("--eval-images", type=int, default=None, help="held-out images per reward (default: all)")
     p.add_argument("--test-limit", type=int, default=None, help="test images for the final numbers (default: all)")
-    p.add_argument("--upper", type=float, default=d.upper, help="highest per-layer ratio")
+    p.add_argument("--upper", type=float, default=d.upper,
+                   help="highest per-layer ratio (default 0.9 for channel pruning, 0.98 for fine-grained)")
     p.add_argument("--criterion", default=d.criterion, help="channel importance: l1, l2, l2_next, bn, taylor")
     p.add_argument("--round-to", type=int, default=d.round_to, help="channel multiple (1 = off)")
     p.add_argument("--latency-runs", type=int, default=d.latency_runs)

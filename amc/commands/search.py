@@ -47,7 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "runs when the reward saw a subset (--eval-images) or a finetune recovery")
     e.add_argument("--rerank-seeds", default="1,2", help="recovery seeds of the re-rank (the search's is 0)")
     e.add_argument("--lower", type=float, default=0.0, help="lowest ratio per layer")
-    e.add_argument("--upper", type=float, default=0.9, help="highest ratio per layer")
+    e.add_argument("--upper", type=float, default=None,
+                   help="highest ratio per layer (default 0.9 for channel pruning, 0.98 for fine-grained)")
     e.add_argument("--around", default=None, metavar="POLICY",
                    help="search a box of --radius around this policy file's ratios (and start from it)")
     e.add_argument("--radius", type=float, default=0.2, help="half-width of the --around box")
@@ -77,6 +78,10 @@ def _evaluator(args: argparse.Namespace, model, splits, reference: dict[str, flo
     from amc.evaluator import EvalConfig, Evaluator
 
     budget = Budget.parse(args.budget)
+    if args.upper is None:
+        from amc.budget import default_upper
+
+        args.upper = default_upper(args.granularity)
     box = None
     if reference is not None:  # the search box: --radius around the reference policy's ratios
         from amc.budget import bounds_around

@@ -54,7 +54,8 @@ class JobSpec(BaseModel):
                             "images held out), auto (test-halves unless heldout is given)")
     heldout: int | None = Field(None, ge=16, description="held-out train images for the search rewards "
                                                          "(the heldout protocol)")
-    upper: float = Field(0.9, gt=0, lt=1)
+    upper: float | None = Field(None, gt=0, lt=1, description="highest per-layer ratio (default 0.9 for channel "
+                                                               "pruning, 0.98 for fine-grained)")
     criterion: Literal["l1", "l2", "l2_next", "bn", "taylor", "obd", "apoz"] = "l2"
     round_to: int = Field(8, ge=1, le=256)
     latency_runs: int = Field(50, ge=1, le=10_000)
