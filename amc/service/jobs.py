@@ -50,7 +50,7 @@ class JobSpec(BaseModel):
     train_limit: int | None = Field(None, ge=64, description="use only this many train images (quick jobs)")
     heldout: int = Field(5000, ge=16, description="held-out train images for the search rewards")
     upper: float = Field(0.9, gt=0, lt=1)
-    criterion: Literal["l1", "l2", "l2_next", "bn", "taylor", "obd", "apoz"] = "l2"
+    criterion: Literal["l1", "l2", "l2_next", "bn", "taylor", "obd", "apoz", "magnitude", "synflow"] = "l2"
     round_to: int = Field(8, ge=1, le=256)
     latency_runs: int = Field(50, ge=1, le=10_000)
     sensitivity_ratios: tuple[float, ...] = Field((0.2, 0.4, 0.6, 0.8), min_length=1, max_length=16,
