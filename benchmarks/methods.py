@@ -18,6 +18,7 @@ Each row is cached in ``runs/methods/<key>.json``; a rerun resumes; ``--report-o
 ``reports/methods.{md,json}`` from the cache (PARTIAL while rows are missing).
 
     nice -n 19 python benchmarks/methods.py            # run / resume, then write the report
+    nice -n 19 python benchmarks/methods.py --diagnose # the size=0.1 OBD / SynFlow diagnosis rows (diag__*.json)
     python benchmarks/methods.py --report-only          # report from the cache
 """
 
