@@ -17,7 +17,7 @@ from amc.layers import layer_weight
 from amc.recipe import MASKS_SUFFIX, RecipeError, apply_to_model, load_recipe, make_recipe, save_recipe
 from tests.conftest import CIFAR, MODELS, make_tiny_vgg
 
-CALIB = 256
+CALIB = 128  # two batches of 64: the Fisher of the obd tests
 
 
 def _ev(splits, criterion: str, size: float = 0.3) -> Evaluator:
