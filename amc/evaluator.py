@@ -32,6 +32,7 @@ from amc.budget import Bounds, Budget, ChannelCost, CostModel, FineCost, Policy,
 from amc.cpuconv import training_layout
 from amc.data import DataSource
 from amc.errors import BudgetError, PolicyError, TrainingDiverged
+from amc.importance.weights import fine_criterion, weight_scores
 from amc.layers import count_macs, count_params, layer_table, layer_weight
 from amc.sensitivity import LOSS_TIE_WEIGHT
 from amc.train import FinetuneConfig, Masks, apply_masks, finetune, model_device, recalibrate_bn
@@ -89,7 +90,7 @@ class EvalConfig:
     calib_images: int = CALIB_IMAGES  # train images (no augmentation) for BN recalibration
     eval_images: int | None = None  # held-out images scored per episode (None: all)
     batch_size: int = 512  # large batches: the reward is throughput-bound on a GPU
-    criterion: str = "l2"  # channel importance (a key of amc.pruners.channel.CRITERIA)
+    criterion: str = "l2"  # channel: a key of amc.pruners.channel.CRITERIA; fine: magnitude (l1/l2), obd, synflow
     round_to: int = 8  # channel counts rounded to a multiple of this
     lower: float = 0.0  # default per-layer ratio bounds
     upper: float = 0.9
@@ -106,6 +107,8 @@ class EvalConfig:
             raise PolicyError(f"unknown recovery {self.recovery!r}; known: {', '.join(RECOVERIES)}")
         if self.calib_images < 1 or self.batch_size < 1 or self.recovery_steps < 0:
             raise PolicyError("calib_images and batch_size must be >= 1, recovery_steps >= 0")
+        if self.granularity == "fine":
+            fine_criterion(self.criterion)  # one clear error for a criterion that does not rank weights
 
 
 @dataclass(frozen=True)
@@ -190,12 +193,15 @@ class Evaluator:
     def _setup_fine(self) -> None:
         table = [t for t in self.table if t.name not in self.config.skip]
         self.names = [t.name for t in table]
-        # layer -> rank of each weight in increasing |w| (stable sort: ties by index), cached; a ratio r
-        # keeps the weights whose rank >= round(r * numel): magnitude_mask's exact count, one comparison
+        # layer -> rank of each weight in increasing score (|w| for magnitude; stable sort: ties by index),
+        # cached; a ratio r keeps the weights whose rank >= round(r * numel): magnitude_mask's exact count.
+        # obd scores on the first 4 calibration batches of the dense weights, synflow data-free (one round)
+        crit = fine_criterion(self.config.criterion)
+        scores = weight_scores(self.dense, crit, self.names, self._calib[:4] if crit == "obd" else None, batches=4)
         self._rank: dict[str, torch.Tensor] = {}
         for t in table:
-            w = layer_weight(self.work, t.name).detach()
-            order = torch.argsort(w.abs().flatten().float(), stable=True)
+            w = scores[t.name]
+            order = torch.argsort(w.flatten().float(), stable=True)
             rank = torch.empty(order.numel(), dtype=torch.int32, device=order.device)
             rank[order] = torch.arange(order.numel(), dtype=torch.int32, device=order.device)
             self._rank[t.name] = rank.view_as(w)

@@ -60,7 +60,7 @@ class CompressConfig:
     calib_images: int = 5120  # BN recalibration images per reward (the DESIGN's 5,120)
     eval_images: int | None = None  # held-out images per reward (None: the whole held-out split)
     upper: float | None = None  # highest per-layer ratio searches may take (None: amc.budget.default_upper)
-    criterion: str = "l2"  # channel importance
+    criterion: str = "l2"  # channel importance; fine: magnitude (l1/l2 read as it), obd or synflow
     round_to: int = 8  # channel multiple
     sensitivity_ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # channel scan
     sparsities: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)  # fine scan
@@ -244,8 +244,13 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
         plan = evaluator.plan(evaluator.check(policy))
         recipe = make_recipe(arch, checkpoint, dict(policy), "channel", config.criterion, kept=plan,
                              round_to=config.round_to, **common)  # type: ignore[arg-type]
-    else:
-        recipe = make_recipe(arch, checkpoint, dict(policy), "fine", **common)  # type: ignore[arg-type]
+    else:  # obd / synflow masks are stored with the recipe (they are not rebuilt from |w|)
+        from amc.importance.weights import fine_criterion
+
+        crit = fine_criterion(config.criterion)
+        stored = evaluator.fine_masks(evaluator.check(policy)) if crit != "magnitude" else None
+        recipe = make_recipe(arch, checkpoint, dict(policy), "fine", crit, masks=stored,
+                             **common)  # type: ignore[arg-type]
     model, masks = apply_to_model(recipe, source)
     model = model.to(device)
     masks = {k: v.to(device) for k, v in masks.items()}

@@ -42,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-limit", type=int, default=None, help="test images for the final numbers (default: all)")
     p.add_argument("--upper", type=float, default=d.upper,
                    help="highest per-layer ratio (default 0.9 for channel pruning, 0.98 for fine-grained)")
-    p.add_argument("--criterion", default=d.criterion, help="channel importance: l1, l2, l2_next, bn, taylor")
+    p.add_argument("--criterion", default=d.criterion, help="importance: channel l1, l2, l2_next, bn, "
+                   "taylor, obd, apoz; fine magnitude (l1/l2 mean it), obd, synflow")
     p.add_argument("--round-to", type=int, default=d.round_to, help="channel multiple (1 = off)")
     p.add_argument("--latency-runs", type=int, default=d.latency_runs)
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in the run folder)")

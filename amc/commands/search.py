@@ -52,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--around", default=None, metavar="POLICY",
                    help="search a box of --radius around this policy file's ratios (and start from it)")
     e.add_argument("--radius", type=float, default=0.2, help="half-width of the --around box")
-    e.add_argument("--criterion", default="l2", help="channel importance (amc.pruners.channel.CRITERIA)")
+    e.add_argument("--criterion", default="l2", help="importance: channel a key of amc.pruners.channel.CRITERIA "
+                   "(l2, obd, apoz...); fine magnitude (l1/l2 mean it), obd or synflow")
     e.add_argument("--round-to", type=int, default=8, help="channel counts rounded to this multiple")
     e.add_argument("--lut", default=None, metavar="CSV", help="latency lookup table (for --budget latency=...)")
     a = p.add_argument_group("AMC agent")
@@ -217,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
                           for r in reranked["ranked"]]).to_csv(tmp, index=False)
     save_policy_file(best_policy, out / "best_policy.yaml")
     summary = {"checkpoint": str(args.checkpoint), "method": args.method, "budget": args.budget,
-               "granularity": args.granularity, "episodes": len(frame), "best": best.row(),
+               "granularity": args.granularity, "criterion": args.criterion, "episodes": len(frame),
+               "best": best.row(),
                "seed_policies": ["around" if reference else "uniform", *seeds],
                "rerank": None if reranked is None else {k: v for k, v in reranked.items() if k != "ranked"} |
                {"winner_search_rank": reranked["ranked"][0]["rank"] if reranked["ranked"] else None},

@@ -56,7 +56,7 @@ class JobSpec(BaseModel):
                                                          "(the heldout protocol)")
     upper: float | None = Field(None, gt=0, lt=1, description="highest per-layer ratio (default 0.9 for channel "
                                                                "pruning, 0.98 for fine-grained)")
-    criterion: Literal["l1", "l2", "l2_next", "bn", "taylor", "obd", "apoz"] = "l2"
+    criterion: Literal["l1", "l2", "l2_next", "bn", "taylor", "obd", "apoz", "magnitude", "synflow"] = "l2"
     round_to: int = Field(8, ge=1, le=256)
     latency_runs: int = Field(50, ge=1, le=10_000)
     sensitivity_ratios: tuple[float, ...] = Field((0.2, 0.4, 0.6, 0.8), min_length=1, max_length=16,
