@@ -16,23 +16,21 @@ from amc.models import build_model
 from amc.pruners.channel import (
     CRITERIA,
     ChannelPlan,
-    SensitivityScan,
     apply_channel_masks,
     channel_masks,
     channel_scores,
     channel_table,
     find_uniform_ratio,
     needs_data,
-    pick_channel_policy,
     plan_channels,
     plan_cost,
     policy_cost,
     policy_counts,
     prune_channels,
     round_channels,
-    scan_sensitivity,
     uniform_policy,
 )
+from amc.sensitivity import SensitivityScan, pick_channel_policy, scan_sensitivity
 from amc.train import FinetuneConfig, finetune
 from tests.conftest import make_tiny_resnet, make_tiny_vgg
 
