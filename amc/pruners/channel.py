@@ -288,8 +288,10 @@ class MappingDiverges(RuntimeError):
 
 @dataclass
 class _Tolerance:
-    """What ``_tolerant_reshapes`` saw: nodes left unmapped (by id), and the indices produced by
-    flattening reshapes since the last ``reset`` (a group's traversal)."""
+    """What ``_tolerant_reshapes`` saw: nodes left unmapped (by id), and the channel indices produced
+    since the last ``reset`` (a group's traversal) by every index mapping of torch-pruning (each
+    ``*IndexMapping`` class: flattens, concats, splits, slices and the rest), which ``MAPPING_LIMIT``
+    bounds."""
 
     failed: set[int] = field(default_factory=set)
     produced: int = 0
@@ -398,6 +400,7 @@ def _group_table(work: nn.Module, x: torch.Tensor, dg: Any, tol: _Tolerance, nam
     group_of: dict[str, int] = {}
     unprunable: dict[str, str] = {}
     visited: set[str] = set()
+    hints: dict[str, str] = {}  # root -> a suspect mapping, told when pruning the group breaks the forward
     for name in names:
         if name in visited:
             continue
@@ -467,6 +470,9 @@ def _group_table(work: nn.Module, x: torch.Tensor, dg: Any, tol: _Tolerance, nam
             continue
         # ``name`` is the first member in registration order: earlier members would have visited it
         root = name
+        hint = _partly_mapped(merged, n2m, int(channels))
+        if hint is not None:
+            hints[root] = hint
         items = tuple(ChannelItem(n, role, tuple(i), tuple(r)) for (n, role), (i, r) in merged.items())
         g = ChannelGroup(root, int(channels), tuple(prunable_members), tuple(c for c in names if c in consumers), items)
         for m in prunable_members:
@@ -478,7 +484,8 @@ def _group_table(work: nn.Module, x: torch.Tensor, dg: Any, tol: _Tolerance, nam
         for g in groups:
             if g.root in broken:
                 for m in g.members:
-                    unprunable[m] = f"pruning its channels breaks the forward pass ({broken[g.root]})"
+                    why = hints.get(g.root, broken[g.root])
+                    unprunable[m] = f"pruning its channels breaks the forward pass ({why})"
         groups = [g for g in groups if g.root not in broken]
         group_of = {m: i for i, g in enumerate(groups) for m in g.members}
 
@@ -490,10 +497,44 @@ def _group_table(work: nn.Module, x: torch.Tensor, dg: Any, tol: _Tolerance, nam
     return table
 
 
+def _partly_mapped(merged: Mapping[tuple[str, str], tuple[list[int], list[int]]], n2m: Mapping[str, nn.Module],
+                   channels: int) -> str | None:
+    """A consumer whose input is at least as wide as the group (not one part of a split) but that
+    receives only some of the group's channels, said in words; None if there is none. torch-pruning
+    maps channels so through a reshape it reads wrongly (LeViT's subsampling ``view(B, H, W, C)[:, ::2,
+    ::2]`` maps half of them), and pruning then cuts that consumer's input by another count than the
+    channels removed. A split followed by a concat (CSP blocks) maps so too, rightly: this only names the
+    suspect when ``_breaking_groups`` finds that pruning the group breaks the forward pass."""
+    for (name, role), (_, roots) in merged.items():
+        if role != "in":
+            continue
+        mod = n2m[name]
+        width = getattr(mod, "in_features", None) or getattr(mod, "in_channels", None)
+        mapped = len(set(roots))
+        if isinstance(width, int) and width >= channels and mapped < channels:
+            return (f"torch-pruning maps only {mapped} of its {channels} channels into {name}, through a "
+                    f"reshape it cannot follow")
+    return None
+
+
+def _probe(group: ChannelGroup) -> list[int]:
+    """The channels ``_breaking_groups`` removes from ``group``: a fixed pseudo-random half (a mapping that is
+    wrong for some channels only shows when many go, and may be right for a regular pattern: a 2x
+    subsampling maps every other channel, so removing those looks consistent), taking back one channel
+    of any member that would lose all of its own (one side of a concat: a plan that empties it breaks,
+    but that is the plan's ratio, not the mapping)."""
+    perm = torch.randperm(group.channels, generator=torch.Generator().manual_seed(0)).tolist()
+    removed = set(perm[: group.channels // 2])
+    for item in group.items:
+        if item.role in ("out", "dw") and item.root_idxs and removed.issuperset(item.root_idxs):
+            removed.discard(item.root_idxs[0])
+    return sorted(removed)
+
+
 def _breaking_groups(model: nn.Module, x: torch.Tensor, groups: list[ChannelGroup]) -> dict[str, str]:
-    """Roots of the groups whose physical pruning (one channel removed) breaks the forward pass or
-    changes the output's shape, with the error. One copy and one forward when every group works;
-    halving the set to find the culprits otherwise."""
+    """Roots of the groups whose physical pruning (half of their channels removed, see ``_probe``) breaks
+    the forward pass or changes the output's shape, with the error. One copy and one forward when every
+    group works; halving the set to find the culprits otherwise."""
     with torch.no_grad():
         y = model.eval()(x)
     shape = tuple(y.shape) if isinstance(y, torch.Tensor) else None
@@ -504,7 +545,7 @@ def _breaking_groups(model: nn.Module, x: torch.Tensor, groups: list[ChannelGrou
             dg = _dependency_graph(work, x)
             for g in gs:
                 mod = work.get_submodule(g.root)
-                dg.get_pruning_group(mod, dg.get_pruner_of_module(mod).prune_out_channels, [0]).prune()
+                dg.get_pruning_group(mod, dg.get_pruner_of_module(mod).prune_out_channels, _probe(g)).prune()
             with torch.no_grad():
                 out = work(x)
         except Exception as e:
@@ -1014,5 +1055,32 @@ def prune_channels(model: nn.Module, plan: ChannelPlan, example_inputs: torch.Te
                 raise PolicyError(f"{root}: the plan removes every channel")
             pruner = dg.get_pruner_of_module(mod)
             dg.get_pruning_group(mod, pruner.prune_out_channels, removed).prune()
+    check_forward(work, x)
     work.train(was)
     return work
+
+
+def check_forward(model: nn.Module, x: torch.Tensor) -> None:
+    """One forward of a pruned ``model`` on ``x`` (no grad); a failure is one ``PolicyError`` that names
+    the innermost module that raised (read from forward pre-hooks), not a bare shape error."""
+    n2m = {id(m): n for n, m in model.named_modules()}
+    stack: list[nn.Module] = []
+
+    def enter(mod: nn.Module, args: Any) -> None:
+        stack.append(mod)
+
+    def leave(mod: nn.Module, args: Any, out: Any) -> None:
+        stack.pop()
+
+    handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as e:
+        where = n2m.get(id(stack[-1]), "") if stack else ""
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise PolicyError(f"the channel-pruned model fails in {where or 'its top-level forward'} "
+                          f"({type(e).__name__}: {msg})") from e
+    finally:
+        for h in handles:
+            h.remove()
