@@ -59,6 +59,7 @@ class CompressConfig:
     batch_size: int = 256
     calib_images: int = 5120  # BN recalibration images per reward (the DESIGN's 5,120)
     eval_images: int | None = None  # held-out images per reward (None: the whole held-out split)
+    score_on: str = "auto"  # reward scored on the "masked" or "physical" pruned model (EvalConfig.score_on)
     upper: float = 0.9  # highest per-layer ratio the searchers may propose
     criterion: str = "l2"  # channel importance
     round_to: int = 8  # channel multiple
@@ -178,7 +179,8 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
 
         lut = LatencyTable(run / "latency_lut.csv", "cpu", threads=1)
     ecfg = EvalConfig(granularity=gran, calib_images=config.calib_images, eval_images=config.eval_images,
-                      upper=config.upper, criterion=config.criterion, round_to=config.round_to)
+                      upper=config.upper, criterion=config.criterion, round_to=config.round_to,
+                      score_on=config.score_on)
     evaluator = Evaluator(dense, splits, budget, ecfg, input_shape=shape, latency_table=lut, score_fn=score)
 
     # -- sensitivity ------------------------------------------------------------------------------
