@@ -737,8 +737,9 @@ def score_taylor(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
 
 
 def score_group_l2(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    """Torch-Pruning's GroupMagnitudeImportance(p=2): every coupled weight slice (filters, input
-    slices, BN scales), mean over the group."""
+    """Every coupled weight slice (filters, input slices, BN scales), mean over the group: Torch-Pruning's
+    GroupMagnitudeImportance(p=2, normalizer=None), except that a coupled depthwise conv's filters count
+    here (torch-pruning 1.6 skips them: their pruning function is not ``prune_conv_out_channels``)."""
     s = _group_score(model, group, ("out", "dw", "in", "bn", "other"), 2.0)
     assert s is not None
     return s
