@@ -14,6 +14,11 @@ batches, so that rewards differ by the policy alone), and accuracy is measured o
 held-out split. The costs are re-measured on the masked model (non-zero weights, or kept channels
 read from the zero pattern), so ``feasible`` is checked, not assumed.
 
+With ``score_on="physical"`` (by default for channel pruning with BN recovery on the CPU) a channel
+policy is instead scored on a copy with its channels removed (``build``: the cached groups and
+scores, torch-pruning's removal): the same outputs as the masked copy at a fraction of its cost, and
+its costs read from its shapes.
+
 What differs by granularity (the masks, the cost model, how costs are read back, ``build``, the
 sensitivity picker) is one ``amc.granularity`` strategy, chosen once in ``__init__``.
 """
