@@ -277,7 +277,7 @@ class LatencyTable:
         return ms
 
     def counts_cost(self, table) -> Callable[[Mapping[str, int]], float]:
-        """``counts -> predicted ms`` for ``amc.pruners.channel.pick_channel_policy(cost=...)``."""
+        """``counts -> predicted ms`` for ``amc.sensitivity.pick_channel_policy(cost=...)``."""
         return lambda counts: sum(self.lookup(k) for k in self.layer_keys(table, counts))
 
 

@@ -59,6 +59,7 @@ class CompressConfig:
     batch_size: int = 256
     calib_images: int = 5120  # BN recalibration images per reward (the DESIGN's 5,120)
     eval_images: int | None = None  # held-out images per reward (None: the whole held-out split)
+    score_on: str = "auto"  # reward scored on the "masked" or "physical" pruned model (EvalConfig.score_on)
     upper: float | None = None  # highest per-layer ratio searches may take (None: amc.budget.default_upper)
     criterion: str = "l2"  # channel importance; fine: magnitude (l1/l2 read as it), obd or synflow
     round_to: int = 8  # channel multiple
@@ -180,7 +181,7 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
         lut = LatencyTable(run / "latency_lut.csv", "cpu", threads=1)
     ecfg = EvalConfig(granularity=gran, calib_images=config.calib_images, eval_images=config.eval_images,
                       upper=config.upper if config.upper is not None else default_upper(gran),
-                      criterion=config.criterion, round_to=config.round_to)
+                      criterion=config.criterion, round_to=config.round_to, score_on=config.score_on)
     evaluator = Evaluator(dense, splits, budget, ecfg, input_shape=shape, latency_table=lut, score_fn=score)
 
     # -- sensitivity ------------------------------------------------------------------------------

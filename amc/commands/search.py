@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--recovery-steps", type=int, default=20)
     e.add_argument("--calib-images", type=int, default=5120)
     e.add_argument("--eval-images", type=int, default=None, help="held-out images per reward (default: all)")
+    e.add_argument("--score-on", choices=("auto", "masked", "physical"), default="auto",
+                   help="score channel policies on the masked dense copy or the physically pruned one "
+                        "(auto: physical on the CPU with BN recovery)")
     e.add_argument("--rerank", type=int, default=5, metavar="K",
                    help="re-score the top K policies on every held-out image, after the recovery on other "
                         "batches (--rerank-seeds), and keep the best of those (0: keep the best reward); it "
@@ -90,7 +93,7 @@ def _evaluator(args: argparse.Namespace, model, splits, reference: dict[str, flo
         box = bounds_around(reference, args.radius, args.lower, args.upper)
     cfg = EvalConfig(granularity=args.granularity, reward=args.reward, recovery=args.recovery,
                      recovery_steps=args.recovery_steps, calib_images=args.calib_images,
-                     eval_images=args.eval_images, lower=args.lower,
+                     eval_images=args.eval_images, score_on=args.score_on, lower=args.lower,
                      upper=args.upper, criterion=args.criterion, round_to=args.round_to, bounds=box)
     lut = None
     if budget.kind == "latency":
