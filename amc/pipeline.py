@@ -179,6 +179,9 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
         from amc.latency import LatencyTable
 
         lut = LatencyTable(run / "latency_lut.csv", "cpu", threads=1)
+        dense_ms = lut.calibrate(dense, input_shape=shape[1:])  # what the layers leave out counts too
+        say(f"latency: dense {dense_ms:.2f} ms on the CPU (1 thread), {lut.overhead_ms:.2f} ms of it outside "
+            "the table's layers")
     ecfg = EvalConfig(granularity=gran, calib_images=config.calib_images, eval_images=config.eval_images,
                       upper=config.upper if config.upper is not None else default_upper(gran),
                       criterion=config.criterion, round_to=config.round_to, score_on=config.score_on)

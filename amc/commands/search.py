@@ -102,6 +102,7 @@ def _evaluator(args: argparse.Namespace, model, splits, reference: dict[str, flo
         from amc.latency import LatencyTable
 
         lut = LatencyTable(args.lut, "cpu")
+        lut.calibrate(model)  # the dense model end to end: what the table's layers leave out counts too
     return Evaluator(model, splits, budget, cfg, latency_table=lut)
 
 
