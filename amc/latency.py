@@ -179,8 +179,10 @@ class LatencyTable:
     ``calibrate`` measures the dense model end to end and keeps what its summed layers leave out
     (pools, adds, the head, Python dispatch) as ``overhead_ms``, which every prediction then
     includes: that part does not shrink with the channels, so a latency fraction predicted without
-    it is optimistic (ResNet-20 on one CPU thread: policies the bare table put at 0.48-0.50 measured
-    0.51-0.65 of the dense latency).
+    it is optimistic (a small model with a large head: most of its time). It does not correct the
+    layer entries themselves: for ResNet-20 on one CPU thread the overhead is small (0.05 of 4.7 ms),
+    yet policies the table put at 0.48-0.50 of the dense latency measured 0.51-0.65, which is why
+    the final model's latency is always measured (``amc.latency_check``).
     """
 
     def __init__(self, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
