@@ -55,6 +55,7 @@ async def run_load(svc: Service, jobs: int, rate: float, seconds: float, poll_co
     # caught up (one run: 21 requests/s, p50 164 s, while the server's own p99 was 13 ms).
     lat: list[float] = []
     server: list[float] = []
+    worst: dict[int, float] = {}
     loadavg: list[float] = []
     n = int(rate * seconds)
     start = time.perf_counter() + 0.5  # the lanes connect first
@@ -71,6 +72,8 @@ async def run_load(svc: Service, jobs: int, rate: float, seconds: float, poll_co
                     codes.append(0)
                     continue
                 lat.append((time.perf_counter() - due) * 1000)
+                second = int(due - start)  # the worst latency per second of the schedule: when a tail happened
+                worst[second] = max(worst.get(second, 0.0), lat[-1])
                 codes.append(r.status_code)
                 timing = r.headers.get("server-timing", "")  # "app;dur=<ms>": the server's own share
                 if timing.startswith("app;dur="):
@@ -87,7 +90,8 @@ async def run_load(svc: Service, jobs: int, rate: float, seconds: float, poll_co
     sampler.cancel()
     async with httpx.AsyncClient(base_url=svc.url, headers=headers, timeout=30) as c:
         busy = [j for j in (await c.get("/api/v1/jobs", params={"limit": 1000})).json() if j["state"] == "running"]
-    return {"ids": ids, "codes": codes, "latencies_ms": lat, "server_ms": server, "submit_s": submit_s,
+    return {"ids": ids, "codes": codes, "latencies_ms": lat, "server_ms": server,
+            "worst_ms_per_second": [round(worst.get(k, 0.0), 1) for k in range(int(seconds))], "submit_s": submit_s,
             "poll_s": polled_s, "loadavg": loadavg, "running_at_end_of_polling": len(busy)}
 
 
@@ -142,6 +146,7 @@ def main() -> int:
         "status_requests": len(lat), "status_rate_achieved": len(lat) / res["poll_s"],
         "status_p50_ms": q[49], "status_p99_ms": q[98], "status_max_ms": max(lat) if lat else None,
         "status_server_p50_ms": qs[49], "status_server_p99_ms": qs[98],
+        "status_worst_ms_per_second": res["worst_ms_per_second"],
         "submit_all_s": res["submit_s"], "drain_s": drain_s,
         "running_at_end_of_polling": res["running_at_end_of_polling"],
         "loadavg_1min_while_polling": res["loadavg"], "benchmark_nice": os.nice(0),
