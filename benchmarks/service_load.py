@@ -52,6 +52,7 @@ async def run_load(svc: Service, jobs: int, rate: float, seconds: float, poll_co
     limits = httpx.Limits(max_connections=poll_connections, max_keepalive_connections=poll_connections)
     async with httpx.AsyncClient(base_url=svc.url, headers=headers, timeout=30, limits=limits) as c:
         lat: list[float] = []
+        server: list[float] = []
 
         async def poll(jid: str) -> None:
             t = time.perf_counter()
@@ -62,6 +63,9 @@ async def run_load(svc: Service, jobs: int, rate: float, seconds: float, poll_co
                 return
             lat.append((time.perf_counter() - t) * 1000)
             codes.append(r.status_code)
+            timing = r.headers.get("server-timing", "")  # "app;dur=<ms>": the server's own share
+            if timing.startswith("app;dur="):
+                server.append(float(timing.removeprefix("app;dur=")))
 
         loadavg: list[float] = []
 
@@ -80,8 +84,8 @@ async def run_load(svc: Service, jobs: int, rate: float, seconds: float, poll_co
         polled_s = time.perf_counter() - start
         sampler.cancel()
         busy = [j for j in (await c.get("/api/v1/jobs", params={"limit": 1000})).json() if j["state"] == "running"]
-    return {"ids": ids, "codes": codes, "latencies_ms": lat, "submit_s": submit_s, "poll_s": polled_s,
-            "loadavg": loadavg, "running_at_end_of_polling": len(busy)}
+    return {"ids": ids, "codes": codes, "latencies_ms": lat, "server_ms": server, "submit_s": submit_s,
+            "poll_s": polled_s, "loadavg": loadavg, "running_at_end_of_polling": len(busy)}
 
 
 def main() -> int:
@@ -121,6 +125,8 @@ def main() -> int:
     done = [i for i in ids if listed.get(i, {}).get("state") == "done"]
     lat = sorted(res["latencies_ms"])
     q = statistics.quantiles(lat, n=100) if len(lat) >= 100 else [float("nan")] * 99
+    srv = sorted(res["server_ms"])  # the same requests' time inside the app (its Server-Timing header)
+    qs = statistics.quantiles(srv, n=100) if len(srv) >= 100 else [float("nan")] * 99
     runs = [listed[i]["progress"].get("elapsed_s") for i in done if listed[i]["progress"].get("elapsed_s")]
     report = {
         "errors_5xx": sum(code >= 500 for code in res["codes"]),
@@ -131,6 +137,7 @@ def main() -> int:
         "jobs_duplicated": sum(listed[i]["attempts"] > 1 for i in ids if i in listed),
         "status_requests": len(lat), "status_rate_achieved": len(lat) / res["poll_s"],
         "status_p50_ms": q[49], "status_p99_ms": q[98], "status_max_ms": max(lat) if lat else None,
+        "status_server_p50_ms": qs[49], "status_server_p99_ms": qs[98],
         "submit_all_s": res["submit_s"], "drain_s": drain_s,
         "running_at_end_of_polling": res["running_at_end_of_polling"],
         "loadavg_1min_while_polling": res["loadavg"], "benchmark_nice": os.nice(0),

@@ -124,6 +124,34 @@ def test_propose_observe_interface(tiny_splits):
         s.observe({"x": 0.5}, res)
 
 
+def test_cli_search_screens_trials_on_fewer_images(tmp_path):
+    """``--screen-images``: every trial is scored first by the cheap screen, only survivors by the full
+    reward; the summary counts both, and the best is a fully scored trial."""
+    import json
+
+    import pandas as pd
+
+    from amc.cli import main
+    from tests.conftest import CIFAR, MODELS
+
+    ckpt = MODELS / "resnet20_dense.pt"
+    if not ckpt.exists() or not CIFAR.exists():
+        pytest.skip("shared checkpoint or data missing")
+    out = tmp_path / "run"
+    argv = ["search", str(ckpt), "--method", "optuna", "--budget", "macs=0.6", "--granularity", "channel",
+            "--episodes", "3", "--heldout", "256", "--calib-images", "128", "--sens-ratios", "",
+            "--screen-images", "64", "--screen-eta", "2", "--rerank", "0", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    trials = pd.read_csv(out / "episodes.csv")
+    assert (trials["state"] == "COMPLETE").sum() == 3 and trials["screen_0"].notna().all()
+    assert summary["screen_calls"] == [len(trials)] and summary["pruned_trials"] == (trials["state"] == "PRUNED").sum()
+    complete = trials[trials["state"] == "COMPLETE"]
+    assert summary["best"]["reward"] == pytest.approx(complete["reward"].max())
+    assert main([*argv[:argv.index("--method") + 1], "amc", *argv[argv.index("--method") + 2:-1],
+                 str(tmp_path / "x")]) == 2  # the agent has no screens: one clear error
+
+
 @pytest.mark.parametrize("method", ["amc", "optuna"])
 def test_cli_search(tmp_path, method, capsys):
     import json

@@ -59,6 +59,13 @@ def test_health_needs_no_token_and_everything_else_does(service) -> None:
     assert client.get("/openapi.json").json()["info"]["title"] == "amc-service"
 
 
+def test_every_response_says_the_servers_own_time(service) -> None:
+    client, _, alice, _ = service
+    for r in (client.get("/health"), client.get("/api/v1/jobs", headers=alice), client.get("/api/v1/jobs")):
+        name, dur = r.headers["server-timing"].split(";dur=")
+        assert name == "app" and 0.0 <= float(dur) < 60_000.0
+
+
 def test_submit_list_cancel_resume_and_another_users_job(service) -> None:
     client, _config, alice, bob = service
     r = client.post("/api/v1/jobs", json=QUICK, headers=alice)

@@ -19,6 +19,8 @@ from amc.commands.common import add_data_args, add_model_args, load_model_arg, l
 from amc.errors import AmcError
 from amc.search.registry import SEARCHERS
 
+SCREEN_CALIB = 256  # calibration images of a --screen-images screen (reports/reward_cost.md: 256 keep the ranking)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search per-layer ratios under a budget (AMC agent or Optuna)",
@@ -62,6 +64,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--sampler", choices=("tpe", "nsga2", "random"), default="tpe")
     o.add_argument("--sens-ratios", default="0.2,0.4,0.6,0.8",
                    help="ratios scanned per layer for the sensitivity-picked first trial ('' to skip it)")
+    o.add_argument("--screen-images", type=int, default=None, metavar="N",
+                   help="multi-fidelity: score each trial first on N held-out images after BN recalibration on "
+                        "at most 256 train images; Optuna's successive halving keeps the best 1/--screen-eta of "
+                        "them for the full reward (only fully scored trials can be the best)")
+    o.add_argument("--screen-eta", type=int, default=3, help="successive halving's reduction factor")
     p.set_defaults(func=run)
 
 
@@ -87,6 +94,24 @@ def _evaluator(args: argparse.Namespace, model, splits, reference: dict[str, flo
 
         lut = LatencyTable(args.lut, "cpu")
     return Evaluator(model, splits, budget, cfg, latency_table=lut)
+
+
+def _screens(args: argparse.Namespace, model, splits, ev) -> tuple:
+    """The cheaper evaluator of ``--screen-images`` (none without it): BN recalibration only, on fewer
+    calibration and held-out images, same budget, layers and search box as ``ev``."""
+    if args.screen_images is None:
+        return ()
+    if args.screen_images < 1:
+        raise AmcError(f"--screen-images must be >= 1, got {args.screen_images}")
+    if args.method != "optuna":
+        raise AmcError("--screen-images (multi-fidelity screening) needs --method optuna")
+    from dataclasses import replace
+
+    from amc.evaluator import Evaluator
+
+    cfg = replace(ev.config, recovery="bn", eval_images=args.screen_images,
+                  calib_images=min(ev.config.calib_images, SCREEN_CALIB))
+    return (Evaluator(model, splits, ev.budget, cfg, latency_table=ev.latency_table),)
 
 
 def _heuristic_seeds(args: argparse.Namespace, model, ev) -> dict[str, dict[str, float]]:
@@ -133,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     splits = load_splits(args)
     t0 = time.perf_counter()
     ev = _evaluator(args, model, splits, reference)
+    screens = _screens(args, model, splits, ev)
     seeds = _heuristic_seeds(args, model, ev)
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -148,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
     spec = SearchSpec(args.episodes, args.seed, start=start, resume=not args.no_resume, options={
         "algo": args.algo, "warmup": args.warmup, "checkpoint_every": args.checkpoint_every,  # the agent's
         "study": args.study, "storage": args.storage, "sampler": args.sampler,  # Optuna's
-        "enqueue_sensitivity": bool(ratios), "sensitivity_ratios": ratios or (0.5,)})
+        "enqueue_sensitivity": bool(ratios), "sensitivity_ratios": ratios or (0.5,),
+        "screen_eta": args.screen_eta}, screens=screens)
     searcher = make_searcher(args.method, ev, spec, out)
     with progress(f"search ({args.method})", total=args.episodes) as advance:
         def on_progress(p: Progress) -> None:
@@ -189,7 +216,9 @@ def run(args: argparse.Namespace) -> int:
                "seed_policies": ["around" if reference else "uniform", *seeds],
                "rerank": None if reranked is None else {k: v for k, v in reranked.items() if k != "ranked"} |
                {"winner_search_rank": reranked["ranked"][0]["rank"] if reranked["ranked"] else None},
-               "setup_s": setup_s, "search_s": search_s, "evaluator_calls": ev.calls}
+               "setup_s": setup_s, "search_s": search_s, "evaluator_calls": ev.calls,
+               "screen_calls": [sc.calls for sc in screens],
+               "pruned_trials": int((frame["state"] == "PRUNED").sum()) if "state" in frame else 0}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     _print_table(args, best, best_policy, frame, search_s, reranked)
     return 0

@@ -21,6 +21,15 @@ is feasible by construction) and each trial records ``measured cost - budget`` a
 argument; TPE and NSGA-II read it the same way), which keeps the samplers away from infeasible
 regions when the projection is off. The uniform and the sensitivity-picked policies (and any ``extra_policies``,
 e.g. a global-magnitude baseline) are enqueued as the first trials of a new study.
+
+Multi-fidelity (``screens``): cheaper evaluators (fewer images, BN recalibration instead of a finetune
+recovery), cheapest first, score each trial of ``run()`` before the searcher's own evaluator does.
+Screen ``k``'s reward is reported at step ``eta ** k`` to Optuna's ``SuccessiveHalvingPruner``
+(asynchronous successive halving, ``min_resource=1``, ``reduction_factor=eta``: one rung per screen),
+which stops a trial outside the best ``1/eta`` of those that reached the same rung; a pruned trial is
+PRUNED, never COMPLETE, so the best policy is always one the full evaluator scored. Single-objective
+studies only (Optuna cannot prune multi-objective trials); ``propose()`` / ``observe()`` callers
+evaluate for themselves and get no screening.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,6 +61,7 @@ CONSTRAINT_KEY = "budget"
 STORAGE_ATTEMPTS = 3  # opening a fresh database: workers racing to create its tables retry
 STORAGE_RETRY_S = 0.5  # wait between those attempts
 TRIES = 3  # trials a worker may start per asked trial (failed and surplus trials do not count)
+SCREEN_FLOOR = -1e9  # what an infeasible or diverged screen reports: below every real reward
 WAIT_S = 1.0  # while the last trials are in other workers' hands, look again every second
 
 
@@ -69,6 +79,7 @@ class OptunaConfig:
     enqueue_uniform: bool = True
     enqueue_sensitivity: bool = True
     sensitivity_ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # scanned per layer for that policy
+    screen_eta: int = 3  # with screens: each keeps the best 1/eta of the trials that reached it
     heartbeat_interval: int = HEARTBEAT_S
     grace_period: int = GRACE_S
     max_retry: int = MAX_RETRY
@@ -78,6 +89,8 @@ class OptunaConfig:
             raise AmcError(f"unknown sampler {self.sampler!r}; known: {', '.join(SAMPLERS)}")
         if self.n_trials < 1:
             raise AmcError(f"n_trials must be >= 1, got {self.n_trials}")
+        if self.screen_eta < 2:
+            raise AmcError(f"screen_eta must be >= 2, got {self.screen_eta}")
 
 
 def _constraints(trial: FrozenTrial) -> list[float]:
@@ -126,8 +139,14 @@ class OptunaSearcher(Searcher):
 
     def __init__(self, evaluator: Evaluator, config: OptunaConfig = OptunaConfig(),
                  run_dir: str | Path | None = None, sensitivity_policy: Policy | None = None,
-                 extra_policies: Mapping[str, Policy] | None = None) -> None:
+                 extra_policies: Mapping[str, Policy] | None = None, screens: Sequence[Evaluator] = ()) -> None:
         self.evaluator, self.config = evaluator, config
+        self.screens = list(screens)  # cheaper evaluators, cheapest first (multi-fidelity; see the module doc)
+        if self.screens and config.sampler == "nsga2":
+            raise AmcError("screens (multi-fidelity) need a single-objective sampler; NSGA-II trials cannot be pruned")
+        for ev in self.screens:
+            if ev.budget != evaluator.budget or list(ev.names) != list(evaluator.names):
+                raise AmcError("a screen must score the same budget and layers as the searcher's evaluator")
         url = config.storage
         if url is None and run_dir is not None:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -137,14 +156,16 @@ class OptunaSearcher(Searcher):
         directions = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE] if self.multi else [StudyDirection.MAXIMIZE]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage, sampler = make_storage(url, config), make_sampler(config)
+        pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=config.screen_eta)
+                  if self.screens else optuna.pruners.NopPruner())
         try:
             try:  # the database's unique study name elects one creator among workers starting together
                 self.study = optuna.create_study(storage=storage, study_name=config.study, sampler=sampler,
-                                                 directions=directions)
+                                                 directions=directions, pruner=pruner)
                 created = True
             except optuna.exceptions.DuplicatedStudyError:
                 self.study = optuna.create_study(storage=storage, study_name=config.study, sampler=sampler,
-                                                 directions=directions, load_if_exists=True)
+                                                 directions=directions, load_if_exists=True, pruner=pruner)
                 created = False
         except ValueError as e:  # e.g. the existing study has other directions
             raise AmcError(f"cannot open study {config.study!r}: {e}") from None
@@ -243,11 +264,23 @@ class OptunaSearcher(Searcher):
         if self._surplus(trial):  # another worker took the last free slot at the same moment
             raise optuna.TrialPruned("surplus: the study already has its trials done or in flight")
         policy = self._suggest(trial)
+        self._screen(trial, policy)  # raises TrialPruned when a cheaper evaluator rules it out
         result = self.evaluator.evaluate(policy)
         values = self._record(trial, result)
         if self._diverged(result):  # Optuna records a NaN objective as FAIL (its attrs say why)
             return [math.nan] * len(values) if self.multi else math.nan
         return values if self.multi else values[0]
+
+    def _screen(self, trial: optuna.trial.Trial, policy: Policy) -> None:
+        """Score ``policy`` with each screen in turn, reporting to the pruner (see the module doc)."""
+        for k, ev in enumerate(self.screens):
+            r = ev.evaluate(policy)
+            value = r.reward if r.feasible and math.isfinite(r.reward) else SCREEN_FLOOR
+            trial.set_user_attr(f"screen_{k}", {"reward": r.reward, "feasible": r.feasible, "seconds": r.seconds})
+            trial.report(value, self.config.screen_eta ** k)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"screen {k}: reward {r.reward:.4f} outside the best 1/"
+                                         f"{self.config.screen_eta} of its rung")
 
     # -- the whole search ------------------------------------------------------------------------------
     def completed(self) -> int:
@@ -279,7 +312,8 @@ class OptunaSearcher(Searcher):
             callbacks.append(lambda study, trial: progress(self._progress(before)))
         started, waited = 0, 0.0
         # each unfinished slot may take a few tries: failed or surplus trials do not count
-        while (done := self.completed()) < self.config.n_trials and started < TRIES * self.config.n_trials:
+        tries = TRIES * self.config.n_trials * self.config.screen_eta ** len(self.screens)  # pruned ones too
+        while (done := self.completed()) < self.config.n_trials and started < tries:
             # a trial in flight longer than the grace period without going stale may be one nobody
             # beats for (asked through propose()): then try a trial (objective() prunes it if surplus)
             if done + len(self._in_flight()) >= self.config.n_trials and waited < self.config.grace_period:
@@ -340,6 +374,7 @@ class OptunaSearcher(Searcher):
         for t in self.study.get_trials(deepcopy=False):
             row = {"trial": t.number, "state": t.state.name, "origin": t.user_attrs.get("origin", "sampler")}
             row.update(t.user_attrs.get("result", {}))
+            row.update({k: v["reward"] for k, v in t.user_attrs.items() if k.startswith("screen_")})
             row.update({f"r:{k}": v for k, v in t.user_attrs.get("policy", {}).items()})
             rows.append(row)
         return pd.DataFrame(rows)

@@ -13,7 +13,7 @@ plus ``warmup``): each factory takes the ones its config has.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,7 @@ class SearchSpec:
     start: Mapping[str, Policy] = field(default_factory=dict)  # known policies by origin, tried first
     resume: bool = True  # continue what the run folder (agent) or study (Optuna) holds
     options: Mapping[str, Any] = field(default_factory=dict)  # AgentConfig / OptunaConfig fields, ``warmup``
+    screens: Sequence[Evaluator] = ()  # cheaper evaluators, cheapest first: Optuna's multi-fidelity screening
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -50,6 +51,9 @@ def _own(options: Mapping[str, Any], cls: type) -> dict[str, Any]:
 def _agent(evaluator: Evaluator, spec: SearchSpec, run_dir: Path | None) -> Searcher:
     from amc.search.agent import AgentConfig, AmcSearcher
 
+    if spec.screens:
+        raise AmcError("screens (multi-fidelity screening) are an Optuna option; the AMC agent scores every episode "
+                       "with its one evaluator")
     warmup = spec.options.get("warmup")
     warm = int(warmup) if warmup is not None else max(1, spec.episodes // 3)
     opts = _own(spec.options, AgentConfig) | {"episodes": spec.episodes, "seed": spec.seed,
@@ -68,7 +72,7 @@ def _optuna(evaluator: Evaluator, spec: SearchSpec, run_dir: Path | None) -> Sea
         opts.pop("study", None)
     extra = {k: v for k, v in spec.start.items() if k not in ("uniform", "sensitivity")}
     return OptunaSearcher(evaluator, OptunaConfig(**opts), run_dir, sensitivity_policy=spec.start.get("sensitivity"),
-                          extra_policies=extra or None)
+                          extra_policies=extra or None, screens=spec.screens)
 
 
 SEARCHERS: dict[str, Factory] = {"amc": _agent, "optuna": _optuna}

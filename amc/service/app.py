@@ -6,7 +6,9 @@ web page (``/``, ``/static``), with errors as JSON ``{"detail": "<one message>"}
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +35,29 @@ def _one_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+class ServerTiming:
+    """ASGI middleware: every HTTP response carries ``Server-Timing: app;dur=<ms>``, the time from the
+    request reaching the app to its response headers, so that a client can tell the server's own time
+    from the time its request waited in sockets, the kernel and its own event loop."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+
+        async def timed(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                dur = f"app;dur={(time.perf_counter() - t0) * 1000:.2f}".encode()
+                message = {**message, "headers": [*message.get("headers", []), (b"server-timing", dur)]}
+            await send(message)
+
+        await self.app(scope, receive, timed)
+
+
 def create_app(config: ServiceConfig, store: Store | None = None, queue: JobQueue | None = None) -> FastAPI:
     config.root.mkdir(parents=True, exist_ok=True)
     config.runs.mkdir(parents=True, exist_ok=True)
@@ -52,6 +77,7 @@ def create_app(config: ServiceConfig, store: Store | None = None, queue: JobQueu
     async def _amc(request: Request, exc: AmcError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    app.add_middleware(ServerTiming)
     for r in (health.router, registry.router, jobs.router, files.router, uploads.router):
         app.include_router(r)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
