@@ -10,8 +10,11 @@ latency predicted by a lookup table measured on this CPU (1 thread, batch 1), th
 latency then measured end to end; ``size01`` fine-grained pruning to <= 10% size. Methods: uniform,
 sensitivity-picked, Torch-Pruning's global L2 ratio (channel; its per-layer channel counts, our L2
 channel choice) / global magnitude and LAMP (fine), the AMC agent (DDPG) and Optuna TPE (both start
-from the baseline policies). Every row: the policy built, BN recalibrated, finetuned ``--epochs``
-(the same recipe for every row, finetune seed = the row's seed), tested on the final-test half.
+from the baseline policies), and ``optuna_mf``: Optuna TPE whose reward is the validation accuracy
+after ``--mf-steps`` SGD recovery steps, each trial screened first by the BN reward (Optuna's
+successive halving keeps the best ``1/--mf-eta`` for the full reward). Every row: the policy built,
+BN recalibrated, finetuned ``--epochs`` (the same recipe for every row, finetune seed = the row's
+seed), tested on the final-test half.
 
 Every finished piece (a task's baselines, a search, a finetuned row) is cached as JSON under
 ``--cache`` (default runs/search_hard/), so a rerun resumes; work goes task macs03 seed 0 (every
@@ -58,8 +61,8 @@ SHARED = ROOT.parent / "shared"
 TASKS = {"macs03": ("channel", "macs=0.3"), "lat05": ("channel", "latency=0.5"), "size01": ("fine", "size=0.1")}
 BASELINES = {"channel": ("uniform", "sensitivity", "tp_global"),
              "fine": ("uniform", "sensitivity", "global_magnitude", "lamp")}
-SEARCHERS = ("optuna", "amc")
-FINETUNE_ORDER = ("optuna", "tp_global", "global_magnitude", "amc", "lamp", "sensitivity", "uniform")
+SEARCHERS = ("optuna", "amc", "optuna_mf")
+FINETUNE_ORDER = ("optuna", "optuna_mf", "tp_global", "global_magnitude", "amc", "lamp", "sensitivity", "uniform")
 SENS_RATIOS = (0.2, 0.4, 0.6, 0.8)
 TP_BISECT = 12  # bisection steps on Torch-Pruning's global ratio
 LATENCY_ROUNDS, LATENCY_RUNS = 7, 60  # paired latency: rounds of (dense, pruned), timed forwards per side
@@ -124,16 +127,20 @@ class Bench:
         self.lut = LatencyTable(self.cache / "latency_lut_cpu.csv", "cpu", batch=1, threads=1, warmup=3, runs=15)
         self._evals: dict[str, Evaluator] = {}
 
-    def evaluator(self, task: str) -> Evaluator:
-        if task not in self._evals:
+    def evaluator(self, task: str, recovery_steps: int = 0) -> Evaluator:
+        """The task's search evaluator: BN recalibration (``recovery_steps`` 0) or, for the multi-fidelity
+        searcher's full reward, ``recovery_steps`` SGD steps (batch 128, the same batches for every policy)."""
+        key = f"{task}:{recovery_steps}"
+        if key not in self._evals:
             gran, budget = TASKS[task]
             cfg = EvalConfig(granularity=gran, reward="acc", calib_images=self.args.calib_images,
                              eval_images=self.args.eval_images, round_to=8, criterion="l2",
-                             upper=0.9 if gran == "channel" else self.args.fine_upper)
+                             upper=0.9 if gran == "channel" else self.args.fine_upper,
+                             recovery="finetune" if recovery_steps else "bn", recovery_steps=recovery_steps)
             lut = self.lut if Budget.parse(budget).kind == "latency" else None
-            self._evals[task] = Evaluator(self.dense, self.splits, Budget.parse(budget), cfg, latency_table=lut)
+            self._evals[key] = Evaluator(self.dense, self.splits, Budget.parse(budget), cfg, latency_table=lut)
             self.lut.save()
-        return self._evals[task]
+        return self._evals[key]
 
     # -- policies ---------------------------------------------------------------------------------
     def baselines(self, task: str) -> dict:
@@ -189,6 +196,7 @@ class Bench:
         keys = BASELINES[gran]
         run_dir = self.cache / task / f"s{seed}" / f"{method}-run"
         t = time.perf_counter()
+        n_pruned = 0
         if method == "amc":
             warm = min(self.args.warmup, self.args.episodes - 1)
             res = run_agent(ev, AgentConfig(episodes=self.args.episodes, warmup_episodes=warm, seed=seed,
@@ -197,13 +205,19 @@ class Bench:
             pol, best = res.best_policy, res.best_result
             n = len(res.episodes)
         else:
-            searcher = OptunaSearcher(ev, OptunaConfig(study=f"{task}-s{seed}", n_trials=self.args.trials, seed=seed),
+            screens, full = [], ev
+            if method == "optuna_mf":  # the BN reward screens; the survivors are scored after a short finetune
+                screens, full = [ev], self.evaluator(task, recovery_steps=self.args.mf_steps)
+            searcher = OptunaSearcher(full, OptunaConfig(study=f"{task}-s{seed}", n_trials=self.args.trials, seed=seed,
+                                                         screen_eta=self.args.mf_eta),
                                       run_dir, sensitivity_policy=base["sensitivity"]["policy"],
-                                      extra_policies={k: base[k]["policy"] for k in keys[2:]})
+                                      extra_policies={k: base[k]["policy"] for k in keys[2:]}, screens=screens)
             res = searcher.run()
             pol, best = res.best_policy, res.best_result
             n = int((res.trials.state == "COMPLETE").sum())
+            n_pruned = int((res.trials.state == "PRUNED").sum())
         out = {"policy": pol, "search_s": time.perf_counter() - t, "evaluations": n,
+               **({"pruned": n_pruned} if method == "optuna_mf" else {}),
                "val_reward": best.reward if best is not None else None}
         _save(path, out)
         return out
@@ -385,7 +399,11 @@ def _markdown(r: dict) -> str:
               f"final-test half (the accuracies below; sha256 {str(p.get('test_sha256'))[:16]}...).", "",
               f"Search reward: validation accuracy (`acc`, no tie-break) on {s['eval_images']} validation images after "
               f"BN recalibration on {s['calib_images']} train images. Optuna TPE: {s['trials']} trials; AMC agent: "
-              f"{s['episodes']} episodes ({s['warmup']} warm-up); both start from the baseline policies. Every row "
+              f"{s['episodes']} episodes ({s['warmup']} warm-up); both start from the baseline policies. "
+              f"`optuna_mf`: the same Optuna, its reward the validation accuracy after {s.get('mf_steps', 20)} SGD "
+              "recovery steps (batch 128, lr 0.01, the same batches for every policy) and BN recalibration; each "
+              f"trial is screened first by the BN reward and Optuna's successive halving (eta {s.get('mf_eta', 3)}) "
+              "sends the best of each rung on to the full reward (only fully scored trials can win). Every row "
               f"finetuned {s['epochs']:g} epochs (SGD, cosine, lr 0.01; finetune seed = the row's seed; no KD), "
               "then tested on the final-test half. One torch thread, `nice -n 15`, on a 2-core CPU shared with "
               "other jobs: wall times are inflated by that sharing.", "",
@@ -451,6 +469,9 @@ def main() -> None:
     ap.add_argument("--calib-images", type=int, default=512)
     ap.add_argument("--eval-images", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mf-steps", type=int, default=20,
+                    help="optuna_mf: SGD recovery steps of the full reward (the BN reward screens)")
+    ap.add_argument("--mf-eta", type=int, default=3, help="optuna_mf: successive halving's reduction factor")
     ap.add_argument("--fine-upper", type=float, default=0.999,
                     help="the largest per-layer ratio fine-grained searches may take (size=0.1 needs the big "
                          "layers pruned past 0.99: global magnitude prunes one at 0.9988)")
