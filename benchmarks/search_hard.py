@@ -31,6 +31,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -268,19 +269,20 @@ class Bench:
                 "latency_measured": statistics.median(ratios), "latency_rounds": ratios,
                 "latency_method": "paired", "latency_predicted": self.lut.predict(model) / self.lut.predict(self.dense)}
 
-    def remeasure_latency(self) -> None:
-        """Re-measure, the paired way, the latency of cached latency-task rows measured before it (the
-        latency depends on the pruned architecture alone: the policy is rebuilt, not re-finetuned)."""
+    def remeasure_latency(self, every: bool = False) -> None:
+        """Re-measure, the paired way, the latency of cached latency-task rows measured before it (or of
+        ``every`` row: ``--remeasure-latency``, for a quiet machine; the latency depends on the pruned
+        architecture alone: the policy is rebuilt, not re-finetuned)."""
         for task, (_, budget_s) in TASKS.items():
             if Budget.parse(budget_s).kind != "latency":
                 continue
             for path in sorted(self.cache.glob(f"{task}/s*/row_*.json")):
                 row = json.loads(path.read_text())
-                if row.get("latency_method") == "paired":
+                if row.get("latency_method") == "paired" and not every:
                     continue
                 model, _ = self.evaluator(task).build(row["policy"])
                 old = row.get("latency_measured")
-                row.update(self.latency(model), latency_measured_unpaired=old)
+                row.update(self.latency(model), latency_measured_before=old, latency_load=os.getloadavg()[0])
                 _save(path, row)
                 print(f"[{task} s{row['seed']}] {row['method']}: measured latency {old} -> "
                       f"{row['latency_measured']:.3f} (paired)", flush=True)
@@ -353,7 +355,7 @@ def collect(cache: Path) -> dict:
 
 
 def _settings(args) -> dict:
-    return {k: v for k, v in vars(args).items() if k != "report_only"}
+    return {k: v for k, v in vars(args).items() if k not in ("report_only", "remeasure_latency")}
 
 
 def write_report(args, record: dict | None = None) -> None:
@@ -476,6 +478,8 @@ def main() -> None:
                     help="the largest per-layer ratio fine-grained searches may take (size=0.1 needs the big "
                          "layers pruned past 0.99: global magnitude prunes one at 0.9988)")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--remeasure-latency", action="store_true",
+                    help="only re-measure every cached latency row (run it on a quiet machine), then the report")
     args = ap.parse_args()
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -486,7 +490,10 @@ def main() -> None:
         write_report(args)
         return
     torch.set_num_threads(args.threads)
-    Bench(args).run()
+    if args.remeasure_latency:
+        Bench(args).remeasure_latency(every=True)
+    else:
+        Bench(args).run()
     write_report(args)
 
 
