@@ -34,6 +34,13 @@ Bounds = dict[str, tuple[float, float]]  # layer -> (lower, upper) ratio
 
 BUDGET_KINDS = ("size", "macs", "params", "latency")
 DEFAULT_UPPER = 0.9  # never remove more than 90% of a layer unless asked (AMC capped channel ratios at 0.8-0.9)
+FINE_UPPER = 0.98  # fine-grained: a layer may keep 2% of its weights (size=0.1 needs ~0.95 on the big layers)
+
+
+def default_upper(granularity: str) -> float:
+    """The highest per-layer ratio searches may take when none is given: 0.9 of a layer's channels,
+    0.98 of its weights (at 0.9 a ResNet-20 keeps 10.5% of its size: size=0.1 would be out of reach)."""
+    return FINE_UPPER if granularity in ("fine", "nm") else DEFAULT_UPPER
 BISECT_STEPS = 24  # 2^-24 of a ratio range: finer than a channel, about one weight in 16M
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from amc.budget import Budget
+from amc.budget import Budget, default_upper
 from amc.data import DataSource
 from amc.errors import AmcError
 from amc.io import atomic_write_text
@@ -59,8 +59,9 @@ class CompressConfig:
     batch_size: int = 256
     calib_images: int = 5120  # BN recalibration images per reward (the DESIGN's 5,120)
     eval_images: int | None = None  # held-out images per reward (None: the whole held-out split)
-    upper: float = 0.9  # highest per-layer ratio the searchers may propose
-    criterion: str = "l2"  # channel importance
+    score_on: str = "auto"  # reward scored on the "masked" or "physical" pruned model (EvalConfig.score_on)
+    upper: float | None = None  # highest per-layer ratio searches may take (None: amc.budget.default_upper)
+    criterion: str = "l2"  # channel importance; fine: magnitude (l1/l2 read as it), obd or synflow
     round_to: int = 8  # channel multiple
     sensitivity_ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # channel scan
     sparsities: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)  # fine scan
@@ -110,12 +111,13 @@ def _cpu_latency(model: nn.Module, runs: int, input_shape: tuple[int, ...] = (3,
 
 
 def compress(checkpoint: str | Path, arch: str | None, splits: DataSource, config: CompressConfig,
-             run_dir: str | Path, progress: Progress | None = None) -> CompressResult:
+             run_dir: str | Path, progress: Progress | None = None, data: DataInfo | None = None) -> CompressResult:
     """Run the whole pipeline on the model ``arch`` (a reference; guessed from the file name when
-    None) loaded from ``checkpoint``; see the module doc."""
+    None) loaded from ``checkpoint``; see the module doc. ``data`` describes the splits for the recipe."""
     arch = resolve_arch(arch, checkpoint)
     dense = load_model(arch, checkpoint)
-    return compress_model(dense, splits, config, run_dir, progress=progress, ref=arch, checkpoint=checkpoint)
+    return compress_model(dense, splits, config, run_dir, progress=progress, ref=arch, checkpoint=checkpoint,
+                          data=data)
 
 
 def _user_train(train: Train, model: nn.Module, epochs: float, masks) -> None:
@@ -177,8 +179,12 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
         from amc.latency import LatencyTable
 
         lut = LatencyTable(run / "latency_lut.csv", "cpu", threads=1)
+        dense_ms = lut.calibrate(dense, input_shape=shape[1:])  # what the layers leave out counts too
+        say(f"latency: dense {dense_ms:.2f} ms on the CPU (1 thread), {lut.overhead_ms:.2f} ms of it outside "
+            "the table's layers")
     ecfg = EvalConfig(granularity=gran, calib_images=config.calib_images, eval_images=config.eval_images,
-                      upper=config.upper, criterion=config.criterion, round_to=config.round_to)
+                      upper=config.upper if config.upper is not None else default_upper(gran),
+                      criterion=config.criterion, round_to=config.round_to, score_on=config.score_on)
     evaluator = Evaluator(dense, splits, budget, ecfg, input_shape=shape, latency_table=lut, score_fn=score)
 
     # -- sensitivity ------------------------------------------------------------------------------
@@ -242,8 +248,13 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
         plan = evaluator.plan(evaluator.check(policy))
         recipe = make_recipe(arch, checkpoint, dict(policy), "channel", config.criterion, kept=plan,
                              round_to=config.round_to, **common)  # type: ignore[arg-type]
-    else:
-        recipe = make_recipe(arch, checkpoint, dict(policy), "fine", **common)  # type: ignore[arg-type]
+    else:  # obd / synflow masks are stored with the recipe (they are not rebuilt from |w|)
+        from amc.importance.weights import fine_criterion
+
+        crit = fine_criterion(config.criterion)
+        stored = evaluator.fine_masks(evaluator.check(policy)) if crit != "magnitude" else None
+        recipe = make_recipe(arch, checkpoint, dict(policy), "fine", crit, masks=stored,
+                             **common)  # type: ignore[arg-type]
     model, masks = apply_to_model(recipe, source)
     model = model.to(device)
     masks = {k: v.to(device) for k, v in masks.items()}

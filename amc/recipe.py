@@ -15,7 +15,8 @@ which have no ``data`` section and always a checkpoint hash, still read)::
                                  # checkpoint_sha256: null when the model was given as an object
     data: {source: <path or description>, classes: [...], mean: [...], std: [...]}    # or null
     granularity: fine            # fine | nm | channel
-    criterion: magnitude         # fine / nm: magnitude; channel: the criterion that chose the channels
+    criterion: magnitude         # fine: magnitude, obd or synflow; nm: magnitude; channel: the criterion
+                                 # that chose the channels
     nm: null                     # [N, M] for granularity nm
     round_to: null               # channel: the multiple channel counts were rounded to
     layers:                      # one entry per pruned layer, by dotted module name
@@ -27,12 +28,21 @@ which have no ``data`` section and always a checkpoint hash, still read)::
                                          # (optional on reading: recipes without it read as 0.0)
     search: {method: optuna, episodes: 100, seed: 0}                                    # or null
     metrics: {accuracy: 0.91, ...}             # achieved numbers, all optional
+    masks: {file: recipe.masks.safetensors, sha256: <hex>}   # only in fine recipes whose criterion
+                                 # is not magnitude (written only then; a reader before it rejects the key)
 
 How each granularity rebuilds deterministically (same result on any device, from fp32 weights):
-- ``fine``: per layer, zero the ``round(ratio * numel)`` smallest |w|, ties broken by lower flat
-  index (a stable sort, unlike ``torch.topk`` whose choice among equal values differs between CPU
-  and CUDA; the fp16-stored shared checkpoints have many equal magnitudes). ``mask_sha256`` (of
-  the shape and the packed mask bits) lets ``apply`` verify the rebuild.
+- ``fine``, criterion ``magnitude``: per layer, zero the ``round(ratio * numel)`` smallest |w|, ties
+  broken by lower flat index (a stable sort, unlike ``torch.topk`` whose choice among equal values
+  differs between CPU and CUDA; the fp16-stored shared checkpoints have many equal magnitudes).
+  ``mask_sha256`` (of the shape and the packed mask bits) lets ``apply`` verify the rebuild.
+- ``fine``, criterion ``obd`` or ``synflow``: the masks themselves are stored, in a safetensors file
+  next to the YAML (``<recipe stem>.masks.safetensors``: one bool tensor per layer, no pickle,
+  written atomically before the YAML), referenced by name and the sha256 of its bytes. Recomputing
+  the scores instead would need the very images (obd) and would still not re-apply bit for bit: a
+  Fisher estimate or a SynFlow gradient is a sum of floats whose rounding differs between CPU and
+  CUDA, thread counts and library versions, and one flipped tie moves a weight across the
+  threshold. The stored masks re-apply exactly, need no data, and ``mask_sha256`` still checks them.
 - ``nm``: in every group of M consecutive input channels keep the N largest |w|, ties by index.
 - ``channel``: ``kept`` lists each root layer's kept output channels; ``amc.pruners.channel.prune_channels``
   slices the dense tensors, so weights are copies of the dense ones.
@@ -57,7 +67,8 @@ from torch import nn
 
 from amc.budget import Budget
 from amc.errors import AmcError, CheckpointError, PolicyError
-from amc.io import atomic_write_text
+from amc.importance.weights import WEIGHT_CRITERIA
+from amc.io import atomic_write_bytes, atomic_write_text
 from amc.layers import layer_weight, prunable_names
 from amc.models import build_model, file_sha256, load_model
 from amc.pruners.finegrained import magnitude_mask, nm_mask
@@ -68,6 +79,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no data section, a checkpoint hash always
 GRANULARITIES = ("fine", "nm", "channel")
 LR_SCHEDULES = ("cosine", "constant")
+MASKS_SUFFIX = ".masks.safetensors"  # the stored masks of a fine recipe: recipe.yaml -> recipe.masks.safetensors
 
 
 class RecipeError(AmcError):
@@ -158,6 +170,9 @@ class Recipe:
     metrics: Metrics = field(default_factory=Metrics)
     data: DataInfo | None = None
     format_version: int = FORMAT_VERSION
+    # fine recipes of a criterion other than magnitude: the masks ({layer: bool tensor}, True = kept),
+    # saved next to the YAML (see the module doc); None: rebuilt from the weights
+    masks: Mapping[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
@@ -204,11 +219,18 @@ stable_nm_mask = nm_mask
 
 @torch.no_grad()
 def rebuild_masks(model: nn.Module, recipe: Recipe) -> Masks:
-    """Compute (not apply) the fine / nm masks the recipe describes on ``model``'s current weights."""
+    """Compute (not apply) the fine / nm masks the recipe describes on ``model``'s current weights
+    (a recipe with stored masks: copies of those, on the weights' devices)."""
     masks: Masks = {}
     for layer in recipe.layers:
         w = layer_weight(model, layer.name)
-        if recipe.granularity == "fine":
+        if recipe.masks is not None:
+            m = recipe.masks[layer.name]
+            if tuple(m.shape) != tuple(w.shape):
+                raise RecipeError(f"the recipe's stored mask of {layer.name} has shape {tuple(m.shape)}, "
+                                  f"its weight {tuple(w.shape)}")
+            masks[layer.name] = m.to(device=w.device, dtype=torch.bool, copy=True)
+        elif recipe.granularity == "fine":
             masks[layer.name] = stable_magnitude_mask(w, layer.ratio)
         elif recipe.granularity == "nm":
             assert recipe.nm is not None
@@ -239,6 +261,7 @@ def make_recipe(
     input_shape: tuple[int, ...] = (1, 3, 32, 32),
     model: nn.Module | None = None,
     data: DataInfo | None = None,
+    masks: Mapping[str, torch.Tensor] | None = None,
 ) -> Recipe:
     """A validated recipe for ``policy`` on the dense ``checkpoint``.
 
@@ -248,6 +271,9 @@ def make_recipe(
     ``policy`` gives the ratios asked for (default: the share actually removed).
     With ``model`` (the dense module object, left untouched), nothing is rebuilt from ``arch``, and
     ``checkpoint`` may be None (the recipe then records no checkpoint hash).
+    fine with a criterion other than magnitude (obd, synflow): ``masks`` = {layer: bool tensor} that
+    criterion chose (e.g. ``Evaluator.fine_masks(policy)`` or ``prune_by_criterion``'s), stored with
+    the recipe; ``policy`` may then be None (the ratios are the masks' shares of zeros).
     """
     sha = file_sha256(checkpoint) if checkpoint is not None else None
     ref = ModelRef(arch, sha, num_classes, tuple(input_shape))
@@ -267,6 +293,16 @@ def make_recipe(
             ratio = float(policy[name]) if policy is not None and name in policy else 1 - len(idx_t) / out
             layers.append(LayerRecipe(name, ratio, None, idx_t))
     else:
+        if masks is not None:
+            masks = {n: m.detach().to("cpu", torch.bool).contiguous() for n, m in masks.items()}
+            if policy is None:
+                policy = {n: 1.0 - int(m.sum()) / m.numel() for n, m in masks.items()}
+            elif set(policy) != set(masks):
+                raise PolicyError("the masks and the policy name different layers")
+            for n, m in masks.items():
+                if round(float(policy[n]) * m.numel()) != m.numel() - int(m.sum()):
+                    raise PolicyError(f"the mask of {n} zeroes {m.numel() - int(m.sum())} of {m.numel()} weights, "
+                                      f"not the policy's ratio {policy[n]}")
         if policy is None:
             raise PolicyError(f"a {granularity} recipe needs a policy {{layer: ratio}}")
         if granularity == "nm":
@@ -274,7 +310,8 @@ def make_recipe(
             policy = dict.fromkeys(policy, 1 - nm[0] / nm[1])
         layers = [LayerRecipe(name, float(r)) for name, r in policy.items()]
     recipe = Recipe(ref, granularity, criterion, tuple(layers), nm=nm, round_to=round_to, budget=budget,  # type: ignore[arg-type]
-                    finetune=finetune or FinetuneSpec(), search=search, metrics=metrics or Metrics(), data=data)
+                    finetune=finetune or FinetuneSpec(), search=search, metrics=metrics or Metrics(), data=data,
+                    masks=masks)
     dense = copy.deepcopy(model).cpu().float() if model is not None else load_model(arch, checkpoint, num_classes)
     validate_recipe(recipe, dense)
     if granularity != "channel":
@@ -306,9 +343,26 @@ def validate_recipe(recipe: Recipe, model: nn.Module | None = None) -> None:
                           f"versions {', '.join(map(str, READABLE_VERSIONS))}")
     if recipe.granularity not in GRANULARITIES:
         raise RecipeError(f"unknown granularity {recipe.granularity!r}; known: {', '.join(GRANULARITIES)}")
-    if recipe.granularity in ("fine", "nm") and recipe.criterion != "magnitude":
-        raise RecipeError(f"{recipe.granularity} recipes rebuild by magnitude; criterion "
-                          f"{recipe.criterion!r} cannot be re-applied")
+    if recipe.granularity == "nm" and recipe.criterion != "magnitude":
+        raise RecipeError(f"nm recipes rebuild by magnitude; criterion {recipe.criterion!r} cannot be re-applied")
+    if recipe.granularity == "fine":
+        if recipe.criterion not in WEIGHT_CRITERIA:
+            raise RecipeError(f"unknown fine-grained criterion {recipe.criterion!r}; known: "
+                              f"{', '.join(WEIGHT_CRITERIA)}")
+        if recipe.criterion != "magnitude" and recipe.masks is None:
+            raise RecipeError(f"a fine recipe of criterion {recipe.criterion!r} re-applies from its stored masks, and "
+                              "this one has none (make_recipe(..., masks=...); the file: the masks: section)")
+    if recipe.masks is not None:
+        if recipe.granularity != "fine":
+            raise RecipeError(f"only fine recipes store masks, not {recipe.granularity} ones")
+        names = {layer.name for layer in recipe.layers}
+        if set(recipe.masks) != names:
+            extra, missing = sorted(set(recipe.masks) - names), sorted(names - set(recipe.masks))
+            raise RecipeError(f"the stored masks do not match the recipe's layers (missing: {missing[:3]}, "
+                              f"extra: {extra[:3]})")
+        if recipe.finetune.iterative is not None:
+            raise RecipeError("an iterative schedule prunes by magnitude step by step; it cannot follow stored "
+                              f"masks (criterion {recipe.criterion!r})")
     if recipe.granularity == "nm":
         if recipe.nm is None or len(recipe.nm) != 2 or not 0 < recipe.nm[0] <= recipe.nm[1]:
             raise RecipeError(f"an nm recipe needs nm: [N, M] with 0 < N <= M, got {recipe.nm!r}")
@@ -369,8 +423,51 @@ def check_checkpoint(recipe: Recipe, checkpoint: str | os.PathLike, force: bool 
 # ----------------------------------------------------------------------------- YAML
 
 
-def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    d = asdict(recipe)
+def masks_bytes(masks: Mapping[str, torch.Tensor]) -> bytes:
+    """The stored masks as safetensors bytes: one bool tensor per layer (no pickle)."""
+    from safetensors.torch import save
+
+    return save({n: m.detach().to("cpu", torch.bool).contiguous() for n, m in masks.items()},
+                metadata={"format": "amc-masks"})
+
+
+def _masks_ref(recipe: Recipe, file: str) -> dict[str, str] | None:
+    if recipe.masks is None:
+        return None
+    return {"file": file, "sha256": hashlib.sha256(masks_bytes(recipe.masks)).hexdigest()}
+
+
+def read_masks(folder: Path, ref: Mapping[str, str]) -> Masks:
+    """The masks file a recipe in ``folder`` references, checked against its sha256."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    name = ref["file"]
+    if Path(name).name != name or name.startswith("."):
+        raise RecipeError(f"recipe.masks.file must be a file name next to the recipe, got {name!r}")
+    path = folder / name
+    if not path.is_file():
+        raise RecipeError(f"the recipe's masks file {path} is missing (it is written next to the recipe "
+                          "and must travel with it)")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != ref["sha256"]:
+        raise RecipeError(f"masks file {path} has sha256 {digest[:12]}..., the recipe expects {ref['sha256'][:12]}...")
+    try:
+        masks = load(data)
+    except (SafetensorError, ValueError) as e:
+        raise RecipeError(f"masks file {path} is not a readable safetensors file: {e}") from None
+    bad = [n for n, m in masks.items() if m.dtype != torch.bool]
+    if bad:
+        raise RecipeError(f"masks file {path}: the mask of {bad[0]} is {masks[bad[0]].dtype}, not bool")
+    return masks
+
+
+def recipe_to_dict(recipe: Recipe, masks_file: str = "recipe" + MASKS_SUFFIX) -> dict[str, Any]:
+    """The YAML mapping; a recipe with stored masks references them as ``masks_file`` (the bytes'
+    sha256 included), which :func:`save_recipe` writes next to the YAML."""
+    d = asdict(replace(recipe, masks=None))
+    d.pop("masks")
     out: dict[str, Any] = {"format_version": d.pop("format_version")}
     out.update(d)
     out["model"]["input_shape"] = list(recipe.model.input_shape)
@@ -388,19 +485,30 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
         if la.kept is not None:
             entry["kept"] = list(la.kept)
         out["layers"].append(entry)
+    ref = _masks_ref(recipe, masks_file)
+    if ref is not None:
+        out["masks"] = ref
     return out
 
 
-def dump_recipe(recipe: Recipe) -> str:
+def dump_recipe(recipe: Recipe, masks_file: str = "recipe" + MASKS_SUFFIX) -> str:
     validate_recipe(recipe)
     header = "# amc compression recipe: re-apply with `amc apply THIS.yaml --checkpoint DENSE.pt`\n"
-    return header + yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, default_flow_style=None, width=110)
+    if recipe.masks is not None:
+        header += f"# its masks are in {masks_file}, next to it (keep the two together)\n"
+    return header + yaml.safe_dump(recipe_to_dict(recipe, masks_file), sort_keys=False, default_flow_style=None,
+                                   width=110)
 
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> Path:
-    """Validate and write ``recipe`` as YAML, atomically."""
+    """Validate and write ``recipe`` as YAML, atomically; stored masks (fine recipes of obd or
+    synflow) go first, atomically too, to ``<stem>.masks.safetensors`` next to it."""
     path = Path(path)
-    atomic_write_text(path, dump_recipe(recipe))
+    name = path.stem + MASKS_SUFFIX
+    text = dump_recipe(recipe, name)  # validates before anything is written
+    if recipe.masks is not None:
+        atomic_write_bytes(path.parent / name, masks_bytes(recipe.masks))
+    atomic_write_text(path, text)
     return path
 
 
@@ -477,6 +585,11 @@ class _DataFile(_Strict):
     test_sha256: str | None = None
 
 
+class _MasksFile(_Strict):
+    file: str
+    sha256: str
+
+
 class _RecipeFile(_Strict):
     format_version: int
     model: _ModelFile
@@ -490,6 +603,7 @@ class _RecipeFile(_Strict):
     search: _SearchFile | None = None
     metrics: _MetricsFile | None = None
     data: _DataFile | None = None  # version 2
+    masks: _MasksFile | None = None  # fine recipes of obd / synflow
 
 
 _KINDS = {"float_type": "float", "int_type": "int", "string_type": "str", "list_type": "list",
@@ -498,7 +612,8 @@ _KINDS = {"float_type": "float", "int_type": "int", "string_type": "str", "list_
 
 _SECTIONS: dict[str, type[BaseModel]] = {
     "model": _ModelFile, "layers": _LayerFile, "budget": _BudgetFile, "finetune": _FinetuneFile,
-    "iterative": _IterativeFile, "search": _SearchFile, "metrics": _MetricsFile, "data": _DataFile}
+    "iterative": _IterativeFile, "search": _SearchFile, "metrics": _MetricsFile, "data": _DataFile,
+    "masks": _MasksFile}
 
 
 def _place(loc: tuple[int | str, ...]) -> str:
@@ -523,8 +638,9 @@ def _schema_error(e: ValidationError, model: type[BaseModel]) -> RecipeError:
     return RecipeError(f"{_place(loc)} must be {_KINDS.get(kind, kind)}, got {err['input']!r}")
 
 
-def recipe_from_dict(d: Any) -> Recipe:
-    """Parse a YAML mapping into a ``Recipe``; one ``RecipeError`` for the first problem found."""
+def recipe_from_dict(d: Any, folder: str | os.PathLike | None = None) -> Recipe:
+    """Parse a YAML mapping into a ``Recipe``; one ``RecipeError`` for the first problem found.
+    ``folder``: where the recipe file is, to read the masks file it may reference."""
     if not isinstance(d, dict):
         raise RecipeError(f"recipe must be a mapping, got {type(d).__name__}")
     version = d.get("format_version")
@@ -563,10 +679,16 @@ def recipe_from_dict(d: Any) -> Recipe:
         data = DataInfo(dr.source, tuple(dr.classes) if dr.classes is not None else None,
                         tuple(dr.mean) if dr.mean is not None else None, tuple(dr.std) if dr.std is not None else None,
                         dr.protocol, dr.val_sha256, dr.test_sha256)
+    masks = None
+    if f.masks is not None:
+        if folder is None:
+            raise RecipeError("recipe.masks: the masks file is read next to the recipe file; load it with "
+                              "load_recipe(path)")
+        masks = read_masks(Path(folder), f.masks.model_dump())
     return Recipe(model, f.granularity, f.criterion, layers,
                   nm=tuple(f.nm) if f.nm is not None else None,  # type: ignore[arg-type]
                   round_to=f.round_to, budget=budget, finetune=ft, search=search, metrics=metrics, data=data,
-                  format_version=f.format_version)
+                  format_version=f.format_version, masks=masks)
 
 
 def load_recipe(path: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
@@ -585,7 +707,7 @@ def load_recipe(path: str | os.PathLike, checkpoint: str | os.PathLike | None = 
     except UnicodeDecodeError:
         raise RecipeError(f"recipe {path} is not a text file") from None
     try:
-        recipe = recipe_from_dict(data)
+        recipe = recipe_from_dict(data, path.parent)
         validate_recipe(recipe)
     except AmcError as e:
         raise type(e)(f"{path}: {e}") from None

@@ -1,6 +1,7 @@
-"""Sensitivity scans and a policy picker that meets a size target from the curves.
+"""Sensitivity scans and the policy pickers that meet a budget from the curves.
 
-``scan_each`` is the one sensitivity loop (each layer alone at each ratio; the evaluator's scan uses it too);
+``scan_each`` is the one sensitivity loop (each layer alone at each ratio; the evaluator's scan and
+the channel scan ``scan_sensitivity`` use it too);
 ``scan`` prunes one layer at a time (all others dense), scores the model, and restores the layer.
 ``finegrained_scan`` is that scan with magnitude pruning and held-out accuracy: the seed lab's
 sensitivity scan. ``pick_policy`` chooses a sparsity per layer so that the whole model meets a
@@ -14,12 +15,23 @@ curve-picked policies at 91.30% and 90.94% (reports/vgg8_finegrained.md, reports
 the loss as tie-breaker, and the loss rise alone), one global magnitude threshold, and LAMP's
 layer-adaptive threshold, each applied to the whole model, BatchNorm recalibrated, and scored on
 the held-out split; the best score wins (held-out accuracy minus 0.01 x held-out loss).
+
+For channel pruning, ``scan_sensitivity`` scans each coupled group alone at each kept channel count
+and ``pick_channel_policy`` picks counts greedily for a MACs target (with an optional cost such as
+predicted latency). The two pickers share the monotone damage curves (``monotone``) but not the
+search: a weight's cost is additive across layers, so ``pick_policy`` walks convex hulls and stops
+part-way along its last step; a group's MACs depend on its neighbours' widths, so
+``pick_channel_policy`` re-measures the coupled cost after every step and gives back what is not
+needed.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
@@ -28,8 +40,19 @@ from torch import nn
 from amc.errors import BudgetError
 from amc.layers import count_params, layer_weight, prunable_names
 from amc.metrics import size_fraction
+from amc.pruners.channel import (
+    ChannelPlan,
+    ChannelTable,
+    Counts,
+    _as_table,
+    apply_channel_masks,
+    channel_scores,
+    channel_table,
+    plan_from_counts,
+    round_channels,
+)
 from amc.pruners.finegrained import Policy, apply_policy, global_policy, lamp_policy, prune_layer
-from amc.train import evaluate_full, recalibrate_bn
+from amc.train import evaluate, evaluate_full, recalibrate_bn
 
 DEFAULT_SPARSITIES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # weight of the held-out loss rise beside the accuracy drop: a loss rise of 0.1 counts as a 0.1-point
@@ -67,19 +90,20 @@ def scan(
 
 def scan_each(
     names: Sequence[str],
-    ratios: Sequence[float],
+    ratios: Sequence[float] | Callable[[str], Sequence[float]],
     score_at: Callable[[str, float], dict[str, float]],
     base: dict[str, float],
     on_point: Callable[[str, float, float], None] | None = None,
 ) -> pd.DataFrame:
     """The one sensitivity loop: ``score_at(name, ratio)`` with that layer alone at each ratio (the
     others dense), a dict of metrics with ``accuracy`` among them (and ``ratio`` where it scored at
-    another ratio than asked, say clipped into the layer's bounds). Columns ``layer, ratio`` and the
-    metrics; a ratio-0 row per layer holds ``base`` (the dense scores, measured once)."""
+    another ratio than asked, say clipped into the layer's bounds). ``ratios`` may be a function of
+    the layer's name (per-layer ratios). Columns ``layer, ratio`` and the metrics; a ratio-0 row per
+    layer holds ``base`` (the dense scores, measured once)."""
     rows = []
     for name in names:
         rows.append({"layer": name, "ratio": 0.0, **base})
-        for r in ratios:
+        for r in (ratios(name) if callable(ratios) else ratios):
             scores = dict(score_at(name, float(r)))
             used = float(scores.pop("ratio", r))
             rows.append({"layer": name, "ratio": used, **scores})
@@ -103,6 +127,16 @@ def finegrained_scan(
         return {"accuracy": acc, "loss": loss}
 
     return scan(model, names, sparsities, prune_layer, score, on_point)
+
+
+def monotone(damage: Iterable[float]) -> list[float]:
+    """The running maximum of a layer's damage along increasing pruning: more pruning never scores as
+    less damaging (noise on small ratios). Both pickers read their curves through it."""
+    out, worst = [], 0.0
+    for d in damage:
+        worst = max(worst, d)
+        out.append(worst)
+    return out
 
 
 def _hull_steps(ratios: list[float], drops: list[float], params: int) -> list[tuple[float, float, float]]:
@@ -157,12 +191,8 @@ def pick_policy(
             # alone, the loss rise; beside accuracy, a tie-breaker where held-out accuracy is saturated
             w = 1.0 if metric == "loss" else LOSS_TIE_WEIGHT
             damage = [d + w * (x - loss[0]) for d, x in zip(damage, loss, strict=True)]
-        drops, worst = [], 0.0
-        for d in damage:
-            worst = max(worst, d)  # monotone: more pruning never scores as less damaging
-            drops.append(worst)
         p = layer_params[str(name)]
-        for to_ratio, removed, drop in _hull_steps(ratios, drops, p):
+        for to_ratio, removed, drop in _hull_steps(ratios, monotone(damage), p):
             steps.append((drop / max(removed, 1e-9), str(name), to_ratio, removed))
     # Hull steps of one layer have non-decreasing slopes, so a global sort keeps each layer's order.
     steps.sort(key=lambda s: s[0])
@@ -233,3 +263,153 @@ def auto_policy(model: nn.Module, curves: pd.DataFrame | None, size_target: floa
     best = int(table["score"].idxmax())  # the first of equal scores: the candidates' order
     table["chosen"] = table.index == best
     return dict(cands[table.loc[best, "candidate"]]), table
+
+
+# --------------------------------------------------------------------------------------------
+# sensitivity scan and a greedy per-layer policy for a MACs target
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SensitivityScan:
+    """Held-out accuracy with one group pruned at a time (BN recalibrated), per kept count."""
+
+    base_acc: float
+    points: dict[str, list[tuple[int, float]]]  # root -> [(kept channels, accuracy)], kept descending
+    criterion: str
+    round_to: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"base_acc": self.base_acc, "criterion": self.criterion, "round_to": self.round_to,
+                "points": {k: [list(p) for p in v] for k, v in self.points.items()}}
+
+
+DEFAULT_SCAN_RATIOS = tuple(round(0.1 * i, 2) for i in range(1, 10))
+
+
+def scan_sensitivity(model: nn.Module, eval_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     recal_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                     criterion: str = "l2", round_to: int = 8, ratios: Iterable[float] = DEFAULT_SCAN_RATIOS,
+                     grad_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                     cache: dict[tuple[str, int], float] | None = None,
+                     on_point: Callable[[str, int, float], None] | None = None,
+                     example_inputs: torch.Tensor | None = None) -> SensitivityScan:
+    """Prune each group alone to each ratio (rounded, deduplicated), recalibrate BatchNorm on
+    ``recal_loader``, measure accuracy on ``eval_loader`` (the held-out split, never test): the
+    ``scan_each`` loop over kept channel counts. ``cache`` ({(root, kept): acc}) lets scans at several
+    roundings share points; ``on_point(root, kept, acc)`` is called for each point measured anew."""
+    table = channel_table(model, example_inputs)
+    scores = channel_scores(model, criterion, table, grad_loader)
+    work = copy.deepcopy(model)
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    cache = cache if cache is not None else {}
+
+    def acc_of(plan: ChannelPlan) -> float:
+        work.load_state_dict(dense_state)
+        apply_channel_masks(work, plan, table)
+        if recal_loader is not None:
+            recalibrate_bn(work, recal_loader)
+        return evaluate(work, eval_loader)
+
+    base = cache.get(("", 0))
+    if base is None:
+        base = cache[("", 0)] = acc_of(ChannelPlan({}))
+    channels = {g.root: g.channels for g in table.groups}
+
+    def kept(root: str, r: float) -> int:
+        return round(channels[root] * (1 - r))  # exact: the ratios below are 1 - k / channels
+
+    def ratios_of(root: str) -> list[float]:
+        c = channels[root]
+        ks = sorted({round_channels(c * (1 - r), c, round_to) for r in ratios} - {c}, reverse=True)
+        return [1 - k / c for k in ks]
+
+    def score_at(root: str, r: float) -> dict[str, float]:
+        key = (root, kept(root, r))
+        if key not in cache:
+            cache[key] = acc_of(plan_from_counts(model, {root: key[1]}, criterion, scores, table))
+            if on_point is not None:
+                on_point(root, key[1], cache[key])
+        return {"accuracy": cache[key]}
+
+    ratios = list(ratios)
+    curves = scan_each([g.root for g in table.groups], ratios_of, score_at, {"accuracy": base})
+    points = {str(root): [(kept(str(root), float(r)), float(a)) for r, a in zip(g["ratio"], g["accuracy"], strict=True)]
+              for root, g in curves.groupby("layer", sort=False)}
+    return SensitivityScan(base, points, criterion, round_to)
+
+
+def pick_channel_policy(model_or_table: nn.Module | ChannelTable, scan: SensitivityScan, macs_fraction: float,
+                        cost: Callable[[Counts], float] | None = None,
+                        until: Callable[[Counts], bool] | None = None,
+                        example_inputs: torch.Tensor | None = None) -> Policy:
+    """Greedy: repeatedly take the step (one group to a smaller scanned count) with the least
+    held-out accuracy drop per unit of cost saved, until MACs <= ``macs_fraction`` of dense (and,
+    with ``until``, until ``until(counts)`` holds too: say, a predicted-latency goal on top of the
+    MACs budget); then give back steps that are not needed. ``cost`` defaults to MACs; pass a
+    latency predictor (``amc.latency.LatencyTable.counts_cost``) to prefer what is fast on a
+    target. The result is a policy ``{root: ratio}`` that ``policy_counts`` maps back to the same
+    counts at the scan's rounding."""
+    table = _as_table(model_or_table, example_inputs)
+    target = macs_fraction * table.dense_macs
+
+    def macs(c: Counts) -> int:
+        return table.cost_of_counts(c)["macs"]
+
+    cost_fn = cost or (lambda c: float(macs(c)))
+
+    def meets(c: Counts) -> bool:
+        return macs(c) <= target and (until is None or until(c))
+
+    levels: dict[str, list[tuple[int, float]]] = {}
+    for root, pts in scan.points.items():
+        if root not in table.group_of:
+            continue
+        # kept descending: the drop made non-decreasing, as pick_policy's damage
+        drops = monotone(scan.base_acc - acc for _, acc in pts)
+        levels[root] = [(k, d) for (k, _), d in zip(pts, drops, strict=True)]
+    state = dict.fromkeys(levels, 0)
+
+    def counts_of(st: Mapping[str, int]) -> Counts:
+        return {r: levels[r][i][0] for r, i in st.items() if i > 0}
+
+    counts = counts_of(state)
+    while not meets(counts):
+        cur = cost_fn(counts)
+        cur_macs = macs(counts)
+        best: tuple[float, float, str, int] | None = None
+        for root, i in state.items():
+            for j in range(i + 1, len(levels[root])):
+                trial = dict(counts)
+                trial[root] = levels[root][j][0]
+                saved = cur - cost_fn(trial)
+                if saved <= 0:  # a step that is not faster: judge it by MACs alone, last resort
+                    saved_macs = cur_macs - macs(trial)
+                    if saved_macs <= 0:
+                        continue
+                    saved = 1e-12 * saved_macs
+                slope = (levels[root][j][1] - levels[root][i][1]) / saved
+                cand = (slope, -saved, root, j)
+                if best is None or cand < best:
+                    best = cand
+        if best is None:
+            extra = " and the further goal" if until is not None else ""
+            raise BudgetError(f"the scanned ratios cannot reach {macs_fraction:.1%} of dense MACs{extra}")
+        state[best[2]] = best[3]
+        counts = counts_of(state)
+    # give back: undo single levels while the budget still holds, most accuracy regained first
+    while True:
+        best_back: tuple[float, str] | None = None
+        for root, i in state.items():
+            if i == 0:
+                continue
+            trial = dict(state)
+            trial[root] = i - 1
+            if meets(counts_of(trial)):
+                gain = levels[root][i][1] - levels[root][i - 1][1]
+                if best_back is None or gain > best_back[0]:
+                    best_back = (gain, root)
+        if best_back is None or best_back[0] <= 0:
+            break
+        state[best_back[1]] -= 1
+        counts = counts_of(state)
+    return {root: 1.0 - k / table.group(root).channels for root, k in counts.items()}
+

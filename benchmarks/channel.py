@@ -52,14 +52,13 @@ from amc.models import load_model  # noqa: E402
 from amc.pruners.channel import (  # noqa: E402
     ChannelPlan,
     channel_table,
-    pick_channel_policy,
     plan_channels,
     plan_cost,
     policy_counts,
     prune_channels,
-    scan_sensitivity,
 )
 from amc.pruners.reconstruct import reconstruct  # noqa: E402
+from amc.sensitivity import pick_channel_policy, scan_sensitivity  # noqa: E402
 from amc.system import machine_info  # noqa: E402
 from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
 

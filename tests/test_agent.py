@@ -203,7 +203,7 @@ def test_cli_search_around_a_policy(tmp_path, method):
         frame = frame[frame["state"] == "COMPLETE"]
     assert len(frame) == 3
     assert frame["r:layer1.0.conv1"].between(0.4 - 1e-9, 0.6 + 1e-9).all()
-    assert frame["r:layer3.2.conv2"].between(0.7 - 1e-9, 0.9 + 1e-9).all()  # 0.9: the default --upper
+    assert frame["r:layer3.2.conv2"].between(0.7 - 1e-9, 0.9 + 1e-9).all()  # 0.8 + the radius
     assert json.loads((out / "summary.json").read_text())["best"]["feasible"]
     argv[argv.index(str(ref))] = str(tmp_path / "missing.yaml")
     assert main([*argv[:-1], str(tmp_path / "run2")]) == 2

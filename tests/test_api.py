@@ -85,6 +85,17 @@ def test_compress_a_user_module_to_half_the_macs(tmp_path, folder):
     assert torch.allclose(program(x), res.model(x), atol=1e-5)  # loads without this file's Net class
 
 
+def test_compress_to_a_latency_budget_calibrates_the_table(tmp_path, folder):
+    """A latency budget: the lookup table is calibrated on the dense model first (its overhead said in the
+    progress), and the final model's latency is measured and checked against the budget."""
+    said: list[str] = []
+    res = amc.compress(Net(), budget="latency=0.99", data=folder, method="sensitivity", episodes=1, finetune=0.0,
+                       run_dir=tmp_path / "run", device="cpu", progress=said.append, **FAST)
+    assert any("outside the table's layers" in m for m in said)
+    assert (tmp_path / "run" / "latency_lut.csv").is_file()
+    assert res.metrics["latency_fraction"] > 0 and isinstance(res.metrics["latency_within_budget"], bool)
+
+
 def _with_state(state: dict[str, torch.Tensor]) -> Net:
     net = Net()
     net.load_state_dict(state)

@@ -16,23 +16,21 @@ from amc.models import build_model
 from amc.pruners.channel import (
     CRITERIA,
     ChannelPlan,
-    SensitivityScan,
     apply_channel_masks,
     channel_masks,
     channel_scores,
     channel_table,
     find_uniform_ratio,
     needs_data,
-    pick_channel_policy,
     plan_channels,
     plan_cost,
     policy_cost,
     policy_counts,
     prune_channels,
     round_channels,
-    scan_sensitivity,
     uniform_policy,
 )
+from amc.sensitivity import SensitivityScan, pick_channel_policy, scan_sensitivity
 from amc.train import FinetuneConfig, finetune
 from tests.conftest import make_tiny_resnet, make_tiny_vgg
 
@@ -196,6 +194,26 @@ def test_scores_are_one_per_channel(tiny_resnet):
         scores = channel_scores(tiny_resnet, crit, table)
         assert set(scores) == set(table.roots)
         assert all(s.shape == (table.group(r).channels,) and torch.isfinite(s).all() for r, s in scores.items())
+
+
+@pytest.mark.parametrize("make", [make_tiny_vgg, make_tiny_resnet])
+def test_bn_and_group_l2_scores_equal_torch_prunings(make):
+    """``bn`` and ``group_l2`` score as torch-pruning's BNScaleImportance and GroupMagnitudeImportance(p=2)
+    (mean over the group, no normaliser) where no depthwise conv is coupled; read from the channel table,
+    with no dependency graph per scoring."""
+    import torch_pruning as tp
+
+    model, x = make(), torch.zeros(1, 3, 32, 32)
+    table = channel_table(model, x)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    theirs = {"bn": tp.importance.BNScaleImportance(group_reduction="mean", normalizer=None),
+              "group_l2": tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None)}
+    for crit, imp in theirs.items():
+        ours = channel_scores(model, crit, table)
+        for g in table.groups:
+            mod = model.get_submodule(g.root)
+            group = dg.get_pruning_group(mod, dg.get_pruner_of_module(mod).prune_out_channels, list(range(g.channels)))
+            torch.testing.assert_close(ours[g.root].float(), imp(group).float(), rtol=1e-6, atol=0)
 
 
 def test_find_uniform_ratio_meets_the_budget_tightly():

@@ -10,7 +10,7 @@ import torch
 
 from amc.budget import Budget
 from amc.errors import BudgetError, PolicyError
-from amc.evaluator import REWARDS, EvalConfig, Evaluator
+from amc.evaluator import REWARDS, EvalConfig, Evaluator, resolve_score_on
 from amc.metrics import sparse_size_bits
 from tests.conftest import make_tiny_resnet, make_tiny_vgg
 
@@ -152,13 +152,14 @@ def test_sensitivity_policy(evaluator):
 
 @pytest.mark.parametrize("make", [make_tiny_vgg, make_tiny_resnet])
 @pytest.mark.parametrize("round_to", [1, 4])
-def test_channel_costs_match_the_physical_model(tiny_splits, make, round_to):
+@pytest.mark.parametrize("score_on", ["masked", "physical"])
+def test_channel_costs_match_the_physical_model(tiny_splits, make, round_to, score_on):
     pytest.importorskip("amc.pruners.channel")
     from amc.layers import count_macs, count_params
 
     dense = make()
     ev = Evaluator(dense, tiny_splits, Budget.parse("macs=0.5"),
-                   EvalConfig(granularity="channel", calib_images=256, round_to=round_to))
+                   EvalConfig(granularity="channel", calib_images=256, round_to=round_to, score_on=score_on))
     assert ev.names and "fc" not in ev.names and "classifier" not in ev.names  # outputs stay
     pol = ev.projector.project({n: 0.2 for n in ev.names})
     res = ev.evaluate(pol)
@@ -166,7 +167,7 @@ def test_channel_costs_match_the_physical_model(tiny_splits, make, round_to):
     small, masks = ev.build(pol)
     assert masks is None
     macs = count_macs(small)[0] / count_macs(dense)[0]
-    assert res.macs == pytest.approx(macs, abs=1e-9)  # measured on the masked copy = physical
+    assert res.macs == pytest.approx(macs, abs=1e-9)  # measured on the scored copy (masked or physical) = built
     assert ev.cost_model.fraction(pol) == pytest.approx(macs, abs=1e-9)  # the cost model is exact
     assert count_params(small) < count_params(dense)
     assert res.macs <= 0.5 + 1e-9
@@ -223,3 +224,66 @@ def test_acc_loss_reward_breaks_ties_by_heldout_loss(tiny_splits):
     loss = (res.accuracy - res.reward) / 0.01
     assert 0.0 < loss < 20.0  # a mean cross-entropy, strictly below the accuracy
     assert REWARDS["acc_loss"](0.9, {"loss": 2.0}, Budget.parse("size=0.5")) == pytest.approx(0.88)
+
+
+CHANNEL = EvalConfig(granularity="channel", calib_images=256, round_to=1)
+
+
+@pytest.mark.parametrize("make", [make_tiny_vgg, make_tiny_resnet])
+def test_physical_and_masked_scoring_agree(tiny_splits, make):
+    from amc.train import recalibrate_bn
+
+    budget = Budget.parse("macs=0.5")
+    masked = Evaluator(make(), tiny_splits, budget, replace(CHANNEL, score_on="masked"))
+    physical = Evaluator(make(), tiny_splits, budget, replace(CHANNEL, score_on="physical"))
+    assert physical.physical and not masked.physical
+    g = torch.Generator().manual_seed(0)
+    policies = [masked.uniform_policy()] + [
+        masked.projector.project({n: float(torch.rand((), generator=g)) for n in masked.names}) for _ in range(3)]
+    for pol in policies:
+        a, b = masked.evaluate(pol), physical.evaluate(pol)
+        assert a.accuracy == b.accuracy and a.feasible == b.feasible, (a, b)
+        for kind in ("size", "macs", "params"):
+            assert a.cost(kind) == pytest.approx(b.cost(kind), abs=1e-9)
+        # the masked working copy (as just scored) and the physically pruned copy give the same outputs
+        small, _ = physical.build(pol)
+        recalibrate_bn(small, physical._calib)
+        x = physical._eval[0][0]
+        with torch.no_grad():
+            torch.testing.assert_close(small(x), masked.work(x), rtol=1e-4, atol=1e-4)
+
+
+def test_auto_scores_channel_policies_physically_on_the_cpu(tiny_splits):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_score_on(CHANNEL, cpu) == "physical"
+    assert resolve_score_on(CHANNEL, cuda) == "masked"  # on a GPU the dense masked copy is the fast one
+    assert resolve_score_on(replace(CHANNEL, recovery="finetune"), cpu) == "masked"
+    assert resolve_score_on(FAST, cpu) == "masked"  # fine-grained: no smaller model
+    assert resolve_score_on(replace(CHANNEL, score_on="masked"), cpu) == "masked"
+    assert Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("macs=0.5"), CHANNEL).physical
+    with pytest.raises(PolicyError, match="channel pruning"):
+        EvalConfig(score_on="physical")  # fine-grained
+    with pytest.raises(PolicyError, match="score_on"):
+        EvalConfig(granularity="channel", score_on="nope")
+
+
+def test_physical_scoring_keeps_the_infeasible_and_nan_paths(tiny_splits):
+    cfg = replace(CHANNEL, score_on="physical")
+    ev = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("macs=0.5"), cfg)
+    dense = ev.evaluate({})
+    assert not dense.feasible and "macs" in dense.reason  # measured on the (unpruned) physical copy
+    model = make_tiny_vgg()
+    with torch.no_grad():
+        model.classifier.bias.fill_(float("nan"))
+    ev = Evaluator(model, tiny_splits, Budget.parse("macs=0.5"), cfg)
+    res = ev.evaluate(ev.uniform_policy())
+    assert not res.feasible and "NaN" in res.reason and math.isnan(res.reward)
+
+
+def test_physical_scoring_with_a_finetune_recovery(tiny_splits):
+    cfg = replace(CHANNEL, score_on="physical", recovery="finetune", recovery_steps=2)
+    ev = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("macs=0.5"), cfg)
+    pol = ev.uniform_policy()
+    first, again = ev.evaluate(pol), ev.evaluate(pol)
+    assert first.feasible and 0.0 <= first.accuracy <= 1.0
+    assert first.accuracy == again.accuracy  # the same batches every time: the policy alone decides

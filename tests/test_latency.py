@@ -73,6 +73,30 @@ def test_counts_cost_follows_the_plan(tmp_path, monkeypatch):
     assert cost({table.roots[0]: 4}) < full
 
 
+def test_calibrate_counts_what_the_layers_leave_out(monkeypatch):
+    """The dense model measured end to end: the part its summed layers do not explain is kept as a
+    fixed overhead in every prediction, so a pruned model's predicted fraction is no longer optimistic;
+    a model faster than its table gets no negative overhead."""
+    import amc.latency
+
+    dense = make_tiny_resnet()
+    table = channel_table(dense)
+    lut = LatencyTable(None, "cpu")
+    monkeypatch.setattr(lut, "_measure_key", lambda key: 0.01 * key[1] * key[2])
+    bare = lut.counts_cost(table)
+    layers, thin = bare({}), bare({table.roots[0]: 4})
+    monkeypatch.setattr(amc.latency, "measure", lambda *a, **k: layers + 2.0)
+    assert lut.calibrate(dense) == pytest.approx(layers + 2.0) and lut.overhead_ms == pytest.approx(2.0)
+    cost = lut.counts_cost(table)
+    assert cost({}) == pytest.approx(layers + 2.0) and cost({table.roots[0]: 4}) == pytest.approx(thin + 2.0)
+    assert cost({table.roots[0]: 4}) / cost({}) > thin / layers  # the overhead does not shrink
+    assert lut.predict(dense) == pytest.approx(layers + 2.0)
+    assert lut.predict(dense, overhead=False) == pytest.approx(layers)
+    monkeypatch.setattr(amc.latency, "measure", lambda *a, **k: 0.5 * layers)
+    lut.calibrate(dense)
+    assert lut.overhead_ms == 0.0
+
+
 def test_malformed_table_is_one_clear_error(tmp_path):
     path = tmp_path / "lut.csv"
     path.write_text("target,backend,batch,threads,kind,in_c,out_c,in_h,in_w,kernel,stride,groups,ms\n"

@@ -39,9 +39,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="knowledge-distillation weight in [0, 1] of the finetune, the dense model as teacher")
     p.add_argument("--calib-images", type=int, default=d.calib_images, help="BN recalibration images per reward")
     p.add_argument("--eval-images", type=int, default=None, help="held-out images per reward (default: all)")
+    p.add_argument("--score-on", choices=("auto", "masked", "physical"), default=d.score_on,
+                   help="score channel policies on the masked dense copy or the physically pruned one "
+                        "(auto: physical on the CPU with BN recovery)")
     p.add_argument("--test-limit", type=int, default=None, help="test images for the final numbers (default: all)")
-    p.add_argument("--upper", type=float, default=d.upper, help="highest per-layer ratio")
-    p.add_argument("--criterion", default=d.criterion, help="channel importance: l1, l2, l2_next, bn, taylor")
+    p.add_argument("--upper", type=float, default=d.upper,
+                   help="highest per-layer ratio (default 0.9 for channel pruning, 0.98 for fine-grained)")
+    p.add_argument("--criterion", default=d.criterion, help="importance: channel l1, l2, l2_next, bn, "
+                   "taylor, obd, apoz; fine magnitude (l1/l2 mean it), obd, synflow")
     p.add_argument("--round-to", type=int, default=d.round_to, help="channel multiple (1 = off)")
     p.add_argument("--latency-runs", type=int, default=d.latency_runs)
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in the run folder)")
@@ -60,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
                          episodes=args.episodes, warmup=args.warmup, seed=args.seed,
                          finetune_epochs=args.finetune_epochs, lr=args.lr, distill=args.distill,
                          batch_size=args.batch_size,
-                         calib_images=args.calib_images, eval_images=args.eval_images, upper=args.upper,
+                         calib_images=args.calib_images, eval_images=args.eval_images, score_on=args.score_on,
+                         upper=args.upper,
                          criterion=args.criterion, round_to=args.round_to, test_limit=args.test_limit,
                          latency_runs=args.latency_runs, export_dtype=args.dtype, onnx=not args.no_onnx,
                          storage=args.storage)

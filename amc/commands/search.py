@@ -41,17 +41,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--recovery-steps", type=int, default=20)
     e.add_argument("--calib-images", type=int, default=5120)
     e.add_argument("--eval-images", type=int, default=None, help="held-out images per reward (default: all)")
+    e.add_argument("--score-on", choices=("auto", "masked", "physical"), default="auto",
+                   help="score channel policies on the masked dense copy or the physically pruned one "
+                        "(auto: physical on the CPU with BN recovery)")
     e.add_argument("--rerank", type=int, default=5, metavar="K",
                    help="re-score the top K policies on every held-out image, after the recovery on other "
                         "batches (--rerank-seeds), and keep the best of those (0: keep the best reward); it "
                         "runs when the reward saw a subset (--eval-images) or a finetune recovery")
     e.add_argument("--rerank-seeds", default="1,2", help="recovery seeds of the re-rank (the search's is 0)")
     e.add_argument("--lower", type=float, default=0.0, help="lowest ratio per layer")
-    e.add_argument("--upper", type=float, default=0.9, help="highest ratio per layer")
+    e.add_argument("--upper", type=float, default=None,
+                   help="highest ratio per layer (default 0.9 for channel pruning, 0.98 for fine-grained)")
     e.add_argument("--around", default=None, metavar="POLICY",
                    help="search a box of --radius around this policy file's ratios (and start from it)")
     e.add_argument("--radius", type=float, default=0.2, help="half-width of the --around box")
-    e.add_argument("--criterion", default="l2", help="channel importance (amc.pruners.channel.CRITERIA)")
+    e.add_argument("--criterion", default="l2", help="importance: channel a key of amc.pruners.channel.CRITERIA "
+                   "(l2, obd, apoz...); fine magnitude (l1/l2 mean it), obd or synflow")
     e.add_argument("--round-to", type=int, default=8, help="channel counts rounded to this multiple")
     e.add_argument("--lut", default=None, metavar="CSV", help="latency lookup table (for --budget latency=...)")
     a = p.add_argument_group("AMC agent")
@@ -77,6 +82,10 @@ def _evaluator(args: argparse.Namespace, model, splits, reference: dict[str, flo
     from amc.evaluator import EvalConfig, Evaluator
 
     budget = Budget.parse(args.budget)
+    if args.upper is None:
+        from amc.budget import default_upper
+
+        args.upper = default_upper(args.granularity)
     box = None
     if reference is not None:  # the search box: --radius around the reference policy's ratios
         from amc.budget import bounds_around
@@ -84,7 +93,7 @@ def _evaluator(args: argparse.Namespace, model, splits, reference: dict[str, flo
         box = bounds_around(reference, args.radius, args.lower, args.upper)
     cfg = EvalConfig(granularity=args.granularity, reward=args.reward, recovery=args.recovery,
                      recovery_steps=args.recovery_steps, calib_images=args.calib_images,
-                     eval_images=args.eval_images, lower=args.lower,
+                     eval_images=args.eval_images, score_on=args.score_on, lower=args.lower,
                      upper=args.upper, criterion=args.criterion, round_to=args.round_to, bounds=box)
     lut = None
     if budget.kind == "latency":
@@ -93,6 +102,7 @@ def _evaluator(args: argparse.Namespace, model, splits, reference: dict[str, flo
         from amc.latency import LatencyTable
 
         lut = LatencyTable(args.lut, "cpu")
+        lut.calibrate(model)  # the dense model end to end: what the table's layers leave out counts too
     return Evaluator(model, splits, budget, cfg, latency_table=lut)
 
 
@@ -212,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
                           for r in reranked["ranked"]]).to_csv(tmp, index=False)
     save_policy_file(best_policy, out / "best_policy.yaml")
     summary = {"checkpoint": str(args.checkpoint), "method": args.method, "budget": args.budget,
-               "granularity": args.granularity, "episodes": len(frame), "best": best.row(),
+               "granularity": args.granularity, "criterion": args.criterion, "episodes": len(frame),
+               "best": best.row(),
                "seed_policies": ["around" if reference else "uniform", *seeds],
                "rerank": None if reranked is None else {k: v for k, v in reranked.items() if k != "ranked"} |
                {"winner_search_rank": reranked["ranked"][0]["rank"] if reranked["ranked"] else None},

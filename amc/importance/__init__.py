@@ -9,6 +9,7 @@
 
 from amc.importance.weights import (
     WEIGHT_CRITERIA,
+    fine_criterion,
     fisher_diagonal,
     masks_from_scores,
     obd_scores,
@@ -18,5 +19,5 @@ from amc.importance.weights import (
     weight_scores,
 )
 
-__all__ = ["WEIGHT_CRITERIA", "fisher_diagonal", "masks_from_scores", "obd_scores", "prune_by_criterion",
-           "synflow_masks", "synflow_scores", "weight_scores"]
+__all__ = ["WEIGHT_CRITERIA", "fine_criterion", "fisher_diagonal", "masks_from_scores", "obd_scores",
+           "prune_by_criterion", "synflow_masks", "synflow_scores", "weight_scores"]

@@ -204,13 +204,34 @@ WEIGHT_CRITERIA: dict[str, Callable[[nn.Module, list[str], Batches | None, int],
 }
 
 
+# the channel criteria's names that mean magnitude for one weight (its L1 and L2 norms are |w|): the
+# searchers' configs default to the channel criterion ``l2``, which a fine-grained search reads as this
+FINE_ALIASES = {"l1": "magnitude", "l2": "magnitude"}
+
+
+def fine_criterion(criterion: str) -> str:
+    """The :data:`WEIGHT_CRITERIA` name a fine-grained search uses for ``criterion`` (``l1``/``l2``:
+    magnitude); one clear ``PolicyError`` for any other name."""
+    name = FINE_ALIASES.get(criterion, criterion)
+    if name not in WEIGHT_CRITERIA:
+        raise PolicyError(f"criterion {criterion!r} does not rank single weights; fine-grained pruning knows "
+                          f"{', '.join(WEIGHT_CRITERIA)} (l1 and l2 mean magnitude)")
+    return name
+
+
+def needs_data(criterion: str) -> bool:
+    """Whether a weight criterion's scores need images (obd); magnitude and synflow do not."""
+    return fine_criterion(criterion) == "obd"
+
+
 def weight_scores(model: nn.Module, criterion: str, names: list[str] | None = None,
                   loader: Batches | None = None, batches: int = 4) -> Scores:
     """Per-weight scores of a :data:`WEIGHT_CRITERIA` entry (higher = more important)."""
     if criterion not in WEIGHT_CRITERIA:
         raise PolicyError(f"unknown weight criterion {criterion!r}; known: {', '.join(WEIGHT_CRITERIA)}")
     names = names if names is not None else prunable_names(model)
-    return WEIGHT_CRITERIA[criterion](model, names, loader, batches)
+    with torch.enable_grad():  # obd and synflow differentiate, also when called under no_grad
+        return WEIGHT_CRITERIA[criterion](model, names, loader, batches)
 
 
 @torch.no_grad()

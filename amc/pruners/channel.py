@@ -288,8 +288,10 @@ class MappingDiverges(RuntimeError):
 
 @dataclass
 class _Tolerance:
-    """What ``_tolerant_reshapes`` saw: nodes left unmapped (by id), and the indices produced by
-    flattening reshapes since the last ``reset`` (a group's traversal)."""
+    """What ``_tolerant_reshapes`` saw: nodes left unmapped (by id), and the channel indices produced
+    since the last ``reset`` (a group's traversal) by every index mapping of torch-pruning (each
+    ``*IndexMapping`` class: flattens, concats, splits, slices and the rest), which ``MAPPING_LIMIT``
+    bounds."""
 
     failed: set[int] = field(default_factory=set)
     produced: int = 0
@@ -398,6 +400,7 @@ def _group_table(work: nn.Module, x: torch.Tensor, dg: Any, tol: _Tolerance, nam
     group_of: dict[str, int] = {}
     unprunable: dict[str, str] = {}
     visited: set[str] = set()
+    hints: dict[str, str] = {}  # root -> a suspect mapping, told when pruning the group breaks the forward
     for name in names:
         if name in visited:
             continue
@@ -467,6 +470,9 @@ def _group_table(work: nn.Module, x: torch.Tensor, dg: Any, tol: _Tolerance, nam
             continue
         # ``name`` is the first member in registration order: earlier members would have visited it
         root = name
+        hint = _partly_mapped(merged, n2m, int(channels))
+        if hint is not None:
+            hints[root] = hint
         items = tuple(ChannelItem(n, role, tuple(i), tuple(r)) for (n, role), (i, r) in merged.items())
         g = ChannelGroup(root, int(channels), tuple(prunable_members), tuple(c for c in names if c in consumers), items)
         for m in prunable_members:
@@ -478,7 +484,8 @@ def _group_table(work: nn.Module, x: torch.Tensor, dg: Any, tol: _Tolerance, nam
         for g in groups:
             if g.root in broken:
                 for m in g.members:
-                    unprunable[m] = f"pruning its channels breaks the forward pass ({broken[g.root]})"
+                    why = hints.get(g.root, broken[g.root])
+                    unprunable[m] = f"pruning its channels breaks the forward pass ({why})"
         groups = [g for g in groups if g.root not in broken]
         group_of = {m: i for i, g in enumerate(groups) for m in g.members}
 
@@ -490,10 +497,44 @@ def _group_table(work: nn.Module, x: torch.Tensor, dg: Any, tol: _Tolerance, nam
     return table
 
 
+def _partly_mapped(merged: Mapping[tuple[str, str], tuple[list[int], list[int]]], n2m: Mapping[str, nn.Module],
+                   channels: int) -> str | None:
+    """A consumer whose input is at least as wide as the group (not one part of a split) but that
+    receives only some of the group's channels, said in words; None if there is none. torch-pruning
+    maps channels so through a reshape it reads wrongly (LeViT's subsampling ``view(B, H, W, C)[:, ::2,
+    ::2]`` maps half of them), and pruning then cuts that consumer's input by another count than the
+    channels removed. A split followed by a concat (CSP blocks) maps so too, rightly: this only names the
+    suspect when ``_breaking_groups`` finds that pruning the group breaks the forward pass."""
+    for (name, role), (_, roots) in merged.items():
+        if role != "in":
+            continue
+        mod = n2m[name]
+        width = getattr(mod, "in_features", None) or getattr(mod, "in_channels", None)
+        mapped = len(set(roots))
+        if isinstance(width, int) and width >= channels and mapped < channels:
+            return (f"torch-pruning maps only {mapped} of its {channels} channels into {name}, through a "
+                    f"reshape it cannot follow")
+    return None
+
+
+def _probe(group: ChannelGroup) -> list[int]:
+    """The channels ``_breaking_groups`` removes from ``group``: a fixed pseudo-random half (a mapping that is
+    wrong for some channels only shows when many go, and may be right for a regular pattern: a 2x
+    subsampling maps every other channel, so removing those looks consistent), taking back one channel
+    of any member that would lose all of its own (one side of a concat: a plan that empties it breaks,
+    but that is the plan's ratio, not the mapping)."""
+    perm = torch.randperm(group.channels, generator=torch.Generator().manual_seed(0)).tolist()
+    removed = set(perm[: group.channels // 2])
+    for item in group.items:
+        if item.role in ("out", "dw") and item.root_idxs and removed.issuperset(item.root_idxs):
+            removed.discard(item.root_idxs[0])
+    return sorted(removed)
+
+
 def _breaking_groups(model: nn.Module, x: torch.Tensor, groups: list[ChannelGroup]) -> dict[str, str]:
-    """Roots of the groups whose physical pruning (one channel removed) breaks the forward pass or
-    changes the output's shape, with the error. One copy and one forward when every group works;
-    halving the set to find the culprits otherwise."""
+    """Roots of the groups whose physical pruning (half of their channels removed, see ``_probe``) breaks
+    the forward pass or changes the output's shape, with the error. One copy and one forward when every
+    group works; halving the set to find the culprits otherwise."""
     with torch.no_grad():
         y = model.eval()(x)
     shape = tuple(y.shape) if isinstance(y, torch.Tensor) else None
@@ -504,7 +545,7 @@ def _breaking_groups(model: nn.Module, x: torch.Tensor, groups: list[ChannelGrou
             dg = _dependency_graph(work, x)
             for g in gs:
                 mod = work.get_submodule(g.root)
-                dg.get_pruning_group(mod, dg.get_pruner_of_module(mod).prune_out_channels, [0]).prune()
+                dg.get_pruning_group(mod, dg.get_pruner_of_module(mod).prune_out_channels, _probe(g)).prune()
             with torch.no_grad():
                 out = work(x)
         except Exception as e:
@@ -696,8 +737,9 @@ def score_taylor(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
 
 
 def score_group_l2(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    """Torch-Pruning's GroupMagnitudeImportance(p=2): every coupled weight slice (filters, input
-    slices, BN scales), mean over the group."""
+    """Every coupled weight slice (filters, input slices, BN scales), mean over the group: Torch-Pruning's
+    GroupMagnitudeImportance(p=2, normalizer=None), except that a coupled depthwise conv's filters count
+    here (torch-pruning 1.6 skips them: their pruning function is not ``prune_conv_out_channels``)."""
     s = _group_score(model, group, ("out", "dw", "in", "bn", "other"), 2.0)
     assert s is not None
     return s
@@ -1014,149 +1056,32 @@ def prune_channels(model: nn.Module, plan: ChannelPlan, example_inputs: torch.Te
                 raise PolicyError(f"{root}: the plan removes every channel")
             pruner = dg.get_pruner_of_module(mod)
             dg.get_pruning_group(mod, pruner.prune_out_channels, removed).prune()
+    check_forward(work, x)
     work.train(was)
     return work
 
 
-# --------------------------------------------------------------------------------------------
-# sensitivity scan and a greedy per-layer policy for a MACs target
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SensitivityScan:
-    """Held-out accuracy with one group pruned at a time (BN recalibrated), per kept count."""
+def check_forward(model: nn.Module, x: torch.Tensor) -> None:
+    """One forward of a pruned ``model`` on ``x`` (no grad); a failure is one ``PolicyError`` that names
+    the innermost module that raised (read from forward pre-hooks), not a bare shape error."""
+    n2m = {id(m): n for n, m in model.named_modules()}
+    stack: list[nn.Module] = []
 
-    base_acc: float
-    points: dict[str, list[tuple[int, float]]]  # root -> [(kept channels, accuracy)], kept descending
-    criterion: str
-    round_to: int
+    def enter(mod: nn.Module, args: Any) -> None:
+        stack.append(mod)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"base_acc": self.base_acc, "criterion": self.criterion, "round_to": self.round_to,
-                "points": {k: [list(p) for p in v] for k, v in self.points.items()}}
+    def leave(mod: nn.Module, args: Any, out: Any) -> None:
+        stack.pop()
 
-
-DEFAULT_SCAN_RATIOS = tuple(round(0.1 * i, 2) for i in range(1, 10))
-
-
-def scan_sensitivity(model: nn.Module, eval_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                     recal_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                     criterion: str = "l2", round_to: int = 8, ratios: Iterable[float] = DEFAULT_SCAN_RATIOS,
-                     grad_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                     cache: dict[tuple[str, int], float] | None = None,
-                     on_point: Callable[[str, int, float], None] | None = None,
-                     example_inputs: torch.Tensor | None = None) -> SensitivityScan:
-    """Prune each group alone to each ratio (rounded, deduplicated), recalibrate BatchNorm on
-    ``recal_loader``, measure accuracy on ``eval_loader`` (the held-out split, never test).
-    ``cache`` ({(root, kept): acc}) lets scans at several roundings share points."""
-    from amc.train import evaluate, recalibrate_bn
-
-    table = channel_table(model, example_inputs)
-    scores = channel_scores(model, criterion, table, grad_loader)
-    work = copy.deepcopy(model)
-    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
-    cache = cache if cache is not None else {}
-
-    def acc_of(plan: ChannelPlan) -> float:
-        work.load_state_dict(dense_state)
-        apply_channel_masks(work, plan, table)
-        if recal_loader is not None:
-            recalibrate_bn(work, recal_loader)
-        return evaluate(work, eval_loader)
-
-    base = cache.get(("", 0))
-    if base is None:
-        base = cache[("", 0)] = acc_of(ChannelPlan({}))
-    points: dict[str, list[tuple[int, float]]] = {}
-    for g in table.groups:
-        ks = sorted({round_channels(g.channels * (1 - r), g.channels, round_to) for r in ratios} - {g.channels},
-                    reverse=True)
-        pts = [(g.channels, base)]
-        for k in ks:
-            key = (g.root, k)
-            if key not in cache:
-                cache[key] = acc_of(plan_from_counts(model, {g.root: k}, criterion, scores, table))
-                if on_point is not None:
-                    on_point(g.root, k, cache[key])
-            pts.append((k, cache[key]))
-        points[g.root] = pts
-    return SensitivityScan(base, points, criterion, round_to)
-
-
-def pick_channel_policy(model_or_table: nn.Module | ChannelTable, scan: SensitivityScan, macs_fraction: float,
-                        cost: Callable[[Counts], float] | None = None,
-                        until: Callable[[Counts], bool] | None = None,
-                        example_inputs: torch.Tensor | None = None) -> Policy:
-    """Greedy: repeatedly take the step (one group to a smaller scanned count) with the least
-    held-out accuracy drop per unit of cost saved, until MACs <= ``macs_fraction`` of dense (and,
-    with ``until``, until ``until(counts)`` holds too: say, a predicted-latency goal on top of the
-    MACs budget); then give back steps that are not needed. ``cost`` defaults to MACs; pass a
-    latency predictor (``amc.latency.LatencyTable.counts_cost``) to prefer what is fast on a
-    target. The result is a policy ``{root: ratio}`` that ``policy_counts`` maps back to the same
-    counts at the scan's rounding."""
-    table = _as_table(model_or_table, example_inputs)
-    target = macs_fraction * table.dense_macs
-
-    def macs(c: Counts) -> int:
-        return table.cost_of_counts(c)["macs"]
-
-    cost_fn = cost or (lambda c: float(macs(c)))
-
-    def meets(c: Counts) -> bool:
-        return macs(c) <= target and (until is None or until(c))
-
-    levels: dict[str, list[tuple[int, float]]] = {}
-    for root, pts in scan.points.items():
-        if root not in table.group_of:
-            continue
-        drop, out = 0.0, []
-        for k, acc in pts:  # kept descending: make the drop non-decreasing (noise on small ratios)
-            drop = max(drop, scan.base_acc - acc)
-            out.append((k, drop))
-        levels[root] = out
-    state = dict.fromkeys(levels, 0)
-
-    def counts_of(st: Mapping[str, int]) -> Counts:
-        return {r: levels[r][i][0] for r, i in st.items() if i > 0}
-
-    counts = counts_of(state)
-    while not meets(counts):
-        cur = cost_fn(counts)
-        cur_macs = macs(counts)
-        best: tuple[float, float, str, int] | None = None
-        for root, i in state.items():
-            for j in range(i + 1, len(levels[root])):
-                trial = dict(counts)
-                trial[root] = levels[root][j][0]
-                saved = cur - cost_fn(trial)
-                if saved <= 0:  # a step that is not faster: judge it by MACs alone, last resort
-                    saved_macs = cur_macs - macs(trial)
-                    if saved_macs <= 0:
-                        continue
-                    saved = 1e-12 * saved_macs
-                slope = (levels[root][j][1] - levels[root][i][1]) / saved
-                cand = (slope, -saved, root, j)
-                if best is None or cand < best:
-                    best = cand
-        if best is None:
-            extra = " and the further goal" if until is not None else ""
-            raise BudgetError(f"the scanned ratios cannot reach {macs_fraction:.1%} of dense MACs{extra}")
-        state[best[2]] = best[3]
-        counts = counts_of(state)
-    # give back: undo single levels while the budget still holds, most accuracy regained first
-    while True:
-        best_back: tuple[float, str] | None = None
-        for root, i in state.items():
-            if i == 0:
-                continue
-            trial = dict(state)
-            trial[root] = i - 1
-            if meets(counts_of(trial)):
-                gain = levels[root][i][1] - levels[root][i - 1][1]
-                if best_back is None or gain > best_back[0]:
-                    best_back = (gain, root)
-        if best_back is None or best_back[0] <= 0:
-            break
-        state[best_back[1]] -= 1
-        counts = counts_of(state)
-    return {root: 1.0 - k / table.group(root).channels for root, k in counts.items()}
-
+    handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as e:
+        where = n2m.get(id(stack[-1]), "") if stack else ""
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise PolicyError(f"the channel-pruned model fails in {where or 'its top-level forward'} "
+                          f"({type(e).__name__}: {msg})") from e
+    finally:
+        for h in handles:
+            h.remove()

@@ -48,9 +48,15 @@ class JobSpec(BaseModel):
     eval_images: int | None = Field(None, ge=1)
     test_limit: int | None = Field(None, ge=1, description="test images for the final numbers")
     train_limit: int | None = Field(None, ge=64, description="use only this many train images (quick jobs)")
-    heldout: int = Field(5000, ge=16, description="held-out train images for the search rewards")
-    upper: float = Field(0.9, gt=0, lt=1)
-    criterion: Literal["l1", "l2", "l2_next", "bn", "taylor", "obd", "apoz"] = "l2"
+    protocol: Literal["auto", "test-halves", "heldout"] = Field(
+        "auto", description="what the search scores on: test-halves (the test set split once into a validation "
+                            "half for the search and a final-test half for the reported numbers), heldout (train "
+                            "images held out), auto (test-halves unless heldout is given)")
+    heldout: int | None = Field(None, ge=16, description="held-out train images for the search rewards "
+                                                         "(the heldout protocol)")
+    upper: float | None = Field(None, gt=0, lt=1, description="highest per-layer ratio (default 0.9 for channel "
+                                                               "pruning, 0.98 for fine-grained)")
+    criterion: Literal["l1", "l2", "l2_next", "bn", "taylor", "obd", "apoz", "magnitude", "synflow"] = "l2"
     round_to: int = Field(8, ge=1, le=256)
     latency_runs: int = Field(50, ge=1, le=10_000)
     sensitivity_ratios: tuple[float, ...] = Field((0.2, 0.4, 0.6, 0.8), min_length=1, max_length=16,
@@ -79,7 +85,9 @@ class JobSpec(BaseModel):
     def _source(self) -> JobSpec:
         if (self.checkpoint is None) == (self.upload is None):
             raise ValueError("give exactly one of checkpoint (a registered name) and upload (an uploaded weights id)")
-        if self.train_limit is not None and self.heldout >= self.train_limit:
+        if self.protocol == "test-halves" and self.heldout is not None:
+            raise ValueError("protocol test-halves scores on the test set's validation half; heldout does not apply")
+        if self.train_limit is not None and self.heldout is not None and self.heldout >= self.train_limit:
             raise ValueError(f"heldout ({self.heldout}) must be below train_limit ({self.train_limit})")
         self.compress_config(None)  # the pipeline's own checks, up front
         return self
@@ -146,13 +154,23 @@ class ProgressTracker:
         return d
 
 
-def load_job_data(data_path: Path, spec: JobSpec, device: Any) -> Any:
+def load_job_data(data_path: Path, spec: JobSpec, device: Any) -> tuple[Any, Any]:
+    """The job's splits and the record of its protocol (``amc.data.holdout``): by default the test set
+    (after ``test_limit``) halved into the search's validation half and the final-test half, as
+    ``amc compress`` does; with ``heldout`` (or ``protocol="heldout"``) train images held out instead."""
     from amc.data import load_cifar10, make_splits, subset
+    from amc.data.holdout import ProtocolRecord, halve_test, resolve_protocol
+    from amc.data.splits import HELDOUT
 
     data = load_cifar10(data_path)
     if spec.train_limit is not None or spec.test_limit is not None:
         data = subset(data, train=spec.train_limit, test=spec.test_limit, seed=spec.seed)
-    return make_splits(data, heldout=spec.heldout, device=device)
+    protocol = "heldout" if spec.protocol == "auto" and spec.heldout is not None else spec.protocol
+    if resolve_protocol(protocol, data.val_y is not None, len(data.test_y) > 0) == "test-halves":
+        halved, record = halve_test(data)
+        return make_splits(halved, 0, device=device), record
+    heldout = spec.heldout if spec.heldout is not None else min(HELDOUT, max(16, len(data.train_y) // 10))
+    return make_splits(data, heldout=heldout, device=device), ProtocolRecord("heldout", heldout, len(data.test_y))
 
 
 def study_storage(run_dir: Path) -> str:
@@ -160,9 +178,14 @@ def study_storage(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'study.db').resolve()}"
 
 
-def run_job(spec: JobSpec, weights: Path, splits: Any, run_dir: Path, progress: Callable[[str], None]) -> Any:
-    """Run one compression into ``run_dir`` (the pipeline call; see the module doc)."""
+def run_job(spec: JobSpec, weights: Path, splits: Any, run_dir: Path, progress: Callable[[str], None],
+            record: Any = None) -> Any:
+    """Run one compression into ``run_dir`` (the pipeline call; see the module doc); ``record`` (the
+    data protocol's ``ProtocolRecord``) goes into the recipe."""
     from amc.pipeline import compress
+    from amc.recipe import DataInfo
 
     config = spec.compress_config(study_storage(run_dir), study=f"job-{run_dir.name}")  # one study per job
-    return compress(weights, spec.model, splits, config, run_dir, progress=progress)
+    info = None if record is None else DataInfo(source=spec.data, protocol=record.protocol,
+                                                 val_sha256=record.val_sha256, test_sha256=record.test_sha256)
+    return compress(weights, spec.model, splits, config, run_dir, progress=progress, data=info)

@@ -128,7 +128,7 @@ class Worker:
         if path is None:
             raise AmcError(f"unknown data set {spec.data!r}; registered: {', '.join(self.config.datasets)}")
         device = torch.device(self.config.device) if self.config.device else default_device()
-        key = (spec.data, spec.train_limit, spec.test_limit, spec.heldout, spec.seed, str(device))
+        key = (spec.data, spec.train_limit, spec.test_limit, spec.protocol, spec.heldout, spec.seed, str(device))
         if key not in self._data:
             self._data = {key: load_job_data(path, spec, device)}  # keep one: data sets are large
         return self._data[key]
@@ -174,10 +174,10 @@ class Worker:
             if job.attempts > 1:
                 n = fail_running_trials(run_dir)
                 log.warning("job %s: attempt %d; %d unfinished trial(s) of the last one failed", jid, job.attempts, n)
-            splits = self._splits(spec)
+            splits, record = self._splits(spec)
             tracker.update("data")
             self.store.beat(jid, self.name, tracker.as_dict())
-            run_job(spec, weights, splits, run_dir, progress)
+            run_job(spec, weights, splits, run_dir, progress, record=record)
             if spec.method == "optuna":
                 atomic_write_text(run_dir / "trials.json", _json(live_trials(run_dir, kind)))
             tracker.stage, tracker.message = "done", "done"
