@@ -427,7 +427,8 @@ def _markdown(r: dict) -> str:
               + (f" ({r['latency_calibration']['overhead_ms']:.2f} of its {r['latency_calibration']['dense_ms']:.2f} "
                  "ms)" if r.get("latency_calibration") else "")
               + ". The rows of a first pass with the bare table (no overhead) are kept aside in the cache "
-              "(lat05-uncalibrated): they met 0.48-0.50 by the table but measured 0.51-0.65.", ""]
+              "(lat05-uncalibrated): they met 0.48-0.50 by the table but measured 0.51-0.65 (paired, quiet "
+              "machine); the overhead is too small to explain that, so the table's layer entries are off.", ""]
     for task, t in r["tasks"].items():
         lines += [f"## {task}: {t['granularity']}, {t['budget']}", ""]
         if t.get("margin") is None and t["methods"]:
