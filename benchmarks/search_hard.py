@@ -444,7 +444,9 @@ def _markdown(r: dict) -> str:
             lines += ["Margin: not computed until every method has a row for the same seeds.", ""]
         vals = {**t.get("baseline_val_reward", {}), **t.get("search_val_reward", {})}
         if vals:
-            lines += ["Search reward (validation accuracy after BN recalibration, before any finetune): "
+            steps = s.get("mf_steps", 20)
+            lines += ["Search reward (validation accuracy after BN recalibration, before any finetune; optuna_mf's "
+                      f"after its {steps} recovery steps): "
                       + ", ".join(f"{k} {_pct(v)}%" for k, v in vals.items()) + ".", ""]
         if not t["methods"]:
             lines += ["No finetuned row finished yet.", ""]
