@@ -5,8 +5,9 @@ The jobs are tiny (a width-8/16 ResNet-8, the sensitivity-picked policy, 512 tra
 no ONNX) so that they finish; after the polling phase the script waits (bounded) for the queue to drain
 and counts jobs completed, lost (submitted but not done in the end) and duplicated (claimed more than
 once; nothing is killed here). The workers run with ``amc worker --nice 10`` (``--worker-nice``): they
-share the machine with the server and the load client. Writes reports/service.json (the figures, the
-load average sampled every 5 s while polling); reports/service.md is written from it.
+share the machine with the server and the load client; the load starts once both say they are ready
+(torch and the pipeline imported), so their start-up is not counted as busy. Writes reports/service.json
+(the figures, the load average sampled every 5 s while polling); reports/service.md is written from it.
 
     nice -n 5 .venv/bin/python benchmarks/service_load.py [--jobs 50 --rate 200 --seconds 60 --drain-s 900]
 """
@@ -117,6 +118,12 @@ def main() -> int:
         try:
             for i in range(args.workers):
                 svc.start("worker", "--device", "cpu", "--name", f"w{i}", "--nice", str(args.worker_nice))
+            t0 = time.time()  # the workers up (torch and the pipeline imported) before the load starts
+            logs = [svc.root / f"worker-{i + 1}.log" for i in range(args.workers)]
+            while not all(p.exists() and ": ready" in p.read_text() for p in logs):
+                if time.time() - t0 > 180 or any(p.poll() is not None for p in svc.procs):
+                    raise SystemExit("the workers did not start: " + " | ".join(p.read_text()[-300:] for p in logs))
+                time.sleep(0.5)
             res = run_load_sync(svc, args)
             t0 = time.time()
             with svc.client() as c:

@@ -228,7 +228,7 @@ def test_two_workers_share_a_postgres_queue_and_run_each_job_once(pg_url: str, t
         for name in ("w0", "w1"):
             svc.start("worker", "--device", "cpu", "--name", name)
         t0 = time.time()  # both consumers up before the jobs go in, so that both can take some
-        while not all("amc worker" in (svc.root / f"worker-{i}.log").read_text() for i in (1, 2)):
+        while not all(": ready" in (svc.root / f"worker-{i}.log").read_text() for i in (1, 2)):
             assert time.time() - t0 < 90, "workers did not start"
             assert all(p.poll() is None for p in svc.procs), "a process died"
             time.sleep(0.3)

@@ -115,8 +115,15 @@ class Worker:
                 log.warning("job %s: its worker stopped beating; back on the queue", jid)
         return back
 
+    def warm(self) -> None:
+        """Import what every job needs (torch, the pipeline) before the first claim: a worker pays that
+        start-up cost once, at start, not inside its first job while it holds it."""
+        import amc.pipeline  # noqa: F401
+
     def serve(self) -> None:
+        self.warm()
         self.recover()
+        log.info("worker %s: ready", self.name)
         self.queue.serve(self.execute, self.recover)
 
     def _splits(self, spec: JobSpec) -> Any:
