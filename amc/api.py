@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from amc.data import STREAM_ABOVE, DataSource, decoded_bytes, load_images, make_splits, open_data, splits_from_torch
-from amc.data.holdout import ProtocolRecord, halve_test, resolve_protocol
+from amc.data import STREAM_ABOVE, DataSource, decoded_bytes, load_images, open_data, splits_from_torch
+from amc.data.holdout import ProtocolRecord, split_for_search
 from amc.data.splits import HELDOUT
 from amc.errors import AmcError, DataError
 from amc.pipeline import CompressConfig, CompressResult, Progress, compress_model
@@ -93,15 +93,7 @@ def open_dataset_recorded(data: DataArg, *, val: Any = None, test: Any = None, h
         if p.is_dir() and (p / "train").is_dir() and decoded_bytes(p, image_size) > STREAM_ABOVE:
             return open_data(p, heldout=heldout or HELDOUT, device=dev, seed=seed, image_size=image_size,
                              val=val, streaming=True), None
-        images = load_images(p, image_size, val=val)
-        if protocol == "auto" and heldout is not None:  # the user asked for that many held-out train images
-            protocol = "heldout"
-        if resolve_protocol(protocol, images.val_y is not None, len(images.test_y) > 0) == "test-halves":
-            images, record = halve_test(images)
-            return make_splits(images, 0, dev, seed), record
-        if heldout is None:  # 5,000 (CIFAR-10's tenth), or a tenth of a smaller set
-            heldout = min(HELDOUT, max(1, len(images.train_y) // 10))
-        return make_splits(images, heldout, dev, seed), ProtocolRecord("heldout", heldout, len(images.test_y))
+        return split_for_search(load_images(p, image_size, val=val), protocol, heldout, dev, seed)  # type: ignore[return-value]
     raise DataError(f"data must be a path, a DataSource or a torch Dataset/DataLoader, got {type(data).__name__}")
 
 

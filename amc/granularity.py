@@ -47,11 +47,7 @@ def rank_weights(model: nn.Module, names: Sequence[str], criterion: str = "magni
     from amc.importance.weights import fine_criterion, needs_data, weight_scores
 
     crit = fine_criterion(criterion)
-    if crit == "magnitude":
-        scores = {n: layer_weight(model, n).detach().abs() for n in names}
-    else:
-        batches = list(calib[:4]) if needs_data(crit) else None
-        scores = weight_scores(model, crit, list(names), batches, batches=4)
+    scores = weight_scores(model, crit, list(names), list(calib[:4]) if needs_data(crit) else None, batches=4)
     ranks: dict[str, torch.Tensor] = {}
     for name in names:
         w = scores[name]

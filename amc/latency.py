@@ -276,12 +276,13 @@ class LatencyTable:
                 keys.append((li.kind, cin, cout, li.in_hw[0], li.in_hw[1], li.kernel, li.stride, groups))
         return keys
 
-    def predict(self, model: nn.Module, plan=None, overhead: bool = True) -> float:
-        """Summed per-layer latency (ms) of ``model``, or of ``model`` pruned by ``plan``, plus the
-        calibrated ``overhead_ms`` (unless ``overhead=False``)."""
+    def predict(self, model: nn.Module, plan=None, overhead: bool = True,
+                input_shape: tuple[int, ...] = (3, 32, 32)) -> float:
+        """Summed per-layer latency (ms) of ``model`` on ``input_shape`` inputs, or of ``model`` pruned by
+        ``plan``, plus the calibrated ``overhead_ms`` (unless ``overhead=False``)."""
         from amc.pruners.channel import channel_table
 
-        table = channel_table(model)
+        table = channel_table(model, torch.zeros(1, *input_shape, device=next(model.parameters()).device))
         ms = sum(self.lookup(k) for k in self.layer_keys(table, plan.counts() if plan is not None else None))
         if self._dirty:
             self.save()
@@ -296,15 +297,9 @@ class LatencyTable:
         """Measure ``model`` (the dense one) end to end on this table's target and keep the part of its
         latency the summed layers do not explain as ``overhead_ms`` (never below 0); returns the
         measured milliseconds."""
-        from amc.pruners.channel import channel_table
-
         ms = measure(model, self.device, self.batch, self.threads, "torch", warmup=max(self.warmup, 10), runs=runs,
                      input_shape=input_shape, cuda_graph=self.cuda_graph)
-        table = channel_table(model, torch.zeros(1, *input_shape, device=next(model.parameters()).device))
-        layers = sum(self.lookup(k) for k in self.layer_keys(table))
-        if self._dirty:
-            self.save()
-        self.overhead_ms = max(0.0, ms - layers)
+        self.overhead_ms = max(0.0, ms - self.predict(model, overhead=False, input_shape=input_shape))
         return ms
 
 

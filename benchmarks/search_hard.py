@@ -57,6 +57,7 @@ from amc.search.agent import AgentConfig, run_agent  # noqa: E402
 from amc.search.optuna import OptunaConfig, OptunaSearcher  # noqa: E402
 from amc.system import machine_info  # noqa: E402
 from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
+from benchmarks.search import _json  # noqa: E402  (the JSON hook for tensors and numpy scalars)
 
 SHARED = ROOT.parent / "shared"
 TASKS = {"macs03": ("channel", "macs=0.3"), "lat05": ("channel", "latency=0.5"), "size01": ("fine", "size=0.1")}
@@ -76,14 +77,6 @@ def _load(path: Path):
 def _save(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(obj, indent=1, default=_json))
-
-
-def _json(o):
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    if hasattr(o, "item"):
-        return o.item()
-    return str(o)
 
 
 def tp_global_policy(dense, names: list[str], fraction: float, cost, round_to: int = 8) -> tuple[dict, float]:

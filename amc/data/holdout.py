@@ -91,3 +91,20 @@ def resolve_protocol(protocol: str, has_val: bool, has_test: bool) -> str:
     if protocol == "test-halves" and not has_test:
         raise DataError("protocol test-halves needs a test set")
     return protocol
+
+
+def split_for_search(images: ImageSet, protocol: str = "auto", heldout: int | None = None,
+                     device: object = "cpu", seed: int = 0) -> tuple[object, ProtocolRecord]:
+    """``images`` as the search's splits and the record of the protocol: ``auto`` halves the test set
+    (``halve_test``) unless ``heldout`` is given, then ``heldout`` train images are held out (default
+    5,000, or a tenth of a smaller train set)."""
+    from amc.data.splits import HELDOUT, make_splits
+
+    if protocol == "auto" and heldout is not None:  # the caller asked for that many held-out train images
+        protocol = "heldout"
+    if resolve_protocol(protocol, images.val_y is not None, len(images.test_y) > 0) == "test-halves":
+        halved, record = halve_test(images)
+        return make_splits(halved, 0, device, seed), record  # type: ignore[arg-type]
+    if heldout is None:
+        heldout = min(HELDOUT, max(1, len(images.train_y) // 10))
+    return make_splits(images, heldout, device, seed), ProtocolRecord("heldout", heldout, len(images.test_y))  # type: ignore[arg-type]

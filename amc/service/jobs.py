@@ -158,19 +158,13 @@ def load_job_data(data_path: Path, spec: JobSpec, device: Any) -> tuple[Any, Any
     """The job's splits and the record of its protocol (``amc.data.holdout``): by default the test set
     (after ``test_limit``) halved into the search's validation half and the final-test half, as
     ``amc compress`` does; with ``heldout`` (or ``protocol="heldout"``) train images held out instead."""
-    from amc.data import load_cifar10, make_splits, subset
-    from amc.data.holdout import ProtocolRecord, halve_test, resolve_protocol
-    from amc.data.splits import HELDOUT
+    from amc.data import load_cifar10, subset
+    from amc.data.holdout import split_for_search
 
     data = load_cifar10(data_path)
     if spec.train_limit is not None or spec.test_limit is not None:
         data = subset(data, train=spec.train_limit, test=spec.test_limit, seed=spec.seed)
-    protocol = "heldout" if spec.protocol == "auto" and spec.heldout is not None else spec.protocol
-    if resolve_protocol(protocol, data.val_y is not None, len(data.test_y) > 0) == "test-halves":
-        halved, record = halve_test(data)
-        return make_splits(halved, 0, device=device), record
-    heldout = spec.heldout if spec.heldout is not None else min(HELDOUT, max(16, len(data.train_y) // 10))
-    return make_splits(data, heldout=heldout, device=device), ProtocolRecord("heldout", heldout, len(data.test_y))
+    return split_for_search(data, spec.protocol, spec.heldout, device)
 
 
 def study_storage(run_dir: Path) -> str:
