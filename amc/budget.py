@@ -251,6 +251,19 @@ class Projector:
 
         return pol(self._least_feasible(pol, 0.0, 1.0))
 
+    def tighten(self, policy: Mapping[str, float]) -> Policy:
+        """``policy`` with every ratio moved toward its upper bound by one shared factor, as little as
+        meets the budget: ``ratio + lam * (upper - ratio)`` with the least ``lam`` in [0, 1]. The
+        opposite of ``fill``: a policy found under a looser budget (a latency table that turned out
+        optimistic) pruned a little harder everywhere, keeping its per-layer shape. A feasible
+        policy comes back clipped and otherwise unchanged."""
+        full = self.clip(policy)
+
+        def pol(lam: float) -> Policy:
+            return {n: full[n] + lam * (self.upper[n] - full[n]) for n in self.names}
+
+        return pol(self._least_feasible(pol, 0.0, 1.0))
+
     def _least_feasible(self, pol: Callable[[float], Policy], lo: float, hi: float) -> float:
         """The least ``x`` in [lo, hi] whose ``pol(x)`` meets the budget, by bisection (costs are
         non-increasing in ``x``); ``hi`` when nothing below it is checked feasible."""

@@ -4,17 +4,26 @@ The search meets a latency budget through ``amc.latency.LatencyTable`` (per-laye
 the final model can still run slower end to end (overheads the table does not see). Lifecycle:
 after the final model is built, ``check_latency(model, dense, budget)`` times both on the target
 (CPU, 1 thread, batch 1 by default) and says whether the measured fraction meets the budget.
+
+``paired_fraction(model, dense)`` times the two in turns (rounds of dense then pruned) and takes the
+median of the rounds' ratios, so a busy spell of a shared machine hits both sides alike.
+``fit_measured(policy, projector, build, fraction)`` makes a searched policy meet the budget by
+measurement: while the built model measures over the budget, the table's target is lowered by the
+measured / predicted gap and the policy tightened to it (``Projector.tighten``: every layer pruned a
+little harder, its shape kept), up to ``rounds`` times.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import statistics
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
-from amc.budget import Budget
+from amc.budget import Budget, Projector
 from amc.errors import BudgetError
+from amc.policy import Policy
 
 Measure = Callable[[nn.Module], float]  # model -> milliseconds
 
@@ -56,3 +65,67 @@ def check_latency(model: nn.Module, dense: nn.Module, budget: Budget, measure: M
     if not base > 0:
         raise BudgetError(f"the dense model's measured latency is {base} ms; cannot form a fraction")
     return LatencyCheck(budget.fraction, ms / base, predicted, ms, base)
+
+
+@dataclass(frozen=True)
+class Paired:
+    fraction: float  # the median of the rounds' pruned / dense ratios
+    model_ms: float  # the median of the pruned model's rounds
+    dense_ms: float
+    rounds: list[float]
+
+
+def paired_fraction(model: nn.Module, dense: nn.Module, rounds: int = 7, runs: int = 60,
+                    input_shape: tuple[int, ...] = (3, 32, 32)) -> Paired:
+    """``model``'s latency over ``dense``'s on the CPU (1 thread, batch 1), timed in turns: ``rounds``
+    rounds of (dense, model), ``runs`` timed forwards each side; the median of the rounds' ratios."""
+    measure = cpu_measure(runs, input_shape)
+    d_ms, m_ms, ratios = [], [], []
+    for _ in range(rounds):
+        d, m = measure(dense), measure(model)
+        if not d > 0:
+            raise BudgetError(f"the dense model's measured latency is {d} ms; cannot form a fraction")
+        d_ms.append(d)
+        m_ms.append(m)
+        ratios.append(m / d)
+    return Paired(statistics.median(ratios), statistics.median(m_ms), statistics.median(d_ms), ratios)
+
+
+@dataclass
+class Fit:
+    policy: Policy  # the policy that met the budget by measurement (or the last one tried)
+    measured: float  # its measured fraction
+    predicted: float  # the table's fraction for it
+    within: bool
+    steps: list[dict[str, float]] = field(default_factory=list)  # per round: predicted, measured, target
+
+    def row(self) -> dict:
+        return {"fit_measured": self.measured, "fit_predicted": self.predicted, "fit_within": self.within,
+                "fit_rounds": len(self.steps), "fit_steps": self.steps}
+
+
+def fit_measured(policy: Mapping[str, float], projector: Projector, build: Callable[[Policy], nn.Module],
+                 fraction: Callable[[nn.Module], float], rounds: int = 5, margin: float = 0.01) -> Fit:
+    """Tighten ``policy`` until the model ``build`` makes of it measures (``fraction``: model -> its
+    measured latency over the dense one's) within ``projector``'s latency budget.
+
+    Each round over the budget sets the table's target to ``predicted * budget / measured * (1 -
+    margin)`` (the gap the measurement showed, as a ratio) and tightens the policy to it; a round
+    that measures within the budget ends the fit. After ``rounds`` the last policy is returned with
+    ``within=False``: the caller decides (the pipeline warns, a benchmark reports it)."""
+    budget = projector.budget
+    if budget.kind != "latency":
+        raise BudgetError(f"fit_measured needs a latency budget, got {budget.kind}")
+    pol = projector.clip(policy)
+    steps: list[dict[str, float]] = []
+    for i in range(max(1, rounds)):
+        pred = projector.cost.fraction(pol)
+        meas = fraction(build(pol))
+        steps.append({"predicted": pred, "measured": meas, "target": budget.fraction})
+        if meas <= budget.fraction:
+            return Fit(pol, meas, pred, True, steps)
+        target = pred * budget.fraction / meas * (1.0 - margin)
+        if i == rounds - 1 or target < projector.floor_cost:
+            break  # out of rounds, or the bounds cannot go that low: the last measured policy, over
+        pol = Projector(projector.cost, Budget("latency", target), projector.bounds).tighten(pol)
+    return Fit(pol, meas, pred, False, steps)

@@ -86,3 +86,19 @@ def test_final_row_shows_the_finetuned_cost_for_a_params_budget(tmp_path, tiny_s
     final = rows[0][rows[0]["method"] == "chosen, test after finetune"].iloc[0]
     assert final["budget"] == pytest.approx(measured)
     assert final["accuracy"] == pytest.approx(res.metrics["accuracy"])
+
+
+def test_a_latency_budget_is_fitted_to_a_measurement(tmp_path, tiny_splits, r20_ckpt):
+    """The chosen policy goes through amc.latency_check.fit_measured: the model built from the policy
+    the recipe holds is the one whose paired measurement the fit recorded as within the budget."""
+    res = compress(r20_ckpt, "resnet20", tiny_splits, quick(budget="latency=0.6", method="sensitivity"),
+                   tmp_path / "run")
+    fit = res.metrics["latency_fit"]
+    assert fit["fit_rounds"] == len(fit["fit_steps"]) >= 1
+    assert fit["fit_within"] == (fit["fit_measured"] <= 0.6)
+    assert fit["fit_measured"] == fit["fit_steps"][-1]["measured"] > 0
+    if fit["fit_rounds"] > 1:  # tightened: the later rounds predict less than the first
+        assert fit["fit_steps"][-1]["predicted"] < fit["fit_steps"][0]["predicted"]
+    off = compress(r20_ckpt, "resnet20", tiny_splits,
+                   quick(budget="latency=0.6", method="sensitivity", latency_fit_rounds=0), tmp_path / "off")
+    assert "latency_fit" not in off.metrics

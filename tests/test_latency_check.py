@@ -33,3 +33,62 @@ def test_a_real_cpu_measurement_of_a_smaller_model():
 def test_only_latency_budgets():
     with pytest.raises(BudgetError, match="latency budget"):
         check_latency(nn.Linear(2, 2), nn.Linear(2, 2), Budget.parse("macs=0.5"), measure=lambda m: 1.0)
+
+
+class _Table:
+    """A latency cost model: each layer's share of the dense latency shrinks linearly with its ratio."""
+
+    kind = "latency"
+
+    def __init__(self, shares):
+        self.shares = shares
+        self.names = list(shares)
+
+    def fraction(self, policy):
+        return sum(s * (1.0 - policy.get(n, 0.0)) for n, s in self.shares.items())
+
+
+def _projector(budget: float):
+    from amc.budget import Projector, make_bounds
+
+    table = _Table({"a": 0.5, "b": 0.3, "c": 0.2})
+    return Projector(table, Budget("latency", budget), make_bounds(table.names, 0.0, 0.9))
+
+
+def test_tighten_keeps_the_shape_and_meets_the_tighter_budget():
+    proj = _projector(0.4)
+    policy = {"a": 0.2, "b": 0.5, "c": 0.0}  # 0.4 + 0.15 + 0.2 = 0.75 of dense: over
+    out = proj.tighten(policy)
+    assert proj.cost.fraction(out) == pytest.approx(0.4, abs=1e-6)
+    lam = (out["a"] - 0.2) / (0.9 - 0.2)  # one shared step toward every upper bound
+    assert out["b"] == pytest.approx(0.5 + lam * 0.4) and out["c"] == pytest.approx(lam * 0.9)
+    feasible = {"a": 0.9, "b": 0.9, "c": 0.9}
+    assert proj.tighten(feasible) == feasible  # already within: unchanged
+
+
+def test_fit_measured_tightens_until_the_measurement_meets_the_budget():
+    from amc.latency_check import fit_measured
+
+    proj = _projector(0.5)
+    policy = proj.uniform()  # the table says 0.5
+    measured = []
+
+    def fraction(built):  # the end-to-end measurement: the table is 20% optimistic, plus a fixed 0.02
+        measured.append(1.2 * proj.cost.fraction(built) + 0.02)
+        return measured[-1]
+
+    fit = fit_measured(policy, proj, build=lambda p: p, fraction=fraction, rounds=5)
+    assert fit.within and fit.measured <= 0.5 and fit.measured == measured[-1]
+    assert len(fit.steps) >= 2 and fit.steps[0]["measured"] > 0.5  # the first policy measured over
+    assert fit.predicted < 0.5  # met by lowering the table's target
+    assert fit.policy["a"] > policy["a"] and fit.policy["c"] > policy["c"]
+
+    stubborn = fit_measured(policy, proj, build=lambda p: p, fraction=lambda p: 0.9, rounds=3)
+    assert not stubborn.within and len(stubborn.steps) == 3  # reported as over, not hidden
+    with pytest.raises(BudgetError, match="latency budget"):
+        from amc.budget import Projector, make_bounds
+
+        t = _Table({"a": 1.0})
+        t.kind = "macs"
+        fit_measured({"a": 0.1}, Projector(t, Budget("macs", 0.5), make_bounds(["a"], 0.0, 0.9)),
+                     build=lambda p: p, fraction=lambda p: 0.1)

@@ -49,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "taylor, obd, apoz; fine magnitude (l1/l2 mean it), obd, synflow")
     p.add_argument("--round-to", type=int, default=d.round_to, help="channel multiple (1 = off)")
     p.add_argument("--latency-runs", type=int, default=d.latency_runs)
+    p.add_argument("--latency-fit-rounds", type=int, default=d.latency_fit_rounds,
+                   help="latency budget: rounds that tighten the chosen policy until the built model meets the "
+                        "budget by measurement (0: trust the latency table)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in the run folder)")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default=d.export_dtype, help="exported weights")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
                          calib_images=args.calib_images, eval_images=args.eval_images, score_on=args.score_on,
                          upper=args.upper,
                          criterion=args.criterion, round_to=args.round_to, test_limit=args.test_limit,
-                         latency_runs=args.latency_runs, export_dtype=args.dtype, onnx=not args.no_onnx,
+                         latency_runs=args.latency_runs,
+                         latency_fit_rounds=args.latency_fit_rounds, export_dtype=args.dtype, onnx=not args.no_onnx,
                          storage=args.storage)
     from amc.api import compress as compress_api
     from amc.commands.common import load_source_recorded
