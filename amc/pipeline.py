@@ -311,7 +311,11 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
                    latency_device="cpu 1 thread bs1 (PyTorch eager)",
                    file_bytes=int(next(iter(files.values()))) if files else None)
     if fit is not None:
-        metrics["latency_fit"] = fit.row()  # the rounds that made the chosen policy meet the budget by measurement
+        # the rounds that made the chosen policy meet the budget by measurement (each round's figures in the log)
+        metrics.update(latency_fit_measured=fit.measured, latency_fit_predicted=fit.predicted,
+                       latency_fit_within=fit.within, latency_fit_rounds=len(fit.steps),
+                       latency_fit_first_measured=fit.steps[0]["measured"],
+                       latency_fit_first_predicted=fit.steps[0]["predicted"])
     if budget.kind == "latency":  # the budget checked against the measurement, not only the table's prediction
         check = check_latency(model, dense, budget, measure=lambda m: ms, dense_ms=dense_ms)
         metrics["latency_within_budget"] = check.within
