@@ -98,6 +98,8 @@ def test_submit_list_cancel_resume_and_another_users_job(service) -> None:
     ({"model": "vgg8"}, 400, ""),  # resnet20 weights do not fit vgg8
     ({"data": "imagenet"}, 400, "unknown data set"),
     ({"colour": "red"}, 422, "colour"),
+    ({"score_on": "gpu"}, 422, "score_on"),
+    ({"latency_fit_rounds": -1}, 422, "latency_fit_rounds"),
 ])
 def test_bad_specs_are_one_clear_4xx(service, change: dict, status: int, words: str) -> None:
     client, _config, alice, _ = service

@@ -45,6 +45,7 @@ def test_submit_through_the_form_and_see_the_report(tmp_path: Path) -> None:
             page.click("details summary")
             for name in ("train_limit", "heldout", "test_limit", "calib_images", "eval_images", "latency_runs"):
                 page.fill(f"input[name={name}]", str(TINY[name]))
+            page.select_option("select[name=score_on]", "masked")
             page.uncheck("input[name=onnx]")
             page.click("#submit-btn")
             page.wait_for_selector("#job-view:not([hidden])")
@@ -56,6 +57,9 @@ def test_submit_through_the_form_and_see_the_report(tmp_path: Path) -> None:
                 assert page.inner_text("#job-state") != "failed", page.inner_text("#job-error")
                 page.wait_for_timeout(300)
             assert page.inner_text("#job-state") == "done"
+            jid = page.evaluate("() => location.hash.split('/').pop()")
+            with svc.client() as api:  # the form's select reached the job's spec
+                assert api.get(f"/api/v1/jobs/{jid}").json()["spec"]["score_on"] == "masked"
             assert len(stages) >= 2, stages  # the progress moved while the page watched
             page.wait_for_selector("#report table")
             page.wait_for_function("() => [...document.querySelectorAll('#report img')].some("

@@ -59,6 +59,11 @@ class JobSpec(BaseModel):
     criterion: Literal["l1", "l2", "l2_next", "bn", "taylor", "obd", "apoz", "magnitude", "synflow"] = "l2"
     round_to: int = Field(8, ge=1, le=256)
     latency_runs: int = Field(50, ge=1, le=10_000)
+    latency_fit_rounds: int = Field(4, ge=0, le=20, description="latency budget: rounds that tighten the chosen "
+                                                                "policy until it meets the budget by measurement")
+    score_on: Literal["auto", "masked", "physical"] = Field(
+        "auto", description="channel rewards scored on the masked dense model or the physically smaller one "
+                            "(auto: physical on the CPU)")
     sensitivity_ratios: tuple[float, ...] = Field((0.2, 0.4, 0.6, 0.8), min_length=1, max_length=16,
                                                   description="channel ratios scanned per layer")
     onnx: bool = True
@@ -101,7 +106,8 @@ class JobSpec(BaseModel):
                                   lr=self.lr, distill=self.distill, batch_size=self.batch_size,
                                   calib_images=self.calib_images, eval_images=self.eval_images, upper=self.upper,
                                   criterion=self.criterion, round_to=self.round_to, test_limit=self.test_limit,
-                                  latency_runs=self.latency_runs, onnx=self.onnx, storage=storage, study=study,
+                                  latency_runs=self.latency_runs, latency_fit_rounds=self.latency_fit_rounds,
+                                  score_on=self.score_on, onnx=self.onnx, storage=storage, study=study,
                                   sensitivity_ratios=self.sensitivity_ratios)
         except AmcError as e:
             raise ValueError(str(e)) from None

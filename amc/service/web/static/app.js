@@ -54,8 +54,9 @@ async function submitForm(ev) {
   showError(null);
   const f = new FormData(ev.target);
   const spec = {};
-  for (const k of ["model", "budget", "method", "data"]) if (f.get(k)) spec[k] = f.get(k);
-  for (const k of ["episodes", "train_limit", "heldout", "test_limit", "calib_images", "eval_images", "latency_runs"])
+  for (const k of ["model", "budget", "method", "data", "score_on"]) if (f.get(k)) spec[k] = f.get(k);
+  for (const k of ["episodes", "train_limit", "heldout", "test_limit", "calib_images", "eval_images", "latency_runs",
+                   "latency_fit_rounds"])
     if (f.get(k)) spec[k] = parseInt(f.get(k), 10);
   if (f.get("finetune_epochs") !== "") spec.finetune_epochs = parseFloat(f.get("finetune_epochs"));
   spec.onnx = f.get("onnx") === "on";
