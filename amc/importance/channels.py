@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from amc.errors import PolicyError
+from amc.importance.slices import group_score
 from amc.importance.weights import fisher_all
 from amc.train import model_device
 
@@ -38,9 +39,7 @@ def prepare_obd(model: nn.Module, loader: Batches, batches: int = 4) -> None:
 
 def score_obd(model: nn.Module, group) -> torch.Tensor:  # type: ignore[no-untyped-def]
     """Optimal Brain Damage over every coupled slice (run :func:`prepare_obd` first)."""
-    from amc.pruners.channel import _group_score
-
-    s = _group_score(model, group, ("out", "dw", "in", "bn", "other"), 1.0, use_grad=True)
+    s = group_score(model, group, ("out", "dw", "in", "bn", "other"), 1.0, use_grad=True)
     if s is None:
         raise PolicyError("the obd criterion needs data: pass a loader")
     return s

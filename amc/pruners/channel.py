@@ -43,6 +43,8 @@ import torch
 from torch import nn
 
 from amc.errors import BudgetError, PolicyError
+from amc.importance.channels import CHANNEL_CRITERIA
+from amc.importance.slices import group_score
 from amc.layers import (
     DEFAULT_INPUT_SHAPE,
     PRUNABLE,
@@ -654,61 +656,9 @@ def _as_table(model_or_table: nn.Module | ChannelTable, example_inputs: torch.Te
 # --------------------------------------------------------------------------------------------
 # criteria
 # --------------------------------------------------------------------------------------------
-def _slice_scores(mod: nn.Module, item: ChannelItem, p: float, use_grad: bool = False) -> torch.Tensor | None:
-    """Sum of |w|^p (or |w * dL/dw| with ``use_grad``) over each indexed channel's slice."""
-    idx = torch.tensor(item.idxs, dtype=torch.long)
-
-    def term(t: Any) -> torch.Tensor | None:
-        if use_grad:
-            if t.grad is None:
-                return None
-            return (t.detach() * t.grad.detach()).abs().float()
-        return t.detach().abs().float().pow(p)
-
-    params: list[tuple[Any, int]] = []
-    if item.role in ("out", "dw"):
-        params = [(mod.weight, 0)] + ([(mod.bias, 0)] if use_grad and getattr(mod, "bias", None) is not None else [])
-    elif item.role == "in":
-        params = [(mod.weight, 1)]
-    elif item.role == "bn":
-        if getattr(mod, "weight", None) is None:
-            return None
-        params = [(mod.weight, 0)] + ([(mod.bias, 0)] if use_grad and mod.bias is not None else [])
-    else:
-        params = [(q, 0) for q in mod.parameters(recurse=False)]
-    total = None
-    for t, dim in params:
-        v = term(t)
-        if v is None:
-            continue
-        v = v.index_select(dim, idx.to(v.device)).transpose(0, dim).reshape(len(idx), -1).sum(1)
-        total = v if total is None else total + v
-    return None if total is None else total.double().cpu()
-
-
-def _group_score(model: nn.Module, group: ChannelGroup, roles: Iterable[str], p: float,
-                 use_grad: bool = False) -> torch.Tensor | None:
-    """Mean over the group's items (of the given roles) of each root channel's slice score."""
-    roles = set(roles)
-    total = torch.zeros(group.channels, dtype=torch.float64)
-    count = torch.zeros(group.channels, dtype=torch.float64)
-    for item in group.items:
-        if item.role not in roles:
-            continue
-        s = _slice_scores(model.get_submodule(item.module), item, p, use_grad)
-        if s is None:
-            continue
-        r = torch.tensor(item.root_idxs, dtype=torch.long)
-        total.index_add_(0, r, s)
-        count.index_add_(0, r, torch.ones_like(s))
-    if not bool((count > 0).any()):
-        return None
-    return total / count.clamp(min=1)
-
-
 def _filters(p: float) -> Callable[[nn.Module, ChannelGroup], torch.Tensor]:
     def score(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-        s = _group_score(model, group, ("out", "dw"), p)
+        s = group_score(model, group, ("out", "dw"), p)
         assert s is not None
         return s
     score.__doc__ = f"L{p:g} norm of each channel's own filters, mean over the group's producing layers."
@@ -717,20 +667,20 @@ def _filters(p: float) -> Callable[[nn.Module, ChannelGroup], torch.Tensor]:
 
 def score_l2_next(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     """The seed lab's variant: L2 of each channel's slice in the NEXT layers' inputs (mean over them)."""
-    s = _group_score(model, group, ("in", "dw"), 2.0)
+    s = group_score(model, group, ("in", "dw"), 2.0)
     return s if s is not None else _filters(2.0)(model, group)
 
 
 def score_bn(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     """Network slimming: |gamma| of the group's BatchNorms (mean); filter L1 where there is none."""
-    s = _group_score(model, group, ("bn",), 1.0)
+    s = group_score(model, group, ("bn",), 1.0)
     return s if s is not None else _filters(1.0)(model, group)
 
 
 def score_taylor(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     """First-order Taylor: sum of |w * dL/dw| over every coupled slice (needs gradients: see
     :func:`accumulate_gradients`; ``plan_channels(..., criterion="taylor", loader=...)`` does it)."""
-    s = _group_score(model, group, ("out", "dw", "in", "bn", "other"), 1.0, use_grad=True)
+    s = group_score(model, group, ("out", "dw", "in", "bn", "other"), 1.0, use_grad=True)
     if s is None:
         raise PolicyError("the taylor criterion needs gradients: pass a loader to plan_channels")
     return s
@@ -740,7 +690,7 @@ def score_group_l2(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     """Every coupled weight slice (filters, input slices, BN scales), mean over the group: Torch-Pruning's
     GroupMagnitudeImportance(p=2, normalizer=None), except that a coupled depthwise conv's filters count
     here (torch-pruning 1.6 skips them: their pruning function is not ``prune_conv_out_channels``)."""
-    s = _group_score(model, group, ("out", "dw", "in", "bn", "other"), 2.0)
+    s = group_score(model, group, ("out", "dw", "in", "bn", "other"), 2.0)
     assert s is not None
     return s
 
@@ -757,13 +707,7 @@ CRITERIA: dict[str, Callable[[nn.Module, ChannelGroup], torch.Tensor]] = {
 }
 
 
-def _register_data_criteria() -> None:
-    from amc.importance.channels import CHANNEL_CRITERIA  # obd, apoz: defined apart, scored here
-
-    CRITERIA.update(CHANNEL_CRITERIA)
-
-
-_register_data_criteria()
+CRITERIA.update(CHANNEL_CRITERIA)  # obd, apoz: defined apart (amc.importance.channels), scored here
 
 
 def accumulate_gradients(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
