@@ -23,6 +23,16 @@ reports/search_hard.{md,json} from what is cached (PARTIAL while rows are missin
 
     nice -n 15 python benchmarks/search_hard.py                 # everything, resumable
     python benchmarks/search_hard.py --report-only              # the report from the cache
+
+The committed report carries every finished piece (``cache_files``): on a fresh machine a run with the
+same settings starts from them (``--resume-from``, default reports/search_hard.json). On 2 cores, one
+process per task shares one cache (``--tasks macs03`` beside ``--tasks lat05``, one thread each); the
+run of reports/search_hard.md used::
+
+    A="--cache runs/search_hard/e2 --epochs 2 --trials 150 --mf-trials 60 --episodes 150 --warmup 40 \
+       --eval-images 500 --calib-images 256"
+    nice -n 10 python benchmarks/search_hard.py $A --tasks macs03   # then --tasks size01
+    nice -n 10 python benchmarks/search_hard.py $A --tasks lat05
 """
 
 from __future__ import annotations
