@@ -105,27 +105,37 @@ class Fit:
 
 
 def fit_measured(policy: Mapping[str, float], projector: Projector, build: Callable[[Policy], nn.Module],
-                 fraction: Callable[[nn.Module], float], rounds: int = 5, margin: float = 0.01) -> Fit:
+                 fraction: Callable[[nn.Module], float], rounds: int = 5, margin: float = 0.01,
+                 fill: bool = False) -> Fit:
     """Tighten ``policy`` until the model ``build`` makes of it measures (``fraction``: model -> its
     measured latency over the dense one's) within ``projector``'s latency budget.
 
     Each round over the budget sets the table's target to ``predicted * budget / measured * (1 -
     margin)`` (the gap the measurement showed, as a ratio) and tightens the policy to it; a round
-    that measures within the budget ends the fit. After ``rounds`` the last policy is returned with
-    ``within=False``: the caller decides (the pipeline warns, a benchmark reports it)."""
+    that measures within the budget ends the fit. With ``fill``, a policy that measures more than
+    ``2 * margin`` under the budget is loosened the same way (``Projector.fill``: every layer pruned a
+    little less) while rounds remain, and the looser one kept only when it measures within. After
+    ``rounds`` an over-budget policy is returned with ``within=False``: the caller decides (the
+    pipeline warns, a benchmark reports it)."""
     budget = projector.budget
     if budget.kind != "latency":
         raise BudgetError(f"fit_measured needs a latency budget, got {budget.kind}")
     pol = projector.clip(policy)
     steps: list[dict[str, float]] = []
+    best: Fit | None = None  # the last policy that measured within
     for i in range(max(1, rounds)):
         pred = projector.cost.fraction(pol)
         meas = fraction(build(pol))
         steps.append({"predicted": pred, "measured": meas, "target": budget.fraction})
         if meas <= budget.fraction:
-            return Fit(pol, meas, pred, True, steps)
+            best = Fit(pol, meas, pred, True, steps)
+            if not fill or meas >= budget.fraction * (1.0 - 2 * margin):
+                return best
+        elif best is not None:
+            return best  # a loosened policy measured over: keep the last one within
         target = pred * budget.fraction / meas * (1.0 - margin)
         if i == rounds - 1 or target < projector.floor_cost:
-            break  # out of rounds, or the bounds cannot go that low: the last measured policy, over
-        pol = Projector(projector.cost, Budget("latency", target), projector.bounds).tighten(pol)
-    return Fit(pol, meas, pred, False, steps)
+            break  # out of rounds, or the bounds cannot go that low
+        step = Projector(projector.cost, Budget("latency", min(target, 1.0)), projector.bounds)
+        pol = step.fill(pol) if meas <= budget.fraction else step.tighten(pol)
+    return best if best is not None else Fit(pol, meas, pred, False, steps)

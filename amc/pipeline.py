@@ -238,7 +238,7 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
         runs = config.latency_runs
         fit = fit_measured(policy, evaluator.projector, lambda p: evaluator.build(p)[0],
                            lambda m: paired_fraction(m, dense, rounds=5, runs=runs, input_shape=shape[1:]).fraction,
-                           rounds=config.latency_fit_rounds)
+                           rounds=config.latency_fit_rounds, fill=True)
         say(f"latency fit: the table predicted {fit.steps[0]['predicted']:.2%}, measured {fit.steps[0]['measured']:.2%}"
             + (f"; tightened in {len(fit.steps) - 1} round(s) to {fit.measured:.2%} measured"
                if len(fit.steps) > 1 else "") + ("" if fit.within else " (still over the budget)"))

@@ -92,3 +92,28 @@ def test_fit_measured_tightens_until_the_measurement_meets_the_budget():
         t.kind = "macs"
         fit_measured({"a": 0.1}, Projector(t, Budget("macs", 0.5), make_bounds(["a"], 0.0, 0.9)),
                      build=lambda p: p, fraction=lambda p: 0.1)
+
+
+def test_fit_measured_with_fill_spends_a_budget_the_table_overstated():
+    from amc.latency_check import fit_measured
+
+    proj = _projector(0.5)
+    policy = proj.uniform()  # the table says 0.5; the measurement says 0.4: room left
+
+    def fraction(built):
+        return 0.8 * proj.cost.fraction(built)
+
+    tight = fit_measured(policy, proj, build=lambda p: p, fraction=fraction)
+    assert tight.within and len(tight.steps) == 1 and tight.policy == proj.clip(policy)  # within: kept as it is
+    fit = fit_measured(policy, proj, build=lambda p: p, fraction=fraction, fill=True)
+    assert fit.within and 0.5 * 0.98 <= fit.measured <= 0.5  # loosened to just under the budget
+    assert all(fit.policy[n] < policy[n] for n in policy)  # every layer pruned less
+
+    calls = []
+
+    def jumpy(built):  # the loosened policy measures over (noise): the last one within is kept
+        calls.append(proj.cost.fraction(built))
+        return 0.4 if len(calls) == 1 else 0.55
+
+    kept = fit_measured(policy, proj, build=lambda p: p, fraction=jumpy, fill=True)
+    assert kept.within and kept.measured == 0.4 and kept.policy == proj.clip(policy) and len(kept.steps) == 2
