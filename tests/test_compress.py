@@ -96,9 +96,11 @@ def test_a_latency_budget_is_fitted_to_a_measurement(tmp_path, tiny_splits, r20_
     m = res.metrics
     assert m["latency_fit_rounds"] >= 1 and m["latency_fit_measured"] > 0
     assert m["latency_fit_within"] == (m["latency_fit_measured"] <= 0.6)
-    if m["latency_fit_rounds"] > 1:  # tightened: the first policy measured over, the last predicts less
-        assert m["latency_fit_first_measured"] > 0.6
+    if m["latency_fit_rounds"] > 1 and m["latency_fit_first_measured"] > 0.6:  # tightened: it predicts less
         assert m["latency_fit_predicted"] < m["latency_fit_first_predicted"]
+    elif m["latency_fit_rounds"] > 1:  # within but well under: loosened (fill), or kept when that measured over
+        assert m["latency_fit_first_measured"] < 0.6 * 0.98
+        assert m["latency_fit_predicted"] >= m["latency_fit_first_predicted"]
     else:
         assert m["latency_fit_first_measured"] == m["latency_fit_measured"] <= 0.6
     off = compress(r20_ckpt, "resnet20", tiny_splits,
