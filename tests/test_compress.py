@@ -90,19 +90,22 @@ def test_final_row_shows_the_finetuned_cost_for_a_params_budget(tmp_path, tiny_s
 
 def test_a_latency_budget_is_fitted_to_a_measurement(tmp_path, tiny_splits, r20_ckpt):
     """The chosen policy goes through amc.latency_check.fit_measured: the model built from the policy
-    the recipe holds is the one whose paired measurement the fit recorded as within the budget."""
-    res = compress(r20_ckpt, "resnet20", tiny_splits, quick(budget="latency=0.6", method="sensitivity"),
+    the recipe holds is the one whose paired measurement the fit recorded as within the budget.
+    The budget is mild: on a loaded 2-core machine the latency table measured ResNet-20 with every layer
+    at its upper bound (0.9) at 0.65 of its dense latency, so 0.6 could be infeasible there."""
+    budget = 0.8
+    res = compress(r20_ckpt, "resnet20", tiny_splits, quick(budget=f"latency={budget}", method="sensitivity"),
                    tmp_path / "run")
     m = res.metrics
     assert m["latency_fit_rounds"] >= 1 and m["latency_fit_measured"] > 0
-    assert m["latency_fit_within"] == (m["latency_fit_measured"] <= 0.6)
-    if m["latency_fit_rounds"] > 1 and m["latency_fit_first_measured"] > 0.6:  # tightened: it predicts less
+    assert m["latency_fit_within"] == (m["latency_fit_measured"] <= budget)
+    if m["latency_fit_rounds"] > 1 and m["latency_fit_first_measured"] > budget:  # tightened: it predicts less
         assert m["latency_fit_predicted"] < m["latency_fit_first_predicted"]
     elif m["latency_fit_rounds"] > 1:  # within but well under: loosened (fill), or kept when that measured over
-        assert m["latency_fit_first_measured"] < 0.6 * 0.98
+        assert m["latency_fit_first_measured"] < budget * 0.98
         assert m["latency_fit_predicted"] >= m["latency_fit_first_predicted"]
     else:
-        assert m["latency_fit_first_measured"] == m["latency_fit_measured"] <= 0.6
+        assert m["latency_fit_first_measured"] == m["latency_fit_measured"] <= budget
     off = compress(r20_ckpt, "resnet20", tiny_splits,
-                   quick(budget="latency=0.6", method="sensitivity", latency_fit_rounds=0), tmp_path / "off")
+                   quick(budget=f"latency={budget}", method="sensitivity", latency_fit_rounds=0), tmp_path / "off")
     assert "latency_fit_rounds" not in off.metrics
