@@ -27,15 +27,18 @@ reports/search_hard.{md,json} from what is cached (PARTIAL while rows are missin
 The committed report carries every finished piece (``cache_files``): on a fresh machine a run with the
 same settings starts from them (``--resume-from``, default reports/search_hard.json). On 2 cores,
 the tasks without a latency budget can run as two processes sharing one cache (one thread each);
-``lat05`` must run ALONE on a quiet machine: beside a training process its paired measurements swung
-by a fifth (a first pass, kept aside as lat05-concurrent, is not reported). The run of
+``lat05``'s measurements must not share the machine: beside a training process its paired measurements
+swung by a fifth (a first pass, kept aside as lat05-concurrent, is not reported). So it runs alone, or
+with ``--pause-pids`` naming the other benchmark processes: they are stopped (SIGSTOP) during each of its
+latency measurements (the table's entries, the calibration, the fit, the final measurement) and continued
+after (a SIGKILL of lat05's process would leave them stopped: ``kill -CONT`` them). The run of
 reports/search_hard.md used::
 
     A="--cache runs/search_hard/e2 --epochs 2 --trials 150 --mf-trials 60 --episodes 150 --warmup 40 \\
        --eval-images 500 --calib-images 256"
     nice -n 10 python benchmarks/search_hard.py $A --tasks macs03   # beside:
     nice -n 10 python benchmarks/search_hard.py $A --tasks size01
-    nice -n 10 python benchmarks/search_hard.py $A --tasks lat05    # afterwards, alone
+    nice -n 10 python benchmarks/search_hard.py $A --tasks lat05 --pause-pids $(pgrep -d, -f 'search_hard.py.*size01')
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import copy
 import json
 import math
 import os
+import signal
 import statistics
 import sys
 import time
@@ -82,6 +86,65 @@ FINETUNE_ORDER = ("optuna", "optuna_mf", "tp_global", "global_magnitude", "amc",
 SENS_RATIOS = (0.2, 0.4, 0.6, 0.8)
 TP_BISECT = 12  # bisection steps on Torch-Pruning's global ratio
 LATENCY_ROUNDS, LATENCY_RUNS = 7, 60  # paired latency: rounds of (dense, pruned), timed forwards per side
+
+
+class Pause:
+    """A (re-entrant) context in which the processes ``pids`` are stopped (SIGSTOP) and continued
+    (SIGCONT) on the way out: the latency task's measurements run while this benchmark's other
+    processes on the machine wait, so that training beside it does not swing them. A process that has
+    gone is skipped; ``count`` says how many measurements ran paused."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids, self.depth, self.count, self._stopped = list(pids), 0, 0, []
+
+    def __enter__(self) -> Pause:
+        self.depth += 1
+        if self.depth == 1 and self.pids:
+            self._stopped = []
+            for pid in self.pids:
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                    self._stopped.append(pid)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 2.0  # wait until each is really stopped ("T" in /proc/<pid>/stat)
+            while time.monotonic() < deadline and not all(_stopped(p) for p in self._stopped):
+                time.sleep(0.005)
+            self.count += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            for pid in self._stopped:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            self._stopped = []
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return True  # gone, or no /proc: nothing to wait for
+
+
+class PausingTable(LatencyTable):
+    """The latency table whose every measurement (each missing layer entry, the calibration) runs in ``pause``."""
+
+    def __init__(self, *args, pause: Pause, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.pause = pause
+
+    def _measure_key(self, key):
+        with self.pause:
+            return super()._measure_key(key)
+
+    def calibrate(self, model, runs: int = 50, input_shape: tuple[int, ...] = (3, 32, 32)) -> float:
+        with self.pause:
+            return super().calibrate(model, runs, input_shape)
 
 
 def _load(path: Path):
@@ -150,11 +213,14 @@ class Bench:
         _save(self.cache / "settings.json", _settings(args))
         self.splits = make_splits(halved, 0, "cpu", seed=0)
         self.dense = load_model("resnet20", args.checkpoint).eval()
-        self.lut = LatencyTable(self.cache / "latency_lut_cpu.csv", "cpu", batch=1, threads=1, warmup=3, runs=15)
+        self.pause = Pause(args.pause_pids)
+        self.lut = PausingTable(self.cache / "latency_lut_cpu.csv", "cpu", batch=1, threads=1, warmup=3, runs=15,
+                                pause=self.pause)
         if "lat05" in args.tasks:  # what the table's layers leave out, measured on the dense model
             self.dense_ms = self.lut.calibrate(self.dense, runs=200)
             _save(self.cache / "lat05" / "calibration.json", {"dense_ms": self.dense_ms,
-                                                               "overhead_ms": self.lut.overhead_ms})
+                                                               "overhead_ms": self.lut.overhead_ms,
+                                                               "others_paused": len(args.pause_pids)})
         self._evals: dict[str, Evaluator] = {}
 
     def evaluator(self, task: str, recovery_steps: int = 0) -> Evaluator:
@@ -266,9 +332,7 @@ class Bench:
         fit: dict = {}
         if Budget.parse(budget_s).kind == "latency":  # every method's policy made to meet it by measurement
             t = time.perf_counter()
-            got = fit_measured(policy, ev.projector, lambda p: ev.build(p)[0],
-                               lambda m: paired_fraction(m, self.dense, LATENCY_ROUNDS, LATENCY_RUNS).fraction,
-                               fill=True)
+            got = fit_measured(policy, ev.projector, lambda p: ev.build(p)[0], self._paired, fill=True)
             fit = {**got.row(), "fit_s": time.perf_counter() - t, "searched_policy": policy}
             policy, search_s = got.policy, search_s + fit["fit_s"]
         model, masks = ev.build(policy)
@@ -295,13 +359,18 @@ class Bench:
               f"(finetune {ft_s:.0f} s)", flush=True)
         return out
 
+    def _paired(self, model) -> float:
+        with self.pause:
+            return paired_fraction(model, self.dense, LATENCY_ROUNDS, LATENCY_RUNS).fraction
+
     def latency(self, model) -> dict:
         """The final model's measured latency against the dense model's, measured in turns in the same
         process (``LATENCY_ROUNDS`` rounds, each dense then pruned): the ratio is the median of the
         rounds' ratios, so a busy spell of the shared machine hits both sides alike."""
-        p = paired_fraction(model, self.dense, LATENCY_ROUNDS, LATENCY_RUNS)
-        return {"latency_ms": p.model_ms, "dense_latency_ms": p.dense_ms,
-                "latency_measured": p.fraction, "latency_rounds": p.rounds,
+        with self.pause:
+            p = paired_fraction(model, self.dense, LATENCY_ROUNDS, LATENCY_RUNS)
+        return {"others_paused": len(self.args.pause_pids), "latency_ms": p.model_ms,
+                "dense_latency_ms": p.dense_ms, "latency_measured": p.fraction, "latency_rounds": p.rounds,
                 "latency_method": "paired", "latency_predicted": self.lut.predict(model) / self.lut.predict(self.dense)}
 
     def remeasure_latency(self, every: bool = False) -> None:
@@ -390,7 +459,7 @@ def collect(cache: Path) -> dict:
 
 
 # what a run's settings leave out: which part of the work a process does, and where it writes
-NOT_SETTINGS = ("report_only", "remeasure_latency", "tasks", "seeds", "cache", "out", "resume_from")
+NOT_SETTINGS = ("report_only", "remeasure_latency", "tasks", "seeds", "cache", "out", "resume_from", "pause_pids")
 CACHE_GLOBS = ("*.json", "*/*.json", "*/s*/*.json", "*.csv")  # the pieces a report carries (not the studies)
 
 
@@ -504,7 +573,9 @@ def _markdown(r: dict) -> str:
               *(["A first pass of lat05 (seed 0 and part of seed 1) ran beside a training process of the other "
                  "tasks; its paired measurements swung with that load (the fit measured 0.49-0.51, the same "
                  "models measured 0.53-0.62 after their finetunes), so it is kept aside (lat05-concurrent in "
-                 "cache_files) and not reported: lat05 runs alone on a quiet machine.", ""]
+                 "cache_files) and not reported: lat05 runs alone, or with the other tasks' processes stopped "
+                 "(SIGSTOP, `--pause-pids`) during each of its latency measurements (the table's entries, the "
+                 "calibration, the fit and the final measurement); a row's `others_paused` says how many were.", ""]
                 if any(k.startswith("lat05-concurrent/") for k in r.get("cache_files", {})) else [])]
     for task, t in r["tasks"].items():
         lines += [f"## {task}: {t['granularity']}, {t['budget']}", ""]
@@ -572,7 +643,11 @@ def main() -> None:
                     help="a report whose cache_files fill in what --cache lacks, when its settings match")
     ap.add_argument("--remeasure-latency", action="store_true",
                     help="only re-measure every cached latency row (run it on a quiet machine), then the report")
+    ap.add_argument("--pause-pids", default="",
+                    help="comma-separated pids of this benchmark's other processes on the machine: stopped "
+                         "(SIGSTOP) during every latency measurement, continued after")
     args = ap.parse_args()
+    args.pause_pids = [int(p) for p in args.pause_pids.split(",") if p]
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     unknown = [t for t in args.tasks if t not in TASKS]
@@ -585,6 +660,8 @@ def main() -> None:
     if n:
         print(f"resumed {n} finished pieces from {args.resume_from}", flush=True)
     torch.set_num_threads(args.threads)
+    # a kill (SIGTERM) unwinds, so the paused processes are continued on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.remeasure_latency:
         Bench(args).remeasure_latency(every=True)
     else:
