@@ -85,6 +85,10 @@ SEARCHERS = ("optuna", "amc", "optuna_mf")
 FINETUNE_ORDER = ("optuna", "optuna_mf", "tp_global", "global_magnitude", "amc", "lamp", "sensitivity", "uniform")
 SENS_RATIOS = (0.2, 0.4, 0.6, 0.8)
 TP_BISECT = 12  # bisection steps on Torch-Pruning's global ratio
+GOALS = {"macs03": 0.01, "lat05": 0.01, "size01": 0.005}  # the best searcher over the best baseline, at least
+TASK_FRACTION = {t: Budget.parse(b).fraction for t, (_, b) in TASKS.items()}
+BUDGET_LATENCY_SLACK = 0.0  # lat05: the searcher's final model measured at most the budget
+SEARCH_LIMIT_S = 900  # each search within 15 minutes on the 2-core CPU
 LATENCY_ROUNDS, LATENCY_RUNS = 7, 60  # paired latency: rounds of (dense, pruned), timed forwards per side
 
 
@@ -453,8 +457,18 @@ def collect(cache: Path) -> dict:
             na, nb = len(a["test_accuracy"]), len(b["test_accuracy"])
             out["margin_se"] = (math.sqrt(a["std"] ** 2 / na + b["std"] ** 2 / nb)
                                 if a["std"] is not None and b["std"] is not None else None)
+            # the seeds pair the rows (one search seed and finetune seed): the SE of the per-seed differences
+            diffs = [a["test_accuracy"][k] - b["test_accuracy"][k] for k in a["test_accuracy"]]
+            out["margin_se_paired"] = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+            slowest = max(max(out["methods"][m]["search_s"].values()) for m in srch)
+            within = all(v <= BUDGET_LATENCY_SLACK + TASK_FRACTION[task]
+                         for v in a.get("latency_measured", {}).values())
+            out["goal"] = GOALS[task]
+            out["goal_met"] = bool(out["margin_se"] is not None and out["margin"] >= GOALS[task]
+                                   and out["margin"] > 2 * out["margin_se"] and slowest <= SEARCH_LIMIT_S
+                                   and within)
         else:
-            out["margin"] = out["margin_se"] = None
+            out["margin"] = out["margin_se"] = out["margin_se_paired"] = out["goal_met"] = None
         tasks[task] = out
     return tasks
 
@@ -602,10 +616,15 @@ def _markdown(r: dict) -> str:
                                        for k in e["test_accuracy"]))
             lines.append("| " + " | ".join(cells) + " |")
         if t.get("margin") is not None:
-            se = t.get("margin_se")
+            se, sp = t.get("margin_se"), t.get("margin_se_paired")
             lines += ["", f"Margin (best searcher {t['best_searcher']} minus best baseline {t['best_baseline']}): "
-                      f"{100 * t['margin']:+.2f} points" + (f", standard error {100 * se:.2f}" if se is not None
-                                                            else " (one seed: no standard error yet)") + "."]
+                      f"{100 * t['margin']:+.2f} points"
+                      + (f", standard error {100 * se:.2f} (per-seed differences: {100 * sp:.2f})" if se is not None
+                         else " (one seed: no standard error yet)")
+                      + f". Goal (at least {100 * t['goal']:+.1f} and more than twice the standard error, each search "
+                      f"within {SEARCH_LIMIT_S // 60} minutes"
+                      + (", the searcher's model measured within the budget" if task == "lat05" else "")
+                      + f"): {'met' if t['goal_met'] else 'not met'}."]
         lines.append("")
     lines += ["## Reward cost", ""]
     if r.get("reward_s_before") is not None:

@@ -1,0 +1,52 @@
+"""benchmarks/search_hard.py's report: the margin, its standard errors and the goal's verdict come from
+the cached rows, only once every method has a row for the same seeds."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+from benchmarks.search_hard import collect
+
+ACC = {"uniform": (0.780, 0.785, 0.790), "sensitivity": (0.770, 0.772, 0.768), "tp_global": (0.769, 0.770, 0.771),
+       "optuna": (0.800, 0.794, 0.805), "amc": (0.768, 0.775, 0.770), "optuna_mf": (0.790, 0.792, 0.788)}
+
+
+def _rows(cache: Path, acc: dict, search_s: float = 80.0, seeds=(0, 1, 2)) -> None:
+    for m, vals in acc.items():
+        for seed in seeds:
+            p = cache / "macs03" / f"s{seed}" / f"row_{m}.json"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps({"task": "macs03", "method": m, "seed": seed, "test_accuracy": vals[seed],
+                                     "search_s": search_s, "finetune_s": 1.0}))
+
+
+def test_margin_and_its_standard_errors(tmp_path: Path) -> None:
+    _rows(tmp_path, ACC)
+    t = collect(tmp_path)["macs03"]
+    assert (t["best_searcher"], t["best_baseline"]) == ("optuna", "uniform")
+    assert t["margin"] == pytest.approx(statistics.mean(ACC["optuna"]) - statistics.mean(ACC["uniform"]))
+    se = math.sqrt(statistics.variance(ACC["optuna"]) / 3 + statistics.variance(ACC["uniform"]) / 3)
+    assert t["margin_se"] == pytest.approx(se)
+    diffs = [a - b for a, b in zip(ACC["optuna"], ACC["uniform"], strict=True)]
+    assert t["margin_se_paired"] == pytest.approx(statistics.stdev(diffs) / math.sqrt(3))
+    assert t["goal_met"] is True  # +1.47 points, SE 0.44, searches 80 s
+
+
+def test_the_goal_is_missed_when_a_search_runs_too_long_or_the_margin_is_small(tmp_path: Path) -> None:
+    _rows(tmp_path / "slow", ACC, search_s=1000.0)
+    assert collect(tmp_path / "slow")["macs03"]["goal_met"] is False
+    close = {**ACC, "optuna": (0.790, 0.789, 0.800)}  # +0.47 points
+    _rows(tmp_path / "close", close)
+    assert collect(tmp_path / "close")["macs03"]["goal_met"] is False
+
+
+def test_no_margin_until_every_method_has_the_same_seeds(tmp_path: Path) -> None:
+    _rows(tmp_path, ACC, seeds=(0, 1))
+    _rows(tmp_path, {"optuna": ACC["optuna"]}, seeds=(2,))
+    t = collect(tmp_path)["macs03"]
+    assert t["margin"] is None and t["goal_met"] is None
