@@ -63,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 from amc.budget import Budget  # noqa: E402
 from amc.data import load_cifar10, make_splits  # noqa: E402
 from amc.data.holdout import halve_test  # noqa: E402
+from amc.errors import BudgetError  # noqa: E402
 from amc.evaluator import EvalConfig, Evaluator  # noqa: E402
 from amc.io import atomic_write_text  # noqa: E402
 from amc.latency import LatencyTable  # noqa: E402
@@ -402,6 +403,11 @@ class Bench:
             for task in self.args.tasks:
                 try:
                     self.run_task(task, seed)
+                    (self.cache / task / "error.json").unlink(missing_ok=True)
+                except BudgetError as e:  # the task cannot start here (an infeasible budget): said in the report
+                    print(f"[{task}] {e}", flush=True)
+                    _save(self.cache / task / "error.json", {"error": str(e), "seed": seed,
+                                                             "when": time.strftime("%Y-%m-%d %H:%M:%S")})
                 except Exception:  # one task's failure is logged; the others still run
                     traceback.print_exc()
                 write_report(self.args, self.record.row())
@@ -426,6 +432,8 @@ def collect(cache: Path) -> dict:
             r = json.loads(p.read_text())
             methods.setdefault(r["method"], []).append(r)
         out: dict = {"granularity": gran, "budget": budget, "methods": {}}
+        if (err := _load(cache / task / "error.json")) is not None:
+            out["error"] = err["error"]
         base_file = _load(cache / task / "baselines.json")
         if base_file:  # each baseline's search reward (validation accuracy after BN recalibration)
             out["baseline_val_reward"] = {k: v.get("val_reward") for k, v in base_file.items()}
@@ -603,7 +611,8 @@ def _markdown(r: dict) -> str:
                       f"after its {steps} recovery steps): "
                       + ", ".join(f"{k} {_pct(v)}%" for k, v in vals.items()) + ".", ""]
         if not t["methods"]:
-            lines += ["No finetuned row finished yet.", ""]
+            lines += ["No finetuned row finished yet." + (f" The last run stopped: {t['error']}" if t.get("error")
+                                                           else ""), ""]
             continue
         extra = "latency measured / predicted |" if task == "lat05" else ""
         lines += [f"| method | test acc. per seed (%) | mean | std | search s |{extra}",

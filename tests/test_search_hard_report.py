@@ -50,3 +50,15 @@ def test_no_margin_until_every_method_has_the_same_seeds(tmp_path: Path) -> None
     _rows(tmp_path, {"optuna": ACC["optuna"]}, seeds=(2,))
     t = collect(tmp_path)["macs03"]
     assert t["margin"] is None and t["goal_met"] is None
+
+
+def test_a_task_that_could_not_start_says_why(tmp_path: Path) -> None:
+    (tmp_path / "lat05").mkdir()
+    (tmp_path / "lat05" / "error.json").write_text(json.dumps({"error": "budget latency=0.5 cannot be met"}))
+    tasks = collect(tmp_path)
+    assert tasks["lat05"]["error"] == "budget latency=0.5 cannot be met" and "error" not in tasks["macs03"]
+    from benchmarks.search_hard import _markdown
+
+    committed = json.loads((Path(__file__).parents[1] / "reports" / "search_hard.json").read_text())
+    md = _markdown({**committed, "tasks": tasks, "cache_files": {}})
+    assert "The last run stopped: budget latency=0.5 cannot be met" in md
