@@ -177,12 +177,13 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
     # -- evaluator (the budget is checked here, before any search) ------------------------------
     lut = None
     if budget.kind == "latency":
-        from amc.latency import LatencyTable
+        from amc.latency import CALIBRATION_RATIOS, LatencyTable
 
         lut = LatencyTable(run / "latency_lut.csv", "cpu", threads=1)
-        dense_ms = lut.calibrate(dense, input_shape=shape[1:])  # what the layers leave out counts too
-        say(f"latency: dense {dense_ms:.2f} ms on the CPU (1 thread), {lut.overhead_ms:.2f} ms of it outside "
-            "the table's layers")
+        # what the layers leave out counts too: fitted on the dense model and two thinner copies
+        dense_ms = lut.calibrate(dense, input_shape=shape[1:], thin=CALIBRATION_RATIOS)
+        say(f"latency: dense {dense_ms:.2f} ms on the CPU (1 thread); the table's summed layers times "
+            f"{lut.scale:.3f} plus {lut.overhead_ms:.2f} ms outside the table's layers")
     ecfg = EvalConfig(granularity=gran, calib_images=config.calib_images, eval_images=config.eval_images,
                       upper=config.upper if config.upper is not None else default_upper(gran),
                       criterion=config.criterion, round_to=config.round_to, score_on=config.score_on)

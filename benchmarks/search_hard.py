@@ -66,7 +66,7 @@ from amc.data.holdout import halve_test  # noqa: E402
 from amc.errors import BudgetError  # noqa: E402
 from amc.evaluator import EvalConfig, Evaluator  # noqa: E402
 from amc.io import atomic_write_text  # noqa: E402
-from amc.latency import LatencyTable  # noqa: E402
+from amc.latency import CALIBRATION_RATIOS, LatencyTable  # noqa: E402
 from amc.latency_check import fit_measured, paired_fraction  # noqa: E402
 from amc.layers import count_macs, count_params, prunable_names  # noqa: E402
 from amc.metrics import size_fraction  # noqa: E402
@@ -147,9 +147,10 @@ class PausingTable(LatencyTable):
         with self.pause:
             return super()._measure_key(key)
 
-    def calibrate(self, model, runs: int = 50, input_shape: tuple[int, ...] = (3, 32, 32)) -> float:
+    def calibrate(self, model, runs: int = 50, input_shape: tuple[int, ...] = (3, 32, 32),
+                  thin: tuple[float, ...] = ()) -> float:
         with self.pause:
-            return super().calibrate(model, runs, input_shape)
+            return super().calibrate(model, runs, input_shape, thin)
 
 
 def _load(path: Path):
@@ -219,12 +220,14 @@ class Bench:
         self.splits = make_splits(halved, 0, "cpu", seed=0)
         self.dense = load_model("resnet20", args.checkpoint).eval()
         self.pause = Pause(args.pause_pids)
-        self.lut = PausingTable(self.cache / "latency_lut_cpu.csv", "cpu", batch=1, threads=1, warmup=3, runs=15,
+        self.lut = PausingTable(self.cache / "latency_lut_cpu.csv", "cpu", batch=1, threads=1, warmup=10, runs=50,
                                 pause=self.pause)
         if "lat05" in args.tasks:  # what the table's layers leave out, measured on the dense model
-            self.dense_ms = self.lut.calibrate(self.dense, runs=200)
+            self.dense_ms = self.lut.calibrate(self.dense, runs=200, thin=CALIBRATION_RATIOS)
             _save(self.cache / "lat05" / "calibration.json", {"dense_ms": self.dense_ms,
                                                                "overhead_ms": self.lut.overhead_ms,
+                                                               "scale": self.lut.scale,
+                                                               "thin_ratios": list(CALIBRATION_RATIOS),
                                                                "others_paused": len(args.pause_pids)})
         self._evals: dict[str, Evaluator] = {}
 
@@ -583,9 +586,12 @@ def _markdown(r: dict) -> str:
               "bound). Latency task: the final model's latency is measured against the dense model's in turns "
               f"in one process ({LATENCY_ROUNDS} rounds of {LATENCY_RUNS} timed forwards each side, 1 thread, "
               "batch 1); `measured` is the median of the rounds' ratios, `predicted` the lookup table's: its "
-              "layers' times plus the overhead they leave out, measured once on the dense model"
-              + (f" ({r['latency_calibration']['overhead_ms']:.2f} of its {r['latency_calibration']['dense_ms']:.2f} "
-                 "ms)" if r.get("latency_calibration") else "")
+              "layers' times fitted to end-to-end measurements once: measured = scale x summed + overhead, "
+              "least squares over the dense model and its uniform thinner copies (channel ratios "
+              f"{', '.join(str(x) for x in CALIBRATION_RATIOS)}), the overhead at least 0"
+              + (f" (scale {r['latency_calibration'].get('scale', 1.0):.3f}, overhead "
+                 f"{r['latency_calibration']['overhead_ms']:.2f} ms; the dense model "
+                 f"{r['latency_calibration']['dense_ms']:.2f} ms)" if r.get("latency_calibration") else "")
               + ". The table alone does not meet the budget by measurement (an earlier pass: policies it put at "
               "0.48-0.50 measured 0.51-0.65), so every method's policy, baselines included, goes through "
               "`amc.latency_check.fit_measured` before its finetune: while the built model measures over the "

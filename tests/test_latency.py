@@ -111,3 +111,36 @@ def test_measure_on_cuda(tiny_vgg):
     assert ms > 0
     lut = LatencyTable(None, "cuda", batch=256, warmup=1, runs=3)
     assert lut.predict(tiny_vgg) > 0
+
+
+def test_calibrate_with_thinner_copies_fits_a_scale(monkeypatch):
+    """With ``thin`` ratios the dense model and its uniformly thinner copies are measured end to end and
+    ``measured = scale * summed + overhead`` is fitted: a gap that grows with the layers (here 10% of
+    them) becomes a scale, not a fixed overhead that would make thin models look slow."""
+    import amc.latency
+
+    dense = make_tiny_resnet()
+    lut = LatencyTable(None, "cpu")
+    monkeypatch.setattr(lut, "_measure_key", lambda key: 0.01 * key[1] * key[2])
+
+    def e2e(m, *a, **k):
+        return 1.1 * lut.predict(m, overhead=False) + 0.3  # what the layers leave out: 10% of them and 0.3 ms
+
+    monkeypatch.setattr(amc.latency, "measure", e2e)
+    layers = lut.predict(dense, overhead=False)
+    assert lut.calibrate(dense, thin=(0.5, 0.8)) == pytest.approx(1.1 * layers + 0.3)
+    assert lut.scale == pytest.approx(1.1) and lut.overhead_ms == pytest.approx(0.3)
+    thin = amc.latency._thin_models(dense, (0.8,), (3, 32, 32))[0]
+    assert lut.predict(thin) == pytest.approx(e2e(thin))
+    lut.calibrate(dense)  # the dense model alone: the whole gap a fixed overhead again
+    assert lut.scale == 1.0 and lut.overhead_ms == pytest.approx(0.1 * layers + 0.3)
+
+
+def test_fit_line_keeps_the_overhead_non_negative():
+    from amc.latency import _fit_line
+
+    assert _fit_line([(2.0, 2.2), (1.0, 1.1), (0.5, 0.55)]) == pytest.approx((1.1, 0.0))
+    a, b = _fit_line([(2.0, 2.0), (1.0, 0.8)])  # a free fit would cross below 0 at summed 0
+    assert b == 0.0 and a == pytest.approx((2 * 2.0 + 0.8) / 5.0)
+    assert _fit_line([(2.0, 2.5), (2.0, 2.5)]) == (1.0, 0.5)  # no spread: the one-point rule
+    assert _fit_line([(2.0, 1.0)]) == (1.0, 0.0)  # faster than its table: no negative overhead

@@ -99,10 +99,11 @@ def _evaluator(args: argparse.Namespace, model, splits, reference: dict[str, flo
     if budget.kind == "latency":
         if args.lut is None:
             raise AmcError("a latency budget needs --lut CSV (the per-layer latency lookup table)")
-        from amc.latency import LatencyTable
+        from amc.latency import CALIBRATION_RATIOS, LatencyTable
 
         lut = LatencyTable(args.lut, "cpu")
-        lut.calibrate(model)  # the dense model end to end: what the table's layers leave out counts too
+        # the dense model and two thinner copies end to end: what the table's layers leave out counts too
+        lut.calibrate(model, thin=CALIBRATION_RATIOS)
     return Evaluator(model, splits, budget, cfg, latency_table=lut)
 
 
