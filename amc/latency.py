@@ -178,12 +178,12 @@ class LatencyTable:
     saves too when it measured something).
 
     ``calibrate`` measures the dense model end to end and keeps what its summed layers leave out
-    (pools, adds, the head, Python dispatch) as ``overhead_ms``, which every prediction then
-    includes: that part does not shrink with the channels, so a latency fraction predicted without
-    it is optimistic (a small model with a large head: most of its time). It does not correct the
-    layer entries themselves: for ResNet-20 on one CPU thread the overhead is small (0.05 of 4.7 ms),
-    yet policies the table put at 0.48-0.50 of the dense latency measured 0.51-0.65, which is why
-    the final model's latency is always measured (``amc.latency_check``).
+    (pools, adds, the head, Python dispatch) in every prediction: as a fixed ``overhead_ms``, or,
+    with ``thin`` ratios, fitted as ``scale * summed + overhead_ms`` over the dense model and its
+    uniformly thinner copies, since residual adds and reshapes shrink with the channels too. For
+    ResNet-20 on one CPU thread the fixed overhead (0.25 of 2.37 ms) made thin policies look slow
+    (every layer at 0.9: predicted 0.46-0.53, measured 0.38-0.39); the fit predicted 0.401 and
+    measured 0.396. The final model's latency is still measured (``amc.latency_check``).
     """
 
     def __init__(self, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
