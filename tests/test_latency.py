@@ -1,3 +1,4 @@
+import copy
 import csv
 
 import pytest
@@ -144,3 +145,22 @@ def test_fit_line_keeps_the_overhead_non_negative():
     assert b == 0.0 and a == pytest.approx((2 * 2.0 + 0.8) / 5.0)
     assert _fit_line([(2.0, 2.5), (2.0, 2.5)]) == (1.0, 0.5)  # no spread: the one-point rule
     assert _fit_line([(2.0, 1.0)]) == (1.0, 0.0)  # faster than its table: no negative overhead
+
+
+def test_the_cpu_copy_is_timed_in_the_contiguous_layout():
+    """A finetune leaves channels_last weights (the training layout); the CPU timing converts its copy
+    back, so a model measures the same before and after a finetune, and the caller's model is untouched."""
+    from amc.cpuconv import training_layout
+    from amc.latency import cpu_layout
+
+    model = training_layout(make_tiny_resnet())
+    weights = [p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    assert weights and all(not p.is_contiguous() for p in weights)
+    copy_ = cpu_layout(copy.deepcopy(model))
+    for p in copy_.parameters():
+        if p.dim() == 4:
+            assert p.stride() == torch.empty_like(p, memory_format=torch.contiguous_format).stride()
+    assert all(not p.is_contiguous() for p in weights)  # the original keeps its layout
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(copy_.eval()(x), model.eval()(x), atol=1e-5)
