@@ -599,11 +599,15 @@ def _markdown(r: dict) -> str:
               "budget (paired), the table's target is lowered by the measured/predicted gap and the policy "
               "tightened to it (every layer a little harder, its shape kept), and while it measures more than 2% "
               "under the budget it is loosened the same way (kept only if it still measures within); its seconds "
-              "count in the search time. The final model is measured again after the finetune (the figures below).", "",
+              "count in the search time. The final model's architecture is measured again after the finetune (the "
+              "figures below), its tensors in the contiguous layout a model loaded from saved weights has "
+              "(`amc.latency.cpu_layout`): timed in the channels_last layout the finetune leaves, the same "
+              "architectures measured 0.59-0.62 where their fit had measured 0.47-0.50.", "",
               *(["A first pass of lat05 (seed 0 and part of seed 1) ran beside a training process of the other "
-                 "tasks; its paired measurements swung with that load (the fit measured 0.49-0.51, the same "
-                 "models measured 0.53-0.62 after their finetunes), so it is kept aside (lat05-concurrent in "
-                 "cache_files) and not reported: lat05 runs alone, or with the other tasks' processes stopped "
+                 "tasks, with the table's overhead fixed; its fit measured 0.49-0.51 and the same models 0.53-0.62 "
+                 "after their finetunes (most of that gap, found later, was the layout above), so it is kept aside "
+                 "(lat05-concurrent in cache_files) and not reported: lat05 runs alone, or with the other tasks' "
+                 "processes stopped "
                  "(SIGSTOP, `--pause-pids`) during each of its latency measurements (the table's entries, the "
                  "calibration, the fit and the final measurement); a row's `others_paused` says how many were.", ""]
                 if any(k.startswith("lat05-concurrent/") for k in r.get("cache_files", {})) else [])]
