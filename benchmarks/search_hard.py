@@ -222,7 +222,12 @@ class Bench:
         self.pause = Pause(args.pause_pids)
         self.lut = PausingTable(self.cache / "latency_lut_cpu.csv", "cpu", batch=1, threads=1, warmup=10, runs=50,
                                 pause=self.pause)
-        if "lat05" in args.tasks:  # what the table's layers leave out, measured on the dense model
+        calibrated = _load(self.cache / "lat05" / "calibration.json")
+        if "lat05" in args.tasks and calibrated is not None and "scale" in calibrated:
+            # a resumed run predicts as the earlier seeds' searches did: the calibration they used
+            self.dense_ms = calibrated["dense_ms"]
+            self.lut.scale, self.lut.overhead_ms = calibrated["scale"], calibrated["overhead_ms"]
+        elif "lat05" in args.tasks:  # what the table's layers leave out, measured on the dense model
             self.dense_ms = self.lut.calibrate(self.dense, runs=200, thin=CALIBRATION_RATIOS)
             _save(self.cache / "lat05" / "calibration.json", {"dense_ms": self.dense_ms,
                                                                "overhead_ms": self.lut.overhead_ms,
