@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from amc.budget import Budget, FineCost, Projector, bounds_around, make_bounds
@@ -99,6 +99,7 @@ def test_projection_always_feasible(layers, fixed, slack, actions):
     floor = cost.fraction({n: hi for n, (_, hi) in bounds.items()})
     ceiling = cost.fraction({n: lo for n, (lo, _) in bounds.items()})
     budget = min(1.0, floor + slack * (ceiling - floor))
+    assume(budget > 0)  # every weight pruned at the floor (one 1-weight layer, no fixed cost): no valid budget
     proj = Projector(cost, Budget("size", budget), bounds)
     proposal = {n: a for n, a in zip(cost.names, actions, strict=False)}
     out = proj.project(proposal)
@@ -179,6 +180,7 @@ def test_fill_spends_the_budget_and_keeps_the_shape(layers, fixed, slack, action
     floor = cost.fraction({n: hi for n, (_, hi) in bounds.items()})
     ceiling = cost.fraction({n: lo for n, (lo, _) in bounds.items()})
     budget = min(1.0, floor + slack * (ceiling - floor))
+    assume(budget > 0)  # every weight pruned at the floor (one 1-weight layer, no fixed cost): no valid budget
     proj = Projector(cost, Budget("size", budget), bounds)
     # a feasible policy that may prune more than needed: upper bounds mixed with random ratios
     pol = proj.project({n: bounds[n][0] + a * (bounds[n][1] - bounds[n][0])
