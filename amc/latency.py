@@ -3,7 +3,7 @@
 ``measure`` returns the median milliseconds of ``runs`` timed forward passes after ``warmup``:
 
 * ``backend="torch"``, CPU: eager PyTorch, the copy's tensors in the contiguous layout
-  (``cpu_layout``), under ``inference_mode`` with ``threads`` intra-op
+  (``amc.cpuconv.inference_layout``), under ``inference_mode`` with ``threads`` intra-op
   threads (the caller's thread count is restored afterwards), wall clock per run.
 * ``backend="torch"``, CUDA: bf16 autocast, channels_last, cuDNN autotuning on (as a server would
   run it; every model gets the same treatment), CUDA events around each run. Eager mode pays the
@@ -34,9 +34,11 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from amc.cpuconv import inference_layout
 from amc.errors import AmcError
 
 BACKENDS = ("torch", "onnxruntime")
@@ -108,20 +110,6 @@ def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, r
     return out
 
 
-def cpu_layout(model: nn.Module) -> nn.Module:
-    """``model`` (in place) with every 4-d parameter and buffer in the contiguous (NCHW) layout, as a
-    model loaded from saved weights has it. A finetune leaves its model in the training layout
-    (channels_last, ``amc.cpuconv``), which at batch 1 on one CPU thread ran a pruned ResNet-20 22%
-    slower (1.36 against 1.12 ms): without this, the same architecture measured 0.49 of the dense
-    latency before its finetune and 0.59-0.62 after."""
-    with torch.no_grad():
-        for t in [*model.parameters(), *model.buffers()]:
-            # exact NCHW strides: a 1x1 kernel passes is_contiguous() in both layouts
-            if t.dim() == 4 and t.stride() != torch.empty_like(t, memory_format=torch.contiguous_format).stride():
-                t.data = t.data.clone(memory_format=torch.contiguous_format)
-    return model
-
-
 def measure(model: nn.Module, device: str | torch.device = "cpu", batch: int = 1, threads: int = 1,
             backend: str = "torch", warmup: int = 10, runs: int = 50,
             input_shape: tuple[int, ...] = (3, 32, 32), cuda_graph: bool = False) -> float:
@@ -140,7 +128,7 @@ def measure(model: nn.Module, device: str | torch.device = "cpu", batch: int = 1
                 fn = (lambda: work(x)) if not cuda_graph else _graphed(lambda: work(x), dev)
                 times = time_callable(fn, dev, warmup, runs)
         else:
-            work = cpu_layout(work.float().to(dev))
+            work = inference_layout(work.float().to(dev))
             x = torch.randn(batch, *input_shape, device=dev)
             times = time_callable(lambda: work(x), dev, warmup, runs)
     return statistics.median(times)
@@ -357,21 +345,17 @@ def _thin_models(model: nn.Module, ratios: tuple[float, ...], input_shape: tuple
 
 def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
     """``(scale, overhead)`` of ``measured = scale * summed + overhead`` over ``(summed, measured)``
-    points: one point, scale 1 and the gap (at least 0); more, least squares with the overhead at
-    least 0 (through the origin when the free fit's is negative), falling back to the one-point
-    rule for the first point when the fit is degenerate (no spread, or a scale not above 0)."""
+    points: one point, scale 1 and the gap (at least 0); more, least squares (``numpy.polyfit``) with
+    the overhead at least 0 (through the origin when the free fit's is negative), falling back to the
+    one-point rule for the first point when the fit is degenerate (no spread, or a scale not above 0)."""
     s0, m0 = points[0]
-    if len(points) > 1:
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        sxx = sum((x - mx) ** 2 for x in xs)
-        if sxx > 0:
-            a = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
-            b = my - a * mx
-            if b < 0:
-                a, b = sum(x * y for x, y in zip(xs, ys, strict=True)) / sum(x * x for x in xs), 0.0
-            if a > 0:
-                return a, b
+    xs, ys = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+    if len(points) > 1 and np.ptp(xs) > 0:
+        a, b = (float(v) for v in np.polyfit(xs, ys, 1))
+        if b < 0:
+            a, b = float(xs @ ys / (xs @ xs)), 0.0
+        if a > 0:
+            return a, b
     return 1.0, max(0.0, m0 - s0)
 
 

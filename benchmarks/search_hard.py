@@ -606,7 +606,7 @@ def _markdown(r: dict) -> str:
               "under the budget it is loosened the same way (kept only if it still measures within); its seconds "
               "count in the search time. The final model's architecture is measured again after the finetune (the "
               "figures below), its tensors in the contiguous layout a model loaded from saved weights has "
-              "(`amc.latency.cpu_layout`): timed in the channels_last layout the finetune leaves, the same "
+              "(`amc.cpuconv.inference_layout`): timed in the channels_last layout the finetune leaves, the same "
               "architectures measured 0.59-0.62 where their fit had measured 0.47-0.50.", "",
               *(["A first pass of lat05 (seed 0 and part of seed 1) ran beside a training process of the other "
                  "tasks, with the table's overhead fixed; its fit measured 0.49-0.51 and the same models 0.53-0.62 "

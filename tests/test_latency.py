@@ -150,13 +150,12 @@ def test_fit_line_keeps_the_overhead_non_negative():
 def test_the_cpu_copy_is_timed_in_the_contiguous_layout():
     """A finetune leaves channels_last weights (the training layout); the CPU timing converts its copy
     back, so a model measures the same before and after a finetune, and the caller's model is untouched."""
-    from amc.cpuconv import training_layout
-    from amc.latency import cpu_layout
+    from amc.cpuconv import inference_layout, training_layout
 
     model = training_layout(make_tiny_resnet())
     weights = [p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1]
     assert weights and all(not p.is_contiguous() for p in weights)
-    copy_ = cpu_layout(copy.deepcopy(model))
+    copy_ = inference_layout(copy.deepcopy(model))
     for p in copy_.parameters():
         if p.dim() == 4:
             assert p.stride() == torch.empty_like(p, memory_format=torch.contiguous_format).stride()
