@@ -12,7 +12,9 @@ sensitivity-picked, Torch-Pruning's global L2 ratio (channel; its per-layer chan
 channel choice) / global magnitude and LAMP (fine), the AMC agent (DDPG) and Optuna TPE (both start
 from the baseline policies), and ``optuna_mf``: Optuna TPE whose reward is the validation accuracy
 after ``--mf-steps`` SGD recovery steps, each trial screened first by the BN reward (Optuna's
-successive halving keeps the best ``1/--mf-eta`` for the full reward). Every row: the policy built,
+successive halving keeps the best ``1/--mf-eta`` for the full reward), and ``optuna_rr``: the Optuna search's
+top ``--rr-k`` policies re-ranked on the whole validation half after ``--rr-steps`` SGD recovery steps each
+(``amc.search.base.rerank``). Every row: the policy built,
 BN recalibrated, finetuned ``--epochs`` (the same recipe for every row, finetune seed = the row's
 seed), tested on the final-test half.
 
@@ -73,6 +75,7 @@ from amc.metrics import size_fraction  # noqa: E402
 from amc.models import load_model  # noqa: E402
 from amc.pruners.finegrained import global_prune, global_sparsity_for_size, lamp_policy  # noqa: E402
 from amc.search.agent import AgentConfig, run_agent  # noqa: E402
+from amc.search.base import rerank, rerank_evaluators  # noqa: E402
 from amc.search.optuna import OptunaConfig, OptunaSearcher  # noqa: E402
 from amc.system import machine_info  # noqa: E402
 from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
@@ -82,8 +85,10 @@ SHARED = ROOT.parent / "shared"
 TASKS = {"macs03": ("channel", "macs=0.3"), "lat05": ("channel", "latency=0.5"), "size01": ("fine", "size=0.1")}
 BASELINES = {"channel": ("uniform", "sensitivity", "tp_global"),
              "fine": ("uniform", "sensitivity", "global_magnitude", "lamp")}
-SEARCHERS = ("optuna", "amc", "optuna_mf")
-FINETUNE_ORDER = ("optuna", "optuna_mf", "tp_global", "global_magnitude", "amc", "lamp", "sensitivity", "uniform")
+SEARCHERS = ("optuna", "amc", "optuna_mf", "optuna_rr")
+FIRST_SEARCHERS = ("optuna", "amc", "optuna_mf")  # the margin waits for these; optuna_rr joins when it has the seeds
+FINETUNE_ORDER = ("optuna", "optuna_rr", "optuna_mf", "tp_global", "global_magnitude", "amc", "lamp", "sensitivity",
+                  "uniform")
 SENS_RATIOS = (0.2, 0.4, 0.6, 0.8)
 TP_BISECT = 12  # bisection steps on Torch-Pruning's global ratio
 GOALS = {"macs03": 0.01, "lat05": 0.01, "size01": 0.005}  # the best searcher over the best baseline, at least
@@ -308,6 +313,8 @@ class Bench:
         run_dir = self.cache / task / f"s{seed}" / f"{method}-run"
         t = time.perf_counter()
         n_pruned, trial_s = 0, 0.0
+        if method == "optuna_rr":
+            return self._search_reranked(task, seed, base, path)
         if method == "amc":
             warm = min(self.args.warmup, self.args.episodes - 1)
             res = run_agent(ev, AgentConfig(episodes=self.args.episodes, warmup_episodes=warm, seed=seed,
@@ -334,6 +341,43 @@ class Bench:
                **({"pruned": n_pruned} if method == "optuna_mf" else {}),
                "val_reward": best.reward if best is not None else None}
         _save(path, out)
+        return out
+
+    def _search_reranked(self, task: str, seed: int, base: dict, path: Path) -> dict:
+        """``optuna_rr``: the Optuna search (its study, in the ``optuna`` method's run folder: a study already
+        there is reused), then its top ``--rr-k`` distinct policies by the BN reward each finetuned
+        ``--rr-steps`` SGD steps (constant learning rate, batch 128, recovery seeds ``--rr-seeds``, other
+        batches than the search's) and scored on the whole validation half; the best mean is kept. Its
+        search time: the study's trials plus the re-rank."""
+        keys = BASELINES[TASKS[task][0]]
+        ev = self.evaluator(task)
+        searcher = OptunaSearcher(ev, OptunaConfig(study=f"{task}-s{seed}", n_trials=self.args.trials, seed=seed,
+                                                   screen_eta=self.args.mf_eta),
+                                  self.cache / task / f"s{seed}" / "optuna-run",
+                                  sensitivity_policy=base["sensitivity"]["policy"],
+                                  extra_policies={k: base[k]["policy"] for k in keys[2:]})
+        t = time.perf_counter()
+        res = searcher.run()
+        search_wall = time.perf_counter() - t
+        trial_s = study_seconds(searcher.study)
+        t = time.perf_counter()
+        seeds = tuple(int(x) for x in str(self.args.rr_seeds).split(",") if x.strip())
+        evs = rerank_evaluators(self.evaluator(task, recovery_steps=self.args.rr_steps), seeds=seeds)
+        ranked = rerank(evs, res.trials, k=self.args.rr_k)
+        rr_s = time.perf_counter() - t
+        if not ranked or not ranked[0].feasible:
+            out = {"policy": None, "search_s": max(search_wall, trial_s) + rr_s, "error": "no feasible policy"}
+        else:
+            top = ranked[0]
+            out = {"policy": top.policy, "search_s": max(search_wall, trial_s) + rr_s, "study_s": trial_s,
+                   "rerank_s": rr_s, "evaluations": int((res.trials.state == "COMPLETE").sum()),
+                   "val_reward": top.score, "chosen_search_rank": top.rank,
+                   "same_as_search_best": top.rank == 1,
+                   "candidates": [{"search_rank": c.rank, "search_reward": c.search_reward, "score": c.score}
+                                  for c in ranked]}
+        _save(path, out)
+        print(f"[{task} s{seed}] optuna_rr: kept the search's #{out.get('chosen_search_rank')} of "
+              f"{len(ranked)} (re-rank {rr_s:.0f} s)", flush=True)
         return out
 
     # -- rows -------------------------------------------------------------------------------------
@@ -423,7 +467,7 @@ class Bench:
     def run_task(self, task: str, seed: int) -> None:
         base = self.baselines(task)
         cands = {k: base[k] for k in BASELINES[TASKS[task][0]]}
-        for m in SEARCHERS:
+        for m in self.args.searchers:
             cands[m] = self.search(task, m, seed, base)
         for m in FINETUNE_ORDER:
             if m in cands and cands[m].get("policy") is not None:
@@ -461,10 +505,15 @@ def collect(cache: Path) -> dict:
                 if k in rs[0]:
                     entry[k] = {str(r["seed"]): r[k] for r in rs}
             out["methods"][m] = entry
-        base = [m for m in out["methods"] if m not in SEARCHERS]
-        srch = [m for m in out["methods"] if m in SEARCHERS]
-        complete = set(out["methods"]) == set(BASELINES[gran]) | set(SEARCHERS)
-        if complete and len({tuple(e["test_accuracy"]) for e in out["methods"].values()}) == 1:
+        # the margin: once every baseline and the first searchers have the same seeds; a searcher added
+        # later (optuna_rr) competes once it has them too
+        seeds = {m: tuple(e["test_accuracy"]) for m, e in out["methods"].items()}
+        base = list(BASELINES[gran])
+        ref = seeds.get(base[0])
+        complete = ref is not None and all(seeds.get(m) == ref for m in (*base, *FIRST_SEARCHERS))
+        srch = [m for m in SEARCHERS if seeds.get(m) == ref]
+        out["searchers_compared"] = srch if complete else []
+        if complete:
             bb = max(base, key=lambda m: out["methods"][m]["mean"])
             bs = max(srch, key=lambda m: out["methods"][m]["mean"])
             a, b = out["methods"][bs], out["methods"][bb]
@@ -490,7 +539,11 @@ def collect(cache: Path) -> dict:
 
 
 # what a run's settings leave out: which part of the work a process does, and where it writes
-NOT_SETTINGS = ("report_only", "remeasure_latency", "tasks", "seeds", "cache", "out", "resume_from", "pause_pids")
+# options added after a report was run, with the defaults they had in effect before (a report without them
+# was run with these): a resumed run compares them as if the report had named them
+LATER_SETTINGS = {"rr_k": 4, "rr_steps": 300, "rr_seeds": "1"}
+NOT_SETTINGS = ("searchers", "report_only",
+                "remeasure_latency", "tasks", "seeds", "cache", "out", "resume_from", "pause_pids")
 CACHE_GLOBS = ("*.json", "*/*.json", "*/s*/*.json", "*.csv")  # the pieces a report carries (not the studies)
 
 
@@ -500,6 +553,7 @@ def _settings(args) -> dict:
 
 def _same_protocol(a: dict, b: dict) -> bool:
     skip = ("data", "checkpoint", *NOT_SETTINGS)  # paths differ between machines
+    a, b = {**LATER_SETTINGS, **a}, {**LATER_SETTINGS, **b}
     return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
 
 
@@ -577,7 +631,12 @@ def _markdown(r: dict) -> str:
               f"accuracy after {s.get('mf_steps', 20)} SGD "
               "recovery steps (batch 128, lr 0.01, the same batches for every policy) and BN recalibration; each "
               f"trial is screened first by the BN reward and Optuna's successive halving (eta {s.get('mf_eta', 3)}) "
-              "sends the best of each rung on to the full reward (only fully scored trials can win). Every row "
+              "sends the best of each rung on to the full reward (only fully scored trials can win). "
+              f"`optuna_rr`: the Optuna search, then its top {s.get('rr_k', LATER_SETTINGS['rr_k'])} distinct "
+              f"policies by the BN reward re-ranked after {s.get('rr_steps', LATER_SETTINGS['rr_steps'])} SGD "
+              "recovery steps each (batch 128, lr 0.01 constant, recovery seeds "
+              f"{s.get('rr_seeds', LATER_SETTINGS['rr_seeds'])}: other batches than the search's) and BN "
+              "recalibration, scored on the whole validation half; its search time includes the re-rank. Every row "
               f"finetuned {s['epochs']:g} epochs (SGD, cosine, lr 0.01; finetune seed = the row's seed; no KD), "
               "then tested on the final-test half. One torch thread per process, niced, on a 2-core CPU shared with "
               "other jobs: wall times are inflated by that sharing.", "",
@@ -642,7 +701,9 @@ def _markdown(r: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         if t.get("margin") is not None:
             se, sp = t.get("margin_se"), t.get("margin_se_paired")
-            lines += ["", f"Margin (best searcher {t['best_searcher']} minus best baseline {t['best_baseline']}): "
+            compared = ", ".join(t.get("searchers_compared") or [])
+            lines += ["", f"Margin (best searcher {t['best_searcher']} of {compared} "
+                      f"minus best baseline {t['best_baseline']}): "
                       f"{100 * t['margin']:+.2f} points"
                       + (f", standard error {100 * se:.2f} (per-seed differences: {100 * sp:.2f})" if se is not None
                          else " (one seed: no standard error yet)")
@@ -669,6 +730,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "reports"))
     ap.add_argument("--tasks", default="macs03,lat05,size01")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--searchers", default=",".join(SEARCHERS),
+                    help="the searches this run does (rows follow for them and the baselines): a run can finish the "
+                         "first searchers' rows before a later searcher's search")
     ap.add_argument("--trials", type=int, default=60, help="Optuna trials")
     ap.add_argument("--episodes", type=int, default=100, help="AMC episodes")
     ap.add_argument("--warmup", type=int, default=40, help="AMC warm-up episodes")
@@ -680,6 +744,12 @@ def main() -> None:
                     help="optuna_mf: SGD recovery steps of the full reward (the BN reward screens)")
     ap.add_argument("--mf-trials", type=int, default=0, help="optuna_mf's trials (0: --trials)")
     ap.add_argument("--mf-eta", type=int, default=3, help="optuna_mf: successive halving's reduction factor")
+    ap.add_argument("--rr-k", type=int, default=LATER_SETTINGS["rr_k"],
+                    help="optuna_rr: how many of the Optuna search's best policies are re-ranked")
+    ap.add_argument("--rr-steps", type=int, default=LATER_SETTINGS["rr_steps"],
+                    help="optuna_rr: SGD recovery steps (batch 128) of each re-ranked policy")
+    ap.add_argument("--rr-seeds", default=LATER_SETTINGS["rr_seeds"],
+                    help="optuna_rr: comma-separated recovery seeds; a policy's score is the mean over them")
     ap.add_argument("--fine-upper", type=float, default=0.999,
                     help="the largest per-layer ratio fine-grained searches may take (size=0.1 needs the big "
                          "layers pruned past 0.99: global magnitude prunes one at 0.9988)")
@@ -695,6 +765,9 @@ def main() -> None:
     args.pause_pids = [int(p) for p in args.pause_pids.split(",") if p]
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    args.searchers = [m for m in args.searchers.split(",") if m]
+    if bad := [m for m in args.searchers if m not in SEARCHERS]:
+        raise SystemExit(f"unknown searcher {bad[0]!r}; known: {', '.join(SEARCHERS)}")
     unknown = [t for t in args.tasks if t not in TASKS]
     if unknown:
         raise SystemExit(f"unknown task {unknown[0]!r}; known: {', '.join(TASKS)}")

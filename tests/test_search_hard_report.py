@@ -52,6 +52,17 @@ def test_no_margin_until_every_method_has_the_same_seeds(tmp_path: Path) -> None
     assert t["margin"] is None and t["goal_met"] is None
 
 
+def test_a_later_searcher_competes_once_it_has_every_seed(tmp_path: Path) -> None:
+    _rows(tmp_path, ACC)
+    _rows(tmp_path, {"optuna_rr": (0.830, 0.830, 0.830)}, seeds=(0, 1))  # two seeds only: not yet compared
+    t = collect(tmp_path)["macs03"]
+    assert t["best_searcher"] == "optuna" and "optuna_rr" not in t["searchers_compared"]
+    _rows(tmp_path, {"optuna_rr": (0.830, 0.830, 0.830)}, seeds=(2,))
+    t = collect(tmp_path)["macs03"]
+    assert t["best_searcher"] == "optuna_rr" and t["searchers_compared"][-1] == "optuna_rr"
+    assert t["margin"] == pytest.approx(0.830 - statistics.mean(ACC["uniform"]))
+
+
 def test_a_task_that_could_not_start_says_why(tmp_path: Path) -> None:
     (tmp_path / "lat05").mkdir()
     (tmp_path / "lat05" / "error.json").write_text(json.dumps({"error": "budget latency=0.5 cannot be met"}))

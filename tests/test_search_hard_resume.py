@@ -43,3 +43,12 @@ def test_other_settings_or_paths_outside_the_cache_are_not_restored(tmp_path: Pa
     assert restore(tmp_path / "b", report, SETTINGS) == 1
     assert not (tmp_path / "escape.json").exists()
     assert restore(tmp_path / "c", tmp_path / "missing.json", SETTINGS) == 0
+
+
+def test_a_report_from_before_an_option_existed_resumes_at_its_old_default(tmp_path: Path) -> None:
+    from benchmarks.search_hard import LATER_SETTINGS
+
+    report = _report(tmp_path, {"macs03/baselines.json": "{}"}, SETTINGS)  # run before the re-rank options
+    assert restore(tmp_path / "a", report, {**SETTINGS, **LATER_SETTINGS}) == 1
+    other = {**SETTINGS, **LATER_SETTINGS, "rr_steps": LATER_SETTINGS["rr_steps"] + 1}
+    assert restore(tmp_path / "b", report, other) == 0  # another re-rank: another protocol
