@@ -94,6 +94,7 @@ TP_BISECT = 12  # bisection steps on Torch-Pruning's global ratio
 GOALS = {"macs03": 0.01, "lat05": 0.01, "size01": 0.005}  # the best searcher over the best baseline, at least
 TASK_FRACTION = {t: Budget.parse(b).fraction for t, (_, b) in TASKS.items()}
 BUDGET_LATENCY_SLACK = 0.0  # lat05: the searcher's final model measured at most the budget
+PAUSE_LOG = "pauses.jsonl"  # in the cache: every latency measurement's pause of the other processes
 SEARCH_LIMIT_S = 900  # each search within 15 minutes on the 2-core CPU
 LATENCY_ROUNDS, LATENCY_RUNS = 7, 60  # paired latency: rounds of (dense, pruned), timed forwards per side
 
@@ -102,10 +103,14 @@ class Pause:
     """A (re-entrant) context in which the processes ``pids`` are stopped (SIGSTOP) and continued
     (SIGCONT) on the way out: the latency task's measurements run while this benchmark's other
     processes on the machine wait, so that training beside it does not swing them. A process that has
-    gone is skipped; ``count`` says how many measurements ran paused."""
+    gone is skipped; ``count`` says how many measurements ran paused. With a ``log`` (a JSON-lines file
+    in the shared cache), each pause is appended to it as ``{"pids", "start", "end"}`` (epoch seconds), so
+    that a stopped process can take the time it stood still out of its own search and finetune times
+    (``paused_seconds``)."""
 
-    def __init__(self, pids: list[int]) -> None:
+    def __init__(self, pids: list[int], log: Path | None = None) -> None:
         self.pids, self.depth, self.count, self._stopped = list(pids), 0, 0, []
+        self.log, self._since = log, 0.0
 
     def __enter__(self) -> Pause:
         self.depth += 1
@@ -121,17 +126,39 @@ class Pause:
             while time.monotonic() < deadline and not all(_stopped(p) for p in self._stopped):
                 time.sleep(0.005)
             self.count += 1
+            self._since = time.time()
         return self
 
     def __exit__(self, *exc) -> None:
         self.depth -= 1
         if self.depth == 0:
+            if self.log is not None and self._stopped:
+                line = json.dumps({"pids": self._stopped, "start": self._since, "end": time.time()})
+                self.log.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.log, "a") as f:  # one short line, appended: the readers see whole lines
+                    f.write(line + "\n")
             for pid in self._stopped:
                 try:
                     os.kill(pid, signal.SIGCONT)
                 except ProcessLookupError:
                     pass
             self._stopped = []
+
+
+def paused_seconds(log: Path, pid: int, start: float, end: float) -> float:
+    """Seconds of the span ``start``..``end`` (epoch) in which ``pid`` stood stopped by another process's
+    ``Pause`` that wrote ``log``: what a stopped process takes out of the time its own work took."""
+    if end <= start or not log.exists():
+        return 0.0
+    total = 0.0
+    for line in log.read_text().splitlines():
+        try:
+            p = json.loads(line)
+        except ValueError:  # a line being written as it is read
+            continue
+        if pid in p.get("pids", ()):
+            total += max(0.0, min(end, p["end"]) - max(start, p["start"]))
+    return total
 
 
 def _stopped(pid: int) -> bool:
@@ -207,11 +234,17 @@ def tp_global_policy(dense, names: list[str], fraction: float, cost, round_to: i
     return pol, hi
 
 
-def study_seconds(study) -> float:
+def study_seconds(study, stood=lambda start, end: 0.0) -> float:
     """Seconds the study's trials took, summed over every run that added to it (pauses between runs
-    excluded), plus nothing for the enqueue step: a lower bound of the search's compute time."""
-    return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials
-               if t.datetime_start is not None and t.datetime_complete is not None)
+    excluded), plus nothing for the enqueue step: a lower bound of the search's compute time. ``stood(start,
+    end)`` gives the seconds of a trial's span (epoch) in which this process was stopped (``paused_seconds``);
+    they are taken out."""
+    total = 0.0
+    for t in study.trials:
+        if t.datetime_start is not None and t.datetime_complete is not None:
+            a, b = t.datetime_start.timestamp(), t.datetime_complete.timestamp()  # Optuna's local naive times
+            total += (b - a) - stood(a, b)
+    return total
 
 
 class Bench:
@@ -224,7 +257,7 @@ class Bench:
         _save(self.cache / "settings.json", _settings(args))
         self.splits = make_splits(halved, 0, "cpu", seed=0)
         self.dense = load_model("resnet20", args.checkpoint).eval()
-        self.pause = Pause(args.pause_pids)
+        self.pause = Pause(args.pause_pids, self.cache / PAUSE_LOG)
         self.lut = PausingTable(self.cache / "latency_lut_cpu.csv", "cpu", batch=1, threads=1, warmup=10, runs=50,
                                 pause=self.pause)
         calibrated = _load(self.cache / "lat05" / "calibration.json")
@@ -311,7 +344,7 @@ class Bench:
         ev = self.evaluator(task)
         keys = BASELINES[gran]
         run_dir = self.cache / task / f"s{seed}" / f"{method}-run"
-        t = time.perf_counter()
+        t, t_epoch = time.perf_counter(), time.time()
         n_pruned, trial_s = 0, 0.0
         if method == "optuna_rr":
             return self._search_reranked(task, seed, base, path)
@@ -335,9 +368,11 @@ class Bench:
             pol, best = res.best_policy, res.best_result
             n = int((res.trials.state == "COMPLETE").sum())
             n_pruned = int((res.trials.state == "PRUNED").sum())
-            trial_s = study_seconds(searcher.study)  # a resumed study: its earlier runs' trials count too
-        wall = time.perf_counter() - t
-        out = {"policy": pol, "search_s": max(wall, trial_s), "wall_s_this_run": wall, "evaluations": n,
+            trial_s = study_seconds(searcher.study, self.stood)  # a resumed study: its earlier runs' trials too
+        stood = self.stood(t_epoch, time.time())
+        wall = time.perf_counter() - t - stood
+        out = {"policy": pol, "search_s": max(wall, trial_s), "wall_s_this_run": wall, "stopped_s": stood,
+               "evaluations": n,
                **({"pruned": n_pruned} if method == "optuna_mf" else {}),
                "val_reward": best.reward if best is not None else None}
         _save(path, out)
@@ -356,15 +391,15 @@ class Bench:
                                   self.cache / task / f"s{seed}" / "optuna-run",
                                   sensitivity_policy=base["sensitivity"]["policy"],
                                   extra_policies={k: base[k]["policy"] for k in keys[2:]})
-        t = time.perf_counter()
+        t, t_epoch = time.perf_counter(), time.time()
         res = searcher.run()
-        search_wall = time.perf_counter() - t
-        trial_s = study_seconds(searcher.study)
-        t = time.perf_counter()
+        search_wall = time.perf_counter() - t - self.stood(t_epoch, time.time())
+        trial_s = study_seconds(searcher.study, self.stood)
+        t, t_epoch = time.perf_counter(), time.time()
         seeds = tuple(int(x) for x in str(self.args.rr_seeds).split(",") if x.strip())
         evs = rerank_evaluators(self.evaluator(task, recovery_steps=self.args.rr_steps), seeds=seeds)
         ranked = rerank(evs, res.trials, k=self.args.rr_k)
-        rr_s = time.perf_counter() - t
+        rr_s = time.perf_counter() - t - self.stood(t_epoch, time.time())
         if not ranked or not ranked[0].feasible:
             out = {"policy": None, "search_s": max(search_wall, trial_s) + rr_s, "error": "no feasible policy"}
         else:
@@ -398,11 +433,11 @@ class Bench:
         test = self.splits.loader("test", 1000)
         recalibrate_bn(model, calib)
         before = evaluate(model, test)
-        t = time.perf_counter()
+        t, t_epoch = time.perf_counter(), time.time()
         torch.manual_seed(seed)
         finetune(model, self.splits.loader("train", 256, seed=seed), FinetuneConfig(epochs=self.args.epochs),
                  masks=masks)
-        ft_s = time.perf_counter() - t
+        ft_s = time.perf_counter() - t - self.stood(t_epoch, time.time())
         out: dict = {"task": task, "method": method, "seed": seed, "search_s": search_s,
                      "test_accuracy": evaluate(model, test), "test_before_finetune": before, "finetune_s": ft_s,
                      "epochs": self.args.epochs, "policy": policy,
@@ -416,6 +451,10 @@ class Bench:
         print(f"[{task} s{seed}] {method}: test {before:.4f} -> {out['test_accuracy']:.4f} "
               f"(finetune {ft_s:.0f} s)", flush=True)
         return out
+
+    def stood(self, start: float, end: float) -> float:
+        """Seconds of ``start``..``end`` (epoch) this process stood stopped by a latency task's ``Pause``."""
+        return paused_seconds(self.cache / PAUSE_LOG, os.getpid(), start, end)
 
     def _paired(self, model) -> float:
         with self.pause:
