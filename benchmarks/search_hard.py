@@ -46,6 +46,7 @@ reports/search_hard.md used::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -95,6 +96,7 @@ GOALS = {"macs03": 0.01, "lat05": 0.01, "size01": 0.005}  # the best searcher ov
 TASK_FRACTION = {t: Budget.parse(b).fraction for t, (_, b) in TASKS.items()}
 BUDGET_LATENCY_SLACK = 0.0  # lat05: the searcher's final model measured at most the budget
 PAUSE_LOG = "pauses.jsonl"  # in the cache: every latency measurement's pause of the other processes
+PAUSE_REGISTRY = "pause-me"  # in the cache: a file per process (its pid) that a latency measurement stops
 SEARCH_LIMIT_S = 900  # each search within 15 minutes on the 2-core CPU
 LATENCY_ROUNDS, LATENCY_RUNS = 7, 60  # paired latency: rounds of (dense, pruned), timed forwards per side
 
@@ -108,15 +110,24 @@ class Pause:
     that a stopped process can take the time it stood still out of its own search and finetune times
     (``paused_seconds``)."""
 
-    def __init__(self, pids: list[int], log: Path | None = None) -> None:
-        self.pids, self.depth, self.count, self._stopped = list(pids), 0, 0, []
-        self.log, self._since = log, 0.0
+    def __init__(self, pids: list[int], log: Path | None = None, registry: Path | None = None) -> None:
+        self.depth, self.count, self._stopped = 0, 0, []
+        self.log, self._since, self.registry, self._pids = log, 0.0, registry, list(pids)
+
+    @property
+    def pids(self) -> list[int]:
+        """The pids given, and those registered (``register``) in ``registry`` by then, this process's own
+        left out."""
+        found = [int(p.name) for p in self.registry.iterdir() if p.name.isdigit()] \
+            if self.registry is not None and self.registry.is_dir() else []
+        return [p for p in dict.fromkeys([*self._pids, *found]) if p != os.getpid()]
 
     def __enter__(self) -> Pause:
         self.depth += 1
-        if self.depth == 1 and self.pids:
+        pids = self.pids if self.depth == 1 else []
+        if pids:
             self._stopped = []
-            for pid in self.pids:
+            for pid in pids:
                 try:
                     os.kill(pid, signal.SIGSTOP)
                     self._stopped.append(pid)
@@ -143,6 +154,19 @@ class Pause:
                 except ProcessLookupError:
                     pass
             self._stopped = []
+
+
+@contextlib.contextmanager
+def register(registry: Path):
+    """This process, named in ``registry`` (a folder in the shared cache) for as long as the context lasts:
+    a latency task's ``Pause`` stops it during each measurement, whether it was started before or after."""
+    registry.mkdir(parents=True, exist_ok=True)
+    me = registry / str(os.getpid())
+    me.touch()
+    try:
+        yield me
+    finally:
+        me.unlink(missing_ok=True)
 
 
 def paused_seconds(log: Path, pid: int, start: float, end: float) -> float:
@@ -257,7 +281,7 @@ class Bench:
         _save(self.cache / "settings.json", _settings(args))
         self.splits = make_splits(halved, 0, "cpu", seed=0)
         self.dense = load_model("resnet20", args.checkpoint).eval()
-        self.pause = Pause(args.pause_pids, self.cache / PAUSE_LOG)
+        self.pause = Pause(args.pause_pids, self.cache / PAUSE_LOG, self.cache / PAUSE_REGISTRY)
         self.lut = PausingTable(self.cache / "latency_lut_cpu.csv", "cpu", batch=1, threads=1, warmup=10, runs=50,
                                 pause=self.pause)
         calibrated = _load(self.cache / "lat05" / "calibration.json")
@@ -819,10 +843,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     # a kill (SIGTERM) unwinds, so the paused processes are continued on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if args.remeasure_latency:
-        Bench(args).remeasure_latency(every=True)
-    else:
-        Bench(args).run()
+    # a process without the latency task names itself in the cache's registry: a latency task's process on
+    # the same cache stops it during each of its measurements (started before or after it)
+    measuring = args.remeasure_latency or any(Budget.parse(TASKS[t][1]).kind == "latency" for t in args.tasks)
+    with contextlib.nullcontext() if measuring else register(Path(args.cache) / PAUSE_REGISTRY):
+        if args.remeasure_latency:
+            Bench(args).remeasure_latency(every=True)
+        else:
+            Bench(args).run()
     write_report(args)
 
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks.search_hard import Pause, _stopped, paused_seconds, study_seconds
+from benchmarks.search_hard import Pause, _stopped, paused_seconds, register, study_seconds
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/stat")
 
@@ -78,3 +78,16 @@ def test_a_trial_s_stopped_seconds_are_taken_out_of_the_study_time(tmp_path) -> 
     assert study_seconds(study) == 30.0
     assert study_seconds(study, lambda s, e: paused_seconds(log, 7, s, e)) == 10.0  # stopped 20 of its 30 s
     assert study_seconds(study, lambda s, e: paused_seconds(log, 8, s, e)) == 30.0
+
+
+def test_a_registered_process_is_stopped_too_and_this_one_never(other, tmp_path) -> None:
+    registry = tmp_path / "pause-me"
+    with register(registry) as me:  # this process registers itself: a Pause of its own leaves it running
+        assert me.exists()
+        (registry / str(other.pid)).touch()  # as ``register`` in the other process would
+        pause = Pause([], registry=registry)
+        assert pause.pids == [other.pid]
+        with pause:
+            assert _stopped(other.pid)
+        assert not _stopped(other.pid) and pause.count == 1
+    assert not me.exists()  # gone with the context
