@@ -86,10 +86,18 @@ SHARED = ROOT.parent / "shared"
 TASKS = {"macs03": ("channel", "macs=0.3"), "lat05": ("channel", "latency=0.5"), "size01": ("fine", "size=0.1")}
 BASELINES = {"channel": ("uniform", "sensitivity", "tp_global"),
              "fine": ("uniform", "sensitivity", "global_magnitude", "lamp")}
-SEARCHERS = ("optuna", "amc", "optuna_mf", "optuna_rr")
+SEARCHERS = ("optuna", "amc", "optuna_mf", "optuna_rr", "optuna_ls")
+CHANNEL_ONLY = ("optuna_ls",)  # least-squares reconstruction refits the layers that lost input channels
+
+
+def searchers_of(gran: str, asked=SEARCHERS) -> list[str]:
+    """The searchers (of ``asked``) that a task of granularity ``gran`` runs."""
+    return [m for m in asked if gran == "channel" or m not in CHANNEL_ONLY]
+
+
 FIRST_SEARCHERS = ("optuna", "amc", "optuna_mf")  # the margin waits for these; optuna_rr joins when it has the seeds
-FINETUNE_ORDER = ("optuna", "optuna_rr", "optuna_mf", "tp_global", "global_magnitude", "amc", "lamp", "sensitivity",
-                  "uniform")
+FINETUNE_ORDER = ("optuna", "optuna_rr", "optuna_ls", "optuna_mf", "tp_global", "global_magnitude", "amc", "lamp",
+                  "sensitivity", "uniform")
 SENS_RATIOS = (0.2, 0.4, 0.6, 0.8)
 TP_BISECT = 12  # bisection steps on Torch-Pruning's global ratio
 GOALS = {"macs03": 0.01, "lat05": 0.01, "size01": 0.005}  # the best searcher over the best baseline, at least
@@ -298,16 +306,19 @@ class Bench:
                                                                "others_paused": len(args.pause_pids)})
         self._evals: dict[str, Evaluator] = {}
 
-    def evaluator(self, task: str, recovery_steps: int = 0) -> Evaluator:
+    def evaluator(self, task: str, recovery_steps: int = 0, reconstruct: bool = False) -> Evaluator:
         """The task's search evaluator: BN recalibration (``recovery_steps`` 0) or, for the multi-fidelity
-        searcher's full reward, ``recovery_steps`` SGD steps (batch 128, the same batches for every policy)."""
-        key = f"{task}:{recovery_steps}"
+        searcher's full reward, ``recovery_steps`` SGD steps (batch 128, the same batches for every policy);
+        ``reconstruct``: AMC's least-squares refit on the calibration images, then BN recalibration."""
+        key = f"{task}:{recovery_steps}:{reconstruct}"
         if key not in self._evals:
             gran, budget = TASKS[task]
+            recovery = "reconstruct" if reconstruct else "finetune" if recovery_steps else "bn"
             cfg = EvalConfig(granularity=gran, reward="acc", calib_images=self.args.calib_images,
                              eval_images=self.args.eval_images, round_to=8, criterion="l2",
                              upper=0.9 if gran == "channel" else self.args.fine_upper,
-                             recovery="finetune" if recovery_steps else "bn", recovery_steps=recovery_steps)
+                             recovery=recovery, recovery_steps=recovery_steps,
+                             reconstruct_images=self.args.calib_images)
             lut = self.lut if Budget.parse(budget).kind == "latency" else None
             self._evals[key] = Evaluator(self.dense, self.splits, Budget.parse(budget), cfg, latency_table=lut)
             if lut is not None:  # a process on the other tasks leaves the shared table file alone
@@ -383,6 +394,8 @@ class Bench:
             screens, full = [], ev
             if method == "optuna_mf":  # the BN reward screens; the survivors are scored after a short finetune
                 screens, full = [ev], self.evaluator(task, recovery_steps=self.args.mf_steps)
+            if method == "optuna_ls":  # every trial scored after AMC's least-squares reconstruction
+                full = self.evaluator(task, reconstruct=True)
             trials = self.args.mf_trials if method == "optuna_mf" and self.args.mf_trials else self.args.trials
             searcher = OptunaSearcher(full, OptunaConfig(study=f"{task}-s{seed}", n_trials=trials, seed=seed,
                                                          screen_eta=self.args.mf_eta),
@@ -530,7 +543,7 @@ class Bench:
     def run_task(self, task: str, seed: int) -> None:
         base = self.baselines(task)
         cands = {k: base[k] for k in BASELINES[TASKS[task][0]]}
-        for m in self.args.searchers:
+        for m in searchers_of(TASKS[task][0], self.args.searchers):
             cands[m] = self.search(task, m, seed, base)
         for m in FINETUNE_ORDER:
             if m in cands and cands[m].get("policy") is not None:
@@ -574,7 +587,7 @@ def collect(cache: Path) -> dict:
         base = list(BASELINES[gran])
         ref = seeds.get(base[0])
         complete = ref is not None and all(seeds.get(m) == ref for m in (*base, *FIRST_SEARCHERS))
-        srch = [m for m in SEARCHERS if seeds.get(m) == ref]
+        srch = [m for m in searchers_of(gran) if seeds.get(m) == ref]
         out["searchers_compared"] = srch if complete else []
         if complete:
             bb = max(base, key=lambda m: out["methods"][m]["mean"])
@@ -657,7 +670,7 @@ def write_report(args, record: dict | None = None) -> None:
         _save(rec_path, record)
     settings = _load(cache / "settings.json") or _settings(args)  # the run's own settings when it saved them
     cost = _load(ROOT / "reports" / "reward_cost.json") or {}
-    expected = {t: len(BASELINES[TASKS[t][0]]) + len(SEARCHERS) for t in TASKS}
+    expected = {t: len(BASELINES[TASKS[t][0]]) + len(searchers_of(TASKS[t][0])) for t in TASKS}
     done = sum(len(m["test_accuracy"]) for t in tasks.values() for m in t["methods"].values())
     total = sum(expected.values()) * 3
     partial = done < total
@@ -699,7 +712,12 @@ def _markdown(r: dict) -> str:
               f"policies by the BN reward re-ranked after {s.get('rr_steps', LATER_SETTINGS['rr_steps'])} SGD "
               "recovery steps each (batch 128, lr 0.01 constant, recovery seeds "
               f"{s.get('rr_seeds', LATER_SETTINGS['rr_seeds'])}: other batches than the search's) and BN "
-              "recalibration, scored on the whole validation half; its search time includes the re-rank. Every row "
+              "recalibration, scored on the whole validation half; its search time includes the re-rank. "
+              f"`optuna_ls` (channel tasks): the same Optuna ({s['trials']} trials), each trial scored after AMC's "
+              "least-squares reconstruction (every layer that lost input channels refitted to the dense layer's "
+              f"kept outputs on 16 sampled positions of each of the {s['calib_images']} calibration images, "
+              "`EvalConfig(recovery=\"reconstruct\")`) and BN recalibration; the row is finetuned from the "
+              "built policy like every other (the reconstruction is the reward's, not the row's). Every row "
               f"finetuned {s['epochs']:g} epochs (SGD, cosine, lr 0.01; finetune seed = the row's seed; no KD), "
               "then tested on the final-test half. One torch thread per process, niced, on a 2-core CPU shared with "
               "other jobs: wall times are inflated by that sharing.", "",
@@ -746,7 +764,8 @@ def _markdown(r: dict) -> str:
         if vals:
             steps = s.get("mf_steps", 20)
             lines += ["Search reward (validation accuracy after BN recalibration, before any finetune; optuna_mf's "
-                      f"after its {steps} recovery steps): "
+                      f"after its {steps} recovery steps, optuna_rr's after its re-rank's, optuna_ls's after "
+                      "reconstruction): "
                       + ", ".join(f"{k} {_pct(v)}%" for k, v in vals.items()) + ".", ""]
         if not t["methods"]:
             lines += ["No finetuned row finished yet." + (f" The last run stopped: {t['error']}" if t.get("error")

@@ -287,3 +287,51 @@ def test_physical_scoring_with_a_finetune_recovery(tiny_splits):
     first, again = ev.evaluate(pol), ev.evaluate(pol)
     assert first.feasible and 0.0 <= first.accuracy <= 1.0
     assert first.accuracy == again.accuracy  # the same batches every time: the policy alone decides
+
+
+RECONSTRUCT = EvalConfig(granularity="channel", calib_images=128, round_to=1, recovery="reconstruct",
+                         reconstruct_images=128)
+
+
+@pytest.mark.parametrize("make", [make_tiny_vgg, make_tiny_resnet])
+def test_reconstruct_recovery_refits_the_pruned_copy_and_keeps_the_dense_outputs(tiny_splits, make):
+    dense = make()
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    cfg = RECONSTRUCT
+    ev = Evaluator(dense, tiny_splits, Budget.parse("macs=0.5"), cfg)
+    assert ev.physical  # it refits the physically smaller copy
+    bn = Evaluator(dense, tiny_splits, Budget.parse("macs=0.5"), replace(cfg, recovery="bn", score_on="physical"))
+    pol = ev.uniform_policy()
+    r1 = ev.evaluate(pol)
+    assert r1.feasible and 0.0 <= r1.accuracy <= 1.0 and r1.macs <= 0.5 + 1e-6
+    assert ev._dense_out  # the dense layers' outputs are kept for the next policies
+    r2 = ev.evaluate(pol)  # from the kept outputs: the same refit, the same score
+    assert r2.accuracy == r1.accuracy and r2.macs == r1.macs
+    assert bn.evaluate(pol).macs == r1.macs  # the same architecture as without the refit
+    for k, v in dense.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_reconstruct_recovery_refits_what_reconstruct_refits(tiny_splits):
+    from amc.pruners.channel import prune_channels
+    from amc.pruners.reconstruct import reconstruct
+
+    cfg = RECONSTRUCT
+    ev = Evaluator(make_tiny_resnet(), tiny_splits, Budget.parse("macs=0.5"), cfg)
+    pol = ev.uniform_policy()
+    ev.evaluate(pol)
+    plan = ev.plan(pol)
+    kept, fresh = prune_channels(ev.dense, plan, torch.zeros(1, 3, 32, 32)), \
+        prune_channels(ev.dense, plan, torch.zeros(1, 3, 32, 32))
+    reconstruct(ev.dense, kept, plan, ev._calib, images=128, dense_outputs=ev._dense_out)  # the kept outputs
+    report = reconstruct(ev.dense, fresh, plan, ev._calib, images=128)  # computed afresh
+    assert report.layers  # something was refitted
+    for (k, a), b in zip(kept.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("bad", [dict(granularity="fine"), dict(granularity="channel", score_on="masked"),
+                                 dict(granularity="channel", reconstruct_images=0)])
+def test_reconstruct_recovery_refuses_what_it_cannot_refit(bad):
+    with pytest.raises(PolicyError):
+        EvalConfig(recovery="reconstruct", **bad)

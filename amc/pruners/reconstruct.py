@@ -92,7 +92,8 @@ def _rows(mod: nn.Module, x: torch.Tensor, y: torch.Tensor, positions: int,
 def reconstruct(dense: nn.Module, small: nn.Module, plan: ChannelPlan,
                 loader: Iterable[tuple[torch.Tensor, torch.Tensor]], images: int = 1024,
                 positions: int = 16, ridge: float = 1e-3, seed: int = 0,
-                table: ChannelTable | None = None) -> ReconstructionReport:
+                table: ChannelTable | None = None,
+                dense_outputs: dict[tuple[str, int], torch.Tensor] | None = None) -> ReconstructionReport:
     """Refit, IN PLACE, the weights of ``small`` (``prune_channels(dense, plan)``) whose input
     channels were removed, so that each such layer reproduces the dense layer's kept outputs.
 
@@ -101,7 +102,9 @@ def reconstruct(dense: nn.Module, small: nn.Module, plan: ChannelPlan,
     per unknown when the feature map has the positions); ``ridge`` is relative to the mean
     diagonal of ``X^T X``. A layer with fewer samples than unknowns, or whose fit would not lower
     the error, is left as pruned with a note. Returns each refitted layer's relative error
-    (||XW - Y|| / ||Y|| on the samples) before and after.
+    (||XW - Y|| / ||Y|| on the samples) before and after. ``dense_outputs``, a dict kept by a caller that
+    reconstructs many pruned copies of one dense model from the same ``loader`` (a search's reward), holds
+    the dense layers' outputs per (layer, batch) across calls: they do not depend on the pruning.
     """
     table = table or channel_table(dense)
     dev = next(small.parameters()).device
@@ -128,7 +131,7 @@ def reconstruct(dense: nn.Module, small: nn.Module, plan: ChannelPlan,
                 report.notes.append(f"{name}: grouped, string-padded or non-zero-padded conv left as pruned")
                 continue
             keep_out = torch.tensor(_kept_outputs(plan, table, name, mod_d.weight.shape[0]), device=dev)
-            _refit(name, mod_s, dense, small, batches, keep_out, positions, ridge, seed, report)
+            _refit(name, mod_s, dense, small, batches, keep_out, positions, ridge, seed, report, dense_outputs)
     finally:
         dense.train(was[0])
         small.train(was[1])
@@ -137,7 +140,7 @@ def reconstruct(dense: nn.Module, small: nn.Module, plan: ChannelPlan,
 
 def _refit(name: str, mod: nn.Conv2d | nn.Linear, dense: nn.Module, small: nn.Module,
            batches: list[torch.Tensor], keep_out: torch.Tensor, positions: int, ridge: float, seed: int,
-           report: ReconstructionReport) -> None:
+           report: ReconstructionReport, dense_outputs: dict[tuple[str, int], torch.Tensor] | None = None) -> None:
     gen = torch.Generator().manual_seed(seed)
     w = mod.weight
     bias = mod.bias is not None
@@ -149,9 +152,14 @@ def _refit(name: str, mod: nn.Conv2d | nn.Linear, dense: nn.Module, small: nn.Mo
     xtx = torch.zeros(feats, feats, dtype=torch.float64, device=w.device)
     xty = torch.zeros(feats, w.shape[0], dtype=torch.float64, device=w.device)
     yty = torch.zeros((), dtype=torch.float64, device=w.device)
-    for x in batches:
+    for i, x in enumerate(batches):
         inp = _capture(small, name, x, "in")
-        tgt = _capture(dense, name, x, "out").index_select(1, keep_out)
+        kept = None if dense_outputs is None else dense_outputs.get((name, i))
+        if kept is None or len(kept) != len(x):
+            kept = _capture(dense, name, x, "out")
+            if dense_outputs is not None:
+                dense_outputs[(name, i)] = kept
+        tgt = kept.index_select(1, keep_out)
         a, b = _rows(mod, inp, tgt, positions, gen)
         if bias:
             a = torch.cat([a, torch.ones(len(a), 1, device=a.device)], 1)
