@@ -176,6 +176,30 @@ def test_cli_search(tmp_path, method, capsys):
     assert main([*argv[:-2], "--budget", "macs=0.01", "--out", str(tmp_path / "x")]) == 2  # impossible budget
 
 
+def test_cli_search_scored_after_reconstruction(tmp_path, capsys):
+    """``--recovery reconstruct``: every reward after AMC's least-squares refit (channel pruning); asked of
+    fine-grained pruning, one clear error."""
+    import json
+
+    from amc.cli import main
+    from tests.conftest import CIFAR, MODELS
+
+    ckpt = MODELS / "resnet20_dense.pt"
+    if not ckpt.exists() or not CIFAR.exists():
+        pytest.skip("shared checkpoint or data missing")
+    out = tmp_path / "run"
+    argv = ["search", str(ckpt), "--method", "optuna", "--budget", "macs=0.5", "--granularity", "channel",
+            "--recovery", "reconstruct", "--episodes", "2", "--heldout", "128", "--calib-images", "128",
+            "--sens-ratios", "0.5", "--rerank", "0", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["feasible"] and summary["best"]["macs"] <= 0.5 + 1e-9
+    capsys.readouterr()
+    fine = [*argv[:argv.index("channel")], "fine", *argv[argv.index("channel") + 1:-1], str(tmp_path / "x")]
+    assert main(fine) == 2
+    assert "reconstruct" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("method", ["amc", "optuna"])
 def test_cli_search_around_a_policy(tmp_path, method):
     """``--around FILE --radius R``: the named layers are searched within R of the file's ratios,

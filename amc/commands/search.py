@@ -37,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = p.add_argument_group("evaluator")
     e.add_argument("--reward", default="acc",
                    help="acc (AMC), acc_loss (held-out loss as tie-breaker), error_log_flops, acc_penalty")
-    e.add_argument("--recovery", choices=("bn", "finetune"), default="bn")
+    e.add_argument("--recovery", choices=("bn", "finetune", "reconstruct"), default="bn",
+                   help="after pruning, before scoring: BN recalibration, --recovery-steps SGD steps, or (channel) "
+                        "AMC's least-squares reconstruction of the layers that lost input channels")
     e.add_argument("--recovery-steps", type=int, default=20)
     e.add_argument("--calib-images", type=int, default=5120)
     e.add_argument("--eval-images", type=int, default=None, help="held-out images per reward (default: all)")
