@@ -14,7 +14,9 @@ from the baseline policies), and ``optuna_mf``: Optuna TPE whose reward is the v
 after ``--mf-steps`` SGD recovery steps, each trial screened first by the BN reward (Optuna's
 successive halving keeps the best ``1/--mf-eta`` for the full reward), and ``optuna_rr``: the Optuna search's
 top ``--rr-k`` policies re-ranked on the whole validation half after ``--rr-steps`` SGD recovery steps each
-(``amc.search.base.rerank``). Every row: the policy built,
+(``amc.search.base.rerank``), and, on the channel tasks, ``optuna_ls``: Optuna TPE whose every trial is scored
+after AMC's least-squares reconstruction on the calibration images (``EvalConfig(recovery="reconstruct")``).
+Every row: the policy built,
 BN recalibrated, finetuned ``--epochs`` (the same recipe for every row, finetune seed = the row's
 seed), tested on the final-test half.
 
@@ -33,14 +35,17 @@ the tasks without a latency budget can run as two processes sharing one cache (o
 swung by a fifth (a first pass, kept aside as lat05-concurrent, is not reported). So it runs alone, or
 with ``--pause-pids`` naming the other benchmark processes: they are stopped (SIGSTOP) during each of its
 latency measurements (the table's entries, the calibration, the fit, the final measurement) and continued
-after (a SIGKILL of lat05's process would leave them stopped: ``kill -CONT`` them). The run of
-reports/search_hard.md used::
+after (a SIGKILL of lat05's process would leave them stopped: ``kill -CONT`` them). A process without
+``lat05`` also names itself in the cache (``pause-me/<pid>``), so lat05 stops it too, whenever it started;
+each pause is logged (``pauses.jsonl``) and a stopped process takes the seconds it stood still out of its
+search and finetune times. The run of reports/search_hard.md used::
 
     A="--cache runs/search_hard/e2 --epochs 2 --trials 150 --mf-trials 60 --episodes 150 --warmup 40 \\
        --eval-images 500 --calib-images 256"
     nice -n 10 python benchmarks/search_hard.py $A --tasks macs03   # beside:
     nice -n 10 python benchmarks/search_hard.py $A --tasks size01
     nice -n 10 python benchmarks/search_hard.py $A --tasks lat05 --pause-pids $(pgrep -d, -f 'search_hard.py.*size01')
+    nice -n 10 python benchmarks/search_hard.py $A --tasks macs03 --searchers optuna_ls   # later, the same way
 """
 
 from __future__ import annotations
