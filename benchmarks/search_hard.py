@@ -384,7 +384,7 @@ class Bench:
         ev = self.evaluator(task)
         keys = BASELINES[gran]
         run_dir = self.cache / task / f"s{seed}" / f"{method}-run"
-        t, t_epoch = time.perf_counter(), time.time()
+        t, t_epoch, cpu = time.perf_counter(), time.time(), time.process_time()
         n_pruned, trial_s = 0, 0.0
         if method == "optuna_rr":
             return self._search_reranked(task, seed, base, path)
@@ -414,6 +414,7 @@ class Bench:
         stood = self.stood(t_epoch, time.time())
         wall = time.perf_counter() - t - stood
         out = {"policy": pol, "search_s": max(wall, trial_s), "wall_s_this_run": wall, "stopped_s": stood,
+               "cpu_s_this_run": time.process_time() - cpu,  # one torch thread: the time alone on one core
                "evaluations": n,
                **({"pruned": n_pruned} if method == "optuna_mf" else {}),
                "val_reward": best.reward if best is not None else None}
@@ -433,7 +434,7 @@ class Bench:
                                   self.cache / task / f"s{seed}" / "optuna-run",
                                   sensitivity_policy=base["sensitivity"]["policy"],
                                   extra_policies={k: base[k]["policy"] for k in keys[2:]})
-        t, t_epoch = time.perf_counter(), time.time()
+        t, t_epoch, cpu = time.perf_counter(), time.time(), time.process_time()
         res = searcher.run()
         search_wall = time.perf_counter() - t - self.stood(t_epoch, time.time())
         trial_s = study_seconds(searcher.study, self.stood)
@@ -447,6 +448,7 @@ class Bench:
         else:
             top = ranked[0]
             out = {"policy": top.policy, "search_s": max(search_wall, trial_s) + rr_s, "study_s": trial_s,
+                   "cpu_s_this_run": time.process_time() - cpu,
                    "rerank_s": rr_s, "evaluations": int((res.trials.state == "COMPLETE").sum()),
                    "val_reward": top.score, "chosen_search_rank": top.rank,
                    "same_as_search_best": top.rank == 1,
@@ -574,6 +576,9 @@ def collect(cache: Path) -> dict:
             r = json.loads(p.read_text())
             out.setdefault("search_val_reward", {})[f"{p.stem.removeprefix('search_')} {p.parent.name}"] = \
                 r.get("val_reward")
+            if r.get("cpu_s_this_run") is not None:  # the process's CPU seconds: the search alone on one core
+                out.setdefault("search_cpu_s", {})[f"{p.stem.removeprefix('search_')} {p.parent.name}"] = \
+                    r["cpu_s_this_run"]
         for m, rs in methods.items():
             rs.sort(key=lambda r: r["seed"])
             acc = {str(r["seed"]): r["test_accuracy"] for r in rs}
@@ -786,6 +791,10 @@ def _markdown(r: dict) -> str:
                 cells.append(", ".join(f"{e['latency_measured'][k]:.3f} / {e['latency_predicted'][k]:.3f}"
                                        for k in e["test_accuracy"]))
             lines.append("| " + " | ".join(cells) + " |")
+        if t.get("search_cpu_s"):
+            lines += ["", "CPU seconds of the searches that recorded them (one torch thread: about their wall time "
+                      "alone on one core; the wall times above ran beside other processes): "
+                      + ", ".join(f"{k} {v:.0f}" for k, v in t["search_cpu_s"].items()) + "."]
         if t.get("margin") is not None:
             se, sp = t.get("margin_se"), t.get("margin_se_paired")
             compared = ", ".join(t.get("searchers_compared") or [])
