@@ -76,3 +76,17 @@ def test_rerank_puts_policies_infeasible_on_rescoring_last(evaluator):
     ranked = rerank(evs, log, k=2)
     assert [r.rank for r in ranked] == [2, 1]
     assert not ranked[1].feasible and math.isnan(ranked[1].score)
+
+
+def test_channel_ratios_that_build_the_same_model_are_reranked_once(tiny_splits):
+    ev = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("macs=0.7"),
+                   EvalConfig(granularity="channel", calib_images=128, eval_images=64, round_to=2))
+    base = ev.projector.project({n: 0.5 for n in ev.names})
+    near = {n: r + 1e-4 for n, r in base.items()}  # other ratios, the same channel counts after rounding
+    other = ev.projector.project({n: 0.5 if i else 0.0 for i, n in enumerate(ev.names)})
+    assert ev.architecture_key(near) == ev.architecture_key(base) != ev.architecture_key(other)
+    log = _log([(0.9, True, base), (0.8, True, near), (0.7, True, other)])
+    assert len(top_policies(log, 3)) == 3  # distinct ratios
+    ranked = rerank([ev], log, k=3)
+    assert sorted(r.rank for r in ranked) == [1, 2]  # `near` builds `base`'s model: re-scored once
+    assert {ev.architecture_key(r.policy) for r in ranked} == {ev.architecture_key(base), ev.architecture_key(other)}

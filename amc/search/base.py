@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -110,10 +110,13 @@ class Proposals(Generic[T]):
 # more data (every held-out image) and other recovery batches (other seeds), and picks by the mean.
 
 
-def top_policies(frame: pd.DataFrame, k: int) -> list[tuple[Policy, float]]:
+def top_policies(frame: pd.DataFrame, k: int,
+                 key: Callable[[Policy], Hashable] = policy_key) -> list[tuple[Policy, float]]:
     """The ``k`` distinct feasible policies of a search log (``episodes.csv`` / Optuna's trials
     frame: ``reward``, ``feasible`` and one ``r:<layer>`` column per layer) with the highest
-    search reward, best first, each with that reward."""
+    search reward, best first, each with that reward. Distinct by ``key`` (default: the ratios; an
+    evaluator's ``architecture_key``: the model they build, so that ratios rounding to the same channel
+    counts count once)."""
     if k < 1:
         raise AmcError(f"re-rank needs k >= 1, got {k}")
     cols = [c for c in frame.columns if str(c).startswith("r:")]
@@ -122,13 +125,13 @@ def top_policies(frame: pd.DataFrame, k: int) -> list[tuple[Policy, float]]:
     rows = frame[frame["feasible"].fillna(False).astype(bool)]
     rows = rows[rows["reward"].astype(float).map(math.isfinite)]
     out: list[tuple[Policy, float]] = []
-    seen: set[tuple] = set()
+    seen: set[Hashable] = set()
     for _, row in rows.sort_values("reward", ascending=False, kind="stable").iterrows():
         policy = {c[2:]: float(row[c]) for c in cols if math.isfinite(float(row[c]))}
-        key = policy_key(policy)
-        if key in seen:
+        ident = key(policy)
+        if ident in seen:
             continue
-        seen.add(key)
+        seen.add(ident)
         out.append((policy, float(row["reward"])))
         if len(out) == k:
             break
@@ -171,12 +174,13 @@ def score(evaluators: Sequence[Evaluator], policy: Mapping[str, float]) -> tuple
 
 
 def rerank(evaluators: Sequence[Evaluator], frame: pd.DataFrame, k: int = 5) -> list[Reranked]:
-    """Re-score the top ``k`` feasible policies of ``frame`` with ``evaluators``; best first (the
-    search's order breaks ties; policies infeasible under re-scoring go last)."""
+    """Re-score the top ``k`` feasible policies of ``frame`` that build distinct models (the first
+    evaluator's ``architecture_key``) with ``evaluators``; best first (the search's order breaks ties;
+    policies infeasible under re-scoring go last)."""
     if not evaluators:
         raise AmcError("re-rank needs at least one evaluator")
     out = []
-    for i, (policy, reward) in enumerate(top_policies(frame, k)):
+    for i, (policy, reward) in enumerate(top_policies(frame, k, evaluators[0].architecture_key)):
         s, results = score(evaluators, policy)
         out.append(Reranked(policy, reward, s, results, i + 1))
     order = sorted(range(len(out)), key=lambda i: (not out[i].feasible,
