@@ -620,8 +620,37 @@ def collect(cache: Path) -> dict:
                                    and within)
         else:
             out["margin"] = out["margin_se"] = out["margin_se_paired"] = out["goal_met"] = None
+        if twins := same_search_other_fit(methods):
+            out["same_search_other_fit"] = twins
         tasks[task] = out
     return tasks
+
+
+def _moved(row: dict) -> str:
+    """What the latency fit did to a row's searched policy: pruned it harder, lighter, or left it."""
+    d = sum(row["policy"][k] - v for k, v in row["searched_policy"].items())
+    return "tightened" if d > 1e-9 else "loosened" if d < -1e-9 else "kept"
+
+
+def same_search_other_fit(methods: dict[str, list[dict]]) -> list[dict]:
+    """Rows of one seed whose methods searched the same policy (``searched_policy``) but whose latency fits
+    (measurements) made different final policies: how much of a latency task's spread the fit alone makes."""
+    out = []
+    by_seed: dict[int, list[dict]] = {}
+    for rs in methods.values():
+        for r in rs:
+            if r.get("searched_policy") is not None:
+                by_seed.setdefault(r["seed"], []).append(r)
+    for seed, rs in sorted(by_seed.items()):
+        for i, a in enumerate(rs):
+            for b in rs[i + 1:]:
+                same = a["searched_policy"].keys() == b["searched_policy"].keys() and all(
+                    abs(a["searched_policy"][k] - b["searched_policy"][k]) < 1e-9 for k in a["searched_policy"])
+                if same and a["policy"] != b["policy"]:
+                    out.append({"seed": seed, "methods": [a["method"], b["method"]], "fit": [_moved(a), _moved(b)],
+                                "first_measured": [a["fit_steps"][0]["measured"], b["fit_steps"][0]["measured"]],
+                                "test_accuracy": [a["test_accuracy"], b["test_accuracy"]]})
+    return out
 
 
 # what a run's settings leave out: which part of the work a process does, and where it writes
@@ -808,6 +837,13 @@ def _markdown(r: dict) -> str:
                       + (", the searcher's model measured within the budget" if task == "lat05" else "")
                       + f"): {'met' if t['goal_met'] else 'not met'}."]
         lines.append("")
+    for task, t in r["tasks"].items():
+        for tw in t.get("same_search_other_fit", []):
+            (ma, mb), (fa, fb), (aa, ab) = tw["methods"], tw["first_measured"], tw["test_accuracy"]
+            lines += [f"{task} s{tw['seed']}: {ma} and {mb} searched the same policy; the latency fit first measured "
+                      f"it at {fa:.3f} and {fb:.3f} of the dense latency and {tw['fit'][0]} it for {ma}, "
+                      f"{tw['fit'][1]} it for {mb}: {_pct(aa)}% and {_pct(ab)}% after the same finetune. The fit's "
+                      "measurement noise moves such a row by more than the searchers differ.", ""]
     lines += ["## Reward cost", ""]
     if r.get("reward_s_before") is not None:
         lines.append(f"Seconds per reward before {r['reward_s_before']:.3f}, after {r['reward_s_after']:.3f}; "

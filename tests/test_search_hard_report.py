@@ -73,3 +73,20 @@ def test_a_task_that_could_not_start_says_why(tmp_path: Path) -> None:
     committed = json.loads((Path(__file__).parents[1] / "reports" / "search_hard.json").read_text())
     md = _markdown({**committed, "tasks": tasks, "cache_files": {}})
     assert "The last run stopped: budget latency=0.5 cannot be met" in md
+
+
+def test_rows_that_searched_one_policy_but_were_fitted_apart_are_named(tmp_path: Path) -> None:
+    from benchmarks.search_hard import same_search_other_fit
+
+    searched = {"a": 0.5, "b": 0.5}
+    rows = {"optuna": [{"method": "optuna", "seed": 0, "searched_policy": searched, "policy": {"a": 0.6, "b": 0.6},
+                        "fit_steps": [{"measured": 0.51}], "test_accuracy": 0.68}],
+            "optuna_rr": [{"method": "optuna_rr", "seed": 0, "searched_policy": dict(searched),
+                           "policy": {"a": 0.45, "b": 0.45}, "fit_steps": [{"measured": 0.48}], "test_accuracy": 0.75}],
+            "uniform": [{"method": "uniform", "seed": 0, "searched_policy": {"a": 0.3, "b": 0.7},
+                         "policy": {"a": 0.3, "b": 0.7}, "fit_steps": [{"measured": 0.5}], "test_accuracy": 0.66}]}
+    (twin,) = same_search_other_fit(rows)
+    assert twin["methods"] == ["optuna", "optuna_rr"] and twin["fit"] == ["tightened", "loosened"]
+    assert twin["first_measured"] == [0.51, 0.48] and twin["test_accuracy"] == [0.68, 0.75]
+    rows["optuna_rr"][0]["policy"] = rows["optuna"][0]["policy"]  # fitted alike: nothing to name
+    assert same_search_other_fit(rows) == []
