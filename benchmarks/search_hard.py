@@ -731,6 +731,35 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+def _summary(r: dict) -> list[str]:
+    """The verdict per task first: each searcher's mean against the best baseline's, and the goal."""
+    out = ["## Summary", ""]
+    for task, t in r["tasks"].items():
+        if t.get("margin") is None:
+            out.append(f"- {task} ({t['budget']}): not every method has every seed yet.")
+            continue
+        bb, mb = t["best_baseline"], t["methods"][t["best_baseline"]]["mean"]
+        each = ", ".join(f"{m} {_pct(t['methods'][m]['mean'])} ({100 * (t['methods'][m]['mean'] - mb):+.2f})"
+                         for m in t["searchers_compared"])
+        short = t["goal"] - t["margin"]
+        verdict = ("met" if t["goal_met"] else
+                   f"not met: the margin is {100 * short:.2f} points short of {100 * t['goal']:+.1f}" if short > 0
+                   else "not met (the margin is enough; the standard error, a search's time or the measured "
+                        "latency is not)")
+        out.append(f"- {task} ({t['budget']}): best baseline {bb} {_pct(mb)}%; searchers {each}. Margin "
+                   f"{100 * t['margin']:+.2f} (SE {100 * t['margin_se']:.2f}): goal {verdict}.")
+    out += ["", "What was tried to make the search win (each a searcher row below, or a report of its own): a "
+            "multi-fidelity reward (`optuna_mf`: BN-screened trials scored after SGD recovery steps, Optuna's "
+            "successive halving); a final top-k re-rank after 300 recovery steps on the whole validation half "
+            "(`optuna_rr`); AMC's least-squares reconstruction inside the reward (`optuna_ls`); the AMC agent "
+            "(DDPG) and Optuna both starting from every baseline's policy; a search box around the global "
+            "magnitude policy (reports/search_cpu.md, fine-grained 25%: a tie); a cheaper reward on the physically "
+            "smaller model (reports/reward_cost.md); a latency table calibrated by a fitted line and every latency "
+            "row fitted to a paired measurement. The best of several searchers is compared with the best of "
+            "several baselines on the final-test half: both maxima are biased upwards by the choice."]
+    return [*out, ""]
+
+
 def _markdown(r: dict) -> str:
     s = r["settings"]
     p = r.get("protocol") or {}
@@ -738,6 +767,7 @@ def _markdown(r: dict) -> str:
     if r["partial"]:
         lines += [f"**PARTIAL**: {r['rows_done']} of {r['rows_expected']} rows (3 tasks x methods x 3 seeds) "
                   "finished when this was written; the run continues and resumes from its cache.", ""]
+    lines += _summary(r)
     lines += [f"Protocol: the shared checkpoint (trained on all 50,000 train images); the test set split by class "
               f"(seed {p.get('seed')}) into a {p.get('val_images')}-image validation half (every search reward "
               f"and choice; sha256 {str(p.get('val_sha256'))[:16]}...) and a {p.get('test_images')}-image "
