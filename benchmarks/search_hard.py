@@ -575,6 +575,8 @@ def collect(cache: Path) -> dict:
         base_file = _load(cache / task / "baselines.json")
         if base_file:  # each baseline's search reward (validation accuracy after BN recalibration)
             out["baseline_val_reward"] = {k: v.get("val_reward") for k, v in base_file.items()}
+        for p in sorted(cache.glob(f"{task}/s*/retime_*.json")):  # a search's time measured again (see "why")
+            out.setdefault("retimed", []).append(json.loads(p.read_text()))
         for p in sorted(cache.glob(f"{task}/s*/search_*.json")):
             r = json.loads(p.read_text())
             out.setdefault("search_val_reward", {})[f"{p.stem.removeprefix('search_')} {p.parent.name}"] = \
@@ -855,6 +857,10 @@ def _markdown(r: dict) -> str:
                 cells.append(", ".join(f"{e['latency_measured'][k]:.3f} / {e['latency_predicted'][k]:.3f}"
                                        for k in e["test_accuracy"]))
             lines.append("| " + " | ".join(cells) + " |")
+        for rt in t.get("retimed", []):
+            lines += ["", f"{rt['method']} s{rt['seed']}'s search time: recorded {rt['recorded_search_s']:.0f} s, "
+                      f"re-run {rt['search_s']:.0f} s ({rt['cpu_s']:.0f} CPU s), the same policy "
+                      f"{'again' if rt['same_policy'] else 'NOT found again'}: {rt['why']}."]
         if t.get("search_cpu_s"):
             lines += ["", "CPU seconds of the searches that recorded them (one torch thread: about their wall time "
                       "alone on one core; the wall times above ran beside other processes): "
