@@ -124,7 +124,18 @@ def test_propose_observe_interface(tiny_splits):
         s.observe({"x": 0.5}, res)
 
 
-def test_cli_search_screens_trials_on_fewer_images(tmp_path):
+@pytest.fixture
+def ckpt():
+    """The shared ResNet-20 checkpoint (the CLI's searches run on it); skips where it or the data is missing."""
+    from tests.conftest import CIFAR, MODELS
+
+    path = MODELS / "resnet20_dense.pt"
+    if not path.exists() or not CIFAR.exists():
+        pytest.skip("shared checkpoint or data missing")
+    return path
+
+
+def test_cli_search_screens_trials_on_fewer_images(tmp_path, ckpt):
     """``--screen-images``: every trial is scored first by the cheap screen, only survivors by the full
     reward; the summary counts both, and the best is a fully scored trial."""
     import json
@@ -132,11 +143,7 @@ def test_cli_search_screens_trials_on_fewer_images(tmp_path):
     import pandas as pd
 
     from amc.cli import main
-    from tests.conftest import CIFAR, MODELS
 
-    ckpt = MODELS / "resnet20_dense.pt"
-    if not ckpt.exists() or not CIFAR.exists():
-        pytest.skip("shared checkpoint or data missing")
     out = tmp_path / "run"
     argv = ["search", str(ckpt), "--method", "optuna", "--budget", "macs=0.6", "--granularity", "channel",
             "--episodes", "3", "--heldout", "256", "--calib-images", "128", "--sens-ratios", "",
@@ -153,16 +160,12 @@ def test_cli_search_screens_trials_on_fewer_images(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["amc", "optuna"])
-def test_cli_search(tmp_path, method, capsys):
+def test_cli_search(tmp_path, method, capsys, ckpt):
     import json
 
     from amc.cli import main
     from amc.policy import load_policy_file
-    from tests.conftest import CIFAR, MODELS
 
-    ckpt = MODELS / "resnet20_dense.pt"
-    if not ckpt.exists() or not CIFAR.exists():
-        pytest.skip("shared checkpoint or data missing")
     out = tmp_path / "run"
     argv = ["search", str(ckpt), "--method", method, "--budget", "macs=0.6", "--granularity", "channel",
             "--episodes", "2", "--warmup", "1", "--heldout", "128", "--calib-images", "128",
@@ -176,17 +179,13 @@ def test_cli_search(tmp_path, method, capsys):
     assert main([*argv[:-2], "--budget", "macs=0.01", "--out", str(tmp_path / "x")]) == 2  # impossible budget
 
 
-def test_cli_search_scored_after_reconstruction(tmp_path, capsys):
+def test_cli_search_scored_after_reconstruction(tmp_path, capsys, ckpt):
     """``--recovery reconstruct``: every reward after AMC's least-squares refit (channel pruning); asked of
     fine-grained pruning, one clear error."""
     import json
 
     from amc.cli import main
-    from tests.conftest import CIFAR, MODELS
 
-    ckpt = MODELS / "resnet20_dense.pt"
-    if not ckpt.exists() or not CIFAR.exists():
-        pytest.skip("shared checkpoint or data missing")
     out = tmp_path / "run"
     argv = ["search", str(ckpt), "--method", "optuna", "--budget", "macs=0.5", "--granularity", "channel",
             "--recovery", "reconstruct", "--episodes", "2", "--heldout", "128", "--calib-images", "128",
@@ -201,7 +200,7 @@ def test_cli_search_scored_after_reconstruction(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method", ["amc", "optuna"])
-def test_cli_search_around_a_policy(tmp_path, method):
+def test_cli_search_around_a_policy(tmp_path, method, ckpt):
     """``--around FILE --radius R``: the named layers are searched within R of the file's ratios,
     and the search starts from that policy; a missing file is one error, exit 2."""
     import json
@@ -210,11 +209,7 @@ def test_cli_search_around_a_policy(tmp_path, method):
 
     from amc.cli import main
     from amc.policy import save_policy_file
-    from tests.conftest import CIFAR, MODELS
 
-    ckpt = MODELS / "resnet20_dense.pt"
-    if not ckpt.exists() or not CIFAR.exists():
-        pytest.skip("shared checkpoint or data missing")
     ref = tmp_path / "ref.yaml"
     save_policy_file({"layer1.0.conv1": 0.5, "layer3.2.conv2": 0.8}, ref)
     out = tmp_path / "run"
@@ -275,7 +270,7 @@ def test_unknown_credit_is_an_error():
         AgentConfig(credit="monte")
 
 
-def test_cli_search_reranks_the_top_policies(tmp_path):
+def test_cli_search_reranks_the_top_policies(tmp_path, ckpt):
     """A reward on a subset of the held-out images: the top K are re-scored on all of them and the
     best of those is kept (``rerank.csv``, ``summary.json``); ``--rerank 0`` keeps the best reward."""
     import json
@@ -284,11 +279,7 @@ def test_cli_search_reranks_the_top_policies(tmp_path):
 
     from amc.cli import main
     from amc.policy import load_policy_file
-    from tests.conftest import CIFAR, MODELS
 
-    ckpt = MODELS / "resnet20_dense.pt"
-    if not ckpt.exists() or not CIFAR.exists():
-        pytest.skip("shared checkpoint or data missing")
     out = tmp_path / "run"
     argv = ["search", str(ckpt), "--method", "optuna", "--budget", "size=0.5", "--granularity", "fine",
             "--episodes", "4", "--heldout", "256", "--eval-images", "64", "--calib-images", "128",
@@ -310,7 +301,7 @@ def test_cli_search_reranks_the_top_policies(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["amc", "optuna"])
-def test_cli_fine_size_search_starts_from_global_and_lamp(tmp_path, method):
+def test_cli_fine_size_search_starts_from_global_and_lamp(tmp_path, method, ckpt):
     """Fine-grained pruning to a size budget: both searchers also start from one global magnitude
     threshold and from LAMP at that size (AMC's warm-up episodes after the uniform one, Optuna's
     enqueued trials), so the search's best is never below those two under its own reward."""
@@ -321,11 +312,7 @@ def test_cli_fine_size_search_starts_from_global_and_lamp(tmp_path, method):
     from amc.cli import main
     from amc.models import load_model
     from amc.pruners.finegrained import global_policy, lamp_policy
-    from tests.conftest import CIFAR, MODELS
 
-    ckpt = MODELS / "resnet20_dense.pt"
-    if not ckpt.exists() or not CIFAR.exists():
-        pytest.skip("shared checkpoint or data missing")
     out = tmp_path / "run"
     argv = ["search", str(ckpt), "--method", method, "--budget", "size=0.4", "--granularity", "fine",
             "--episodes", "4", "--warmup", "3", "--heldout", "128", "--calib-images", "128", "--sens-ratios", "",
