@@ -627,6 +627,8 @@ def collect(cache: Path) -> dict:
             out["margin"] = out["margin_se"] = out["margin_se_paired"] = out["goal_met"] = None
         if twins := same_search_other_fit(methods):
             out["same_search_other_fit"] = twins
+        if same := same_model(methods):
+            out["same_model"] = same
         tasks[task] = out
     return tasks
 
@@ -635,6 +637,24 @@ def _moved(row: dict) -> str:
     """What the latency fit did to a row's searched policy: pruned it harder, lighter, or left it."""
     d = sum(row["policy"][k] - v for k, v in row["searched_policy"].items())
     return "tightened" if d > 1e-9 else "loosened" if d < -1e-9 else "kept"
+
+
+def same_model(methods: dict[str, list[dict]]) -> list[dict]:
+    """Pairs of rows of one seed whose final policies are the same (the same model, finetuned alike): their
+    accuracies differ by the finetune's run-to-run noise alone."""
+    by_seed: dict[int, list[dict]] = {}
+    for rs in methods.values():
+        for r in rs:
+            by_seed.setdefault(r["seed"], []).append(r)
+    out = []
+    for seed, rs in sorted(by_seed.items()):
+        for i, a in enumerate(rs):
+            for b in rs[i + 1:]:
+                pa, pb = a.get("policy") or {}, b.get("policy") or {}
+                if pa and pa.keys() == pb.keys() and all(abs(pa[k] - pb[k]) < 1e-9 for k in pa):
+                    out.append({"seed": seed, "methods": [a["method"], b["method"]],
+                                "test_accuracy": [a["test_accuracy"], b["test_accuracy"]]})
+    return out
 
 
 def same_search_other_fit(methods: dict[str, list[dict]]) -> list[dict]:
@@ -847,7 +867,7 @@ def _markdown(r: dict) -> str:
             lines += ["No finetuned row finished yet." + (f" The last run stopped: {t['error']}" if t.get("error")
                                                            else ""), ""]
             continue
-        extra = "latency measured / predicted |" if task == "lat05" else ""
+        extra = " latency measured / predicted |" if task == "lat05" else ""
         lines += [f"| method | test acc. per seed (%) | mean | std | search s |{extra}",
                   "| --- " * (5 + bool(extra)) + "|"]
         for m, e in t["methods"].items():
@@ -877,14 +897,18 @@ def _markdown(r: dict) -> str:
                       f"within {SEARCH_LIMIT_S // 60} minutes"
                       + (", the searcher's model measured within the budget" if task == "lat05" else "")
                       + f"): {'met' if t['goal_met'] else 'not met'}."]
-        lines.append("")
-    for task, t in r["tasks"].items():
         for tw in t.get("same_search_other_fit", []):
             (ma, mb), (fa, fb), (aa, ab) = tw["methods"], tw["first_measured"], tw["test_accuracy"]
-            lines += [f"{task} s{tw['seed']}: {ma} and {mb} searched the same policy; the latency fit first measured "
+            lines += ["", f"s{tw['seed']}: {ma} and {mb} searched the same policy; the latency fit first measured "
                       f"it at {fa:.3f} and {fb:.3f} of the dense latency and {tw['fit'][0]} it for {ma}, "
                       f"{tw['fit'][1]} it for {mb}: {_pct(aa)}% and {_pct(ab)}% after the same finetune. The fit's "
-                      "measurement noise moves such a row by more than the searchers differ.", ""]
+                      "measurement noise moves such a row by more than the searchers differ."]
+        if same := t.get("same_model"):
+            gap = max(abs(x["test_accuracy"][0] - x["test_accuracy"][1]) for x in same)
+            lines += ["", f"Rows of one seed that built the same model ({len(same)} pairs: "
+                      + ", ".join(f"s{x['seed']} {'/'.join(x['methods'])}" for x in same)
+                      + f") differ by at most {100 * gap:.2f} points after the same finetune: its run-to-run noise."]
+        lines.append("")
     lines += ["## Reward cost", ""]
     if r.get("reward_s_before") is not None:
         lines.append(f"Seconds per reward before {r['reward_s_before']:.3f}, after {r['reward_s_after']:.3f}; "

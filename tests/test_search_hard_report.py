@@ -90,3 +90,14 @@ def test_rows_that_searched_one_policy_but_were_fitted_apart_are_named(tmp_path:
     assert twin["first_measured"] == [0.51, 0.48] and twin["test_accuracy"] == [0.68, 0.75]
     rows["optuna_rr"][0]["policy"] = rows["optuna"][0]["policy"]  # fitted alike: nothing to name
     assert same_search_other_fit(rows) == []
+
+
+def test_rows_that_built_the_same_model_are_paired(tmp_path: Path) -> None:
+    from benchmarks.search_hard import same_model
+
+    pol = {"a": 0.5, "b": 0.25}
+    rows = {"optuna": [{"method": "optuna", "seed": 0, "policy": pol, "test_accuracy": 0.794}],
+            "optuna_rr": [{"method": "optuna_rr", "seed": 0, "policy": dict(pol), "test_accuracy": 0.791},
+                          {"method": "optuna_rr", "seed": 1, "policy": dict(pol), "test_accuracy": 0.700}],
+            "uniform": [{"method": "uniform", "seed": 0, "policy": {"a": 0.4, "b": 0.4}, "test_accuracy": 0.78}]}
+    assert same_model(rows) == [{"seed": 0, "methods": ["optuna", "optuna_rr"], "test_accuracy": [0.794, 0.791]}]
