@@ -365,12 +365,9 @@ class Evaluator:
         return self.strategy.build(self.dense, self.check(policy))
 
     def architecture_key(self, policy: Mapping[str, float]) -> tuple:
-        """What ``policy`` builds, hashable: the kept channels per group for channel pruning (ratios that round
-        to the same channel counts build the same model), the ratios themselves for fine-grained pruning."""
-        policy = self.check(policy)
-        if self.config.granularity == "channel":
-            return tuple(sorted(self.strategy.counts(policy).items()))  # type: ignore[attr-defined]
-        return tuple(sorted(policy.items()))
+        """What ``policy`` builds, hashable (``Strategy.architecture``): the kept channels per group for channel
+        pruning (ratios that round to the same channel counts build the same model), the ratios otherwise."""
+        return self.strategy.architecture(self.check(policy))
 
     def uniform_policy(self) -> Policy:
         return self.projector.uniform()

@@ -86,6 +86,10 @@ class Strategy:
         """Predicted latency fraction of ``policy`` (None without a lookup table or a prediction)."""
         return None
 
+    def architecture(self, policy: Mapping[str, float]) -> tuple:
+        """What ``policy`` builds, hashable (policies with the same one build the same model): the ratios."""
+        return tuple(sorted(policy.items()))
+
     def fine_masks(self, policy: Mapping[str, float]) -> Masks:
         raise PolicyError(f"weight masks are for fine-grained pruning; this evaluator prunes {self.granularity}s")
 
@@ -220,6 +224,10 @@ class ChannelStrategy(Strategy):
 
     def counts(self, policy: Mapping[str, float]) -> dict[str, int]:
         return _channel().policy_counts(self.table, policy, self.round_to)
+
+    def architecture(self, policy: Mapping[str, float]) -> tuple:
+        """The kept channels per group: ratios that round to the same channel counts build the same model."""
+        return tuple(sorted(self.counts(policy).items()))
 
     def plan(self, policy: Mapping[str, float]) -> Any:
         """The ``amc.pruners.channel.ChannelPlan`` (kept channels per group) that ``policy`` gives, with the

@@ -639,43 +639,38 @@ def _moved(row: dict) -> str:
     return "tightened" if d > 1e-9 else "loosened" if d < -1e-9 else "kept"
 
 
-def same_model(methods: dict[str, list[dict]]) -> list[dict]:
-    """Pairs of rows of one seed whose final policies are the same (the same model, finetuned alike): their
-    accuracies differ by the finetune's run-to-run noise alone."""
+def _pairs(methods: dict[str, list[dict]], field: str) -> list[tuple[dict, dict]]:
+    """Pairs of rows of one seed whose policies under ``field`` (``policy``: the final one; ``searched_policy``:
+    a latency row's before its fit) are the same."""
     by_seed: dict[int, list[dict]] = {}
     for rs in methods.values():
         for r in rs:
-            by_seed.setdefault(r["seed"], []).append(r)
+            if r.get(field):
+                by_seed.setdefault(r["seed"], []).append(r)
     out = []
-    for seed, rs in sorted(by_seed.items()):
+    for _, rs in sorted(by_seed.items()):
         for i, a in enumerate(rs):
             for b in rs[i + 1:]:
-                pa, pb = a.get("policy") or {}, b.get("policy") or {}
-                if pa and pa.keys() == pb.keys() and all(abs(pa[k] - pb[k]) < 1e-9 for k in pa):
-                    out.append({"seed": seed, "methods": [a["method"], b["method"]],
-                                "test_accuracy": [a["test_accuracy"], b["test_accuracy"]]})
+                pa, pb = a[field], b[field]
+                if pa.keys() == pb.keys() and all(abs(pa[k] - pb[k]) < 1e-9 for k in pa):
+                    out.append((a, b))
     return out
+
+
+def same_model(methods: dict[str, list[dict]]) -> list[dict]:
+    """Pairs of rows of one seed whose final policies are the same (the same model, finetuned alike): their
+    accuracies differ by the finetune's run-to-run noise alone."""
+    return [{"seed": a["seed"], "methods": [a["method"], b["method"]],
+             "test_accuracy": [a["test_accuracy"], b["test_accuracy"]]} for a, b in _pairs(methods, "policy")]
 
 
 def same_search_other_fit(methods: dict[str, list[dict]]) -> list[dict]:
     """Rows of one seed whose methods searched the same policy (``searched_policy``) but whose latency fits
     (measurements) made different final policies: how much of a latency task's spread the fit alone makes."""
-    out = []
-    by_seed: dict[int, list[dict]] = {}
-    for rs in methods.values():
-        for r in rs:
-            if r.get("searched_policy") is not None:
-                by_seed.setdefault(r["seed"], []).append(r)
-    for seed, rs in sorted(by_seed.items()):
-        for i, a in enumerate(rs):
-            for b in rs[i + 1:]:
-                same = a["searched_policy"].keys() == b["searched_policy"].keys() and all(
-                    abs(a["searched_policy"][k] - b["searched_policy"][k]) < 1e-9 for k in a["searched_policy"])
-                if same and a["policy"] != b["policy"]:
-                    out.append({"seed": seed, "methods": [a["method"], b["method"]], "fit": [_moved(a), _moved(b)],
-                                "first_measured": [a["fit_steps"][0]["measured"], b["fit_steps"][0]["measured"]],
-                                "test_accuracy": [a["test_accuracy"], b["test_accuracy"]]})
-    return out
+    return [{"seed": a["seed"], "methods": [a["method"], b["method"]], "fit": [_moved(a), _moved(b)],
+             "first_measured": [a["fit_steps"][0]["measured"], b["fit_steps"][0]["measured"]],
+             "test_accuracy": [a["test_accuracy"], b["test_accuracy"]]}
+            for a, b in _pairs(methods, "searched_policy") if a["policy"] != b["policy"]]
 
 
 # what a run's settings leave out: which part of the work a process does, and where it writes
