@@ -100,7 +100,7 @@ def test_synflow_is_data_independent_and_leaves_the_model_alone():
 
 def test_prune_by_criterion_meets_the_size_and_rejects_unknown_names():
     from amc.layers import count_params
-    from amc.pruners.finegrained import _layer_share
+    from amc.layers import weights_to_remove as _layer_share
 
     for c in ("magnitude", "obd", "synflow"):
         model = make_tiny_vgg()

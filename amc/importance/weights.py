@@ -11,7 +11,8 @@
   falls exponentially (``density ** (k / rounds)`` at round k), which avoids layer collapse.
 
 Masks follow :mod:`amc.pruners.finegrained`: ``{layer: bool tensor}`` (True = kept), one global
-threshold across the layers, an exact count (stable sort, lower flat index first among ties).
+threshold across the layers, an exact count (:func:`magnitude_mask`: stable sort, lower flat index
+first among ties; the fine pruner uses the same function).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import torch
 from torch import nn
 
 from amc.errors import PolicyError
-from amc.layers import DEFAULT_INPUT_SHAPE, layer_weight, prunable_names
-from amc.pruners.finegrained import Policy, _layer_share, magnitude_mask
+from amc.layers import DEFAULT_INPUT_SHAPE, layer_weight, prunable_names, weights_to_remove
+from amc.policy import Policy
 from amc.train import Masks, apply_masks, model_device
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -136,6 +137,20 @@ def synflow_scores(model: nn.Module, names: list[str] | None = None,
     return {n: s.float() for n, s in _synflow_once(work, names, x).items()}
 
 
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep all but the ``round(sparsity * numel)`` smallest-|w| entries: an exact count, and among
+    equal |w| the lower flat index goes first (a stable sort; ``torch.topk`` picks among ties
+    differently on CPU and CUDA, and the fp16-stored checkpoints hold many ties), so the same
+    weights give the same mask on any device: recipes rebuild bit for bit."""
+    n = weight.numel()
+    k = round(sparsity * n)
+    mask = torch.ones(n, dtype=torch.bool, device=weight.device)
+    if k > 0:
+        order = torch.sort(weight.detach().abs().flatten().float(), stable=True).indices
+        mask[order[:k]] = False
+    return mask.view_as(weight)
+
+
 def masks_from_scores(model: nn.Module, scores: Mapping[str, torch.Tensor], size: float | None = None,
                       sparsity: float | None = None) -> Masks:
     """One global threshold on ``scores``: remove the lowest so that the model is ``size`` of its
@@ -145,7 +160,7 @@ def masks_from_scores(model: nn.Module, scores: Mapping[str, torch.Tensor], size
         raise PolicyError("give exactly one of size and sparsity")
     total = sum(layer_weight(model, n).numel() for n in names)
     if size is not None:
-        k = _layer_share(model, size, names)
+        k = weights_to_remove(model, size, names)
     else:
         assert sparsity is not None
         if not 0.0 <= sparsity < 1.0:
@@ -169,7 +184,7 @@ def synflow_masks(model: nn.Module, size: float, names: list[str] | None = None,
     if rounds < 1:
         raise PolicyError(f"rounds must be >= 1, got {rounds}")
     total = sum(layer_weight(model, n).numel() for n in names)
-    density = 1.0 - _layer_share(model, size, names) / total
+    density = 1.0 - weights_to_remove(model, size, names) / total
     work = _linearised(model)
     x = torch.ones(tuple(input_shape), dtype=torch.float64, device=model_device(work))
     originals = {n: layer_weight(work, n).detach().clone() for n in names}
