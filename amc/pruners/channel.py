@@ -6,8 +6,8 @@ Three nouns, as in Torch-Pruning:
   together (a conv's filters, its BatchNorm, the next layers' input slices, every branch of a
   residual add, a depthwise conv's in = out channels), found once with torch-pruning's
   ``DependencyGraph`` and stored by dotted module name, so it applies to any copy of the model.
-* **how to score** — :data:`CRITERIA`, a registry of per-channel importance functions, each
-  aggregated (mean) over the coupled group.
+* **how to score** — a criterion of :data:`amc.importance.CHANNEL_CRITERIA` (the one registry of
+  channel criteria), one score per channel, aggregated (mean) over the coupled group.
 * **how much and where** — a policy ``{layer name: fraction of output channels to remove}``.
 
 Lifecycle::
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import math
 import os
@@ -43,8 +44,8 @@ import torch
 from torch import nn
 
 from amc.errors import BudgetError, PolicyError
-from amc.importance.channels import CHANNEL_CRITERIA
-from amc.importance.slices import group_score
+from amc.importance import CHANNEL_CRITERIA
+from amc.importance.registry import channel_needs_data
 from amc.layers import (
     DEFAULT_INPUT_SHAPE,
     PRUNABLE,
@@ -654,62 +655,8 @@ def _as_table(model_or_table: nn.Module | ChannelTable, example_inputs: torch.Te
 
 
 # --------------------------------------------------------------------------------------------
-# criteria
+# scoring (the criteria themselves: amc.importance.CHANNEL_CRITERIA)
 # --------------------------------------------------------------------------------------------
-def _filters(p: float) -> Callable[[nn.Module, ChannelGroup], torch.Tensor]:
-    def score(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-        s = group_score(model, group, ("out", "dw"), p)
-        assert s is not None
-        return s
-    score.__doc__ = f"L{p:g} norm of each channel's own filters, mean over the group's producing layers."
-    return score
-
-
-def score_l2_next(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    """The seed lab's variant: L2 of each channel's slice in the NEXT layers' inputs (mean over them)."""
-    s = group_score(model, group, ("in", "dw"), 2.0)
-    return s if s is not None else _filters(2.0)(model, group)
-
-
-def score_bn(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    """Network slimming: |gamma| of the group's BatchNorms (mean); filter L1 where there is none."""
-    s = group_score(model, group, ("bn",), 1.0)
-    return s if s is not None else _filters(1.0)(model, group)
-
-
-def score_taylor(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    """First-order Taylor: sum of |w * dL/dw| over every coupled slice (needs gradients: see
-    :func:`accumulate_gradients`; ``plan_channels(..., criterion="taylor", loader=...)`` does it)."""
-    s = group_score(model, group, ("out", "dw", "in", "bn", "other"), 1.0, use_grad=True)
-    if s is None:
-        raise PolicyError("the taylor criterion needs gradients: pass a loader to plan_channels")
-    return s
-
-
-def score_group_l2(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    """Every coupled weight slice (filters, input slices, BN scales), mean over the group: Torch-Pruning's
-    GroupMagnitudeImportance(p=2, normalizer=None), except that a coupled depthwise conv's filters count
-    here (torch-pruning 1.6 skips them: their pruning function is not ``prune_conv_out_channels``)."""
-    s = group_score(model, group, ("out", "dw", "in", "bn", "other"), 2.0)
-    assert s is not None
-    return s
-
-
-score_taylor.needs_grad = True  # type: ignore[attr-defined]
-
-CRITERIA: dict[str, Callable[[nn.Module, ChannelGroup], torch.Tensor]] = {
-    "l1": _filters(1.0),
-    "l2": _filters(2.0),
-    "l2_next": score_l2_next,
-    "bn": score_bn,
-    "taylor": score_taylor,
-    "group_l2": score_group_l2,
-}
-
-
-CRITERIA.update(CHANNEL_CRITERIA)  # obd, apoz: defined apart (amc.importance.channels), scored here
-
-
 def accumulate_gradients(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
                          batches: int = 4) -> None:
     """Sum cross-entropy gradients over ``batches`` batches into ``.grad`` (BN in eval mode)."""
@@ -728,30 +675,31 @@ def accumulate_gradients(model: nn.Module, loader: Iterable[tuple[torch.Tensor, 
 
 def needs_data(criterion: str) -> bool:
     """Whether a criterion scores from a few batches of images (gradients or activations)."""
-    fn = CRITERIA.get(criterion)
-    return fn is not None and (bool(getattr(fn, "needs_grad", False)) or hasattr(fn, "prepare"))
+    crit = CHANNEL_CRITERIA.get(criterion)
+    return crit is not None and channel_needs_data(crit)
 
 
 def channel_scores(model: nn.Module, criterion: str = "l2", table: ChannelTable | None = None,
                    loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
                    batches: int = 4, example_inputs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Per-channel importance of every group, keyed by root (higher = more important)."""
-    if criterion not in CRITERIA:
-        raise PolicyError(f"unknown criterion {criterion!r}; known: {', '.join(CRITERIA)}")
+    """Per-channel importance of every group, keyed by root (higher = more important): the
+    :data:`amc.importance.CHANNEL_CRITERIA` entry ``criterion``, run as its protocol says (a data
+    criterion is prepared and scored on a deep copy, from the first ``batches`` of ``loader``)."""
+    crit = CHANNEL_CRITERIA.get_or_raise(criterion)  # PolicyError "unknown criterion ..."
     table = table or channel_table(model, example_inputs)
-    fn = CRITERIA[criterion]
     src = model
-    if needs_data(criterion):
+    if channel_needs_data(crit):
         if loader is None:
-            what = "gradients" if getattr(fn, "needs_grad", False) else "data"
+            what = "gradients" if getattr(crit, "needs_grad", False) else "data"
             raise PolicyError(f"criterion {criterion!r} needs {what}: pass a loader")
+        data = list(itertools.islice(loader, batches))
         src = copy.deepcopy(model)
-        prepare = getattr(fn, "prepare", None)  # amc.importance.channels: obd, apoz
+        if getattr(crit, "needs_grad", False):
+            accumulate_gradients(src, data, len(data))
+        prepare = getattr(crit, "prepare", None)
         if prepare is not None:
-            prepare(src, loader, batches)
-        else:
-            accumulate_gradients(src, loader, batches)
-    return {g.root: fn(src, g) for g in table.groups}
+            prepare(src, data)
+    return {g.root: crit(src, g) for g in table.groups}
 
 
 # --------------------------------------------------------------------------------------------
