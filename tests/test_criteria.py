@@ -1,6 +1,7 @@
 """Criteria of amc.importance: APoZ, OBD, SynFlow on hand-built cases."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,3 +199,13 @@ def test_importing_amc_importance_fills_both_registries():
         assert all(reg.describe().values())  # every name has a one-line help for the CLI and the API
     assert [n for n, c in imp.CHANNEL_CRITERIA.items() if c.needs_data] == ["taylor", "obd", "apoz"]
     assert [n for n, c in imp.WEIGHT_CRITERIA.items() if c.needs_data] == ["obd"]
+
+
+def test_amc_importance_imports_nothing_from_the_pruners():
+    import subprocess
+    import sys
+
+    code = "import sys, amc.importance; print(sorted(m for m in sys.modules if m.startswith('amc.pruners')))"
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's amc, as pytest's pythonpath imports it
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert out.strip() == "[]"  # the pruners import the criteria, never the other way round

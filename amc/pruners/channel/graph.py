@@ -1,8 +1,10 @@
 """What is coupled, traced: torch-pruning's DependencyGraph read into a :class:`ChannelTable`, and its patches.
 
-This is the one module that touches torch-pruning (``torch-pruning>=1.5,<1.7`` in pyproject.toml:
-the patches below are tested against that range, 1.6.1 last; a new minor version must pass
-tests/test_channel_tracing.py and tests/test_channel.py before the pin moves). Lifecycle::
+This is the one module that touches torch-pruning. Its patches reach into torch-pruning's private
+``torch_pruning.dependency.index_mapping``, so the dependency is pinned to the range they are tested
+against (``torch-pruning>=1.5,<1.7`` in pyproject.toml; 1.6.1 is the version the tests last ran on): a
+new minor version must pass tests/test_channel_tracing.py and tests/test_channel.py before the upper
+bound moves. Lifecycle::
 
     table = channel_table(model, x)      # traced once per architecture and input shape (LRU cache)
       -> _dependency_graph(copy, x)      # torch-pruning's graph, inside _tolerant_reshapes()
