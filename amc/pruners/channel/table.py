@@ -60,8 +60,8 @@ class ChannelGroup:
 class ChannelTable:
     """The coupled groups of one architecture plus what ``plan_cost`` needs, precomputed.
 
-    Built once per architecture (:func:`channel_table` caches it); holds names, never modules,
-    so it serves every copy of the model.
+    Built once per architecture (:func:`amc.pruners.channel.graph.channel_table` caches it); holds
+    names, never modules, so it serves every copy of the model.
     """
 
     groups: list[ChannelGroup]
