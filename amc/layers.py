@@ -1,7 +1,9 @@
 """The layer table: every prunable layer (Conv2d, Linear) by dotted name, with shapes, params and MACs.
 
 MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2 for multiply-accumulate
-ops); input and output shapes from forward hooks on one example batch. Every function takes the
+ops); input and output shapes from forward hooks on one example batch. The size arithmetic of
+fine-grained pruning (``global_sparsity_for_size``, ``weights_to_remove``) lives here too, below both
+the fine pruner and the weight criteria that use it. Every function takes the
 input shape or the example inputs themselves; ``(1, 3, 32, 32)`` (one CIFAR image) is only the
 default when neither is given.
 """
@@ -14,6 +16,8 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from amc.errors import PolicyError
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
@@ -54,6 +58,25 @@ def prunable_names(model: nn.Module) -> list[str]:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def global_sparsity_for_size(model: nn.Module, size: float, names: list[str] | None = None) -> float:
+    """The global sparsity of ``names`` (default: all prunable layers) whose non-zero parameters are
+    ``size`` of the model's: the other parameters (BatchNorm, biases) stay, so the pruned weights go
+    a little further than ``1 - size``. Not clamped: may fall outside [0, 1) for extreme sizes."""
+    names = names if names is not None else prunable_names(model)
+    total = count_params(model)
+    weights = sum(layer_weight(model, n).numel() for n in names)
+    return 1.0 - (size * total - (total - weights)) / weights
+
+
+def weights_to_remove(model: nn.Module, size: float, names: list[str]) -> int:
+    """How many of ``names``' weights to remove so that the model is ``size`` of its dense size (the
+    count every size-targeted fine-grained pruner and weight criterion removes)."""
+    s = global_sparsity_for_size(model, size, names)
+    if not 0.0 <= s < 1.0:
+        raise PolicyError(f"size {size} cannot be reached by pruning these layers (global sparsity {s:.4f})")
+    return round(s * sum(layer_weight(model, n).numel() for n in names))
 
 
 DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)

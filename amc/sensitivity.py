@@ -44,8 +44,8 @@ from amc.pruners.channel import (
     ChannelPlan,
     ChannelTable,
     Counts,
-    _as_table,
     apply_channel_masks,
+    as_table,
     channel_scores,
     channel_table,
     plan_from_counts,
@@ -348,7 +348,7 @@ def pick_channel_policy(model_or_table: nn.Module | ChannelTable, scan: Sensitiv
     latency predictor (``amc.latency.LatencyTable.counts_cost``) to prefer what is fast on a
     target. The result is a policy ``{root: ratio}`` that ``policy_counts`` maps back to the same
     counts at the scan's rounding."""
-    table = _as_table(model_or_table, example_inputs)
+    table = as_table(model_or_table, example_inputs)
     target = macs_fraction * table.dense_macs
 
     def macs(c: Counts) -> int:

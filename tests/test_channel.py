@@ -11,10 +11,10 @@ from PIL import Image
 
 from amc.data import CLASSES
 from amc.errors import BudgetError, PolicyError
+from amc.importance import CHANNEL_CRITERIA
 from amc.layers import count_macs, count_params
 from amc.models import build_model
 from amc.pruners.channel import (
-    CRITERIA,
     ChannelPlan,
     apply_channel_masks,
     channel_masks,
@@ -109,7 +109,7 @@ def test_classifier_outputs_are_left_alone_with_a_note(zoo_model):
     assert plan.keep == {} and any(last in n for n in plan.notes)
 
 
-@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+@pytest.mark.parametrize("criterion", sorted(CHANNEL_CRITERIA))
 @pytest.mark.parametrize("make", [make_tiny_vgg, make_tiny_resnet], ids=["vgg", "resnet"])
 def test_masked_model_equals_pruned_model(make, criterion, tiny_splits):
     model = randomise_bn(make())

@@ -8,6 +8,7 @@ from torch import nn
 
 from amc.errors import PolicyError
 from amc.pruners import channel
+from amc.pruners.channel import graph
 
 
 class ConvFlattenHead(nn.Module):
@@ -30,8 +31,8 @@ def test_flatten_groups_prune_under_the_default_mapping_limit():
 
 def test_a_mapping_past_the_limit_holds_that_group_with_a_reason(monkeypatch):
     # the flatten maps each of b's 8 channels to 64 inputs of fc: 512 indices, above a limit of 100
-    monkeypatch.setattr(channel, "MAPPING_LIMIT", 100)
-    monkeypatch.setattr(channel, "_CACHE", OrderedDict())  # tables are cached per architecture
+    monkeypatch.setattr(graph, "MAPPING_LIMIT", 100)
+    monkeypatch.setattr(graph, "_CACHE", OrderedDict())  # tables are cached per architecture
     table = channel.channel_table(ConvFlattenHead(), torch.randn(1, 3, 8, 8))
     assert "b" not in table.group_of
     assert "does not settle" in table.unprunable["b"] and "100" in table.unprunable["b"]
@@ -65,7 +66,7 @@ class FunctionalUse(nn.Module):
 
 
 def test_a_layer_used_only_through_its_weight_is_held_and_the_reason_says_so(monkeypatch):
-    monkeypatch.setattr(channel, "_CACHE", OrderedDict())
+    monkeypatch.setattr(graph, "_CACHE", OrderedDict())
     table = channel.channel_table(FunctionalUse(), torch.randn(1, 3, 8, 8))
     assert "proj" not in table.group_of
     assert "functional call" in table.unprunable["proj"]
@@ -95,7 +96,7 @@ class SubsampledTokens(nn.Module):
 
 
 def test_a_group_mapped_only_in_part_through_a_reshape_is_held_and_the_model_prunes(monkeypatch):
-    monkeypatch.setattr(channel, "_CACHE", OrderedDict())
+    monkeypatch.setattr(graph, "_CACHE", OrderedDict())
     model, x = SubsampledTokens().eval(), torch.randn(1, 3, 8, 8)
     table = channel.channel_table(model, x)
     for held in ("stem", "mix"):  # one residual token stream: one group, held

@@ -1,6 +1,7 @@
 """Criteria of amc.importance: APoZ, OBD, SynFlow on hand-built cases."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,7 +101,7 @@ def test_synflow_is_data_independent_and_leaves_the_model_alone():
 
 def test_prune_by_criterion_meets_the_size_and_rejects_unknown_names():
     from amc.layers import count_params
-    from amc.pruners.finegrained import _layer_share
+    from amc.layers import weights_to_remove as _layer_share
 
     for c in ("magnitude", "obd", "synflow"):
         model = make_tiny_vgg()
@@ -126,3 +127,85 @@ def test_the_searchers_evaluator_scores_channels_with_a_data_criterion(tiny_spli
     res = ev.evaluate(ev.projector.project({n: 0.2 for n in ev.names}))
     assert res.feasible and 0.0 <= res.accuracy <= 1.0, res.reason
     assert ev.plan(res.policy).criterion == criterion
+
+
+class _LastChannelsFirst:
+    """A criterion from outside the package: the higher the channel index, the higher its score."""
+
+    needs_data = False
+    needs_grad = False
+
+    def __call__(self, model, group):
+        return torch.arange(group.channels, dtype=torch.float64)
+
+
+class _CountsBatches(_LastChannelsFirst):
+    """A data criterion: ``prepare`` marks the copy it is given with the number of batches it saw."""
+
+    needs_data = True
+
+    def prepare(self, model, batches):
+        model._seen = len(batches)
+
+    def __call__(self, model, group):
+        assert model._seen == 2  # prepared on this very copy, with the pruner's first 2 batches
+        return super().__call__(model, group)
+
+
+def test_a_registered_criterion_scores_through_the_pruner_by_its_name():
+    from amc.importance import CHANNEL_CRITERIA
+
+    model = make_tiny_vgg()
+    CHANNEL_CRITERIA.register("last_first", _LastChannelsFirst(), help="test: the highest channel indices")
+    try:
+        assert "last_first" in CHANNEL_CRITERIA and not ch.needs_data("last_first")
+        table = ch.channel_table(model)
+        scores = ch.channel_scores(model, "last_first", table)
+        assert set(scores) == set(table.roots)
+        plan = ch.plan_channels(model, ch.uniform_policy(table, 0.5), "last_first", round_to=1)
+        for root, kept in plan.keep.items():
+            c = table.group(root).channels
+            assert kept == list(range(c - len(kept), c))  # the top-scoring channels, nothing else
+        assert plan.criterion == "last_first"
+    finally:
+        CHANNEL_CRITERIA.unregister("last_first")
+    assert "last_first" not in CHANNEL_CRITERIA
+    with pytest.raises(PolicyError, match="unknown criterion 'last_first'"):
+        ch.channel_scores(model, "last_first")
+
+
+def test_a_registered_data_criterion_is_prepared_on_a_copy_from_the_loader():
+    from amc.importance import CHANNEL_CRITERIA
+
+    model = make_tiny_vgg()
+    CHANNEL_CRITERIA.register("counts_batches", _CountsBatches())
+    try:
+        assert ch.needs_data("counts_batches")
+        with pytest.raises(PolicyError, match="needs data: pass a loader"):
+            ch.channel_scores(model, "counts_batches")
+        scores = ch.channel_scores(model, "counts_batches", loader=_batches(3), batches=2)
+        assert all(torch.equal(s, torch.arange(len(s), dtype=torch.float64)) for s in scores.values())
+        assert not hasattr(model, "_seen")  # the caller's model is untouched
+    finally:
+        CHANNEL_CRITERIA.unregister("counts_batches")
+
+
+def test_importing_amc_importance_fills_both_registries():
+    import amc.importance as imp
+
+    assert list(imp.CHANNEL_CRITERIA) == ["l1", "l2", "l2_next", "bn", "taylor", "group_l2", "obd", "apoz"]
+    assert list(imp.WEIGHT_CRITERIA) == ["magnitude", "obd", "synflow"]
+    for reg in (imp.CHANNEL_CRITERIA, imp.WEIGHT_CRITERIA):
+        assert all(reg.describe().values())  # every name has a one-line help for the CLI and the API
+    assert [n for n, c in imp.CHANNEL_CRITERIA.items() if c.needs_data] == ["taylor", "obd", "apoz"]
+    assert [n for n, c in imp.WEIGHT_CRITERIA.items() if c.needs_data] == ["obd"]
+
+
+def test_amc_importance_imports_nothing_from_the_pruners():
+    import subprocess
+    import sys
+
+    code = "import sys, amc.importance; print(sorted(m for m in sys.modules if m.startswith('amc.pruners')))"
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's amc, as pytest's pythonpath imports it
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert out.strip() == "[]"  # the pruners import the criteria, never the other way round

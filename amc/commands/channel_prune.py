@@ -22,13 +22,13 @@ from amc.errors import BudgetError, PolicyError
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    from amc.pruners.channel import CRITERIA
+    from amc.importance import CHANNEL_CRITERIA
 
     g = p.add_argument_group("channel pruning (--granularity channel)")
     g.add_argument("--macs", type=float, default=None, metavar="FRACTION",
                    help="keep at most this fraction of the dense MACs with a uniform ratio (default 0.5 "
                         "when no --channel-policy is given; with one, a budget the policy must meet)")
-    g.add_argument("--criterion", choices=sorted(CRITERIA), default="l2",
+    g.add_argument("--criterion", choices=sorted(CHANNEL_CRITERIA), default="l2",
                    help="channel importance: l1/l2 of the layer's filters, l2_next (next layer's input "
                         "slice), bn (|gamma|), taylor (|w*grad|), group_l2 (every coupled slice); default l2")
     g.add_argument("--round-to", type=int, default=8, metavar="N",

@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--around", default=None, metavar="POLICY",
                    help="search a box of --radius around this policy file's ratios (and start from it)")
     e.add_argument("--radius", type=float, default=0.2, help="half-width of the --around box")
-    e.add_argument("--criterion", default="l2", help="importance: channel a key of amc.pruners.channel.CRITERIA "
+    e.add_argument("--criterion", default="l2", help="importance: channel a key of amc.importance.CHANNEL_CRITERIA "
                    "(l2, obd, apoz...); fine magnitude (l1/l2 mean it), obd or synflow")
     e.add_argument("--round-to", type=int, default=8, help="channel counts rounded to this multiple")
     e.add_argument("--lut", default=None, metavar="CSV", help="latency lookup table (for --budget latency=...)")

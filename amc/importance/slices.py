@@ -3,8 +3,9 @@
 A channel group's items are the layers (and their roles: ``out``/``dw`` filters, ``in`` input
 slices, ``bn`` scales, ``other`` parameters) that keep or lose a channel together;
 ``group_score`` is the mean over the chosen roles' items of each root channel's slice score.
-Used by ``amc.pruners.channel`` (l1, l2, l2_next, bn, taylor, group_l2) and
-``amc.importance.channels`` (obd), which sits below it.
+Used by every criterion of :mod:`amc.importance.channels`. The group types below are protocols of
+what the criteria read from ``amc.pruners.channel.table``'s dataclasses, so that this package needs
+nothing from ``amc.pruners``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 
-class ChannelItem(Protocol):  # what amc.pruners.channel.ChannelItem offers the scores
+class ChannelItem(Protocol):  # what amc.pruners.channel.table.ChannelItem offers the scores
     @property
     def module(self) -> str: ...
     @property
@@ -27,7 +28,7 @@ class ChannelItem(Protocol):  # what amc.pruners.channel.ChannelItem offers the 
     def root_idxs(self) -> Sequence[int]: ...
 
 
-class ChannelGroup(Protocol):  # amc.pruners.channel.ChannelGroup, as far as the scores read it
+class ChannelGroup(Protocol):  # amc.pruners.channel.table.ChannelGroup, as far as the scores read it
     @property
     def channels(self) -> int: ...
     @property

@@ -10,25 +10,29 @@
   Scores are recomputed over ``rounds`` rounds on the masked network while the kept fraction
   falls exponentially (``density ** (k / rounds)`` at round k), which avoids layer collapse.
 
+Each criterion is a :class:`amc.importance.registry.WeightCriterion` registered in
+:data:`WEIGHT_CRITERIA` (``magnitude``, ``obd``, ``synflow``); :func:`weight_scores` looks it up there.
+
 Masks follow :mod:`amc.pruners.finegrained`: ``{layer: bool tensor}`` (True = kept), one global
-threshold across the layers, an exact count (stable sort, lower flat index first among ties).
+threshold across the layers, an exact count (:func:`magnitude_mask`: stable sort, lower flat index
+first among ties; the fine pruner uses the same function).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 
 from amc.errors import PolicyError
-from amc.layers import DEFAULT_INPUT_SHAPE, layer_weight, prunable_names
-from amc.pruners.finegrained import Policy, _layer_share, magnitude_mask
+from amc.importance.registry import WEIGHT_CRITERIA, Scores, WeightCriterion
+from amc.layers import DEFAULT_INPUT_SHAPE, layer_weight, prunable_names, weights_to_remove
+from amc.policy import Policy
 from amc.train import Masks, apply_masks, model_device
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-Scores = dict[str, torch.Tensor]  # layer name -> score shaped like its weight (higher = keep)
 
 
 def _param_names(model: nn.Module, names: Iterable[str]) -> dict[str, str]:
@@ -136,6 +140,20 @@ def synflow_scores(model: nn.Module, names: list[str] | None = None,
     return {n: s.float() for n, s in _synflow_once(work, names, x).items()}
 
 
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep all but the ``round(sparsity * numel)`` smallest-|w| entries: an exact count, and among
+    equal |w| the lower flat index goes first (a stable sort; ``torch.topk`` picks among ties
+    differently on CPU and CUDA, and the fp16-stored checkpoints hold many ties), so the same
+    weights give the same mask on any device: recipes rebuild bit for bit."""
+    n = weight.numel()
+    k = round(sparsity * n)
+    mask = torch.ones(n, dtype=torch.bool, device=weight.device)
+    if k > 0:
+        order = torch.sort(weight.detach().abs().flatten().float(), stable=True).indices
+        mask[order[:k]] = False
+    return mask.view_as(weight)
+
+
 def masks_from_scores(model: nn.Module, scores: Mapping[str, torch.Tensor], size: float | None = None,
                       sparsity: float | None = None) -> Masks:
     """One global threshold on ``scores``: remove the lowest so that the model is ``size`` of its
@@ -145,7 +163,7 @@ def masks_from_scores(model: nn.Module, scores: Mapping[str, torch.Tensor], size
         raise PolicyError("give exactly one of size and sparsity")
     total = sum(layer_weight(model, n).numel() for n in names)
     if size is not None:
-        k = _layer_share(model, size, names)
+        k = weights_to_remove(model, size, names)
     else:
         assert sparsity is not None
         if not 0.0 <= sparsity < 1.0:
@@ -169,7 +187,7 @@ def synflow_masks(model: nn.Module, size: float, names: list[str] | None = None,
     if rounds < 1:
         raise PolicyError(f"rounds must be >= 1, got {rounds}")
     total = sum(layer_weight(model, n).numel() for n in names)
-    density = 1.0 - _layer_share(model, size, names) / total
+    density = 1.0 - weights_to_remove(model, size, names) / total
     work = _linearised(model)
     x = torch.ones(tuple(input_shape), dtype=torch.float64, device=model_device(work))
     originals = {n: layer_weight(work, n).detach().clone() for n in names}
@@ -185,23 +203,35 @@ def synflow_masks(model: nn.Module, size: float, names: list[str] | None = None,
     return {n: m.to(layer_weight(model, n).device) for n, m in masks.items()}
 
 
-def _magnitude(model: nn.Module, names: list[str], loader: Batches | None, batches: int) -> Scores:
-    return {n: layer_weight(model, n).detach().abs().float() for n in names}
+class Magnitude(WeightCriterion):
+    """|w|: the weights' magnitude (data-free)."""
+
+    def __call__(self, model: nn.Module, names: list[str], loader: Batches | None, batches: int) -> Scores:
+        return {n: layer_weight(model, n).detach().abs().float() for n in names}
 
 
-def _obd(model: nn.Module, names: list[str], loader: Batches | None, batches: int) -> Scores:
-    return obd_scores(model, loader, batches, names)
+class OBDWeights(WeightCriterion):
+    """Optimal Brain Damage, 1/2 * F_ii * w_i^2 with a diagonal empirical Fisher (needs data)."""
+
+    needs_data = True
+    needs_grad = True
+
+    def __call__(self, model: nn.Module, names: list[str], loader: Batches | None, batches: int) -> Scores:
+        return obd_scores(model, loader, batches, names)
 
 
-def _synflow(model: nn.Module, names: list[str], loader: Batches | None, batches: int) -> Scores:
-    return synflow_scores(model, names)
+class SynFlow(WeightCriterion):
+    """One round of SynFlow's |theta * dR/dtheta| (data-free; ``prune_by_criterion`` iterates)."""
+
+    needs_grad = True
+
+    def __call__(self, model: nn.Module, names: list[str], loader: Batches | None, batches: int) -> Scores:
+        return synflow_scores(model, names)
 
 
-WEIGHT_CRITERIA: dict[str, Callable[[nn.Module, list[str], Batches | None, int], Scores]] = {
-    "magnitude": _magnitude,
-    "obd": _obd,
-    "synflow": _synflow,  # one round; prune_by_criterion iterates
-}
+WEIGHT_CRITERIA.register("magnitude", Magnitude(), help="|w|: the weights' magnitude")
+WEIGHT_CRITERIA.register("obd", OBDWeights(), help="Optimal Brain Damage with a diagonal Fisher (needs data)")
+WEIGHT_CRITERIA.register("synflow", SynFlow(), help="SynFlow, data-free, iterated over rounds")
 
 
 # the channel criteria's names that mean magnitude for one weight (its L1 and L2 norms are |w|): the
@@ -221,17 +251,16 @@ def fine_criterion(criterion: str) -> str:
 
 def needs_data(criterion: str) -> bool:
     """Whether a weight criterion's scores need images (obd); magnitude and synflow do not."""
-    return fine_criterion(criterion) == "obd"
+    return bool(WEIGHT_CRITERIA[fine_criterion(criterion)].needs_data)
 
 
 def weight_scores(model: nn.Module, criterion: str, names: list[str] | None = None,
                   loader: Batches | None = None, batches: int = 4) -> Scores:
     """Per-weight scores of a :data:`WEIGHT_CRITERIA` entry (higher = more important)."""
-    if criterion not in WEIGHT_CRITERIA:
-        raise PolicyError(f"unknown weight criterion {criterion!r}; known: {', '.join(WEIGHT_CRITERIA)}")
+    crit = WEIGHT_CRITERIA.get_or_raise(criterion)  # PolicyError "unknown weight criterion ..."
     names = names if names is not None else prunable_names(model)
     with torch.enable_grad():  # obd and synflow differentiate, also when called under no_grad
-        return WEIGHT_CRITERIA[criterion](model, names, loader, batches)
+        return crit(model, names, loader, batches)
 
 
 @torch.no_grad()

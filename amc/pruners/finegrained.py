@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from amc.errors import PolicyError
-from amc.layers import count_params, layer_weight, prunable_names
+from amc.importance.weights import magnitude_mask
+from amc.layers import global_sparsity_for_size as global_sparsity_for_size  # the fine pruner's name too
+from amc.layers import layer_weight, prunable_names, weights_to_remove
 from amc.policy import Policy, check_policy
 from amc.train import Masks, apply_masks
 
@@ -22,20 +24,6 @@ def validate_policy(model: nn.Module, policy: Mapping[str, float], upper: float 
                     inclusive_upper: bool = False) -> Policy:
     """Check names against the model's prunable layers and ratios against [0, upper) (``check_policy``)."""
     return check_policy(policy, sorted(prunable_names(model)), upper, inclusive_upper)
-
-
-def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Keep all but the ``round(sparsity * numel)`` smallest-|w| entries: an exact count, and among
-    equal |w| the lower flat index goes first (a stable sort; ``torch.topk`` picks among ties
-    differently on CPU and CUDA, and the fp16-stored checkpoints hold many ties), so the same
-    weights give the same mask on any device: recipes rebuild bit for bit."""
-    n = weight.numel()
-    k = round(sparsity * n)
-    mask = torch.ones(n, dtype=torch.bool, device=weight.device)
-    if k > 0:
-        order = torch.sort(weight.detach().abs().flatten().float(), stable=True).indices
-        mask[order[:k]] = False
-    return mask.view_as(weight)
 
 
 @torch.no_grad()
@@ -71,24 +59,6 @@ def global_prune(model: nn.Module, sparsity: float, names: list[str] | None = No
     return masks
 
 
-def global_sparsity_for_size(model: nn.Module, size: float, names: list[str] | None = None) -> float:
-    """The global sparsity of ``names`` (default: all prunable layers) whose non-zero parameters are
-    ``size`` of the model's: the other parameters (BatchNorm, biases) stay, so the pruned weights go
-    a little further than ``1 - size``. Not clamped: may fall outside [0, 1) for extreme sizes."""
-    names = names if names is not None else prunable_names(model)
-    total = count_params(model)
-    weights = sum(layer_weight(model, n).numel() for n in names)
-    return 1.0 - (size * total - (total - weights)) / weights
-
-
-def _layer_share(model: nn.Module, size: float, names: list[str]) -> int:
-    """How many of ``names``' weights to remove so that the model is ``size`` of its dense size."""
-    s = global_sparsity_for_size(model, size, names)
-    if not 0.0 <= s < 1.0:
-        raise PolicyError(f"size {size} cannot be reached by pruning these layers (global sparsity {s:.4f})")
-    return round(s * sum(layer_weight(model, n).numel() for n in names))
-
-
 def _policy_from_scores(model: nn.Module, names: list[str], scores: list[torch.Tensor], k: int) -> Policy:
     """Per-layer sparsities that remove the ``k`` lowest ``scores`` across ``names`` (each layer's
     scores rise with |w|, so per-layer magnitude pruning at these sparsities removes the same weights)."""
@@ -107,7 +77,7 @@ def global_policy(model: nn.Module, size: float, names: list[str] | None = None)
     """Per-layer sparsities of one global magnitude threshold that brings the model to ``size`` of
     its dense size (what ``global_prune`` does, as a policy; the model is not changed)."""
     names = names if names is not None else prunable_names(model)
-    k = _layer_share(model, size, names)
+    k = weights_to_remove(model, size, names)
     return _policy_from_scores(model, names, [layer_weight(model, n).detach().abs().float() for n in names], k)
 
 
@@ -118,7 +88,7 @@ def lamp_policy(model: nn.Module, size: float, names: list[str] | None = None) -
     one global threshold on those scores. A layer's largest weight scores 1, so no layer empties,
     and layers with many small weights go further than under a plain global threshold."""
     names = names if names is not None else prunable_names(model)
-    k = _layer_share(model, size, names)
+    k = weights_to_remove(model, size, names)
     scores = []
     for n in names:
         w2 = layer_weight(model, n).detach().float().flatten().pow(2)

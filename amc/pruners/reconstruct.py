@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amc.pruners.channel import ChannelPlan, ChannelTable, _removed_positions, channel_table
+from amc.pruners.channel import ChannelPlan, ChannelTable, channel_table, removed_positions
 
 
 class _Stop(Exception):
@@ -38,7 +38,7 @@ class ReconstructionReport:
 
 def _kept_outputs(plan: ChannelPlan, table: ChannelTable, module: str, size: int) -> list[int]:
     removed = {i for root, kept in plan.keep.items()
-               for item, idxs in _removed_positions(table.group(root), kept)
+               for item, idxs in removed_positions(table.group(root), kept)
                if item.module == module and item.role == "out" for i in idxs}
     return [i for i in range(size) if i not in removed]
 
