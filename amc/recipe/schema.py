@@ -50,6 +50,7 @@ import torch
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
+from torch import nn
 
 from amc.budget import Budget
 from amc.errors import AmcError, PolicyError
@@ -215,7 +216,7 @@ class Recipe:
     search: SearchInfo | None = None
     metrics: Metrics = Field(default_factory=Metrics)
     data: DataInfo | None = Field(default=None, description="version 2")
-    format_version: int = FORMAT_VERSION
+    format_version: int = Field(default=FORMAT_VERSION, description="a file read keeps its version when written")
     # fine recipes of a criterion other than magnitude: the masks ({layer: bool tensor}, True = kept),
     # saved next to the YAML (amc.recipe.files); None: rebuilt from the weights. Not a YAML key.
     masks: Mapping[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
@@ -228,6 +229,8 @@ class Recipe:
         except AmcError as e:  # Budget's check of its kind and range (a BudgetError)
             raise _in_turn(e) from None
 
+    # the methods below reach amc.recipe.files and amc.recipe.surgery, which import this module: the
+    # imports wait for the call
     @classmethod
     def load(cls, path: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
              force: bool = False) -> Recipe:
@@ -242,7 +245,7 @@ class Recipe:
 
         return save_recipe(self, path)
 
-    def apply(self, model: Any, force: bool = False) -> Any:
+    def apply(self, model: nn.Module, force: bool = False) -> nn.Module:
         """Apply to a dense ``model`` object the caller built and loaded (left untouched): the
         physically smaller model (channel) or a masked copy (fine / nm), bit for bit as recorded."""
         from amc.recipe.surgery import apply_to_model
