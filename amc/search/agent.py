@@ -1,4 +1,4 @@
-"""The AMC agent: stable-baselines3 DDPG (or TD3) over ``amc.search.env.PruningEnv`` with AMC's settings.
+"""The AMC agent: stable-baselines3 DDPG (or TD3) over ``amc.envs.PruningEnv`` with AMC's settings.
 
 AMC's settings (He et al. 2018, mit-han-lab/amc): actor and critic of two 300-unit layers, actor
 learning rate 1e-4 and critic 1e-3, soft target updates tau 0.01, batch 64, no discount (the
@@ -45,7 +45,7 @@ from amc.errors import AmcError, CheckpointError
 from amc.evaluator import Evaluator, Result
 from amc.io import atomic_path, atomic_write_text
 from amc.search.base import Progress, Proposals, Searcher, SearchResult
-from amc.search.env import PruningEnv
+from amc.envs import PruningEnv
 
 CREDITS = ("final", "td")
 NOISE_CLIP = 2.0  # a normal truncated at +-2 sigma, added to the action and clipped to [-1, 1]
