@@ -41,11 +41,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 
 from amc.budget import Policy
+from amc.envs import PruningEnv
 from amc.errors import AmcError, CheckpointError
 from amc.evaluator import Evaluator, Result
 from amc.io import atomic_path, atomic_write_text
 from amc.search.base import Progress, Proposals, Searcher, SearchResult
-from amc.envs import PruningEnv
 
 CREDITS = ("final", "td")
 NOISE_CLIP = 2.0  # a normal truncated at +-2 sigma, added to the action and clipped to [-1, 1]
