@@ -1,4 +1,5 @@
-"""The Optuna searcher: one float per searched layer, TPE by default, NSGA-II for Pareto fronts.
+"""The Optuna searcher: one float per searched layer, TPE by default, NSGA-II for Pareto fronts,
+random search or CMA-ES (the samplers by name: ``amc.search.samplers.SAMPLERS``).
 
 Lifecycle (the searcher interface both searchers share): ``OptunaSearcher(evaluator, config)``
 -> ``propose() -> Policy`` (``study.ask``; the suggested ratios projected onto the budget, then
@@ -52,8 +53,8 @@ from amc.budget import Policy
 from amc.errors import AmcError
 from amc.evaluator import Evaluator, Result
 from amc.search.base import Progress, Proposals, Searcher, SearchResult
+from amc.search.samplers import SAMPLERS
 
-SAMPLERS = ("tpe", "nsga2", "random")
 HEARTBEAT_S = 60  # a live worker writes a heartbeat every minute
 GRACE_S = 180  # a trial with no heartbeat for 3 minutes belongs to a dead worker
 MAX_RETRY = 2  # a stale trial is re-enqueued at most twice
@@ -69,7 +70,7 @@ WAIT_S = 1.0  # while the last trials are in other workers' hands, look again ev
 class OptunaConfig:
     study: str = "amc-search"
     storage: str | None = None  # SQLAlchemy URL; None: sqlite in run_dir (in memory without one)
-    sampler: str = "tpe"  # "tpe", "nsga2" (accuracy vs cost Pareto front) or "random"
+    sampler: str = "tpe"  # a name in amc.search.samplers.SAMPLERS: tpe, nsga2 (Pareto front), random, cmaes
     seed: int | None = 0  # sampler seed; give each worker its own
     n_trials: int = 200  # COMPLETE trials in the study in total
     project: bool = True  # project proposals onto the budget (else only the constraint guides)
@@ -85,8 +86,7 @@ class OptunaConfig:
     max_retry: int = MAX_RETRY
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise AmcError(f"unknown sampler {self.sampler!r}; known: {', '.join(SAMPLERS)}")
+        SAMPLERS.check(self.sampler)
         if self.n_trials < 1:
             raise AmcError(f"n_trials must be >= 1, got {self.n_trials}")
         if self.screen_eta < 2:
@@ -100,12 +100,7 @@ def _constraints(trial: FrozenTrial) -> list[float]:
 def make_sampler(config: OptunaConfig) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if config.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=config.n_startup_trials,
-                                              multivariate=True)
-        if config.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=config.seed, population_size=config.population)
-        return optuna.samplers.RandomSampler(seed=config.seed)
+        return SAMPLERS.get_or_raise(config.sampler).make(config)
 
 
 def make_storage(url: str | None, config: OptunaConfig) -> optuna.storages.BaseStorage | None:
@@ -142,7 +137,8 @@ class OptunaSearcher(Searcher):
                  extra_policies: Mapping[str, Policy] | None = None, screens: Sequence[Evaluator] = ()) -> None:
         self.evaluator, self.config = evaluator, config
         self.screens = list(screens)  # cheaper evaluators, cheapest first (multi-fidelity; see the module doc)
-        if self.screens and config.sampler == "nsga2":
+        self.multi = SAMPLERS[config.sampler].multi_objective
+        if self.screens and self.multi:
             raise AmcError("screens (multi-fidelity) need a single-objective sampler; NSGA-II trials cannot be pruned")
         for ev in self.screens:
             if ev.budget != evaluator.budget or list(ev.names) != list(evaluator.names):
@@ -152,7 +148,6 @@ class OptunaSearcher(Searcher):
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
         self.url = url
-        self.multi = config.sampler == "nsga2"
         directions = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE] if self.multi else [StudyDirection.MAXIMIZE]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage, sampler = make_storage(url, config), make_sampler(config)
