@@ -9,8 +9,8 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from amc.budget import Budget
+from amc.envs import ENV_ID, OBS_DIM, PruningEnv
 from amc.evaluator import EvalConfig, Evaluator
-from amc.search.env import ENV_ID, OBS_DIM, PruningEnv
 from tests.conftest import make_tiny_resnet, make_tiny_vgg
 
 GRANULARITIES = ["fine", "channel"]

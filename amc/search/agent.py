@@ -1,4 +1,4 @@
-"""The AMC agent: stable-baselines3 DDPG (or TD3) over ``amc.search.env.PruningEnv`` with AMC's settings.
+"""The AMC agent: stable-baselines3 DDPG (or TD3) over ``amc.envs.PruningEnv`` with AMC's settings.
 
 AMC's settings (He et al. 2018, mit-han-lab/amc): actor and critic of two 300-unit layers, actor
 learning rate 1e-4 and critic 1e-3, soft target updates tau 0.01, batch 64, no discount (the
@@ -13,15 +13,17 @@ them as its first trials; and each episode's policy is filled to spend the whole
 (``AgentConfig.fill_budget``, ``Projector.fill``), since AMC's projection only ever raises ratios.
 
 Lifecycle: ``AgentConfig(...)`` -> ``run_agent(evaluator, config, run_dir)`` -> ``SearchResult``;
-or, with the searcher interface the Optuna searcher shares, ``AmcSearcher(evaluator, config, run_dir=...)``
+or, with the searcher interface every searcher shares, ``AmcSearcher(evaluator, config, run_dir=...)``
 -> ``run(progress)`` (the same as ``run_agent``), or ``propose() -> Policy`` -> ``evaluator.evaluate``
 -> ``observe(policy, result)``, repeated (ask and tell: no checkpoints).
-Inside: the env is wrapped in ``RewardBaseline``; ``SearchLogger`` (an SB3 callback) logs every
-episode to ``run_dir/episodes.csv`` (atomic), tracks the best feasible policy, and every
-``checkpoint_every`` episodes saves the agent (``agent.zip``), its replay buffer (``replay.pkl``)
-and ``state.json`` (episodes done, baseline, best). A new ``run_agent`` on the same ``run_dir``
-resumes from them (``DDPG.load``, ``load_replay_buffer``) and continues to ``episodes`` in total;
-episodes logged after the last checkpoint are dropped and run again.
+Inside ``run``: the one search loop (``amc.search.loop``) calls the agent's ``start`` (resume),
+``drive`` (SB3's ``learn()`` plays the episodes in the env, wrapped in ``RewardBaseline``) and
+``finish`` (the last checkpoint) hooks; ``SearchLogger`` (an SB3 callback) records every episode
+with the loop, which logs it to ``run_dir/episodes.csv`` (atomic) and tracks the best feasible
+policy, and every ``checkpoint_every`` episodes saves the agent (``agent.zip``), its replay buffer
+(``replay.pkl``) and ``state.json`` (episodes done, baseline, best). A new ``run_agent`` on the same
+``run_dir`` resumes from them (``DDPG.load``, ``load_replay_buffer``) and continues to ``episodes``
+in total; episodes logged after the last checkpoint are dropped and run again.
 """
 
 from __future__ import annotations
@@ -30,22 +32,22 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import pandas as pd
 from stable_baselines3 import DDPG, TD3
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 
 from amc.budget import Policy
+from amc.envs import PruningEnv
 from amc.errors import AmcError, CheckpointError
 from amc.evaluator import Evaluator, Result
 from amc.io import atomic_path, atomic_write_text
 from amc.search.base import Progress, Proposals, Searcher, SearchResult
-from amc.search.env import PruningEnv
+from amc.search.loop import SearchRun, run_search
 
 CREDITS = ("final", "td")
 NOISE_CLIP = 2.0  # a normal truncated at +-2 sigma, added to the action and clipped to [-1, 1]
@@ -220,67 +222,47 @@ class RewardBaseline(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-AgentResult = SearchResult  # the one result type of every searcher (``episodes`` = ``trials``)
-
-
 class SearchLogger(BaseCallback):
-    """Logs every episode, tracks the best feasible policy, checkpoints agent + replay buffer."""
+    """The agent's side of the search loop inside SB3's ``learn()``: hands every finished episode to
+    the loop (``SearchRun.record``: the trials log, the best, progress) with the agent's own columns,
+    and every ``checkpoint_every`` episodes saves the agent, its replay buffer and ``state.json``."""
 
-    def __init__(self, run_dir: Path | None, noise: DecayingTruncatedNormal, wrapper: RewardBaseline,
-                 checkpoint_every: int = 0, rows: list[dict] | None = None, episodes: int = 0,
-                 best: tuple[float, Policy, dict] | None = None,
-                 on_episode: Callable[[dict, dict | None], None] | None = None) -> None:
+    def __init__(self, run: SearchRun, noise: DecayingTruncatedNormal, wrapper: RewardBaseline,
+                 checkpoint_every: int = 0) -> None:
         super().__init__()
-        self.run_dir, self.noise, self.wrapper = run_dir, noise, wrapper
+        self.run, self.noise, self.wrapper = run, noise, wrapper
         self.checkpoint_every = checkpoint_every
-        self.rows: list[dict] = rows or []
-        self.episodes = episodes
-        self.best = best  # (reward, policy, result row)
-        self.best_result: Result | None = None
-        self.on_episode = on_episode
         self.t0 = time.perf_counter()
+
+    @property
+    def episodes(self) -> int:
+        return self.run.done
 
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", []):
             if "result" not in info:
                 continue
             res: Result = info["result"]
-            row = {"episode": self.episodes, "raw_reward": info.get("raw_reward", res.reward),
-                   "baseline": info.get("baseline", float("nan")), "sigma": self.noise.sigma,
-                   "warmup": self.num_timesteps <= self.model.learning_starts,  # type: ignore[attr-defined]
-                   "wall": time.perf_counter() - self.t0, **res.row()}
-            self.rows.append(row)
-            self.episodes += 1
-            if res.feasible and math.isfinite(res.reward) and (self.best is None or res.reward > self.best[0]):
-                self.best = (res.reward, dict(res.policy), res.row())
-                self.best_result = res
-            if self.on_episode is not None:
-                self.on_episode(row, self.best[2] if self.best else None)
-            if self.run_dir is not None:
-                self.write_csv()
-                if self.checkpoint_every and self.episodes % self.checkpoint_every == 0:
-                    self.checkpoint()
+            self.run.record(res, {"episode": self.episodes, "raw_reward": info.get("raw_reward", res.reward),
+                                  "baseline": info.get("baseline", float("nan")), "sigma": self.noise.sigma,
+                                  "warmup": self.num_timesteps <= self.model.learning_starts,  # type: ignore[attr-defined]
+                                  "wall": time.perf_counter() - self.t0})
+            run_dir = self.run.searcher.run_dir
+            if run_dir is not None and self.checkpoint_every and self.episodes % self.checkpoint_every == 0:
+                self.checkpoint(Path(run_dir))
         return True
 
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)
-
-    def write_csv(self) -> None:
-        assert self.run_dir is not None
-        with atomic_path(self.run_dir / "episodes.csv") as tmp:
-            self.frame().to_csv(tmp, index=False)
-
-    def checkpoint(self) -> None:
-        assert self.run_dir is not None
-        with atomic_path(self.run_dir / "agent.zip") as tmp:
+    def checkpoint(self, run_dir: Path) -> None:
+        """Agent, replay buffer, then ``state.json`` (written last: what it counts is on disk)."""
+        with atomic_path(run_dir / "agent.zip") as tmp:
             self.model.save(tmp)
-        with atomic_path(self.run_dir / "replay.pkl") as tmp:
+        with atomic_path(run_dir / "replay.pkl") as tmp:
             self.model.save_replay_buffer(tmp)  # type: ignore[attr-defined]
+        best = self.run.best
         state = {"episodes": self.episodes, "timesteps": int(self.num_timesteps),
                  "baseline": self.wrapper.baseline, "noise_episodes": self.noise.episodes,
-                 "best": None if self.best is None else {"reward": self.best[0], "policy": self.best[1],
-                                                         "row": self.best[2]}}
-        atomic_write_text(self.run_dir / "state.json", json.dumps(state, indent=1, default=str))
+                 "best": None if best is None else {"reward": best[0], "policy": best[1], "row": best[2]}}
+        atomic_write_text(run_dir / "state.json", json.dumps(state, indent=1, default=str))
 
 
 def _make_model(config: AgentConfig, env: gym.Env, n_layers: int, noise: ActionNoise):
@@ -296,45 +278,72 @@ def _make_model(config: AgentConfig, env: gym.Env, n_layers: int, noise: ActionN
 
 
 class AmcSearcher(Searcher):
-    """The AMC agent behind the searcher interface: ``propose()`` rolls the actor (random actions
-    during the warm-up, then actor + decaying noise) over the layers and returns the projected
-    policy; ``observe(policy, result)`` stores the episode's transitions with the baseline-shifted
-    reward in the replay buffer and, after the warm-up, takes one gradient step per transition.
-    The same agent, settings and networks as ``run_agent``; no checkpoints. ``run(progress)`` is
-    ``run_agent`` on ``run_dir`` (checkpointed, resumed; its own agent, not the ask/tell one)."""
+    """The AMC agent behind the searcher interface.
+
+    ``run(progress)`` (and ``run_agent``): the search loop with the ``drive`` hook: SB3's ``learn()``
+    plays the episodes in a ``PruningEnv`` that scores each episode's policy, and ``SearchLogger``
+    records every episode with the loop and checkpoints; ``start`` resumes the agent, its replay
+    buffer, noise and baseline from the run folder's last checkpoint (``state.json``); ``finish``
+    writes the last checkpoint. ``seed_policies`` are played as the first warm-up episodes.
+
+    ``propose()`` / ``observe(policy, result)`` (ask and tell, no checkpoints; an agent of their own,
+    built on first use): ``propose()`` rolls the actor (random actions during the warm-up, then
+    actor + decaying noise) over the layers and returns the projected policy; ``observe`` stores the
+    episode's transitions with the baseline-shifted reward in the replay buffer and, after the
+    warm-up, takes one gradient step per transition. The same settings and networks as ``run``."""
 
     def __init__(self, evaluator: Evaluator, config: AgentConfig = AgentConfig(),
                  seed_policies: Sequence[Mapping[str, float]] = (), run_dir: str | Path | None = None,
                  resume: bool = True) -> None:
-        from stable_baselines3.common.logger import configure
-
-        self.evaluator, self.config = evaluator, config
-        self.seed_policies, self.run_dir, self.resume = list(seed_policies), run_dir, resume
-        self.env = PruningEnv(evaluator, evaluate=False, fill=config.fill_budget)
-        self.n_layers = len(self.env.names)
-        self.noise = DecayingTruncatedNormal(config.sigma, config.sigma_decay, config.warmup_episodes,
-                                             seed=config.seed)
-        self.model = _make_model(config, self.env, self.n_layers, self.noise)
-        self.model.set_logger(configure(None, [""]))  # train() logs; no output wanted
-        self.env.action_space.seed(config.seed)
-        self.baseline = MovingBaseline(config.baseline_alpha)
-        self.episodes = 0
+        self.evaluator, self.config, self.total = evaluator, config, config.episodes
+        self.seed_policies, self.resume = list(seed_policies), resume
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._ask: tuple | None = None  # the ask/tell agent: (env, model, noise, baseline), built on first use
+        self.episodes = 0  # ask/tell episodes observed
         self._pending: Proposals[list[tuple]] = Proposals()
-        self._demos = _demo_actions(self.env, seed_policies, config.warmup_episodes)
+        self._demos: list[np.ndarray] = []
+        self.learner: AmcDDPG | AmcTD3 | None = None  # run()'s agent (resumed from the run folder)
+        self._learning: tuple[RewardBaseline, DecayingTruncatedNormal, int, bool] | None = None
+        self._logger: SearchLogger | None = None
+        self._played = False  # run() played episodes (so it ends with a checkpoint)
+
+    # -- ask and tell ------------------------------------------------------------------------------------
+    def _ask_tell(self) -> tuple:
+        if self._ask is None:
+            from stable_baselines3.common.logger import configure
+
+            config = self.config
+            env = PruningEnv(self.evaluator, evaluate=False, fill=config.fill_budget)
+            noise = DecayingTruncatedNormal(config.sigma, config.sigma_decay, config.warmup_episodes, seed=config.seed)
+            model = _make_model(config, env, len(env.names), noise)
+            model.set_logger(configure(None, [""]))  # train() logs; no output wanted
+            env.action_space.seed(config.seed)
+            self._ask = (env, model, noise, MovingBaseline(config.baseline_alpha))
+            self._demos = _demo_actions(env, self.seed_policies, config.warmup_episodes)
+        return self._ask
+
+    @property
+    def env(self) -> PruningEnv:
+        return self._ask_tell()[0]
+
+    @property
+    def model(self) -> AmcDDPG | AmcTD3:
+        return self._ask_tell()[1]
 
     def propose(self) -> Policy:
-        obs, _ = self.env.reset(seed=self.config.seed + self.episodes)
+        env, model, noise, _ = self._ask_tell()
+        obs, _ = env.reset(seed=self.config.seed + self.episodes)
         steps, done, info = [], False, {}
         warm = self.episodes < self.config.warmup_episodes
         while not done:
             if warm and self._demos:
                 action = self._demos.pop(0)
             elif warm:
-                action = self.env.action_space.sample()
+                action = env.action_space.sample()
             else:
-                action, _ = self.model.predict(obs, deterministic=True)
-                action = np.clip(action + self.noise(), -1.0, 1.0).astype(np.float32)
-            nxt, _, done, _, info = self.env.step(action)
+                action, _ = model.predict(obs, deterministic=True)
+                action = np.clip(action + noise(), -1.0, 1.0).astype(np.float32)
+            nxt, _, done, _, info = env.step(action)
             steps.append((obs, nxt, np.asarray(action, dtype=np.float32).reshape(1), done))
             obs = nxt
         policy = info["policy"]
@@ -342,52 +351,81 @@ class AmcSearcher(Searcher):
         return policy
 
     def observe(self, policy: Policy, result: Result) -> None:
+        _, model, noise, baseline = self._ask_tell()
         steps = self._pending.take(policy)
         r = result.reward if math.isfinite(result.reward) else 0.0
-        shaped, _ = self.baseline.shift(r)
+        shaped, _ = baseline.shift(r)
         final = self.config.credit == "final"
         for obs, nxt, action, done in steps:
-            scaled = self.model.policy.scale_action(action)  # type: ignore[union-attr]
-            self.model.replay_buffer.add(obs[None], nxt[None], scaled[None],  # type: ignore[union-attr]
-                                         np.array([shaped if done or final else 0.0]), np.array([done or final]),
-                                         [{}])
+            scaled = model.policy.scale_action(action)
+            model.replay_buffer.add(obs[None], nxt[None], scaled[None],  # type: ignore[union-attr]
+                                    np.array([shaped if done or final else 0.0]), np.array([done or final]), [{}])
         self.episodes += 1
-        self.noise.reset()
-        self.model.num_timesteps += len(steps)
+        noise.reset()
+        model.num_timesteps += len(steps)
         if self.episodes > self.config.warmup_episodes:
-            self.model.train(gradient_steps=len(steps), batch_size=self.config.batch_size)
+            model.train(gradient_steps=len(steps), batch_size=self.config.batch_size)
+
+    # -- the search loop's hooks (amc.search.base.Searcher) -----------------------------------------------
+    def start(self) -> int:
+        """Build ``run``'s agent: resumed from the run folder's last checkpoint, else new."""
+        config, run = self.config, self.run_dir
+        env = PruningEnv(self.evaluator, fill=config.fill_budget)
+        n_layers = len(env.names)
+        state = None
+        if run is not None and self.resume and (run / "state.json").exists():
+            try:
+                state = json.loads((run / "state.json").read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise CheckpointError(f"cannot read agent state {run / 'state.json'}: {e}") from None
+        done = int(state["episodes"]) if state else 0
+        wrapper = RewardBaseline(env, config.baseline_alpha, state["baseline"] if state else None)
+        noise = DecayingTruncatedNormal(config.sigma, config.sigma_decay, config.warmup_episodes,
+                                        episodes=state["noise_episodes"] if state else 0, seed=config.seed)
+        if state is not None:
+            assert run is not None
+            agent_zip, replay = _own_file(run, "agent.zip"), _own_file(run, "replay.pkl")
+            try:
+                model = ALGOS[config.algo].load(agent_zip, env=wrapper, device=config.device)
+                model.load_replay_buffer(replay)
+            except (OSError, ValueError, KeyError) as e:
+                raise CheckpointError(f"cannot resume the agent from {run}: {e}") from None
+            model.action_noise = noise
+            model.credit = config.credit
+        else:
+            model = _make_model(config, wrapper, n_layers, noise)
+        model.actor_lr, model.critic_lr = config.actor_lr, config.critic_lr
+        # on resume: the ones not yet played
+        model.demo_actions = _demo_actions(env, self.seed_policies, config.warmup_episodes)[done * n_layers:]
+        self.learner, self._learning = model, (wrapper, noise, n_layers, state is None)
+        return done
+
+    def drive(self, run: SearchRun) -> bool:
+        """SB3's ``learn()`` plays the episodes left; ``SearchLogger`` records each with ``run``."""
+        assert self.learner is not None and self._learning is not None, "start() builds the agent"
+        wrapper, noise, n_layers, fresh = self._learning
+        self._logger = SearchLogger(run, noise, wrapper, self.config.checkpoint_every)
+        remaining = self.total - run.done
+        self._played = remaining > 0
+        if remaining > 0:
+            self.learner.learn(total_timesteps=remaining * n_layers, callback=self._logger, reset_num_timesteps=fresh)
+        return True
+
+    def finish(self, result: SearchResult) -> SearchResult:
+        if self.run_dir is not None and self._played and self.config.checkpoint_every and self._logger is not None:
+            self._logger.checkpoint(self.run_dir)
+        result.agent = self.learner
+        return result
 
     def run(self, progress: Callable[[Progress], None] | None = None,
             on_episode: Callable[[dict, dict | None], None] | None = None) -> SearchResult:
-        seen = {"first": -1, "feasible": 0}
-
-        def each(row: dict, best: dict | None) -> None:
-            if on_episode is not None:
-                on_episode(row, best)
-            if progress is not None:
-                if seen["first"] < 0:
-                    seen["first"] = int(row["episode"])
-                seen["feasible"] += bool(row["feasible"])  # this run's (earlier ones are not re-read)
-                done = int(row["episode"]) + 1
-                progress(Progress(done, self.config.episodes, seen["feasible"], done - seen["first"],
-                                  None if best is None else float(best["reward"]), seen["first"]))
-
-        return run_agent(self.evaluator, self.config, self.run_dir, on_episode=each, resume=self.resume,
-                         seed_policies=self.seed_policies)
+        """The search loop over this agent; ``on_episode(row, best row)`` after every episode."""
+        return run_search(self, progress, on_episode)
 
 
 def _demo_actions(env: PruningEnv, policies: Sequence[Mapping[str, float]], warmup: int) -> list[np.ndarray]:
     """The per-step actions that play ``policies`` as episodes, as many as fit in the warm-up."""
     return [a for p in policies[:warmup] for a in env.actions_of(dict(p))]
-
-
-def _result_from_row(row: dict) -> Result:
-    policy = {k[2:]: float(v) for k, v in row.items() if k.startswith("r:")}
-    lat = row.get("latency")
-    return Result(policy, float(row["accuracy"]), float(row["size"]), float(row["macs"]), float(row["params"]),
-                  None if lat is None or (isinstance(lat, float) and math.isnan(lat)) else float(lat),
-                  float(row["reward"]), bool(row["feasible"]), str(row.get("reason") or ""),
-                  float(row["seconds"]))
 
 
 def _own_file(run: Path, name: str) -> Path:
@@ -407,56 +445,8 @@ def _own_file(run: Path, name: str) -> Path:
 def run_agent(evaluator: Evaluator, config: AgentConfig = AgentConfig(), run_dir: str | Path | None = None,
               on_episode: Callable[[dict, dict | None], None] | None = None, resume: bool = True,
               seed_policies: Sequence[Mapping[str, float]] = ()) -> SearchResult:
-    """Search with the AMC agent until ``config.episodes`` episodes are done in total.
-    ``seed_policies`` (for instance the uniform and the sensitivity-picked policies) are played as
-    the first warm-up episodes, so the agent's replay buffer and its best policy start from them;
-    as many as fit in the warm-up are used."""
-    t0 = time.perf_counter()
-    run = Path(run_dir) if run_dir is not None else None
-    env = PruningEnv(evaluator, fill=config.fill_budget)
-    n_layers = len(env.names)
-    state = None
-    if run is not None and resume and (run / "state.json").exists():
-        try:
-            state = json.loads((run / "state.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot read agent state {run / 'state.json'}: {e}") from None
-    done = int(state["episodes"]) if state else 0
-    wrapper = RewardBaseline(env, config.baseline_alpha, state["baseline"] if state else None)
-    noise = DecayingTruncatedNormal(config.sigma, config.sigma_decay, config.warmup_episodes,
-                                    episodes=state["noise_episodes"] if state else 0, seed=config.seed)
-    cls = ALGOS[config.algo]
-    if state is not None:
-        assert run is not None
-        agent_zip, replay = _own_file(run, "agent.zip"), _own_file(run, "replay.pkl")
-        try:
-            model = cls.load(agent_zip, env=wrapper, device=config.device)
-            model.load_replay_buffer(replay)
-        except (OSError, ValueError, KeyError) as e:
-            raise CheckpointError(f"cannot resume the agent from {run}: {e}") from None
-        model.action_noise = noise
-        model.credit = config.credit
-    else:
-        model = _make_model(config, wrapper, n_layers, noise)
-    model.actor_lr, model.critic_lr = config.actor_lr, config.critic_lr
-    # on resume: the ones not yet played
-    model.demo_actions = _demo_actions(env, seed_policies, config.warmup_episodes)[done * n_layers:]
-    rows: list[dict] = []
-    best = None
-    if state is not None and run is not None and (run / "episodes.csv").exists():
-        rows = pd.read_csv(run / "episodes.csv").head(done).to_dict("records")
-        if state.get("best"):
-            best = (state["best"]["reward"], state["best"]["policy"], state["best"]["row"])
-    logger = SearchLogger(run, noise, wrapper, config.checkpoint_every, rows, done, best, on_episode)
-    remaining = config.episodes - done
-    if remaining > 0:
-        model.learn(total_timesteps=remaining * n_layers, callback=logger, reset_num_timesteps=state is None)
-        if run is not None:
-            logger.write_csv()
-            if config.checkpoint_every:
-                logger.checkpoint()
-    best_result = logger.best_result
-    if best_result is None and logger.best is not None:
-        best_result = _result_from_row(logger.best[2])
-    return SearchResult(None if logger.best is None else logger.best[1], best_result, logger.frame(),
-                        time.perf_counter() - t0, done, extra={"config": asdict(config)}, agent=model)
+    """Search with the AMC agent until ``config.episodes`` episodes are done in total (``AmcSearcher``
+    run by the search loop). ``seed_policies`` (for instance the uniform and the sensitivity-picked
+    policies) are played as the first warm-up episodes, so the agent's replay buffer and its best
+    policy start from them; as many as fit in the warm-up are used."""
+    return AmcSearcher(evaluator, config, seed_policies, run_dir, resume).run(on_episode=on_episode)

@@ -1,9 +1,11 @@
 """What every searcher shares: the interface, the one result type, the ask/tell bookkeeping, re-ranking.
 
 A searcher (``Searcher``) is ``propose() -> Policy`` then, once the evaluator has scored it,
-``observe(policy, result)``; ``run(progress)`` drives a whole search to its number of trials and
-returns a ``SearchResult`` (the AMC agent in ``amc.search.agent``, Optuna in ``amc.search.optuna``;
-``amc.search.registry`` builds one by method name). ``Proposals`` remembers what each handed-out
+``observe(policy, result)``; ``run(progress)`` hands it to the one search loop
+(``amc.search.loop.run_search``), which drives it to its number of trials and returns a
+``SearchResult`` (the AMC agent in ``amc.search.agent``, Optuna in ``amc.search.optuna``;
+``amc.search.registry`` builds one by method name). What a searcher needs of its own inside the
+loop is a hook with a default (see ``Searcher``). ``Proposals`` remembers what each handed-out
 policy needs back at ``observe`` time (the agent's transitions, Optuna's trial), matched by the
 policy itself, first in first out. ``rerank`` makes the final choice among a search's best few on a
 larger evaluation (see below).
@@ -14,7 +16,8 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pandas as pd
@@ -24,6 +27,7 @@ from amc.errors import AmcError
 
 if TYPE_CHECKING:
     from amc.evaluator import Evaluator, Result
+    from amc.search.loop import SearchRun
 
 T = TypeVar("T")
 
@@ -43,6 +47,7 @@ class SearchResult:
     extra: dict[str, Any] = field(default_factory=dict)  # the searcher's settings
     agent: Any = None  # the AMC agent's trained SB3 model (actor, critic, replay buffer)
 
+    # kept for the callers that read a search by the words of one searcher (tests, benchmarks/search.py)
     @property
     def episodes(self) -> pd.DataFrame:
         """``trials`` by the AMC agent's word."""
@@ -69,8 +74,38 @@ class Progress:
 
 
 class Searcher(ABC):
-    """propose / observe (ask and tell, for a caller that evaluates itself) and ``run`` (the whole
-    search against the searcher's own evaluator, resuming what its run folder or study holds)."""
+    """A proposer the one search loop drives (``run`` is ``amc.search.loop.run_search(self)``).
+
+    Lifecycle, each step a hook the loop calls (its default in brackets):
+
+    1. ``start() -> int``: restore what the run folder or study holds; the trials done before this
+       run [0]. ``history()``: those trials' rows [None: the loop reads them back from its log].
+    2. While ``completed()`` [the loop's own count] is below ``total`` and fewer than
+       ``max_starts()`` proposals were made [no cap]:
+
+       - ``ready() -> bool``: may a trial start now? False: the searcher waited (Optuna: the rest
+         is in other workers' hands) and the loop asks again [True];
+       - ``propose() -> Policy``;
+       - ``screen(policy) -> bool``: False drops the proposal unscored (Optuna: a surplus trial, or
+         one a cheaper screen ruled out) [True];
+       - the loop scores it with ``evaluator.evaluate``; should that raise, ``abandon(policy)``
+         [nothing] and the error goes on;
+       - ``columns(policy, result)``: the searcher's own columns of the trial's log row [none];
+         then ``observe(policy, result)``.
+
+       A searcher that learns through a driver of its own (the AMC agent: stable-baselines3's
+       ``learn()``) overrides ``drive(run) -> True`` instead and calls ``run.record(result,
+       columns)`` once per trial.
+    3. ``finish(result) -> SearchResult``: the searcher's last word on what the loop built (a final
+       checkpoint, the study's own trials frame and Pareto front) [the loop's result as is].
+
+    ``propose`` / ``observe`` alone are ask and tell, for a caller that evaluates itself.
+    """
+
+    evaluator: Evaluator
+    total: int  # trials (episodes) the search runs to, counting those of earlier runs
+    run_dir: Path | None = None
+    log_file: str | None = "episodes.csv"  # the loop's trials log in run_dir (None: the searcher keeps its own)
 
     @abstractmethod
     def propose(self) -> Policy: ...
@@ -78,8 +113,46 @@ class Searcher(ABC):
     @abstractmethod
     def observe(self, policy: Policy, result: Result) -> None: ...
 
-    @abstractmethod
-    def run(self, progress: Callable[[Progress], None] | None = None) -> SearchResult: ...
+    def run(self, progress: Callable[[Progress], None] | None = None) -> SearchResult:
+        from amc.search.loop import run_search
+
+        return run_search(self, progress)
+
+    # -- the loop's hooks (see the class doc) -----------------------------------------------------------
+    def start(self) -> int:
+        return 0
+
+    def history(self) -> pd.DataFrame | None:
+        return None
+
+    def completed(self) -> int | None:
+        return None
+
+    def max_starts(self) -> int | None:
+        return None
+
+    def ready(self) -> bool:
+        return True
+
+    def screen(self, policy: Policy) -> bool:
+        return True
+
+    def abandon(self, policy: Policy) -> None:
+        return None
+
+    def columns(self, policy: Policy, result: Result) -> dict[str, Any]:
+        return {}
+
+    def drive(self, run: SearchRun) -> bool:
+        return False
+
+    def settings(self) -> dict[str, Any]:
+        """The searcher's settings for ``SearchResult.extra`` (its config dataclass, when it has one)."""
+        config = getattr(self, "config", None)
+        return {"config": asdict(config)} if is_dataclass(config) and not isinstance(config, type) else {}
+
+    def finish(self, result: SearchResult) -> SearchResult:
+        return result
 
 
 def policy_key(policy: Mapping[str, float]) -> tuple:
@@ -96,10 +169,16 @@ class Proposals(Generic[T]):
 
     def take(self, policy: Mapping[str, float]) -> T:
         """The item stored with ``policy``; an error if ``propose()`` never handed it out."""
+        item = self.peek(policy)
+        self._open[policy_key(policy)].pop(0)
+        return item
+
+    def peek(self, policy: Mapping[str, float]) -> T:
+        """The item ``take`` would return, left in place."""
         items = self._open.get(policy_key(policy))
         if not items:
             raise AmcError("observe() got a policy that propose() did not hand out")
-        return items.pop(0)
+        return items[0]
 
 
 # -- the final choice: re-rank the best few on a larger evaluation ----------------------------------

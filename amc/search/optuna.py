@@ -1,18 +1,24 @@
-"""The Optuna searcher: one float per searched layer, TPE by default, NSGA-II for Pareto fronts.
+"""The Optuna searcher: one float per searched layer, TPE by default, NSGA-II for Pareto fronts,
+random search or CMA-ES (the samplers by name: ``amc.search.samplers.SAMPLERS``).
 
-Lifecycle (the searcher interface both searchers share): ``OptunaSearcher(evaluator, config)``
+Lifecycle (the searcher interface every searcher shares): ``OptunaSearcher(evaluator, config)``
 -> ``propose() -> Policy`` (``study.ask``; the suggested ratios projected onto the budget, then
 filled to spend it) ->
 ``evaluator.evaluate(policy)`` -> ``observe(policy, result)`` (``study.tell``), repeated; or
-``run()``, which drives the same steps through ``study.optimize`` until ``n_trials`` trials are
-COMPLETE in the study in total (a resumed or shared study continues to the asked total).
+``run()``: the one search loop (``amc.search.loop``) drives the same steps until ``n_trials``
+trials are COMPLETE in the study in total (a resumed or shared study continues to the asked total),
+through this searcher's hooks: ``ready`` (a trial starts only while the trials done plus those in
+flight are fewer than ``n_trials``; otherwise it waits, failing stale trials), ``screen`` (a surplus
+trial, or one a cheaper screen rules out, is told PRUNED), ``abandon`` (an evaluation that raised:
+FAIL) and ``finish`` (the study's trials frame, best trial and Pareto front, all workers' trials).
 
 The study lives in a real database: ``sqlite:///<run_dir>/study.db`` by default, any SQLAlchemy
 URL otherwise (PostgreSQL for workers on several machines), opened with ``load_if_exists=True`` so
 a killed run resumes with no completed trial lost and several workers can share one study
 (optuna-dashboard opens the same URL). Workers write heartbeats; a trial whose worker died is
 failed after the grace period and retried once more (``RetryHeartbeatStaleTrialCallback``); trials
-asked through ``propose()`` beat from a thread of their own until ``observe()``. A trial whose
+beat from a thread of their own from ``propose()`` until ``observe()``, and every ``propose()``
+first fails the stale trials (as ``study.optimize`` does before each trial). A trial whose
 training diverged (non-finite reward or accuracy) is recorded as FAIL, with its result attributes.
 
 The budget reaches the sampler twice: proposals are projected (AMC's projection, so every trial
@@ -29,7 +35,8 @@ Screen ``k``'s reward is reported at step ``eta ** k`` to Optuna's ``SuccessiveH
 which stops a trial outside the best ``1/eta`` of those that reached the same rung; a pruned trial is
 PRUNED, never COMPLETE, so the best policy is always one the full evaluator scored. Single-objective
 studies only (Optuna cannot prune multi-objective trials); ``propose()`` / ``observe()`` callers
-evaluate for themselves and get no screening.
+that evaluate for themselves get no screening. ``objective(trial)`` is one whole trial for a
+caller that drives ``study.optimize`` itself.
 """
 
 from __future__ import annotations
@@ -39,21 +46,22 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import pandas as pd
-from optuna.storages._heartbeat import BaseHeartbeat  # the heartbeat interface RDBStorage implements
-from optuna.study import MaxTrialsCallback, StudyDirection
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled  # RDBStorage's heartbeat interface
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from amc.budget import Policy
 from amc.errors import AmcError
 from amc.evaluator import Evaluator, Result
 from amc.search.base import Progress, Proposals, Searcher, SearchResult
+from amc.search.loop import result_from_row, run_search
+from amc.search.samplers import SAMPLERS
 
-SAMPLERS = ("tpe", "nsga2", "random")
 HEARTBEAT_S = 60  # a live worker writes a heartbeat every minute
 GRACE_S = 180  # a trial with no heartbeat for 3 minutes belongs to a dead worker
 MAX_RETRY = 2  # a stale trial is re-enqueued at most twice
@@ -69,7 +77,7 @@ WAIT_S = 1.0  # while the last trials are in other workers' hands, look again ev
 class OptunaConfig:
     study: str = "amc-search"
     storage: str | None = None  # SQLAlchemy URL; None: sqlite in run_dir (in memory without one)
-    sampler: str = "tpe"  # "tpe", "nsga2" (accuracy vs cost Pareto front) or "random"
+    sampler: str = "tpe"  # a name in amc.search.samplers.SAMPLERS: tpe, nsga2 (Pareto front), random, cmaes
     seed: int | None = 0  # sampler seed; give each worker its own
     n_trials: int = 200  # COMPLETE trials in the study in total
     project: bool = True  # project proposals onto the budget (else only the constraint guides)
@@ -85,8 +93,7 @@ class OptunaConfig:
     max_retry: int = MAX_RETRY
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise AmcError(f"unknown sampler {self.sampler!r}; known: {', '.join(SAMPLERS)}")
+        SAMPLERS.check(self.sampler)
         if self.n_trials < 1:
             raise AmcError(f"n_trials must be >= 1, got {self.n_trials}")
         if self.screen_eta < 2:
@@ -100,12 +107,7 @@ def _constraints(trial: FrozenTrial) -> list[float]:
 def make_sampler(config: OptunaConfig) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if config.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=config.n_startup_trials,
-                                              multivariate=True)
-        if config.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=config.seed, population_size=config.population)
-        return optuna.samplers.RandomSampler(seed=config.seed)
+        return SAMPLERS.get_or_raise(config.sampler).make(config)
 
 
 def make_storage(url: str | None, config: OptunaConfig) -> optuna.storages.BaseStorage | None:
@@ -131,18 +133,19 @@ def make_storage(url: str | None, config: OptunaConfig) -> optuna.storages.BaseS
     raise AssertionError("unreachable")
 
 
-OptunaResult = SearchResult  # the one result type of every searcher (``completed_before`` = ``resumed_from``)
-
-
 class OptunaSearcher(Searcher):
     """Searcher over ``evaluator`` backed by an Optuna study (see the module doc)."""
+
+    log_file = None  # the study is the trials log: all workers' trials, in the database
 
     def __init__(self, evaluator: Evaluator, config: OptunaConfig = OptunaConfig(),
                  run_dir: str | Path | None = None, sensitivity_policy: Policy | None = None,
                  extra_policies: Mapping[str, Policy] | None = None, screens: Sequence[Evaluator] = ()) -> None:
         self.evaluator, self.config = evaluator, config
+        self.total = config.n_trials
         self.screens = list(screens)  # cheaper evaluators, cheapest first (multi-fidelity; see the module doc)
-        if self.screens and config.sampler == "nsga2":
+        self.multi = SAMPLERS[config.sampler].multi_objective
+        if self.screens and self.multi:
             raise AmcError("screens (multi-fidelity) need a single-objective sampler; NSGA-II trials cannot be pruned")
         for ev in self.screens:
             if ev.budget != evaluator.budget or list(ev.names) != list(evaluator.names):
@@ -152,7 +155,6 @@ class OptunaSearcher(Searcher):
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
         self.url = url
-        self.multi = config.sampler == "nsga2"
         directions = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE] if self.multi else [StudyDirection.MAXIMIZE]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage, sampler = make_storage(url, config), make_sampler(config)
@@ -173,6 +175,8 @@ class OptunaSearcher(Searcher):
         self._extra = dict(extra_policies or {})  # more known policies to start from, by origin name
         self._pending: Proposals[optuna.trial.Trial] = Proposals()
         self._beats: dict[int, threading.Event] = {}  # trial number -> stops its heartbeat
+        self._waited = 0.0  # seconds waited for a free slot since the last trial started
+        self._on_trial: Callable[[FrozenTrial, int], None] | None = None
         if created:  # only the creator enqueues: workers joining at once would enqueue them twice
             self._enqueue_baselines()
 
@@ -242,7 +246,14 @@ class OptunaSearcher(Searcher):
             threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True).start()
         return stop
 
+    def _fail_stale(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)  # re-enqueues them (RetryHeartbeatStaleTrialCallback)
+
     def propose(self) -> Policy:
+        if is_heartbeat_enabled(self.study._storage):
+            self._fail_stale()  # as study.optimize does before each trial: a dead worker's trial runs again
         with warnings.catch_warnings():  # optimize()'s check; _heartbeat beats for ask/tell trials
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             trial = self.study.ask()
@@ -256,31 +267,92 @@ class OptunaSearcher(Searcher):
         self._beats.pop(trial.number, threading.Event()).set()
         values = self._record(trial, result)
         if self._diverged(result):  # training diverged: a failed trial, not a complete infeasible one
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._tell(trial, state=TrialState.FAIL)
         else:
-            self.study.tell(trial, values)
+            self._tell(trial, values)
+
+    def _tell(self, trial: optuna.trial.Trial, values: list[float] | None = None,
+              state: TrialState | None = None) -> None:
+        frozen = self.study.tell(trial, values, state=state)
+        if self._on_trial is not None:
+            self._on_trial(frozen, self.completed())
+
+    def _close(self, policy: Policy, state: TrialState) -> None:
+        trial = self._pending.take(policy)
+        self._beats.pop(trial.number, threading.Event()).set()
+        self._tell(trial, state=state)
+
+    # -- the loop's hooks (amc.search.base.Searcher) ------------------------------------------------------
+    def start(self) -> int:
+        self._waited = 0.0
+        return self.completed()
+
+    def history(self) -> pd.DataFrame:
+        return self.frame()
+
+    def max_starts(self) -> int:
+        # each unfinished slot may take a few tries: failed, surplus and screened-out trials do not count
+        return TRIES * self.config.n_trials * self.config.screen_eta ** len(self.screens)
+
+    def ready(self) -> bool:
+        """False (after a short wait) while the rest of the trials are in flight in other workers'
+        hands: those workers may finish them, or die, and then their trials go stale, fail and are
+        re-enqueued. A trial in flight longer than the grace period without going stale may be one
+        nobody beats for (asked through ``propose()``): then a trial starts (``screen`` prunes it if
+        surplus)."""
+        full = self.completed() + len(self._in_flight()) >= self.config.n_trials
+        if full and self._waited < self.config.grace_period:
+            pause = min(WAIT_S, self.config.heartbeat_interval)
+            time.sleep(pause)
+            self._waited += pause
+            self._fail_stale()
+            return False
+        self._waited = 0.0
+        return True
+
+    def screen(self, policy: Policy) -> bool:
+        trial = self._pending.peek(policy)
+        if self._surplus(trial):  # another worker took the last free slot at the same moment
+            self._close(policy, TrialState.PRUNED)
+            return False
+        if self._screen(trial, policy) is not None:  # a cheaper evaluator ruled it out
+            self._close(policy, TrialState.PRUNED)
+            return False
+        return True
+
+    def abandon(self, policy: Policy) -> None:
+        self._close(policy, TrialState.FAIL)
+
+    def finish(self, result: SearchResult) -> SearchResult:
+        best_policy, best = self.best()
+        result.best_policy, result.best_result, result.trials = best_policy, best, self.frame()
+        result.pareto = self.pareto()
+        return result
 
     def objective(self, trial: optuna.trial.Trial) -> list[float] | float:
+        """One whole trial, for a caller that drives ``study.optimize`` itself."""
         if self._surplus(trial):  # another worker took the last free slot at the same moment
             raise optuna.TrialPruned("surplus: the study already has its trials done or in flight")
         policy = self._suggest(trial)
-        self._screen(trial, policy)  # raises TrialPruned when a cheaper evaluator rules it out
+        if (why := self._screen(trial, policy)) is not None:
+            raise optuna.TrialPruned(why)
         result = self.evaluator.evaluate(policy)
         values = self._record(trial, result)
         if self._diverged(result):  # Optuna records a NaN objective as FAIL (its attrs say why)
             return [math.nan] * len(values) if self.multi else math.nan
         return values if self.multi else values[0]
 
-    def _screen(self, trial: optuna.trial.Trial, policy: Policy) -> None:
-        """Score ``policy`` with each screen in turn, reporting to the pruner (see the module doc)."""
+    def _screen(self, trial: optuna.trial.Trial, policy: Policy) -> str | None:
+        """Score ``policy`` with each screen in turn, reporting to the trial pruner (see the module
+        doc); why the trial pruner stopped it, or None when it passed every screen."""
         for k, ev in enumerate(self.screens):
             r = ev.evaluate(policy)
             value = r.reward if r.feasible and math.isfinite(r.reward) else SCREEN_FLOOR
             trial.set_user_attr(f"screen_{k}", {"reward": r.reward, "feasible": r.feasible, "seconds": r.seconds})
             trial.report(value, self.config.screen_eta ** k)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"screen {k}: reward {r.reward:.4f} outside the best 1/"
-                                         f"{self.config.screen_eta} of its rung")
+                return f"screen {k}: reward {r.reward:.4f} outside the best 1/{self.config.screen_eta} of its rung"
+        return None
 
     # -- the whole search ------------------------------------------------------------------------------
     def completed(self) -> int:
@@ -297,43 +369,14 @@ class OptunaSearcher(Searcher):
 
     def run(self, progress: Callable[[Progress], None] | None = None,
             on_trial: Callable[[FrozenTrial, int], None] | None = None) -> SearchResult:
-        """Optimise until the study holds ``n_trials`` COMPLETE trials (over all runs and workers).
-
-        One trial per ``study.optimize`` call: a worker starts a trial only while the trials done
-        plus those in flight (other workers') are fewer than ``n_trials``, so workers sharing the
-        study do not overshoot the total; when the rest is in flight it waits, failing stale trials
-        of dead workers (which re-enqueues them) until a slot frees or the total is reached."""
-        t0 = time.perf_counter()
-        before = self.completed()
-        callbacks: list = [MaxTrialsCallback(self.config.n_trials, states=(TrialState.COMPLETE,))]
-        if on_trial is not None:
-            callbacks.append(lambda study, trial: on_trial(trial, self.completed()))
-        if progress is not None:
-            callbacks.append(lambda study, trial: progress(self._progress(before)))
-        started, waited = 0, 0.0
-        # each unfinished slot may take a few tries: failed or surplus trials do not count
-        tries = TRIES * self.config.n_trials * self.config.screen_eta ** len(self.screens)  # pruned ones too
-        while (done := self.completed()) < self.config.n_trials and started < tries:
-            # a trial in flight longer than the grace period without going stale may be one nobody
-            # beats for (asked through propose()): then try a trial (objective() prunes it if surplus)
-            if done + len(self._in_flight()) >= self.config.n_trials and waited < self.config.grace_period:
-                pause = min(WAIT_S, self.config.heartbeat_interval)
-                time.sleep(pause)
-                waited += pause
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(self.study)
-                continue
-            started, waited = started + 1, 0.0
-            self.study.optimize(self.objective, n_trials=1, callbacks=callbacks, catch=())
-        return SearchResult(*self.best(), self.frame(), time.perf_counter() - t0, before, pareto=self.pareto(),
-                            extra={"config": asdict(self.config)})
-
-    def _progress(self, before: int) -> Progress:
-        _, best = self.best()
-        done = self.completed()
-        return Progress(done, self.config.n_trials, len(self._feasible()), done,
-                        None if best is None else best.reward, before)
+        """Optimise until the study holds ``n_trials`` COMPLETE trials (over all runs and workers):
+        the one search loop over this searcher's hooks (see the module doc); ``on_trial(trial,
+        completed)`` after every trial told to the study, whatever its state."""
+        self._on_trial = on_trial
+        try:
+            return run_search(self, progress)
+        finally:
+            self._on_trial = None
 
     # -- reading the study -----------------------------------------------------------------------------
     def _feasible(self) -> list[FrozenTrial]:
@@ -346,9 +389,7 @@ class OptunaSearcher(Searcher):
 
     @staticmethod
     def _result(t: FrozenTrial) -> Result:
-        r = t.user_attrs["result"]
-        return Result(dict(t.user_attrs["policy"]), r["accuracy"], r["size"], r["macs"], r["params"],
-                      r["latency"], r["reward"], bool(r["feasible"]), r["reason"] or "", r["seconds"])
+        return result_from_row(t.user_attrs["result"], t.user_attrs["policy"])
 
     def best(self) -> tuple[Policy | None, Result | None]:
         """The feasible trial with the highest reward (NSGA-II: the highest accuracy)."""

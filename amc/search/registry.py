@@ -1,8 +1,12 @@
 """The searchers by method name: ``make_searcher(method, evaluator, spec, run_dir) -> Searcher``.
 
 Every caller (the pipeline, ``amc search``) describes a search once, in a ``SearchSpec``, and asks
-the registry for the searcher; no caller branches on the method. ``SEARCHERS`` maps a name to a
-factory; a factory imports its searcher when called (the AMC agent pulls in stable-baselines3).
+the registry for the searcher; no caller branches on the method. ``SEARCHERS`` (an
+``amc.registry.Registry``, the one list of search methods: the CLI's, the pipeline's and the
+service's choices are read from it) maps a name to a factory ``(evaluator, spec, run_dir) ->
+Searcher`` with a one-line help; a factory imports its searcher when called (the AMC agent pulls in
+stable-baselines3). ``random`` and ``cmaes`` are the Optuna searcher over the sampler of the same
+name (``amc.search.samplers``); ``optuna`` takes its sampler from ``spec.options["sampler"]``.
 
 ``spec.start`` holds known policies by origin, tried first: the agent plays them as its first
 warm-up episodes in that order; Optuna enqueues them as its first trials, where ``"uniform"`` is
@@ -14,12 +18,13 @@ plus ``warmup``): each factory takes the ones its config has.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amc.budget import Policy
 from amc.errors import AmcError
+from amc.registry import Registry
 from amc.search.base import Searcher
 
 if TYPE_CHECKING:
@@ -75,13 +80,25 @@ def _optuna(evaluator: Evaluator, spec: SearchSpec, run_dir: Path | None) -> Sea
                           extra_policies=extra or None, screens=spec.screens)
 
 
-SEARCHERS: dict[str, Factory] = {"amc": _agent, "optuna": _optuna}
+def _sampled(sampler: str) -> Factory:
+    """The Optuna searcher with ``sampler`` whatever ``spec.options`` says."""
+
+    def factory(evaluator: Evaluator, spec: SearchSpec, run_dir: Path | None) -> Searcher:
+        return _optuna(evaluator, replace(spec, options={**spec.options, "sampler": sampler}), run_dir)
+
+    return factory
+
+
+SEARCHERS: Registry[Factory] = Registry("search method")  # "unknown search method 'x'; known: ..."
+SEARCHERS.register("amc", _agent, help="the AMC agent: DDPG / TD3 over the gymnasium PruningEnv, resumable checkpoints")
+SEARCHERS.register("optuna", _optuna, help="an Optuna study on a real database (sampler option: TPE by default, "
+                                           "NSGA-II, random, CMA-ES); resumable, several workers")
+SEARCHERS.register("random", _sampled("random"), help="random search: the Optuna searcher with Optuna's RandomSampler")
+SEARCHERS.register("cmaes", _sampled("cmaes"), help="CMA-ES: the Optuna searcher with Optuna's CmaEsSampler")
 
 
 def make_searcher(method: str, evaluator: Evaluator, spec: SearchSpec, run_dir: str | Path | None = None) -> Searcher:
     """The searcher ``method`` over ``evaluator``; its files (agent checkpoints, the study database)
     go under ``run_dir``."""
-    factory = SEARCHERS.get(method)
-    if factory is None:
-        raise AmcError(f"unknown search method {method!r}; known: {', '.join(SEARCHERS)}")
+    factory = SEARCHERS.get_or_raise(method)
     return factory(evaluator, spec, Path(run_dir) if run_dir is not None else None)

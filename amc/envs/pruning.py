@@ -122,4 +122,4 @@ class PruningEnv(gym.Env):
 ENV_ID = "amc/Pruning-v0"  # gymnasium.make(ENV_ID, evaluator=...) once this module is imported
 
 if ENV_ID not in gym.envs.registration.registry:
-    gym.register(id=ENV_ID, entry_point="amc.search.env:PruningEnv", disable_env_checker=True)
+    gym.register(id=ENV_ID, entry_point="amc.envs.pruning:PruningEnv", disable_env_checker=True)
