@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from amc.errors import AmcError
+from amc.service import choices
 
 STAGES = ("queued", "data", "profile", "sensitivity", "search", "finetune", "export", "done")
 _NEXT = {"profile": "sensitivity", "sensitivity": "search", "search": "finetune", "finetune": "export"}
@@ -36,7 +37,8 @@ class JobSpec(BaseModel):
     model: str | None = Field(None, description="architecture reference (default: guessed from the checkpoint)")
     data: str = Field("cifar10", description="a registered data set name")
     budget: str = Field("macs=0.5", description="KIND=FRACTION, KIND in size, macs, params, latency")
-    method: Literal["amc", "optuna", "sensitivity"] = "optuna"
+    method: str = Field("optuna", description="a searcher, or sensitivity (GET /api/v1/registry: methods)",
+                        json_schema_extra={"choices": "methods"})
     granularity: Literal["fine", "channel"] | None = None
     episodes: int = Field(30, ge=1, le=10_000, description="AMC episodes or Optuna trials")
     seed: int = Field(0, ge=0)
@@ -56,7 +58,8 @@ class JobSpec(BaseModel):
                                                          "(the heldout protocol)")
     upper: float | None = Field(None, gt=0, lt=1, description="highest per-layer ratio (default 0.9 for channel "
                                                                "pruning, 0.98 for fine-grained)")
-    criterion: Literal["l1", "l2", "l2_next", "bn", "taylor", "obd", "apoz", "magnitude", "synflow"] = "l2"
+    criterion: str = Field("l2", description="a channel or weight criterion (GET /api/v1/registry: criteria)",
+                           json_schema_extra={"choices": "criteria"})
     round_to: int = Field(8, ge=1, le=256)
     latency_runs: int = Field(50, ge=1, le=10_000)
     latency_fit_rounds: int = Field(4, ge=0, le=20, description="latency budget: rounds that tighten the chosen "
@@ -78,6 +81,16 @@ class JobSpec(BaseModel):
         except AmcError as e:
             raise ValueError(str(e)) from None
         return str(b)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        return choices.check("methods", v)  # read at validation time: a searcher registered later is accepted
+
+    @field_validator("criterion")
+    @classmethod
+    def _criterion(cls, v: str) -> str:
+        return choices.check("criteria", v)
 
     @field_validator("sensitivity_ratios")
     @classmethod
@@ -111,6 +124,19 @@ class JobSpec(BaseModel):
                                   sensitivity_ratios=self.sensitivity_ratios)
         except AmcError as e:
             raise ValueError(str(e)) from None
+
+
+def job_schema() -> dict[str, Any]:
+    """``JobSpec``'s JSON schema with the current choices of each registry-backed field as its ``enum``
+    (the page builds its form from it; ``GET /api/v1/options``)."""
+    schema = JobSpec.model_json_schema()
+    lists = choices.catalog()
+    for prop in schema["properties"].values():
+        kind = prop.get("choices")
+        if kind in lists:
+            prop["enum"] = list(lists[kind])
+            prop["enum_descriptions"] = lists[kind]
+    return schema
 
 
 @dataclass
