@@ -16,7 +16,6 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
-import amc.importance
 from amc.registry import Registry
 from amc.search.registry import SEARCHERS
 from amc.service.app import create_app
@@ -31,10 +30,9 @@ SPEC = {"checkpoint": "tiny", "model": REF, "budget": "macs=0.8", "episodes": 2,
 
 
 def _channel_criteria() -> Any:
-    reg = getattr(amc.importance, "CHANNEL_CRITERIA", None)
-    if reg is None:  # the channel criteria still registered by the channel pruner
-        from amc.pruners.channel import CRITERIA as reg
-    return reg
+    from amc.options import channel_criteria
+
+    return channel_criteria()
 
 
 def _add(reg: Any, name: str, obj: Any) -> None:
@@ -96,7 +94,9 @@ def test_registry_lists_what_the_registries_hold(service) -> None:
     assert reg["budget_kinds"] == list(BUDGET_KINDS)
     assert reg["recoveries"] == list(RECOVERIES)
     assert reg["checkpoints"] == [] and reg["datasets"] == ["cifar10"]
-    for key in ("methods", "criteria", "channel_criteria", "weight_criteria", "budget_kinds", "recoveries"):
+    assert reg["granularities"] == ["fine", "channel"] and "acc" in reg["rewards"]
+    for key in ("methods", "criteria", "channel_criteria", "weight_criteria", "granularities", "rewards",
+                "budget_kinds", "recoveries"):
         assert list(reg["descriptions"][key]) == reg[key]  # every name with its (maybe empty) help
     assert reg["descriptions"]["methods"]["sensitivity"]
 
@@ -113,7 +113,29 @@ def test_options_schema_carries_bounds_defaults_and_current_choices(service) -> 
     assert props["method"]["enum"] == [*SEARCHERS, "sensitivity"]
     assert set(props["criterion"]["enum"]) >= {"l1", "l2", "magnitude"}
     assert props["score_on"]["enum"] == ["auto", "masked", "physical"]
+    assert props["granularity"]["anyOf"][0]["enum"] == ["fine", "channel"]  # and null: the default
     assert all(p.get("description") for n, p in props.items() if n in ("budget", "episodes", "method"))
+
+
+def test_jobspec_is_the_options_model_with_the_services_limits() -> None:
+    from pydantic import ValidationError
+
+    from amc.options import leaf_fields
+    from amc.service.jobs import SERVICE_SET
+
+    leaves = leaf_fields()
+    options = set(leaves) - set(SERVICE_SET)
+    assert set(JobSpec.model_fields) - options == {"checkpoint", "upload", "model", "data", "train_limit",
+                                                   "protocol", "heldout"}
+    for name in options:  # one declaration: the options model's type and help
+        assert JobSpec.model_fields[name].description == leaves[name][1].description, name
+    spec = JobSpec.model_validate(SPEC)
+    config = spec.compress_config("sqlite:///study.db", study="job-1")
+    assert config.flat() == {**{k: getattr(spec, k) for k in options}, "storage": "sqlite:///study.db",
+                             "study": "job-1"}
+    for name in SERVICE_SET:  # the service's to set: a client's value is refused
+        with pytest.raises(ValidationError, match=name):
+            JobSpec.model_validate({**SPEC, name: "postgresql://elsewhere/db"})
 
 
 def test_a_searcher_and_a_criterion_registered_later_are_listed_and_accepted(service, plugin) -> None:

@@ -1,14 +1,16 @@
 """What a job may name, read from the project's registries each time it is asked (never copied here).
 
 Lifecycle: nothing to set up. ``catalog()`` -> ``{list name: {name: one-line help}}`` for ``GET
-/api/v1/registry`` and the page's selects; ``JobSpec``'s validators call ``check(kind, name)``. A
-searcher or criterion registered after the service started (a plugin, a test) is listed and accepted
-at the next request, because every function here reads its registry when called.
+/api/v1/registry`` and the page; ``describe(noun, names)`` gives the help of the names a ``JobSpec``
+field's ``Choices`` (``amc.options``) allows, for ``GET /api/v1/options``. A searcher or criterion
+registered after the service started (a plugin, a test) is listed at the next request, and accepted by
+``JobSpec``, whose registry-backed fields validate through ``amc.options.Choices`` at validation time.
 
-The lists: ``methods`` (the searchers of ``amc.search.registry.SEARCHERS`` plus the pipeline's
-no-search ``sensitivity``), ``channel_criteria`` and ``weight_criteria`` (``amc.importance``), a job's
-``criteria`` (either kind: the granularity decides which one applies), ``budget_kinds``
-(``amc.budget.BUDGET_KINDS``) and ``recoveries`` (``amc.evaluator.RECOVERIES``).
+The lists: ``methods`` (``amc.options.method_names``: the searchers of ``amc.search.registry.SEARCHERS``
+plus the pipeline's no-search methods), ``criteria`` (what a job's criterion may be:
+``amc.options.criterion_names``, channel or weight criteria; the granularity decides which applies),
+``channel_criteria`` and ``weight_criteria`` (``amc.importance``), ``granularities``, ``rewards``,
+``recoveries`` (``amc.evaluator``) and ``budget_kinds`` (``amc.budget.BUDGET_KINDS``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-# the pipeline's one method that is not a searcher: no search, the policy the sensitivity scan picks
-SENSITIVITY = {"sensitivity": "no search: the policy picked from the per-layer sensitivity scan"}
+from amc import options
 
 
 def _describe(names: Iterable[str] | Mapping[str, Any]) -> dict[str, str]:
@@ -34,21 +35,19 @@ def _first_line(doc: str | None) -> str:
     return (doc or "").strip().split("\n", 1)[0].strip()
 
 
+def _helped(names: Iterable[str], *helps: Mapping[str, str]) -> dict[str, str]:
+    """``names`` in their order, each with the first help found for it."""
+    return {n: next((h[n] for h in helps if h.get(n)), "") for n in names}
+
+
 def methods() -> dict[str, str]:
     from amc.search.registry import SEARCHERS
 
-    return _describe(SEARCHERS) | SENSITIVITY
+    return _helped(options.method_names(), _describe(SEARCHERS), options.PIPELINE_METHODS)
 
 
 def channel_criteria() -> dict[str, str]:
-    import amc.importance
-
-    reg: Mapping[str, Any] | None = getattr(amc.importance, "CHANNEL_CRITERIA", None)
-    if reg is None:  # the channel criteria still registered by the channel pruner
-        from amc.pruners.channel import CRITERIA
-
-        reg = CRITERIA
-    return _describe(reg)
+    return _describe(options.channel_criteria())
 
 
 def weight_criteria() -> dict[str, str]:
@@ -58,9 +57,23 @@ def weight_criteria() -> dict[str, str]:
 
 
 def criteria() -> dict[str, str]:
-    """What a job's ``criterion`` may be: a channel or a weight criterion (its granularity picks)."""
-    channel = channel_criteria()
-    return channel | {k: v for k, v in weight_criteria().items() if k not in channel}
+    return _helped(options.criterion_names(), channel_criteria(), weight_criteria())
+
+
+def granularities() -> dict[str, str]:
+    return _describe(options.granularity_names())
+
+
+def rewards() -> dict[str, str]:
+    from amc.evaluator import REWARDS
+
+    return _helped(options.reward_names(), _describe(REWARDS))
+
+
+def recoveries() -> dict[str, str]:
+    from amc.evaluator import RECOVERIES
+
+    return _helped(options.recovery_names(), _describe(RECOVERIES))
 
 
 def budget_kinds() -> dict[str, str]:
@@ -69,18 +82,13 @@ def budget_kinds() -> dict[str, str]:
     return _describe(BUDGET_KINDS)
 
 
-def recoveries() -> dict[str, str]:
-    from amc.evaluator import RECOVERIES
-
-    return _describe(RECOVERIES)
-
-
-# list name -> (what one entry is called, its reader)
+# list name -> (what one entry is called, as amc.options.Choices words it; its reader)
 LISTS: dict[str, tuple[str, Callable[[], dict[str, str]]]] = {
     "methods": ("method", methods), "criteria": ("criterion", criteria),
     "channel_criteria": ("channel criterion", channel_criteria),
     "weight_criteria": ("weight criterion", weight_criteria),
-    "budget_kinds": ("budget kind", budget_kinds), "recoveries": ("recovery", recoveries),
+    "granularities": ("granularity", granularities), "rewards": ("reward", rewards),
+    "recoveries": ("recovery", recoveries), "budget_kinds": ("budget kind", budget_kinds),
 }
 
 
@@ -89,10 +97,7 @@ def catalog() -> dict[str, dict[str, str]]:
     return {key: read() for key, (_, read) in LISTS.items()}
 
 
-def check(kind: str, name: str) -> str:
-    """``name`` when the list ``kind`` (a key of ``LISTS``) holds it; else a ``ValueError`` naming the choices."""
-    noun, read = LISTS[kind]
-    known = read()
-    if name not in known:
-        raise ValueError(f"unknown {noun} {name!r}; known: {', '.join(known)}")
-    return name
+def describe(noun: str, names: Iterable[str]) -> dict[str, str]:
+    """``names`` (the choices of a field whose entries are called ``noun``) with their help, where a list knows it."""
+    helps = [read() for n, read in LISTS.values() if n == noun]
+    return _helped(names, *helps)

@@ -27,6 +27,8 @@ class Registry(BaseModel):
     criteria: list[str] = Field(description="what a job's criterion may be (a channel or a weight criterion)")
     channel_criteria: list[str]
     weight_criteria: list[str]
+    granularities: list[str]
+    rewards: list[str]
     recoveries: list[str]
     descriptions: dict[str, dict[str, str]] = Field(
         description="list name -> entry -> its one-line help (empty where the registry has none)")
