@@ -133,6 +133,10 @@ def test_jobspec_is_the_options_model_with_the_services_limits() -> None:
     config = spec.compress_config("sqlite:///study.db", study="job-1")
     assert config.flat() == {**{k: getattr(spec, k) for k in options}, "storage": "sqlite:///study.db",
                              "study": "job-1"}
+    for name, value in (("episodes", 10_001), ("batch_size", 8193), ("finetune_epochs", 1001.0), ("lr", 11.0),
+                        ("round_to", 257), ("latency_fit_rounds", 21), ("sensitivity_ratios", [0.5] * 17)):
+        with pytest.raises(ValidationError, match=name):  # the service's limits over the options model's
+            JobSpec.model_validate({**SPEC, name: value})
     for name in SERVICE_SET:  # the service's to set: a client's value is refused
         with pytest.raises(ValidationError, match=name):
             JobSpec.model_validate({**SPEC, name: "postgresql://elsewhere/db"})
