@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 # name -> module; imported on first use so `import amc` stays light (the CLI imports submodules itself)
 _EXPORTS = {
     "compress": "amc.api", "open_dataset": "amc.api", "open_model": "amc.api",
-    "CompressConfig": "amc.pipeline", "CompressResult": "amc.pipeline",
+    "CompressConfig": "amc.options", "CompressResult": "amc.pipeline",
     "Recipe": "amc.recipe", "load_recipe": "amc.recipe", "apply_recipe": "amc.recipe",
     "Budget": "amc.budget",
     "Evaluator": "amc.evaluator", "EvalConfig": "amc.evaluator",
@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from amc.evaluator import EvalConfig, Evaluator
     from amc.inspect import Prunability, inspect_model
     from amc.models import resolve_model
-    from amc.pipeline import CompressConfig, CompressResult
+    from amc.options import CompressConfig
+    from amc.pipeline import CompressResult
     from amc.pruners.oneshot import prune_to_budget
     from amc.recipe import Recipe, apply_recipe, load_recipe
     from amc.search.base import Searcher, SearchResult

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +136,9 @@ def compress(model: nn.Module | str, budget: str = "macs=0.5", data: DataArg | N
     ``data_record``: for ``data`` already opened as a DataSource, how it was split (the recipe
     records it; ``amc compress`` passes the one its data loading made).
     """
-    known = {f.name for f in fields(CompressConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise AmcError(f"unknown option {unknown[0]!r}; CompressConfig takes: {', '.join(sorted(known))}")
     epochs = float(finetune) if not callable(finetune) else float(options.pop("finetune_epochs", 1.0))
-    cfg = replace(config or CompressConfig(), budget=budget, method=method, episodes=episodes,
-                  finetune_epochs=epochs, **options)
+    cfg = (config or CompressConfig()).replace(budget=budget, method=method, episodes=episodes,
+                                               finetune_epochs=epochs, **options)
     source, record = open_dataset_recorded(data, val=val, test=test, heldout=heldout,  # type: ignore[arg-type]
                                            device=device, image_size=image_size, seed=cfg.seed, protocol=protocol)
     record = record or data_record

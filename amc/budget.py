@@ -29,10 +29,16 @@ from torch import nn
 from amc.errors import BudgetError, PolicyError
 from amc.layers import LayerInfo, count_params
 from amc.policy import Policy
+from amc.registry import Registry
 
 Bounds = dict[str, tuple[float, float]]  # layer -> (lower, upper) ratio
 
-BUDGET_KINDS = ("size", "macs", "params", "latency")
+BUDGET_KINDS: Registry[str] = Registry("budget kind", BudgetError)  # kind -> the Result field that measures it
+BUDGET_KINDS.register("size", "size", help="non-zero weights x 32 bits over the dense model's (fine-grained pruning)")
+BUDGET_KINDS.register("macs", "macs", help="multiply-accumulates over the dense model's (channel pruning)")
+BUDGET_KINDS.register("params", "params", help="parameters over the dense model's (channel pruning)")
+BUDGET_KINDS.register("latency", "latency", help="predicted CPU latency over the dense model's (channel pruning, "
+                                                 "a latency table)")
 DEFAULT_UPPER = 0.9  # never remove more than 90% of a layer unless asked (AMC capped channel ratios at 0.8-0.9)
 FINE_UPPER = 0.98  # fine-grained: a layer may keep 2% of its weights (size=0.1 needs ~0.95 on the big layers)
 
@@ -52,8 +58,7 @@ class Budget:
     fraction: float
 
     def __post_init__(self) -> None:
-        if self.kind not in BUDGET_KINDS:
-            raise BudgetError(f"unknown budget kind {self.kind!r}; known: {', '.join(BUDGET_KINDS)}")
+        BUDGET_KINDS.check(self.kind)
         if not (isinstance(self.fraction, int | float) and 0.0 < self.fraction <= 1.0):
             raise BudgetError(f"budget fraction must be in (0, 1], got {self.fraction!r}")
 

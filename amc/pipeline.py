@@ -19,14 +19,13 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
 
-from amc.budget import Budget, default_upper
 from amc.data import DataSource
 from amc.errors import AmcError
 from amc.io import atomic_write_text
@@ -34,62 +33,15 @@ from amc.latency_check import check_latency, fit_measured, paired_fraction
 from amc.layers import count_macs, count_params
 from amc.metrics import size_fraction
 from amc.models import load_model, resolve_arch
+from amc.options import CompressConfig
 from amc.recipe import DataInfo, Metrics, Recipe
-from amc.search.registry import SEARCHERS, SearchSpec, make_searcher
+from amc.search.registry import SearchSpec, make_searcher
 from amc.train import evaluate
 
-METHODS = (*SEARCHERS, "sensitivity")  # "sensitivity": no search, the sensitivity-picked policy
 RECIPE_METRICS = {f.name for f in fields(Metrics)}  # what a recipe's metrics section holds
 Progress = Callable[[str], None]
 Score = Callable[[nn.Module], float]  # the user's evaluate(model) -> float, higher is better
 Train = Callable[[nn.Module, float], object]  # the user's finetune(model, epochs)
-
-
-@dataclass(frozen=True)
-class CompressConfig:
-    budget: str = "macs=0.5"  # KIND=FRACTION: size, macs, params or latency
-    method: str = "optuna"  # amc | optuna | sensitivity (no search: the sensitivity-picked policy)
-    granularity: str | None = None  # None: fine for a size budget, channel otherwise
-    episodes: int = 100  # AMC episodes or Optuna trials
-    warmup: int | None = None  # AMC random warm-up episodes (None: a third of the episodes)
-    seed: int = 0
-    finetune_epochs: float = 5.0  # the benchmark protocol's finetune
-    lr: float = 0.01
-    distill: float = 0.0  # knowledge-distillation weight of the finetune, the dense model as teacher (0: labels only)
-    batch_size: int = 256
-    calib_images: int = 5120  # BN recalibration images per reward (the DESIGN's 5,120)
-    eval_images: int | None = None  # held-out images per reward (None: the whole held-out split)
-    score_on: str = "auto"  # reward scored on the "masked" or "physical" pruned model (EvalConfig.score_on)
-    upper: float | None = None  # highest per-layer ratio searches may take (None: amc.budget.default_upper)
-    criterion: str = "l2"  # channel importance; fine: magnitude (l1/l2 read as it), obd or synflow
-    round_to: int = 8  # channel multiple
-    sensitivity_ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # channel scan
-    sparsities: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)  # fine scan
-    test_limit: int | None = None  # test images for the final numbers (None: all 10,000)
-    latency_runs: int = 50  # timed CPU runs per latency measurement (median)
-    latency_fit_rounds: int = 4  # latency budget: rounds of amc.latency_check.fit_measured (0: the table alone)
-    export_dtype: str = "fp32"
-    onnx: bool = True
-    storage: str | None = None  # Optuna storage URL (default sqlite in the run folder)
-    study: str | None = None  # Optuna study name (default compress-<model>): one per job on a shared storage
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise AmcError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
-        Budget.parse(self.budget)  # a malformed budget fails here, before any work
-        if not (self.finetune_epochs >= 0 and self.lr > 0 and 0 <= self.distill <= 1):
-            raise AmcError(f"finetune needs epochs >= 0, lr > 0 and a distill weight in [0, 1]; got "
-                           f"epochs {self.finetune_epochs}, lr {self.lr}, distill {self.distill}")
-
-    @property
-    def parsed_budget(self) -> Budget:
-        return Budget.parse(self.budget)
-
-    @property
-    def resolved_granularity(self) -> str:
-        if self.granularity is not None:
-            return self.granularity
-        return "fine" if self.parsed_budget.kind == "size" else "channel"
 
 
 @dataclass
@@ -143,7 +95,7 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
     is reported beside test accuracy; ``train(model, epochs)`` replaces the built-in finetune (the
     final one; pruned weights are held at zero during it).
     """
-    from amc.evaluator import EvalConfig, Evaluator
+    from amc.evaluator import build_evaluator
     from amc.export.files import export_compressed
     from amc.recipe import FinetuneSpec, SearchInfo, apply_to_model, make_recipe, save_recipe
     from amc.report import run_report
@@ -175,19 +127,8 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
         + (f", score {dense_score:.4g}" if dense_score is not None else ""))
 
     # -- evaluator (the budget is checked here, before any search) ------------------------------
-    lut = None
-    if budget.kind == "latency":
-        from amc.latency import CALIBRATION_RATIOS, LatencyTable
-
-        lut = LatencyTable(run / "latency_lut.csv", "cpu", threads=1)
-        # what the layers leave out counts too: fitted on the dense model and two thinner copies
-        dense_ms = lut.calibrate(dense, input_shape=shape[1:], thin=CALIBRATION_RATIOS)
-        say(f"latency: dense {dense_ms:.2f} ms on the CPU (1 thread); the table's summed layers times "
-            f"{lut.scale:.3f} plus {lut.overhead_ms:.2f} ms outside the table's layers")
-    ecfg = EvalConfig(granularity=gran, calib_images=config.calib_images, eval_images=config.eval_images,
-                      upper=config.upper if config.upper is not None else default_upper(gran),
-                      criterion=config.criterion, round_to=config.round_to, score_on=config.score_on)
-    evaluator = Evaluator(dense, splits, budget, ecfg, input_shape=shape, latency_table=lut, score_fn=score)
+    evaluator = build_evaluator(dense, splits, config, shape, latency_table=run / "latency_lut.csv", score_fn=score,
+                                say=say)
 
     # -- sensitivity ------------------------------------------------------------------------------
     t = time.perf_counter()
@@ -339,7 +280,7 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
                      title=f"amc compress: {arch}, {config.budget}, {config.method}")
     times["report"] = time.perf_counter() - t
     summary = {"checkpoint": str(checkpoint) if checkpoint is not None else None, "arch": arch,
-               "input_shape": list(shape), "num_classes": num_classes, "config": asdict(config), "granularity": gran,
+               "input_shape": list(shape), "num_classes": num_classes, "config": config.flat(), "granularity": gran,
                "metrics": metrics, "files": files, "wall_time_s": times,
                "candidates_heldout": {k: r.row() for k, r in scored.items()},
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}

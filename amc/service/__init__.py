@@ -10,7 +10,9 @@ Lifecycle of a job::
     continues with every completed trial kept.
 
 Modules: ``config`` (ServiceConfig), ``store`` (jobs and tokens tables, SQLAlchemy), ``auth`` (tokens),
-``queue`` (the task queue behind one small interface, huey), ``jobs`` (JobSpec, progress parsing,
+``queue`` (the task queue behind one small interface, huey), ``choices`` (every list of names a job
+may use, read from the project's registries at request time), ``jobs`` (JobSpec, progress parsing,
 ``run_job``: the one call into the pipeline), ``worker`` (claims, heartbeats, recovery), ``app`` and
-``api/`` (the FastAPI app and its routers), ``web/`` (the page and its static files).
+``api/`` (the FastAPI app and its routers), ``web/`` (the page and its static files: its option inputs
+are built from ``GET /api/v1/options``, its choices from ``GET /api/v1/registry``).
 """

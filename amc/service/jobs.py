@@ -1,6 +1,13 @@
 """What a job is (``JobSpec``), how its progress reads (``ProgressTracker``), and the one call into the
 pipeline (``run_job``).
 
+``JobSpec`` is derived from the options model (``amc.options.CompressConfig``): its options are the
+model's leaf fields (``JobOptions``: the same types, defaults, bounds, descriptions and registry-backed
+choices) less what the service sets itself (``SERVICE_SET``), with the service's own defaults and limits
+(``SERVICE_LIMITS``); beside them, the service-only fields (the weights: ``checkpoint`` or ``upload``,
+``model``, ``data``, and the quick-job slice: ``train_limit``, ``protocol``, ``heldout``). A job's
+options become a ``CompressConfig`` in one call (``JobSpec.compress_config``).
+
 ``run_job(spec, weights, data_path, run_dir, progress, device)`` is the only place the service calls
 the compression pipeline; it calls ``amc.pipeline.compress`` and would re-point at the public
 ``amc.compress(model, ...)`` API in one place. The pipeline reports progress as message strings
@@ -17,17 +24,57 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from amc.errors import AmcError
+from amc.options import CompressConfig, choices_of, leaf_fields
+from amc.service import choices
 
 STAGES = ("queued", "data", "profile", "sensitivity", "search", "finetune", "export", "done")
 _NEXT = {"profile": "sensitivity", "sensitivity": "search", "search": "finetune", "finetune": "export"}
 _COUNT = re.compile(r"^(trial|episode) (\d+)/(\d+)")
 
 
-class JobSpec(BaseModel):
-    """One compression job: the options of ``amc compress``, plus the data slice for quick jobs."""
+# Options a client may not set: the service gives each job its own Optuna study in the job's run folder.
+SERVICE_SET = ("storage", "study")
+
+# The service's own defaults and limits for the options it shares with ``CompressConfig``: CPU-friendly
+# defaults (a quick job: 30 trials, one finetune epoch), and upper bounds so that one request cannot
+# hold a worker for days or ask for a batch no GPU holds.
+SERVICE_LIMITS: dict[str, dict[str, Any]] = {
+    "episodes": {"default": 30, "le": 10_000},
+    "warmup": {"le": 10_000},
+    "finetune_epochs": {"default": 1.0, "le": 1000},
+    "lr": {"le": 10},
+    "batch_size": {"le": 8192},
+    "round_to": {"le": 256},
+    "recovery_steps": {"le": 10_000},
+    "latency_runs": {"le": 10_000},
+    "latency_fit_rounds": {"le": 20},
+    "sensitivity_ratios": {"max_length": 16},
+    "sparsities": {"max_length": 32},
+}
+
+
+def job_options() -> dict[str, Any]:
+    """The options a job may set: ``CompressConfig``'s leaf fields (type, default, bounds, registry-backed
+    choices, description), less ``SERVICE_SET``, with ``SERVICE_LIMITS`` applied on top."""
+    out: dict[str, Any] = {}  # name -> (annotation, FieldInfo), as create_model takes them
+    for name, (annotation, info) in leaf_fields(CompressConfig).items():
+        if name in SERVICE_SET:
+            continue
+        limits = SERVICE_LIMITS.get(name)
+        out[name] = (annotation, FieldInfo.merge_field_infos(info, Field(**limits)) if limits else info)
+    return out
+
+
+JobOptions = create_model("JobOptions", __config__=ConfigDict(extra="forbid"), **job_options())
+
+
+class JobSpec(JobOptions):  # type: ignore[misc, valid-type]
+    """One compression job: the options of ``CompressConfig`` a client may set (``JobOptions``, derived
+    from it), plus where the weights and data come from and the data slice of quick jobs."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -35,18 +82,6 @@ class JobSpec(BaseModel):
     upload: str | None = Field(None, description="an uploaded weights id (POST /api/v1/uploads)")
     model: str | None = Field(None, description="architecture reference (default: guessed from the checkpoint)")
     data: str = Field("cifar10", description="a registered data set name")
-    budget: str = Field("macs=0.5", description="KIND=FRACTION, KIND in size, macs, params, latency")
-    method: Literal["amc", "optuna", "sensitivity"] = "optuna"
-    granularity: Literal["fine", "channel"] | None = None
-    episodes: int = Field(30, ge=1, le=10_000, description="AMC episodes or Optuna trials")
-    seed: int = Field(0, ge=0)
-    finetune_epochs: float = Field(1.0, ge=0, le=1000)
-    lr: float = Field(0.01, gt=0, le=10)
-    distill: float = Field(0.0, ge=0, le=1)
-    batch_size: int = Field(256, ge=1, le=8192)
-    calib_images: int = Field(5120, ge=1)
-    eval_images: int | None = Field(None, ge=1)
-    test_limit: int | None = Field(None, ge=1, description="test images for the final numbers")
     train_limit: int | None = Field(None, ge=64, description="use only this many train images (quick jobs)")
     protocol: Literal["auto", "test-halves", "heldout"] = Field(
         "auto", description="what the search scores on: test-halves (the test set split once into a validation "
@@ -54,19 +89,6 @@ class JobSpec(BaseModel):
                             "images held out), auto (test-halves unless heldout is given)")
     heldout: int | None = Field(None, ge=16, description="held-out train images for the search rewards "
                                                          "(the heldout protocol)")
-    upper: float | None = Field(None, gt=0, lt=1, description="highest per-layer ratio (default 0.9 for channel "
-                                                               "pruning, 0.98 for fine-grained)")
-    criterion: Literal["l1", "l2", "l2_next", "bn", "taylor", "obd", "apoz", "magnitude", "synflow"] = "l2"
-    round_to: int = Field(8, ge=1, le=256)
-    latency_runs: int = Field(50, ge=1, le=10_000)
-    latency_fit_rounds: int = Field(4, ge=0, le=20, description="latency budget: rounds that tighten the chosen "
-                                                                "policy until it meets the budget by measurement")
-    score_on: Literal["auto", "masked", "physical"] = Field(
-        "auto", description="channel rewards scored on the masked dense model or the physically smaller one "
-                            "(auto: physical on the CPU)")
-    sensitivity_ratios: tuple[float, ...] = Field((0.2, 0.4, 0.6, 0.8), min_length=1, max_length=16,
-                                                  description="channel ratios scanned per layer")
-    onnx: bool = True
 
     @field_validator("budget")
     @classmethod
@@ -77,14 +99,7 @@ class JobSpec(BaseModel):
             b = Budget.parse(v)  # kind and range checked there
         except AmcError as e:
             raise ValueError(str(e)) from None
-        return str(b)
-
-    @field_validator("sensitivity_ratios")
-    @classmethod
-    def _ratios(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if not all(0 < r < 1 for r in v):
-            raise ValueError(f"sensitivity ratios must be in (0, 1), got {list(v)}")
-        return v
+        return str(b)  # stored in one spelling
 
     @model_validator(mode="after")
     def _source(self) -> JobSpec:
@@ -94,23 +109,33 @@ class JobSpec(BaseModel):
             raise ValueError("protocol test-halves scores on the test set's validation half; heldout does not apply")
         if self.train_limit is not None and self.heldout is not None and self.heldout >= self.train_limit:
             raise ValueError(f"heldout ({self.heldout}) must be below train_limit ({self.train_limit})")
-        self.compress_config(None)  # the pipeline's own checks, up front
+        self.compress_config(None)  # the options model's own checks (the parts' validators), up front
         return self
 
-    def compress_config(self, storage: str | None, study: str | None = None) -> Any:
-        from amc.pipeline import CompressConfig
-
+    def compress_config(self, storage: str | None, study: str | None = None) -> CompressConfig:
+        """The pipeline's options: this job's, and the service's Optuna ``storage`` and ``study``."""
         try:
-            return CompressConfig(budget=self.budget, method=self.method, granularity=self.granularity,
-                                  episodes=self.episodes, seed=self.seed, finetune_epochs=self.finetune_epochs,
-                                  lr=self.lr, distill=self.distill, batch_size=self.batch_size,
-                                  calib_images=self.calib_images, eval_images=self.eval_images, upper=self.upper,
-                                  criterion=self.criterion, round_to=self.round_to, test_limit=self.test_limit,
-                                  latency_runs=self.latency_runs, latency_fit_rounds=self.latency_fit_rounds,
-                                  score_on=self.score_on, onnx=self.onnx, storage=storage, study=study,
-                                  sensitivity_ratios=self.sensitivity_ratios)
+            return CompressConfig(**self.model_dump(include=set(JobOptions.model_fields)), storage=storage,
+                                  study=study)
         except AmcError as e:
             raise ValueError(str(e)) from None
+
+
+def job_schema() -> dict[str, Any]:
+    """``JobSpec``'s JSON schema with the registries' current names as the ``enum`` of each field that
+    names one (method, criterion, granularity...), and their one-line help where there is one (``GET
+    /api/v1/options``; the page builds its form from it)."""
+    schema = JobSpec.model_json_schema()
+    for name, (_, info) in job_options().items():
+        found = choices_of(info)
+        if found is not None:
+            prop = schema["properties"][name]
+            names = list(found.names())
+            # an optional field's names go on its non-null branch: null stays valid
+            branch = next((b for b in prop.get("anyOf", ()) if b.get("type") != "null"), prop)
+            branch["enum"] = names
+            prop["enum_descriptions"] = choices.describe(found.noun, names)
+    return schema
 
 
 @dataclass

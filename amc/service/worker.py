@@ -53,7 +53,8 @@ def resolve_weights(config: ServiceConfig, owner: str, spec: JobSpec) -> Path:
 
 
 def live_trials(run_dir: Path, budget_kind: str) -> list[dict[str, Any]]:
-    """The job's Optuna trials so far (number, state, origin, reward, accuracy, cost, policy)."""
+    """The job's Optuna trials so far (number, state, origin, reward, accuracy, cost, policy); none when
+    its method keeps no study (the study database is the record, whatever searcher wrote it)."""
     import optuna
 
     db = run_dir / "study.db"
@@ -164,8 +165,8 @@ class Worker:
 
         def progress(msg: str) -> None:
             tracker.update(msg)
-            if tracker.stage == "search" and msg.startswith("trial"):
-                trials = live_trials(run_dir, kind)
+            trials = live_trials(run_dir, kind) if tracker.stage == "search" and msg.startswith("trial") else []
+            if trials:  # a study's trials so far (an empty list would hide the agent's trials.csv from the API)
                 atomic_write_text(run_dir / "trials.json", _json(trials))
                 done = [t for t in trials if t["state"] == "COMPLETE"]
                 tracker.trials_complete = len(done)
@@ -185,8 +186,9 @@ class Worker:
             tracker.update("data")
             self.store.beat(jid, self.name, tracker.as_dict())
             run_job(spec, weights, splits, run_dir, progress, record=record)
-            if spec.method == "optuna":
-                atomic_write_text(run_dir / "trials.json", _json(live_trials(run_dir, kind)))
+            final = live_trials(run_dir, kind)
+            if final:  # a method with a study (any Optuna sampler); others leave the pipeline's trials.csv
+                atomic_write_text(run_dir / "trials.json", _json(final))
             tracker.stage, tracker.message = "done", "done"
             self.store.finish(jid, self.name, "done", progress=tracker.as_dict())
         except JobStopped:

@@ -28,11 +28,72 @@ function secs(s) { if (s === null || s === undefined) return "–"; s = Math.rou
 function esc(s) { return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
 
 // ---------------------------------------------------------------------------------- job list + form
+// The form's option inputs are built from GET /api/v1/options (the job's JSON schema: types, defaults,
+// bounds, descriptions, and the registries' current names as the enum of method and criterion), so an
+// option or a searcher added to the project shows up here with no edit. The headline options go on the
+// first line, the rest under "more options"; checkpoint, upload and data are the service's own inputs.
+const MAIN = ["model", "budget", "method", "episodes", "finetune_epochs"];
+const OWN = ["checkpoint", "upload", "data"];
+let schema = null;
+
+function leaf(prop) {  // an optional field's non-null type, with the field's own default and help
+  const inner = prop.anyOf ? prop.anyOf.find((p) => p.type !== "null") || {} : {};
+  return Object.assign({}, inner, prop);
+}
+
+function optionInput(name, prop) {
+  const p = leaf(prop), dflt = p.default, none = dflt === null || dflt === undefined;
+  let input;
+  if (p.enum) {
+    const help = p.enum_descriptions || {};
+    input = `<select name="${name}">${none ? '<option value="">(default)</option>' : ""}` +
+      p.enum.map((v) => `<option ${v === dflt ? "selected" : ""} title="${esc(help[v] || "")}">${esc(v)}</option>`).join("") +
+      "</select>";
+  } else if (p.type === "boolean") {
+    input = `<input name="${name}" type="checkbox" ${dflt ? "checked" : ""}>`;
+  } else if (p.type === "integer" || p.type === "number") {
+    const bounds = (p.minimum !== undefined ? ` min="${p.minimum}"` : "") + (p.maximum !== undefined ? ` max="${p.maximum}"` : "");
+    input = `<input name="${name}" type="number"${bounds}${p.type === "number" ? ' step="any"' : ""} ` +
+      (none ? 'placeholder="default" size="8"' : `value="${dflt}"`) + ">";
+  } else if (p.type === "array") {
+    input = `<input name="${name}" value="${esc((dflt || []).join(", "))}" size="14">`;
+  } else {
+    input = `<input name="${name}" ${none ? 'placeholder="default"' : `value="${esc(dflt)}"`} size="12"` +
+      (name === "budget" ? ' list="budget-kinds" required' : "") + ">";
+  }
+  return `<label title="${esc(p.description || "")}">${esc(name.replace(/_/g, " "))} ${input}</label>`;
+}
+
+function buildForm(reg) {
+  const names = Object.keys(schema.properties).filter((n) => !OWN.includes(n));
+  $("f-main").innerHTML = MAIN.filter((n) => names.includes(n)).map((n) => optionInput(n, schema.properties[n])).join(" ");
+  $("f-options").innerHTML = names.filter((n) => !MAIN.includes(n)).map((n) => optionInput(n, schema.properties[n])).join(" ");
+  $("budget-kinds").innerHTML = reg.budget_kinds.map((k) => `<option value="${esc(k)}=0.5">`).join("");
+}
+
+function readOptions(form) {  // the form's options as JSON values of their schema types
+  const spec = {};
+  for (const [name, prop] of Object.entries(schema.properties)) {
+    const el = form.elements[name], p = leaf(prop);
+    if (OWN.includes(name) || !el) continue;
+    if (p.type === "boolean") { spec[name] = el.checked; continue; }
+    const v = el.value.trim();
+    if (v === "") continue;
+    if (p.type === "integer") spec[name] = parseInt(v, 10);
+    else if (p.type === "number") spec[name] = parseFloat(v);
+    else if (p.type === "array") spec[name] = v.split(",").map((x) => x.trim()).filter((x) => x)
+      .map((x) => (p.items && ["number", "integer"].includes(p.items.type) ? Number(x) : x));
+    else spec[name] = v;
+  }
+  return spec;
+}
+
 async function loadRegistry() {
   const reg = await json("/api/v1/registry");
   $("f-checkpoint").innerHTML = '<option value="">(upload)</option>' +
     reg.checkpoints.map((c) => `<option ${c.startsWith("resnet20") ? "selected" : ""}>${esc(c)}</option>`).join("");
   $("f-data").innerHTML = reg.datasets.map((d) => `<option>${esc(d)}</option>`).join("");
+  if (!schema) { schema = await json("/api/v1/options"); buildForm(reg); }  // once per page load: keeps what was typed
   const me = await json("/api/v1/me");
   $("who").textContent = "user: " + me.user;
 }
@@ -52,14 +113,8 @@ async function showList() {
 async function submitForm(ev) {
   ev.preventDefault();
   showError(null);
-  const f = new FormData(ev.target);
-  const spec = {};
-  for (const k of ["model", "budget", "method", "data", "score_on"]) if (f.get(k)) spec[k] = f.get(k);
-  for (const k of ["episodes", "train_limit", "heldout", "test_limit", "calib_images", "eval_images", "latency_runs",
-                   "latency_fit_rounds"])
-    if (f.get(k)) spec[k] = parseInt(f.get(k), 10);
-  if (f.get("finetune_epochs") !== "") spec.finetune_epochs = parseFloat(f.get("finetune_epochs"));
-  spec.onnx = f.get("onnx") === "on";
+  const f = new FormData(ev.target), spec = readOptions(ev.target);
+  if (f.get("data")) spec.data = f.get("data");
   try {
     const file = $("f-weights").files[0];
     if (file) {
