@@ -10,9 +10,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -223,36 +222,3 @@ def _finetune(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tenso
                 break
     model.eval()
     return {"steps": step, "last_loss": float(loss.detach()), "seconds": time.perf_counter() - t0}
-
-
-def recover_pruned(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    cfg: FinetuneConfig,
-    masks: Masks | None = None,
-    *,
-    seed: int = 0,
-    teacher: nn.Module | None = None,
-    on_step: Callable[[int, int, float], None] | None = None,
-    iterative: Any = None,
-    policy: Mapping[str, float] | None = None,
-    dense_state: Mapping[str, torch.Tensor] | None = None,
-) -> Masks:
-    """A recipe's recovery of a pruned ``model``, seeded with ``seed``: ``cfg.epochs`` of finetuning
-    with ``masks`` held; or, with ``iterative`` (an ``amc.pruners.schedule.IterativeSchedule``), the
-    dense weights ``dense_state`` pruned again step by step to ``policy`` (finetuning between steps),
-    then ``cfg.epochs`` more. ``teacher``: the dense model, distilled when ``cfg.distill_weight > 0``.
-    Returns the masks the model now holds."""
-    torch.manual_seed(seed)
-    masks = dict(masks or {})
-    if iterative is not None:
-        from amc.pruners.schedule import iterative_prune  # imported here: amc.pruners.schedule imports this module
-
-        if dense_state is None or policy is None:
-            raise ValueError("an iterative recovery starts from the dense weights towards a policy: "
-                             "give dense_state and policy")
-        model.load_state_dict(dense_state)
-        masks = iterative_prune(model, policy, iterative, loader=loader, finetune_cfg=cfg, teacher=teacher).masks
-    if cfg.epochs > 0:
-        finetune(model, loader, cfg, masks=masks or None, on_step=on_step, teacher=teacher)
-    return masks

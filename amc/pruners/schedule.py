@@ -146,3 +146,34 @@ def iterative_prune(
         if on_step is not None:
             on_step(row)
     return result
+
+
+def recover_pruned(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    cfg: FinetuneConfig,
+    masks: Masks | None = None,
+    *,
+    seed: int = 0,
+    teacher: nn.Module | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+    iterative: IterativeSchedule | None = None,
+    policy: Mapping[str, float] | None = None,
+    dense_state: Mapping[str, torch.Tensor] | None = None,
+) -> Masks:
+    """A recipe's recovery of a pruned ``model``, seeded with ``seed``: ``cfg.epochs`` of finetuning
+    with ``masks`` held; or, with ``iterative`` (an ``IterativeSchedule``), the
+    dense weights ``dense_state`` pruned again step by step to ``policy`` (finetuning between steps),
+    then ``cfg.epochs`` more. ``teacher``: the dense model, distilled when ``cfg.distill_weight > 0``.
+    Returns the masks the model now holds."""
+    torch.manual_seed(seed)
+    masks = dict(masks or {})
+    if iterative is not None:
+        if dense_state is None or policy is None:
+            raise ValueError("an iterative recovery starts from the dense weights towards a policy: "
+                             "give dense_state and policy")
+        model.load_state_dict(dense_state)
+        masks = iterative_prune(model, policy, iterative, loader=loader, finetune_cfg=cfg, teacher=teacher).masks
+    if cfg.epochs > 0:
+        finetune(model, loader, cfg, masks=masks or None, on_step=on_step, teacher=teacher)
+    return masks

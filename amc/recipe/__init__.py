@@ -12,7 +12,7 @@ The parts, in the order data flows through them:
 - ``amc.recipe.surgery``: a recipe on a model (building one, checking a model matches, the masks
   and channel plans that re-apply it);
 - ``amc.recipe.files``: the YAML text and the stored masks beside it (safe_load, safetensors).
-The recovery after pruning (finetuning, iterative pruning) is ``amc.train.recover_pruned``.
+The recovery after pruning (finetuning, iterative pruning) is ``amc.pruners.schedule.recover_pruned``.
 """
 
 from amc.recipe.files import (

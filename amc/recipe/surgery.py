@@ -5,7 +5,7 @@ by rebuilding once; ``model=`` a module object instead of rebuilding ``arch``) -
 by ``amc.recipe.files``) -> ``validate_recipe(recipe, model)`` (the schema's rules, then the layers
 against the model) -> ``apply_to_model(recipe, dense)`` -> ``(model, masks)``, or
 ``apply_recipe(recipe, checkpoint, loader=...)``, which loads the dense checkpoint first and, with
-data, runs the recipe's recovery (``amc.train.recover_pruned``).
+data, runs the recipe's recovery (``amc.pruners.schedule.recover_pruned``).
 
 How each granularity rebuilds deterministically (same result on any device, from fp32 weights):
 - ``fine``, criterion ``magnitude``: per layer, zero the ``round(ratio * numel)`` smallest |w|, ties
@@ -37,6 +37,7 @@ from amc.errors import CheckpointError, PolicyError
 from amc.layers import layer_weight, prunable_names
 from amc.models import build_model, file_sha256, load_model
 from amc.pruners.finegrained import magnitude_mask, nm_mask
+from amc.pruners.schedule import recover_pruned
 from amc.recipe.schema import (
     DataInfo,
     FinetuneSpec,
@@ -48,7 +49,7 @@ from amc.recipe.schema import (
     SearchInfo,
     check_recipe,
 )
-from amc.train import Masks, apply_masks, recover_pruned
+from amc.train import Masks, apply_masks
 
 # ----------------------------------------------------------------------------- deterministic masks
 
