@@ -30,6 +30,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import core_schema
 
 from amc.errors import AmcError, BudgetError
+from amc.registry import Registry
 
 if TYPE_CHECKING:
     from amc.budget import Budget
@@ -56,7 +57,9 @@ def method_names() -> list[str]:
     return [*SEARCHERS, *PIPELINE_METHODS]
 
 
-PIPELINE_METHODS = {"sensitivity": "no search: the sensitivity-picked policy"}  # methods that are not searchers
+# the pipeline's methods that are not searchers (amc.pipeline.search branches on membership here)
+PIPELINE_METHODS: Registry[str] = Registry("method")
+PIPELINE_METHODS.register("sensitivity", "sensitivity", help="no search: the sensitivity-picked policy")
 
 
 def channel_criteria() -> Any:
