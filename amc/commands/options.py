@@ -7,8 +7,9 @@ by default; ``json_schema_extra={"cli": {...}}`` on a field only where its flag 
 e.g. ``--dtype``) -> ``argparse`` parses -> ``config_from_args(args)`` gathers the options the
 namespace holds into one validated ``CompressConfig``.
 
-Registry choices are read when argparse reads them (a check, ``--help``), so a name registered after
-the parser was built (a plugin, a test) is a valid choice at once.
+Registry choices are read when they are listed (``--help``) or checked (``config_from_args``), so a
+name registered after the parser was built (a plugin, a test) is a valid choice at once, and an
+unknown one is one clear error line.
 """
 
 from __future__ import annotations
@@ -22,17 +23,22 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from amc.options import LEAVES, CompressConfig, choices_of, leaf_fields
+from amc.options import LEAVES, CompressConfig, OptionError, choices_of, leaf_fields
+
+CHECKS = "_option_choices"  # the namespace attribute: option name -> its LiveChoices, checked on parsing
 
 
 class LiveChoices:
-    """A ``choices`` container argparse reads each time: ``names()`` (a registry's names) then."""
+    """A ``choices`` container argparse reads each time it lists them (usage, ``--help``): ``names()``,
+    a registry's names, then. With ``strict=False`` argparse lets any value through and
+    ``config_from_args`` checks it (``check``), so that an unknown name is one clear error line,
+    as every other bad option is, rather than argparse's usage and exit."""
 
-    def __init__(self, names: Callable[[], Iterable[str]]) -> None:
-        self.names = names
+    def __init__(self, names: Callable[[], Iterable[str]], noun: str = "value", strict: bool = True) -> None:
+        self.names, self.noun, self.strict = names, noun, strict
 
     def __contains__(self, value: object) -> bool:
-        return value in list(self.names())
+        return not self.strict or value in list(self.names())
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self.names()))
@@ -42,6 +48,11 @@ class LiveChoices:
 
     def __repr__(self) -> str:
         return repr(list(self.names()))
+
+    def check(self, value: Any) -> None:
+        known = list(self.names())
+        if value is not None and value not in known:
+            raise OptionError(f"unknown {self.noun} {value!r}; known: {', '.join(known)}")
 
 
 def flag_of(name: str, info: FieldInfo) -> str:
@@ -108,10 +119,12 @@ def _add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: s
         return
     kw: dict[str, Any] = {"dest": name, "default": default, "help": help_text}
     found = choices_of(info)
-    if listing is not None:
-        kw["choices"] = LiveChoices(listing)
-    elif found is not None:
-        kw["choices"] = LiveChoices(found.names)
+    names = listing if listing is not None else (found.names if found is not None else None)
+    if names is not None:
+        live = LiveChoices(names, found.noun if found is not None else name, strict=False)
+        kw["choices"] = live
+        checks = dict(parser.get_default(CHECKS) or {})  # the namespace carries them to config_from_args
+        parser.set_defaults(**{CHECKS: checks | {name: live}})
     if typing.get_origin(kind) is typing.Literal:
         kw["choices"] = kw.get("choices") or typing.get_args(kind)
         kind = type(typing.get_args(kind)[0])
@@ -124,6 +137,8 @@ def _add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: s
 
 def config_from_args(args: argparse.Namespace, **changes: Any) -> CompressConfig:
     """The ``CompressConfig`` of every option ``args`` holds (by its dest, the option's name), with
-    ``changes`` on top."""
+    ``changes`` on top; a name outside a flag's registry choices is one ``OptionError``."""
+    for name, live in (getattr(args, CHECKS, None) or {}).items():
+        live.check(getattr(args, name))
     found = {name: getattr(args, name) for name in LEAVES if hasattr(args, name)}
     return CompressConfig(**(found | changes))

@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--checkpoint-every", type=int, default=25)
     o = p.add_argument_group("Optuna")
     add_option_flags(o, only=("study", "storage"), defaults={"study": "amc-search"})
-    o.add_argument("--sampler", choices=LiveChoices(_samplers), default="tpe")
+    o.add_argument("--sampler", choices=LiveChoices(_samplers, "sampler"), default="tpe")
     o.add_argument("--sens-ratios", default="0.2,0.4,0.6,0.8",
                    help="ratios scanned per layer for the sensitivity-picked first trial ('' to skip it)")
     o.add_argument("--screen-images", type=int, default=None, metavar="N",
