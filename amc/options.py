@@ -206,7 +206,7 @@ class FinetuneOptions(BaseModel):
     lr: float = Field(default=0.01, gt=0, description="finetune learning rate")
     distill: float = Field(default=0.0, ge=0, le=1, description="knowledge-distillation weight in [0, 1] of the "
                                                                 "finetune, the dense model as teacher")
-    batch_size: int = Field(default=256, ge=1)
+    batch_size: int = Field(default=256, ge=1, description="training batch size (the finetune's)")
 
     @field_validator("finetune_epochs", "lr", "distill", mode="before")
     @classmethod
