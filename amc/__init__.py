@@ -2,7 +2,8 @@
 
 The public API (see ``amc/api.py`` and the README's "Python API"):
 
-- ``amc.compress(model, budget="macs=0.5", data=..., ...) -> CompressResult``: the one button.
+- ``amc.compress(model, budget="macs=0.5", data=..., ...) -> CompressResult``: the one button; its option
+  keywords are the fields of ``CompressConfig`` (``amc/options.py``: every option declared once).
 - ``amc.Recipe.load(path).apply(model)``: re-apply a compression to a dense model bit for bit.
 - ``amc.inspect_model(model, example_inputs)``: which layers can be pruned and which are held, and why.
 - ``amc.prune_to_budget(model, example_inputs, "macs=0.5")``: a data-free one-shot channel pruner.

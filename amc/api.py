@@ -2,7 +2,7 @@
 
     import amc
     result = amc.compress(model, budget="macs=0.5", data="path/to/imagefolder", method="optuna",
-                          episodes=30, finetune=1.0, run_dir="runs/mine")
+                          episodes=30, finetune=1.0, run_dir="runs/mine")  # any option of amc.options.CompressConfig
     result.model            # the compressed nn.Module (really smaller for channel budgets)
     result.recipe           # amc.Recipe: result.recipe.apply(fresh_dense_model) rebuilds it bit for bit
     result.metrics          # accuracy, size / MACs / params fractions, measured CPU latency and speedup
@@ -37,7 +37,8 @@ from amc.data import STREAM_ABOVE, DataSource, decoded_bytes, load_images, open_
 from amc.data.holdout import ProtocolRecord, split_for_search
 from amc.data.splits import HELDOUT
 from amc.errors import AmcError, DataError
-from amc.pipeline import CompressConfig, CompressResult, Progress, compress_model
+from amc.options import CompressConfig
+from amc.pipeline import CompressResult, Progress, compress_model
 from amc.recipe import DataInfo
 
 DataArg = str | os.PathLike | DataSource | torch.utils.data.Dataset | torch.utils.data.DataLoader
@@ -118,27 +119,36 @@ def _check_model(model: nn.Module, example: torch.Tensor, num_classes: int) -> N
                        f"build the model with num_classes={num_classes}")
 
 
-def compress(model: nn.Module | str, budget: str = "macs=0.5", data: DataArg | None = None, *,
-             example_inputs: torch.Tensor | None = None, method: str = "optuna", episodes: int = 30,
-             finetune: float | Callable[[nn.Module, float], object] = 1.0,
+API_DEFAULTS = {"episodes": 30, "finetune_epochs": 1.0}  # amc.compress's own defaults, quicker than the CLI's
+
+
+def compress(model: nn.Module | str, budget: str | None = None, data: DataArg | None = None, *,
+             example_inputs: torch.Tensor | None = None,
+             finetune: float | Callable[[nn.Module, float], object] | None = None,
              evaluate: Callable[[nn.Module], float] | None = None, run_dir: str | os.PathLike = "runs/compress",
              weights: str | os.PathLike | None = None, num_classes: int | None = None,
              val: Any = None, test: Any = None, heldout: int | None = None,
              device: str | torch.device | None = None, image_size: int | None = None,
              progress: Progress | None = None, config: CompressConfig | None = None,
              protocol: str = "auto", data_record: ProtocolRecord | None = None, **options: Any) -> CompressResult:
-    """Compress ``model`` to ``budget`` on ``data``; see the module doc.
+    """Compress ``model`` to ``budget`` (default ``macs=0.5``) on ``data``; see the module doc.
 
-    ``method``: ``optuna``, ``amc`` (the DDPG agent) or ``sensitivity`` (no search); ``episodes``:
-    trials or agent episodes. Further ``options`` are ``CompressConfig`` fields (``calib_images``,
-    ``eval_images``, ``test_limit``, ``round_to``, ``criterion``, ``lr``, ``distill``, ``seed``...);
-    ``config`` gives them all at once. ``progress(message)`` sees each stage and trial.
-    ``data_record``: for ``data`` already opened as a DataSource, how it was split (the recipe
-    records it; ``amc compress`` passes the one its data loading made).
+    ``options`` are the options of ``amc.options.CompressConfig`` by name (``method``: ``optuna``,
+    ``amc`` (the DDPG agent) or ``sensitivity`` (no search); ``episodes``: trials or agent episodes,
+    30 by default; ``calib_images``, ``eval_images``, ``test_limit``, ``round_to``, ``criterion``,
+    ``lr``, ``distill``, ``seed``...), validated there: an unknown one is one clear error naming the
+    close matches. ``config`` gives them all at once (``options`` then change it). ``finetune``: the
+    built-in finetune's epochs (1.0 by default; the ``finetune_epochs`` option) or the user's
+    ``finetune(model, epochs)``. ``progress(message)`` sees each stage and trial. ``data_record``:
+    for ``data`` already opened as a DataSource, how it was split (the recipe records it; ``amc
+    compress`` passes the one its data loading made).
     """
-    epochs = float(finetune) if not callable(finetune) else float(options.pop("finetune_epochs", 1.0))
-    cfg = (config or CompressConfig()).replace(budget=budget, method=method, episodes=episodes,
-                                               finetune_epochs=epochs, **options)
+    changes = dict(options)
+    if budget is not None:
+        changes["budget"] = budget
+    if finetune is not None and not callable(finetune):
+        changes["finetune_epochs"] = float(finetune)
+    cfg = config.replace(**changes) if config is not None else CompressConfig(**(API_DEFAULTS | changes))
     source, record = open_dataset_recorded(data, val=val, test=test, heldout=heldout,  # type: ignore[arg-type]
                                            device=device, image_size=image_size, seed=cfg.seed, protocol=protocol)
     record = record or data_record

@@ -30,6 +30,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import core_schema
 
 from amc.errors import AmcError, BudgetError
+from amc.registry import Registry
 
 if TYPE_CHECKING:
     from amc.budget import Budget
@@ -56,7 +57,9 @@ def method_names() -> list[str]:
     return [*SEARCHERS, *PIPELINE_METHODS]
 
 
-PIPELINE_METHODS = {"sensitivity": "no search: the sensitivity-picked policy"}  # methods that are not searchers
+# the pipeline's methods that are not searchers (amc.pipeline.search branches on membership here)
+PIPELINE_METHODS: Registry[str] = Registry("method")
+PIPELINE_METHODS.register("sensitivity", "sensitivity", help="no search: the sensitivity-picked policy")
 
 
 def channel_criteria() -> Any:
@@ -203,7 +206,7 @@ class FinetuneOptions(BaseModel):
     lr: float = Field(default=0.01, gt=0, description="finetune learning rate")
     distill: float = Field(default=0.0, ge=0, le=1, description="knowledge-distillation weight in [0, 1] of the "
                                                                 "finetune, the dense model as teacher")
-    batch_size: int = Field(default=256, ge=1)
+    batch_size: int = Field(default=256, ge=1, description="training batch size (the finetune's)")
 
     @field_validator("finetune_epochs", "lr", "distill", mode="before")
     @classmethod

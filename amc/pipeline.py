@@ -1,26 +1,34 @@
 """One-button compression: profile -> sensitivity -> search -> recipe -> finetune -> export -> report.
 
-Lifecycle: ``CompressConfig(...)`` -> ``compress_model(dense, splits, config, run_dir, ...)`` (a
-module object; ``compress(checkpoint, arch, splits, config, run_dir)`` builds it from a checkpoint) ->
-``CompressResult`` (the compressed model, the recipe, paths, metrics, timings). The public entry
-point, which also takes model references, data paths and torch datasets, is ``amc.compress``
-(``amc/api.py``). Everything lands in ``run_dir``: ``recipe.yaml``,
-the model files (``model.sparse.safetensors`` or ``pruned/`` and ``model.onnx``), ``report.md``
-with its plots, ``trials.csv`` (every search episode or trial), ``sensitivity.csv`` and
-``summary.json``. A size budget prunes weights (fine-grained); MACs, parameter and latency budgets
-prune channels, so the model really gets faster.
+Lifecycle: ``CompressConfig(...)`` (``amc.options``) -> ``compress_model(dense, splits, config, run_dir,
+...)`` (a module object; ``compress(checkpoint, arch, splits, config, run_dir)`` builds it from a
+checkpoint) -> ``CompressResult`` (the compressed model, the recipe, paths, metrics, timings). The
+public entry point, which also takes model references, data paths and torch datasets, is
+``amc.compress`` (``amc/api.py``).
+
+``compress_model`` runs the stages in order, each a function of the ``Job`` (options, data, run
+folder, dense model) and what the stages before it returned: ``profile`` -> ``Profile``, (the
+evaluator, ``amc.evaluator.build_evaluator``: the budget is checked there, before any work) ->
+``sensitivity`` -> ``Sensitivity`` -> ``search`` -> ``Choice`` -> ``make_job_recipe`` -> ``Recipe``
+-> ``finetune`` -> ``Finetuned`` -> ``export`` -> ``Measured`` -> ``report``. Everything lands in
+``run_dir``: ``recipe.yaml``, the model files (``model.sparse.safetensors`` or ``pruned/`` and
+``model.onnx``), ``report.md`` with its plots, ``trials.csv`` (every search episode or trial),
+``sensitivity.csv`` and ``summary.json``. A size budget prunes weights (fine-grained); MACs,
+parameter and latency budgets prune channels, so the model really gets faster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -33,10 +41,16 @@ from amc.latency_check import check_latency, fit_measured, paired_fraction
 from amc.layers import count_macs, count_params
 from amc.metrics import size_fraction
 from amc.models import load_model, resolve_arch
-from amc.options import CompressConfig
-from amc.recipe import DataInfo, Metrics, Recipe
+from amc.options import PIPELINE_METHODS, CompressConfig
+from amc.policy import Policy
+from amc.recipe import DataInfo, Metrics, Recipe, save_recipe
 from amc.search.registry import SearchSpec, make_searcher
 from amc.train import evaluate
+
+if TYPE_CHECKING:
+    from amc.budget import Budget
+    from amc.evaluator import Evaluator, Result
+    from amc.recipe import FinetuneSpec
 
 RECIPE_METRICS = {f.name for f in fields(Metrics)}  # what a recipe's metrics section holds
 Progress = Callable[[str], None]
@@ -86,7 +100,7 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
                    checkpoint: str | os.PathLike | None = None,
                    input_shape: tuple[int, ...] | None = None, score: Score | None = None,
                    train: Train | None = None, data: DataInfo | None = None) -> CompressResult:
-    """The whole pipeline on a dense module object (not modified; see the module doc).
+    """The whole pipeline on a dense module object (not modified; see the module doc): its stages in order.
 
     ``ref``: the model reference the recipe records (default: the module's class name);
     ``checkpoint``: the weights file it came from, if any (its hash goes into the recipe);
@@ -96,193 +110,321 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
     final one; pruned weights are held at zero during it).
     """
     from amc.evaluator import build_evaluator
-    from amc.export.files import export_compressed
-    from amc.recipe import FinetuneSpec, SearchInfo, apply_to_model, make_recipe, save_recipe
-    from amc.report import run_report
-    from amc.sensitivity import auto_policy, finegrained_scan
-    from amc.train import finetune
 
-    say = progress or (lambda msg: None)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    budget = config.parsed_budget
-    gran = config.resolved_granularity
-    device = splits.device
     shape = tuple(input_shape) if input_shape is not None else (1, *getattr(splits, "input_shape", (3, 32, 32)))
-    arch = ref or type(dense).__name__
-    times: dict[str, float] = {}
+    job = Job(config, splits, run, progress or (lambda msg: None), ref or type(dense).__name__, shape, dense,
+              copy.deepcopy(dense).to(splits.device).eval(), score, checkpoint, data)
     t_all = time.perf_counter()
+    prof = profile(job)
+    # the budget is checked here (BudgetError when it cannot be met), before any search
+    evaluator = build_evaluator(job.dense, splits, config, shape, latency_table=run / "latency_lut.csv",
+                                score_fn=score, say=job.say)
+    sens = sensitivity(job, evaluator)
+    chosen = search(job, evaluator, sens)
+    recipe = make_job_recipe(job, evaluator, chosen.policy, prof.num_classes)
+    tuned = finetune(job, recipe, prof, train)
+    measured = export(job, tuned, prof, chosen)
+    recipe = recipe.with_metrics(**{k: v for k, v in measured.metrics.items() if k in RECIPE_METRICS})
+    recipe_path = save_recipe(recipe, run / "recipe.yaml")
+    job.times["total"] = time.perf_counter() - t_all
+    report_path = report(job, recipe, prof, sens, chosen, tuned, measured)
+    return CompressResult(run, recipe_path, report_path, measured.metrics, job.times, measured.files,
+                          model=tuned.model, recipe=recipe)
 
-    # -- profile ---------------------------------------------------------------------------------
-    t = time.perf_counter()
-    source = dense
-    dense = copy.deepcopy(dense).to(device).eval()
-    test = splits.loader("test", 512, limit=config.test_limit)
-    dense_acc = evaluate(dense, test)
-    dense_score = float(score(dense)) if score is not None else None
-    dense_macs, dense_params = count_macs(dense, shape)[0], count_params(dense)
-    num_classes = int(dense(torch.zeros(shape, device=device)).shape[-1])
-    times["profile"] = time.perf_counter() - t
-    say(f"profile: {arch}, {dense_params:,} params, {dense_macs / 1e6:.2f} M MACs, test accuracy {dense_acc:.2%}"
-        + (f", score {dense_score:.4g}" if dense_score is not None else ""))
 
-    # -- evaluator (the budget is checked here, before any search) ------------------------------
-    evaluator = build_evaluator(dense, splits, config, shape, latency_table=run / "latency_lut.csv", score_fn=score,
-                                say=say)
+# -- the stages, in order ------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """What every stage reads: the options, the data, the run folder and the dense model."""
 
-    # -- sensitivity ------------------------------------------------------------------------------
-    t = time.perf_counter()
-    if gran == "fine":
-        curves = finegrained_scan(dense, splits.loader("heldout", 512, limit=config.eval_images), evaluator.names,
-                                  config.sparsities)
-        sens_policy = None
-        if budget.kind == "size":  # the curve-picked policies, global magnitude and LAMP, checked jointly
-            calib = splits.loader("train", 512, limit=config.calib_images, shuffle=False, augment=False)
-            sens_policy, table = auto_policy(dense, curves, budget.fraction,
-                                             splits.loader("heldout", 512, limit=config.eval_images), calib=calib,
-                                             names=evaluator.names)
-            atomic_write_text(run / "candidates.csv", table.to_csv(index=False))
-            sens_policy = evaluator.projector.project(sens_policy)
-    else:
-        curves = evaluator.sensitivity(config.sensitivity_ratios)
-        sens_policy = None
-    if sens_policy is None:
-        sens_policy = evaluator.sensitivity_policy(curves)
-    atomic_write_text(run / "sensitivity.csv", curves.to_csv(index=False))
-    times["sensitivity"] = time.perf_counter() - t
-    say(f"sensitivity: {len(curves)} points in {times['sensitivity']:.1f} s")
+    config: CompressConfig
+    splits: DataSource
+    run: Path
+    say: Progress
+    arch: str  # the model reference the recipe records
+    shape: tuple[int, ...]  # one example input's shape
+    source: nn.Module  # the user's dense module (not modified: the recipe is applied to it)
+    dense: nn.Module  # a copy on the data's device, eval mode
+    score: Score | None
+    checkpoint: str | os.PathLike | None
+    data: DataInfo | None
+    times: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
-    # -- search -------------------------------------------------------------------------------------
-    t = time.perf_counter()
-    trials = pd.DataFrame()
-    policy: dict[str, float] | None
-    if config.method == "sensitivity":
-        policy = sens_policy
-    else:  # the uniform and the sensitivity-picked policies are the search's first trials
-        wanted = SearchSpec(config.episodes, config.seed,
-                          start={"uniform": evaluator.uniform_policy(), "sensitivity": sens_policy},
-                          options={"warmup": config.warmup, "study": config.study or f"compress-{arch}",
-                                   "storage": config.storage})
-        folder = {"amc": run / "agent"}.get(config.method, run)  # the agent's checkpoints; Optuna's study.db
-        found = make_searcher(config.method, evaluator, wanted, folder).run(
-            progress=lambda p: say(f"trial {p.done}/{p.total}"))
-        policy, trials = found.best_policy, found.trials
-    if policy is None:
-        raise AmcError("the search found no feasible policy; raise the budget or the episodes")
-    candidates = {"search best": policy, "sensitivity": sens_policy, "uniform": evaluator.uniform_policy()}
-    scored = {k: evaluator.evaluate(p) for k, p in candidates.items()}
-    if config.method != "sensitivity" and scored["sensitivity"].feasible and \
-            scored["sensitivity"].reward > scored["search best"].reward:
-        say("the sensitivity-picked policy scored above the search's best: keeping it")
-        policy = sens_policy
-    fit = None
-    if budget.kind == "latency" and config.latency_fit_rounds > 0:  # met by measurement, not only the table
-        runs = config.latency_runs
-        fit = fit_measured(policy, evaluator.projector, lambda p: evaluator.build(p)[0],
-                           lambda m: paired_fraction(m, dense, rounds=5, runs=runs, input_shape=shape[1:]).fraction,
-                           rounds=config.latency_fit_rounds, fill=True)
-        say(f"latency fit: the table predicted {fit.steps[0]['predicted']:.2%}, measured {fit.steps[0]['measured']:.2%}"
+    @property
+    def budget(self) -> Budget:
+        return self.config.parsed_budget
+
+    @property
+    def granularity(self) -> str:
+        return self.config.resolved_granularity
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self.times[stage] = time.perf_counter() - t
+
+
+@dataclass
+class Profile:
+    test: Any  # the test loader of the final numbers
+    accuracy: float
+    score: float | None
+    macs: int
+    params: int
+    num_classes: int
+
+
+def profile(job: Job) -> Profile:
+    """The dense model's test accuracy (and user score), MACs, parameters and classes."""
+    with job.timed("profile"):
+        test = job.splits.loader("test", 512, limit=job.config.test_limit)
+        acc = evaluate(job.dense, test)
+        dense_score = float(job.score(job.dense)) if job.score is not None else None
+        macs, params = count_macs(job.dense, job.shape)[0], count_params(job.dense)
+        num_classes = int(job.dense(torch.zeros(job.shape, device=job.splits.device)).shape[-1])
+    job.say(f"profile: {job.arch}, {params:,} params, {macs / 1e6:.2f} M MACs, test accuracy {acc:.2%}"
+            + (f", score {dense_score:.4g}" if dense_score is not None else ""))
+    return Profile(test, acc, dense_score, macs, params, num_classes)
+
+
+@dataclass
+class Sensitivity:
+    curves: pd.DataFrame  # accuracy per layer and ratio (sensitivity.csv)
+    policy: Policy  # the sensitivity-picked policy, projected onto the budget
+
+
+def sensitivity(job: Job, evaluator: Evaluator) -> Sensitivity:
+    """Per-layer scans and the policy picked from them; writes sensitivity.csv (and candidates.csv for a
+    size budget: the curve-picked policies, global magnitude and LAMP, checked jointly)."""
+    from amc.sensitivity import auto_policy, finegrained_scan
+
+    config, splits = job.config, job.splits
+    policy = None
+    with job.timed("sensitivity"):
+        if job.granularity == "fine":
+            curves = finegrained_scan(job.dense, splits.loader("heldout", 512, limit=config.eval_images),
+                                      evaluator.names, config.sparsities)
+            if job.budget.kind == "size":
+                calib = splits.loader("train", 512, limit=config.calib_images, shuffle=False, augment=False)
+                policy, table = auto_policy(job.dense, curves, job.budget.fraction,
+                                            splits.loader("heldout", 512, limit=config.eval_images), calib=calib,
+                                            names=evaluator.names)
+                atomic_write_text(job.run / "candidates.csv", table.to_csv(index=False))
+                policy = evaluator.projector.project(policy)
+        else:
+            curves = evaluator.sensitivity(config.sensitivity_ratios)
+        if policy is None:
+            policy = evaluator.sensitivity_policy(curves)
+        atomic_write_text(job.run / "sensitivity.csv", curves.to_csv(index=False))
+    job.say(f"sensitivity: {len(curves)} points in {job.times['sensitivity']:.1f} s")
+    return Sensitivity(curves, policy)
+
+
+@dataclass
+class Choice:
+    policy: Policy  # the policy the recipe records
+    trials: pd.DataFrame  # every search episode or trial (trials.csv; empty without a search)
+    candidates: dict[str, Policy]  # search best, sensitivity, uniform
+    scored: dict[str, Result]  # the candidates on the held-out split, before finetuning
+    fit: Any = None  # amc.latency_check.fit_measured's result for a latency budget
+
+
+def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
+    """The search (the uniform and the sensitivity-picked policies are its first trials), the best of it
+    and the baselines, and for a latency budget the fit of that policy to a measurement; writes trials.csv."""
+    config = job.config
+    with job.timed("search"):
+        trials = pd.DataFrame()
+        policy: Policy | None
+        if config.method in PIPELINE_METHODS:  # "sensitivity": no search
+            policy = sens.policy
+        else:
+            wanted = SearchSpec(config.episodes, config.seed,
+                                start={"uniform": evaluator.uniform_policy(), "sensitivity": sens.policy},
+                                options={"warmup": config.warmup, "study": config.study or f"compress-{job.arch}",
+                                         "storage": config.storage})
+            folder = {"amc": job.run / "agent"}.get(config.method, job.run)  # the agent's checkpoints; study.db
+            found = make_searcher(config.method, evaluator, wanted, folder).run(
+                progress=lambda p: job.say(f"trial {p.done}/{p.total}"))
+            policy, trials = found.best_policy, found.trials
+        if policy is None:
+            raise AmcError("the search found no feasible policy; raise the budget or the episodes")
+        candidates = {"search best": policy, "sensitivity": sens.policy, "uniform": evaluator.uniform_policy()}
+        scored = {k: evaluator.evaluate(p) for k, p in candidates.items()}
+        if config.method not in PIPELINE_METHODS and scored["sensitivity"].feasible and \
+                scored["sensitivity"].reward > scored["search best"].reward:
+            job.say("the sensitivity-picked policy scored above the search's best: keeping it")
+            policy = sens.policy
+        fit = None
+        if job.budget.kind == "latency" and config.latency_fit_rounds > 0:  # met by measurement, not the table
+            fit = _fit_latency(job, evaluator, policy)
+            policy = fit.policy
+        if len(trials):
+            atomic_write_text(job.run / "trials.csv", trials.to_csv(index=False))
+    job.say(f"search ({config.method}): {len(trials)} episodes in {job.times['search']:.1f} s")
+    return Choice(policy, trials, candidates, scored, fit)
+
+
+def _fit_latency(job: Job, evaluator: Evaluator, policy: Policy) -> Any:
+    """Tighten (or loosen) ``policy`` until the model built from it meets the budget by a paired CPU
+    measurement against the dense model (``amc.latency_check.fit_measured``)."""
+    runs = job.config.latency_runs
+    fit = fit_measured(policy, evaluator.projector, lambda p: evaluator.build(p)[0],
+                       lambda m: paired_fraction(m, job.dense, rounds=5, runs=runs, input_shape=job.shape[1:]).fraction,
+                       rounds=job.config.latency_fit_rounds, fill=True)
+    job.say(f"latency fit: the table predicted {fit.steps[0]['predicted']:.2%}, measured {fit.steps[0]['measured']:.2%}"
             + (f"; tightened in {len(fit.steps) - 1} round(s) to {fit.measured:.2%} measured"
                if len(fit.steps) > 1 else "") + ("" if fit.within else " (still over the budget)"))
-        policy = fit.policy
-    if len(trials):
-        atomic_write_text(run / "trials.csv", trials.to_csv(index=False))
-    times["search"] = time.perf_counter() - t
-    say(f"search ({config.method}): {len(trials)} episodes in {times['search']:.1f} s")
+    return fit
 
-    # -- recipe, rebuild, finetune -------------------------------------------------------------------
-    t = time.perf_counter()
-    spec = FinetuneSpec(epochs=config.finetune_epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-                        distill=config.distill)
-    info = SearchInfo(config.method, config.episodes if config.method != "sensitivity" else 0, config.seed)
-    common = dict(budget=budget, finetune=spec, search=info, model=source, num_classes=num_classes,
-                  input_shape=shape, data=data)
-    if gran == "channel":
+
+def make_job_recipe(job: Job, evaluator: Evaluator, policy: Policy, num_classes: int) -> Recipe:
+    """The recipe of ``policy``: the kept channels per group (channel), or the criterion and, for obd /
+    synflow, the masks themselves (fine: they are not rebuilt from |w|)."""
+    with job.timed("recipe"):
+        return _recipe(job, evaluator, policy, num_classes)
+
+
+def _recipe(job: Job, evaluator: Evaluator, policy: Policy, num_classes: int) -> Recipe:
+    from amc.recipe import SearchInfo, make_recipe
+
+    config = job.config
+    spec = _finetune_spec(config)
+    info = SearchInfo(config.method, config.episodes if config.method not in PIPELINE_METHODS else 0, config.seed)
+    common: dict[str, Any] = dict(budget=job.budget, finetune=spec, search=info, model=job.source,
+                                  num_classes=num_classes, input_shape=job.shape, data=job.data)
+    if job.granularity == "channel":
         plan = evaluator.plan(evaluator.check(policy))
-        recipe = make_recipe(arch, checkpoint, dict(policy), "channel", config.criterion, kept=plan,
-                             round_to=config.round_to, **common)  # type: ignore[arg-type]
-    else:  # obd / synflow masks are stored with the recipe (they are not rebuilt from |w|)
-        from amc.importance.weights import fine_criterion
+        return make_recipe(job.arch, job.checkpoint, dict(policy), "channel", config.criterion, kept=plan,
+                           round_to=config.round_to, **common)
+    from amc.importance.weights import fine_criterion
 
-        crit = fine_criterion(config.criterion)
-        stored = evaluator.fine_masks(evaluator.check(policy)) if crit != "magnitude" else None
-        recipe = make_recipe(arch, checkpoint, dict(policy), "fine", crit, masks=stored,
-                             **common)  # type: ignore[arg-type]
-    model, masks = apply_to_model(recipe, source)
-    model = model.to(device)
-    masks = {k: v.to(device) for k, v in masks.items()}
-    before = {"accuracy": evaluate(model, test)}
-    if spec.epochs > 0:
-        torch.manual_seed(spec.seed)
-        if train is not None:
-            _user_train(train, model, spec.epochs, masks)
-        else:
-            teacher = dense if spec.distill > 0 else None
-            finetune(model, splits.loader("train", config.batch_size, seed=config.seed), spec.config(),
-                     masks=masks or None, teacher=teacher)
-    model.eval()
-    times["finetune"] = time.perf_counter() - t
-    acc = evaluate(model, test)
-    final_score = float(score(model)) if score is not None else None
+    crit = fine_criterion(config.criterion)
+    stored = evaluator.fine_masks(evaluator.check(policy)) if crit != "magnitude" else None
+    return make_recipe(job.arch, job.checkpoint, dict(policy), "fine", crit, masks=stored, **common)
+
+
+@dataclass
+class Finetuned:
+    model: nn.Module  # the compressed, finetuned model (eval mode)
+    accuracy_before: float  # test accuracy of the rebuilt model, before finetuning
+    accuracy: float
+    score: float | None
+
+
+def finetune(job: Job, recipe: Recipe, prof: Profile, train: Train | None) -> Finetuned:
+    """The recipe applied to the user's dense model, then the final finetune (the built-in one, the dense
+    model as teacher when distilling, or the user's ``train``), pruned weights held at zero."""
+    from amc.recipe import apply_to_model
+    from amc.train import finetune as builtin_finetune
+
+    config, device = job.config, job.splits.device
+    with job.timed("finetune"):
+        model, masks = apply_to_model(recipe, job.source)
+        model = model.to(device)
+        masks = {k: v.to(device) for k, v in masks.items()}
+        before = evaluate(model, prof.test)
+        if config.finetune_epochs > 0:
+            torch.manual_seed(config.seed)
+            if train is not None:
+                _user_train(train, model, config.finetune_epochs, masks)
+            else:
+                teacher = job.dense if config.distill > 0 else None
+                builtin_finetune(model, job.splits.loader("train", config.batch_size, seed=config.seed),
+                                 _finetune_spec(config).config(), masks=masks or None, teacher=teacher)
+        model.eval()
+    acc = evaluate(model, prof.test)
+    final_score = float(job.score(model)) if job.score is not None else None
     if not math.isfinite(acc) or (final_score is not None and not math.isfinite(final_score)):
         raise AmcError("the finetuned model produced non-finite outputs")
-    say(f"finetune: {before['accuracy']:.2%} -> {acc:.2%} in {times['finetune']:.1f} s")
+    job.say(f"finetune: {before:.2%} -> {acc:.2%} in {job.times['finetune']:.1f} s")
+    return Finetuned(model, before, acc, final_score)
 
-    # -- measure, export ----------------------------------------------------------------------------
-    t = time.perf_counter()
-    macs = count_macs(model, shape)[0]
-    dense_ms = _cpu_latency(dense, config.latency_runs, shape[1:])
-    ms = _cpu_latency(model, config.latency_runs, shape[1:])
-    times["measure"] = time.perf_counter() - t
-    t = time.perf_counter()
-    exported = export_compressed(model.cpu(), arch, run, gran, dtype=config.export_dtype, onnx=config.onnx,
-                                 input_shape=shape, num_classes=num_classes, program=True)
-    for problem in ("onnx_skipped", "program_skipped"):
-        if problem in exported:
-            say(f"export: {exported[problem]}")
-    where = {"pruned": "pruned_dir", "sparse": "sparse_path", "onnx": "onnx_path",
-             "program": "program_path"}  # export_compressed's keys
-    files = {Path(str(exported[loc])).name: int(exported[f"{kind}_bytes"])
-             for kind, loc in where.items() if loc in exported}
-    times["export"] = time.perf_counter() - t
-    metrics = dict(dense_accuracy=dense_acc, accuracy_before_finetune=before["accuracy"], accuracy=acc,
-                   dense_score=dense_score, score=final_score, params_fraction=count_params(model) / dense_params,
-                   latency_fraction=ms / dense_ms,
-                   size_fraction=size_fraction(model, dense_params * 32), params=count_params(model), macs=macs,
-                   macs_fraction=macs / dense_macs, latency_ms=ms, latency_speedup=dense_ms / ms,
+
+def _finetune_spec(config: CompressConfig) -> FinetuneSpec:
+    """The final finetune as the recipe records it (and as it runs)."""
+    from amc.recipe import FinetuneSpec
+
+    return FinetuneSpec(epochs=config.finetune_epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+                        distill=config.distill)
+
+
+@dataclass
+class Measured:
+    metrics: dict[str, Any]  # what CompressResult.metrics, summary.json and the recipe hold
+    files: dict[str, int]  # exported file name -> bytes
+
+
+def export(job: Job, tuned: Finetuned, prof: Profile, chosen: Choice) -> Measured:
+    """The compressed model's costs and CPU latency against the dense model's, and its files (safetensors,
+    ONNX, torch.export program); a latency budget is checked against the measurement."""
+    from amc.export.files import export_compressed
+
+    config, model = job.config, tuned.model
+    with job.timed("measure"):
+        macs = count_macs(model, job.shape)[0]
+        dense_ms = _cpu_latency(job.dense, config.latency_runs, job.shape[1:])
+        ms = _cpu_latency(model, config.latency_runs, job.shape[1:])
+    with job.timed("export"):
+        exported = export_compressed(model.cpu(), job.arch, job.run, job.granularity, dtype=config.export_dtype,
+                                     onnx=config.onnx, input_shape=job.shape, num_classes=prof.num_classes,
+                                     program=True)
+        for problem in ("onnx_skipped", "program_skipped"):
+            if problem in exported:
+                job.say(f"export: {exported[problem]}")
+        where = {"pruned": "pruned_dir", "sparse": "sparse_path", "onnx": "onnx_path",
+                 "program": "program_path"}  # export_compressed's keys
+        files = {Path(str(exported[loc])).name: int(exported[f"{kind}_bytes"])
+                 for kind, loc in where.items() if loc in exported}
+    metrics = dict(dense_accuracy=prof.accuracy, accuracy_before_finetune=tuned.accuracy_before,
+                   accuracy=tuned.accuracy, dense_score=prof.score, score=tuned.score,
+                   params_fraction=count_params(model) / prof.params, latency_fraction=ms / dense_ms,
+                   size_fraction=size_fraction(model, prof.params * 32), params=count_params(model), macs=macs,
+                   macs_fraction=macs / prof.macs, latency_ms=ms, latency_speedup=dense_ms / ms,
                    latency_device="cpu 1 thread bs1 (PyTorch eager)",
                    file_bytes=int(next(iter(files.values()))) if files else None)
+    fit = chosen.fit
     if fit is not None:
         # the rounds that made the chosen policy meet the budget by measurement (each round's figures in the log)
         metrics.update(latency_fit_measured=fit.measured, latency_fit_predicted=fit.predicted,
                        latency_fit_within=fit.within, latency_fit_rounds=len(fit.steps),
                        latency_fit_first_measured=fit.steps[0]["measured"],
                        latency_fit_first_predicted=fit.steps[0]["predicted"])
-    if budget.kind == "latency":  # the budget checked against the measurement, not only the table's prediction
-        check = check_latency(model, dense, budget, measure=lambda m: ms, dense_ms=dense_ms)
+    if job.budget.kind == "latency":  # the budget checked against the measurement, not only the table's prediction
+        check = check_latency(model, job.dense, job.budget, measure=lambda m: ms, dense_ms=dense_ms)
         metrics["latency_within_budget"] = check.within
         if not check.within:
-            say(f"warning: measured CPU latency {check.measured:.2%} of dense exceeds the budget {budget.fraction:.2%}")
-    recipe = recipe.with_metrics(**{k: v for k, v in metrics.items() if k in RECIPE_METRICS})
-    recipe_path = save_recipe(recipe, run / "recipe.yaml")
+            job.say(f"warning: measured CPU latency {check.measured:.2%} of dense exceeds the budget "
+                    f"{job.budget.fraction:.2%}")
+    return Measured(metrics, files)
 
-    # -- report ----------------------------------------------------------------------------------------
-    t = time.perf_counter()
-    cost_kind = budget.kind
-    results = pd.DataFrame([{"method": f"{k} (held-out, before finetune)", "budget": r.cost(cost_kind),
-                             "accuracy": r.accuracy} for k, r in scored.items()]
-                           + [{"method": "chosen, test after finetune", "budget": metrics[f"{cost_kind}_fraction"],
-                               "accuracy": acc}])  # measured on the finetuned model, for every budget kind
-    times["total"] = time.perf_counter() - t_all
-    rep = run_report(run, recipe, dense=dense.cpu(), compressed=model.cpu(), trials=trials if len(trials) else None,
-                     sensitivity=curves, results=results, timings=times, files=files,
-                     baseline_policies={"sensitivity": sens_policy, "uniform": candidates["uniform"]},
-                     title=f"amc compress: {arch}, {config.budget}, {config.method}")
-    times["report"] = time.perf_counter() - t
-    summary = {"checkpoint": str(checkpoint) if checkpoint is not None else None, "arch": arch,
-               "input_shape": list(shape), "num_classes": num_classes, "config": config.flat(), "granularity": gran,
-               "metrics": metrics, "files": files, "wall_time_s": times,
-               "candidates_heldout": {k: r.row() for k, r in scored.items()},
+
+def report(job: Job, recipe: Recipe, prof: Profile, sens: Sensitivity, chosen: Choice, tuned: Finetuned,
+           measured: Measured) -> Path:
+    """report.md with its plots, and summary.json (the options, the metrics, the candidates' held-out
+    scores, the timings); returns the report's path."""
+    from amc.report import run_report
+
+    config, kind = job.config, job.budget.kind
+    with job.timed("report"):
+        results = pd.DataFrame([{"method": f"{k} (held-out, before finetune)", "budget": r.cost(kind),
+                                 "accuracy": r.accuracy} for k, r in chosen.scored.items()]
+                               + [{"method": "chosen, test after finetune",
+                                   "budget": measured.metrics[f"{kind}_fraction"],
+                                   "accuracy": tuned.accuracy}])  # measured on the finetuned model, every kind
+        trials = chosen.trials if len(chosen.trials) else None
+        rep = run_report(job.run, recipe, dense=job.dense.cpu(), compressed=tuned.model.cpu(), trials=trials,
+                         sensitivity=sens.curves, results=results, timings=job.times, files=measured.files,
+                         baseline_policies={"sensitivity": sens.policy, "uniform": chosen.candidates["uniform"]},
+                         title=f"amc compress: {job.arch}, {config.budget}, {config.method}")
+    device = job.splits.device
+    summary = {"checkpoint": str(job.checkpoint) if job.checkpoint is not None else None, "arch": job.arch,
+               "input_shape": list(job.shape), "num_classes": prof.num_classes, "config": config.flat(),
+               "granularity": job.granularity, "metrics": measured.metrics, "files": measured.files,
+               "wall_time_s": job.times, "candidates_heldout": {k: r.row() for k, r in chosen.scored.items()},
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
-    atomic_write_text(run / "summary.json", json.dumps(summary, indent=2, default=str))
-    return CompressResult(run, recipe_path, rep.path, metrics, times, files, model=model, recipe=recipe)
+    atomic_write_text(job.run / "summary.json", json.dumps(summary, indent=2, default=str))
+    return rep.path

@@ -74,7 +74,7 @@ def main() -> None:
                        progress=lambda m, model=model: print(f"[{model}] {m}", flush=True))
         rows.append({"model": model, "budget": budget, "wall_s": time.perf_counter() - t0,
                      "metrics": res.metrics, "stages_s": res.timings, "files": res.files,
-                     "config": {k: v for k, v in cfg.__dict__.items() if k in base or k in ("method", "budget")}})
+                     "config": {k: v for k, v in cfg.flat().items() if k in base or k in ("method", "budget")}})
         rep = {"meta": meta, "runs": rows}  # rewritten after every run: a cut-off session keeps what finished
         atomic_write_text(out / "one_button.json", json.dumps(rep, indent=2, default=str))
         atomic_write_text(out / "one_button.md", render(rep))

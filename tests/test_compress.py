@@ -5,7 +5,8 @@ import torch
 
 from amc.errors import AmcError, BudgetError
 from amc.models import build_model
-from amc.pipeline import CompressConfig, compress
+from amc.options import CompressConfig
+from amc.pipeline import compress
 from amc.recipe import apply_recipe, load_recipe
 
 

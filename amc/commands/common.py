@@ -57,7 +57,9 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                         "heldout: --heldout train images score the search (only honest for a checkpoint that "
                         "never trained on them)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=256)
+    from amc.commands.options import add_option_flags
+
+    add_option_flags(p, only=("batch_size",))  # the options model's (the finetune's batch size)
 
 
 def device_of(args: argparse.Namespace) -> torch.device:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from amc.commands.common import add_data_args, add_model_args, load_model_arg, load_splits, progress
+from amc.commands.options import LiveChoices, add_option_flags, config_from_args
 from amc.errors import AmcError
 from amc.search.registry import SEARCHERS
 
@@ -23,52 +24,37 @@ SCREEN_CALIB = 256  # calibration images of a --screen-images screen (reports/re
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+
     p = sub.add_parser("search", help="search per-layer ratios under a budget (AMC agent or Optuna)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--method", choices=tuple(SEARCHERS), default="amc")
-    p.add_argument("--budget", default="macs=0.5", help="KIND=FRACTION, KIND in size, macs, params, latency")
-    p.add_argument("--granularity", choices=("channel", "fine"), default="channel")
-    p.add_argument("--episodes", type=int, default=300, help="episodes (AMC) or completed trials (Optuna), in total")
-    p.add_argument("--seed", type=int, default=0)
+    # the options of amc.options.CompressConfig this command takes; a search runs the searchers alone
+    # (no "sensitivity" method), channel pruning and the AMC agent by default, longer
+    add_option_flags(p, only=("method", "budget", "granularity", "episodes", "seed"), choices={"method": _searchers},
+                     defaults={"method": "amc", "granularity": "channel", "episodes": 300})
     p.add_argument("--out", default="runs/search", help="run folder (resumes what it finds there)")
     p.add_argument("--no-resume", action="store_true", help="refuse to reuse an existing run folder")
     e = p.add_argument_group("evaluator")
-    e.add_argument("--reward", default="acc",
-                   help="acc (AMC), acc_loss (held-out loss as tie-breaker), error_log_flops, acc_penalty")
-    e.add_argument("--recovery", choices=("bn", "finetune", "reconstruct"), default="bn",
-                   help="after pruning, before scoring: BN recalibration, --recovery-steps SGD steps, or (channel) "
-                        "AMC's least-squares reconstruction of the layers that lost input channels")
-    e.add_argument("--recovery-steps", type=int, default=20)
-    e.add_argument("--calib-images", type=int, default=5120)
-    e.add_argument("--eval-images", type=int, default=None, help="held-out images per reward (default: all)")
-    e.add_argument("--score-on", choices=("auto", "masked", "physical"), default="auto",
-                   help="score channel policies on the masked dense copy or the physically pruned one "
-                        "(auto: physical on the CPU with BN recovery)")
+    add_option_flags(e, only=("reward", "recovery", "recovery_steps", "calib_images", "eval_images", "score_on"))
     e.add_argument("--rerank", type=int, default=5, metavar="K",
                    help="re-score the top K policies on every held-out image, after the recovery on other "
                         "batches (--rerank-seeds), and keep the best of those (0: keep the best reward); it "
                         "runs when the reward saw a subset (--eval-images) or a finetune recovery")
     e.add_argument("--rerank-seeds", default="1,2", help="recovery seeds of the re-rank (the search's is 0)")
-    e.add_argument("--lower", type=float, default=0.0, help="lowest ratio per layer")
-    e.add_argument("--upper", type=float, default=None,
-                   help="highest ratio per layer (default 0.9 for channel pruning, 0.98 for fine-grained)")
+    add_option_flags(e, only=("lower", "upper"))
     e.add_argument("--around", default=None, metavar="POLICY",
                    help="search a box of --radius around this policy file's ratios (and start from it)")
     e.add_argument("--radius", type=float, default=0.2, help="half-width of the --around box")
-    e.add_argument("--criterion", default="l2", help="importance: channel a key of amc.importance.CHANNEL_CRITERIA "
-                   "(l2, obd, apoz...); fine magnitude (l1/l2 mean it), obd or synflow")
-    e.add_argument("--round-to", type=int, default=8, help="channel counts rounded to this multiple")
+    add_option_flags(e, only=("criterion", "round_to"))
     e.add_argument("--lut", default=None, metavar="CSV", help="latency lookup table (for --budget latency=...)")
     a = p.add_argument_group("AMC agent")
     a.add_argument("--algo", choices=("ddpg", "td3"), default="ddpg")
-    a.add_argument("--warmup", type=int, default=None, help="random warm-up episodes (default: a third)")
+    add_option_flags(a, only=("warmup",))
     a.add_argument("--checkpoint-every", type=int, default=25)
     o = p.add_argument_group("Optuna")
-    o.add_argument("--study", default="amc-search")
-    o.add_argument("--storage", default=None, help="SQLAlchemy URL (default sqlite:///OUT/study.db)")
-    o.add_argument("--sampler", choices=("tpe", "nsga2", "random"), default="tpe")
+    add_option_flags(o, only=("study", "storage"), defaults={"study": "amc-search"})
+    o.add_argument("--sampler", choices=LiveChoices(_samplers, "sampler"), default="tpe")
     o.add_argument("--sens-ratios", default="0.2,0.4,0.6,0.8",
                    help="ratios scanned per layer for the sensitivity-picked first trial ('' to skip it)")
     o.add_argument("--screen-images", type=int, default=None, metavar="N",
@@ -79,34 +65,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _searchers() -> list[str]:
+    return list(SEARCHERS)
+
+
+def _samplers() -> list[str]:
+    from amc.search.optuna import SAMPLERS
+
+    return list(SAMPLERS)
+
+
 def _evaluator(args: argparse.Namespace, model, splits, reference: dict[str, float] | None = None):
-    from amc.budget import Budget
-    from amc.evaluator import EvalConfig, Evaluator
+    from amc.evaluator import build_evaluator
 
-    budget = Budget.parse(args.budget)
-    if args.upper is None:
-        from amc.budget import default_upper
-
-        args.upper = default_upper(args.granularity)
+    config = config_from_args(args)
+    if config.parsed_budget.kind == "latency" and args.lut is None:
+        raise AmcError("a latency budget needs --lut CSV (the per-layer latency lookup table)")
     box = None
     if reference is not None:  # the search box: --radius around the reference policy's ratios
         from amc.budget import bounds_around
 
-        box = bounds_around(reference, args.radius, args.lower, args.upper)
-    cfg = EvalConfig(granularity=args.granularity, reward=args.reward, recovery=args.recovery,
-                     recovery_steps=args.recovery_steps, calib_images=args.calib_images,
-                     eval_images=args.eval_images, score_on=args.score_on, lower=args.lower,
-                     upper=args.upper, criterion=args.criterion, round_to=args.round_to, bounds=box)
-    lut = None
-    if budget.kind == "latency":
-        if args.lut is None:
-            raise AmcError("a latency budget needs --lut CSV (the per-layer latency lookup table)")
-        from amc.latency import CALIBRATION_RATIOS, LatencyTable
-
-        lut = LatencyTable(args.lut, "cpu")
-        # the dense model and two thinner copies end to end: what the table's layers leave out counts too
-        lut.calibrate(model, thin=CALIBRATION_RATIOS)
-    return Evaluator(model, splits, budget, cfg, latency_table=lut)
+        box = bounds_around(reference, args.radius, config.lower, config.resolved_upper)
+    return build_evaluator(model, splits, config, latency_table=args.lut, bounds=box)
 
 
 def _screens(args: argparse.Namespace, model, splits, ev) -> tuple:
@@ -154,14 +134,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.no_resume and out.exists() and any(out.iterdir()):
         raise AmcError(f"run folder {out} is not empty and --no-resume was given")
-    if args.episodes < 1:
-        raise AmcError("--episodes must be >= 1")
-    if args.rerank < 0:
-        raise AmcError("--rerank must be >= 0")
-    try:
-        rerank_seeds = tuple(int(x) for x in args.rerank_seeds.split(",") if x.strip())
-    except ValueError:
-        raise AmcError(f"--rerank-seeds must be comma-separated integers, got {args.rerank_seeds!r}") from None
+    config_from_args(args)  # every option checked before the model and the data are read
+    rerank_seeds, ratios = _lists(args)
     reference = None
     if args.around is not None:  # the searchers start from it: AMC's first episode, an enqueued trial
         from amc.policy import load_policy_file
@@ -175,26 +149,9 @@ def run(args: argparse.Namespace) -> int:
     seeds = _heuristic_seeds(args, model, ev)
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    try:
-        ratios = tuple(float(x) for x in args.sens_ratios.split(",") if x.strip())
-    except ValueError:
-        raise AmcError(f"--sens-ratios must be comma-separated numbers, got {args.sens_ratios!r}") from None
-    from amc.search.base import Progress
-    from amc.search.registry import SearchSpec, make_searcher
-
     # the first trials: the --around policy (else the uniform one), then the heuristics' policies
     start = ({"around": reference} if reference else {"uniform": ev.uniform_policy()}) | seeds
-    spec = SearchSpec(args.episodes, args.seed, start=start, resume=not args.no_resume, options={
-        "algo": args.algo, "warmup": args.warmup, "checkpoint_every": args.checkpoint_every,  # the agent's
-        "study": args.study, "storage": args.storage, "sampler": args.sampler,  # Optuna's
-        "enqueue_sensitivity": bool(ratios), "sensitivity_ratios": ratios or (0.5,),
-        "screen_eta": args.screen_eta}, screens=screens)
-    searcher = make_searcher(args.method, ev, spec, out)
-    with progress(f"search ({args.method})", total=args.episodes) as advance:
-        def on_progress(p: Progress) -> None:
-            advance(completed=p.done, info=_info(p.best_reward, p.feasible, p.counted, p.done - p.resumed_from, t1))
-
-        res = searcher.run(progress=on_progress)
+    res = _search(args, ev, start, ratios, screens, out, t1)
     frame, best_policy, best = res.trials, res.best_policy, res.best_result
     from amc.io import atomic_path, atomic_write_text
     from amc.policy import save_policy_file
@@ -204,25 +161,12 @@ def run(args: argparse.Namespace) -> int:
     search_s = time.perf_counter() - t1
     if best_policy is None or best is None:
         raise AmcError("the search found no feasible policy; raise --upper or the budget")
-
     reranked = None
     # a reward on every held-out image after BN recalibration is exact: re-scoring would repeat it
     if args.rerank and (ev.config.eval_images is not None or ev.config.recovery == "finetune"):
-        from amc.search.base import rerank, rerank_evaluators
-
-        t2 = time.perf_counter()
-        ranked = rerank(rerank_evaluators(ev, rerank_seeds), frame, args.rerank)
-        reranked = {"k": args.rerank, "seeds": list(rerank_seeds), "seconds": time.perf_counter() - t2,
-                    "ranked": [{"rank": r.rank, "search_reward": r.search_reward, "score": r.score,
-                                "policy": r.policy} for r in ranked]}
-        if ranked and ranked[0].feasible:
-            best_policy = ranked[0].policy
-            best = ranked[0].results[0]  # the first re-rank evaluator's measurement (every held-out image)
-        with atomic_path(out / "rerank.csv") as tmp:
-            import pandas as pd
-
-            pd.DataFrame([{k: v for k, v in r.items() if k != "policy"} | {f"r:{n}": x for n, x in r["policy"].items()}
-                          for r in reranked["ranked"]]).to_csv(tmp, index=False)
+        reranked, winner = _rerank(args, ev, frame, rerank_seeds, out)
+        if winner is not None:
+            best_policy, best = winner
     save_policy_file(best_policy, out / "best_policy.yaml")
     summary = {"checkpoint": str(args.checkpoint), "method": args.method, "budget": args.budget,
                "granularity": args.granularity, "criterion": args.criterion, "episodes": len(frame),
@@ -236,6 +180,61 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     _print_table(args, best, best_policy, frame, search_s, reranked)
     return 0
+
+
+def _lists(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """``--rerank-seeds`` and ``--sens-ratios``, checked before any work."""
+    if args.rerank < 0:
+        raise AmcError("--rerank must be >= 0")
+    try:
+        rerank_seeds = tuple(int(x) for x in args.rerank_seeds.split(",") if x.strip())
+    except ValueError:
+        raise AmcError(f"--rerank-seeds must be comma-separated integers, got {args.rerank_seeds!r}") from None
+    try:
+        ratios = tuple(float(x) for x in args.sens_ratios.split(",") if x.strip())
+    except ValueError:
+        raise AmcError(f"--sens-ratios must be comma-separated numbers, got {args.sens_ratios!r}") from None
+    return rerank_seeds, ratios
+
+
+def _search(args: argparse.Namespace, ev, start: dict, ratios: tuple[float, ...], screens: tuple, out: Path,
+            t1: float):
+    """The searcher of ``--method`` run to ``--episodes`` (resuming what ``out`` holds), with a progress line."""
+    from amc.search.base import Progress
+    from amc.search.registry import SearchSpec, make_searcher
+
+    spec = SearchSpec(args.episodes, args.seed, start=start, resume=not args.no_resume, options={
+        "algo": args.algo, "warmup": args.warmup, "checkpoint_every": args.checkpoint_every,  # the agent's
+        "study": args.study, "storage": args.storage, "sampler": args.sampler,  # Optuna's
+        "enqueue_sensitivity": bool(ratios), "sensitivity_ratios": ratios or (0.5,),
+        "screen_eta": args.screen_eta}, screens=screens)
+    searcher = make_searcher(args.method, ev, spec, out)
+    with progress(f"search ({args.method})", total=args.episodes) as advance:
+        def on_progress(p: Progress) -> None:
+            advance(completed=p.done, info=_info(p.best_reward, p.feasible, p.counted, p.done - p.resumed_from, t1))
+
+        return searcher.run(progress=on_progress)
+
+
+def _rerank(args: argparse.Namespace, ev, frame, seeds: tuple[int, ...], out: Path) -> tuple[dict, tuple | None]:
+    """The top ``--rerank`` policies re-scored on every held-out image after the recovery on other batches;
+    writes rerank.csv. Returns the record for summary.json and the feasible winner's (policy, result)."""
+    import pandas as pd
+
+    from amc.io import atomic_path
+    from amc.search.base import rerank, rerank_evaluators
+
+    t2 = time.perf_counter()
+    ranked = rerank(rerank_evaluators(ev, seeds), frame, args.rerank)
+    reranked = {"k": args.rerank, "seeds": list(seeds), "seconds": time.perf_counter() - t2,
+                "ranked": [{"rank": r.rank, "search_reward": r.search_reward, "score": r.score,
+                            "policy": r.policy} for r in ranked]}
+    with atomic_path(out / "rerank.csv") as tmp:
+        pd.DataFrame([{k: v for k, v in r.items() if k != "policy"} | {f"r:{n}": x for n, x in r["policy"].items()}
+                      for r in reranked["ranked"]]).to_csv(tmp, index=False)
+    # the first re-rank evaluator's measurement (every held-out image)
+    winner = (ranked[0].policy, ranked[0].results[0]) if ranked and ranked[0].feasible else None
+    return reranked, winner
 
 
 def _print_table(args, best, policy, frame, seconds: float, reranked: dict | None = None) -> None:
