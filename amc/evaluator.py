@@ -30,8 +30,6 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -48,9 +46,6 @@ from amc.layers import count_macs, count_params, layer_table
 from amc.registry import Registry
 from amc.sensitivity import LOSS_TIE_WEIGHT
 from amc.train import FinetuneConfig, Masks, finetune, model_device, recalibrate_bn
-
-if TYPE_CHECKING:
-    from amc.options import CompressConfig
 
 GRANULARITIES = tuple(STRATEGIES)  # "fine", "channel"
 RECOVERIES: Registry[str] = Registry("recovery", PolicyError)  # what runs after pruning, before scoring
@@ -401,39 +396,3 @@ class Evaluator:
         one accuracy-drop threshold for all layers (``Projector.from_sensitivity``). Projected."""
         curves = curves if curves is not None else self.sensitivity()
         return self.strategy.sensitivity_policy(curves, self.projector, self.bounds, self.budget)
-
-
-# -- built from the options model ------------------------------------------------------------------
-def eval_config(config: CompressConfig, bounds: Mapping[str, tuple[float, float]] | None = None) -> EvalConfig:
-    """The evaluator's own config from the options model: the one place one is made from the other
-    (the granularity and the upper ratio resolved; ``bounds``: per-layer overrides, e.g. a search box)."""
-    return EvalConfig(granularity=config.resolved_granularity, reward=config.reward, recovery=config.recovery,
-                      recovery_steps=config.recovery_steps, calib_images=config.calib_images,
-                      eval_images=config.eval_images, score_on=config.score_on, lower=config.lower,
-                      upper=config.resolved_upper, criterion=config.criterion, round_to=config.round_to,
-                      bounds=bounds)
-
-
-def build_evaluator(dense: nn.Module, splits: DataSource, config: CompressConfig,
-                    input_shape: tuple[int, ...] = (1, 3, 32, 32), *, latency_table: str | Path | None = None,
-                    bounds: Mapping[str, tuple[float, float]] | None = None,
-                    score_fn: Callable[[nn.Module], float] | None = None,
-                    say: Callable[[str], None] | None = None) -> Evaluator:
-    """The evaluator of a compression or a search, in one place: its config (``eval_config``), and for a
-    latency budget its latency table (``latency_table``: the CSV it reads and extends), calibrated on the
-    dense model and two thinner copies, since what the table's layers leave out counts too. The budget is
-    checked here (``BudgetError`` when it cannot be met), before any search."""
-    budget = config.parsed_budget
-    lut = None
-    if budget.kind == "latency":
-        if latency_table is None:
-            raise BudgetError("a latency budget needs a latency table (the per-layer latency lookup table CSV)")
-        from amc.latency import CALIBRATION_RATIOS, LatencyTable
-
-        lut = LatencyTable(latency_table, "cpu", threads=1)
-        dense_ms = lut.calibrate(dense, input_shape=input_shape[1:], thin=CALIBRATION_RATIOS)
-        if say is not None:
-            say(f"latency: dense {dense_ms:.2f} ms on the CPU (1 thread); the table's summed layers times "
-                f"{lut.scale:.3f} plus {lut.overhead_ms:.2f} ms outside the table's layers")
-    return Evaluator(dense, splits, budget, eval_config(config, bounds), input_shape=input_shape, latency_table=lut,
-                     score_fn=score_fn)

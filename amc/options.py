@@ -6,7 +6,7 @@ text) in one of the config's parts (``pruning``, ``search``, ``evaluation``, ``f
 ``amc.compress(**options)`` takes them as keywords, ``amc compress`` / ``amc search`` generate their
 flags from them (``amc.commands.options``), the service derives its request model from
 ``leaf_fields(CompressConfig)``, and the evaluator's own config is built from them
-(``amc.evaluator.eval_config``). Names that are choices (method, criterion, granularity, reward,
+(``CompressConfig.eval_config``). Names that are choices (method, criterion, granularity, reward,
 recovery) are read from their registries when a value is validated or a parser is built
 (``Choices``), never copied.
 
@@ -21,7 +21,7 @@ naming the option (``OptionError``; a malformed budget stays a ``BudgetError``).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -34,6 +34,7 @@ from amc.registry import Registry
 
 if TYPE_CHECKING:
     from amc.budget import Budget
+    from amc.evaluator import EvalConfig
 
 
 class OptionError(AmcError):
@@ -62,15 +63,11 @@ PIPELINE_METHODS: Registry[str] = Registry("method")
 PIPELINE_METHODS.register("sensitivity", "sensitivity", help="no search: the sensitivity-picked policy")
 
 
-def channel_criteria() -> Any:
-    """The channel criteria registry (``amc.importance.CHANNEL_CRITERIA``; before it holds every
-    channel criterion, the channel pruner's ``CRITERIA``)."""
-    import amc.importance
+def channel_criteria() -> Registry:
+    """The channel criteria registry, ``amc.importance.CHANNEL_CRITERIA``."""
+    from amc.importance import CHANNEL_CRITERIA
 
-    registry = getattr(amc.importance, "CHANNEL_CRITERIA", None)
-    if registry is None or "l2" not in registry:
-        from amc.pruners.channel import CRITERIA as registry
-    return registry
+    return CHANNEL_CRITERIA
 
 
 def criterion_names() -> list[str]:
@@ -315,10 +312,19 @@ class CompressConfig(BaseModel):
     @model_validator(mode="after")
     def _evaluation(self) -> CompressConfig:
         """The evaluator's own checks (e.g. a reconstruct recovery needs channel pruning), up front."""
-        from amc.evaluator import eval_config
-
-        eval_config(self)
+        self.eval_config()
         return self
+
+    def eval_config(self, bounds: Mapping[str, tuple[float, float]] | None = None) -> EvalConfig:
+        """The evaluator's own config from these options: the one place one is made from the other
+        (the granularity and the upper ratio resolved; ``bounds``: per-layer overrides, e.g. a search box)."""
+        from amc.evaluator import EvalConfig
+
+        return EvalConfig(granularity=self.resolved_granularity, reward=self.reward, recovery=self.recovery,
+                          recovery_steps=self.recovery_steps, calib_images=self.calib_images,
+                          eval_images=self.eval_images, score_on=self.score_on, lower=self.lower,
+                          upper=self.resolved_upper, criterion=self.criterion, round_to=self.round_to,
+                          bounds=bounds)
 
     def __getattr__(self, name: str) -> Any:
         part = LEAVES.get(name)

@@ -8,7 +8,7 @@ public entry point, which also takes model references, data paths and torch data
 
 ``compress_model`` runs the stages in order, each a function of the ``Job`` (options, data, run
 folder, dense model) and what the stages before it returned: ``profile`` -> ``Profile``, (the
-evaluator, ``amc.evaluator.build_evaluator``: the budget is checked there, before any work) ->
+evaluator, ``build_evaluator``: the budget is checked there, before any work) ->
 ``sensitivity`` -> ``Sensitivity`` -> ``search`` -> ``Choice`` -> ``make_job_recipe`` -> ``Recipe``
 -> ``finetune`` -> ``Finetuned`` -> ``export`` -> ``Measured`` -> ``report``. Everything lands in
 ``run_dir``: ``recipe.yaml``, the model files (``model.sparse.safetensors`` or ``pruned/`` and
@@ -25,7 +25,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from amc.data import DataSource
-from amc.errors import AmcError
+from amc.errors import AmcError, BudgetError
 from amc.io import atomic_write_text
 from amc.latency_check import check_latency, fit_measured, paired_fraction
 from amc.layers import count_macs, count_params
@@ -95,6 +95,31 @@ def _user_train(train: Train, model: nn.Module, epochs: float, masks) -> None:
         train(model, epochs)
 
 
+def build_evaluator(dense: nn.Module, splits: DataSource, config: CompressConfig,
+                    input_shape: tuple[int, ...] = (1, 3, 32, 32), *, latency_table: str | Path | None = None,
+                    bounds: Mapping[str, tuple[float, float]] | None = None,
+                    score_fn: Callable[[nn.Module], float] | None = None,
+                    say: Callable[[str], None] | None = None) -> Evaluator:
+    """The evaluator of a compression or a search, in one place: its config (``CompressConfig.eval_config``), and for a
+    latency budget its latency table (``latency_table``: the CSV it reads and extends), calibrated on the
+    dense model and two thinner copies, since what the table's layers leave out counts too. The budget is
+    checked here (``BudgetError`` when it cannot be met), before any search."""
+    budget = config.parsed_budget
+    lut = None
+    if budget.kind == "latency":
+        if latency_table is None:
+            raise BudgetError("a latency budget needs a latency table (the per-layer latency lookup table CSV)")
+        from amc.latency import CALIBRATION_RATIOS, LatencyTable
+
+        lut = LatencyTable(latency_table, "cpu", threads=1)
+        dense_ms = lut.calibrate(dense, input_shape=input_shape[1:], thin=CALIBRATION_RATIOS)
+        if say is not None:
+            say(f"latency: dense {dense_ms:.2f} ms on the CPU (1 thread); the table's summed layers times "
+                f"{lut.scale:.3f} plus {lut.overhead_ms:.2f} ms outside the table's layers")
+    return Evaluator(dense, splits, budget, config.eval_config(bounds), input_shape=input_shape, latency_table=lut,
+                     score_fn=score_fn)
+
+
 def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig, run_dir: str | os.PathLike, *,
                    progress: Progress | None = None, ref: str | None = None,
                    checkpoint: str | os.PathLike | None = None,
@@ -109,8 +134,6 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
     is reported beside test accuracy; ``train(model, epochs)`` replaces the built-in finetune (the
     final one; pruned weights are held at zero during it).
     """
-    from amc.evaluator import build_evaluator
-
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     shape = tuple(input_shape) if input_shape is not None else (1, *getattr(splits, "input_shape", (3, 32, 32)))

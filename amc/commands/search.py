@@ -70,13 +70,13 @@ def _searchers() -> list[str]:
 
 
 def _samplers() -> list[str]:
-    from amc.search.optuna import SAMPLERS
+    from amc.search.samplers import SAMPLERS
 
     return list(SAMPLERS)
 
 
 def _evaluator(args: argparse.Namespace, model, splits, reference: dict[str, float] | None = None):
-    from amc.evaluator import build_evaluator
+    from amc.pipeline import build_evaluator
 
     config = config_from_args(args)
     if config.parsed_budget.kind == "latency" and args.lut is None:
