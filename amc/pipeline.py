@@ -36,6 +36,7 @@ from torch import nn
 
 from amc.data import DataSource
 from amc.errors import AmcError, BudgetError
+from amc.evaluator import Evaluator
 from amc.io import atomic_write_text
 from amc.latency_check import check_latency, fit_measured, paired_fraction
 from amc.layers import count_macs, count_params
@@ -49,7 +50,7 @@ from amc.train import evaluate
 
 if TYPE_CHECKING:
     from amc.budget import Budget
-    from amc.evaluator import Evaluator, Result
+    from amc.evaluator import Result
     from amc.recipe import FinetuneSpec
 
 RECIPE_METRICS = {f.name for f in fields(Metrics)}  # what a recipe's metrics section holds
