@@ -87,18 +87,21 @@ class Taylor(ChannelCriterion):
 
     needs_data = True
     needs_grad = True
+    missing = "the taylor criterion needs gradients: pass a loader to plan_channels"  # no .grad to read
 
     def __call__(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor:
         s = group_score(model, group, _ALL_ROLES, 1.0, use_grad=True)
         if s is None:
-            raise PolicyError("the taylor criterion needs gradients: pass a loader to plan_channels")
+            raise PolicyError(self.missing)
         return s
 
 
-class OBD(ChannelCriterion):
-    """Optimal Brain Damage over every coupled slice: 1/2 * F_ii * w_i^2 with a diagonal Fisher."""
+class OBD(Taylor):
+    """Optimal Brain Damage over every coupled slice: 1/2 * F_ii * w_i^2 with a diagonal Fisher
+    (``prepare`` stores it where Taylor's sum reads gradients)."""
 
-    needs_data = True
+    needs_grad = False  # its own Fisher pass in prepare, not the pruner's gradients
+    missing = "the obd criterion needs data: pass a loader"
 
     def prepare(self, model: nn.Module, batches: Sequence[Batch]) -> None:
         """Store ``1/2 * F * w`` in every parameter's ``.grad``: ``|w * grad|`` then sums
@@ -106,12 +109,6 @@ class OBD(ChannelCriterion):
         fisher = fisher_all(model, batches, len(batches))
         for k, p in model.named_parameters():
             p.grad = (0.5 * fisher[k].to(p.dtype) * p.detach()).to(p.device)
-
-    def __call__(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-        s = group_score(model, group, _ALL_ROLES, 1.0, use_grad=True)
-        if s is None:
-            raise PolicyError("the obd criterion needs data: pass a loader")
-        return s
 
 
 class APoZ(ChannelCriterion):
