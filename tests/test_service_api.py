@@ -254,17 +254,19 @@ def test_jobs_search_on_the_test_sets_validation_half_by_default(monkeypatch, ci
     half and reports on the other half (recorded with both hashes); ``heldout`` keeps the carve-out."""
     import amc.data
     from amc.data.holdout import index_hash, split_halves
+    from amc.service.datasets import CIFAR_SHAPE, DataSource
     from amc.service.jobs import JobSpec, load_job_data
 
     monkeypatch.setattr(amc.data, "load_cifar10", lambda path: cifar)  # the session's copy, not a re-read
     spec = JobSpec.model_validate({**QUICK, "train_limit": 256, "test_limit": 200})
-    splits, record = load_job_data(Path("cifar"), spec, "cpu")
+    source = DataSource("cifar10", "registered", Path("cifar"), 10, CIFAR_SHAPE)
+    splits, record = load_job_data(source, spec, "cpu")
     assert record.protocol == "test-halves" and record.val_images + record.test_images == 200
     assert len(splits.heldout_y) == record.val_images and len(splits.test_y) == record.test_images
     assert len(splits.train_y) == 256  # train stays whole
     v, t = split_halves(amc.data.subset(cifar, train=256, test=200, seed=0).test_y)
     assert (record.val_sha256, record.test_sha256) == (index_hash(v), index_hash(t))  # the fixed split
-    carved, rec2 = load_job_data(Path("cifar"), spec.model_copy(update={"heldout": 64}), "cpu")
+    carved, rec2 = load_job_data(source, spec.model_copy(update={"heldout": 64}), "cpu")
     assert rec2.protocol == "heldout" and len(carved.heldout_y) == 64 and len(carved.test_y) == 200
     with pytest.raises(ValueError, match="heldout does not apply"):
         JobSpec.model_validate({**QUICK, "protocol": "test-halves", "heldout": 64})

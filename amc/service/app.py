@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 
 from amc import __version__
 from amc.errors import AmcError
-from amc.service.api import files, health, jobs, registry, uploads
+from amc.service.api import datasets, files, health, jobs, registry, uploads
 from amc.service.auth import TokenCache
 from amc.service.config import ServiceConfig
 from amc.service.queue import JobQueue
@@ -78,7 +78,7 @@ def create_app(config: ServiceConfig, store: Store | None = None, queue: JobQueu
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     app.add_middleware(ServerTiming)
-    for r in (health.router, registry.router, jobs.router, files.router, uploads.router):
+    for r in (health.router, registry.router, jobs.router, files.router, uploads.router, datasets.router):
         app.include_router(r)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
 

@@ -1,7 +1,8 @@
 """Where the service keeps its state, read once from flags or the environment.
 
 One root folder holds everything by default: ``service.db`` (jobs and tokens), ``queue.db`` (the huey
-queue), ``runs/<job id>/`` (one run folder per job) and ``uploads/<user>/`` (uploaded weights). For
+queue), ``runs/<job id>/`` (one run folder per job), ``uploads/<user>/`` (uploaded weights) and
+``datasets/<user>/<id>/`` (uploaded ImageFolder data sets, each with its ``dataset.json``). For
 several machines, ``db_url`` and ``queue_url`` point at PostgreSQL (or the queue at Redis) and the
 root is a folder every machine mounts (the server serves the run folders the workers write).
 """
@@ -31,6 +32,10 @@ class ServiceConfig:
     db_url: str | None = None  # None: sqlite:///<root>/service.db
     queue_url: str | None = None  # None: sqlite:///<root>/queue.db (huey's SqliteHuey)
     max_upload_bytes: int = 256 * MiB  # weights uploads larger than this are refused (413)
+    max_dataset_bytes: int = 1024 * MiB  # data set archives larger than this are refused (413)
+    max_dataset_entries: int = 200_000  # members of one data set archive
+    max_dataset_unpacked_bytes: int = 4096 * MiB  # a data set archive's unpacked images (compression bombs)
+    max_image_pixels: int = 4096 * 4096  # pixels of one image in a data set archive
     heartbeat_s: float = 5.0  # a worker running a job writes a heartbeat this often
     stale_s: float = 60.0  # a running job with no heartbeat for this long belongs to a dead worker
     token_cache_s: float = 2.0  # the server trusts a token it has read for this long (a revoke waits as long)
@@ -45,6 +50,10 @@ class ServiceConfig:
     @property
     def uploads(self) -> Path:
         return self.root / "uploads"
+
+    @property
+    def user_datasets(self) -> Path:
+        return self.root / "datasets"
 
     @property
     def database(self) -> str:
@@ -63,7 +72,8 @@ class ServiceConfig:
     @classmethod
     def from_env(cls, **overrides: object) -> ServiceConfig:
         """``AMC_SERVICE_ROOT``, ``AMC_SERVICE_DB``, ``AMC_SERVICE_QUEUE``, ``AMC_SERVICE_STALE_S``,
-        ``AMC_SERVICE_HEARTBEAT_S``, ``AMC_SERVICE_TOKEN_CACHE_S``, ``AMC_SERVICE_MAX_UPLOAD``; explicit
+        ``AMC_SERVICE_HEARTBEAT_S``, ``AMC_SERVICE_TOKEN_CACHE_S``, ``AMC_SERVICE_MAX_UPLOAD``,
+        ``AMC_SERVICE_MAX_DATASET`` (bytes of a data set archive); explicit
         ``overrides`` (not None) win."""
         env = os.environ
         values: dict[str, object] = {}
@@ -78,6 +88,8 @@ class ServiceConfig:
                 values[key] = float(env[name])
         if "AMC_SERVICE_MAX_UPLOAD" in env:
             values["max_upload_bytes"] = int(env["AMC_SERVICE_MAX_UPLOAD"])
+        if "AMC_SERVICE_MAX_DATASET" in env:
+            values["max_dataset_bytes"] = int(env["AMC_SERVICE_MAX_DATASET"])
         if "AMC_SERVICE_CHECKPOINTS" in env:
             values["checkpoints"] = Path(env["AMC_SERVICE_CHECKPOINTS"])
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -8,9 +8,9 @@ choices) less what the service sets itself (``SERVICE_SET``), with the service's
 ``model``, ``data``, and the quick-job slice: ``train_limit``, ``protocol``, ``heldout``). A job's
 options become a ``CompressConfig`` in one call (``JobSpec.compress_config``).
 
-``run_job(spec, weights, data_path, run_dir, progress, device)`` is the only place the service calls
-the compression pipeline; it calls ``amc.pipeline.compress`` and would re-point at the public
-``amc.compress(model, ...)`` API in one place. The pipeline reports progress as message strings
+``run_job(spec, weights, splits, run_dir, progress)`` is the only place the service calls the
+compression pipeline: it builds the model (``job_model``: ``amc.models.resolve_model`` for the data's
+classes and input shape) and calls ``amc.pipeline.compress_model``. The pipeline reports progress as message strings
 ("profile: ...", "sensitivity: ...", "trial 3/30" or "episode 2/10", "search (...): ...",
 "finetune: ..."); ``ProgressTracker.update`` turns them into a stage, done / total and an ETA.
 """
@@ -81,7 +81,8 @@ class JobSpec(JobOptions):  # type: ignore[misc, valid-type]
     checkpoint: str | None = Field(None, description="a registered checkpoint name (GET /api/v1/registry)")
     upload: str | None = Field(None, description="an uploaded weights id (POST /api/v1/uploads)")
     model: str | None = Field(None, description="architecture reference (default: guessed from the checkpoint)")
-    data: str = Field("cifar10", description="a registered data set name")
+    data: str = Field("cifar10", description="a registered data set name (GET /api/v1/registry) or the id of "
+                                            "one of your uploaded data sets (POST /api/v1/datasets)")
     train_limit: int | None = Field(None, ge=64, description="use only this many train images (quick jobs)")
     protocol: Literal["auto", "test-halves", "heldout"] = Field(
         "auto", description="what the search scores on: test-halves (the test set split once into a validation "
@@ -185,17 +186,29 @@ class ProgressTracker:
         return d
 
 
-def load_job_data(data_path: Path, spec: JobSpec, device: Any) -> tuple[Any, Any]:
+def load_job_data(source: Any, spec: JobSpec, device: Any) -> tuple[Any, Any]:
     """The job's splits and the record of its protocol (``amc.data.holdout``): by default the test set
     (after ``test_limit``) halved into the search's validation half and the final-test half, as
-    ``amc compress`` does; with ``heldout`` (or ``protocol="heldout"``) train images held out instead."""
-    from amc.data import load_cifar10, subset
+    ``amc compress`` does; with ``heldout`` (or ``protocol="heldout"``) train images held out instead.
+    ``source`` is an ``amc.service.datasets.DataSource``: a registered set loads as CIFAR-10, an
+    uploaded ImageFolder with its own classes (``amc.data.load_images``)."""
+    from amc.data import load_cifar10, load_images, subset
     from amc.data.holdout import split_for_search
 
-    data = load_cifar10(data_path)
+    data = load_cifar10(source.path) if source.kind == "registered" else load_images(source.path)
     if spec.train_limit is not None or spec.test_limit is not None:
         data = subset(data, train=spec.train_limit, test=spec.test_limit, seed=spec.seed)
     return split_for_search(data, spec.protocol, spec.heldout, device)
+
+
+def job_model(spec: JobSpec, weights: Path, num_classes: int, input_shape: tuple[int, ...]) -> tuple[Any, str]:
+    """The job's dense model and its reference: ``spec.model`` (or the zoo name guessed from a registered
+    checkpoint's file name) built by ``amc.models.resolve_model`` for ``num_classes`` outputs and the data's
+    input shape, with the weights loaded (weights only; one ``CheckpointError`` if they do not fit)."""
+    from amc.models import resolve_arch, resolve_model
+
+    ref = resolve_arch(spec.model, weights)
+    return resolve_model(ref, num_classes=num_classes, weights=weights, input_size=input_shape), ref
 
 
 def study_storage(run_dir: Path) -> str:
@@ -203,14 +216,42 @@ def study_storage(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'study.db').resolve()}"
 
 
+def check_job_model(model_ref: str | None, uploaded: bool, weights: Path, num_classes: int,
+                    input_shape: tuple[int, ...]) -> None:
+    """Before a job is queued: its model reference (``JobSpec.model``; required with ``uploaded``
+    weights, else guessed from a registered checkpoint's file name) builds, the weights fit it (weights only), one image
+    of the data's shape goes through it, and its output width is the data's class count; one
+    ``CheckpointError`` naming the first problem otherwise."""
+    import torch
+
+    from amc.errors import CheckpointError
+    from amc.models import KNOWN_FORMS, resolve_arch, resolve_model
+
+    if model_ref is None and uploaded:
+        raise CheckpointError(f"give model: the architecture of the uploaded weights ({', '.join(KNOWN_FORMS)})")
+    ref = resolve_arch(model_ref, weights)
+    model = resolve_model(ref, num_classes=None, weights=weights, input_size=input_shape)  # the weights' classes
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *input_shape))
+    except Exception as e:  # the architecture cannot take the data's images
+        raise CheckpointError(f"model {ref} cannot take the data's {'x'.join(map(str, input_shape))} images: "
+                              f"{type(e).__name__}: {str(e)[:200]}") from None
+    width = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+    if width != num_classes:
+        raise CheckpointError(f"model {ref} with these weights outputs {width if width is not None else 'no'} "
+                              f"class scores, the data set has {num_classes} classes")
+
+
 def run_job(spec: JobSpec, weights: Path, splits: Any, run_dir: Path, progress: Callable[[str], None],
             record: Any = None) -> Any:
     """Run one compression into ``run_dir`` (the pipeline call; see the module doc); ``record`` (the
     data protocol's ``ProtocolRecord``) goes into the recipe."""
-    from amc.pipeline import compress
+    from amc.pipeline import compress_model
     from amc.recipe import DataInfo
 
     config = spec.compress_config(study_storage(run_dir), study=f"job-{run_dir.name}")  # one study per job
     info = None if record is None else DataInfo(source=spec.data, protocol=record.protocol,
                                                  val_sha256=record.val_sha256, test_sha256=record.test_sha256)
-    return compress(weights, spec.model, splits, config, run_dir, progress=progress, data=info)
+    dense, ref = job_model(spec, weights, splits.num_classes, splits.input_shape)
+    return compress_model(dense, splits, config, run_dir, progress=progress, ref=ref, checkpoint=weights, data=info)

@@ -25,6 +25,7 @@ from typing import Any
 from amc.errors import AmcError
 from amc.io import atomic_write_text
 from amc.service.config import ServiceConfig
+from amc.service.datasets import data_source
 from amc.service.jobs import JobSpec, ProgressTracker, load_job_data, run_job, study_storage
 from amc.service.queue import JobQueue
 from amc.service.store import Store
@@ -127,18 +128,17 @@ class Worker:
         log.info("worker %s: ready", self.name)
         self.queue.serve(self.execute, self.recover)
 
-    def _splits(self, spec: JobSpec) -> Any:
+    def _splits(self, spec: JobSpec, owner: str) -> Any:
         import torch
 
         from amc.data import default_device
 
-        path = self.config.datasets.get(spec.data)
-        if path is None:
-            raise AmcError(f"unknown data set {spec.data!r}; registered: {', '.join(self.config.datasets)}")
+        source = data_source(self.config, owner, spec.data)  # a registered set or the owner's upload
         device = torch.device(self.config.device) if self.config.device else default_device()
-        key = (spec.data, spec.train_limit, spec.test_limit, spec.protocol, spec.heldout, spec.seed, str(device))
+        key = (owner, spec.data, spec.train_limit, spec.test_limit, spec.protocol, spec.heldout, spec.seed,
+               str(device))
         if key not in self._data:
-            self._data = {key: load_job_data(path, spec, device)}  # keep one: data sets are large
+            self._data = {key: load_job_data(source, spec, device)}  # keep one: data sets are large
         return self._data[key]
 
     def execute(self, jid: str) -> None:
@@ -182,7 +182,7 @@ class Worker:
             if job.attempts > 1:
                 n = fail_running_trials(run_dir)
                 log.warning("job %s: attempt %d; %d unfinished trial(s) of the last one failed", jid, job.attempts, n)
-            splits, record = self._splits(spec)
+            splits, record = self._splits(spec, job.owner)
             tracker.update("data")
             self.store.beat(jid, self.name, tracker.as_dict())
             run_job(spec, weights, splits, run_dir, progress, record=record)

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from amc.errors import AmcError
 from amc.service.api.deps import Config, Job, QueueDep, StoreDep, User
 from amc.service.config import ServiceConfig
-from amc.service.jobs import JobSpec
+from amc.service.datasets import NotYours, data_source
+from amc.service.jobs import JobSpec, check_job_model
 from amc.service.store import JobRow
 from amc.service.worker import resolve_weights
 
@@ -65,19 +66,25 @@ def job_out(job: JobRow) -> JobOut:
 
 
 @lru_cache(maxsize=64)
-def _check_registered(model: str | None, weights: str, mtime: float) -> None:
-    from amc.models import load_model
-
-    load_model(model, weights)
+def _check_model(model: str | None, uploaded: bool, weights: str, mtime: float, num_classes: int,
+                 shape: tuple[int, ...]) -> None:
+    check_job_model(model, uploaded, Path(weights), num_classes, shape)
 
 
 def validate_source(config: ServiceConfig, user: str, spec: JobSpec) -> None:
-    """The spec's weights exist, are the user's, and load into its model (400 with the reason)."""
-    if spec.data not in config.datasets:
-        raise HTTPException(400, f"unknown data set {spec.data!r}; registered: {', '.join(config.datasets)}")
+    """Before queuing: the spec's data set is registered or the user's (403 for another user's), its
+    weights exist and are the user's, and its model builds, takes the weights and outputs one score per
+    class of the data (``check_job_model``; 400 with the reason)."""
+    try:
+        source = data_source(config, user, spec.data)
+    except NotYours as e:
+        raise HTTPException(403, str(e)) from None
+    except AmcError as e:
+        raise HTTPException(400, str(e)) from None
     try:
         weights = resolve_weights(config, user, spec)
-        _check_registered(spec.model, str(weights), weights.stat().st_mtime)
+        _check_model(spec.model, spec.upload is not None, str(weights), weights.stat().st_mtime, source.num_classes,
+                     source.input_shape)
     except AmcError as e:
         raise HTTPException(400, str(e).replace(str(config.uploads / user) + "/", "upload ")) from None
 

@@ -33,11 +33,11 @@ class Upload(BaseModel):
 
 
 def _check(path: Path, model: str | None) -> int:
-    from amc.models import load_model, read_state_dict
+    from amc.models import read_state_dict, resolve_model
 
     sd = read_state_dict(path)  # corrupt, truncated, pickled code: one CheckpointError
     if model:
-        load_model(model, path)  # unknown reference or weights of another model: one AmcError
+        resolve_model(model, weights=path)  # unknown reference or weights of another model (any class count)
     return len(sd)
 
 
