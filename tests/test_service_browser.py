@@ -74,3 +74,63 @@ def test_submit_through_the_form_and_see_the_report(tmp_path: Path) -> None:
             shutil.copy(shot, os.environ["AMC_SERVICE_SCREENSHOT"])
     finally:
         svc.stop()
+
+
+def test_upload_a_data_set_through_the_page_and_run_a_job_on_it(tmp_path: Path) -> None:
+    """The page's data-set form: upload a small ImageFolder archive, see it listed and picked as the job's
+    data, submit a tiny job on it (a model reference with uploaded weights for its 3 classes), read its report."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import torch
+    from safetensors.torch import save
+
+    from tests.service_archives import image_folder, tar_of
+    from tests.service_models import tiny_resnet
+
+    svc = Service(tmp_path / "svc")
+    svc.serve()
+    svc.start("worker", "--device", "cpu")
+    archive = tmp_path / "shapes.tar.gz"
+    archive.write_bytes(tar_of(image_folder(("circle", "square", "star"), train=10, test=8)))
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny3.safetensors"
+    weights.write_bytes(save({k: v.contiguous() for k, v in tiny_resnet(num_classes=3).state_dict().items()}))
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1150, "height": 900})
+            page.goto(f"{svc.url}/#token={svc.token}")
+            page.wait_for_selector("#who:has-text('alice')")
+            page.set_input_files("#d-file", str(archive))
+            page.click("#dataset-btn")
+            page.wait_for_selector("#datasets td:has-text('shapes.tar.gz')")
+            assert "circle, square, star" in page.inner_text("#datasets")
+            ds = page.eval_on_selector("#f-data", "s => s.value")
+            with svc.client() as api:
+                assert [d["id"] for d in api.get("/api/v1/datasets").json()] == [ds]  # picked for the job
+            page.select_option("#f-checkpoint", "")
+            page.set_input_files("#f-weights", str(weights))
+            page.fill("input[name=model]", TINY["model"])
+            page.fill("input[name=budget]", TINY["budget"])
+            page.fill("input[name=episodes]", "3")
+            page.fill("input[name=finetune_epochs]", "0")
+            page.click("details summary")
+            for name, value in (("calib_images", 16), ("eval_images", 16), ("latency_runs", 3)):
+                page.fill(f"input[name={name}]", str(value))
+            page.uncheck("input[name=onnx]")
+            page.click("#submit-btn")
+            page.wait_for_selector("#job-view:not([hidden])")
+            for _ in range(600):
+                if page.inner_text("#job-state") == "done":
+                    break
+                assert page.inner_text("#job-state") != "failed", page.inner_text("#job-error")
+                page.wait_for_timeout(300)
+            assert page.inner_text("#job-state") == "done"
+            jid = page.evaluate("() => location.hash.split('/').pop()")
+            with svc.client() as api:
+                assert api.get(f"/api/v1/jobs/{jid}").json()["spec"]["data"] == ds
+            page.wait_for_selector("#report table")
+            assert TINY["model"] in page.inner_text("#report")
+            page.screenshot(path=str(tmp_path / "datasets.png"), full_page=True)
+            browser.close()
+    finally:
+        svc.stop()

@@ -92,7 +92,12 @@ async function loadRegistry() {
   const reg = await json("/api/v1/registry");
   $("f-checkpoint").innerHTML = '<option value="">(upload)</option>' +
     reg.checkpoints.map((c) => `<option ${c.startsWith("resnet20") ? "selected" : ""}>${esc(c)}</option>`).join("");
-  $("f-data").innerHTML = reg.datasets.map((d) => `<option>${esc(d)}</option>`).join("");
+  const mine = await json("/api/v1/datasets");
+  const keep = $("f-data").value;
+  $("f-data").innerHTML = reg.datasets.map((d) => `<option value="${esc(d)}">${esc(d)}</option>`).join("") +
+    mine.map((d) => `<option value="${esc(d.id)}">${esc(d.name)} (${esc(d.id)}, ${d.classes.length} classes)</option>`).join("");
+  if (keep && [...$("f-data").options].some((o) => o.value === keep)) $("f-data").value = keep;
+  showDatasets(mine);
   if (!schema) { schema = await json("/api/v1/options"); buildForm(reg); }  // once per page load: keeps what was typed
   const me = await json("/api/v1/me");
   $("who").textContent = "user: " + me.user;
@@ -108,6 +113,38 @@ async function showList() {
       <td>${esc(p.stage)}</td><td>${p.total ? p.done + "/" + p.total : ""}</td><td>${fmt(p.best)}</td>
       <td>${new Date(j.created * 1000).toLocaleTimeString()}</td></tr>`;
   }).join("");
+}
+
+function showDatasets(mine) {
+  $("datasets").querySelector("tbody").innerHTML = mine.map((d) => {
+    const n = (s) => d.images[s] || 0;
+    return `<tr><td>${esc(d.id)}</td><td>${esc(d.name)}</td><td>${esc(d.classes.join(", "))}</td>
+      <td>${n("train")} / ${n("val")} / ${n("test")}</td><td>${d.input_shape.join("x")}</td>
+      <td><button class="ds-delete" data-id="${esc(d.id)}">delete</button></td></tr>`;
+  }).join("") || '<tr><td colspan="6" class="muted">none yet: upload an archive above</td></tr>';
+}
+
+async function uploadDataset(ev) {  // the archive is checked whole by the server before it is kept
+  ev.preventDefault();
+  showError(null);
+  const file = $("d-file").files[0];
+  if (!file) return;
+  const body = new FormData(); body.append("file", file);
+  $("dataset-status").textContent = `uploading ${file.name} (${(file.size / 1048576).toFixed(1)} MiB) and checking it...`;
+  try {
+    const d = await json("/api/v1/datasets", { method: "POST", body });
+    $("dataset-status").textContent = `${d.name}: ${d.classes.length} classes, ${d.images.train} train images`;
+    ev.target.reset();
+    await loadRegistry();
+    $("f-data").value = d.id;  // the new set is the job form's data
+  } catch (e) { $("dataset-status").textContent = ""; showError(e); }
+}
+
+async function deleteDataset(ev) {
+  const id = ev.target.dataset && ev.target.dataset.id;
+  if (!ev.target.classList.contains("ds-delete") || !id) return;
+  showError(null);
+  try { await api(`/api/v1/datasets/${id}`, { method: "DELETE" }); await loadRegistry(); } catch (e) { showError(e); }
 }
 
 async function submitForm(ev) {
@@ -262,5 +299,7 @@ $("token-form").addEventListener("submit", (ev) => {
   ev.preventDefault(); token = $("token").value.trim(); localStorage.setItem("amc-token", token); route();
 });
 $("submit-form").addEventListener("submit", submitForm);
+$("dataset-form").addEventListener("submit", uploadDataset);
+$("datasets").addEventListener("click", deleteDataset);
 window.addEventListener("hashchange", route);
 route();
