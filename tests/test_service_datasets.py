@@ -116,6 +116,8 @@ def test_limits_on_upload_size_entries_and_pixels(service, tmp_path: Path) -> No
     archive.write_bytes(tar_of(image_folder()))
     with pytest.raises(ArchiveError, match="more than 10 entries"):
         unpack_image_folder(archive, here / "out", ArchiveLimits(entries=10))
+    with pytest.raises(ArchiveError, match="over 10 for one image"):
+        unpack_image_folder(archive, here / "out", ArchiveLimits(member_bytes=10))
     assert sorted(p.name for p in here.iterdir()) == ["many.tar.gz"]
     assert folder_bytes(config.user_datasets) == 0 and leftovers(config) == []
 

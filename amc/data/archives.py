@@ -3,7 +3,8 @@
 Lifecycle: ``unpack_image_folder(archive, dest, limits) -> FolderSummary``:
 
 1. ``inspect_archive`` reads the member list only (nothing is written): at most ``limits.entries``
-   members; the sum of their declared sizes at most ``limits.unpacked_bytes`` (compression bombs); no
+   members; the sum of their declared sizes at most ``limits.unpacked_bytes`` (compression bombs), each
+   image at most ``limits.member_bytes``; no
    absolute path, no ``..``, no backslash or drive in a name; nothing but regular files and folders
    (no symbolic or hard link, device, FIFO); no encrypted zip member; for tar, the standard library's
    ``data`` extraction filter must accept each member too. Files outside ``[top/]split/class/image``
@@ -52,6 +53,7 @@ class ArchiveLimits:
 
     entries: int = 100_000
     unpacked_bytes: int = 2048 * MiB
+    member_bytes: int = 64 * MiB  # one image file (each is read whole into memory to be decoded)
     image_pixels: int = 4096 * 4096
 
 
@@ -147,6 +149,8 @@ def inspect_archive(path: Path, limits: ArchiveLimits) -> tuple[str, list[Member
         where = _place(_check_name(name))
         if where is None:
             skipped += 1
+        elif size > limits.member_bytes:
+            raise ArchiveError(f"entry {name!r} is {size:,} bytes: over {limits.member_bytes:,} for one image")
         else:
             members.append(Member(name, size, *where))
 
