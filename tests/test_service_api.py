@@ -254,12 +254,12 @@ def test_jobs_search_on_the_test_sets_validation_half_by_default(monkeypatch, ci
     half and reports on the other half (recorded with both hashes); ``heldout`` keeps the carve-out."""
     import amc.data
     from amc.data.holdout import index_hash, split_halves
-    from amc.service.datasets import CIFAR_SHAPE, DataSource
+    from amc.service.datasets import CIFAR_SHAPE, JobData
     from amc.service.jobs import JobSpec, load_job_data
 
     monkeypatch.setattr(amc.data, "load_cifar10", lambda path: cifar)  # the session's copy, not a re-read
     spec = JobSpec.model_validate({**QUICK, "train_limit": 256, "test_limit": 200})
-    source = DataSource("cifar10", "registered", Path("cifar"), 10, CIFAR_SHAPE)
+    source = JobData("cifar10", "registered", Path("cifar"), 10, CIFAR_SHAPE)
     splits, record = load_job_data(source, spec, "cpu")
     assert record.protocol == "test-halves" and record.val_images + record.test_images == 200
     assert len(splits.heldout_y) == record.val_images and len(splits.test_y) == record.test_images

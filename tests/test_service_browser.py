@@ -98,6 +98,8 @@ def test_upload_a_data_set_through_the_page_and_run_a_job_on_it(tmp_path: Path) 
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1150, "height": 900})
+            errors: list[str] = []  # the console's errors: a failed request (the icon's 404) shows there
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.goto(f"{svc.url}/#token={svc.token}")
             page.wait_for_selector("#who:has-text('alice')")
             page.set_input_files("#d-file", str(archive))
@@ -131,6 +133,7 @@ def test_upload_a_data_set_through_the_page_and_run_a_job_on_it(tmp_path: Path) 
             page.wait_for_selector("#report table")
             assert TINY["model"] in page.inner_text("#report")
             page.screenshot(path=str(tmp_path / "datasets.png"), full_page=True)
+            assert errors == [], errors
             browser.close()
     finally:
         svc.stop()

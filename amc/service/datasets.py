@@ -33,7 +33,7 @@ class NotYours(AmcError):
 
 
 @dataclass(frozen=True)
-class DataSource:
+class JobData:
     """What a job's ``data`` names: ``kind`` is ``registered`` (loaded as CIFAR-10) or ``upload``."""
 
     name: str
@@ -104,11 +104,11 @@ def remove_dataset(config: ServiceConfig, user: str, did: str) -> bool:
     return True
 
 
-def data_source(config: ServiceConfig, user: str, name: str) -> DataSource:
+def data_source(config: ServiceConfig, user: str, name: str) -> JobData:
     """The data set a job's ``data`` names (see the module doc); one ``AmcError`` if none."""
     registered = config.datasets.get(name)
     if registered is not None:
-        return DataSource(name, "registered", registered, 10, CIFAR_SHAPE)
+        return JobData(name, "registered", registered, 10, CIFAR_SHAPE)
     found = get_dataset(config, user, name)
     if found is None:
         mine = [r["id"] for r in list_datasets(config, user)]
@@ -116,4 +116,4 @@ def data_source(config: ServiceConfig, user: str, name: str) -> DataSource:
                        f"your uploads: {', '.join(mine) or 'none'} (POST /api/v1/datasets)")
     path, record = found
     c, h, w = record["input_shape"]
-    return DataSource(name, "upload", path, len(record["classes"]), (int(c), int(h), int(w)))
+    return JobData(name, "upload", path, len(record["classes"]), (int(c), int(h), int(w)))

@@ -190,7 +190,7 @@ def load_job_data(source: Any, spec: JobSpec, device: Any) -> tuple[Any, Any]:
     """The job's splits and the record of its protocol (``amc.data.holdout``): by default the test set
     (after ``test_limit``) halved into the search's validation half and the final-test half, as
     ``amc compress`` does; with ``heldout`` (or ``protocol="heldout"``) train images held out instead.
-    ``source`` is an ``amc.service.datasets.DataSource``: a registered set loads as CIFAR-10, an
+    ``source`` is an ``amc.service.datasets.JobData``: a registered set loads as CIFAR-10, an
     uploaded ImageFolder with its own classes (``amc.data.load_images``)."""
     from amc.data import load_cifar10, load_images, subset
     from amc.data.holdout import split_for_search
