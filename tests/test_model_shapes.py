@@ -245,12 +245,13 @@ class Chain(nn.Module):
         super().__init__()
         self.stem = block(3, 8)
         self.blocks = nn.ModuleList(block(8, 8) for _ in range(n))
+        self.fc = nn.Linear(8, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for b in self.blocks:
             x = x + b(x)
-        return x.mean((2, 3))
+        return self.fc(x.mean((2, 3)))
 
 
 def test_a_runaway_trace_is_stopped_by_the_step_budget(monkeypatch):

@@ -326,6 +326,11 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
             unprunable[name] = ("not reached by a forward pass (its module is never called: unused, or its "
                                 "weight used through a functional call, as in torchvision's Swin attention)")
             continue
+        if name in outputs:
+            # held whatever it is coupled with, so not followed: a detector's head outputs are reshaped and
+            # concatenated into boxes, where torch-pruning's index mapping runs for minutes (SSDlite)
+            unprunable[name] = f"its output channels are the model's outputs ({name})"
+            continue
         pruner = dg.get_pruner_of_module(mod)
         channels = pruner.get_out_channels(mod) if pruner is not None else None
         if not channels:
