@@ -154,6 +154,36 @@ def output_shapes(out: Any) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in flat_outputs(out)]
 
 
+def stable_output_shapes(model: nn.Module, inputs: ExampleInputs) -> list[tuple[int, ...]] | None:
+    """The output shapes of ``model`` on ``inputs`` (no grad) with every size that depends on the data
+    read as -1 (``shape_change`` takes it as any size): the sizes that differ on a second forward on the
+    inputs flipped along their last dimension (a detector's count of boxes kept). None when even the
+    number of output tensors depends on the data."""
+    def flip(t: torch.Tensor) -> torch.Tensor:
+        return t.flip(-1) if t.is_floating_point() and t.ndim else t.clone()
+
+    with torch.no_grad():
+        first = output_shapes(call_model(model, map_inputs(inputs, torch.clone)))
+        second = output_shapes(call_model(model, map_inputs(inputs, flip)))
+    if len(first) != len(second):
+        return None
+    return [a if a == b or len(a) != len(b) else tuple(x if x == y else -1 for x, y in zip(a, b, strict=True))
+            for a, b in zip(first, second, strict=True)]
+
+
+def shape_change(want: list[tuple[int, ...]] | None, got: list[tuple[int, ...]]) -> str | None:
+    """How the output shapes ``got`` differ from ``want`` (-1: any size; None: not compared), in words;
+    None when they agree."""
+    if want is None:
+        return None
+    if len(got) != len(want):
+        return f"the model returns {len(got)} tensors, not {len(want)}"
+    for i, (w, g) in enumerate(zip(want, got, strict=True)):
+        if len(w) != len(g) or any(a not in (-1, b) for a, b in zip(w, g, strict=True)):
+            return f"output {i} changes its shape from {tuple(w)} to {g}"
+    return None
+
+
 def default_inputs(model: nn.Module, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
                    example_inputs: ExampleInputs | None = None) -> ExampleInputs:
     """``example_inputs`` as given, else zeros of ``input_shape`` on the model's device."""

@@ -13,7 +13,7 @@ from torch import nn
 
 import amc
 from amc.errors import AmcError, PolicyError
-from amc.layers import call_model, flat_outputs, output_shapes
+from amc.layers import call_model, flat_outputs, output_shapes, shape_change, stable_output_shapes
 from amc.pruners import channel
 from amc.pruners.channel import graph
 
@@ -217,6 +217,30 @@ def test_dict_outputs_are_named_by_key():
     assert [name for name, _ in flat_outputs(out, named=True)] == ["out", "feat"]
     det = TinyDetector().eval()(torch.randn(1, 3, 32, 32))
     assert [name for name, _ in flat_outputs(det, named=True)] == ["boxes.0", "boxes.1", "scores.0", "scores.1"]
+
+
+class Thresholded(nn.Module):
+    """A map of scores and the scores above zero: the second output's size depends on the data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(block(3, 16), block(16, 16))
+        self.score = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.score(self.body(x))
+        return s, s.flatten()[s.flatten() > 0]
+
+
+def test_data_dependent_sizes_are_not_compared_the_rest_is():
+    torch.manual_seed(0)
+    model, x = Thresholded().eval(), torch.randn(1, 3, 8, 8)
+    want = stable_output_shapes(model, x)
+    assert want is not None and want[0] == (1, 2, 8, 8) and want[1] == (-1,)
+    assert shape_change(want, [(1, 2, 8, 8), (5,)]) is None
+    assert "output 0" in (shape_change(want, [(1, 1, 8, 8), (5,)]) or "")
+    small, info = amc.prune_to_budget(model, x, "macs=0.5")
+    assert info.met and shapes(small, x)[0] == (1, 2, 8, 8)
 
 
 # -- in-place operations -----------------------------------------------------------------------------------------

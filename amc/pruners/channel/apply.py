@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from amc.errors import PolicyError
-from amc.layers import ExampleInputs, call_model, map_inputs, output_shapes
-from amc.pruners.channel.graph import channel_table, example_input, prune_groups, run_model
+from amc.layers import ExampleInputs, call_model, map_inputs, output_shapes, shape_change, stable_output_shapes
+from amc.pruners.channel.graph import channel_table, example_input, prune_groups
 from amc.pruners.channel.limits import TraceLimits
 from amc.pruners.channel.plan import ChannelPlan
 from amc.pruners.channel.table import ChannelGroup, ChannelItem, ChannelTable
@@ -100,8 +100,7 @@ def prune_channels(model: nn.Module, plan: ChannelPlan, example_inputs: ExampleI
     work = copy.deepcopy(model)
     was = work.training
     work.eval()
-    with torch.no_grad():
-        want = output_shapes(run_model(work, x))
+    want = stable_output_shapes(work, x)
     prune_groups(work, x, removed, limits)
     check_forward(work, x, want)
     work.train(was)
@@ -111,8 +110,8 @@ def prune_channels(model: nn.Module, plan: ChannelPlan, example_inputs: ExampleI
 def check_forward(model: nn.Module, x: ExampleInputs, shapes: list[tuple[int, ...]] | None = None) -> None:
     """One forward of a pruned ``model`` on ``x`` (no grad); a failure is one ``PolicyError`` that names
     the innermost module that raised (read from forward pre-hooks), not a bare shape error. With
-    ``shapes`` (the dense model's ``amc.layers.output_shapes``), every tensor it returns, in any nesting,
-    must keep its shape."""
+    ``shapes`` (the dense model's ``amc.layers.output_shapes``, or ``stable_output_shapes``, whose -1 is any
+    size), every tensor it returns, in any nesting, must keep its shape."""
     n2m = {id(m): n for n, m in model.named_modules()}
     stack: list[nn.Module] = []
 
@@ -134,11 +133,7 @@ def check_forward(model: nn.Module, x: ExampleInputs, shapes: list[tuple[int, ..
     finally:
         for h in handles:
             h.remove()
-    if shapes is not None:
-        got = output_shapes(out)
-        if len(got) != len(shapes):
-            raise PolicyError(f"the channel-pruned model returns {len(got)} tensors, not {len(shapes)}")
-        for i, (w, g) in enumerate(zip(shapes, got, strict=True)):
-            if tuple(w) != g:
-                raise PolicyError(f"the channel-pruned model's output {i} changes its shape from {tuple(w)} to {g}: "
-                                  f"a layer feeding it should have been held")
+    change = shape_change(shapes, output_shapes(out))
+    if change is not None:
+        raise PolicyError(f"the channel-pruned model fails the output check: {change} (a layer feeding it "
+                          f"should have been held)")

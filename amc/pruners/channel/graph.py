@@ -50,6 +50,8 @@ from amc.layers import (
     map_inputs,
     output_shapes,
     prunable_names,
+    shape_change,
+    stable_output_shapes,
 )
 from amc.pruners.channel.limits import Meter, TraceLimit, TraceLimits, counted
 from amc.pruners.channel.table import ChannelGroup, ChannelItem, ChannelTable
@@ -454,8 +456,7 @@ def _breaking_groups(model: nn.Module, x: ExampleInputs, groups: list[ChannelGro
     """Roots of the groups whose physical pruning (half of their channels removed, see ``_probe``) breaks
     the forward pass or changes the shape of any output, with the error. One copy and one forward when
     every group works; halving the set to find the culprits otherwise."""
-    with torch.no_grad():
-        want = output_shapes(run_model(model.eval(), x))
+    want = stable_output_shapes(model.eval(), x)
 
     def error(gs: list[ChannelGroup]) -> str | None:
         work = copy.deepcopy(model).eval()
@@ -470,7 +471,7 @@ def _breaking_groups(model: nn.Module, x: ExampleInputs, groups: list[ChannelGro
             raise
         except Exception as e:
             return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:100] if str(e).strip() else ''}"
-        return _shape_change(want, output_shapes(out))
+        return shape_change(want, output_shapes(out))
 
     found: dict[str, str] = {}
 
@@ -487,16 +488,6 @@ def _breaking_groups(model: nn.Module, x: ExampleInputs, groups: list[ChannelGro
     with _tolerant_reshapes():
         search([g for g in groups if g.channels > 1])
     return found
-
-
-def _shape_change(want: list[tuple[int, ...]], got: list[tuple[int, ...]]) -> str | None:
-    """How the output shapes ``got`` differ from ``want``, in words; None when they are the same."""
-    if len(got) != len(want):
-        return f"the model returns {len(got)} tensors, not {len(want)}"
-    for i, (w, g) in enumerate(zip(want, got, strict=True)):
-        if w != g:
-            return f"output {i} changes its shape from {w} to {g}"
-    return None
 
 
 def prune_groups(work: nn.Module, x: ExampleInputs, removed: Mapping[str, list[int]],
