@@ -252,6 +252,38 @@ def test_inplace_residual_add_is_traced_like_its_out_of_place_form():
     assert info.met and small.conv3.out_channels == small.stem[0].out_channels < 32
 
 
+class FullyConvResidual(nn.Module):
+    """Fully convolutional (it runs on an unbatched 3D input too) with a residual add, in place or not.
+    torch-pruning's own forward calls ``model(*x)`` first, which for one image traces the unbatched call
+    ``model(x[0])``; traced so, conv3 was "not reached" and the stem's group broke the forward."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.inplace = inplace
+        self.stem, self.conv1 = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 16, 1)
+        self.conv3, self.head = nn.Conv2d(16, 32, 1), nn.Conv2d(32, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = torch.relu(self.stem(x))
+        y = self.conv3(torch.relu(self.conv1(skip)))
+        if self.inplace:
+            y += skip
+        else:
+            y = y + skip
+        return self.head(y)
+
+
+@pytest.mark.parametrize("inplace", [True, False], ids=["x += skip", "x + skip"])
+def test_a_fully_convolutional_residual_is_traced_on_its_batch(inplace):
+    x = torch.randn(1, 3, 16, 16)
+    table = channel.channel_table(FullyConvResidual(inplace), x)
+    assert set(table.unprunable) == {"head"}, table.unprunable
+    assert table.group("conv3").root == table.group("stem").root
+    model = FullyConvResidual(inplace).eval()
+    small, info = amc.prune_to_budget(model, x, "macs=0.5")
+    assert info.met and shapes(small, x) == shapes(model, x) == [(1, 5, 16, 16)]
+
+
 def test_tracing_leaves_the_callers_inplace_model_as_it_was():
     model = InplaceResidual().eval()
     x = torch.randn(1, 3, 16, 16)

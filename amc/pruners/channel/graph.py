@@ -264,7 +264,10 @@ def _tolerant_reshapes() -> Iterator[_Tolerance]:
 def _dependency_graph(model: nn.Module, x: ExampleInputs) -> Any:
     """torch-pruning's DependencyGraph of ``model`` on ``x`` (call inside ``_tolerant_reshapes``:
     the graph re-maps its reshapes on every ``get_pruning_group``). The forward is ours (``run_model``:
-    a tensor, a tuple or a dict of inputs, copied), and every output tensor, in any nesting, is traced."""
+    a tensor, a tuple or a dict of inputs, copied), and every output tensor, in any nesting, is traced.
+    torch-pruning's own forward tries ``model(*x)`` first, which for a tensor of one image is the
+    unbatched call ``model(x[0])``: a fully convolutional model accepts it, and traced so, a residual
+    add (in place or not) left its conv "not reached" and the coupled groups wrong."""
     import torch_pruning as tp
 
     with torch.enable_grad():
