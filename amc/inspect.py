@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from amc.errors import AmcError
-from amc.layers import count_params, layer_table
-from amc.pruners.channel import ChannelTable, channel_table
+from amc.layers import ExampleInputs, call_model, count_params, input_shapes, layer_table, map_inputs
+from amc.pruners.channel import ChannelTable, TraceLimits, channel_table
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class LayerCheck:
 class Prunability:
     """The check's answer for one model on one input shape."""
 
-    input_shape: tuple[int, ...]
+    input_shape: tuple  # the example input's shape; a tuple of shapes for several inputs
     dense_macs: int
     dense_params: int
     groups: int  # coupled channel groups that can be pruned
@@ -97,19 +97,24 @@ def _coupling(table: ChannelTable, name: str, kind: str) -> str:
     return f"coupled group with {shown}"
 
 
-def inspect_model(model: nn.Module, example_inputs: torch.Tensor) -> Prunability:
-    """Per conv / linear layer (dotted name): kind, shapes, params, MACs, prunable or held and why."""
+def inspect_model(model: nn.Module, example_inputs: ExampleInputs, limits: TraceLimits | None = None) -> Prunability:
+    """Per conv / linear layer (dotted name): kind, shapes, params, MACs, prunable or held and why.
+
+    ``example_inputs``: a tensor, a tuple of positional inputs or a dict of keyword inputs; ``limits``
+    bound the tracing (step budget, seconds, progress callback)."""
     was = model.training
     model.eval()
     try:
         try:
             with torch.no_grad():
-                model(example_inputs)
+                call_model(model, map_inputs(example_inputs, torch.clone))
+        except AmcError:
+            raise
         except Exception as e:
             raise AmcError(f"{type(model).__name__} fails on example inputs of shape "
-                           f"{tuple(example_inputs.shape)}: {type(e).__name__}: {str(e).strip()[:200]}") from None
+                           f"{input_shapes(example_inputs)}: {type(e).__name__}: {str(e).strip()[:200]}") from None
         try:
-            table = channel_table(model, example_inputs)
+            table = channel_table(model, example_inputs, limits)
         except AmcError:
             raise
         except Exception as e:
@@ -133,5 +138,5 @@ def inspect_model(model: nn.Module, example_inputs: torch.Tensor) -> Prunability
     if not any(r.prunable for r in rows):
         why = "; ".join(f"{r.name}: {r.reason}" for r in rows[:3])
         raise AmcError(f"{type(model).__name__} has no layer whose output channels can be pruned ({why})")
-    return Prunability(tuple(example_inputs.shape), table.dense_macs, count_params(model), len(table.groups),
+    return Prunability(input_shapes(example_inputs), table.dense_macs, count_params(model), len(table.groups),
                        tuple(rows))

@@ -10,7 +10,9 @@ default when neither is given.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import pandas as pd
 import torch
@@ -80,29 +82,137 @@ def weights_to_remove(model: nn.Module, size: float, names: list[str]) -> int:
 
 
 DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)
-ExampleInputs = torch.Tensor | tuple[torch.Tensor, ...]
+ExampleInputs = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor] | dict[str, torch.Tensor]
+
+
+def call_model(model: nn.Module, inputs: ExampleInputs) -> Any:
+    """``model`` called on its example inputs: a tensor is ``model(x)``, a tuple or list ``model(*x)``,
+    a dict ``model(**x)`` (the forms torch-pruning's ``build_dependency`` takes)."""
+    if isinstance(inputs, torch.Tensor):
+        return model(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    raise PolicyError(f"example inputs must be a tensor, a tuple or a dict of tensors, got {type(inputs).__name__}")
+
+
+def map_inputs(inputs: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``inputs`` in the same form with ``fn`` applied to every tensor, through nested lists, tuples and
+    dicts (``lambda t: t.to(device)``, ``torch.clone``: a forward that adds into its input in place must
+    not change the caller's); anything else is kept as it is."""
+    if isinstance(inputs, torch.Tensor):
+        return fn(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(map_inputs(t, fn) for t in inputs)
+    if isinstance(inputs, dict):
+        return {k: map_inputs(t, fn) for k, t in inputs.items()}
+    return inputs
+
+
+def input_shapes(inputs: ExampleInputs) -> tuple:
+    """The shape of a tensor input; a tuple of shapes (in order, or in key order) for several inputs,
+    nested as the inputs are (a list of images, as torchvision's detectors take)."""
+    if isinstance(inputs, torch.Tensor):
+        return tuple(inputs.shape)
+    if isinstance(inputs, (tuple, list, dict)):
+        return tuple(input_shapes(t) for t in (inputs.values() if isinstance(inputs, dict) else inputs))
+    return (type(inputs).__name__,)
+
+
+def input_key(inputs: ExampleInputs) -> tuple:
+    """What identifies the inputs' form for a cache: their shapes, and the keys of a dict."""
+    keys = tuple(inputs) if isinstance(inputs, dict) else ()
+    return (type(inputs).__name__, keys, input_shapes(inputs))
+
+
+def flat_outputs(out: Any, named: bool = False, prefix: str = "") -> list:
+    """Every tensor of a model's output in order, through any nesting (tuple, list, dict, named tuple);
+    with ``named``, ``(name, tensor)`` pairs named by their path: dict keys and named-tuple fields, list
+    positions (``boxes.0``); a bare tensor is ``output``, a plain tuple's parts ``0``, ``1``..."""
+    pairs: list[tuple[str, torch.Tensor]] = []
+
+    def walk(o: Any, path: str) -> None:
+        if isinstance(o, torch.Tensor):
+            pairs.append((path or "output", o))
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(o, tuple) and hasattr(o, "_fields"):
+            for k, v in zip(o._fields, o, strict=True):
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(o, (tuple, list)):
+            for i, v in enumerate(o):
+                walk(v, f"{path}.{i}" if path else str(i))
+
+    walk(out, prefix)
+    return pairs if named else [t for _, t in pairs]
+
+
+def output_shapes(out: Any) -> list[tuple[int, ...]]:
+    """The shape of every tensor a model returned, in ``flat_outputs`` order."""
+    return [tuple(t.shape) for t in flat_outputs(out)]
+
+
+def stable_output_shapes(model: nn.Module, inputs: ExampleInputs) -> list[tuple[int, ...]] | None:
+    """The output shapes of ``model`` on ``inputs`` (no grad) with every size that depends on the data
+    read as -1 (``shape_change`` takes it as any size): the sizes that differ on a second forward on the
+    inputs flipped along their last dimension (a detector's count of boxes kept). None when even the
+    number of output tensors depends on the data."""
+    def flip(t: torch.Tensor) -> torch.Tensor:
+        return t.flip(-1) if t.is_floating_point() and t.ndim else t.clone()
+
+    with torch.no_grad():
+        first = output_shapes(call_model(model, map_inputs(inputs, torch.clone)))
+        second = output_shapes(call_model(model, map_inputs(inputs, flip)))
+    if len(first) != len(second):
+        return None
+    return [a if a == b or len(a) != len(b) else tuple(x if x == y else -1 for x, y in zip(a, b, strict=True))
+            for a, b in zip(first, second, strict=True)]
+
+
+def shape_change(want: list[tuple[int, ...]] | None, got: list[tuple[int, ...]]) -> str | None:
+    """How the output shapes ``got`` differ from ``want`` (-1: any size; None: not compared), in words;
+    None when they agree."""
+    if want is None:
+        return None
+    if len(got) != len(want):
+        return f"the model returns {len(got)} tensors, not {len(want)}"
+    for i, (w, g) in enumerate(zip(want, got, strict=True)):
+        if len(w) != len(g) or any(a not in (-1, b) for a, b in zip(w, g, strict=True)):
+            return f"output {i} changes its shape from {tuple(w)} to {g}"
+    return None
+
+
+def default_inputs(model: nn.Module, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
+                   example_inputs: ExampleInputs | None = None) -> ExampleInputs:
+    """``example_inputs`` as given, else zeros of ``input_shape`` on the model's device."""
+    if example_inputs is not None:
+        return example_inputs
+    p = next(model.parameters(), None)
+    return torch.zeros(tuple(input_shape), device=p.device if p is not None else torch.device("cpu"))
 
 
 def example_batch(model: nn.Module, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
                   example_inputs: ExampleInputs | None = None) -> tuple[torch.Tensor, ...]:
     """The positional inputs of one forward: ``example_inputs`` as given, else zeros of ``input_shape``
-    on the model's device."""
-    if example_inputs is not None:
-        return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    p = next(model.parameters(), None)
-    return (torch.zeros(tuple(input_shape), device=p.device if p is not None else torch.device("cpu")),)
+    on the model's device (a dict of inputs is not positional: use ``call_model``)."""
+    x = default_inputs(model, input_shape, example_inputs)
+    if isinstance(x, dict):
+        raise PolicyError("example inputs given as a dict are keyword inputs, not positional ones")
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
                example_inputs: ExampleInputs | None = None) -> tuple[int, dict[str, int]]:
     """Total MACs for one forward (``example_inputs``, else zeros of ``input_shape``) and the MACs
     of each leaf module by dotted name."""
-    xs = example_batch(model, input_shape, example_inputs)
+    xs = default_inputs(model, input_shape, example_inputs)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            model(*xs)
+            call_model(model, map_inputs(xs, torch.clone))  # a forward may add into its input
     finally:
         model.train(was_training)
     counts = fc.get_flop_counts()

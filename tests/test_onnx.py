@@ -3,11 +3,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import amc
 from amc.errors import AmcError
-from amc.export.onnx import INPUT, check_onnx, export_onnx
+from amc.export.onnx import INPUT, check_onnx, export_onnx, io_names
+from amc.layers import output_shapes
 from amc.models import build_model
 from amc.pruners.channel import plan_channels, prune_channels, uniform_policy
 from tests.conftest import make_tiny_resnet, make_tiny_vgg
+from tests.test_model_shapes import ConcatOutputs, TinyDetector, TwoInputs, two_inputs
 
 
 def pruned(make):
@@ -42,3 +45,34 @@ def test_mismatch_is_reported(tmp_path, tiny_vgg):
         tiny_vgg.classifier.bias.add_(1.0)  # the exported file no longer matches this model
     with pytest.raises(AmcError, match="differs"):
         check_onnx(tiny_vgg, path)
+
+
+def test_several_inputs_and_nested_outputs_are_exported_named(tmp_path):
+    image, depth = two_inputs()
+    cases = [(TwoInputs(), (image, depth), ["image", "depth"], ["logits"]),
+             (TwoInputs(), {"depth": depth, "image": image}, ["depth", "image"], ["logits"]),
+             (ConcatOutputs(), torch.randn(1, 3, 16, 16), [INPUT], ["out", "feat"]),
+             (TinyDetector(), torch.randn(1, 3, 32, 32), [INPUT], ["boxes.0", "boxes.1", "scores.0", "scores.1"])]
+    for i, (model, x, ins, outs) in enumerate(cases):
+        small, _ = amc.prune_to_budget(model.eval(), x, "macs=0.6")
+        assert io_names(small, x) == (ins, outs)
+        path = export_onnx(small, tmp_path / f"m{i}.onnx", example_inputs=x)
+        proto = onnx.load(str(path))
+        assert [v.name for v in proto.graph.input] == ins and [v.name for v in proto.graph.output] == outs
+        assert check_onnx(small, path, example_inputs=x) <= 1e-4
+
+
+def test_a_dict_output_segmenter_prunes_and_exports(tmp_path):
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = tv.models.segmentation.lraspp_mobilenet_v3_large(num_classes=4, weights=None,
+                                                              weights_backbone=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    small, info = amc.prune_to_budget(model, x, "macs=0.5")
+    assert info.met
+    with torch.no_grad():
+        assert output_shapes(small(x)) == output_shapes(model(x)) == [(1, 4, 64, 64)]
+    assert any("model's outputs" in why for why in info.held.values())  # the classifier heads
+    path = export_onnx(small, tmp_path / "seg.onnx", example_inputs=x)
+    assert [v.name for v in onnx.load(str(path)).graph.output] == ["out"]
+    assert check_onnx(small, path, example_inputs=x, atol=1e-3) <= 1e-3

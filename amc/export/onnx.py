@@ -1,12 +1,15 @@
 """ONNX export of a (pruned) model, written atomically, and a check against onnxruntime.
 
 Uses the TorchScript-based exporter (fast, no onnxscript needed, any opset >= 17) where this
-PyTorch still has it, else the ``torch.export``-based one. The batch dimension is dynamic.
+PyTorch still has it, else the ``torch.export``-based one. The batch dimension is dynamic. A model of
+several inputs (a tuple or a dict) or several outputs (tuples, lists, dicts, named tuples, nested) is
+exported with every input and every output tensor named (``io_names``).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import warnings
 from pathlib import Path
@@ -17,30 +20,78 @@ from torch import nn
 
 from amc.errors import AmcError
 from amc.io import atomic_path
+from amc.layers import ExampleInputs, call_model, flat_outputs, map_inputs
 
-INPUT, OUTPUT = "input", "logits"
+INPUT, OUTPUT = "input", "logits"  # the names of one input and one output
+
+
+class _Flat(nn.Module):
+    """``model`` taking its inputs positionally (a dict's values in key order) and returning the flat
+    tuple of its output tensors (``amc.layers.flat_outputs``): the form an ONNX graph has."""
+
+    def __init__(self, model: nn.Module, keys: list[str] | None) -> None:
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        inputs: ExampleInputs = dict(zip(self.keys, xs, strict=True)) if self.keys is not None else xs
+        return tuple(flat_outputs(call_model(self.model, inputs)))
+
+
+def io_names(model: nn.Module, example_inputs: ExampleInputs) -> tuple[list[str], list[str]]:
+    """The ONNX names of the inputs and outputs of ``model`` on ``example_inputs``. Inputs: ``input``
+    for one tensor, a dict's keys, else the forward's parameter names; outputs: ``logits`` for one
+    tensor, else their paths in the output (``out``, ``boxes.0``: dict keys, named-tuple fields, list
+    positions)."""
+    if isinstance(example_inputs, torch.Tensor):
+        ins = [INPUT]
+    elif isinstance(example_inputs, dict):
+        ins = [str(k) for k in example_inputs]
+    else:
+        params = [n for n, p in inspect.signature(model.forward).parameters.items()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        ins = [params[i] if i < len(params) else f"input_{i}" for i in range(len(example_inputs))]
+    with torch.no_grad():
+        out = call_model(model, example_inputs)
+    outs = [OUTPUT] if isinstance(out, torch.Tensor) else [n for n, _ in flat_outputs(out, named=True)]
+    return ins, outs
+
+
+def _positional(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    return tuple(example_inputs.values()) if isinstance(example_inputs, dict) else tuple(example_inputs)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...] = (1, 3, 32, 32),
-                opset: int = 17) -> Path:
-    """Export ``model`` (a CPU fp32 copy in eval mode; the argument is untouched) to ``path``."""
+                opset: int = 17, example_inputs: ExampleInputs | None = None) -> Path:
+    """Export ``model`` (a CPU fp32 copy in eval mode; the argument is untouched) to ``path``.
+
+    ``example_inputs`` (a tensor, a tuple or a dict of tensors; default a random tensor of
+    ``input_shape``) set the graph's inputs; a model returning tuples, lists, dicts or named tuples is
+    exported with one ONNX output per tensor, named by ``io_names``. The batch dimension is dynamic."""
     if opset < 17:
         raise AmcError(f"ONNX opset must be >= 17, got {opset}")
     path = Path(path)
     work = copy.deepcopy(model).float().cpu().eval()
-    x = torch.randn(*input_shape)
+    x = map_inputs(example_inputs, lambda t: t.detach().cpu()) if example_inputs is not None \
+        else torch.randn(*input_shape)
+    ins, outs = io_names(work, x)
+    simple = isinstance(x, torch.Tensor) and outs == [OUTPUT]
+    target = work if simple else _Flat(work, list(x) if isinstance(x, dict) else None)
+    args = _positional(x)
+    axes = {n: {0: "batch"} for n in ins + outs}
     with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(work, (x,), str(tmp), opset_version=opset, dynamo=False,
-                              input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+            torch.onnx.export(target, args, str(tmp), opset_version=opset, dynamo=False,
+                              input_names=ins, output_names=outs, dynamic_axes=axes)
         except (TypeError, RuntimeError) as e:  # a PyTorch without the TorchScript exporter
             if "dynamo" not in str(e) and "TorchScript" not in str(e):
                 raise
-            torch.onnx.export(work, (x,), str(tmp), opset_version=opset, dynamo=True,
-                              input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+            torch.onnx.export(target, args, str(tmp), opset_version=opset, dynamo=True,
+                              input_names=ins, output_names=outs,
+                              dynamic_shapes={"x": {0: torch.export.Dim("batch")}} if simple else None)
     return path
 
 
@@ -64,15 +115,24 @@ def ort_session(path: str | os.PathLike, threads: int = 1, device: str = "cpu"):
 
 
 def check_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...] = (2, 3, 32, 32),
-               atol: float = 1e-4, seed: int = 0) -> float:
-    """Max |onnxruntime - PyTorch| on a random batch; raises ``AmcError`` above ``atol``."""
+               atol: float = 1e-4, seed: int = 0, example_inputs: ExampleInputs | None = None) -> float:
+    """Max |onnxruntime - PyTorch| over every output on a random batch (of ``input_shape``, or shaped like
+    ``example_inputs``); raises ``AmcError`` above ``atol``."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(*input_shape, generator=g)
+
+    def rand(t: torch.Tensor) -> torch.Tensor:
+        return torch.randn(t.shape, generator=g).to(t.dtype) if t.is_floating_point() else t.cpu()
+
+    x = map_inputs(example_inputs, rand) if example_inputs is not None else torch.randn(*input_shape, generator=g)
     work = copy.deepcopy(model).float().cpu().eval()
     with torch.no_grad():
-        ref = work(x).numpy()
-    out = ort_session(path).run(None, {INPUT: x.numpy()})[0]
-    diff = float(np.abs(out - ref).max())
+        ref = [t.numpy() for t in flat_outputs(call_model(work, x))]
+    sess = ort_session(path)
+    feed = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), _positional(x), strict=True)}
+    outs = sess.run(None, feed)
+    if len(outs) != len(ref):
+        raise AmcError(f"{path} has {len(outs)} outputs, the model returns {len(ref)} tensors")
+    diff = max((float(np.abs(o - r).max()) if r.size else 0.0 for o, r in zip(outs, ref, strict=True)), default=0.0)
     if not diff <= atol:
         raise AmcError(f"onnxruntime output differs from PyTorch by {diff:.3g} (> {atol:g}) for {path}")
     return diff

@@ -25,7 +25,7 @@ from torch import nn
 
 from amc.budget import Budget
 from amc.errors import BudgetError, PolicyError
-from amc.layers import count_macs, count_params
+from amc.layers import ExampleInputs, count_macs, count_params
 from amc.pruners.channel import (
     ChannelPlan,
     ChannelTable,
@@ -39,6 +39,7 @@ from amc.pruners.channel import (
     smallest_ratio,
     uniform_policy,
 )
+from amc.pruners.channel.limits import TraceLimits
 
 MODES = ("uniform", "global")
 BISECT_STEPS = 30  # 2^-30 of the ratio range: far finer than one channel
@@ -108,12 +109,15 @@ def _bisect(cost: Callable[[float], int], target: float, hi: float) -> float:
     return smallest_ratio(lambda r: cost(r) <= target, hi, hi / 2**BISECT_STEPS)
 
 
-def prune_to_budget(model: nn.Module, example_inputs: torch.Tensor, budget: str | Budget = "macs=0.5",
+def prune_to_budget(model: nn.Module, example_inputs: ExampleInputs, budget: str | Budget = "macs=0.5",
                     criterion: str = "l2", round_to: int = 8, mode: str = "uniform",
-                    max_ratio: float = 0.95) -> tuple[nn.Module, OneShotInfo]:
+                    max_ratio: float = 0.95, limits: TraceLimits | None = None) -> tuple[nn.Module, OneShotInfo]:
     """A physically smaller copy of ``model`` within ``budget`` (``macs=F`` or ``params=F``), no data.
 
-    ``example_inputs`` is one batch the model accepts (its shape sets the MACs). Raises
+    ``example_inputs`` is one batch the model accepts (its shape sets the MACs): a tensor, a tuple of
+    positional inputs or a dict of keyword inputs. Every tensor the model returns keeps its shape (the
+    layers feeding an output are held, named in ``info.held``). ``limits`` bound the tracing (an
+    ``amc.pruners.channel.TraceLimit`` past them) and carry an optional progress callback. Raises
     ``PolicyError`` when no layer of the model can be channel-pruned; a budget the held layers put
     out of reach is pruned as far as ``max_ratio`` allows and reported with ``info.met = False``.
     """
@@ -124,7 +128,7 @@ def prune_to_budget(model: nn.Module, example_inputs: torch.Tensor, budget: str 
         raise PolicyError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
     if not 0.0 < max_ratio < 1.0:
         raise PolicyError(f"max_ratio must be in (0, 1), got {max_ratio}")
-    table = channel_table(model, example_inputs)
+    table = channel_table(model, example_inputs, limits)
     if not table.groups:
         why = "; ".join(f"{n}: {r}" for n, r in list(table.unprunable.items())[:3])
         raise PolicyError(f"{type(model).__name__} has no channel-prunable layer ({why or 'no conv or linear layer'})")
@@ -149,7 +153,7 @@ def prune_to_budget(model: nn.Module, example_inputs: torch.Tensor, budget: str 
         counts = _counts_at(table, mode, ratio, round_to, max_ratio, norm)
         plan = plan_from_counts(model, counts, criterion, scores=scores, table=table, round_to=round_to,
                                 notes=[f"{n}: left alone ({r})" for n, r in table.unprunable.items()])
-        pruned = prune_channels(model, plan, example_inputs)
+        pruned = prune_channels(model, plan, example_inputs, limits)
         measured = {"macs": count_macs(pruned, example_inputs=example_inputs)[0], "params": count_params(pruned)}
         if measured[b.kind] <= target or analytic(ratio) > goal:
             break  # met, or the analytic model cannot go lower: tightening would not help

@@ -37,6 +37,7 @@ from amc.pruners.channel.apply import (
 )
 from amc.pruners.channel.cost import find_uniform_ratio, plan_cost, policy_cost, smallest_ratio
 from amc.pruners.channel.graph import MappingDiverges, as_table, channel_table
+from amc.pruners.channel.limits import TraceLimit, TraceLimits
 from amc.pruners.channel.plan import (
     ChannelPlan,
     group_ratios,
@@ -51,7 +52,8 @@ from amc.pruners.channel.scores import accumulate_gradients, channel_scores, nee
 from amc.pruners.channel.table import ChannelGroup, ChannelItem, ChannelTable, Counts
 
 __all__ = [
-    "ChannelGroup", "ChannelItem", "ChannelPlan", "ChannelTable", "Counts", "MappingDiverges",
+    "ChannelGroup", "ChannelItem", "ChannelPlan", "ChannelTable", "Counts", "MappingDiverges", "TraceLimit",
+    "TraceLimits",
     "accumulate_gradients", "apply_channel_masks", "as_table", "channel_masks", "channel_scores",
     "channel_table", "check_forward", "find_uniform_ratio", "group_ratios", "needs_data", "plan_channels",
     "plan_cost", "plan_from_counts", "policy_cost", "policy_counts", "prune_channels", "removed_positions",

@@ -5,7 +5,9 @@ Lifecycle::
     apply_channel_masks(copy_of_model, plan, table)   # zero every slice of the removed channels, in place
     masks = channel_masks(model, plan, table)         # weight masks that keep them zero while finetuning
     small = prune_channels(model, plan, x)            # a physically smaller deep copy (torch-pruning)
-    check_forward(small, x)                           # one forward; a failure names the module
+    check_forward(small, x, shapes)                   # one forward; every output keeps its shape
+
+``x`` is the model's example inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
 
 The masked model computes exactly what the physically pruned one computes; the groups come from the
 cached table, so neither emulation re-traces the model.
@@ -21,7 +23,9 @@ import torch
 from torch import nn
 
 from amc.errors import PolicyError
+from amc.layers import ExampleInputs, call_model, map_inputs, output_shapes, shape_change, stable_output_shapes
 from amc.pruners.channel.graph import channel_table, example_input, prune_groups
+from amc.pruners.channel.limits import TraceLimits
 from amc.pruners.channel.plan import ChannelPlan
 from amc.pruners.channel.table import ChannelGroup, ChannelItem, ChannelTable
 
@@ -34,7 +38,7 @@ def removed_positions(group: ChannelGroup, kept: Iterable[int]) -> list[tuple[Ch
 
 @torch.no_grad()
 def apply_channel_masks(model: nn.Module, plan: ChannelPlan, table: ChannelTable | None = None,
-                        example_inputs: torch.Tensor | None = None) -> None:
+                        example_inputs: ExampleInputs | None = None) -> None:
     """Zero, IN PLACE, every parameter slice of the removed channels (filters and biases, BN
     scale and shift, the next layers' input slices). The model then computes exactly what the
     physically pruned model computes. The groups come from the cached table: no re-tracing."""
@@ -59,7 +63,7 @@ def apply_channel_masks(model: nn.Module, plan: ChannelPlan, table: ChannelTable
 
 
 def channel_masks(model: nn.Module, plan: ChannelPlan, table: ChannelTable | None = None,
-                  example_inputs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                  example_inputs: ExampleInputs | None = None) -> dict[str, torch.Tensor]:
     """Weight masks ``{layer name: float mask}`` (filters, input slices, BN scales) for
     ``amc.train.finetune(..., masks=...)``: keeping these at zero keeps the model equivalent to
     the physically pruned one (every consumer of a removed channel sees a zero weight)."""
@@ -78,11 +82,12 @@ def channel_masks(model: nn.Module, plan: ChannelPlan, table: ChannelTable | Non
     return masks
 
 
-def prune_channels(model: nn.Module, plan: ChannelPlan, example_inputs: torch.Tensor | None = None) -> nn.Module:
+def prune_channels(model: nn.Module, plan: ChannelPlan, example_inputs: ExampleInputs | None = None,
+                   limits: TraceLimits | None = None) -> nn.Module:
     """A deep copy of ``model`` with the plan's removed channels physically gone (torch-pruning
-    DependencyGraph). The input model is not modified."""
+    DependencyGraph), checked to return outputs of the same shapes. The input model is not modified."""
     x = example_input(model, example_inputs)
-    table = channel_table(model, x)
+    table = channel_table(model, x, limits)
     removed: dict[str, list[int]] = {}
     for root, kept in plan.keep.items():
         g = table.group(root)
@@ -95,15 +100,18 @@ def prune_channels(model: nn.Module, plan: ChannelPlan, example_inputs: torch.Te
     work = copy.deepcopy(model)
     was = work.training
     work.eval()
-    prune_groups(work, x, removed)
-    check_forward(work, x)
+    want = stable_output_shapes(work, x)
+    prune_groups(work, x, removed, limits)
+    check_forward(work, x, want)
     work.train(was)
     return work
 
 
-def check_forward(model: nn.Module, x: torch.Tensor) -> None:
+def check_forward(model: nn.Module, x: ExampleInputs, shapes: list[tuple[int, ...]] | None = None) -> None:
     """One forward of a pruned ``model`` on ``x`` (no grad); a failure is one ``PolicyError`` that names
-    the innermost module that raised (read from forward pre-hooks), not a bare shape error."""
+    the innermost module that raised (read from forward pre-hooks), not a bare shape error. With
+    ``shapes`` (the dense model's ``amc.layers.output_shapes``, or ``stable_output_shapes``, whose -1 is any
+    size), every tensor it returns, in any nesting, must keep its shape."""
     n2m = {id(m): n for n, m in model.named_modules()}
     stack: list[nn.Module] = []
 
@@ -116,7 +124,7 @@ def check_forward(model: nn.Module, x: torch.Tensor) -> None:
     handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
     try:
         with torch.no_grad():
-            model(x)
+            out = call_model(model, map_inputs(x, torch.clone))
     except Exception as e:
         where = n2m.get(id(stack[-1]), "") if stack else ""
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
@@ -125,3 +133,7 @@ def check_forward(model: nn.Module, x: torch.Tensor) -> None:
     finally:
         for h in handles:
             h.remove()
+    change = shape_change(shapes, output_shapes(out))
+    if change is not None:
+        raise PolicyError(f"the channel-pruned model fails the output check: {change} (a layer feeding it "
+                          f"should have been held)")

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-import torch
 from torch import nn
 
 from amc.errors import BudgetError
+from amc.layers import ExampleInputs
 from amc.pruners.channel.graph import as_table
 from amc.pruners.channel.plan import ChannelPlan, policy_counts, uniform_policy
 from amc.pruners.channel.table import ChannelTable
 
 
 def plan_cost(model_or_table: nn.Module | ChannelTable, plan: ChannelPlan | Mapping[str, int],
-              example_inputs: torch.Tensor | None = None) -> dict[str, int]:
+              example_inputs: ExampleInputs | None = None) -> dict[str, int]:
     """MACs (one input of the table's shape) and parameter count of the pruned model, analytically:
     no tracing, no forward pass. ``plan`` may be a ChannelPlan or ``{root: kept channels}``."""
     table = as_table(model_or_table, example_inputs)
@@ -32,7 +32,7 @@ def plan_cost(model_or_table: nn.Module | ChannelTable, plan: ChannelPlan | Mapp
 
 
 def policy_cost(model_or_table: nn.Module | ChannelTable, policy: Mapping[str, float],
-                round_to: int = 8, example_inputs: torch.Tensor | None = None) -> dict[str, int]:
+                round_to: int = 8, example_inputs: ExampleInputs | None = None) -> dict[str, int]:
     """``plan_cost`` of a policy without scoring channels (the counts decide the cost)."""
     table = as_table(model_or_table, example_inputs)
     return table.cost_of_counts(policy_counts(table, policy, round_to))
@@ -40,7 +40,7 @@ def policy_cost(model_or_table: nn.Module | ChannelTable, policy: Mapping[str, f
 
 def find_uniform_ratio(model_or_table: nn.Module | ChannelTable, macs_fraction: float, round_to: int = 8,
                        max_ratio: float = 0.95, tol: float = 1e-4,
-                       example_inputs: torch.Tensor | None = None) -> float:
+                       example_inputs: ExampleInputs | None = None) -> float:
     """The smallest uniform ratio (to ``tol``) whose pruned MACs are <= ``macs_fraction`` of dense."""
     table = as_table(model_or_table, example_inputs)
     if not 0.0 < macs_fraction:

@@ -39,72 +39,130 @@ from typing import Any
 import torch
 from torch import nn
 
-from amc.layers import DEFAULT_INPUT_SHAPE, PRUNABLE, prunable_names
+from amc.errors import AmcError, PolicyError
+from amc.layers import (
+    DEFAULT_INPUT_SHAPE,
+    PRUNABLE,
+    ExampleInputs,
+    call_model,
+    flat_outputs,
+    input_key,
+    map_inputs,
+    output_shapes,
+    prunable_names,
+    shape_change,
+    stable_output_shapes,
+)
+from amc.pruners.channel.limits import Meter, TraceLimit, TraceLimits, counted
 from amc.pruners.channel.table import ChannelGroup, ChannelItem, ChannelTable
 
 _BN = nn.modules.batchnorm._BatchNorm
 
 
-def _signature(model: nn.Module, input_shape: tuple[int, ...]) -> tuple:
+def _signature(model: nn.Module, inputs: ExampleInputs) -> tuple:
     mods = tuple((n, type(m).__name__) for n, m in model.named_modules())
     params = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
-    return (type(model).__qualname__, mods, params, tuple(input_shape))
+    return (type(model).__qualname__, mods, params, input_key(inputs))
 
 
 _CACHE: OrderedDict[tuple, ChannelTable] = OrderedDict()
 _CACHE_SIZE = 16
 
 
-def example_input(model: nn.Module, example_inputs: torch.Tensor | None) -> torch.Tensor:
-    """``example_inputs`` as given; only when the caller gave none, one random CIFAR-sized image."""
+def example_input(model: nn.Module, example_inputs: ExampleInputs | None) -> ExampleInputs:
+    """``example_inputs`` as given (a tensor, a tuple or a dict of tensors); only when the caller gave
+    none, one random CIFAR-sized image."""
     if example_inputs is not None:
+        if not isinstance(example_inputs, (torch.Tensor, tuple, list, dict)):
+            raise PolicyError(f"example inputs must be a tensor, a tuple or a dict of tensors, "
+                              f"got {type(example_inputs).__name__}")
         return example_inputs
     p = next(model.parameters(), None)
     return torch.randn(DEFAULT_INPUT_SHAPE, device=p.device if p is not None else "cpu")
 
 
-def channel_table(model: nn.Module, example_inputs: torch.Tensor | None = None) -> ChannelTable:
-    """The coupled channel groups of ``model`` (cached per architecture and input shape).
+def run_model(model: nn.Module, x: ExampleInputs) -> Any:
+    """One forward of ``model`` on a copy of ``x`` (a forward that adds into its input in place must not
+    change the caller's inputs); a model that rejects them is one ``AmcError``."""
+    try:
+        return call_model(model, map_inputs(x, torch.clone))
+    except AmcError:
+        raise
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise AmcError(f"{type(model).__name__} fails on its example inputs ({type(e).__name__}: {msg})") from None
 
-    ``example_inputs`` default to one 3x32x32 image; pass the model's own input (a 224x224 image
-    for an ImageNet model) so MACs and shapes are measured where the model runs."""
+
+def channel_table(model: nn.Module, example_inputs: ExampleInputs | None = None,
+                  limits: TraceLimits | None = None) -> ChannelTable:
+    """The coupled channel groups of ``model`` (cached per architecture and input shapes).
+
+    ``example_inputs`` (a tensor, a tuple of positional inputs or a dict of keyword inputs) default to
+    one 3x32x32 image; pass the model's own input (a 224x224 image for an ImageNet model) so MACs and
+    shapes are measured where the model runs. ``limits`` bound the tracing (a ``TraceLimit`` error
+    past them) and carry an optional progress callback."""
     x = example_input(model, example_inputs)
-    key = _signature(model, tuple(x.shape))
+    key = _signature(model, x)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
-    table = _build_table(model, x)
+    table = _build_table(model, x, limits or TraceLimits())
     _CACHE[key] = table
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
     return table
 
 
-def as_table(model_or_table: nn.Module | ChannelTable, example_inputs: torch.Tensor | None = None) -> ChannelTable:
+def as_table(model_or_table: nn.Module | ChannelTable, example_inputs: ExampleInputs | None = None) -> ChannelTable:
     """A table as given, or the model's table on ``example_inputs`` (a table already carries its shape)."""
     if isinstance(model_or_table, ChannelTable):
         return model_or_table
     return channel_table(model_or_table, example_inputs)
 
 
-def _output_layers(model: nn.Module, x: torch.Tensor) -> set[str]:
-    """Prunable layers whose output tensor is (part of) the model's output."""
+# autograd nodes that make new channels (a convolution or matrix product): the walk from an output stops
+_MIXING = ("Convolution", "Addmm", "Mm", "Bmm", "Linear", "Embedding")
+
+
+def _output_layers(model: nn.Module, x: ExampleInputs) -> set[str]:
+    """Prunable layers whose output channels reach one of the model's outputs (any nesting) unmixed:
+    walking back from every output tensor's autograd node through whatever keeps channels (BatchNorm,
+    activations, adds, splits, concatenations, reshapes, pooling) to the first layer that makes them."""
+    made: dict[Any, str] = {}
     outs: dict[str, torch.Tensor] = {}
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda mod, inp, out, n=n: outs.__setitem__(n, out)) for n in prunable_names(model)]
+
+    def record(name: str, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            outs[name] = out
+            if out.grad_fn is not None:
+                made[out.grad_fn] = name
+
+    hooks = [model.get_submodule(n).register_forward_hook(lambda mod, inp, out, n=n: record(n, out))
+             for n in prunable_names(model)]
     try:
-        with torch.no_grad():
-            y = model(x)
+        with torch.enable_grad():
+            ys = flat_outputs(run_model(model, x))
     finally:
         for h in hooks:
             h.remove()
-    ys = [t for t in (y if isinstance(y, (tuple, list)) else [y]) if isinstance(t, torch.Tensor)]
-    found = {n for n, o in outs.items() if isinstance(o, torch.Tensor) and any(o is t for t in ys)}
-    if not found:  # output went through a reshape/activation: fall back to the last Linear
+    found = {n for n, o in outs.items() if any(o is t for t in ys)}
+    stack = [t.grad_fn for t in ys if t.grad_fn is not None]
+    seen: set[Any] = set()
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        if fn in made:
+            found.add(made[fn])
+            continue
+        if any(k in type(fn).__name__ for k in _MIXING):
+            continue
+        stack.extend(f for f, _ in fn.next_functions if f is not None)
+    if not found:  # no autograd graph (frozen parameters): fall back to the last Linear
         lin = [n for n in prunable_names(model) if isinstance(model.get_submodule(n), nn.Linear)]
-        if lin:
-            found = {lin[-1]}
+        found = set(lin[-1:])
     return found
 
 
@@ -203,29 +261,40 @@ def _tolerant_reshapes() -> Iterator[_Tolerance]:
             c.__call__ = call  # type: ignore[method-assign]
 
 
-def _dependency_graph(model: nn.Module, x: torch.Tensor) -> Any:
+def _dependency_graph(model: nn.Module, x: ExampleInputs) -> Any:
     """torch-pruning's DependencyGraph of ``model`` on ``x`` (call inside ``_tolerant_reshapes``:
-    the graph re-maps its reshapes on every ``get_pruning_group``)."""
+    the graph re-maps its reshapes on every ``get_pruning_group``). The forward is ours (``run_model``:
+    a tensor, a tuple or a dict of inputs, copied), and every output tensor, in any nesting, is traced.
+    torch-pruning's own forward tries ``model(*x)`` first, which for a tensor of one image is the
+    unbatched call ``model(x[0])``: a fully convolutional model accepts it, and traced so, a residual
+    add (in place or not) left its conv "not reached" and the coupled groups wrong."""
     import torch_pruning as tp
 
     with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=x)
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=x, forward_fn=run_model, output_transform=flat_outputs)
 
 
-def _build_table(model: nn.Module, x: torch.Tensor) -> ChannelTable:
-    with _tolerant_reshapes() as tol:
-        return _trace_table(model, x, tol)
+def _build_table(model: nn.Module, x: ExampleInputs, limits: TraceLimits) -> ChannelTable:
+    meter = Meter(limits, type(model).__name__)
+    with _tolerant_reshapes() as tol, counted(meter):
+        return _trace_table(model, x, tol, meter)
 
 
-def _trace_table(model: nn.Module, x: torch.Tensor, tol: _Tolerance) -> ChannelTable:
+def _trace_table(model: nn.Module, x: ExampleInputs, tol: _Tolerance, meter: Meter) -> ChannelTable:
     work = copy.deepcopy(model).eval()  # tracing runs a forward: keep BN statistics of the caller's model
     names = prunable_names(work)
     n2m = dict(work.named_modules())
     m2n = {id(m): n for n, m in n2m.items()}
     outputs = _output_layers(work, x)
+    meter.report("graph", 0, 1)
+    meter.at("building the dependency graph")
     dg = _dependency_graph(work, x)
+    meter.report("graph", 1, 1)
+    meter.at("inferring the channel mapping of reshapes and concatenations")
     with _mapped_once(dg):  # nothing is pruned while tracing: the index mapping stays valid
-        return _group_table(work, x, dg, tol, names, n2m, m2n, outputs)
+        table = _group_table(work, x, dg, tol, names, n2m, m2n, outputs, meter)
+    return table
 
 
 @contextlib.contextmanager
@@ -244,21 +313,28 @@ def _mapped_once(dg: Any) -> Iterator[None]:
         index_mapping.update_index_mapping = update
 
 
-def _group_table(work: nn.Module, x: torch.Tensor, dg: Any, tol: _Tolerance, names: list[str],
-                 n2m: dict[str, nn.Module], m2n: dict[int, str], outputs: set[str]) -> ChannelTable:
+def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, names: list[str],
+                 n2m: dict[str, nn.Module], m2n: dict[int, str], outputs: set[str], meter: Meter) -> ChannelTable:
 
     groups: list[ChannelGroup] = []
     group_of: dict[str, int] = {}
     unprunable: dict[str, str] = {}
     visited: set[str] = set()
     hints: dict[str, str] = {}  # root -> a suspect mapping, told when pruning the group breaks the forward
-    for name in names:
+    for i, name in enumerate(names):
+        meter.report("groups", i, len(names))
         if name in visited:
             continue
+        meter.at(f"following the channels of {name}")
         mod = n2m[name]
         if mod not in dg.module2node:
             unprunable[name] = ("not reached by a forward pass (its module is never called: unused, or its "
                                 "weight used through a functional call, as in torchvision's Swin attention)")
+            continue
+        if name in outputs:
+            # held whatever it is coupled with, so not followed: a detector's head outputs are reshaped and
+            # concatenated into boxes, where torch-pruning's index mapping runs for minutes (SSDlite)
+            unprunable[name] = f"its output channels are the model's outputs ({name})"
             continue
         pruner = dg.get_pruner_of_module(mod)
         channels = pruner.get_out_channels(mod) if pruner is not None else None
@@ -329,7 +405,9 @@ def _group_table(work: nn.Module, x: torch.Tensor, dg: Any, tol: _Tolerance, nam
         for m in prunable_members:
             group_of[m] = len(groups)
         groups.append(g)
+    meter.report("groups", len(names), len(names))
 
+    meter.at("checking that pruning each group keeps every output's shape")
     broken = _breaking_groups(work, x, groups)
     if broken:  # torch-pruning mapped these groups wrongly (seen: a concat before a flatten): hold them
         for g in groups:
@@ -377,13 +455,11 @@ def _probe(group: ChannelGroup) -> list[int]:
     return sorted(removed)
 
 
-def _breaking_groups(model: nn.Module, x: torch.Tensor, groups: list[ChannelGroup]) -> dict[str, str]:
+def _breaking_groups(model: nn.Module, x: ExampleInputs, groups: list[ChannelGroup]) -> dict[str, str]:
     """Roots of the groups whose physical pruning (half of their channels removed, see ``_probe``) breaks
-    the forward pass or changes the output's shape, with the error. One copy and one forward when every
-    group works; halving the set to find the culprits otherwise."""
-    with torch.no_grad():
-        y = model.eval()(x)
-    shape = tuple(y.shape) if isinstance(y, torch.Tensor) else None
+    the forward pass or changes the shape of any output, with the error. One copy and one forward when
+    every group works; halving the set to find the culprits otherwise."""
+    want = stable_output_shapes(model.eval(), x)
 
     def error(gs: list[ChannelGroup]) -> str | None:
         work = copy.deepcopy(model).eval()
@@ -393,12 +469,12 @@ def _breaking_groups(model: nn.Module, x: torch.Tensor, groups: list[ChannelGrou
                 mod = work.get_submodule(g.root)
                 dg.get_pruning_group(mod, dg.get_pruner_of_module(mod).prune_out_channels, _probe(g)).prune()
             with torch.no_grad():
-                out = work(x)
+                out = call_model(work, map_inputs(x, torch.clone))
+        except TraceLimit:
+            raise
         except Exception as e:
             return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:100] if str(e).strip() else ''}"
-        if shape is not None and (not isinstance(out, torch.Tensor) or tuple(out.shape) != shape):
-            return "the output's shape changes"
-        return None
+        return shape_change(want, output_shapes(out))
 
     found: dict[str, str] = {}
 
@@ -417,11 +493,12 @@ def _breaking_groups(model: nn.Module, x: torch.Tensor, groups: list[ChannelGrou
     return found
 
 
-def prune_groups(work: nn.Module, x: torch.Tensor, removed: Mapping[str, list[int]]) -> None:
+def prune_groups(work: nn.Module, x: ExampleInputs, removed: Mapping[str, list[int]],
+                 limits: TraceLimits | None = None) -> None:
     """Remove from ``work``, IN PLACE, the output channels ``removed[root]`` of each group root and
     every slice coupled with them (torch-pruning's DependencyGraph traced on ``x``, under the same
-    patches as the tracing)."""
-    with _tolerant_reshapes():
+    patches and limits as the tracing)."""
+    with _tolerant_reshapes(), counted(Meter(limits or TraceLimits(), type(work).__name__)):
         dg = _dependency_graph(work, x)
         for root, idxs in removed.items():
             mod = work.get_submodule(root)

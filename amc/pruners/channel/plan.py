@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from amc.errors import PolicyError
+from amc.layers import ExampleInputs
 from amc.policy import Policy, check_policy
 from amc.pruners.channel.graph import as_table, channel_table
 from amc.pruners.channel.scores import channel_scores
@@ -117,7 +118,7 @@ def group_ratios(table: ChannelTable, policy: Mapping[str, float]) -> tuple[dict
 
 
 def policy_counts(model_or_table: nn.Module | ChannelTable, policy: Mapping[str, float],
-                  round_to: int = 8, example_inputs: torch.Tensor | None = None) -> Counts:
+                  round_to: int = 8, example_inputs: ExampleInputs | None = None) -> Counts:
     """Output channels kept per group root for ``policy`` (no scoring: counts only)."""
     table = as_table(model_or_table, example_inputs)
     ratios, _ = group_ratios(table, policy)
@@ -134,7 +135,7 @@ def plan_from_counts(model: nn.Module, counts: Mapping[str, int], criterion: str
                      scores: Mapping[str, torch.Tensor] | None = None, table: ChannelTable | None = None,
                      loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
                      notes: list[str] | None = None, round_to: int = 1,
-                     example_inputs: torch.Tensor | None = None) -> ChannelPlan:
+                     example_inputs: ExampleInputs | None = None) -> ChannelPlan:
     """Keep the ``counts[root]`` highest-scoring channels of each group."""
     table = table or channel_table(model, example_inputs)
     if scores is None:
@@ -154,7 +155,7 @@ def plan_from_counts(model: nn.Module, counts: Mapping[str, int], criterion: str
 
 
 def plan_channels(model: nn.Module, policy: Mapping[str, float], criterion: str = "l2", round_to: int = 8,
-                  example_inputs: torch.Tensor | None = None,
+                  example_inputs: ExampleInputs | None = None,
                   loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None) -> ChannelPlan:
     """Turn ``{layer: fraction of output channels to remove}`` into kept channel indices.
 
@@ -169,7 +170,7 @@ def plan_channels(model: nn.Module, policy: Mapping[str, float], criterion: str 
 
 
 def uniform_policy(model_or_table: nn.Module | ChannelTable, ratio: float,
-                   example_inputs: torch.Tensor | None = None) -> Policy:
+                   example_inputs: ExampleInputs | None = None) -> Policy:
     """The same ratio for every layer whose output channels can be removed."""
     table = as_table(model_or_table, example_inputs)
     return validate_channel_policy(table, dict.fromkeys(table.prunable_layers(), ratio))

@@ -22,6 +22,7 @@ from torch import nn
 from amc.errors import PolicyError
 from amc.importance import CHANNEL_CRITERIA
 from amc.importance.registry import channel_needs_data
+from amc.layers import ExampleInputs
 from amc.pruners.channel.graph import channel_table
 from amc.pruners.channel.table import ChannelTable
 
@@ -50,7 +51,7 @@ def needs_data(criterion: str) -> bool:
 
 def channel_scores(model: nn.Module, criterion: str = "l2", table: ChannelTable | None = None,
                    loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                   batches: int = 4, example_inputs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   batches: int = 4, example_inputs: ExampleInputs | None = None) -> dict[str, torch.Tensor]:
     """Per-channel importance of every group, keyed by root (higher = more important): the
     :data:`amc.importance.CHANNEL_CRITERIA` entry ``criterion``, run as its protocol says (a data
     criterion is prepared and scored on a deep copy, from the first ``batches`` of ``loader``)."""

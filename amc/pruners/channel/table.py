@@ -21,11 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from torch import nn
 
 from amc.errors import PolicyError
-from amc.layers import LayerInfo, count_macs, count_params, layer_table
+from amc.layers import ExampleInputs, LayerInfo, count_macs, count_params, input_shapes, layer_table
 
 Counts = dict[str, int]  # group root -> output channels kept
 
@@ -71,7 +70,7 @@ class ChannelTable:
     names: list[str]  # all prunable (conv/linear) layer names, registration order
     dense_macs: int
     dense_params: int
-    input_shape: tuple[int, ...]
+    input_shape: tuple  # the example input's shape; a tuple of shapes for several inputs
     # cost model: one row per parameterised leaf module
     _mods: list[str] = field(default_factory=list, repr=False)
     _m_out: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64), repr=False)  # (M x G)
@@ -87,14 +86,14 @@ class ChannelTable:
     _simple: list[bool] = field(default_factory=list, repr=False)  # group mapping is one-to-one
 
     @classmethod
-    def measure(cls, model: nn.Module, x: torch.Tensor, groups: list[ChannelGroup], group_of: dict[str, int],
+    def measure(cls, model: nn.Module, x: ExampleInputs, groups: list[ChannelGroup], group_of: dict[str, int],
                 unprunable: dict[str, str], names: list[str]) -> ChannelTable:
         """The table of traced ``groups``, with the layer table, dense MACs and parameters of ``model``
         measured on ``x`` and the analytic cost model filled in."""
         table = cls(groups=groups, group_of=group_of, unprunable=unprunable,
                     layers=layer_table(model, example_inputs=x), names=names,
                     dense_macs=count_macs(model, example_inputs=x)[0], dense_params=count_params(model),
-                    input_shape=tuple(x.shape))
+                    input_shape=input_shapes(x))
         _fill_cost_model(table, model)
         return table
 
