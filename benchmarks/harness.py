@@ -50,20 +50,20 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def parser(doc: str | None, *, cache: str | None = None, out: str = "reports", device: str | bool | None = None,
+def parser(doc: str | None, *, cache: str | None = None, out: str | None = "reports", device: str | bool | None = None,
            data: bool = True, report_only: bool | None = None, quick: str | None = None,
            seeds: str | None = None, threads: int | None = None) -> argparse.ArgumentParser:
-    """An argument parser with the flags every benchmark takes: ``--data`` (the shared CIFAR-10; ``data=False``
-    leaves it out), ``--out`` (where the report goes), ``--device`` (``device=False`` leaves it out; a string
-    is its default), and, for a benchmark that caches its rows (``cache`` given: its default folder),
-    ``--cache`` and ``--report-only`` (``report_only=False`` leaves the latter out). ``quick`` (its help
-    text), ``seeds`` (the default comma list) and ``threads`` (the default count) add ``--quick``,
-    ``--seeds`` and ``--threads``."""
+    """An argument parser with the flags every benchmark takes: ``--data`` (the shared CIFAR-10),
+    ``--out`` (where the report goes), ``--device`` (a string: its default) and, for a benchmark that
+    caches its rows (``cache`` given: its default folder), ``--cache`` and ``--report-only``. Each of
+    ``data=False``, ``out=None``, ``device=False``, ``report_only=False`` leaves its flag out;
+    ``quick`` (its help text), ``seeds`` (the default comma list) and ``threads`` (the default count)
+    add ``--quick``, ``--seeds`` and ``--threads``."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if data:
         ap.add_argument("--data", default=str(CIFAR10), help="the data set (default: the shared CIFAR-10)")
-    ap.add_argument("--out", default=str(ROOT / out) if not Path(out).is_absolute() else out,
-                    help="folder of the report (<name>.md and <name>.json)")
+    if out is not None:
+        ap.add_argument("--out", default=str(ROOT / out), help="folder of the report (<name>.md and <name>.json)")
     if device is not False:
         ap.add_argument("--device", default=device if isinstance(device, str) else default_device())
     if cache is not None:
@@ -102,7 +102,7 @@ class Cache:
     ``json.dumps``'s."""
 
     def __init__(self, folder: str | Path, *, indent: int | None = 1,
-                 default: Callable[[Any], Any] = float) -> None:
+                 default: Callable[[Any], Any] | None = float) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.indent, self.default = indent, default
