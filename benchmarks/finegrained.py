@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
+from amc import EvalConfig
 from amc.data import load_cifar10, make_splits, subset
-from amc.evaluator import CALIB_IMAGES
 from amc.layers import count_macs, count_params, layer_weight, prunable_names
 from amc.metrics import MiB, dense_size_bits, size_fraction, sparse_size_bits
 from amc.models import load_model
@@ -117,7 +117,8 @@ def main() -> None:
     pol = pick_policy(curves, params, count_params(dense), 0.25)
     times["pick policy from the curves <= 25%"] = time.perf_counter() - t
     run_policy("curves_25", pol)
-    calib = splits.loader("train", 512, limit=128 if args.quick else CALIB_IMAGES, shuffle=False, augment=False)
+    calib_images = 128 if args.quick else EvalConfig.calib_images  # the evaluator's default: 5,120
+    calib = splits.loader("train", 512, limit=calib_images, shuffle=False, augment=False)
     auto = {}
     for target in (0.25, 0.10):
         t = time.perf_counter()

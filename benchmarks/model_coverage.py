@@ -55,7 +55,7 @@ def all_refs() -> list[str]:
 
 
 def _error_line(e: BaseException) -> str:
-    from amc.errors import AmcError
+    from amc import AmcError
 
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     if isinstance(e, AmcError):
@@ -69,8 +69,8 @@ def run_one(ref: str, budget: str) -> dict[str, Any]:
     """Build, run, prune and rerun one model; a row of plain values (never raises)."""
     import torch
 
+    from amc import prune_to_budget
     from amc.models import resolve_model
-    from amc.pruners.oneshot import prune_to_budget
 
     torch.manual_seed(0)
     source, name = ref.split(":", 1)
