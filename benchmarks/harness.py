@@ -146,9 +146,9 @@ def write_json(path: str | Path, obj: Any, *, indent: int | None = 1, default: C
 
 
 def markdown_table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
-    """The lines of a markdown table: a header row, its ``|---|`` rule and one line per row."""
+    """The lines of a markdown table: a header row, its ``| --- |`` rule and one line per row."""
     header = list(header)
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
             *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
 
 

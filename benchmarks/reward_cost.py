@@ -35,7 +35,7 @@ from amc.data import load_cifar10, make_splits
 from amc.data.holdout import halve_test
 from amc.models import load_model
 from amc.train import evaluate, recalibrate_bn
-from benchmarks.harness import MODELS, Cache, machine_info, parser, write_report
+from benchmarks.harness import MODELS, Cache, machine_info, markdown_table, parser, write_report
 
 BEFORE = (1024, 2000)  # today's CPU reward: calibration images, scored images
 VARIANTS = ("masked-256-1000", "masked-128-500", "physical-1024-2000", "physical-256-1000", "physical-128-500")
@@ -115,11 +115,11 @@ def main() -> None:
     lines = ["# Reward cost on the CPU (ResNet-20, channel, " + args.budget + ")", "",
              f"{args.policies} random feasible policies, each scored by every variant; {args.threads} torch "
              "thread(s), `nice -n 15` on a 2-core CPU shared with other jobs. Spearman against `before` "
-             "(today's reward: masked model, BN recalibration on 1,024 train images, 2,000 validation images).", "",
-             "| variant | median s per reward | speed-up | Spearman vs before |", "| --- | --- | --- | --- |"]
+             "(today's reward: masked model, BN recalibration on 1,024 train images, 2,000 validation images).", ""]
     b = results["before"]["median_s"]
-    for k, v in results.items():
-        lines.append(f"| {k} | {v['median_s']:.3f} | {b / v['median_s']:.2f}x | {v['spearman']:.3f} |")
+    lines += markdown_table(["variant", "median s per reward", "speed-up", "Spearman vs before"],
+                            [[k, f"{v['median_s']:.3f}", f"{b / v['median_s']:.2f}x", f"{v['spearman']:.3f}"]
+                             for k, v in results.items()])
     lines += ["", f"Chosen `after`: {pick} ({b / results[pick]['median_s']:.2f}x cheaper, Spearman "
               f"{results[pick]['spearman']:.3f}); goal >= 3x at Spearman >= 0.9.", ""]
     write_report(args.out, "reward_cost", report, "\n".join(lines), stamp=False, newline=False)

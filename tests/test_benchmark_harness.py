@@ -63,4 +63,4 @@ def test_parser_options_and_seed_lists():
     assert not any(hasattr(args, a) for a in ("report_only", "device", "data"))
     assert parser("doc", device="cpu").parse_args([]).device == "cpu"
     assert ints("0, 2,") == [0, 2]
-    assert markdown_table(["a", "b"], [[1, 2]]) == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+    assert markdown_table(["a", "b"], [[1, 2]]) == ["| a | b |", "| --- | --- |", "| 1 | 2 |"]
