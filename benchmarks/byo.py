@@ -10,8 +10,6 @@ short schedule: said so in the report) and cached (``--cache``), so a rerun star
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,17 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
-import amc  # noqa: E402
-from amc.data import load_cifar10, make_splits  # noqa: E402
-from amc.io import atomic_write_text  # noqa: E402
-from amc.layers import count_macs, count_params  # noqa: E402
-from amc.system import machine_info  # noqa: E402
-from amc.train import FinetuneConfig, evaluate, finetune  # noqa: E402
-
-SHARED = ROOT.parent / "shared"
+import amc
+from amc.data import load_cifar10, make_splits
+from amc.layers import count_macs, count_params
+from amc.train import FinetuneConfig, evaluate, finetune
+from benchmarks.harness import machine_info, parser, write_report
 
 
 class SmallNet(nn.Module):
@@ -61,14 +55,11 @@ class SmallNet(nn.Module):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.xz"))
-    ap.add_argument("--out", default="reports")
-    ap.add_argument("--cache", default="runs/byo")
+    ap = parser(__doc__, cache="runs/byo", report_only=False, device=False,
+                quick="a smoke run on a slice: not a result")
     ap.add_argument("--epochs", type=float, default=4.0, help="dense training epochs (short, on the CPU)")
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--finetune-epochs", type=float, default=1.0)
-    ap.add_argument("--quick", action="store_true", help="a smoke run on a slice: not a result")
     args = ap.parse_args()
     cache, out = Path(args.cache), Path(args.out)
     cache.mkdir(parents=True, exist_ok=True)
@@ -120,7 +111,6 @@ def main() -> None:
         "compress_wall_s": compress_s, "total_wall_s": time.perf_counter() - t0,
         "files": res.files,
     }
-    atomic_write_text(out / "byo.json", json.dumps(row, indent=2, default=str))
     lines = [
         "# Bring your own model: `amc.compress` on a network outside the zoo" + (" (QUICK: not a result)"
                                                                                if args.quick else ""), "",
@@ -141,7 +131,7 @@ def main() -> None:
         f"(profile, sensitivity, {args.episodes} Optuna trials, finetune, export, report). Files: "
         + ", ".join(f"{k} ({v:,} B)" for k, v in res.files.items()) + ".",
     ]
-    atomic_write_text(out / "byo.md", "\n".join(lines) + "\n")
+    write_report(out, "byo", row, "\n".join(lines) + "\n", stamp=False, indent=2, default=str, newline=False)
     print("\n".join(lines))
 
 

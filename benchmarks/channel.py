@@ -25,10 +25,8 @@ Writes ``channel_<model>.md`` / ``.json`` (+ the latency tables as CSV) to --out
 
 from __future__ import annotations
 
-import argparse
 import copy
 import io
-import json
 import platform
 import statistics
 import sys
@@ -40,16 +38,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
-from amc.data import load_cifar10, make_splits, subset  # noqa: E402
-from amc.errors import BudgetError  # noqa: E402
-from amc.io import atomic_write_text  # noqa: E402
-from amc.latency import LatencyTable, describe_target, measure  # noqa: E402
-from amc.layers import count_macs, count_params  # noqa: E402
-from amc.models import load_model  # noqa: E402
-from amc.pruners.channel import (  # noqa: E402
+from amc.data import load_cifar10, make_splits, subset
+from amc.errors import BudgetError
+from amc.latency import LatencyTable, describe_target, measure
+from amc.layers import count_macs, count_params
+from amc.models import load_model
+from amc.pruners.channel import (
     ChannelPlan,
     channel_table,
     plan_channels,
@@ -57,12 +53,11 @@ from amc.pruners.channel import (  # noqa: E402
     policy_counts,
     prune_channels,
 )
-from amc.pruners.reconstruct import reconstruct  # noqa: E402
-from amc.sensitivity import pick_channel_policy, scan_sensitivity  # noqa: E402
-from amc.system import machine_info  # noqa: E402
-from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
+from amc.pruners.reconstruct import reconstruct
+from amc.sensitivity import pick_channel_policy, scan_sensitivity
+from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn
+from benchmarks.harness import MODELS, machine_info, parser, write_report
 
-SHARED = ROOT.parent / "shared"
 ANCHORS = {  # DESIGN.md, measured on this data (H100): accuracy after 5 epochs, CPU and H100 speedups
     "vgg8": {"dense": 91.61, "lab uniform 30%": (90.24, 1.65, 0.85), "TP uniform": (90.05, 2.06, 1.21),
              "TP global": (90.40, 2.16, 1.01)},
@@ -124,12 +119,9 @@ def conv_widths(model: nn.Module) -> list[int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, quick="tiny slice, a fraction of an epoch (smoke test)")
     ap.add_argument("--model", choices=("vgg8", "resnet56", "resnet20"), default="vgg8")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.xz"))
     ap.add_argument("--checkpoint", default=None, help="default ../shared/models/<model>_dense.pt")
-    ap.add_argument("--out", default="reports")
     ap.add_argument("--macs", type=float, default=0.5, help="MACs target as a fraction of dense")
     ap.add_argument("--epochs", type=float, default=5.0)
     ap.add_argument("--lr", type=float, default=FinetuneConfig.lr)
@@ -157,7 +149,6 @@ def main() -> None:
     ap.add_argument("--tp-grid", type=float, default=None,
                     help="Torch-Pruning pruning_ratio grid step (default vgg8 0.025; resnet 0.05)")
     ap.add_argument("--variants", default=None, help="comma-separated subset of variant names to run")
-    ap.add_argument("--quick", action="store_true", help="tiny slice, a fraction of an epoch (smoke test)")
     args = ap.parse_args()
     # defaults per model: the settings of the measured H100 runs (about 100 s for vgg8, 210 s for
     # resnet56). Multiples of 32 are what made VGG8 faster on the H100; ResNet widths 16/32/64 only
@@ -170,7 +161,7 @@ def main() -> None:
     out = Path(args.out)
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
-    ckpt = args.checkpoint or str(SHARED / "models" / f"{args.model}_dense.pt")
+    ckpt = args.checkpoint or str(MODELS / f"{args.model}_dense.pt")
     times: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -223,12 +214,9 @@ def main() -> None:
                  "quick": args.quick, "host": platform.node(), "cpu": describe_target("cpu", 1),
                  "gpu": describe_target(dev) if cuda else None, "torch": torch.__version__, "variants": {},
                  "machine": machine_info()}
-    json_path = out / f"channel_{args.model}.json"
-
     def save() -> None:  # after every stage: a run cut short still leaves its numbers
         rep["times_s"] = times
-        atomic_write_text(json_path, json.dumps(rep, indent=1, default=float) + "\n")
-        atomic_write_text(out / f"channel_{args.model}.md", render(rep))
+        write_report(out, f"channel_{args.model}", rep, render(rep), stamp=False)
 
     t = time.perf_counter()
     dense_acc = evaluate(dense, test)

@@ -12,7 +12,6 @@ each in its own subprocess with a time limit (the broken kernel can hang):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -21,13 +20,10 @@ import textwrap
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
-from amc.io import atomic_write_text  # noqa: E402
-from amc.system import machine_info  # noqa: E402
+from benchmarks.harness import MODELS, ROOT, machine_info, parser, write_report
 
-SHARED = ROOT.parent / "shared"
 LAYOUTS = ("contiguous", "guarded", "unguarded")
 
 CHILD = textwrap.dedent("""
@@ -106,10 +102,8 @@ def run_one(ckpt: str, data: str, round_to: int, ratio: float, layout: str, step
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--checkpoint", default=str(SHARED / "models" / "resnet20_dense.pt"))
-    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.xz"))
-    ap.add_argument("--out", default="reports")
+    ap = parser(__doc__, device=False)
+    ap.add_argument("--checkpoint", default=str(MODELS / "resnet20_dense.pt"))
     ap.add_argument("--steps", type=int, default=0, help="cap the timed finetune (0: one whole epoch)")
     ap.add_argument("--limit", type=float, default=600, help="seconds before a run counts as hung")
     args = ap.parse_args()
@@ -123,7 +117,6 @@ def main() -> None:
             rows.append({"model": label, "round_to": round_to, "ratio": ratio, "layout": layout, **r})
             print(json.dumps(rows[-1]), flush=True)
     res = {"machine": machine_info(), "checkpoint": args.checkpoint, "steps_cap": args.steps, "rows": rows}
-    atomic_write_text(out / "cpuconv.json", json.dumps(res, indent=2))
     lines = ["# CPU finetune and the oneDNN strided 1x1 guard", "",
              f"Machine: {res['machine']['cpu']}, ISA {res['machine']['cpu_capability']}, torch "
              f"{res['machine']['torch']}, {res['machine']['threads']} threads. ResNet-20 "
@@ -142,7 +135,7 @@ def main() -> None:
                          f"{r['steps']} steps timed |")
         else:
             lines.append(f"| {r['model']} | {ins} | {r['layout']} | - | - | {r['error']} |")
-    atomic_write_text(out / "cpuconv.md", "\n".join(lines) + "\n")
+    write_report(out, "cpuconv", res, "\n".join(lines) + "\n", stamp=False, indent=2, default=None, newline=False)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ Writes ``vgg8_finegrained.md`` / ``.json`` and PNG plots into ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import platform
 import sys
 import time
@@ -22,23 +20,20 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
-from amc.data import load_cifar10, make_splits, subset  # noqa: E402
-from amc.evaluator import CALIB_IMAGES  # noqa: E402
-from amc.io import atomic_write_text  # noqa: E402
-from amc.layers import count_macs, count_params, layer_weight, prunable_names  # noqa: E402
-from amc.metrics import MiB, dense_size_bits, size_fraction, sparse_size_bits  # noqa: E402
-from amc.models import load_model  # noqa: E402
-from amc.plots import param_bars, sensitivity_curves, weight_histograms  # noqa: E402
-from amc.pruners.finegrained import apply_policy  # noqa: E402
-from amc.pruners.schedule import IterativeSchedule, iterative_prune  # noqa: E402
-from amc.sensitivity import auto_policy, candidate_policies, finegrained_scan, pick_policy  # noqa: E402
-from amc.system import machine_info  # noqa: E402
-from amc.train import FinetuneConfig, evaluate, finetune  # noqa: E402
+from amc import EvalConfig
+from amc.data import load_cifar10, make_splits, subset
+from amc.layers import count_macs, count_params, layer_weight, prunable_names
+from amc.metrics import MiB, dense_size_bits, size_fraction, sparse_size_bits
+from amc.models import load_model
+from amc.plots import param_bars, sensitivity_curves, weight_histograms
+from amc.pruners.finegrained import apply_policy
+from amc.pruners.schedule import IterativeSchedule, iterative_prune
+from amc.sensitivity import auto_policy, candidate_policies, finegrained_scan, pick_policy
+from amc.train import FinetuneConfig, evaluate, finetune
+from benchmarks.harness import MODELS, machine_info, parser, write_report, write_text
 
-SHARED = ROOT.parent / "shared"
 HAND_TUNED = {  # the seed lab's hand-tuned fine-grained dict
     **{f"backbone.conv{i}": 0.5 for i in range(4)},
     **{f"backbone.conv{i}": 0.8 for i in range(4, 8)},
@@ -49,11 +44,8 @@ SPARSITIES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.xz"))
-    ap.add_argument("--checkpoint", default=str(SHARED / "models" / "vgg8_dense.pt"))
-    ap.add_argument("--out", default="reports")
+    ap = parser(__doc__, quick="tiny slice and a fraction of an epoch (smoke test)")
+    ap.add_argument("--checkpoint", default=str(MODELS / "vgg8_dense.pt"))
     ap.add_argument("--epochs", type=float, default=5.0)
     ap.add_argument("--lr", type=float, default=FinetuneConfig.lr)
     ap.add_argument("--batch-size", type=int, default=256)
@@ -61,7 +53,6 @@ def main() -> None:
                     help="knowledge-distillation weight of the second finetune column (0 = plain only)")
     ap.add_argument("--no-candidates", action="store_true",
                     help="skip finetuning the joint check's other <= 25%% candidates (global, LAMP, curves by loss)")
-    ap.add_argument("--quick", action="store_true", help="tiny slice and a fraction of an epoch (smoke test)")
     args = ap.parse_args()
     out = Path(args.out)
     dev = torch.device(args.device)
@@ -120,13 +111,14 @@ def main() -> None:
     curves = finegrained_scan(dense, heldout, names, SPARSITIES)
     times["sensitivity scan"] = time.perf_counter() - t
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "vgg8_sensitivity.csv", curves.to_csv(index=False))
+    write_text(out / "vgg8_sensitivity.csv", curves.to_csv(index=False))
     params = {n: layer_weight(dense, n).numel() for n in names}
     t = time.perf_counter()
     pol = pick_policy(curves, params, count_params(dense), 0.25)
     times["pick policy from the curves <= 25%"] = time.perf_counter() - t
     run_policy("curves_25", pol)
-    calib = splits.loader("train", 512, limit=128 if args.quick else CALIB_IMAGES, shuffle=False, augment=False)
+    calib_images = 128 if args.quick else EvalConfig.calib_images  # the evaluator's default: 5,120
+    calib = splits.loader("train", 512, limit=calib_images, shuffle=False, augment=False)
     auto = {}
     for target in (0.25, 0.10):
         t = time.perf_counter()
@@ -158,8 +150,8 @@ def main() -> None:
             "heldout_images": len(splits.heldout_y),
             "test_images": len(splits.test_y)}
     report = {"meta": meta, "results": res, "wall_time_s": times}
-    atomic_write_text(out / "vgg8_finegrained.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "vgg8_finegrained.md", render(report, curves))
+    write_report(out, "vgg8_finegrained", report, render(report, curves), stamp=False, indent=2, default=None,
+                 newline=False)
     print(f"wrote {out / 'vgg8_finegrained.md'}")
 
 

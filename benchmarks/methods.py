@@ -34,13 +34,10 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
-from amc.io import atomic_write_text  # noqa: E402
-from amc.system import machine_info  # noqa: E402
+from benchmarks.harness import MODELS, Cache, machine_info, parser, write_report
 
-SHARED = ROOT.parent / "shared"
 FINE_SIZE = 0.1
 CHANNEL_MACS = 0.3
 FINE_CRITERIA = ("magnitude", "obd", "synflow")
@@ -133,9 +130,9 @@ class Bench:
         return before, evaluate(model, self.test)
 
     def run(self, spec: dict[str, Any], seed: int) -> dict[str, Any]:
+        import amc.pruners.channel as ch
         from amc.layers import count_macs
         from amc.metrics import size_fraction
-        from amc.pruners import channel as ch
 
         kind = spec["kind"]
         torch.manual_seed(seed)
@@ -207,19 +204,17 @@ class Bench:
         """Optuna (TPE) over per-layer ratios with the task's best one-shot criterion; the reward is
         the accuracy after BN recalibration on the held-out split. Returns the pruned copy of the
         dense model and its masks (fine) for the common finetune."""
-        from amc.budget import Budget
-        from amc.evaluator import EvalConfig, Evaluator
-        from amc.search.registry import SearchSpec, make_searcher
+        import amc
         from amc.train import apply_masks
 
         crit = best_criterion(Path(self.args.cache), granularity)
         if granularity == "fine":
-            budget, upper = Budget("size", FINE_SIZE), 0.99
+            budget, upper = amc.Budget("size", FINE_SIZE), 0.99
         else:
-            budget, upper = Budget("macs", CHANNEL_MACS), 0.9
-        cfg = EvalConfig(granularity=granularity, criterion=crit, calib_images=SEARCH_CALIB_IMAGES,
-                         eval_images=SEARCH_EVAL_IMAGES, batch_size=256, upper=upper, round_to=8)
-        ev = Evaluator(self.dense, self.splits, budget, cfg)
+            budget, upper = amc.Budget("macs", CHANNEL_MACS), 0.9
+        cfg = amc.EvalConfig(granularity=granularity, criterion=crit, calib_images=SEARCH_CALIB_IMAGES,
+                             eval_images=SEARCH_EVAL_IMAGES, batch_size=256, upper=upper, round_to=8)
+        ev = amc.Evaluator(self.dense, self.splits, budget, cfg)
         start = {"uniform": ev.uniform_policy()}
         if granularity == "fine":  # the one-shot policy (one global |w| threshold) is the second trial
             from amc.pruners.finegrained import global_policy
@@ -227,8 +222,8 @@ class Bench:
             start["sensitivity"] = ev.projector.project(global_policy(self.dense, FINE_SIZE, ev.names))
         options = {"study": f"methods-{granularity}-s{seed}", "enqueue_sensitivity": granularity == "fine"}
         folder = Path(self.args.cache) / f"search_{granularity}_s{seed}"  # study.db: a killed search resumes
-        found = make_searcher("optuna", ev, SearchSpec(SEARCH_TRIALS, seed, start=start, options=options),
-                              folder).run()
+        found = amc.make_searcher("optuna", ev, amc.SearchSpec(SEARCH_TRIALS, seed, start=start, options=options),
+                                  folder).run()
         if found.best_policy is None or found.best_result is None:
             raise RuntimeError(f"the {granularity} search found no feasible policy")
         out.update({"criterion": crit, "search_trials": len(found.trials), "search_seconds": found.seconds,
@@ -240,7 +235,7 @@ class Bench:
             masks = ev.fine_masks(policy)
             apply_masks(model, masks)
             return model, masks
-        from amc.pruners import channel as ch
+        import amc.pruners.channel as ch
 
         return ch.prune_channels(model, ev.plan(policy)), {}
 
@@ -271,7 +266,7 @@ def _rank_masks(scores: dict[str, torch.Tensor], policy: dict[str, float]) -> di
     return out
 
 
-def diagnose(bench: Bench, cache: Path) -> None:
+def diagnose(bench: Bench, cache: Cache) -> None:
     """Fine size=0.1, seed 0: the masks of each DIAGNOSES entry, then the benchmark's finetune;
     also the accuracy after BN recalibration alone (no weight change) and the per-layer densities."""
     from amc.importance import masks_from_scores, obd_scores, prune_by_criterion, synflow_masks
@@ -283,8 +278,7 @@ def diagnose(bench: Bench, cache: Path) -> None:
     names = prunable_names(dense)
     calib = bench.splits.loader("train", 256, shuffle=False, augment=False, limit=bench.train_limit)
     for title, key in DIAGNOSES:
-        path = cache / f"diag__{key}.json"
-        if path.exists():
+        if cache.get(f"diag__{key}") is not None:
             continue
         print(f"[{time.strftime('%H:%M:%S')}] diagnosis: {title}", flush=True)
         t0 = time.perf_counter()
@@ -326,7 +320,7 @@ def diagnose(bench: Bench, cache: Path) -> None:
                "test_accuracy_bn_recalibrated": bn_only, "test_accuracy": after,
                "density": {n: float(m.float().mean()) for n, m in masks.items()},
                "seconds": time.perf_counter() - t0}
-        atomic_write_text(path, json.dumps(row, indent=2))
+        cache.put(f"diag__{key}", row)
         print(f"   -> bn only {bn_only:.2%}, finetuned {after:.2%}", flush=True)
 
 
@@ -534,9 +528,7 @@ def report(args: argparse.Namespace) -> None:
                        "reward": "acc (held-out split)", "sampler": "tpe"}, "seeds": list(SEEDS),
             "rows_done": done, "rows_total": total, "partial": partial, "machine": machine_info()}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     diag_lines, diag_rows = diagnosis_lines(cache)
-    atomic_write_text(out / "methods.json", json.dumps({**meta, "rows": rows, "diagnosis": diag_rows}, indent=2) + "\n")
     lines = [f"# Pruning methods vs magnitude on ResNet-20 / CIFAR-10{' (PARTIAL)' if partial else ''}", "",
              f"{done} of {total} (method, task, seed) runs measured; machine: {meta['machine']['cpu']}, "
              f"{meta['machine']['threads']} thread(s), torch {meta['machine']['torch']}.", "",
@@ -589,25 +581,20 @@ def report(args: argparse.Namespace) -> None:
     lines += diag_lines
     if diag_rows:
         lines += [diagnosis_reading(rows, diag_rows), ""]
-    atomic_write_text(out / "methods.md", "\n".join(lines))
+    write_report(out, "methods", {**meta, "rows": rows, "diagnosis": diag_rows}, "\n".join(lines), stamp=False,
+                 indent=2, default=None)
     print(f"wrote {out / 'methods.md'} ({done}/{total} runs)")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.xz"))
-    ap.add_argument("--checkpoint", default=str(SHARED / "models" / "resnet20_dense.pt"))
-    ap.add_argument("--cache", default=str(ROOT / "runs" / "methods"))
-    ap.add_argument("--out", default=str(ROOT / "reports"))
+    ap = parser(__doc__, cache="runs/methods", device=False, threads=1)
+    ap.add_argument("--checkpoint", default=str(MODELS / "resnet20_dense.pt"))
     ap.add_argument("--train-images", type=int, default=2560)
     ap.add_argument("--test-images", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--diagnose", action="store_true", help="only the size=0.1 OBD / SynFlow diagnosis rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = Cache(args.cache, indent=2, default=None)  # <method>__<task>__s<seed>.json, diag__<key>.json
     if args.report_only:
         report(args)
         return
@@ -618,12 +605,12 @@ def main() -> None:
         return
     for seed in SEEDS:
         for method, task, spec in row_keys(seed):
-            p = cache / f"{slug(method, task, seed)}.json"
-            if p.exists():
+            key = slug(method, task, seed)
+            if cache.get(key) is not None:
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {method} / {task} / seed {seed}", flush=True)
             r = bench.run(spec, seed)
-            atomic_write_text(p, json.dumps({"method": method, "task": task, "seed": seed, **r}, indent=2))
+            cache.put(key, {"method": method, "task": task, "seed": seed, **r})
             print(f"   -> {r['test_accuracy']:.2%} ({r['seconds']:.0f} s)", flush=True)
             report(args)
     report(args)

@@ -14,8 +14,6 @@ Resumable: each model's row is cached as JSON under ``--cache`` and skipped on t
 
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing as mp
 import sys
 import time
@@ -23,8 +21,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
+
+from benchmarks.harness import ROOT, Cache, parser, write_json, write_text
 
 TIMM_MODELS = [
     # residual CNNs
@@ -56,7 +55,7 @@ def all_refs() -> list[str]:
 
 
 def _error_line(e: BaseException) -> str:
-    from amc.errors import AmcError
+    from amc import AmcError
 
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     if isinstance(e, AmcError):
@@ -70,8 +69,8 @@ def run_one(ref: str, budget: str) -> dict[str, Any]:
     """Build, run, prune and rerun one model; a row of plain values (never raises)."""
     import torch
 
+    from amc import prune_to_budget
     from amc.models import resolve_model
-    from amc.pruners.oneshot import prune_to_budget
 
     torch.manual_seed(0)
     source, name = ref.split(":", 1)
@@ -159,8 +158,7 @@ def run_limited(ref: str, budget: str, limit_s: float, threads: int) -> dict[str
 
 def write_report(rows: list[dict[str, Any]], stem: Path, budget: str, expected: int, limit_s: float,
                  note: str = "") -> None:
-    from amc.io import atomic_write_text
-    from amc.system import machine_info
+    from benchmarks.harness import machine_info
 
     partial = len(rows) < expected
     totals: dict[str, dict[str, int]] = {}
@@ -172,7 +170,7 @@ def write_report(rows: list[dict[str, Any]], stem: Path, budget: str, expected: 
         t["forward_ok"] += int(r["forward_ok"])
     doc: dict[str, Any] = {"budget": budget, "partial": partial, "expected_models": expected, "time_limit_s": limit_s,
                            "note": note, "machine": machine_info(), "totals": totals, "rows": rows}
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(doc, indent=1) + "\n")
+    write_json(stem.with_suffix(".json"), doc, default=None)
     lines = [f"# Model coverage: one-shot channel pruning to {budget}{' (PARTIAL)' if partial else ''}", ""]
     if partial:
         lines += [f"**PARTIAL**: {len(rows)} of {expected} models done.", ""]
@@ -201,43 +199,37 @@ def write_report(rows: list[dict[str, Any]], stem: Path, budget: str, expected: 
         lines.append(f"| {r['source']} | {r['name']} | {r.get('size') or ''} | {yn(r['built'])} | "
                      f"{yn(r['forward_ok'])} | {yn(r['shape_ok'])} | {mf} | {yn(r['within_budget'])} | "
                      f"{r['seconds']:.1f} | {err} |")
-    atomic_write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
+    write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, cache="runs/model_coverage", data=False, out=None, device=False, threads=1,
+                quick=f"only {', '.join(QUICK)}")
     ap.add_argument("--budget", default="macs=0.5")
-    ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--models", default=None, help="comma-separated references (source:name) to run")
     ap.add_argument("--limit-s", type=float, default=300.0, help="time limit per model")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--cache", default=str(ROOT / "runs" / "model_coverage"))
     ap.add_argument("--redo-failed", action="store_true", help="rerun the cached rows that failed")
     ap.add_argument("--redo", action="store_true", help="rerun everything")
-    ap.add_argument("--report-only", action="store_true", help="write the report from the cache, run nothing")
     ap.add_argument("--stem", default=str(ROOT / "reports" / "model_coverage"))
     ap.add_argument("--note", default="", help="a sentence for the report on how the cache was filled")
     args = ap.parse_args()
     refs = QUICK if args.quick else args.models.split(",") if args.models else all_refs()
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = Cache(args.cache, indent=None, default=None)  # <source>__<name>.json
     for ref in [] if args.report_only else refs:
-        path = cache / (ref.replace(":", "__") + ".json")
-        if path.exists() and not args.redo:
-            row = json.loads(path.read_text())
+        key = ref.replace(":", "__")
+        if (row := cache.get(key)) is not None and not args.redo:
             if not (args.redo_failed and not (row["ok"] and row["within_budget"])):
                 continue
         row = run_limited(ref, args.budget, args.limit_s, args.threads)
         row["limit_s"] = args.limit_s
-        path.write_text(json.dumps(row) + "\n")
+        cache.put(key, row)
         status = "ok" if row["ok"] and row["within_budget"] else "FAIL"
         print(f"{ref:45s} {status:4s} {row['seconds']:7.1f}s macs {row.get('macs_fraction')} {row['error'][:150]}",
               flush=True)
     if (args.quick or args.models) and not args.report_only:
         return 0
     every = all_refs()
-    rows = [json.loads(p.read_text()) for ref in every
-            if (p := cache / (ref.replace(":", "__") + ".json")).exists()]
+    rows = list(cache.rows(ref.replace(":", "__") for ref in every).values())
     write_report(rows, Path(args.stem), args.budget, len(every), args.limit_s, args.note)
     return 0
 

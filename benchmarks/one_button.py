@@ -9,8 +9,6 @@ files and the measured CPU speedup (1 thread, batch 1, dense / compressed in the
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import sys
 import time
@@ -18,25 +16,19 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
-from amc.data import load_cifar10, make_splits  # noqa: E402
-from amc.io import atomic_write_text  # noqa: E402
-from amc.pipeline import CompressConfig, compress  # noqa: E402
-from amc.system import machine_info  # noqa: E402
+import amc
+from amc.data import load_cifar10, make_splits
+from benchmarks.harness import MODELS, machine_info, parser, write_report
 
-SHARED = ROOT.parent / "shared"
 GPU_RUNS = [("vgg8", "size=0.25"), ("vgg8", "macs=0.5"), ("resnet56", "macs=0.5")]
 CPU_RUNS = [("resnet20", "macs=0.5"), ("resnet20", "size=0.25")]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.xz"))
-    ap.add_argument("--models", default=str(SHARED / "models"))
-    ap.add_argument("--out", default="reports")
+    ap = parser(__doc__)
+    ap.add_argument("--models", default=str(MODELS))
     ap.add_argument("--method", default="optuna")
     ap.add_argument("--cpu-standin", action="store_true",
                     help="ResNet-20 runs sized for a 2-core CPU (small search, 1 finetune epoch)")
@@ -67,17 +59,16 @@ def main() -> None:
             "threads": torch.get_num_threads(), "command": "python " + " ".join(sys.argv)}
     rows: list[dict] = []
     for model, budget in runs:
-        cfg = CompressConfig(budget=budget, method=args.method, **base)  # type: ignore[arg-type]
+        cfg = amc.CompressConfig(budget=budget, method=args.method, **base)  # type: ignore[arg-type]
         run_dir = Path("runs") / "one_button" / f"{model}-{budget.replace('=', '')}"
         t0 = time.perf_counter()
-        res = compress(Path(args.models) / f"{model}_dense.pt", model, splits, cfg, run_dir,
-                       progress=lambda m, model=model: print(f"[{model}] {m}", flush=True))
+        res = amc.compress(model, data=splits, config=cfg, weights=Path(args.models) / f"{model}_dense.pt",
+                           run_dir=run_dir, progress=lambda m, model=model: print(f"[{model}] {m}", flush=True))
         rows.append({"model": model, "budget": budget, "wall_s": time.perf_counter() - t0,
                      "metrics": res.metrics, "stages_s": res.timings, "files": res.files,
                      "config": {k: v for k, v in cfg.flat().items() if k in base or k in ("method", "budget")}})
         rep = {"meta": meta, "runs": rows}  # rewritten after every run: a cut-off session keeps what finished
-        atomic_write_text(out / "one_button.json", json.dumps(rep, indent=2, default=str))
-        atomic_write_text(out / "one_button.md", render(rep))
+        write_report(out, "one_button", rep, render(rep), stamp=False, indent=2, default=str, newline=False)
         print(f"wrote {out / 'one_button.md'}", flush=True)
 
 

@@ -15,9 +15,7 @@ Writes ``recipe_export.md`` / ``.json`` and PNG plots into ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import platform
 import sys
 import tempfile
@@ -27,26 +25,23 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
-from amc.data import load_cifar10, make_splits, subset  # noqa: E402
-from amc.export.files import load_pruned, load_sparse, save_pruned, save_sparse  # noqa: E402
-from amc.export.onnx import export_onnx  # noqa: E402
-from amc.io import atomic_write_text  # noqa: E402
-from amc.latency import describe_target, measure  # noqa: E402
-from amc.layers import count_macs, count_params, prunable_names  # noqa: E402
-from amc.metrics import layer_sparsity, size_fraction  # noqa: E402
-from amc.models import load_model  # noqa: E402
-from amc.pruners.channel import find_uniform_ratio, plan_channels, uniform_policy  # noqa: E402
-from amc.pruners.finegrained import global_prune, global_sparsity_for_size  # noqa: E402
-from amc.pruners.schedule import IterativeSchedule  # noqa: E402
-from amc.recipe import FinetuneSpec, SearchInfo, apply_recipe, load_recipe, make_recipe, save_recipe  # noqa: E402
-from amc.report import AccuracyVsBudget, PolicyBars, Table, Text, write_report  # noqa: E402
-from amc.system import machine_info  # noqa: E402
-from amc.train import evaluate  # noqa: E402
+from amc.data import load_cifar10, make_splits, subset
+from amc.export.files import load_pruned, load_sparse, save_pruned, save_sparse
+from amc.export.onnx import export_onnx
+from amc.latency import describe_target, measure
+from amc.layers import count_macs, count_params, prunable_names
+from amc.metrics import layer_sparsity, size_fraction
+from amc.models import load_model
+from amc.pruners.channel import find_uniform_ratio, plan_channels, uniform_policy
+from amc.pruners.finegrained import global_prune, global_sparsity_for_size
+from amc.pruners.schedule import IterativeSchedule
+from amc.recipe import FinetuneSpec, SearchInfo, apply_recipe, load_recipe, make_recipe, save_recipe
+from amc.report import AccuracyVsBudget, PolicyBars, Table, Text, write_report
+from amc.train import evaluate
+from benchmarks.harness import MODELS, machine_info, parser, write_json
 
-SHARED = ROOT.parent / "shared"
 NAME = "recipe_export"
 
 
@@ -65,17 +60,13 @@ def fg_policy(dense: torch.nn.Module, size: float) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.xz"))
-    ap.add_argument("--models", default=str(SHARED / "models"))
-    ap.add_argument("--out", default="reports")
+    ap = parser(__doc__, quick="tiny data slice, a sliver of an epoch (smoke test)")
+    ap.add_argument("--models", default=str(MODELS))
     ap.add_argument("--epochs", type=float, default=5.0, help="finetune epochs per model (benchmark protocol: 5)")
     ap.add_argument("--agp-steps", type=int, default=4, help="AGP pruning steps; each and the final "
                     "finetune get epochs / (steps + 1) epochs, so the total matches one-shot")
     ap.add_argument("--fg-size", type=float, default=0.10, help="fine-grained size target (FG-10)")
     ap.add_argument("--ch-macs", type=float, default=0.50, help="channel MACs target (CH-50)")
-    ap.add_argument("--quick", action="store_true", help="tiny data slice, a sliver of an epoch (smoke test)")
     args = ap.parse_args()
     out = Path(args.out)
     dev = torch.device(args.device)
@@ -260,7 +251,7 @@ def main() -> None:
                  Text("How to reproduce", "`python benchmarks/recipe_export.py --device cuda --out reports/`"),
                  title="Recipes, exports and iterative pruning", intro=intro, filename=f"{NAME}.md",
                  prefix=f"{NAME}_")
-    atomic_write_text(out / f"{NAME}.json", json.dumps(res, indent=2, default=str) + "\n")
+    write_json(out / f"{NAME}.json", res, indent=2, default=str)
     print(f"wrote {out / (NAME + '.md')}")
 
 

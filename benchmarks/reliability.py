@@ -19,7 +19,6 @@ processes, databases and files, not speed); ``--device`` is recorded for the pro
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -31,11 +30,9 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
-from amc.io import atomic_write_text  # noqa: E402
-from amc.system import machine_info  # noqa: E402
+from benchmarks.harness import ROOT, machine_info, parser, write_report
 
 OWN = ["tests/test_reliability.py", "tests/test_reliability_inputs.py"]
 # bad-input tests that live with their modules: (file::test, what it covers)
@@ -238,10 +235,9 @@ def render(s: dict, meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/reliability", help="folder for reliability.md and reliability.json")
+    p = parser(__doc__.split("\n\n")[0], data=False, out="runs/reliability", device=False,
+               quick="bad inputs and safety only (no worker processes)")
     p.add_argument("--device", default="cpu", help="recorded only: the tests run on the CPU")
-    p.add_argument("--quick", action="store_true", help="bad inputs and safety only (no worker processes)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -269,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "versions": versions(),
             "pytest_exit": rc, "seconds": seconds}
     seconds["render"] = time.perf_counter() - t
-    atomic_write_text(out / "reliability.md", render(summary, meta))
-    atomic_write_text(out / "reliability.json", json.dumps({"meta": meta, "summary": summary}, indent=1))
+    write_report(out, "reliability", {"meta": meta, "summary": summary}, render(summary, meta), stamp=False,
+                 default=None, newline=False)
     print(f"wrote {out / 'reliability.md'}: {summary['tests_passed']} passed, {summary['tests_failed']} failed, "
           f"{summary['results_lost']} results lost")
     if rc != 0:

@@ -21,8 +21,6 @@ variant under runs/reward_cost/; writes reports/reward_cost.{md,json}.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -30,19 +28,15 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
-from amc.budget import Budget  # noqa: E402
-from amc.data import load_cifar10, make_splits  # noqa: E402
-from amc.data.holdout import halve_test  # noqa: E402
-from amc.evaluator import EvalConfig, Evaluator  # noqa: E402
-from amc.io import atomic_write_text  # noqa: E402
-from amc.models import load_model  # noqa: E402
-from amc.system import machine_info  # noqa: E402
-from amc.train import evaluate, recalibrate_bn  # noqa: E402
+import amc
+from amc.data import load_cifar10, make_splits
+from amc.data.holdout import halve_test
+from amc.models import load_model
+from amc.train import evaluate, recalibrate_bn
+from benchmarks.harness import MODELS, Cache, machine_info, markdown_table, parser, write_report
 
-SHARED = ROOT.parent / "shared"
 BEFORE = (1024, 2000)  # today's CPU reward: calibration images, scored images
 VARIANTS = ("masked-256-1000", "masked-128-500", "physical-1024-2000", "physical-256-1000", "physical-128-500")
 
@@ -53,9 +47,9 @@ def _variant(name: str) -> tuple[str, int, int]:
 
 
 def score_all(kind: str, calib: int, images: int, dense, splits, budget, policies) -> tuple[list[float], list[float]]:
-    cfg = EvalConfig(granularity="channel", reward="acc", calib_images=calib, eval_images=images, round_to=8,
+    cfg = amc.EvalConfig(granularity="channel", reward="acc", calib_images=calib, eval_images=images, round_to=8,
                      criterion="l2", upper=0.9)
-    ev = Evaluator(dense, splits, budget, cfg)
+    ev = amc.Evaluator(dense, splits, budget, cfg)
     rewards, secs = [], []
     if kind == "masked":
         ev.evaluate(policies[0])  # warm
@@ -78,38 +72,33 @@ def score_all(kind: str, calib: int, images: int, dense, splits, budget, policie
 def main() -> None:
     from scipy.stats import spearmanr
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.xz"))
-    ap.add_argument("--checkpoint", default=str(SHARED / "models" / "resnet20_dense.pt"))
-    ap.add_argument("--cache", default=str(ROOT / "runs" / "reward_cost"))
-    ap.add_argument("--out", default=str(ROOT / "reports"))
+    ap = parser(__doc__, cache="runs/reward_cost", report_only=False, device=False, threads=1)
+    ap.add_argument("--checkpoint", default=str(MODELS / "resnet20_dense.pt"))
     ap.add_argument("--policies", type=int, default=50)
     ap.add_argument("--budget", default="macs=0.3")
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = Cache(args.cache, indent=None, default=None)  # <variant>-<policies>.json
     halved, record = halve_test(load_cifar10(args.data))
     splits = make_splits(halved, 0, "cpu")
     dense = load_model("resnet20", args.checkpoint).eval()
-    budget = Budget.parse(args.budget)
-    probe = Evaluator(dense, splits, budget, EvalConfig(granularity="channel", round_to=8, criterion="l2",
+    budget = amc.Budget.parse(args.budget)
+    probe = amc.Evaluator(dense, splits, budget, amc.EvalConfig(granularity="channel", round_to=8, criterion="l2",
                                                         upper=0.9, calib_images=64, eval_images=64))
     g = torch.Generator().manual_seed(0)
     policies = [probe.projector.project({n: float(torch.rand((), generator=g)) for n in probe.names})
                 for _ in range(args.policies)]
     results = {}
     for name in ["before", *[v for v in args.variants.split(",") if v]]:
-        path = cache / f"{name}-{args.policies}.json"
-        if path.exists():
-            results[name] = json.loads(path.read_text())
+        key = f"{name}-{args.policies}"
+        if (cached := cache.get(key)) is not None:
+            results[name] = cached
             continue
         kind, c, e = ("masked", *BEFORE) if name == "before" else _variant(name)
         rewards, secs = score_all(kind, c, e, dense, splits, budget, policies)
         results[name] = {"rewards": rewards, "seconds": secs, "median_s": statistics.median(secs)}
-        atomic_write_text(path, json.dumps(results[name]))
+        cache.put(key, results[name])
         print(f"{name}: {results[name]['median_s']:.3f} s per reward", flush=True)
     ref = results["before"]["rewards"]
     for name, r in results.items():
@@ -123,19 +112,17 @@ def main() -> None:
               "reward_s_before": results["before"]["median_s"], "reward_s_after": results[pick]["median_s"],
               "spearman": results[pick]["spearman"], "after_variant": pick,
               "variants": {k: {"median_s": v["median_s"], "spearman": v["spearman"]} for k, v in results.items()}}
-    out = Path(args.out)
-    atomic_write_text(out / "reward_cost.json", json.dumps(report, indent=1))
     lines = ["# Reward cost on the CPU (ResNet-20, channel, " + args.budget + ")", "",
              f"{args.policies} random feasible policies, each scored by every variant; {args.threads} torch "
              "thread(s), `nice -n 15` on a 2-core CPU shared with other jobs. Spearman against `before` "
-             "(today's reward: masked model, BN recalibration on 1,024 train images, 2,000 validation images).", "",
-             "| variant | median s per reward | speed-up | Spearman vs before |", "| --- | --- | --- | --- |"]
+             "(today's reward: masked model, BN recalibration on 1,024 train images, 2,000 validation images).", ""]
     b = results["before"]["median_s"]
-    for k, v in results.items():
-        lines.append(f"| {k} | {v['median_s']:.3f} | {b / v['median_s']:.2f}x | {v['spearman']:.3f} |")
+    lines += markdown_table(["variant", "median s per reward", "speed-up", "Spearman vs before"],
+                            [[k, f"{v['median_s']:.3f}", f"{b / v['median_s']:.2f}x", f"{v['spearman']:.3f}"]
+                             for k, v in results.items()])
     lines += ["", f"Chosen `after`: {pick} ({b / results[pick]['median_s']:.2f}x cheaper, Spearman "
               f"{results[pick]['spearman']:.3f}); goal >= 3x at Spearman >= 0.9.", ""]
-    atomic_write_text(out / "reward_cost.md", "\n".join(lines))
+    write_report(args.out, "reward_cost", report, "\n".join(lines), stamp=False, newline=False)
 
 
 if __name__ == "__main__":

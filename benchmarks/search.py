@@ -22,7 +22,6 @@ Writes ``search.md``, ``search.json`` and PNG plots into ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -36,24 +35,22 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
-from amc.budget import Budget, bounds_around  # noqa: E402
-from amc.data import load_cifar10, make_splits, subset  # noqa: E402
-from amc.evaluator import EvalConfig, Evaluator  # noqa: E402
-from amc.io import atomic_path, atomic_write_text  # noqa: E402
-from amc.layers import count_macs, count_params, layer_table, prunable_names  # noqa: E402
-from amc.metrics import size_fraction  # noqa: E402
-from amc.models import load_model  # noqa: E402
-from amc.pruners.finegrained import global_prune, global_sparsity_for_size, lamp_policy  # noqa: E402
-from amc.search.agent import AgentConfig, run_agent  # noqa: E402
-from amc.search.base import rerank, rerank_evaluators, score  # noqa: E402
-from amc.search.optuna import OptunaConfig, OptunaSearcher  # noqa: E402
-from amc.system import machine_info  # noqa: E402
-from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
+from amc import EvalConfig, Evaluator
+from amc.budget import Budget, bounds_around
+from amc.data import load_cifar10, make_splits, subset
+from amc.io import atomic_path
+from amc.layers import count_macs, count_params, layer_table, prunable_names
+from amc.metrics import size_fraction
+from amc.models import load_model
+from amc.pruners.finegrained import global_prune, global_sparsity_for_size, lamp_policy
+from amc.search.agent import AgentConfig, run_agent
+from amc.search.base import rerank, rerank_evaluators, score
+from amc.search.optuna import OptunaConfig, OptunaSearcher
+from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn
+from benchmarks.harness import MODELS, machine_info, parser, write_json, write_text
 
-SHARED = ROOT.parent / "shared"
 TASKS = {  # name -> (granularity, budget)
     "ch50": ("channel", "macs=0.5"),
     "fg25": ("fine", "size=0.25"),
@@ -509,12 +506,9 @@ def _provenance(t: dict, n_seeds: int) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, quick="tiny slice, few episodes (smoke test on CPU)")
     ap.add_argument("--model", default="vgg8")
     ap.add_argument("--checkpoint", default=None, help="default ../shared/models/<model>_dense.pt")
-    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.xz"))
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default="reports")
     ap.add_argument("--tasks", default="ch50,fg25", help=f"comma list of {', '.join(TASKS)}")
     ap.add_argument("--episodes", type=int, default=300, help="AMC episodes")
     ap.add_argument("--warmup", type=int, default=100, help="AMC warm-up episodes")
@@ -541,7 +535,6 @@ def main() -> None:
     ap.add_argument("--timing-evals", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="tiny slice, few episodes (smoke test on CPU)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other tasks already in OUT/search.json (run the tasks in separate commands)")
     ap.add_argument("--render-only", action="store_true", help="rewrite OUT/STEM.md from OUT/STEM.json and stop")
@@ -555,7 +548,7 @@ def main() -> None:
         raise SystemExit("--rerank must be >= 0 and --ft-seeds >= 1")
     if args.render_only:
         path = Path(args.out) / f"{args.stem}.json"
-        atomic_write_text(path.with_suffix(".md"), _markdown(json.loads(path.read_text())))
+        write_text(path.with_suffix(".md"), _markdown(json.loads(path.read_text())))
         return
     dev = torch.device(args.device)
     if dev.type == "cuda":
@@ -572,7 +565,7 @@ def main() -> None:
         args.sens_ratios = (0.6,)
     splits = make_splits(data, heldout=args.heldout, device=dev)
     t_data = time.perf_counter() - t0
-    ckpt = args.checkpoint or str(SHARED / "models" / f"{args.model}_dense.pt")
+    ckpt = args.checkpoint or str(MODELS / f"{args.model}_dense.pt")
     dense = load_model(args.model, ckpt).to(dev).eval()
     if dev.type == "cuda":
         dense = dense.to(memory_format=torch.channels_last)
@@ -606,10 +599,10 @@ def main() -> None:
             t = time.perf_counter()
             report["tasks"][name] = run_task(name, args, dense, splits, dev, Path(tmp))
             report["times_s"][name] = time.perf_counter() - t
-            atomic_write_text(out / f"{args.stem}.json", json.dumps(report, indent=1, default=_json))
+            write_json(out / f"{args.stem}.json", report, default=_json, newline=False)
     report["times_s"]["total"] = time.perf_counter() - t0
-    atomic_write_text(out / f"{args.stem}.json", json.dumps(report, indent=1, default=_json))
-    atomic_write_text(out / f"{args.stem}.md", _markdown(report))
+    write_json(out / f"{args.stem}.json", report, default=_json, newline=False)
+    write_text(out / f"{args.stem}.md", _markdown(report))
     print(f"wrote {out / (args.stem + '.md')} in {report['times_s']['total']:.0f} s")
 
 

@@ -50,7 +50,6 @@ search and finetune times. The run of reports/search_hard.md used::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -65,29 +64,25 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
-from amc.budget import Budget  # noqa: E402
-from amc.data import load_cifar10, make_splits  # noqa: E402
-from amc.data.holdout import halve_test  # noqa: E402
-from amc.errors import BudgetError  # noqa: E402
-from amc.evaluator import EvalConfig, Evaluator  # noqa: E402
-from amc.io import atomic_write_text  # noqa: E402
-from amc.latency import CALIBRATION_RATIOS, LatencyTable  # noqa: E402
-from amc.latency_check import fit_measured, paired_fraction  # noqa: E402
-from amc.layers import count_macs, count_params, prunable_names  # noqa: E402
-from amc.metrics import size_fraction  # noqa: E402
-from amc.models import load_model  # noqa: E402
-from amc.pruners.finegrained import global_prune, global_sparsity_for_size, lamp_policy  # noqa: E402
-from amc.search.agent import AgentConfig, run_agent  # noqa: E402
-from amc.search.base import rerank, rerank_evaluators  # noqa: E402
-from amc.search.optuna import OptunaConfig, OptunaSearcher  # noqa: E402
-from amc.system import machine_info  # noqa: E402
-from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn  # noqa: E402
-from benchmarks.search import _json  # noqa: E402  (the JSON hook for tensors and numpy scalars)
+from amc import Budget, EvalConfig, Evaluator
+from amc.data import load_cifar10, make_splits
+from amc.data.holdout import halve_test
+from amc.errors import BudgetError
+from amc.latency import CALIBRATION_RATIOS, LatencyTable
+from amc.latency_check import fit_measured, paired_fraction
+from amc.layers import count_macs, count_params, prunable_names
+from amc.metrics import size_fraction
+from amc.models import load_model
+from amc.pruners.finegrained import global_prune, global_sparsity_for_size, lamp_policy
+from amc.search.agent import AgentConfig, run_agent
+from amc.search.base import rerank, rerank_evaluators
+from amc.search.optuna import OptunaConfig, OptunaSearcher
+from amc.train import FinetuneConfig, evaluate, finetune, recalibrate_bn
+from benchmarks.harness import MODELS, ROOT, ints, machine_info, parser, write_json, write_text
+from benchmarks.search import _json
 
-SHARED = ROOT.parent / "shared"
 TASKS = {"macs03": ("channel", "macs=0.3"), "lat05": ("channel", "latency=0.5"), "size01": ("fine", "size=0.1")}
 BASELINES = {"channel": ("uniform", "sensitivity", "tp_global"),
              "fine": ("uniform", "sensitivity", "global_magnitude", "lamp")}
@@ -230,8 +225,7 @@ def _load(path: Path):
 
 
 def _save(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(obj, indent=1, default=_json))
+    write_json(path, obj, default=_json, newline=False)
 
 
 def tp_global_policy(dense, names: list[str], fraction: float, cost, round_to: int = 8) -> tuple[dict, float]:
@@ -711,8 +705,7 @@ def restore(cache: Path, report: Path, settings: dict) -> int:
         path = cache / rel
         if ".." in Path(rel).parts or path.exists():
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, text)
+        write_text(path, text)
         n += 1
     return n
 
@@ -741,7 +734,7 @@ def write_report(args, record: dict | None = None) -> None:
               "cache_files": cache_files(cache)}  # what a fresh machine resumes from (--resume-from)
     out = Path(args.out)
     _save(out / "search_hard.json", report)
-    atomic_write_text(out / "search_hard.md", _markdown(report))
+    write_text(out / "search_hard.md", _markdown(report))
 
 
 def _pct(x) -> str:
@@ -915,13 +908,10 @@ def _markdown(r: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.xz"))
-    ap.add_argument("--checkpoint", default=str(SHARED / "models" / "resnet20_dense.pt"))
-    ap.add_argument("--cache", default=str(ROOT / "runs" / "search_hard"))
-    ap.add_argument("--out", default=str(ROOT / "reports"))
+    # no --device: a setting the committed report does not have would stop a run resuming from it
+    ap = parser(__doc__, cache="runs/search_hard", device=False, seeds="0,1,2", threads=1)
+    ap.add_argument("--checkpoint", default=str(MODELS / "resnet20_dense.pt"))
     ap.add_argument("--tasks", default="macs03,lat05,size01")
-    ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--searchers", default=",".join(SEARCHERS),
                     help="the searches this run does (rows follow for them and the baselines): a run can finish the "
                          "first searchers' rows before a later searcher's search")
@@ -931,7 +921,6 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=2.0, help="finetune epochs of every row")
     ap.add_argument("--calib-images", type=int, default=512)
     ap.add_argument("--eval-images", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mf-steps", type=int, default=20,
                     help="optuna_mf: SGD recovery steps of the full reward (the BN reward screens)")
     ap.add_argument("--mf-trials", type=int, default=0, help="optuna_mf's trials (0: --trials)")
@@ -945,7 +934,6 @@ def main() -> None:
     ap.add_argument("--fine-upper", type=float, default=0.999,
                     help="the largest per-layer ratio fine-grained searches may take (size=0.1 needs the big "
                          "layers pruned past 0.99: global magnitude prunes one at 0.9988)")
-    ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--resume-from", default=str(ROOT / "reports" / "search_hard.json"),
                     help="a report whose cache_files fill in what --cache lacks, when its settings match")
     ap.add_argument("--remeasure-latency", action="store_true",
@@ -956,7 +944,7 @@ def main() -> None:
     args = ap.parse_args()
     args.pause_pids = [int(p) for p in args.pause_pids.split(",") if p]
     args.tasks = [t for t in args.tasks.split(",") if t]
-    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    args.seeds = ints(args.seeds)
     args.searchers = [m for m in args.searchers.split(",") if m]
     if bad := [m for m in args.searchers if m not in SEARCHERS]:
         raise SystemExit(f"unknown searcher {bad[0]!r}; known: {', '.join(SEARCHERS)}")

@@ -12,42 +12,28 @@ and tested on the whole test set. The accuracies go into the report's JSON as th
 
 from __future__ import annotations
 
-import argparse
 import copy
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
-from amc.data import load_cifar10, make_splits  # noqa: E402
-from amc.io import atomic_write_text  # noqa: E402
-from amc.models import load_model  # noqa: E402
-from amc.pruners.finegrained import apply_policy  # noqa: E402
-from amc.train import FinetuneConfig, recalibrate_bn  # noqa: E402
-
-
-def _search_benchmark():
-    """benchmarks/search.py as a module (its finetune runs and renderer); not importable as
-    ``search``, which is the package's name."""
-    spec = importlib.util.spec_from_file_location("search_benchmark", ROOT / "benchmarks" / "search.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from amc.data import load_cifar10, make_splits
+from amc.models import load_model
+from amc.pruners.finegrained import apply_policy
+from amc.train import FinetuneConfig, recalibrate_bn
+from benchmarks.harness import ints, parser, write_json, write_text
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, data=False, out=None)
     ap.add_argument("--report", required=True, help="the search benchmark's JSON")
     ap.add_argument("--task", default="fg25")
     ap.add_argument("--rows", default="global_magnitude,amc,optuna")
     ap.add_argument("--seeds", default="2,3", help="finetune batch orders (the benchmark's own are 0 .. ft-seeds-1)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--data", default=None, help="default: the report's data set")
     args = ap.parse_args()
     path = Path(args.report)
@@ -59,11 +45,12 @@ def main() -> None:
     missing = [r for r in rows if r not in task["candidates"]]
     if missing:
         raise SystemExit(f"rows not in {args.task}: {', '.join(missing)}; known: {', '.join(task['candidates'])}")
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    seeds = ints(args.seeds)
     settings = rep["settings"]
     batch = settings.get("batch_size", 256)
     epochs = rep["epochs"]  # the report's: further runs are pooled with its own
-    bench = _search_benchmark()
+    from benchmarks import search as bench  # its finetune runs and renderer
+
     dev = torch.device(args.device)
     splits = make_splits(load_cifar10(args.data or settings["data"]), heldout=rep["heldout"], device=dev)
     dense = load_model(rep["model"], rep["checkpoint"]).to(dev).eval()
@@ -82,8 +69,8 @@ def main() -> None:
         f"same {rep['calib_images']} train images, finetuned the same way ({epochs:g} epoch, SGD lr 0.01 cosine, "
         f"batch {batch}, masks kept) on further batch orders, tested on all "
         f"{len(splits.test_y):,} test images (`benchmarks/search_more_seeds.py`).")
-    atomic_write_text(path, json.dumps(rep, indent=1, default=float) + "\n")
-    atomic_write_text(path.with_suffix(".md"), bench._markdown(rep))
+    write_json(path, rep)
+    write_text(path.with_suffix(".md"), bench._markdown(rep))
     print(f"wrote {path} and {path.with_suffix('.md')}")
 
 

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
-from tests.test_service_e2e import TINY, Service, tiny_weights  # noqa: E402
+from benchmarks.harness import ROOT, machine_info, parser, write_json
+from tests.test_service_e2e import TINY, Service, tiny_weights
 
 SPEC = {**TINY, "method": "sensitivity", "episodes": 1, "onnx": False, "latency_runs": 1}
 
@@ -97,7 +97,7 @@ async def run_load(svc: Service, jobs: int, rate: float, seconds: float, poll_co
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, data=False, out=None, device=False)
     ap.add_argument("--jobs", type=int, default=50)
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--seconds", type=float, default=60.0)
@@ -106,9 +106,8 @@ def main() -> int:
                     help="status poll lanes, each one client on one keep-alive connection")
     ap.add_argument("--workers", type=int, default=2, help="worker processes (0: the server alone)")
     ap.add_argument("--worker-nice", type=int, default=10, help="the workers' `amc worker --nice`")
-    ap.add_argument("--out", default=str(ROOT / "reports" / "service"))
+    ap.add_argument("--out", default=str(ROOT / "reports" / "service"), help="the report's stem: OUT.json")
     args = ap.parse_args()
-    from amc.system import machine_info
 
     with tempfile.TemporaryDirectory() as tmp:
         svc = Service(Path(tmp) / "svc")
@@ -167,9 +166,7 @@ def main() -> int:
     out = Path(args.out).with_suffix(".json")
     report["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     report["earlier_runs"] = earlier_runs(out)
-    from amc.io import atomic_write_text
-
-    atomic_write_text(out, json.dumps(report, indent=2, default=str) + "\n")
+    write_json(out, report, indent=2, default=str)
     print(json.dumps({k: v for k, v in report.items() if k not in ("spec", "machine")}, indent=2, default=str))
     return 0
 
