@@ -159,3 +159,14 @@ def test_diagnostics_of_a_log():
                           {"episodes": [2, 3], "best": 5.0, "mean": 5.0}]  # the infeasible episode is left out
     assert d["at_bound"] == {"all": 0.125, "warmup": 0.25, "learning": 0.0}
     assert d["best_in_warmup"] == 3.0 and d["best_after_warmup"] == 5.0 and d["best_episode"] == 3
+
+
+def test_a_resumed_run_logs_its_wall_clock_on(tiny_splits, tmp_path):
+    ev = _evaluator(tiny_splits)
+    run_agent(ev, AgentConfig(episodes=2, warmup_episodes=1, **{**SMALL, "checkpoint_every": 1}), tmp_path)
+    first = pd.read_csv(tmp_path / "episodes.csv")["wall"].tolist()
+    run_agent(ev, AgentConfig(episodes=3, warmup_episodes=1, **{**SMALL, "checkpoint_every": 1}), tmp_path)
+    wall = pd.read_csv(tmp_path / "episodes.csv")["wall"].tolist()
+    assert wall[:2] == pytest.approx(first) and wall[2] >= wall[1]
+    diag = json.loads((tmp_path / "agent_diagnostics.json").read_text())
+    assert diag["episodes"] == 3 and set(diag["actor"]) == {"warmup", "final"}

@@ -195,7 +195,8 @@ class SearchLogger(BaseCallback):
         super().__init__()
         self.searcher, self.run = searcher, run
         self.checkpoint_every = checkpoint_every
-        self.t0 = time.perf_counter()
+        prior = run.rows[-1].get("wall") if run.rows else None  # a resumed run: its wall clock goes on
+        self.t0 = time.perf_counter() - (float(prior) if prior is not None and math.isfinite(float(prior)) else 0.0)
         self.actions: list[float] = []  # the episode's actions so far, as the agent took them
 
     @property
