@@ -170,3 +170,19 @@ def test_a_resumed_run_logs_its_wall_clock_on(tiny_splits, tmp_path):
     assert wall[:2] == pytest.approx(first) and wall[2] >= wall[1]
     diag = json.loads((tmp_path / "agent_diagnostics.json").read_text())
     assert diag["episodes"] == 3 and set(diag["actor"]) == {"warmup", "final"}
+
+
+def test_an_older_agents_checkpoint_is_refused(tiny_splits, tmp_path):
+    """A run folder checkpointed by the agent whose buffer froze a baseline into its rewards is not resumed
+    silently under the new rules: one clear error."""
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    from amc.errors import CheckpointError
+
+    ev = _evaluator(tiny_splits)
+    cfg = {**SMALL, "checkpoint_every": 1}
+    res = run_agent(ev, AgentConfig(episodes=2, warmup_episodes=1, **cfg), tmp_path)
+    res.agent.replay_buffer = ReplayBuffer(8, res.agent.observation_space, res.agent.action_space, device="cpu")
+    res.agent.save_replay_buffer(tmp_path / "replay.pkl")
+    with pytest.raises(CheckpointError, match="older agent"):
+        run_agent(ev, AgentConfig(episodes=3, warmup_episodes=1, **cfg), tmp_path)

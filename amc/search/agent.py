@@ -353,6 +353,10 @@ class AmcSearcher(Searcher):
                 model.load_replay_buffer(replay)
             except (OSError, ValueError, KeyError) as e:
                 raise CheckpointError(f"cannot resume the agent from {run}: {e}") from None
+            if not isinstance(model.replay_buffer, AmcReplayBuffer):
+                raise CheckpointError(f"cannot resume the agent from {run}: its checkpoint is an older agent's "
+                                      "(a reward baseline frozen in its replay buffer); start a new run folder")
+            model.replay_buffer.baseline = config.baseline
             self.actor = dict(state.get("actor") or {})
             best = state.get("best")
             self._best_so_far = None if best is None else float(best["reward"])
