@@ -20,7 +20,7 @@ uniform policy's, its search time, the share of its actions at a bound and its l
 and mean reward per window of episodes); the goals: the agent's mean >= uniform's, within one standard
 error of Optuna's, every search within 15 minutes, its best validation reward >= uniform's in every seed.
 
-    nice -n 10 python benchmarks/agent.py                       # both tasks, 3 seeds (about 2 x 3 x 20 min)
+    nice -n 10 python benchmarks/agent.py                       # both tasks, 3 seeds: 6 searches + 6 finetunes
     nice -n 10 python benchmarks/agent.py --tasks macs03        # one task; lat05 wants the machine alone
     python benchmarks/agent.py --report-only                    # the report from the cache
 
