@@ -1,8 +1,8 @@
-"""The AMC agent: a short search returns a feasible policy; checkpoints resume; AMC's noise and baseline."""
+"""The AMC agent: a short search returns a feasible policy; checkpoints resume; AMC's exploration, batch
+baseline and relabelled transitions; the diagnostics of every run."""
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +10,7 @@ import pytest
 from amc.budget import Budget
 from amc.errors import AmcError
 from amc.evaluator import EvalConfig, Evaluator
-from amc.search.agent import AgentConfig, DecayingTruncatedNormal, RewardBaseline, run_agent
+from amc.search.agent import AgentConfig, run_agent
 from tests.conftest import make_tiny_vgg
 
 TINY = dict(warmup_episodes=1, batch_size=4)  # 1 random episode, then the actor learns on 4-transition batches
@@ -61,39 +61,6 @@ def test_same_seed_same_search(tiny_splits):
     a, b = run_agent(ev, cfg), run_agent(ev, cfg)
     cols = ["reward"] + [c for c in a.episodes if c.startswith("r:")]
     pd.testing.assert_frame_equal(a.episodes[cols], b.episodes[cols])
-
-
-def test_noise_decays_after_warmup_and_is_truncated():
-    noise = DecayingTruncatedNormal(sigma=1.0, decay=0.5, warmup=2, seed=0)
-    samples = np.concatenate([noise() for _ in range(2000)])
-    assert np.abs(samples).max() <= 2.0
-    assert 0.7 < samples.std() < 1.0  # a normal truncated at 2 sigma has std 0.88 sigma
-    noise.reset()
-    noise.reset()
-    assert noise.sigma == 1.0  # warm-up episodes do not decay it
-    noise.reset()
-    assert noise.sigma == pytest.approx(0.5)
-
-
-class _Const(gym.Env):
-    observation_space = gym.spaces.Box(0, 1, (1,), np.float32)
-    action_space = gym.spaces.Box(-1, 1, (1,), np.float32)
-
-    def __init__(self, rewards):
-        self.rewards = iter(rewards)
-
-    def reset(self, *, seed=None, options=None):
-        return np.zeros(1, np.float32), {}
-
-    def step(self, action):
-        return np.zeros(1, np.float32), next(self.rewards), True, False, {}
-
-
-def test_reward_baseline_is_a_moving_average():
-    env = RewardBaseline(_Const([1.0, 3.0, 3.0]), alpha=0.5)
-    env.reset()
-    shaped = [env.step(np.zeros(1))[1] for _ in range(3)]
-    assert shaped == pytest.approx([0.0, 2.0, 1.0])  # baselines 1, 1, 2
 
 
 def test_bad_config():
@@ -243,25 +210,24 @@ def test_seed_policies_are_the_first_episodes(tiny_splits, tmp_path):
 
 @pytest.mark.parametrize("credit", ["final", "td"])
 def test_credit_assignment_in_the_replay_buffer(tiny_splits, credit):
-    """``final`` (AMC's code): every step of an episode is stored with its final, baseline-shifted
-    reward and as terminal; ``td``: reward and termination at the last step only."""
+    """``final`` (AMC's code): every step of an episode is stored with its final reward (raw: the
+    baseline is applied per sampled batch) and as terminal; ``td``: reward and end at the last step only."""
     ev = _evaluator(tiny_splits)
     n = len(ev.names)
     res = run_agent(ev, AgentConfig(episodes=2, warmup_episodes=2, batch_size=4, checkpoint_every=0,
-                                    credit=credit, baseline_alpha=0.5))
-    rows = res.episodes
-    shifted = [float(r - b) for r, b in zip(rows.raw_reward, rows.baseline, strict=True)]
+                                    credit=credit))
     buf = res.agent.replay_buffer
     assert buf.size() == 2 * n
     rewards = buf.rewards[:2 * n, 0].reshape(2, n)
     dones = buf.dones[:2 * n, 0].reshape(2, n)
     for ep in range(2):
+        r = float(res.episodes.reward[ep])
         if credit == "final":
-            np.testing.assert_allclose(rewards[ep], shifted[ep], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(rewards[ep], r, rtol=1e-5, atol=1e-6)
             assert dones[ep].all()
         else:
             np.testing.assert_allclose(rewards[ep, :-1], 0.0)
-            assert rewards[ep, -1] == pytest.approx(shifted[ep], abs=1e-6)
+            assert rewards[ep, -1] == pytest.approx(r, abs=1e-6)
             assert dones[ep, -1] and not dones[ep, :-1].any()
 
 

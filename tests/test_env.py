@@ -125,3 +125,30 @@ def test_actions_of_replays_a_policy(tiny_splits):
     for a in env.actions_of(pol):
         *_, info = env.step(a)
     assert info["policy"] == pytest.approx(pol, abs=1e-6)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_trajectory_is_the_episode_that_plays_the_policy(tiny_splits, granularity):
+    """``trajectory(policy)``: the observations and actions of stepping the policy's own actions, and
+    the environment's running episode is left as it was."""
+    ev = _evaluator(tiny_splits, granularity)
+    env = PruningEnv(ev, evaluate=False)
+    env.reset(seed=0)
+    for _ in env.names:
+        *_, info = env.step(np.array([1.0], dtype=np.float32))
+    pol = info["policy"]  # filled: not what the raw actions gave
+    env.reset(seed=0)
+    env.step(np.array([0.3], dtype=np.float32))
+    mid = env._obs().copy()
+    obs, actions = env.trajectory(pol)
+    np.testing.assert_array_equal(env._obs(), mid)  # untouched
+    assert obs.shape == (len(env.names) + 1, OBS_DIM) and actions.shape == (len(env.names), 1)
+    assert {n: env.ratio_of(float(a[0]), n) for n, a in zip(env.names, actions, strict=True)} == pytest.approx(
+        pol, abs=1e-6)
+    env.reset(seed=0)
+    seen = [env._obs()]
+    for a in actions:
+        o, *_, info = env.step(a)
+        seen.append(o)
+    np.testing.assert_allclose(np.stack(seen), obs, atol=1e-6)
+    assert info["policy"] == pytest.approx(pol, abs=1e-6)

@@ -13,6 +13,8 @@ ratio bounds, then clamped by the budget projection (so every finished episode m
 At the last step the policy is filled (``Projector.fill``, on by default): when the actions pruned
 more than the budget needs, every ratio is scaled toward its lower bound by one factor until the
 budget is spent, so no episode wastes budget it was given.
+``trajectory(policy)`` gives the observations and actions of the episode that plays a policy (the
+agent stores those, so its stored actions are the ones that produced the scored policy).
 The reward is 0 before the last step and ``Evaluator.evaluate(policy).reward`` at the last step;
 ``info`` at the last step holds ``policy`` and ``result`` (with ``evaluate=False`` only ``policy``
 and reward 0: an ask/tell driver such as ``amc.search.agent.AmcSearcher`` scores it). The environment
@@ -67,16 +69,39 @@ class PruningEnv(gym.Env):
         self._prev = 0.0
 
     def _obs(self) -> np.ndarray:
-        t = self._t
-        done = dict(self._policy)
+        return self._observe(self._t, self._policy, self._prev)
+
+    def _observe(self, t: int, done: Policy, prev: float) -> np.ndarray:
+        """The observation before step ``t`` once ``done`` holds the ratios of the layers before it
+        and ``prev`` is the last one's place in its bounds (a pure function of its arguments)."""
         removed = self._dense_cost - self._cost.fraction(done)
         rest = dict(done)
         for n in self.names[t:]:
             rest[n] = self.projector.upper[n]
         removable = self._cost.fraction(done) - self._cost.fraction(rest)
         obs = np.concatenate([self._static[min(t, len(self.names) - 1)],
-                              [removed, removable, self._prev]]).astype(np.float32)
+                              [removed, removable, prev]]).astype(np.float32)
         return np.clip(obs, 0.0, 1.0)
+
+    def _place(self, ratio: float, name: str) -> float:
+        lo, hi = self.evaluator.bounds[name]
+        return (ratio - lo) / (hi - lo) if hi > lo else 0.0
+
+    def trajectory(self, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
+        """The episode that plays ``policy``: its ``len(names) + 1`` observations and its per-step
+        actions (``actions_of``), without touching the environment's own episode. An agent stores
+        these, not the actions it sampled, once the projection and the fill have turned its actions
+        into the policy that was scored: every stored action then is the one that produced it."""
+        actions = self.actions_of(policy)
+        done: Policy = {}
+        prev = 0.0
+        obs = [self._observe(0, done, prev)]
+        for t, name in enumerate(self.names):
+            ratio = self.projector.clamp(done, name, self.ratio_of(float(actions[t][0]), name))
+            done[name] = ratio
+            prev = self._place(ratio, name)
+            obs.append(self._observe(t + 1, done, prev))
+        return np.stack(obs), np.stack(actions).astype(np.float32)
 
     def ratio_of(self, action: float, name: str) -> float:
         lo, hi = self.evaluator.bounds[name]
@@ -104,8 +129,7 @@ class PruningEnv(gym.Env):
         a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
         ratio = self.projector.clamp(self._policy, name, self.ratio_of(a, name))
         self._policy[name] = ratio
-        lo, hi = self.evaluator.bounds[name]
-        self._prev = (ratio - lo) / (hi - lo) if hi > lo else 0.0
+        self._prev = self._place(ratio, name)
         self._t += 1
         if self._t < len(self.names):
             return self._obs(), 0.0, False, False, {}

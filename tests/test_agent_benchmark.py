@@ -1,0 +1,49 @@
+"""benchmarks/agent.py: the report from cached rows, beside search_hard's uniform and Optuna rows."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from benchmarks.agent import agent_config, collect, markdown
+from benchmarks.harness import Cache
+
+
+def _hard():
+    methods = {"uniform": {"test_accuracy": {"0": 0.78, "1": 0.79}},
+               "optuna": {"test_accuracy": {"0": 0.80, "1": 0.79}}}
+    return {"settings": {"epochs": 2.0}, "tasks": {"macs03": {"methods": methods}}}
+
+
+def _row(seed, acc, val, search_s=100.0):
+    return {"seed": seed, "test_accuracy": acc, "val_reward": val, "uniform_val_reward": 0.2, "search_s": search_s,
+            "at_bound": {"all": 0.0}, "ratio_at_bound": {"all": 0.1}, "best_episode": 5,
+            "curve": [{"episodes": [0, 9], "best": val, "mean": 0.1}]}
+
+
+def _args(tmp_path):
+    return argparse.Namespace(cache=str(tmp_path), tasks=["macs03"], seeds=[0, 1], episodes=10, warmup=2,
+                              gradient_steps=1, epochs=2.0)
+
+
+def test_report_is_partial_until_every_seed_is_there(tmp_path):
+    args = _args(tmp_path)
+    cache = Cache(tmp_path)
+    cache.put("macs03__s0", _row(0, 0.80, 0.25))
+    report, partial = collect(args, _hard())
+    assert partial and report["tasks"]["macs03"]["goals"] == {}
+    cache.put("macs03__s1", _row(1, 0.79, 0.19))
+    report, partial = collect(args, _hard())
+    t = report["tasks"]["macs03"]
+    assert not partial
+    assert t["amc"]["mean"] == pytest.approx(0.795) and t["uniform"]["mean"] == pytest.approx(0.785)
+    assert t["goals"] == {"mean_at_least_uniform": True, "within_one_se_of_optuna": True,
+                          "searches_within_15_min": True, "best_val_reward_at_least_uniform": False}  # seed 1: 0.19
+    text = markdown(report)
+    assert "| amc | 80.00% | 79.00% |" in text and "best_val_reward_at_least_uniform: NOT met" in text
+
+
+def test_agent_settings_of_the_benchmark(tmp_path):
+    cfg = agent_config(_args(tmp_path), seed=2)
+    assert (cfg.episodes, cfg.warmup_episodes, cfg.seed, cfg.checkpoint_every) == (10, 2, 2, 25)
