@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import math
 import os
 import statistics
 import tempfile
@@ -172,6 +173,23 @@ def _block(key: LutKey) -> nn.Module:
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def _conv_groups(li, cin: int, cout: int) -> tuple[int, int]:
+    """``(in channels, groups)`` of a conv layer ``li`` with ``cout`` output channels kept.
+
+    A depthwise conv (groups = its dense input channels) keeps one input channel and one group per
+    ``multiplier`` output channels: its groups follow its channels, whatever the channel table says
+    of its input side (the channel group prunes its filters, dim 0, and its input with them). Any
+    other grouped conv keeps its groups where the channels still divide, else the largest common
+    divisor (what a rebuilt layer of those channels can have)."""
+    if li.groups > 1 and li.groups == li.in_channels:
+        mult = max(1, li.out_channels // li.in_channels)  # the depthwise channel multiplier
+        cin = max(1, cout // mult)
+        return cin, cin
+    if cin % li.groups == 0 and cout % li.groups == 0:
+        return cin, li.groups
+    return cin, math.gcd(math.gcd(cin, cout), li.groups)
+
+
 class LatencyTable:
     """Per-layer latencies on one target (device, batch, threads), measured lazily, cached as CSV.
 
@@ -277,7 +295,7 @@ class LatencyTable:
             if li.kind == "linear":
                 keys.append(("linear", cin, cout, 1, 1, 1, 1, 1))
             else:
-                groups = cout if li.kind == "dwconv" and li.groups == li.in_channels else li.groups
+                cin, groups = _conv_groups(li, cin, cout)
                 keys.append((li.kind, cin, cout, li.in_hw[0], li.in_hw[1], li.kernel, li.stride, groups))
         return keys
 
