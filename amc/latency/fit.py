@@ -90,7 +90,8 @@ def corrected_target(points: list[tuple[float, float]], want: float) -> float:
     Two or more candidates: ``measured = scale * estimated + offset`` fitted over them by least
     squares (a local refit: the candidates lie near the budget); one: the line through it and the
     dense model (estimated and measured 1 by definition). Where the line is degenerate (no spread,
-    a scale not above 0) the ratio rule ``estimated * want / measured``."""
+    a scale not above 0) the ratio rule ``estimated * want / measured``; a fitted line's answer is kept
+    within a factor 2 of that rule (two noisy measurements close together can put a line anywhere)."""
     est, meas = points[-1]
     xs = np.array([p[0] for p in points])
     ys = np.array([p[1] for p in points])
@@ -101,6 +102,8 @@ def corrected_target(points: list[tuple[float, float]], want: float) -> float:
         b = 1.0 - a
     else:
         a = 0.0
+    ratio_rule = est * want / meas
     if a > 1e-9:
-        return (want - b) / a
-    return est * want / meas
+        # a line through noisy points can extrapolate far: stay within a factor 2 of the ratio rule
+        return min(max((want - b) / a, 0.5 * ratio_rule), 2.0 * ratio_rule)
+    return ratio_rule
