@@ -136,7 +136,11 @@ def markdown(est: list[dict], pruned: list[dict], wanted: list[str], budget: str
             lines.append(f"| {r['arch']} | {r['predicted_ratio']:.3f} | {r['measured_ratio']:.3f} | "
                          f"+-{r['spread']:.3f} | {'yes' if r['met'] else 'no'} | {r['fit_rounds']} | "
                          f"{r['dense_ms']:.2f} | {r['seconds']:.0f} |")
-    lines += ["", "Trained rows (searchers at a tight measured budget, finetuned, 3 seeds) were not run.", ""]
+    lines += ["", "Conditions: a shared 2-core CPU while other jobs ran; the same dense model's milliseconds differ "
+              "between the two tables (and between the table's per-layer entries and the end-to-end calibration) "
+              "by up to several times when the load changed, which the paired ratios share but the table's fit "
+              "(its scale) does not. `measured` is always the paired median of the rounds' ratios.", "",
+              "Trained rows (searchers at a tight measured budget, finetuned, 3 seeds) were not run.", ""]
     return "\n".join(lines)
 
 

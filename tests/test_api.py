@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,10 @@ def test_compress_to_a_latency_budget_calibrates_the_table(tmp_path, folder):
         count_macs(Net(), (1, 3, 64, 64))[0])
     assert res.metrics["latency_fraction"] == pytest.approx(expected)  # the paired figure of the known times
     assert res.metrics["latency_within_budget"] and res.metrics["latency_fraction"] <= 0.99
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["latency_target"]["input_shape"] == [3, 64, 64] and summary["latency_target"]["threads"] == 1
+    assert len(summary["latency_ratios"]) == 7 and summary["metrics"]["dense_latency_ms"] > 0
+    assert res.recipe is not None and res.recipe.metrics.latency_device == "cpu torch 1 thread bs1 3x64x64 contiguous"
 
 
 def _with_state(state: dict[str, torch.Tensor]) -> Net:
