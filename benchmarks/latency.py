@@ -113,7 +113,7 @@ def prune_row(arch: str, budget: str, rounds: int, runs: int, lut_path: Path) ->
             "steps": fit.steps, "seconds": time.perf_counter() - t0}
 
 
-def markdown(est: list[dict], pruned: list[dict], wanted: list[str], budget: str) -> str:
+def markdown(est: list[dict], pruned: list[dict], wanted: list[str], budget: str, note: str = "") -> str:
     lines = ["# Latency: estimate vs paired measurement; data-free pruning to a latency budget", "",
              "Target: CPU, eager PyTorch, 1 thread, batch 1 (`amc.latency.Target()`); the CIFAR models at 32x32, "
              f"torchvision models at {TV_SIZE}x{TV_SIZE} with random weights. Measured: "
@@ -139,7 +139,9 @@ def markdown(est: list[dict], pruned: list[dict], wanted: list[str], budget: str
     lines += ["", "Conditions: a shared 2-core CPU while other jobs ran; the same dense model's milliseconds differ "
               "between the two tables (and between the table's per-layer entries and the end-to-end calibration) "
               "by up to several times when the load changed, which the paired ratios share but the table's fit "
-              "(its scale) does not. `measured` is always the paired median of the rounds' ratios.", "",
+              "(its scale) does not. `measured` is always the paired median of the rounds' ratios."
+              + (f" {note}" if note else ""),
+              "",
               "Trained rows (searchers at a tight measured budget, finetuned, 3 seeds) were not run.", ""]
     return "\n".join(lines)
 
@@ -152,6 +154,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5, help="paired rounds per measurement")
     ap.add_argument("--runs", type=int, default=10, help="forwards a side per paired round")
     ap.add_argument("--budget", default="latency=0.6")
+    ap.add_argument("--note", default="", help="a sentence on the conditions of this run, added to the report")
     ap.add_argument("--parts", nargs="+", default=["estimate", "prune"], choices=["estimate", "prune"])
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -173,8 +176,9 @@ def main() -> int:
     report = {"target": Target().row(), "budget": args.budget, "torchvision_input": TV_SIZE,
               "estimate": {r["arch"]: r for r in est}, "prune": {r["arch"]: r for r in pruned},
               "within_10pct": {r["arch"]: r["within_10pct"] for r in est},
-              "median_abs_error": {r["arch"]: r["median_abs_error"] for r in est}}
-    write_report(args.out, "latency", report, markdown(est, pruned, list(args.archs), args.budget), partial=partial)
+              "median_abs_error": {r["arch"]: r["median_abs_error"] for r in est}, "note": args.note}
+    text = markdown(est, pruned, list(args.archs), args.budget, args.note)
+    write_report(args.out, "latency", report, text, partial=partial)
     return 0
 
 
