@@ -301,7 +301,8 @@ def _fit_latency(job: Job, evaluator: Evaluator, policy: Policy) -> Any:
                        lambda m: paired(m, job.dense, target, rounds=5, runs=runs).fraction,
                        rounds=job.config.latency_fit_rounds, fill=True)
     job.say(f"latency fit: the table predicted {fit.steps[0]['predicted']:.2%}, measured {fit.steps[0]['measured']:.2%}"
-            + (f"; tightened in {len(fit.steps) - 1} round(s) to {fit.measured:.2%} measured"
+            + (f"; {'loosened' if fit.steps[0]['measured'] <= job.budget.fraction else 'tightened'} in "
+               f"{len(fit.steps) - 1} round(s) to {fit.measured:.2%} measured"
                if len(fit.steps) > 1 else "") + ("" if fit.within else " (still over the budget)"))
     return fit
 
