@@ -250,6 +250,11 @@ class LatencyOptions(BaseModel):
     latency_fit_rounds: int = Field(default=4, ge=0, description="latency budget: rounds that tighten the chosen "
                                                                  "policy until the built model meets the budget by "
                                                                  "measurement (0: trust the latency table)")
+    latency_rounds: int = Field(default=7, ge=1, le=100, description="alternating rounds of the paired "
+                                                                   "measurement (dense and compressed, median of the "
+                                                                   "rounds' ratios)")
+    latency_threads: int = Field(default=1, ge=1, le=256, description="CPU threads of the latency target")
+    latency_batch: int = Field(default=1, ge=1, le=4096, description="batch size of the latency target")
 
 
 class ExportOptions(BaseModel):

@@ -38,7 +38,8 @@ from amc.data import DataSource
 from amc.errors import AmcError, BudgetError
 from amc.evaluator import Evaluator
 from amc.io import atomic_write_text
-from amc.latency_check import check_latency, fit_measured, paired_fraction
+from amc.latency import Paired, Target, paired
+from amc.latency_check import LatencyCheck, fit_measured
 from amc.layers import count_macs, count_params
 from amc.metrics import size_fraction
 from amc.models import load_model, resolve_arch
@@ -71,11 +72,10 @@ class CompressResult:
     recipe: Recipe | None = None
 
 
-def _cpu_latency(model: nn.Module, runs: int, input_shape: tuple[int, ...] = (3, 32, 32)) -> float:
-    from amc.latency import measure
-
-    return measure(model, "cpu", batch=1, threads=1, warmup=max(3, runs // 5), runs=runs,
-                   input_shape=input_shape)  # times a CPU copy
+def latency_target(config: CompressConfig, input_shape: tuple[int, ...]) -> Target:
+    """Where a compression's latencies are taken and predicted: the CPU, eager PyTorch, the options'
+    threads and batch, on inputs of ``input_shape`` (one example's shape, with its batch of 1)."""
+    return Target(threads=config.latency_threads, batch=config.latency_batch, input_shape=tuple(input_shape[1:]))
 
 
 def compress(checkpoint: str | Path, arch: str | None, splits: DataSource, config: CompressConfig,
@@ -101,10 +101,10 @@ def build_evaluator(dense: nn.Module, splits: DataSource, config: CompressConfig
                     bounds: Mapping[str, tuple[float, float]] | None = None,
                     score_fn: Callable[[nn.Module], float] | None = None,
                     say: Callable[[str], None] | None = None) -> Evaluator:
-    """The evaluator of a compression or a search, in one place: its config (``CompressConfig.eval_config``), and for a
-    latency budget its latency table (``latency_table``: the CSV it reads and extends), calibrated on the
-    dense model and two thinner copies, since what the table's layers leave out counts too. The budget is
-    checked here (``BudgetError`` when it cannot be met), before any search."""
+    """The evaluator of a compression or a search, in one place: its config (``CompressConfig.eval_config``), and
+    for a latency budget its latency table (``latency_table``: the CSV it reads and extends) on
+    ``latency_target``, calibrated on the dense model and two thinner copies, since what the table's layers
+    leave out counts too. The budget is checked here (``BudgetError`` when it cannot be met), before any search."""
     budget = config.parsed_budget
     lut = None
     if budget.kind == "latency":
@@ -112,10 +112,11 @@ def build_evaluator(dense: nn.Module, splits: DataSource, config: CompressConfig
             raise BudgetError("a latency budget needs a latency table (the per-layer latency lookup table CSV)")
         from amc.latency import CALIBRATION_RATIOS, LatencyTable
 
-        lut = LatencyTable(latency_table, "cpu", threads=1)
-        dense_ms = lut.calibrate(dense, input_shape=input_shape[1:], thin=CALIBRATION_RATIOS)
+        target = latency_target(config, input_shape)
+        lut = LatencyTable(latency_table, target=target)
+        dense_ms = lut.calibrate(dense, thin=CALIBRATION_RATIOS)
         if say is not None:
-            say(f"latency: dense {dense_ms:.2f} ms on the CPU (1 thread); the table's summed layers times "
+            say(f"latency: dense {dense_ms:.2f} ms on {target.describe()}; the table's summed layers times "
                 f"{lut.scale:.3f} plus {lut.overhead_ms:.2f} ms outside the table's layers")
     return Evaluator(dense, splits, budget, config.eval_config(bounds), input_shape=input_shape, latency_table=lut,
                      score_fn=score_fn)
@@ -295,12 +296,13 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
 def _fit_latency(job: Job, evaluator: Evaluator, policy: Policy) -> Any:
     """Tighten (or loosen) ``policy`` until the model built from it meets the budget by a paired CPU
     measurement against the dense model (``amc.latency_check.fit_measured``)."""
-    runs = job.config.latency_runs
+    runs, target = job.config.latency_runs, latency_target(job.config, job.shape)
     fit = fit_measured(policy, evaluator.projector, lambda p: evaluator.build(p)[0],
-                       lambda m: paired_fraction(m, job.dense, rounds=5, runs=runs, input_shape=job.shape[1:]).fraction,
+                       lambda m: paired(m, job.dense, target, rounds=5, runs=runs).fraction,
                        rounds=job.config.latency_fit_rounds, fill=True)
     job.say(f"latency fit: the table predicted {fit.steps[0]['predicted']:.2%}, measured {fit.steps[0]['measured']:.2%}"
-            + (f"; tightened in {len(fit.steps) - 1} round(s) to {fit.measured:.2%} measured"
+            + (f"; {'loosened' if fit.steps[0]['measured'] <= job.budget.fraction else 'tightened'} in "
+               f"{len(fit.steps) - 1} round(s) to {fit.measured:.2%} measured"
                if len(fit.steps) > 1 else "") + ("" if fit.within else " (still over the budget)"))
     return fit
 
@@ -380,6 +382,7 @@ def _finetune_spec(config: CompressConfig) -> FinetuneSpec:
 class Measured:
     metrics: dict[str, Any]  # what CompressResult.metrics, summary.json and the recipe hold
     files: dict[str, int]  # exported file name -> bytes
+    paired: Paired | None = None  # the paired latency measurement of the compressed model against the dense one
 
 
 def export(job: Job, tuned: Finetuned, prof: Profile, chosen: Choice) -> Measured:
@@ -390,8 +393,10 @@ def export(job: Job, tuned: Finetuned, prof: Profile, chosen: Choice) -> Measure
     config, model = job.config, tuned.model
     with job.timed("measure"):
         macs = count_macs(model, job.shape)[0]
-        dense_ms = _cpu_latency(job.dense, config.latency_runs, job.shape[1:])
-        ms = _cpu_latency(model, config.latency_runs, job.shape[1:])
+        # the only speedup reported: dense and compressed timed in alternating rounds, in this process
+        speed = paired(model, job.dense, latency_target(config, job.shape), rounds=config.latency_rounds,
+                       runs=config.latency_runs)
+    job.say(f"latency (paired): {speed.line()}")
     with job.timed("export"):
         exported = export_compressed(model.cpu(), job.arch, job.run, job.granularity, dtype=config.export_dtype,
                                      onnx=config.onnx, input_shape=job.shape, num_classes=prof.num_classes,
@@ -405,10 +410,9 @@ def export(job: Job, tuned: Finetuned, prof: Profile, chosen: Choice) -> Measure
                  for kind, loc in where.items() if loc in exported}
     metrics = dict(dense_accuracy=prof.accuracy, accuracy_before_finetune=tuned.accuracy_before,
                    accuracy=tuned.accuracy, dense_score=prof.score, score=tuned.score,
-                   params_fraction=count_params(model) / prof.params, latency_fraction=ms / dense_ms,
+                   params_fraction=count_params(model) / prof.params,
                    size_fraction=size_fraction(model, prof.params * 32), params=count_params(model), macs=macs,
-                   macs_fraction=macs / prof.macs, latency_ms=ms, latency_speedup=dense_ms / ms,
-                   latency_device="cpu 1 thread bs1 (PyTorch eager)",
+                   macs_fraction=macs / prof.macs, **speed.metrics(),
                    file_bytes=int(next(iter(files.values()))) if files else None)
     fit = chosen.fit
     if fit is not None:
@@ -418,12 +422,12 @@ def export(job: Job, tuned: Finetuned, prof: Profile, chosen: Choice) -> Measure
                        latency_fit_first_measured=fit.steps[0]["measured"],
                        latency_fit_first_predicted=fit.steps[0]["predicted"])
     if job.budget.kind == "latency":  # the budget checked against the measurement, not only the table's prediction
-        check = check_latency(model, job.dense, job.budget, measure=lambda m: ms, dense_ms=dense_ms)
+        check = LatencyCheck(job.budget.fraction, speed.fraction, None, speed.model_ms, speed.dense_ms)
         metrics["latency_within_budget"] = check.within
         if not check.within:
             job.say(f"warning: measured CPU latency {check.measured:.2%} of dense exceeds the budget "
                     f"{job.budget.fraction:.2%}")
-    return Measured(metrics, files)
+    return Measured(metrics, files, speed)
 
 
 def report(job: Job, recipe: Recipe, prof: Profile, sens: Sensitivity, chosen: Choice, tuned: Finetuned,
@@ -449,6 +453,8 @@ def report(job: Job, recipe: Recipe, prof: Profile, sens: Sensitivity, chosen: C
                "input_shape": list(job.shape), "num_classes": prof.num_classes, "config": config.flat(),
                "granularity": job.granularity, "metrics": measured.metrics, "files": measured.files,
                "wall_time_s": job.times, "candidates_heldout": {k: r.row() for k, r in chosen.scored.items()},
+               "latency_target": latency_target(config, job.shape).row(),
+               "latency_ratios": list(measured.paired.ratios) if measured.paired is not None else None,
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     atomic_write_text(job.run / "summary.json", json.dumps(summary, indent=2, default=str))
     return rep.path

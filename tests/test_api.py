@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -88,12 +89,27 @@ def test_compress_a_user_module_to_half_the_macs(tmp_path, folder):
 def test_compress_to_a_latency_budget_calibrates_the_table(tmp_path, folder):
     """A latency budget: the lookup table is calibrated on the dense model first (its overhead said in the
     progress), and the final model's latency is measured and checked against the budget."""
+    from amc.latency import FakeRuntime, use_runtime
+    from amc.layers import count_macs
+
     said: list[str] = []
-    res = amc.compress(Net(), budget="latency=0.99", data=folder, method="sensitivity", episodes=1, finetune=0.0,
-                       run_dir=tmp_path / "run", device="cpu", progress=said.append, **FAST)
+    # every latency through a runtime whose times are known (0.2 ms + 0.01 ms per MMAC): the verdict
+    # cannot follow this machine's timing noise
+    with use_runtime(FakeRuntime(ms_per_mmac=0.01, overhead_ms=0.2)) as fake:
+        res = amc.compress(Net(), budget="latency=0.99", data=folder, method="sensitivity", episodes=1,
+                           finetune=0.0, run_dir=tmp_path / "run", device="cpu", progress=said.append, **FAST)
+    assert fake.calls > 0
     assert any("outside the table's layers" in m for m in said)
     assert (tmp_path / "run" / "latency_lut.csv").is_file()
     assert res.metrics["latency_fraction"] > 0 and isinstance(res.metrics["latency_within_budget"], bool)
+    expected = fake.ms(count_macs(res.model, (1, 3, 64, 64))[0]) / fake.ms(
+        count_macs(Net(), (1, 3, 64, 64))[0])
+    assert res.metrics["latency_fraction"] == pytest.approx(expected)  # the paired figure of the known times
+    assert res.metrics["latency_within_budget"] and res.metrics["latency_fraction"] <= 0.99
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["latency_target"]["input_shape"] == [3, 64, 64] and summary["latency_target"]["threads"] == 1
+    assert len(summary["latency_ratios"]) == 7 and summary["metrics"]["dense_latency_ms"] > 0
+    assert res.recipe is not None and res.recipe.metrics.latency_device == "cpu torch 1 thread bs1 3x64x64 contiguous"
 
 
 def _with_state(state: dict[str, torch.Tensor]) -> Net:

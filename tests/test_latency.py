@@ -78,7 +78,7 @@ def test_calibrate_counts_what_the_layers_leave_out(monkeypatch):
     """The dense model measured end to end: the part its summed layers do not explain is kept as a
     fixed overhead in every prediction, so a pruned model's predicted fraction is no longer optimistic;
     a model faster than its table gets no negative overhead."""
-    import amc.latency
+    import amc.latency.table
 
     dense = make_tiny_resnet()
     table = channel_table(dense)
@@ -86,14 +86,14 @@ def test_calibrate_counts_what_the_layers_leave_out(monkeypatch):
     monkeypatch.setattr(lut, "_measure_key", lambda key: 0.01 * key[1] * key[2])
     bare = lut.counts_cost(table)
     layers, thin = bare({}), bare({table.roots[0]: 4})
-    monkeypatch.setattr(amc.latency, "measure", lambda *a, **k: layers + 2.0)
+    monkeypatch.setattr(amc.latency.table, "measure", lambda *a, **k: layers + 2.0)
     assert lut.calibrate(dense) == pytest.approx(layers + 2.0) and lut.overhead_ms == pytest.approx(2.0)
     cost = lut.counts_cost(table)
     assert cost({}) == pytest.approx(layers + 2.0) and cost({table.roots[0]: 4}) == pytest.approx(thin + 2.0)
     assert cost({table.roots[0]: 4}) / cost({}) > thin / layers  # the overhead does not shrink
     assert lut.predict(dense) == pytest.approx(layers + 2.0)
     assert lut.predict(dense, overhead=False) == pytest.approx(layers)
-    monkeypatch.setattr(amc.latency, "measure", lambda *a, **k: 0.5 * layers)
+    monkeypatch.setattr(amc.latency.table, "measure", lambda *a, **k: 0.5 * layers)
     lut.calibrate(dense)
     assert lut.overhead_ms == 0.0
 
@@ -118,7 +118,7 @@ def test_calibrate_with_thinner_copies_fits_a_scale(monkeypatch):
     """With ``thin`` ratios the dense model and its uniformly thinner copies are measured end to end and
     ``measured = scale * summed + overhead`` is fitted: a gap that grows with the layers (here 10% of
     them) becomes a scale, not a fixed overhead that would make thin models look slow."""
-    import amc.latency
+    import amc.latency.table
 
     dense = make_tiny_resnet()
     lut = LatencyTable(None, "cpu")
@@ -127,11 +127,11 @@ def test_calibrate_with_thinner_copies_fits_a_scale(monkeypatch):
     def e2e(m, *a, **k):
         return 1.1 * lut.predict(m, overhead=False) + 0.3  # what the layers leave out: 10% of them and 0.3 ms
 
-    monkeypatch.setattr(amc.latency, "measure", e2e)
+    monkeypatch.setattr(amc.latency.table, "measure", e2e)
     layers = lut.predict(dense, overhead=False)
     assert lut.calibrate(dense, thin=(0.5, 0.8)) == pytest.approx(1.1 * layers + 0.3)
     assert lut.scale == pytest.approx(1.1) and lut.overhead_ms == pytest.approx(0.3)
-    thin = amc.latency._thin_models(dense, (0.8,), (3, 32, 32))[0]
+    thin = amc.latency.table._thin_models(dense, (0.8,), (3, 32, 32))[0]
     assert lut.predict(thin) == pytest.approx(e2e(thin))
     lut.calibrate(dense)  # the dense model alone: the whole gap a fixed overhead again
     assert lut.scale == 1.0 and lut.overhead_ms == pytest.approx(0.1 * layers + 0.3)

@@ -85,6 +85,7 @@ def test_fit_measured_tightens_until_the_measurement_meets_the_budget():
 
     stubborn = fit_measured(policy, proj, build=lambda p: p, fraction=lambda p: 0.9, rounds=3)
     assert not stubborn.within and len(stubborn.steps) == 3  # reported as over, not hidden
+    assert stubborn.steps[-1]["predicted"] == pytest.approx(proj.floor_cost)  # every layer at its upper bound
     with pytest.raises(BudgetError, match="latency budget"):
         from amc.budget import Projector, make_bounds
 

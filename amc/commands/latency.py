@@ -1,8 +1,10 @@
 """``amc latency CHECKPOINT``: median forward latency of a dense checkpoint or a pruned model directory.
 
 CPU: PyTorch eager or onnxruntime at ``--threads`` threads; CUDA: bf16, channels_last, CUDA events.
-With ``--lut FILE`` it also predicts the latency from the per-layer lookup table (measuring and
-caching missing entries) and prints the prediction error.
+With ``--against DENSE`` the model is timed paired with another one (alternating rounds, the median
+of the rounds' ratios and its spread): the only speedup worth quoting. With ``--lut FILE`` it also
+predicts the latency from the per-layer lookup table (measuring and caching missing entries) and
+prints the prediction error.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (default 1)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--layout", choices=("contiguous", "channels_last"), default="contiguous",
+                   help="CPU memory layout of the weights and input")
+    p.add_argument("--input-shape", default="3,32,32", help="one input's shape, without the batch (default 3,32,32)")
+    p.add_argument("--against", default=None, metavar="DENSE",
+                   help="a second checkpoint or pruned directory to time paired with this one (speedup over it)")
+    p.add_argument("--rounds", type=int, default=7, help="alternating rounds of --against (default 7)")
     p.add_argument("--lut", default=None, metavar="CSV",
                    help="per-layer latency table to predict from (created / extended as needed)")
     p.set_defaults(func=run)
@@ -41,19 +49,28 @@ def load_any(checkpoint: str, model: str | None):
 
 def run(args: argparse.Namespace) -> int:
     from amc.errors import AmcError
-    from amc.latency import LatencyTable, describe_target, measure
+    from amc.latency import LatencyTable, Target, describe_target, measure, paired
 
     if args.batch < 1 or args.threads < 1:
         raise AmcError("--batch and --threads must be >= 1")
+    try:
+        shape = tuple(int(d) for d in args.input_shape.split(","))
+    except ValueError:
+        raise AmcError(f"--input-shape must be comma-separated integers, got {args.input_shape!r}") from None
+    target = Target.of(args.device, args.backend, threads=args.threads, batch=args.batch, input_shape=shape,
+                       layout=args.layout)
     model = load_any(args.checkpoint, args.model)
-    ms = measure(model, args.device, args.batch, args.threads, args.backend, args.warmup, args.runs)
-    target = describe_target(args.device, args.threads)
-    print(f"{ms:.3f} ms  median of {args.runs} runs after {args.warmup} warm-up; {args.backend} on {target}, "
-          f"batch {args.batch}" + (" (bf16, channels_last)" if args.device.startswith("cuda") else ""))
+    ms = measure(model, warmup=args.warmup, runs=args.runs, target=target)
+    where = describe_target(args.device, args.threads)
+    print(f"{ms:.3f} ms  median of {args.runs} runs after {args.warmup} warm-up; {target.describe()} on {where}"
+          + (" (bf16, channels_last)" if target.runtime == "cuda" else ""))
+    if args.against:
+        other = load_any(args.against, None)
+        print(f"paired with {args.against}: " + paired(model, other, target, rounds=args.rounds, runs=args.runs).line())
     if args.lut:
-        if args.backend != "torch":
+        if target.runtime == "onnxruntime":
             raise AmcError("--lut predicts PyTorch latency; use --backend torch")
-        lut = LatencyTable(args.lut, args.device, args.batch, args.threads)
+        lut = LatencyTable(args.lut, target=target)
         pred = lut.predict(model)
         print(f"{pred:.3f} ms  predicted from {args.lut} (sum of per-layer entries; error {pred / ms - 1:+.1%})")
     return 0

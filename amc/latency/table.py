@@ -1,159 +1,31 @@
-"""Measured latency: end to end (``measure``) and per layer (``LatencyTable``, a lookup table).
-
-``measure`` returns the median milliseconds of ``runs`` timed forward passes after ``warmup``:
-
-* ``backend="torch"``, CPU: eager PyTorch, the copy's tensors in the contiguous layout
-  (``amc.cpuconv.inference_layout``), under ``inference_mode`` with ``threads`` intra-op
-  threads (the caller's thread count is restored afterwards), wall clock per run.
-* ``backend="torch"``, CUDA: bf16 autocast, channels_last, cuDNN autotuning on (as a server would
-  run it; every model gets the same treatment), CUDA events around each run. Eager mode pays the
-  host's kernel-launch time, which a small (pruned) model at batch 256 may not hide;
-  ``cuda_graph=True`` captures the forward once and replays it, so the events time the device
-  alone (what TensorRT or ``torch.compile(mode="reduce-overhead")`` would see).
-* ``backend="onnxruntime"``: the model exported to ONNX (``amc.export.onnx``) and run by an
-  ``InferenceSession`` with ``intra_op_num_threads=threads``.
-
-The model passed in is never modified (a copy is moved, converted and timed).
+"""The per-layer latency lookup table: a cheap latency estimate of any channel-pruned model.
 
 A ``LatencyTable`` holds the time of one conv+BN+ReLU block (or Linear) per (kind, in channels,
-out channels, input size, kernel, stride, groups), measured on the target the first time it is
-needed and cached as CSV (atomic writes). ``predict`` sums it over a model's layers (or over a
-dense model with a ChannelPlan); ``validate`` compares predictions with end-to-end measurement.
+out channels, input size, kernel, stride, groups), measured on its ``Target`` through its
+``Runtime`` (``amc.latency.runtime``) the first time it is needed and cached as CSV (atomic
+writes). ``predict`` sums it over a model's layers (or over a dense model with a ChannelPlan);
+``validate`` compares predictions with end-to-end measurement.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import csv
+import math
 import os
 import statistics
-import tempfile
-import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from amc.cpuconv import inference_layout
 from amc.errors import AmcError
+from amc.latency.runtime import Runtime, _check, current_runtime, describe_target, measure
+from amc.latency.target import Target
 
-BACKENDS = ("torch", "onnxruntime")
 CALIBRATION_RATIOS = (0.5, 0.8)  # the thinner copies ``LatencyTable.calibrate(thin=...)`` also measures
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-@contextlib.contextmanager
-def _cudnn_benchmark(on: bool) -> Iterator[None]:
-    old = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = on
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = old
-
-
-def _check(device: torch.device, backend: str, warmup: int, runs: int) -> None:
-    if backend not in BACKENDS:
-        raise AmcError(f"unknown latency backend {backend!r}; known: {', '.join(BACKENDS)}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AmcError("CUDA latency asked for, but no CUDA device is available")
-    if runs < 1 or warmup < 0:
-        raise AmcError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-
-
-def _graphed(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
-    """``fn`` captured into a CUDA graph (after warm-up on a side stream): returns the replay."""
-    s = torch.cuda.Stream(device)
-    s.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
-
-
-def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, runs: int) -> list[float]:
-    """Milliseconds of each of ``runs`` calls after ``warmup`` calls (CUDA events on a GPU)."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(runs)]
-        for start, end in events:
-            start.record()
-            fn()
-            end.record()
-        torch.cuda.synchronize(device)
-        return [s.elapsed_time(e) for s, e in events]
-    out = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
-def measure(model: nn.Module, device: str | torch.device = "cpu", batch: int = 1, threads: int = 1,
-            backend: str = "torch", warmup: int = 10, runs: int = 50,
-            input_shape: tuple[int, ...] = (3, 32, 32), cuda_graph: bool = False) -> float:
-    """Median latency in milliseconds of one forward pass of a ``batch`` of ``input_shape`` inputs."""
-    dev = torch.device(device)
-    _check(dev, backend, warmup, runs)
-    if backend == "onnxruntime":
-        return _measure_ort(model, dev, batch, threads, warmup, runs, input_shape)
-    work = copy.deepcopy(model).eval()
-    with _threads(threads if dev.type == "cpu" else None), torch.inference_mode():
-        if dev.type == "cuda":
-            work = work.to(dev, memory_format=torch.channels_last)  # type: ignore[call-overload]
-            x = torch.randn(batch, *input_shape, device=dev).contiguous(memory_format=torch.channels_last)
-            # no autocast weight cache: it would be stale inside a captured graph
-            with _cudnn_benchmark(True), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not cuda_graph):
-                fn = (lambda: work(x)) if not cuda_graph else _graphed(lambda: work(x), dev)
-                times = time_callable(fn, dev, warmup, runs)
-        else:
-            work = inference_layout(work.float().to(dev))
-            x = torch.randn(batch, *input_shape, device=dev)
-            times = time_callable(lambda: work(x), dev, warmup, runs)
-    return statistics.median(times)
-
-
-def _measure_ort(model: nn.Module, dev: torch.device, batch: int, threads: int, warmup: int, runs: int,
-                 input_shape: tuple[int, ...]) -> float:
-    from amc.export.onnx import INPUT, export_onnx, ort_session
-
-    with tempfile.TemporaryDirectory(prefix="amc-ort-") as d:
-        path = export_onnx(model, Path(d) / "model.onnx", (1, *input_shape))
-        sess = ort_session(path, threads=threads, device=dev.type)
-        x = torch.randn(batch, *input_shape).numpy()
-        times = time_callable(lambda: sess.run(None, {INPUT: x}), torch.device("cpu"), warmup, runs)
-    return statistics.median(times)
-
-
-def describe_target(device: str | torch.device = "cpu", threads: int = 1) -> str:
-    """A short name for the machine a latency was measured on."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev).replace(",", " ")
-    from amc.system import cpu_name
-
-    return f"{cpu_name()} x{threads}".replace(",", " ")
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,10 +44,28 @@ def _block(key: LutKey) -> nn.Module:
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class LatencyTable:
-    """Per-layer latencies on one target (device, batch, threads), measured lazily, cached as CSV.
+def _conv_groups(li, cin: int, cout: int) -> tuple[int, int]:
+    """``(in channels, groups)`` of a conv layer ``li`` with ``cout`` output channels kept.
 
-    Lifecycle: ``LatencyTable(path, device, batch, threads)`` (loads the CSV's rows for this
+    A depthwise conv (groups = its dense input channels) keeps one input channel and one group per
+    ``multiplier`` output channels: its groups follow its channels, whatever the channel table says
+    of its input side (the channel group prunes its filters, dim 0, and its input with them). Any
+    other grouped conv keeps its groups where the channels still divide, else the largest common
+    divisor (what a rebuilt layer of those channels can have)."""
+    if li.groups > 1 and li.groups == li.in_channels:
+        mult = max(1, li.out_channels // li.in_channels)  # the depthwise channel multiplier
+        cin = max(1, cout // mult)
+        return cin, cin
+    if cin % li.groups == 0 and cout % li.groups == 0:
+        return cin, li.groups
+    return cin, math.gcd(math.gcd(cin, cout), li.groups)
+
+
+class LatencyTable:
+    """Per-layer latencies on one ``Target``, measured lazily through a ``Runtime``, cached as CSV.
+
+    Lifecycle: ``LatencyTable(path, target=Target(...))`` (or the older ``device, batch, threads``;
+    ``runtime`` defaults to ``current_runtime()``; loads the CSV's rows for this
     target) -> optionally ``calibrate(dense_model)`` -> ``predict(model[, plan])`` /
     ``counts_cost(channel_table)`` (measures missing entries) -> ``save()`` (atomic; ``predict``
     saves too when it measured something).
@@ -191,14 +81,20 @@ class LatencyTable:
 
     def __init__(self, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                  batch: int = 1, threads: int = 1, warmup: int = 5, runs: int = 20,
-                 cuda_graph: bool = True) -> None:
+                 cuda_graph: bool = True, *, target: Target | None = None, runtime: Runtime | None = None) -> None:
         self.path = Path(path) if path is not None else None
-        self.device = torch.device(device)
-        _check(self.device, "torch", warmup, runs)
-        self.batch, self.threads, self.warmup, self.runs = batch, threads, warmup, runs
-        # one block alone is launch-bound on a GPU: time the device (graph replay) unless told not to
-        self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        self.target = describe_target(self.device, threads) + (" graph" if self.cuda_graph else "")
+        _check(warmup, runs)
+        if target is None:
+            dev = torch.device(device)
+            # one block alone is launch-bound on a GPU: time the device (graph replay) unless told not to
+            target = Target.of(dev, "torch", threads=threads, batch=batch, cuda_graph=cuda_graph and dev.type == "cuda")
+        self.target = target  # where every entry is measured; its input shape is each block's own
+        self.runtime = runtime or current_runtime()
+        self.warmup, self.runs = warmup, runs
+        label = f" {self.runtime.label}" if self.runtime.label else ""
+        # the CSV's ``target`` column: this machine (and a fake runtime's name), never mixed with another
+        self.name = (describe_target(self.device, self.threads) + (" graph" if self.cuda_graph else "")
+                     + (f" {target.layout}" if target.layout != "contiguous" else "") + label)
         self.entries: dict[LutKey, float] = {}
         self.overhead_ms = 0.0  # what the summed layers leave out (``calibrate``); in every prediction
         self.scale = 1.0  # and the factor on the summed layers (``calibrate`` with thinner copies)
@@ -207,6 +103,22 @@ class LatencyTable:
         if self.path is not None and self.path.exists():
             self._load()
 
+    @property
+    def device(self) -> torch.device:
+        return self.target.torch_device
+
+    @property
+    def batch(self) -> int:
+        return self.target.batch
+
+    @property
+    def threads(self) -> int:
+        return self.target.threads
+
+    @property
+    def cuda_graph(self) -> bool:
+        return self.target.cuda_graph
+
     def _load(self) -> None:
         assert self.path is not None
         with open(self.path, newline="") as f:
@@ -214,7 +126,7 @@ class LatencyTable:
                 try:
                     key = (row["kind"], *(int(row[c]) for c in COLUMNS[5:12]))
                     ms, batch, threads = float(row["ms"]), int(row["batch"]), int(row["threads"])
-                    mine = (row["target"] == self.target and row["backend"] == "torch"
+                    mine = (row["target"] == self.name and row["backend"] == self.target.runtime
                             and batch == self.batch and threads == self.threads)
                 except (KeyError, TypeError, ValueError) as e:
                     raise AmcError(f"latency table {self.path} has a malformed row (line {n}): {e}") from None
@@ -234,31 +146,15 @@ class LatencyTable:
             for row in self._foreign:
                 w.writerow([row[c] for c in COLUMNS])
             for key, ms in sorted(self.entries.items()):
-                w.writerow([self.target, "torch", self.batch, self.threads, *key, f"{ms:.6f}"])
+                w.writerow([self.name, self.target.runtime, self.batch, self.threads, *key, f"{ms:.6f}"])
         self._dirty = False
 
     def _measure_key(self, key: LutKey) -> float:
-        block = _block(key).to(self.device).eval()
+        """One block of ``key`` timed on this table's target (its input shape the block's own)."""
         kind, cin, _, h, w, *_ = key
-        shape = (self.batch, cin) if kind == "linear" else (self.batch, cin, h, w)
-        with _threads(self.threads if self.device.type == "cpu" else None), torch.inference_mode():
-            x = torch.randn(*shape, device=self.device)
-            if self.device.type == "cuda":
-                if kind != "linear":
-                    block = block.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with _cudnn_benchmark(True), torch.autocast("cuda", dtype=torch.bfloat16,
-                                                            cache_enabled=not self.cuda_graph):
-                    fn: Callable[[], object] = lambda: block(x)  # noqa: E731
-                    if self.cuda_graph:
-                        try:
-                            fn = _graphed(fn, self.device)
-                        except RuntimeError as e:  # a capture this PyTorch refuses: time it eagerly
-                            warnings.warn(f"CUDA graph capture failed ({e}); timing {key} eagerly", stacklevel=2)
-                    times = time_callable(fn, self.device, self.warmup, self.runs)
-            else:
-                times = time_callable(lambda: block(x), self.device, self.warmup, self.runs)
-        return statistics.median(times)
+        shape = (cin,) if kind == "linear" else (cin, h, w)
+        run = self.runtime.prepare(_block(key), self.target.with_input(shape))
+        return statistics.median(run(self.warmup, self.runs))
 
     def lookup(self, key: LutKey) -> float:
         ms = self.entries.get(key)
@@ -277,17 +173,19 @@ class LatencyTable:
             if li.kind == "linear":
                 keys.append(("linear", cin, cout, 1, 1, 1, 1, 1))
             else:
-                groups = cout if li.kind == "dwconv" and li.groups == li.in_channels else li.groups
+                cin, groups = _conv_groups(li, cin, cout)
                 keys.append((li.kind, cin, cout, li.in_hw[0], li.in_hw[1], li.kernel, li.stride, groups))
         return keys
 
     def predict(self, model: nn.Module, plan=None, overhead: bool = True,
-                input_shape: tuple[int, ...] = (3, 32, 32)) -> float:
-        """Summed per-layer latency (ms) of ``model`` on ``input_shape`` inputs, or of ``model`` pruned by
-        ``plan``, times the calibrated ``scale`` plus ``overhead_ms`` (the bare sum with ``overhead=False``)."""
+                input_shape: tuple[int, ...] | None = None) -> float:
+        """Summed per-layer latency (ms) of ``model`` on ``input_shape`` inputs (default: the target's), or
+        of ``model`` pruned by ``plan``, times the calibrated ``scale`` plus ``overhead_ms`` (the bare sum
+        with ``overhead=False``)."""
         from amc.pruners.channel import channel_table
 
-        table = channel_table(model, torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+        shape = tuple(input_shape) if input_shape is not None else self.target.input_shape
+        table = channel_table(model, torch.zeros(1, *shape, device=next(model.parameters()).device))
         ms = sum(self.lookup(k) for k in self.layer_keys(table, plan.counts() if plan is not None else None))
         if self._dirty:
             self.save()
@@ -301,7 +199,7 @@ class LatencyTable:
 
         return cost
 
-    def calibrate(self, model: nn.Module, runs: int = 50, input_shape: tuple[int, ...] = (3, 32, 32),
+    def calibrate(self, model: nn.Module, runs: int = 50, input_shape: tuple[int, ...] | None = None,
                   thin: tuple[float, ...] = ()) -> float:
         """Measure ``model`` (the dense one) end to end on this table's target and fit what the summed
         layers do not explain; returns the measured milliseconds.
@@ -314,9 +212,11 @@ class LatencyTable:
         the dense model measured 2.37 ms against 2.12 summed, and a fixed 0.25 ms overhead predicted
         every layer at a 0.9 ratio at 0.46-0.51 of the dense latency where it measured 0.38-0.39.
         A model that cannot be channel-pruned falls back to the fixed overhead, with a warning."""
+        input_shape = tuple(input_shape) if input_shape is not None else self.target.input_shape
+
         def e2e(m: nn.Module) -> float:
-            return measure(m, self.device, self.batch, self.threads, "torch", warmup=max(self.warmup, 10), runs=runs,
-                           input_shape=input_shape, cuda_graph=self.cuda_graph)
+            return measure(m, warmup=max(self.warmup, 10), runs=runs, target=self.target.with_input(input_shape),
+                           runtime=self.runtime)
 
         ms = e2e(model)
         summed = self.predict(model, overhead=False, input_shape=input_shape)
@@ -370,8 +270,7 @@ def validate(lut: LatencyTable, models: Mapping[str, nn.Module], dense: str | No
     rows: list[dict[str, float | str]] = []
     for name, m in models.items():
         pred = lut.predict(m)
-        meas = measure(m, lut.device, lut.batch, lut.threads, "torch", warmup=10, runs=backend_runs,
-                       cuda_graph=lut.cuda_graph)
+        meas = measure(m, warmup=10, runs=backend_runs, target=lut.target, runtime=lut.runtime)
         rows.append({"model": name, "predicted_ms": pred, "measured_ms": meas, "error": pred / meas - 1})
     if dense is not None:
         d = next(r for r in rows if r["model"] == dense)
