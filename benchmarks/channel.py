@@ -397,7 +397,7 @@ def main() -> None:
             rows.append({"model": name, "measured_ms": meas, "predicted_ms": pred, "error": pred / meas - 1,
                          "calibrated_ms": pred * scale, "calibrated_error": pred * scale / meas - 1})
         lut.save()
-        rep["lut_validation"][lut.target + f" batch {lut.batch}"] = rows
+        rep["lut_validation"][lut.name + f" batch {lut.batch}"] = rows
     times["lut validation"] = time.perf_counter() - t0
     times["total"] = time.perf_counter() - t_all
     save()

@@ -19,12 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
-from amc.data.archives import folder_bytes  # noqa: E402
-from amc.io import atomic_write_text  # noqa: E402
-from tests.service_archives import bad_archives, image_folder, png, tar_of, zip_of  # noqa: E402
+from amc.data.archives import folder_bytes
+from benchmarks.harness import parser, write_json
+from tests.service_archives import bad_archives, image_folder, png, tar_of, zip_of
 
 UNPACKED = 64 << 20
 
@@ -45,6 +44,7 @@ def noise_set(classes: int = 5, train: int = 100, test: int = 20, size: int = 64
 
 
 def main() -> None:
+    args = parser(__doc__, data=False, device=False).parse_args()
     from fastapi.testclient import TestClient
 
     from amc.service.app import create_app
@@ -102,7 +102,7 @@ def main() -> None:
         "rows": rows,
         "ended": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    atomic_write_text(ROOT / "reports" / "service_uploads.json", json.dumps(report, indent=2) + "\n")
+    write_json(Path(args.out) / "service_uploads.json", report, indent=2, default=None)
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))
     for r in rows:
         print(f"{r['archive']:>22} {r['bytes']:>10,} B  {r['status']}  {r['wall_s']:6.3f} s  {r['detail'][:90]}")
