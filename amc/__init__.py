@@ -6,7 +6,9 @@ The public API (see ``amc/api.py`` and the README's "Python API"):
   keywords are the fields of ``CompressConfig`` (``amc/options.py``: every option declared once).
 - ``amc.Recipe.load(path).apply(model)``: re-apply a compression to a dense model bit for bit.
 - ``amc.inspect_model(model, example_inputs)``: which layers can be pruned and which are held, and why.
-- ``amc.prune_to_budget(model, example_inputs, "macs=0.5")``: a data-free one-shot channel pruner.
+- ``amc.prune_to_budget(model, example_inputs, "macs=0.5")``: a data-free one-shot channel pruner;
+  ``amc.prune_to_latency(model, example_inputs, "latency=0.6")``: the same to a latency budget met by a
+  paired measurement on the target.
 - The pieces for driving a search yourself: ``Evaluator`` / ``EvalConfig`` (pruner + recovery + score),
   ``make_searcher(method, evaluator, SearchSpec(...), run_dir) -> Searcher`` (``propose`` / ``observe`` /
   ``run`` -> ``SearchResult``), ``amc.data`` (``open_data``, ``splits_from_torch``), ``amc.models.resolve_model``.
@@ -28,14 +30,15 @@ _EXPORTS = {
     "make_searcher": "amc.search.registry", "SearchSpec": "amc.search.registry",
     "Searcher": "amc.search.base", "SearchResult": "amc.search.base",
     "inspect_model": "amc.inspect", "Prunability": "amc.inspect",
-    "prune_to_budget": "amc.pruners.oneshot",
+    "prune_to_budget": "amc.pruners.oneshot", "prune_to_latency": "amc.latency",
     "resolve_model": "amc.models",
     "AmcError": "amc.errors",
 }
 __all__ = [
     "AmcError", "Budget", "CompressConfig", "CompressResult", "EvalConfig", "Evaluator", "Prunability", "Recipe",
     "SearchResult", "SearchSpec", "Searcher", "__version__", "apply_recipe", "compress", "inspect_model",
-    "load_recipe", "make_searcher", "open_dataset", "open_model", "prune_to_budget", "resolve_model",
+    "load_recipe", "make_searcher", "open_dataset", "open_model", "prune_to_budget", "prune_to_latency",
+    "resolve_model",
 ]
 
 if TYPE_CHECKING:
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
     from amc.errors import AmcError
     from amc.evaluator import EvalConfig, Evaluator
     from amc.inspect import Prunability, inspect_model
+    from amc.latency import prune_to_latency
     from amc.models import resolve_model
     from amc.options import CompressConfig
     from amc.pipeline import CompressResult

@@ -20,10 +20,16 @@ def test_the_verdict_follows_the_measurement_not_the_prediction():
     assert ok.within and ok.row()["within"] is True  # and the other way round
 
 
-def test_a_real_cpu_measurement_of_a_smaller_model():
+def test_a_cpu_measurement_of_a_smaller_model_through_the_runtime():
+    """cpu_measure times through the current runtime: here a fake one whose times follow the MACs (a real
+    timing's verdict would follow this machine's load; real timings belong to benchmarks/latency.py)."""
+    from amc.latency import FakeRuntime, use_runtime
+
     wide = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1)).eval()
     thin = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
-    check = check_latency(thin, wide, Budget.parse("latency=0.9"), measure=cpu_measure(runs=10))
+    with use_runtime(FakeRuntime(ms_per_mmac=0.01, overhead_ms=0.2)) as fake:
+        check = check_latency(thin, wide, Budget.parse("latency=0.9"), measure=cpu_measure(runs=10))
+    assert fake.calls == 2
     assert check.model_ms > 0 and check.dense_ms > 0
     assert check.measured == pytest.approx(check.model_ms / check.dense_ms)
     assert check.within == (check.measured <= 0.9)

@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     m = res.metrics
     print(f"accuracy {m['dense_accuracy']:.2%} dense -> {m['accuracy_before_finetune']:.2%} pruned -> "
           f"{m['accuracy']:.2%} finetuned; size {m['size_fraction']:.2%}, MACs {m['macs_fraction']:.2%} of dense; "
-          f"CPU latency {m['latency_ms']:.2f} ms ({m['latency_speedup']:.2f}x)")
+          f"latency {m['latency_ms']:.2f} ms vs {m['dense_latency_ms']:.2f} ms dense, {m['latency_speedup']:.2f}x "
+          f"(paired: {m['latency_fraction']:.3f} of dense +-{m['latency_fraction_spread']:.3f} over "
+          f"{m['latency_rounds']} rounds, {m['latency_device']})")
     print(f"wrote {res.run_dir}/: recipe.yaml, report.md, " + ", ".join(res.files))
     return 0
