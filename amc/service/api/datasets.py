@@ -22,11 +22,11 @@ from starlette.datastructures import UploadFile
 
 from amc.errors import AmcError
 from amc.service.api.deps import Config, StoreDep, User
+from amc.service.api.uploads import spool
 from amc.service.datasets import NotYours, add_dataset, get_dataset, list_datasets, remove_dataset
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
-CHUNK = 1 << 20
 
 
 class Dataset(BaseModel):
@@ -70,17 +70,11 @@ async def upload_dataset(request: Request, config: Config, user: User) -> Datase
         name = Path(file.filename).name
         if not name.lower().endswith(SUFFIXES):
             raise HTTPException(415, f"a data set is a .tar, .tar.gz or .zip archive, got {name!r}")
-        spool = config.user_datasets / user
-        spool.mkdir(parents=True, exist_ok=True)
-        tmp = spool / f".upload-{uuid.uuid4().hex[:12]}"
-        total = 0
+        folder = config.user_datasets / user
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".upload-{uuid.uuid4().hex[:12]}"
         try:
-            with open(tmp, "wb") as out:
-                while chunk := await file.read(CHUNK):
-                    total += len(chunk)
-                    if total > limit:
-                        raise HTTPException(413, f"upload is over the limit of {limit:,} bytes")
-                    out.write(chunk)
+            total = await spool(file, tmp, limit)
             try:
                 record = await run_in_threadpool(add_dataset, config, user, tmp, name, total)
             except AmcError as e:

@@ -25,6 +25,19 @@ SUFFIXES = {".safetensors": ".safetensors", ".pt": ".pt", ".pth": ".pt", ".bin":
 CHUNK = 1 << 20
 
 
+async def spool(file: UploadFile, path: Path, limit: int) -> int:
+    """Stream an uploaded file to ``path`` in chunks (never whole in memory), refusing it with 413 once
+    it passes ``limit`` bytes; the bytes written. The caller removes ``path`` whatever happens."""
+    total = 0
+    with open(path, "wb") as out:
+        while chunk := await file.read(CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise HTTPException(413, f"upload is over the limit of {limit:,} bytes")
+            out.write(chunk)
+    return total
+
+
 class Upload(BaseModel):
     id: str
     bytes: int
@@ -64,14 +77,8 @@ async def upload(request: Request, config: Config, user: User) -> Upload:
         folder.mkdir(parents=True, exist_ok=True)
         uid = uuid.uuid4().hex[:12]
         tmp = folder / f".tmp-{uid}{ext}"
-        total = 0
         try:
-            with open(tmp, "wb") as out:
-                while chunk := await file.read(CHUNK):
-                    total += len(chunk)
-                    if total > config.max_upload_bytes:
-                        raise HTTPException(413, f"upload is over the limit of {config.max_upload_bytes:,} bytes")
-                    out.write(chunk)
+            total = await spool(file, tmp, config.max_upload_bytes)
             try:
                 tensors = await run_in_threadpool(_check, tmp, model if isinstance(model, str) else None)
             except AmcError as e:
