@@ -7,7 +7,7 @@ after the final model is built, ``check_latency(model, dense, budget)`` times bo
 
 ``paired_fraction(model, dense)`` is ``amc.latency.paired`` on the CPU target: the two timed in
 alternating rounds, the median of the rounds' ratios, so a busy spell of a shared machine hits both
-sides alike. ``fit_measured`` (``amc.latency.fit``, re-exported here) makes a searched policy meet the
+sides alike. ``amc.latency.fit.fit_measured`` makes a searched policy meet the
 budget by measurement, the estimate corrected from the measured candidates.
 """
 
@@ -20,7 +20,6 @@ from torch import nn
 
 from amc.budget import Budget
 from amc.errors import BudgetError
-from amc.latency.fit import Fit, corrected_target, fit_measured
 from amc.latency.paired import Paired
 from amc.latency.target import Target
 
@@ -76,5 +75,4 @@ def paired_fraction(model: nn.Module, dense: nn.Module, rounds: int = 7, runs: i
     return paired(model, dense, target or Target(input_shape=tuple(input_shape)), rounds=rounds, runs=runs)
 
 
-__all__ = ["Fit", "LatencyCheck", "Measure", "Paired", "check_latency", "corrected_target", "cpu_measure",
-           "fit_measured", "paired_fraction"]
+__all__ = ["LatencyCheck", "Measure", "Paired", "check_latency", "cpu_measure", "paired_fraction"]

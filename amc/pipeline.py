@@ -39,7 +39,8 @@ from amc.errors import AmcError, BudgetError
 from amc.evaluator import Evaluator
 from amc.io import atomic_write_text
 from amc.latency import Paired, Target, paired
-from amc.latency_check import LatencyCheck, fit_measured
+from amc.latency.fit import fit_measured
+from amc.latency_check import LatencyCheck
 from amc.layers import count_macs, count_params
 from amc.metrics import size_fraction
 from amc.models import load_model, resolve_arch
@@ -254,7 +255,7 @@ class Choice:
     trials: pd.DataFrame  # every search episode or trial (trials.csv; empty without a search)
     candidates: dict[str, Policy]  # search best, sensitivity, uniform
     scored: dict[str, Result]  # the candidates on the held-out split, before finetuning
-    fit: Any = None  # amc.latency_check.fit_measured's result for a latency budget
+    fit: Any = None  # amc.latency.fit.fit_measured's result for a latency budget
 
 
 def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
@@ -295,7 +296,7 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
 
 def _fit_latency(job: Job, evaluator: Evaluator, policy: Policy) -> Any:
     """Tighten (or loosen) ``policy`` until the model built from it meets the budget by a paired CPU
-    measurement against the dense model (``amc.latency_check.fit_measured``)."""
+    measurement against the dense model (``amc.latency.fit.fit_measured``)."""
     runs, target = job.config.latency_runs, latency_target(job.config, job.shape)
     fit = fit_measured(policy, evaluator.projector, lambda p: evaluator.build(p)[0],
                        lambda m: paired(m, job.dense, target, rounds=5, runs=runs).fraction,

@@ -71,7 +71,8 @@ from amc.data import load_cifar10, make_splits
 from amc.data.holdout import halve_test
 from amc.errors import BudgetError
 from amc.latency import CALIBRATION_RATIOS, LatencyTable
-from amc.latency_check import fit_measured, paired_fraction
+from amc.latency.fit import fit_measured
+from amc.latency_check import paired_fraction
 from amc.layers import count_macs, count_params, prunable_names
 from amc.metrics import size_fraction
 from amc.models import load_model

@@ -90,7 +90,7 @@ def test_final_row_shows_the_finetuned_cost_for_a_params_budget(tmp_path, tiny_s
 
 
 def test_a_latency_budget_is_fitted_to_a_measurement(tmp_path, tiny_splits, r20_ckpt):
-    """The chosen policy goes through amc.latency_check.fit_measured: the model built from the policy
+    """The chosen policy goes through amc.latency.fit.fit_measured: the model built from the policy
     the recipe holds is the one whose paired measurement the fit recorded as within the budget.
     The budget is mild: on a loaded 2-core machine the latency table measured ResNet-20 with every layer
     at its upper bound (0.9) at 0.65 of its dense latency, so 0.6 could be infeasible there. Every latency

@@ -73,7 +73,7 @@ def test_tighten_keeps_the_shape_and_meets_the_tighter_budget():
 
 
 def test_fit_measured_tightens_until_the_measurement_meets_the_budget():
-    from amc.latency_check import fit_measured
+    from amc.latency.fit import fit_measured
 
     proj = _projector(0.5)
     policy = proj.uniform()  # the table says 0.5
@@ -102,7 +102,7 @@ def test_fit_measured_tightens_until_the_measurement_meets_the_budget():
 
 
 def test_fit_measured_with_fill_spends_a_budget_the_table_overstated():
-    from amc.latency_check import fit_measured
+    from amc.latency.fit import fit_measured
 
     proj = _projector(0.5)
     policy = proj.uniform()  # the table says 0.5; the measurement says 0.4: room left

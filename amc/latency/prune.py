@@ -4,7 +4,7 @@
 ``amc.prune_to_budget`` (MACs and params): one uniform ratio per channel group, chosen on the
 calibrated lookup table's estimate (``LatencyTable``), then the candidate is built and measured
 paired with the dense model, the estimate corrected from the measured candidates and the policy
-tightened or loosened (``amc.latency_check.fit_measured``), so the result meets the budget by
+tightened or loosened (``amc.latency.fit.fit_measured``), so the result meets the budget by
 measurement. Lifecycle::
 
     small, fit = prune_to_latency(model, x, "latency=0.6", Target(threads=1), runtime=None)
