@@ -1,10 +1,12 @@
 """Basic plots as PNG files through matplotlib's Agg backend: weight histograms, sensitivity curves,
-parameter-count bars. Each function writes one file atomically and returns its path."""
+parameter-count bars, and the run report's figures (search progress, per-layer policy, accuracy vs. budget).
+Each function writes one file atomically and returns its path, or returns a Figure for the caller."""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 from torch import nn
 
 from amc.io import atomic_path
@@ -96,3 +99,77 @@ def param_bars(model: nn.Module, path: str | os.PathLike, pruned: nn.Module | No
     ax.set_title("parameters per layer")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+# -- the run report's figures (amc.report) ---------------------------------------------------------
+def require_columns(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: data lacks columns {missing} (has {list(df.columns)})")
+
+
+def progress_frame(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """Trials sorted by episode (Optuna's ``trial`` column accepted as one) and a feasibility mask
+    (rows without a finite reward, such as failed or running trials, count as infeasible)."""
+    df = trials.rename(columns={"trial": "episode"}) if "episode" not in trials.columns else trials
+    require_columns(df, ["episode", "reward"], "search progress")
+    df = df.sort_values("episode")
+    reward = pd.to_numeric(df["reward"], errors="coerce")
+    feasible = df["feasible"].fillna(False).astype(bool) if "feasible" in df.columns else reward.notna()
+    return df.assign(reward=reward), feasible & reward.notna()
+
+
+def search_progress_figure(trials: pd.DataFrame) -> Figure:
+    """Reward per episode: feasible points, infeasible ones, and the running best."""
+    df, feasible = progress_frame(trials)
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    ax.scatter(df.loc[feasible, "episode"], df.loc[feasible, "reward"], s=12, color="tab:blue", label="feasible")
+    if (~feasible).any():
+        ax.scatter(df.loc[~feasible, "episode"], df.loc[~feasible, "reward"], s=14, marker="x",
+                   color="tab:gray", label="over budget")
+    if "best" in df.columns and pd.api.types.is_numeric_dtype(df["best"]) and df["best"].dtype != bool:
+        best = df["best"]
+    else:
+        best = df["reward"].where(feasible).cummax()
+    ax.step(df["episode"], best, where="post", color="tab:red", label="best so far")
+    label_axes(ax, "episode / trial", "reward", "search progress")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def policy_figure(policies: Mapping[str, Mapping[str, float]], ylabel: str = "ratio") -> Figure:
+    """Grouped bars: one group per layer (in first-seen order), one bar per policy."""
+    layers: list[str] = []
+    for pol in policies.values():
+        layers += [name for name in pol if name not in layers]
+    k = max(len(policies), 1)
+    width = 0.8 / k  # the groups fill 80% of each layer's slot
+    fig = Figure(figsize=(max(6.0, 0.45 * len(layers) * max(1, k / 2)), 4))
+    ax = fig.subplots()
+    for i, (label, pol) in enumerate(policies.items()):
+        xs = [j - 0.4 + width * (i + 0.5) for j in range(len(layers))]
+        ax.bar(xs, [pol.get(name, 0.0) for name in layers], width=width, label=label)
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ax.set_title("per-layer policy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def accuracy_budget_figure(results: pd.DataFrame) -> Figure:
+    require_columns(results, ["method", "budget", "accuracy"], "accuracy vs. budget")
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    for method, g in results.groupby("method", sort=False):
+        g = g.sort_values("budget")
+        ax.plot(100 * g["budget"], 100 * g["accuracy"], marker="o", label=str(method))
+    if "dense_accuracy" in results.columns and results["dense_accuracy"].notna().any():
+        ax.axhline(100 * float(results["dense_accuracy"].dropna().iloc[0]), color="black", ls="--", lw=1,
+                   label="dense")
+    label_axes(ax, "budget reached (% of dense)", "accuracy (%)", "accuracy vs. budget")
+    ax.legend(fontsize=8)
+    return fig

@@ -133,7 +133,8 @@ def test_run_report_from_a_recipe(tmp_path, monkeypatch):
                         timings={"search": 1.5, "finetune": 2.25}, files={"model.sparse.safetensors": 1234},
                         baseline_policies={"uniform": dict.fromkeys(policy, 0.6)})
     text = result.path.read_text()
-    for words in ("size=0.5", "amc, 8 episodes, seed 1", "agp x3", "| accuracy | 0.81 |", "| finetune | 2.25 |",
+    for words in ("size=0.5", "amc, 8 episodes, seed 1", "agp x3", "| accuracy after finetune | 81.0% | test split |",
+                  "| compressed file | 1.2 KiB | on disk |", "| finetune | 2.2 |",
                   "search_progress.png", "per_layer_policy.png", "weight_distributions.png"):
         assert words in text, words
     assert len(list((tmp_path / "run").glob("*.png"))) == 3
