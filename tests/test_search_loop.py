@@ -124,3 +124,18 @@ def test_a_row_read_back_from_csv_is_the_same_result(evaluator, tmp_path):
     assert back[0].reward == pytest.approx(results[0].reward) and back[0].feasible and back[0].reason == ""
     assert back[0].latency is None and back[1].reason == "diverged" and not back[1].feasible
     assert math.isnan(back[1].reward) and back[1].policy == {"a": 0.5}
+
+
+def test_progress_carries_the_count_and_an_eta_from_the_run_pace(evaluator):
+    """The loop's ``TimedProgress``: the ETA is this run's seconds per trial times the trials left, on an
+    injected clock (one fake second per reading)."""
+    from amc.progress import parse
+
+    ticks = iter(range(1000))
+    seen: list = []
+    run_search(Ladder(evaluator, 3), progress=seen.append, clock=lambda: float(next(ticks)))
+    assert [p.done for p in seen] == [1, 2, 3]
+    assert all(p.eta_s is not None for p in seen[:2]) and seen[0].eta_s == pytest.approx(2.0)
+    steps = [parse(p.message()) for p in seen]
+    assert [(s.stage, s.done, s.total) for s in steps] == [("trial", 1, 3), ("trial", 2, 3), ("trial", 3, 3)]
+    assert steps[-1].eta_s is None and steps[0].detail.startswith("best ") and steps[0].detail.endswith("%")

@@ -14,8 +14,9 @@ Lifecycle: ``run_search(searcher, progress, on_trial)`` ->
 
 The loop owns what every search shares: the trials log (one row per trial: the searcher's own
 columns, then ``result_row``; written atomically to ``run_dir/<searcher.log_file>`` after every
-trial, so a killed search loses at most the trial in flight), progress (a ``Progress`` after every
-trial, dropped ones included), the best feasible result so far, the seconds taken, and the one
+trial, so a killed search loses at most the trial in flight), progress (a ``TimedProgress`` after
+every trial, dropped ones included: the counts, the ETA from this run's pace, and its one-line
+``message()``, ``"trial 3/8 (best 71.2%), ETA 4m"``), the best feasible result so far, the seconds taken, and the one
 conversion each way between a ``Result`` and a log row (``result_row`` / ``result_from_row``).
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +34,25 @@ import pandas as pd
 from amc.budget import Policy
 from amc.evaluator import Result
 from amc.io import atomic_path
+from amc.progress import Clock, Eta, message
 from amc.search.base import Progress, Searcher, SearchResult
 
 Row = dict[str, Any]
 OnTrial = Callable[[Row, "Row | None"], None]  # (the trial's log row, the best feasible row so far)
+
+
+@dataclass(frozen=True)
+class TimedProgress(Progress):
+    """A ``Progress`` with the seconds left (this run's time per trial so far times the trials left;
+    None before this run's first trial) and the best feasible trial's held-out accuracy."""
+
+    eta_s: float | None = None
+    best_accuracy: float | None = None
+
+    def message(self) -> str:
+        """``"trial 3/8 (best 71.2%), ETA 4m"`` (``amc.progress.message``)."""
+        best = f"best {self.best_accuracy:.1%}" if self.best_accuracy is not None else ""
+        return message("trial", self.done, self.total, self.eta_s, best)
 
 
 # -- row <-> Result ---------------------------------------------------------------------------------------
@@ -74,7 +91,7 @@ class SearchRun:
     ``best`` (its checkpoints store it) and ``done``."""
 
     def __init__(self, searcher: Searcher, before: int, progress: Callable[[Progress], None] | None = None,
-                 on_trial: OnTrial | None = None) -> None:
+                 on_trial: OnTrial | None = None, clock: Clock = time.monotonic) -> None:
         self.searcher, self.before = searcher, before
         self.progress, self.on_trial = progress, on_trial
         run_dir, name = searcher.run_dir, searcher.log_file
@@ -86,6 +103,7 @@ class SearchRun:
             self.rows.append(row)
             self._consider(row, None)
         self.t0 = time.perf_counter()
+        self.eta = Eta(searcher.total, clock, self.done)
 
     def _history(self) -> list[Row]:
         old = self.searcher.history()
@@ -122,8 +140,11 @@ class SearchRun:
     def report(self) -> None:
         """A ``Progress`` to the caller (after every trial: recorded or dropped)."""
         if self.progress is not None:
-            self.progress(Progress(self.done, self.searcher.total, self.feasible, self.recorded,
-                                   None if self.best is None else self.best[0], self.before))
+            done, best = self.done, self.best
+            accuracy = None if best is None or _missing(best[2].get("accuracy")) else float(best[2]["accuracy"])
+            self.progress(TimedProgress(done, self.searcher.total, self.feasible, self.recorded,
+                                        None if best is None else best[0], self.before,
+                                        eta_s=self.eta.seconds_left(done), best_accuracy=accuracy))
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
@@ -144,11 +165,12 @@ class SearchRun:
 
 
 def run_search(searcher: Searcher, progress: Callable[[Progress], None] | None = None,
-               on_trial: OnTrial | None = None) -> SearchResult:
-    """Drive ``searcher`` until it has ``searcher.total`` trials done (see the module doc)."""
+               on_trial: OnTrial | None = None, clock: Clock = time.monotonic) -> SearchResult:
+    """Drive ``searcher`` until it has ``searcher.total`` trials done (see the module doc); ``clock``
+    times the progress's ETA."""
     t0 = time.perf_counter()
     before = searcher.start()
-    run = SearchRun(searcher, before, progress, on_trial)
+    run = SearchRun(searcher, before, progress, on_trial, clock)
     run.t0 = t0
     if not searcher.drive(run):
         limit = searcher.max_starts()
