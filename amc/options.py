@@ -25,7 +25,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import core_schema
 
@@ -186,8 +195,11 @@ class EvaluationOptions(BaseModel):
         default="bn", description="after pruning, before scoring: BN recalibration, --recovery-steps SGD steps, or "
                                   "(channel) AMC's least-squares reconstruction of the layers that lost input channels")
     recovery_steps: int = Field(default=20, ge=0, description="SGD steps of the finetune recovery")
-    calib_images: int = Field(default=5120, ge=1, description="BN recalibration images per reward")
-    eval_images: int | None = Field(default=None, ge=1, description="held-out images per reward (default: all)")
+    calib_images: int | None = Field(default=None, ge=1, description="BN recalibration images per reward (default: "
+                                                                      "chosen for the device: 256 on the CPU, 5120 "
+                                                                      "on CUDA)")
+    eval_images: int | None = Field(default=None, ge=1, description="held-out images per reward (default: chosen for "
+                                                                    "the device: 1000 on the CPU, all on CUDA)")
     score_on: Literal["auto", "masked", "physical"] = Field(
         default="auto", description="score channel policies on the masked dense copy or the physically pruned one "
                                     "(auto: physical on the CPU with BN recovery)")
@@ -225,15 +237,16 @@ class SensitivityOptions(BaseModel):
 
     model_config = _FROZEN
 
-    sensitivity_ratios: tuple[float, ...] = Field(default=(0.2, 0.4, 0.6, 0.8), min_length=1,
-                                                  description="channel ratios scanned per layer")
+    sensitivity_ratios: tuple[float, ...] | None = Field(
+        default=None, min_length=1, description="channel ratios scanned per layer (default: chosen for the device: "
+                                                "0.25,0.5,0.75 on the CPU, 0.2,0.4,0.6,0.8 on CUDA)")
     sparsities: tuple[float, ...] = Field(default=(0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98),
                                           min_length=1, description="fine-grained sparsities scanned per layer")
 
     @field_validator("sensitivity_ratios")
     @classmethod
-    def _scan(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        return _ratios(v, "sensitivity ratios")
+    def _scan(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        return None if v is None else _ratios(v, "sensitivity ratios")
 
     @field_validator("sparsities")
     @classmethod
@@ -268,6 +281,30 @@ class ExportOptions(BaseModel):
                        json_schema_extra=_cli(negative_help="skip the ONNX export"))
 
 
+# -- defaults chosen for the device ------------------------------------------------------------------
+# A policy's score costs one forward pass over calib_images train images (BN recalibration) and eval_images
+# held-out ones; the sensitivity scan scores len(sensitivity_ratios) policies per layer. On CUDA the
+# benchmarks' sizes cost seconds; on a 2-core CPU they made a default amc.compress of a width-0.5
+# MobileNetV2 on a 2,500-image set spend a quarter of an hour in the scan alone. The CPU sizes keep such
+# a run to minutes (reports/service.md, "Defaults on this CPU"); 256 calibration images keep the ranking
+# of policies (reports/reward_cost.md). None in these options means "chosen for the device".
+DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": {"calib_images": 256, "eval_images": 1000, "sensitivity_ratios": (0.25, 0.5, 0.75)},
+    "cuda": {"calib_images": 5120, "eval_images": None, "sensitivity_ratios": (0.2, 0.4, 0.6, 0.8)},
+}
+
+
+def device_kind(device: Any = None) -> str:
+    """The ``DEVICE_DEFAULTS`` key of ``device`` ("cpu", "cuda", "cuda:1", a ``torch.device``; None: the
+    default device, CUDA when available). Devices other than CUDA get the CPU's sizes."""
+    if device is None:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = getattr(device, "type", None) or str(device).split(":", 1)[0]
+    return "cuda" if kind == "cuda" else "cpu"
+
+
 PARTS: dict[str, type[BaseModel]] = {
     "pruning": PruningOptions, "search": SearchOptions, "evaluation": EvaluationOptions,
     "finetune": FinetuneOptions, "sensitivity": SensitivityOptions, "latency": LatencyOptions,
@@ -282,6 +319,7 @@ class CompressConfig(BaseModel):
     their part, and ``config.NAME`` reads a leaf option."""
 
     model_config = _FROZEN
+    _device: str | None = PrivateAttr(default=None)  # the device the defaults were chosen for (for_device)
 
     pruning: PruningOptions = PruningOptions()
     search: SearchOptions = SearchOptions()
@@ -320,11 +358,29 @@ class CompressConfig(BaseModel):
         self.eval_config()
         return self
 
-    def eval_config(self, bounds: Mapping[str, tuple[float, float]] | None = None) -> EvalConfig:
+    def for_device(self, device: Any = None) -> CompressConfig:
+        """A copy with the options left to the device (None: ``DEVICE_DEFAULTS``) chosen for ``device``
+        ("cpu", "cuda", a ``torch.device``; None: the default device). Reading such an option from a
+        config not made here gives the default device's choice."""
+        kind = device_kind(device)
+        chosen = {k: v for k, v in DEVICE_DEFAULTS[kind].items() if getattr(getattr(self, LEAVES[k]), k) is None}
+        out = self.replace(**chosen) if chosen else self.model_copy()
+        out._device = kind
+        return out
+
+    @property
+    def device_chosen(self) -> str | None:
+        """The device ``for_device`` chose the defaults for (None: not chosen yet)."""
+        return self._device
+
+    def eval_config(self, bounds: Mapping[str, tuple[float, float]] | None = None, device: Any = None) -> EvalConfig:
         """The evaluator's own config from these options: the one place one is made from the other
-        (the granularity and the upper ratio resolved; ``bounds``: per-layer overrides, e.g. a search box)."""
+        (the granularity, the upper ratio and, for ``device``, the device's defaults resolved;
+        ``bounds``: per-layer overrides, e.g. a search box)."""
         from amc.evaluator import EvalConfig
 
+        if device is not None:
+            return self.for_device(device).eval_config(bounds)
         return EvalConfig(granularity=self.resolved_granularity, reward=self.reward, recovery=self.recovery,
                           recovery_steps=self.recovery_steps, calib_images=self.calib_images,
                           eval_images=self.eval_images, score_on=self.score_on, lower=self.lower,
@@ -335,7 +391,10 @@ class CompressConfig(BaseModel):
         part = LEAVES.get(name)
         if part is None:
             return super().__getattr__(name)  # type: ignore[misc]
-        return getattr(getattr(self, part), name)
+        value = getattr(getattr(self, part), name)
+        if value is None and name in DEVICE_DEFAULTS["cpu"] and self._device is None:
+            return DEVICE_DEFAULTS[device_kind()][name]  # left to the device: the default device's choice
+        return value
 
     def flat(self) -> dict[str, Any]:
         """Every leaf option by name (the record summary.json keeps)."""

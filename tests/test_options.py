@@ -75,3 +75,44 @@ def test_leaf_names_are_unique_and_derive_a_flat_model():
         Flat(episodes=10_001)
     assert "unknown" not in str(Flat.model_json_schema())  # the schema (a page's form) builds
     assert CompressConfig(**Flat(seed=3).model_dump()).seed == 3
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1"])
+def test_defaults_chosen_for_the_device(device):
+    """calib_images, eval_images and the sensitivity grid left to the device (None) are chosen for it: smaller
+    on the CPU; a fake "cuda" device argument gets the GPU sizes (no GPU needed: it is only a name)."""
+    import torch
+
+    from amc.options import DEVICE_DEFAULTS
+
+    cfg = CompressConfig()
+    assert cfg.evaluation.calib_images is None and cfg.sensitivity.sensitivity_ratios is None
+    want = DEVICE_DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
+    for dev in (device, torch.device(device)):
+        chosen = cfg.for_device(dev)
+        assert (chosen.calib_images, chosen.eval_images, chosen.sensitivity_ratios) == (
+            want["calib_images"], want["eval_images"], want["sensitivity_ratios"])
+        assert chosen.device_chosen == device.split(":")[0]
+        ev = cfg.eval_config(device=dev)
+        assert (ev.calib_images, ev.eval_images) == (want["calib_images"], want["eval_images"])
+    cpu, cuda = DEVICE_DEFAULTS["cpu"], DEVICE_DEFAULTS["cuda"]
+    assert cpu["calib_images"] < cuda["calib_images"]
+    assert len(cpu["sensitivity_ratios"]) < len(cuda["sensitivity_ratios"])
+
+
+def test_given_values_win_over_the_device_and_an_unchosen_config_reads_the_default_device(monkeypatch):
+    import torch
+
+    from amc.options import DEVICE_DEFAULTS
+
+    cfg = CompressConfig(calib_images=64, sensitivity_ratios=(0.5,))
+    chosen = cfg.for_device("cuda")
+    assert chosen.calib_images == 64 and chosen.sensitivity_ratios == (0.5,)
+    assert chosen.eval_images is None  # CUDA: every held-out image
+    assert cfg.for_device("cpu").eval_images == DEVICE_DEFAULTS["cpu"]["eval_images"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert CompressConfig().calib_images == DEVICE_DEFAULTS["cpu"]["calib_images"]
+    assert CompressConfig().eval_config().calib_images == DEVICE_DEFAULTS["cpu"]["calib_images"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert CompressConfig().sensitivity_ratios == DEVICE_DEFAULTS["cuda"]["sensitivity_ratios"]
+    assert CompressConfig().flat()["calib_images"] is None  # the record keeps what was given
