@@ -246,8 +246,8 @@ def percent(x: float | None, digits: int = 1) -> str:
 
 
 def millis(x: float) -> str:
-    """A latency: ``3.3163 -> "3.32 ms"``, ``45.67 -> "45.7 ms"``."""
-    return f"{x:.{2 if x < 10 else 1 if x < 100 else 0}f} ms"
+    """A latency: ``3.3163 -> "3.32 ms"``, ``45.671 -> "45.67 ms"``, ``312.4 -> "312.4 ms"``."""
+    return f"{x:.{2 if x < 100 else 1}f} ms"
 
 
 def file_size(n: int) -> str:
@@ -288,7 +288,8 @@ def recipe_table(recipe: Any) -> pd.DataFrame:
     if recipe.budget is not None:
         rows.append(("budget", str(recipe.budget)))
     if recipe.search is not None:
-        rows.append(("search", f"{recipe.search.method}, {recipe.search.episodes} episodes, seed {recipe.search.seed}"))
+        unit = "episodes" if recipe.search.method == "amc" else "trials"
+        rows.append(("search", f"{recipe.search.method}, {recipe.search.episodes} {unit}, seed {recipe.search.seed}"))
     ft = recipe.finetune
     sched = f", then {ft.iterative.kind} x{ft.iterative.steps}" if ft.iterative is not None else ""
     rows.append(("finetune", f"{ft.epochs:g} epochs, lr {ft.lr:g}, {ft.schedule}{sched}"))

@@ -30,7 +30,7 @@ class Scored:
 
 def test_units():
     assert percent(0.49920300263757905) == "49.9%" and percent(None) == "n/a"
-    assert millis(3.3163310000077217) == "3.32 ms" and millis(45.67) == "45.7 ms" and millis(312.4) == "312 ms"
+    assert millis(3.3163310000077217) == "3.32 ms" and millis(45.671) == "45.67 ms" and millis(312.44) == "312.4 ms"
     assert file_size(512) == "512 B" and file_size(1536) == "1.5 KiB" and file_size(3 * 2**20) == "3.0 MiB"
     assert count(31_300_000) == "31.3 M" and count(1_204_000_000) == "1.20 G" and count(694_085) == "694.1 K"
     assert split_words("test-halves") == ("validation half of the test set", "final-test half of the test set")

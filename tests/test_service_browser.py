@@ -9,6 +9,7 @@ Skipped when Chromium or Playwright is absent.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -65,7 +66,14 @@ def test_submit_through_the_form_and_see_the_report(tmp_path: Path) -> None:
             page.wait_for_function("() => [...document.querySelectorAll('#report img')].some("
                                    "i => i.complete && i.naturalWidth > 0)", timeout=30_000)
             assert page.locator("#trials-plot circle.trial").count() >= 6
-            assert "trials 6/6" in page.inner_text("#job-progress")
+            assert re.search(r"\b\d+/\d+\b", page.inner_text("#job-progress"))  # a stage's count
+            report = page.inner_text("#report")  # the report's numbers carry their units
+            for unit in (r"\d+\.\d% of dense MACs", r"\d+\.\d\d?x faster", r"\d+(\.\d+)? ms",
+                         r"\d+\.\d (KiB|MiB)",
+                         r"(final-test half of the test set|test set|test split)",
+                         r"no BN recalibration, before finetune",
+                         r"after BN recalibration", r"Use it"):
+                assert re.search(unit, report), unit
             assert page.locator("#files a", has_text="recipe.yaml").count() == 1
             shot = tmp_path / "service.png"
             page.screenshot(path=str(shot), full_page=False)

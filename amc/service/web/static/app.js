@@ -25,6 +25,19 @@ const json = async (path, opts) => (await api(path, opts)).json();
 function showError(e) { const el = $("error"); el.textContent = e ? String(e.message || e) : ""; el.hidden = !e; }
 function fmt(v, d = 3) { return v === null || v === undefined ? "–" : Number(v).toFixed(d); }
 function secs(s) { if (s === null || s === undefined) return "–"; s = Math.round(s); return s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`; }
+function size(n) {  // bytes in binary units, as report.md writes them
+  for (const [unit, scale] of [["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 2 ** 10]]) if (n >= scale) return `${(n / scale).toFixed(1)} ${unit}`;
+  return `${n} B`;
+}
+// "sensitivity 12/25, ETA 1 min 20 s", "trial 3/8, best 0.712, ETA 4 min 0 s": the count of the stage's units
+// (p.unit: what amc.progress.parse read from the last counted message; trials when absent) and the ETA
+function counted(p) {
+  const parts = [];
+  if (p.total) parts.push(`${p.unit || "trials"} ${p.done}/${p.total}`);
+  if (p.best !== null && p.best !== undefined) parts.push(`best ${fmt(p.best)}`);
+  if (p.eta_s !== null && p.eta_s !== undefined) parts.push(`ETA ${secs(p.eta_s)}`);
+  return parts.join(", ");
+}
 function esc(s) { return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
 
 // ---------------------------------------------------------------------------------- job list + form
@@ -110,7 +123,7 @@ async function showList() {
     const p = j.progress;
     return `<tr><td><a href="#/jobs/${j.id}">${j.id}</a></td><td>${esc(j.spec.model || j.spec.checkpoint || j.spec.upload)}</td>
       <td>${esc(j.spec.budget)}</td><td>${esc(j.spec.method)}</td><td><span class="state ${j.state}">${j.state}</span></td>
-      <td>${esc(p.stage)}</td><td>${p.total ? p.done + "/" + p.total : ""}</td><td>${fmt(p.best)}</td>
+      <td>${esc(p.stage)}</td><td>${p.total ? p.done + "/" + p.total : ""}${p.eta_s != null ? ", ETA " + secs(p.eta_s) : ""}</td><td>${fmt(p.best)}</td>
       <td>${new Date(j.created * 1000).toLocaleTimeString()}</td></tr>`;
   }).join("");
 }
@@ -249,15 +262,15 @@ async function refreshJob(id) {
   const st = $("job-state"); st.textContent = j.state; st.className = "state " + j.state;
   $("job-stage").textContent = "stage: " + p.stage;
   $("job-bar").style.width = (j.state === "done" ? 100 : p.total ? 100 * p.done / p.total : 0) + "%";
-  $("job-progress").textContent = `${p.total ? `trials ${p.done}/${p.total}, ` : ""}best ${fmt(p.best)}, elapsed ${secs(p.elapsed_s)}, ` +
-    `ETA ${secs(p.eta_s)}, attempt ${j.attempts}${p.message ? " — " + p.message : ""}`;
+  $("job-progress").textContent = [counted(p), `elapsed ${secs(p.elapsed_s)}`, `attempt ${j.attempts}`].filter(Boolean).join(", ") +
+    (p.message ? " — " + p.message : "");
   $("job-error").hidden = !j.error; $("job-error").textContent = j.error || "";
   $("cancel-btn").hidden = !["queued", "running"].includes(j.state);
   $("resume-btn").hidden = !["failed", "cancelled"].includes(j.state);
   plotPolicy(plotTrials(await json(`/api/v1/jobs/${id}/trials`)));
   const files = await json(`/api/v1/jobs/${id}/files`);
   $("files").innerHTML = files.filter((f) => f.main || f.path.endsWith(".png")).map((f) =>
-    `<li><a href="#" data-href="/api/v1/jobs/${id}/files/${encodeURI(f.path)}" data-name="${esc(f.path.replace(/\//g, "_"))}">${esc(f.path)}</a> (${f.bytes.toLocaleString()} bytes)</li>`).join("");
+    `<li><a href="#" data-href="/api/v1/jobs/${id}/files/${encodeURI(f.path)}" data-name="${esc(f.path.replace(/\//g, "_"))}">${esc(f.path)}</a> (${size(f.bytes)})</li>`).join("");
   for (const a of $("files").querySelectorAll("a")) a.addEventListener("click", download);
   if (j.state === "done" && !$("report").dataset.loaded) await showReport(id);
   return j.state;
