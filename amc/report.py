@@ -402,8 +402,9 @@ def use_it(recipe: Any, files: Mapping[str, int]) -> str:
     parts.append(apply)
     arch = str(recipe.model.arch)
     if arch.startswith(NAMED_SOURCES) or ":" not in arch:
-        parts.append("From the command line (rebuild, finetune as recorded, export):\n\n```bash\n"
-                     "amc apply recipe.yaml --checkpoint DENSE_WEIGHTS --finetune --out runs/apply\n```")
+        parts.append("From the command line: rebuild from the dense weights and export (add `--finetune --data "
+                     "YOUR_DATA` to finetune as recorded):\n\n```bash\n"
+                     "amc apply recipe.yaml --checkpoint DENSE_WEIGHTS --out runs/apply\n```")
     if "model.onnx" in files:
         shape = tuple(recipe.model.input_shape)
         norm = ""
