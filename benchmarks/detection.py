@@ -228,6 +228,17 @@ def _dense(args: Any, cache: Cache, splits: dict[str, DetSplit], say: Callable[[
     return model.eval(), cache.put(f"train_{tag}", stats)
 
 
+def held_layers(model: nn.Module, size: int) -> dict[str, Any]:
+    """What the channel pruner leaves whole in the detector, and the share of MACs those layers hold."""
+    from amc.pruners.channel import channel_table
+
+    table = channel_table(copy.deepcopy(model).eval(), torch.zeros(1, 3, size, size))
+    macs = {li.name: li.macs for li in table.layers}
+    held = {name: why for name, why in table.unprunable.items()}
+    return {"groups": len(table.groups), "layers": len(table.layers), "held": held,
+            "held_macs_share": sum(macs.get(n, 0) for n in held) / max(table.dense_macs, 1)}
+
+
 def measure(args: Any, cache: Cache, keys: dict[str, str], wanted: list[str], say: Callable[[str], None]) -> None:
     splits = _splits(args)
     dense, train_stats = _dense(args, cache, splits, say)
@@ -237,6 +248,7 @@ def measure(args: Any, cache: Cache, keys: dict[str, str], wanted: list[str], sa
     def finetune(model: nn.Module, epochs: float) -> None:
         train(model, splits["train"], epochs, args.finetune_lr, seed=args.seed + 1, say=say)
 
+    cache.row(f"held_{args.size}px", lambda: held_layers(dense, size))
     if "dense" in wanted and cache.get(keys["dense"]) is None:
         t = time.perf_counter()
         before = {"val": mean_ap(dense, splits["val"]), "test": mean_ap(dense, splits["test"])}
@@ -370,6 +382,17 @@ def report(args: Any, cache: Cache, keys: dict[str, str]) -> None:
         lines.append(f"The compression's wall time ({comp['search_s']:.0f} s) covers the whole `amc.compress` "
                      f"call: dense profile, sensitivity scan, {args.episodes} trials, the finetune, the paired "
                      f"latency, the exports and the report; the task's functions were called {comp['calls']}.")
+    held = cache.get(f"held_{args.size}px")
+    if held is not None:
+        why = list(held["held"].values())
+        n_out, n_fwd = sum("model's outputs" in w for w in why), sum("breaks the forward" in w for w in why)
+        lines += ["", f"What the pruner holds: {len(why)} of {held['layers']} layers ({held['held_macs_share']:.1%} "
+                  f"of the dense MACs) keep their output channels: {n_out} because they feed the model's outputs "
+                  f"(the head's last layers: the output format) and {n_fwd} because pruning them broke the "
+                  "forward check (amc's pruner tries and holds them): each C2f block's first convolution, whose "
+                  "output `C2f.forward` splits with `chunk(2, 1)`, the last convolution of the bottlenecks joined "
+                  "to it, and the box branches' last layers (reshaped by the DFL). The other groups are pruned "
+                  "further to meet the budget. Held: " + ", ".join(f"`{n}`" for n in held["held"]) + ".", ""]
     if uni is not None:
         lines.append(f"Uniform before its finetune (BN recalibrated only): test mAP@0.5 "
                      f"{uni['before_finetune']['map50']:.4f}; its per-group ratio {uni['ratio']:.3f}.")
