@@ -356,9 +356,10 @@ def report(args: Any, cache: Cache, keys: dict[str, str]) -> None:
     train = (dense or {}).get("train", {})
     lines = [
         "# A detector compressed end to end by its task: YOLOv8n on synthetic shapes, `macs=0.5`", "",
-        f"`python benchmarks/detection.py` on {machine['cpu']} ({machine['threads']} threads available; "
-        f"torch set to {args.threads}). YOLOv8n built from ultralytics' `yolov8n.yaml` with 3 classes (random "
-        f"initialisation, nothing downloaded), trained from scratch on the CPU for {args.epochs:g} epochs of "
+        f"`python benchmarks/detection.py` on {machine['cpu']} (torch threads: {args.threads}; a 2-core machine "
+        "shared with other work, so wall times are loose). YOLOv8n built from ultralytics' `yolov8n.yaml` "
+        f"with 3 classes (random initialisation, nothing downloaded), trained from scratch on the CPU for "
+        f"{args.epochs:g} epochs of "
         f"{args.train:,} synthetic {args.size}x{args.size} images (circles, squares, triangles on textured "
         f"backgrounds, 1-4 per image; `benchmarks/detection_data.py`, seed {args.seed}) with ultralytics' "
         f"`v8DetectionLoss`, AdamW lr {args.lr:g}, cosine decay and EMA"
