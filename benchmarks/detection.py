@@ -27,6 +27,7 @@ a rerun resumes. Needs the optional extras (ultralytics, torchmetrics, pycocotoo
 from __future__ import annotations
 
 import copy
+import json
 import math
 import sys
 import time
@@ -292,19 +293,26 @@ def compressed_row(args: Any, dense: nn.Module, splits: dict[str, DetSplit], cal
     task = amc.Task(example_inputs=torch.zeros(1, 3, size, size), evaluate=evaluate, calibration=calib,
                     finetune=tune, test=test, name="detection", metric="mAP@0.5")
     run_dir = Path(args.cache) / f"run_{args.budget.replace('=', '')}_ep{args.episodes}"
+    said: list[str] = []
     t = time.perf_counter()
     res = amc.compress(copy.deepcopy(dense), budget=args.budget, task=task, method="optuna",
                        episodes=args.episodes, finetune=args.finetune_epochs, run_dir=run_dir, seed=args.seed,
                        sensitivity_ratios=(0.5,),
-                       progress=lambda m: say(f"[{time.perf_counter() - t:6.1f} s] {m}"))
+                       progress=lambda m: (said.append(m), say(f"[{time.perf_counter() - t:6.1f} s] {m}")))
     wall = time.perf_counter() - t
     model = res.model.eval()
     got = mean_ap(model, splits["test"])
     say(f"compressed + finetune: test mAP@0.5 {got['map50']:.4f}")
     m = {k: v for k, v in res.metrics.items() if isinstance(v, int | float | str | bool) or v is None}
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    candidates = {k: {"val_map50": c.get("accuracy"), "macs_fraction": c.get("macs"), "feasible": c.get("feasible"),
+                      "reason": c.get("reason")} for k, c in summary.get("candidates_heldout", {}).items()}
     return {"row": "compressed", **got, "macs": macs_of(model, size), "params": params_of(model),
             "macs_fraction": macs_of(model, size) / macs_of(dense, size),
             **speed(model, dense, size), "search_s": wall, "calls": calls, "amc_metrics": m,
+            "candidates_val_before_finetune": candidates,
+            "kept": "sensitivity" if any("sensitivity-picked policy scored above" in msg for msg in said)
+            else "search best", "stage_s": summary.get("wall_time_s"),
             "run_dir": str(run_dir), "recipe_policy": dict(res.recipe.policy)}
 
 
@@ -383,6 +391,17 @@ def report(args: Any, cache: Cache, keys: dict[str, str]) -> None:
         lines.append(f"The compression's wall time ({comp['search_s']:.0f} s) covers the whole `amc.compress` "
                      f"call: dense profile, sensitivity scan, {args.episodes} trials, the finetune, the paired "
                      f"latency, the exports and the report; the task's functions were called {comp['calls']}.")
+    if comp is not None and comp.get("kept") == "sensitivity":
+        lines.append("The policy `amc.compress` kept is the sensitivity-picked one (the search's first trial), which "
+                     "scored above the best of the Optuna trials on the validation images.")
+    if comp is not None and comp.get("candidates_val_before_finetune"):
+        lines += ["", "Inside `amc.compress` (validation mAP@0.5 before any finetune, BN recalibrated; summary.json):",
+                  "", *markdown_table(["candidate", "val mAP@0.5", "MACs fraction", "within budget"], [
+                      [k, f"{c['val_map50']:.4f}", f"{c['macs_fraction']:.3f}",
+                       "yes" if c["feasible"] else f"no ({c['reason']})"]
+                      for k, c in comp["candidates_val_before_finetune"].items()]), ""]
+        if comp.get("stage_s"):
+            lines.append("Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in comp["stage_s"].items()) + ".")
     held = cache.get(f"held_{args.size}px")
     if held is not None:
         why = list(held["held"].values())
