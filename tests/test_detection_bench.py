@@ -78,3 +78,23 @@ def test_map_of_the_truth_is_one():
     oracle.offset = 0
     got = mean_ap(oracle, split, batch=8)
     assert got["map50"] == pytest.approx(1.0) and got["map50_95"] == pytest.approx(1.0)
+
+
+def test_folded_sppf_computes_the_same_function():
+    pytest.importorskip("ultralytics")
+    from ultralytics.nn.modules.block import SPPF
+
+    from benchmarks.detection import SPPFSum
+
+    torch.manual_seed(0)
+    sppf = SPPF(16, 24).eval()
+    for bn in (sppf.cv1.bn, sppf.cv2.bn):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    for attr, v in (("f", -1), ("i", 9), ("type", "SPPF"), ("np", 0)):
+        setattr(sppf, attr, v)
+    folded = SPPFSum(sppf).eval()
+    x = torch.randn(2, 16, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(sppf(x), folded(x), atol=1e-5)
+    assert len(folded.parts) == 4 and all(p.in_channels == 8 for p in folded.parts)
