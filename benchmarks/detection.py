@@ -457,12 +457,12 @@ def report(args: Any, cache: Cache, keys: dict[str, str]) -> None:
                   f"{dense['params']:,}" if dense else "missing", "1.00x", ""])
     table.append([f"compressed (Optuna, {args.episodes} trials; SPPF folded) + {ft} epoch finetune", _f(comp, "map50"),
                   _f(comp, "map50_95"), _f(comp, "macs_fraction", ".3f"),
-                  f"{comp['params']:,}" if comp else "missing", _f(comp, "speedup", ".2f") + "x",
+                  f"{comp['params']:,}" if comp else "missing", _f(comp, "speedup", ".2f") + ("x" if comp else ""),
                   _f(comp, "search_s", ".0f") + " s" if comp else ""])
     table.append([f"uniform at the same MACs (SPPF folded) + {ft} epoch finetune", _f(uni, "map50"),
                   _f(uni, "map50_95"),
                   _f(uni, "macs_fraction", ".3f"), f"{uni['params']:,}" if uni else "missing",
-                  _f(uni, "speedup", ".2f") + "x", _f(uni, "seconds", ".0f") + " s" if uni else ""])
+                  _f(uni, "speedup", ".2f") + ("x" if uni else ""), _f(uni, "seconds", ".0f") + " s" if uni else ""])
     machine = machine_info()
     train = (dense or {}).get("train", {})
     lines = [
@@ -478,7 +478,7 @@ def report(args: Any, cache: Cache, keys: dict[str, str]) -> None:
         f"Scores: torchmetrics' `MeanAveragePrecision` (xyxy) after ultralytics' NMS (conf 0.001, IoU 0.7). "
         f"The search's score is mAP@0.5 on {args.val} validation images; every figure below is on "
         f"{args.test} test images the search never saw.", "",
-        f"Every row gets the same finetune: {ft} epochs, AdamW lr {args.finetune_lr:g}, same loss and schedule. "
+        f"Every row gets the same finetune: {ft} epoch{'' if args.finetune_epochs == 1 else 's'}, AdamW lr {args.finetune_lr:g}, same loss and schedule. "
         f"`compressed` is `amc.compress(model, budget=\"{args.budget}\", task=amc.Task(...), method=\"optuna\", "
         f"episodes={args.episodes}, finetune={ft}, sensitivity_ratios=(0.5,))` (the task: example inputs, "
         "`evaluate` = validation mAP@0.5, 256 training images as calibration, the finetune above, `test` = test "
