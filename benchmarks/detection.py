@@ -478,7 +478,8 @@ def report(args: Any, cache: Cache, keys: dict[str, str]) -> None:
         f"Scores: torchmetrics' `MeanAveragePrecision` (xyxy) after ultralytics' NMS (conf 0.001, IoU 0.7). "
         f"The search's score is mAP@0.5 on {args.val} validation images; every figure below is on "
         f"{args.test} test images the search never saw.", "",
-        f"Every row gets the same finetune: {ft} epoch{'' if args.finetune_epochs == 1 else 's'}, AdamW lr {args.finetune_lr:g}, same loss and schedule. "
+        f"Every row gets the same finetune: {ft} epoch{'' if args.finetune_epochs == 1 else 's'}, "
+        f"AdamW lr {args.finetune_lr:g}, same loss and schedule. "
         f"`compressed` is `amc.compress(model, budget=\"{args.budget}\", task=amc.Task(...), method=\"optuna\", "
         f"episodes={args.episodes}, finetune={ft}, sensitivity_ratios=(0.5,))` (the task: example inputs, "
         "`evaluate` = validation mAP@0.5, 256 training images as calibration, the finetune above, `test` = test "
