@@ -491,6 +491,41 @@ def report(args: Any, cache: Cache, keys: dict[str, str]) -> None:
         *markdown_table(["row", "test mAP@0.5", "test mAP@0.5:0.95", "MACs fraction", "params",
                          "paired CPU speedup", "wall time"], table), "",
     ]
+    if dense is not None and comp is not None and uni is not None:
+        lines.append(f"In short: after the same {ft}-epoch finetune, the searched policy keeps test mAP@0.5 "
+                     f"{comp['map50']:.3f} (mAP@0.5:0.95 {comp['map50_95']:.3f}) at {comp['macs_fraction']:.1%} of the "
+                     f"dense MACs, the uniform one {uni['map50']:.3f} ({uni['map50_95']:.3f}) at "
+                     f"{uni['macs_fraction']:.1%}, the dense detector {dense['map50']:.3f} ({dense['map50_95']:.3f}); "
+                     "one seed, one run each, so differences of a few thousandths are within noise.")
+    if comp is not None:
+        lines.append(f"The compression's wall time ({comp['search_s']:.0f} s) covers the whole `amc.compress` "
+                     f"call: dense profile, sensitivity scan, {args.episodes} trials, the finetune, the paired "
+                     f"latency, the exports and the report; the task's functions were called {comp['calls']}.")
+    am = (comp or {}).get("amc_metrics") or {}
+    if am.get("latency_speedup") is not None:
+        lines.append(f"`amc.compress`'s own paired measurement of the same model, taken inside the run at another "
+                     f"moment of the shared machine's load: {am['latency_speedup']:.2f}x; its validation mAP@0.5 "
+                     f"after the finetune {am.get('score', float('nan')):.4f} "
+                     f"(dense {am.get('dense_score', float('nan')):.4f}).")
+    if am.get("score_before_finetune") is not None:
+        lines.append(f"Its figure before the finetune, validation mAP@0.5 {am['score_before_finetune']:.4f}, is the "
+                     "recipe applied to the dense model without BatchNorm recalibration (the search scores its "
+                     "candidates after recalibrating on the calibration images: the table below); with "
+                     "`finetune=0` that unrecalibrated model is what `amc.compress` would return.")
+    if comp is not None and comp.get("kept") == "sensitivity":
+        lines.append("The policy `amc.compress` kept is the sensitivity-picked one (the search's first trial), which "
+                     "scored above the best of the Optuna trials on the validation images.")
+    if comp is not None and comp.get("candidates_val_before_finetune"):
+        lines += ["", "Inside `amc.compress` (validation mAP@0.5 before any finetune, BN recalibrated; summary.json):",
+                  "", *markdown_table(["candidate", "val mAP@0.5", "MACs fraction", "within budget"], [
+                      [k, f"{c['val_map50']:.4f}", f"{c['macs_fraction']:.3f}",
+                       "yes" if c["feasible"] else f"no ({c['reason']})"]
+                      for k, c in comp["candidates_val_before_finetune"].items()]), ""]
+        if comp.get("stage_s"):
+            lines.append("Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in comp["stage_s"].items()) + ".")
+    if uni is not None:
+        lines.append(f"Uniform before its finetune (BN recalibrated only): test mAP@0.5 "
+                     f"{uni['before_finetune']['map50']:.4f}; its per-group ratio {uni['ratio']:.3f}.")
     lines += ["## The stock model and the folded SPPF", "",
               "On the stock YOLOv8n, `amc.compress(..., budget=\"macs=0.5\")` finds no policy within the budget: "
               "every trial's MACs, measured on the pruned model, land 1-3% of dense above what the search's analytic "
@@ -522,35 +557,25 @@ def report(args: Any, cache: Cache, keys: dict[str, str]) -> None:
     elif stock is not None:
         lines += [f"The stock model's run: test mAP@0.5 {stock['map50']:.4f} at {stock['macs_fraction']:.3f} of "
                   "dense MACs.", ""]
-    if comp is not None:
-        lines.append(f"The compression's wall time ({comp['search_s']:.0f} s) covers the whole `amc.compress` "
-                     f"call: dense profile, sensitivity scan, {args.episodes} trials, the finetune, the paired "
-                     f"latency, the exports and the report; the task's functions were called {comp['calls']}.")
-    if comp is not None and comp.get("kept") == "sensitivity":
-        lines.append("The policy `amc.compress` kept is the sensitivity-picked one (the search's first trial), which "
-                     "scored above the best of the Optuna trials on the validation images.")
-    if comp is not None and comp.get("candidates_val_before_finetune"):
-        lines += ["", "Inside `amc.compress` (validation mAP@0.5 before any finetune, BN recalibrated; summary.json):",
-                  "", *markdown_table(["candidate", "val mAP@0.5", "MACs fraction", "within budget"], [
-                      [k, f"{c['val_map50']:.4f}", f"{c['macs_fraction']:.3f}",
-                       "yes" if c["feasible"] else f"no ({c['reason']})"]
-                      for k, c in comp["candidates_val_before_finetune"].items()]), ""]
-        if comp.get("stage_s"):
-            lines.append("Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in comp["stage_s"].items()) + ".")
     held = cache.get(f"held_{args.size}px")
     if held is not None:
         why = list(held["held"].values())
         n_out, n_fwd = sum("model's outputs" in w for w in why), sum("breaks the forward" in w for w in why)
-        lines += ["", f"What the pruner holds: {len(why)} of {held['layers']} layers ({held['held_macs_share']:.1%} "
-                  f"of the dense MACs) keep their output channels: {n_out} because they feed the model's outputs "
+        lines += ["", "## What the pruner holds", "",
+                  f"{len(why)} of {held['layers']} layers ({held['held_macs_share']:.1%} of the dense MACs) keep "
+                  f"their output channels: {n_out} because they feed the model's outputs "
                   f"(the head's last layers: the output format) and {n_fwd} because pruning them broke the "
                   "forward check (amc's pruner tries and holds them): each C2f block's first convolution, whose "
                   "output `C2f.forward` splits with `chunk(2, 1)`, the last convolution of the bottlenecks joined "
                   "to it, and the box branches' last layers (reshaped by the DFL). The other groups are pruned "
                   "further to meet the budget. Held: " + ", ".join(f"`{n}`" for n in held["held"]) + ".", ""]
-    if uni is not None:
-        lines.append(f"Uniform before its finetune (BN recalibrated only): test mAP@0.5 "
-                     f"{uni['before_finetune']['map50']:.4f}; its per-group ratio {uni['ratio']:.3f}.")
+    spaced: list[str] = []  # a blank line between paragraphs (table rows stay together)
+    for ln in lines:
+        if spaced and spaced[-1] and ln and not (spaced[-1].startswith("|") and ln.startswith("|")):
+            spaced.append("")
+        if ln or (spaced and spaced[-1]):
+            spaced.append(ln)
+    lines = spaced
     body = {"model": "YOLOv8n (ultralytics yolov8n.yaml, nc=3)", "size": args.size, "train_images": args.train,
             "val_images": args.val, "test_images": args.test, "epochs": args.epochs, "lr": args.lr,
             "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr, "episodes": args.episodes,
