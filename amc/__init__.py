@@ -4,6 +4,8 @@ The public API (see ``amc/api.py`` and the README's "Python API"):
 
 - ``amc.compress(model, budget="macs=0.5", data=..., ...) -> CompressResult``: the one button; its option
   keywords are the fields of ``CompressConfig`` (``amc/options.py``: every option declared once).
+- ``amc.compress(model, budget=..., task=amc.Task(example_inputs=x, evaluate=my_map, ...))``: any model and
+  task (a detector, a segmenter) scored by the user's own evaluate (``amc/task.py``).
 - ``amc.Recipe.load(path).apply(model)``: re-apply a compression to a dense model bit for bit.
 - ``amc.inspect_model(model, example_inputs)``: which layers can be pruned and which are held, and why.
 - ``amc.prune_to_budget(model, example_inputs, "macs=0.5")``: a data-free one-shot channel pruner;
@@ -33,12 +35,13 @@ _EXPORTS = {
     "prune_to_budget": "amc.pruners.oneshot", "prune_to_latency": "amc.latency",
     "resolve_model": "amc.models",
     "AmcError": "amc.errors",
+    "Task": "amc.task", "ClassificationTask": "amc.task", "TaskError": "amc.task",
 }
 __all__ = [
-    "AmcError", "Budget", "CompressConfig", "CompressResult", "EvalConfig", "Evaluator", "Prunability", "Recipe",
-    "SearchResult", "SearchSpec", "Searcher", "__version__", "apply_recipe", "compress", "inspect_model",
-    "load_recipe", "make_searcher", "open_dataset", "open_model", "prune_to_budget", "prune_to_latency",
-    "resolve_model",
+    "AmcError", "Budget", "ClassificationTask", "CompressConfig", "CompressResult", "EvalConfig", "Evaluator",
+    "Prunability", "Recipe", "SearchResult", "SearchSpec", "Searcher", "Task", "TaskError", "__version__",
+    "apply_recipe", "compress", "inspect_model", "load_recipe", "make_searcher", "open_dataset", "open_model",
+    "prune_to_budget", "prune_to_latency", "resolve_model",
 ]
 
 if TYPE_CHECKING:
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
     from amc.recipe import Recipe, apply_recipe, load_recipe
     from amc.search.base import Searcher, SearchResult
     from amc.search.registry import SearchSpec, make_searcher
+    from amc.task import ClassificationTask, Task, TaskError
 
 
 def __getattr__(name: str) -> Any:

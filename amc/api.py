@@ -40,6 +40,7 @@ from amc.errors import AmcError, DataError
 from amc.options import CompressConfig
 from amc.pipeline import CompressResult, Progress, compress_model
 from amc.recipe import DataInfo
+from amc.task import Task, TaskError
 
 DataArg = str | os.PathLike | DataSource | torch.utils.data.Dataset | torch.utils.data.DataLoader
 
@@ -83,7 +84,8 @@ def open_dataset_recorded(data: DataArg, *, val: Any = None, test: Any = None, h
     dev = torch.device(device) if device is not None else (
         torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     if data is None:
-        raise DataError("compress needs data: an ImageFolder path or archive, a DataSource, or a torch Dataset")
+        raise DataError("compress needs data (an ImageFolder path or archive, a DataSource, a torch Dataset) "
+                        "or task= (an amc.Task with the model's example inputs and its evaluate)")
     if hasattr(data, "loader") and hasattr(data, "num_classes"):
         return data, None  # type: ignore[return-value]
     if isinstance(data, torch.utils.data.Dataset | torch.utils.data.DataLoader):
@@ -123,7 +125,7 @@ API_DEFAULTS = {"episodes": 30, "finetune_epochs": 1.0}  # amc.compress's own de
 
 
 def compress(model: nn.Module | str, budget: str | None = None, data: DataArg | None = None, *,
-             example_inputs: torch.Tensor | None = None,
+             task: Task | None = None, example_inputs: Any = None,
              finetune: float | Callable[[nn.Module, float], object] | None = None,
              evaluate: Callable[[nn.Module], float] | None = None, run_dir: str | os.PathLike = "runs/compress",
              weights: str | os.PathLike | None = None, num_classes: int | None = None,
@@ -141,7 +143,8 @@ def compress(model: nn.Module | str, budget: str | None = None, data: DataArg | 
     built-in finetune's epochs (1.0 by default; the ``finetune_epochs`` option) or the user's
     ``finetune(model, epochs)``. ``progress(message)`` sees each stage and trial. ``data_record``:
     for ``data`` already opened as a DataSource, how it was split (the recipe records it; ``amc
-    compress`` passes the one its data loading made).
+    compress`` passes the one its data loading made). ``task``: an ``amc.Task`` (any model, the user's
+    evaluate, calibration, finetune and test; ``amc.task``) instead of ``data``.
     """
     changes = dict(options)
     if budget is not None:
@@ -149,6 +152,9 @@ def compress(model: nn.Module | str, budget: str | None = None, data: DataArg | 
     if finetune is not None and not callable(finetune):
         changes["finetune_epochs"] = float(finetune)
     cfg = config.replace(**changes) if config is not None else CompressConfig(**(API_DEFAULTS | changes))
+    if task is not None:
+        return _compress_task(model, task, cfg, data=data, finetune=finetune, evaluate=evaluate, run_dir=run_dir,
+                              weights=weights, device=device, progress=progress, example_inputs=example_inputs)
     source, record = open_dataset_recorded(data, val=val, test=test, heldout=heldout,  # type: ignore[arg-type]
                                            device=device, image_size=image_size, seed=cfg.seed, protocol=protocol)
     record = record or data_record
@@ -166,3 +172,36 @@ def compress(model: nn.Module | str, budget: str | None = None, data: DataArg | 
     return compress_model(module, source, cfg, run_dir, progress=progress, ref=ref, checkpoint=checkpoint,
                           input_shape=shape, score=evaluate,
                           train=finetune if callable(finetune) else None, data=info)  # type: ignore[arg-type]
+
+
+def _compress_task(model: nn.Module | str, task: Task, cfg: CompressConfig, *, data: Any, finetune: Any,
+                   evaluate: Any, run_dir: Any, weights: Any, device: Any, progress: Progress | None,
+                   example_inputs: Any) -> CompressResult:
+    """``compress`` with the user's task: checked (one clear error each), then the same pipeline."""
+    import dataclasses
+
+    if not isinstance(task, Task):
+        raise TaskError(f"task must be an amc.Task, got {type(task).__name__}")
+    if data is not None:
+        raise TaskError("give data= or task=, not both (a task brings its own evaluate and calibration)")
+    if evaluate is not None or example_inputs is not None:
+        raise TaskError("with task=, give evaluate and example_inputs in the task, not as arguments")
+    if cfg.resolved_granularity != "channel":
+        raise TaskError(f"budget {cfg.budget}: fine-grained pruning (size budgets) scores the classification task "
+                        "only; give a task a macs=, params= or latency= budget")
+    if callable(finetune):
+        if task.finetune is not None:
+            raise TaskError("the finetune is given twice: as finetune= and in the task")
+        task = dataclasses.replace(task, finetune=finetune)
+    module, ref = open_model(model, weights)
+    dev = torch.device(device) if device is not None else task.device
+    module = module.to(dev).eval()
+    if dev != task.device:
+        from amc.layers import map_inputs
+
+        task = dataclasses.replace(task, example_inputs=map_inputs(task.example_inputs, lambda t: t.to(dev)))
+    task.check_model(module)
+    info = DataInfo(source=f"task: {task.name} ({task.metric})")
+    checkpoint = Path(weights) if weights is not None else None
+    return compress_model(module, task, cfg, run_dir, progress=progress, ref=ref, checkpoint=checkpoint,
+                          input_shape=task.shape, data=info)

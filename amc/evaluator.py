@@ -30,22 +30,23 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from amc.budget import Bounds, Budget, CostModel, Policy, Projector, make_bounds
 from amc.cpuconv import training_layout
 from amc.data import DataSource
-from amc.errors import BudgetError, PolicyError, TrainingDiverged
+from amc.errors import PolicyError, TrainingDiverged
 from amc.granularity import STRATEGIES, Strategy
 from amc.importance.weights import fine_criterion
 from amc.layers import count_macs, count_params, layer_table
 from amc.registry import Registry
 from amc.sensitivity import LOSS_TIE_WEIGHT
-from amc.train import FinetuneConfig, Masks, finetune, model_device, recalibrate_bn
+from amc.task import AnyTask, ClassificationTask, Task, as_task
+from amc.train import FinetuneConfig, Masks, finetune, model_device
 
 GRANULARITIES = tuple(STRATEGIES)  # "fine", "channel"
 RECOVERIES: Registry[str] = Registry("recovery", PolicyError)  # what runs after pruning, before scoring
@@ -196,13 +197,19 @@ def _batches(splits: DataSource, split: str, limit: int | None,
 class Evaluator:
     """Scores pruning policies on one persistent working copy of ``dense_model`` (see module doc)."""
 
-    def __init__(self, dense_model: nn.Module, splits: DataSource, budget: Budget,
+    def __init__(self, dense_model: nn.Module, splits: DataSource | AnyTask, budget: Budget,
                  config: EvalConfig = EvalConfig(), input_shape: tuple[int, ...] = (1, 3, 32, 32),
                  latency_table: object | None = None, score_fn: Callable[[nn.Module], float] | None = None) -> None:
         self.config, self.budget, self.splits = config, budget, splits
+        self.task: AnyTask = as_task(splits)  # a DataSource is the classification task over it
         self.score_fn = score_fn  # the user's evaluate(model) -> float replaces held-out accuracy when given
-        self.input_shape = input_shape
         self.device = model_device(dense_model)
+        example = None
+        if isinstance(self.task, Task):  # the user's task: traced on its example inputs
+            example = self.task.inputs(self.device)
+            input_shape = self.task.shape or input_shape
+            _check_task(self.task, config)
+        self.input_shape, self.example = input_shape, example
         self.latency_table = latency_table  # amc.latency.LatencyTable: predicted latency (channel pruning)
         self.dense = dense_model.eval()
         self.work = copy.deepcopy(dense_model).eval()  # the one working copy (made once)
@@ -211,19 +218,20 @@ class Evaluator:
         training_layout(self.work)
         self._state = {k: v.detach().clone() for k, v in self.work.state_dict().items()}
         self._live = self.work.state_dict()  # tensors sharing storage with the working copy
-        self.table = layer_table(self.dense, input_shape)
+        self.table = layer_table(self.dense, input_shape, example)
         self.total_params = count_params(self.dense)
-        self.total_macs = count_macs(self.dense, input_shape)[0]
-        self._calib = _batches(splits, "train", config.calib_images, config.batch_size)
-        self._eval = _batches(splits, "heldout", config.eval_images, config.batch_size)
-        if not self._eval:
-            raise BudgetError("the held-out split is empty: the evaluator needs images to score policies")
-        self._n_eval = sum(len(y) for _, y in self._eval)
+        self.total_macs = count_macs(self.dense, input_shape, example)[0]
+        # calibration batches: (images, labels) for classification, model inputs for a user task
+        self._calib = self.task.calibration_batches(config.calib_images, config.batch_size, self.device)
+        self._scorer = self.task.scorer(config.eval_images, config.batch_size)
+        self._eval = getattr(self._scorer, "batches", [])  # classification: the held-out batches
+        self._n_eval = getattr(self._scorer, "count", 0)
+        calib = self._calib if self.task.classification else ()  # criteria that need data want labels
         # what differs by granularity, chosen once: the pruner, its cost model, the costs read back
         self.strategy: Strategy = STRATEGIES[config.granularity](
             self.dense, self.work, self.table, budget, input_shape=input_shape, total_params=self.total_params,
             total_macs=self.total_macs, skip=config.skip, criterion=config.criterion, round_to=config.round_to,
-            calib=self._calib, latency_table=latency_table, device=self.device)
+            calib=calib, latency_table=latency_table, device=self.device, example_inputs=example)
         self.physical = resolve_score_on(config, self.device) == "physical"  # score a physically pruned copy
         self.names: list[str] = self.strategy.names
         self.cost_model: CostModel = self.strategy.cost_model
@@ -266,22 +274,9 @@ class Evaluator:
         """The weight masks of ``policy`` (fine-grained pruning only)."""
         return self.strategy.fine_masks(policy)
 
-    @torch.no_grad()
     def _score(self, model: nn.Module) -> tuple[float, float, bool]:
-        """Held-out accuracy, mean cross-entropy and whether every logit was finite (one host sync)."""
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        loss = torch.zeros((), dtype=torch.float32, device=self.device)
-        finite = torch.ones((), dtype=torch.bool, device=self.device)
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else \
-            torch.autocast("cpu", enabled=False)
-        with ctx:
-            for x, y in self._eval:
-                out = model(x)
-                correct += (out.argmax(1) == y).sum()
-                loss += F.cross_entropy(out.float(), y, reduction="sum")
-                finite &= torch.isfinite(out).all()
-        c, lsum, ok = torch.stack([correct.float(), loss, finite.float()]).tolist()
-        return c / self._n_eval, lsum / self._n_eval, bool(ok)
+        """The task's score (classification: held-out accuracy), loss and whether every output was finite."""
+        return self._scorer(model)
 
     def _user_score(self, model: nn.Module) -> tuple[float, float, bool]:
         """The user's score (loss 0: the tie-breaking rewards see the score alone)."""
@@ -313,14 +308,10 @@ class Evaluator:
             if self.config.recovery == "reconstruct":
                 self._reconstruct(model, policy)
             if finetuning:
-                loader = self.splits.loader("train", batch_size=min(self.config.batch_size, 128),
-                                            seed=self.config.recovery_seed)
-                cfg = FinetuneConfig(epochs=1.0, lr=self.config.recovery_lr, schedule="constant",
-                                     max_steps=self.config.recovery_steps)
-                finetune(model, loader, cfg, masks=masks)
+                self._recover(model, masks)
                 if not self.physical:
                     self.strategy.reapply(model, policy)
-            recalibrate_bn(model, self._calib)
+            self.task.recalibrate(model, self._calib)
             t_recover = self._tick()
             acc, loss, finite = self._score(model) if self.score_fn is None else self._user_score(model)
         except TrainingDiverged as e:  # a result, never a crash
@@ -348,12 +339,24 @@ class Evaluator:
         return Result(dict(policy), acc, costs["size"], costs["macs"], costs["params"], latency, reward,
                       feasible, reason, t1 - t0)
 
+    def _recover(self, model: nn.Module, masks: Masks | None) -> None:
+        """The "finetune" recovery: ``recovery_steps`` SGD steps, every policy on the same batches (train
+        images for classification, the task's loss on its calibration batches otherwise)."""
+        cfg = self.config
+        if isinstance(self.task, ClassificationTask):
+            loader = self.task.source.loader("train", batch_size=min(cfg.batch_size, 128), seed=cfg.recovery_seed)
+            finetune(model, loader, FinetuneConfig(epochs=1.0, lr=cfg.recovery_lr, schedule="constant",
+                                                   max_steps=cfg.recovery_steps), masks=masks)
+        else:
+            self.task.recover(model, self._calib, cfg.recovery_steps, cfg.recovery_lr, masks, seed=cfg.recovery_seed)
+
     def _reconstruct(self, model: nn.Module, policy: Policy) -> None:
         """AMC's recovery: refit, in place, the physically pruned ``model``'s layers that lost input channels
         to the dense model's kept outputs, on the calibration images (no training, no labels)."""
         from amc.pruners.reconstruct import reconstruct
 
-        reconstruct(self.dense, model, self.plan(policy), self._calib, images=self.config.reconstruct_images,
+        calib: Any = self._calib if self.task.classification else [(x, None) for x in self._calib]
+        reconstruct(self.dense, model, self.plan(policy), calib, images=self.config.reconstruct_images,
                     positions=self.config.reconstruct_positions, table=self._ctable, dense_outputs=self._dense_out)
 
     def _tick(self) -> float:
@@ -396,3 +399,18 @@ class Evaluator:
         one accuracy-drop threshold for all layers (``Projector.from_sensitivity``). Projected."""
         curves = curves if curves is not None else self.sensitivity()
         return self.strategy.sensitivity_policy(curves, self.projector, self.bounds, self.budget)
+
+
+def _check_task(task: Task, config: EvalConfig) -> None:
+    """One clear error for what a user task cannot do under ``config``."""
+    from amc.importance import CHANNEL_CRITERIA
+
+    if config.granularity == "channel" and getattr(CHANNEL_CRITERIA.get(config.criterion), "needs_data", False):
+        raise PolicyError(f"criterion {config.criterion!r} scores channels on labelled image batches; with a task "
+                          f"use a data-free criterion (l1, l2...)")
+    if config.granularity == "fine" and task.shape is None:
+        raise PolicyError("fine-grained pruning needs one input tensor; this task's example inputs are several")
+    if config.recovery == "finetune" and config.recovery_steps > 0 and (task.loss is None or task.calibration is None):
+        raise PolicyError("recovery 'finetune' with a task needs the task's loss(model, batch) and calibration")
+    if config.recovery == "reconstruct" and (task.calibration is None or task.shape is None):
+        raise PolicyError("recovery 'reconstruct' with a task needs calibration batches of one input tensor")

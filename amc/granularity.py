@@ -197,11 +197,13 @@ class ChannelStrategy(Strategy):
                  input_shape: tuple[int, ...], total_params: int, total_macs: float,
                  skip: Sequence[str] = (), criterion: str = "l2", round_to: int = 8,
                  calib: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
-                 latency_table: object | None = None, device: torch.device | None = None, **_: Any) -> None:
+                 latency_table: object | None = None, device: torch.device | None = None,
+                 example_inputs: Any = None, **_: Any) -> None:
         channel = _channel()
         super().__init__(layers, total_params, total_macs)
         self.dense, self.criterion, self.round_to = dense, criterion, round_to
-        self.example = torch.zeros(input_shape, device=device)
+        # the task's example inputs (a tensor, a tuple or a dict), else zeros of ``input_shape``
+        self.example = example_inputs if example_inputs is not None else torch.zeros(input_shape, device=device)
         # coupled groups traced ONCE; one searched ratio per group, keyed by its root layer
         self.table = channel.channel_table(dense, self.example)
         self.names = [r for r in self.table.roots if r not in skip]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -48,6 +49,7 @@ from amc.options import PIPELINE_METHODS, CompressConfig
 from amc.policy import Policy
 from amc.recipe import DataInfo, Metrics, Recipe, save_recipe
 from amc.search.registry import SearchSpec, make_searcher
+from amc.task import AnyTask, Task, as_task
 from amc.train import evaluate
 
 if TYPE_CHECKING:
@@ -97,7 +99,7 @@ def _user_train(train: Train, model: nn.Module, epochs: float, masks) -> None:
         train(model, epochs)
 
 
-def build_evaluator(dense: nn.Module, splits: DataSource, config: CompressConfig,
+def build_evaluator(dense: nn.Module, splits: DataSource | AnyTask, config: CompressConfig,
                     input_shape: tuple[int, ...] = (1, 3, 32, 32), *, latency_table: str | Path | None = None,
                     bounds: Mapping[str, tuple[float, float]] | None = None,
                     score_fn: Callable[[nn.Module], float] | None = None,
@@ -123,7 +125,8 @@ def build_evaluator(dense: nn.Module, splits: DataSource, config: CompressConfig
                      score_fn=score_fn)
 
 
-def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig, run_dir: str | os.PathLike, *,
+def compress_model(dense: nn.Module, splits: DataSource | AnyTask, config: CompressConfig,
+                   run_dir: str | os.PathLike, *,
                    progress: Progress | None = None, ref: str | None = None,
                    checkpoint: str | os.PathLike | None = None,
                    input_shape: tuple[int, ...] | None = None, score: Score | None = None,
@@ -135,17 +138,28 @@ def compress_model(dense: nn.Module, splits: DataSource, config: CompressConfig,
     ``input_shape``: one example input's shape (default: from the data, else (1, 3, 32, 32));
     ``score(model) -> float`` (higher is better) replaces held-out accuracy as the search's score and
     is reported beside test accuracy; ``train(model, epochs)`` replaces the built-in finetune (the
-    final one; pruned weights are held at zero during it).
+    final one; pruned weights are held at zero during it). ``splits`` may be an ``amc.Task`` instead of
+    a ``DataSource``: its evaluate is then the score, its test the final figure, its finetune the final
+    finetune, and the model is traced on its example inputs (``amc.task``).
     """
+    task = as_task(splits)
+    if isinstance(task, Task):
+        if config.resolved_granularity != "channel":
+            raise AmcError(f"budget {config.budget}: fine-grained pruning (size budgets) scores the classification "
+                           "task only; give a task a macs=, params= or latency= budget")
+        if train is not None and task.finetune is None:
+            task = dataclasses.replace(task, finetune=train)
+        train = None
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    shape = tuple(input_shape) if input_shape is not None else (1, *getattr(splits, "input_shape", (3, 32, 32)))
-    job = Job(config, splits, run, progress or (lambda msg: None), ref or type(dense).__name__, shape, dense,
-              copy.deepcopy(dense).to(splits.device).eval(), score, checkpoint, data)
+    shape = tuple(input_shape) if input_shape is not None else (
+        task.shape or () if isinstance(task, Task) else (1, *getattr(splits, "input_shape", (3, 32, 32))))
+    job = Job(config, task, run, progress or (lambda msg: None), ref or type(dense).__name__, shape, dense,
+              copy.deepcopy(dense).to(task.device).eval(), score, checkpoint, data)
     t_all = time.perf_counter()
     prof = profile(job)
     # the budget is checked here (BudgetError when it cannot be met), before any search
-    evaluator = build_evaluator(job.dense, splits, config, shape, latency_table=run / "latency_lut.csv",
+    evaluator = build_evaluator(job.dense, task, config, shape, latency_table=run / "latency_lut.csv",
                                 score_fn=score, say=job.say)
     sens = sensitivity(job, evaluator)
     chosen = search(job, evaluator, sens)
@@ -166,17 +180,32 @@ class Job:
     """What every stage reads: the options, the data, the run folder and the dense model."""
 
     config: CompressConfig
-    splits: DataSource
+    task: AnyTask  # what the model is scored, calibrated and finetuned on (a DataSource: classification)
     run: Path
     say: Progress
     arch: str  # the model reference the recipe records
-    shape: tuple[int, ...]  # one example input's shape
+    shape: tuple[int, ...]  # one example input's shape (() for a task's several inputs)
     source: nn.Module  # the user's dense module (not modified: the recipe is applied to it)
     dense: nn.Module  # a copy on the data's device, eval mode
     score: Score | None
     checkpoint: str | os.PathLike | None
     data: DataInfo | None
     times: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @property
+    def user_task(self) -> Task | None:
+        """The user's task (None for classification)."""
+        return self.task if isinstance(self.task, Task) else None
+
+    @property
+    def example(self) -> Any:
+        """The example inputs the model is traced and measured on."""
+        return self.task.inputs(self.task.device)
+
+    @property
+    def splits(self) -> DataSource:
+        """The classification task's data (its loaders)."""
+        return self.task.source  # type: ignore[union-attr]
 
     @property
     def budget(self) -> Budget:
@@ -195,22 +224,32 @@ class Job:
 
 @dataclass
 class Profile:
-    test: Any  # the test loader of the final numbers
-    accuracy: float
-    score: float | None
+    test: Any  # the test loader of the final numbers (classification)
+    accuracy: float | None  # test accuracy (classification)
+    score: float | None  # the user's evaluate (validation)
     macs: int
     params: int
-    num_classes: int
+    num_classes: int  # 0 for a task other than classification
+    test_score: float | None = None  # a task's test(model)
 
 
 def profile(job: Job) -> Profile:
-    """The dense model's test accuracy (and user score), MACs, parameters and classes."""
+    """The dense model's test accuracy (and user score), MACs, parameters and classes; for a user task its
+    evaluate (one clear error when not finite) and test figures."""
+    task = job.user_task
+    if task is not None:
+        with job.timed("profile"):
+            valid, test_score = task.validation(job.dense), task.test_figure(job.dense)
+            macs, params = count_macs(job.dense, job.shape, job.example)[0], count_params(job.dense)
+        job.say(f"profile: {job.arch}, {params:,} params, {macs / 1e6:.2f} M MACs, {task.name} {task.metric} "
+                f"{valid:.4g} (validation)" + (f", {test_score:.4g} (test)" if test_score is not None else ""))
+        return Profile(None, None, valid, macs, params, 0, test_score)
     with job.timed("profile"):
         test = job.splits.loader("test", 512, limit=job.config.test_limit)
         acc = evaluate(job.dense, test)
         dense_score = float(job.score(job.dense)) if job.score is not None else None
         macs, params = count_macs(job.dense, job.shape)[0], count_params(job.dense)
-        num_classes = int(job.dense(torch.zeros(job.shape, device=job.splits.device)).shape[-1])
+        num_classes = int(job.dense(torch.zeros(job.shape, device=job.task.device)).shape[-1])
     job.say(f"profile: {job.arch}, {params:,} params, {macs / 1e6:.2f} M MACs, test accuracy {acc:.2%}"
             + (f", score {dense_score:.4g}" if dense_score is not None else ""))
     return Profile(test, acc, dense_score, macs, params, num_classes)
@@ -227,10 +266,10 @@ def sensitivity(job: Job, evaluator: Evaluator) -> Sensitivity:
     size budget: the curve-picked policies, global magnitude and LAMP, checked jointly)."""
     from amc.sensitivity import auto_policy, finegrained_scan
 
-    config, splits = job.config, job.splits
-    policy = None
+    config, policy = job.config, None
     with job.timed("sensitivity"):
         if job.granularity == "fine":
+            splits = job.splits
             curves = finegrained_scan(job.dense, splits.loader("heldout", 512, limit=config.eval_images),
                                       evaluator.names, config.sparsities)
             if job.budget.kind == "size":
@@ -337,9 +376,11 @@ def _recipe(job: Job, evaluator: Evaluator, policy: Policy, num_classes: int) ->
 @dataclass
 class Finetuned:
     model: nn.Module  # the compressed, finetuned model (eval mode)
-    accuracy_before: float  # test accuracy of the rebuilt model, before finetuning
-    accuracy: float
+    accuracy_before: float | None  # test accuracy of the rebuilt model, before finetuning (classification)
+    accuracy: float | None
     score: float | None
+    score_before: float | None = None  # a task's evaluate before finetuning
+    test_score: float | None = None  # a task's test(model)
 
 
 def finetune(job: Job, recipe: Recipe, prof: Profile, train: Train | None) -> Finetuned:
@@ -348,7 +389,10 @@ def finetune(job: Job, recipe: Recipe, prof: Profile, train: Train | None) -> Fi
     from amc.recipe import apply_to_model
     from amc.train import finetune as builtin_finetune
 
-    config, device = job.config, job.splits.device
+    config, device = job.config, job.task.device
+    task = job.user_task
+    if task is not None:
+        return _finetune_task(job, task, recipe)
     with job.timed("finetune"):
         model, masks = apply_to_model(recipe, job.source)
         model = model.to(device)
@@ -371,6 +415,27 @@ def finetune(job: Job, recipe: Recipe, prof: Profile, train: Train | None) -> Fi
     return Finetuned(model, before, acc, final_score)
 
 
+def _finetune_task(job: Job, task: Task, recipe: Recipe) -> Finetuned:
+    """``finetune`` for a user task: its finetune (pruned weights held at zero), scored by its evaluate
+    (one clear error when the finetuned model's score is not finite) and its test."""
+    from amc.recipe import apply_to_model
+
+    config = job.config
+    with job.timed("finetune"):
+        model, masks = apply_to_model(recipe, job.source)
+        model = model.to(task.device).eval()
+        masks = {k: v.to(task.device) for k, v in masks.items()}
+        before = task.score(model)
+        torch.manual_seed(config.seed)
+        tuned = task.final_finetune(model, config.finetune_epochs, masks or None)
+        model.eval()
+    after = task.validation(model, "the compressed model after its finetune")
+    test = task.test_figure(model)
+    job.say(f"finetune: {task.metric} {before:.4g} -> {after:.4g} (validation) in {job.times['finetune']:.1f} s"
+            + ("" if tuned else " (the task has no finetune: not finetuned)"))
+    return Finetuned(model, None, None, after, before, test)
+
+
 def _finetune_spec(config: CompressConfig) -> FinetuneSpec:
     """The final finetune as the recipe records it (and as it runs)."""
     from amc.recipe import FinetuneSpec
@@ -389,19 +454,17 @@ class Measured:
 def export(job: Job, tuned: Finetuned, prof: Profile, chosen: Choice) -> Measured:
     """The compressed model's costs and CPU latency against the dense model's, and its files (safetensors,
     ONNX, torch.export program); a latency budget is checked against the measurement."""
-    from amc.export.files import export_compressed
-
-    config, model = job.config, tuned.model
+    config, model, task = job.config, tuned.model, job.user_task
+    one_tensor = task is None or task.shape is not None  # the latency target and torch.export take one tensor
     with job.timed("measure"):
-        macs = count_macs(model, job.shape)[0]
+        macs = count_macs(model, job.shape, job.example)[0]
         # the only speedup reported: dense and compressed timed in alternating rounds, in this process
         speed = paired(model, job.dense, latency_target(config, job.shape), rounds=config.latency_rounds,
-                       runs=config.latency_runs)
-    job.say(f"latency (paired): {speed.line()}")
+                       runs=config.latency_runs) if one_tensor else None
+    job.say(f"latency (paired): {speed.line()}" if speed is not None else
+            "latency: not measured (the latency target takes one input tensor; this task's inputs are several)")
     with job.timed("export"):
-        exported = export_compressed(model.cpu(), job.arch, job.run, job.granularity, dtype=config.export_dtype,
-                                     onnx=config.onnx, input_shape=job.shape, num_classes=prof.num_classes,
-                                     program=True)
+        exported = _export_files(job, model, prof.num_classes, one_tensor)
         for problem in ("onnx_skipped", "program_skipped"):
             if problem in exported:
                 job.say(f"export: {exported[problem]}")
@@ -413,8 +476,12 @@ def export(job: Job, tuned: Finetuned, prof: Profile, chosen: Choice) -> Measure
                    accuracy=tuned.accuracy, dense_score=prof.score, score=tuned.score,
                    params_fraction=count_params(model) / prof.params,
                    size_fraction=size_fraction(model, prof.params * 32), params=count_params(model), macs=macs,
-                   macs_fraction=macs / prof.macs, **speed.metrics(),
+                   macs_fraction=macs / prof.macs, **(speed.metrics() if speed is not None else {}),
                    file_bytes=int(next(iter(files.values()))) if files else None)
+    if task is not None:  # the user's figures: evaluate (validation) and test, named as the task names them
+        metrics.update(task=task.name, metric=task.metric, score_before_finetune=tuned.score_before,
+                       dense_test_score=prof.test_score, test_score=tuned.test_score,
+                       onnx_skipped=exported.get("onnx_skipped"), program_skipped=exported.get("program_skipped"))
     fit = chosen.fit
     if fit is not None:
         # the rounds that made the chosen policy meet the budget by measurement (each round's figures in the log)
@@ -422,7 +489,7 @@ def export(job: Job, tuned: Finetuned, prof: Profile, chosen: Choice) -> Measure
                        latency_fit_within=fit.within, latency_fit_rounds=len(fit.steps),
                        latency_fit_first_measured=fit.steps[0]["measured"],
                        latency_fit_first_predicted=fit.steps[0]["predicted"])
-    if job.budget.kind == "latency":  # the budget checked against the measurement, not only the table's prediction
+    if job.budget.kind == "latency" and speed is not None:  # checked against the measurement, not the table
         check = LatencyCheck(job.budget.fraction, speed.fraction, None, speed.model_ms, speed.dense_ms)
         metrics["latency_within_budget"] = check.within
         if not check.within:
@@ -431,25 +498,56 @@ def export(job: Job, tuned: Finetuned, prof: Profile, chosen: Choice) -> Measure
     return Measured(metrics, files, speed)
 
 
+def _export_files(job: Job, model: nn.Module, num_classes: int, one_tensor: bool) -> dict[str, Any]:
+    """``export_compressed``'s files; for a user task ONNX on its example inputs (outputs named by their
+    path in the output), and where an export fails, why (``onnx_skipped`` / ``program_skipped``)."""
+    from amc.export.files import export_compressed
+
+    config, task = job.config, job.user_task
+    exported = export_compressed(model.cpu(), job.arch, job.run, job.granularity, dtype=config.export_dtype,
+                                 onnx=config.onnx and task is None, input_shape=job.shape if one_tensor else (1,),
+                                 num_classes=num_classes, program=one_tensor)
+    if task is None:
+        return exported
+    if config.onnx:
+        problem = task.export_onnx(model, job.run / "model.onnx")
+        if problem is None:
+            exported.update(onnx_path=job.run / "model.onnx", onnx_bytes=(job.run / "model.onnx").stat().st_size)
+        else:
+            exported["onnx_skipped"] = problem
+    if not one_tensor:
+        exported["program_skipped"] = "torch.export program not written: it is taken on one input tensor"
+    return exported
+
+
 def report(job: Job, recipe: Recipe, prof: Profile, sens: Sensitivity, chosen: Choice, tuned: Finetuned,
            measured: Measured) -> Path:
     """report.md with its plots, and summary.json (the options, the metrics, the candidates' held-out
     scores, the timings); returns the report's path."""
     from amc.report import run_report
 
-    config, kind = job.config, job.budget.kind
+    config, kind, task = job.config, job.budget.kind, job.user_task
     with job.timed("report"):
+        final = [{"method": "chosen, test after finetune", "budget": measured.metrics[f"{kind}_fraction"],
+                  "accuracy": tuned.accuracy}] if task is None else [  # a task: its score in the accuracy column
+            {"method": f"chosen, {name} after finetune", "budget": measured.metrics[f"{kind}_fraction"],
+             "accuracy": value} for name, value in (("validation", tuned.score), ("test", tuned.test_score))
+            if value is not None]
         results = pd.DataFrame([{"method": f"{k} (held-out, before finetune)", "budget": r.cost(kind),
                                  "accuracy": r.accuracy} for k, r in chosen.scored.items()]
-                               + [{"method": "chosen, test after finetune",
-                                   "budget": measured.metrics[f"{kind}_fraction"],
-                                   "accuracy": tuned.accuracy}])  # measured on the finetuned model, every kind
+                               + final)  # measured on the finetuned model, every kind
         trials = chosen.trials if len(chosen.trials) else None
+        scored_by = f"; score: {task.name} {task.metric}" if task is not None else ""
         rep = run_report(job.run, recipe, dense=job.dense.cpu(), compressed=tuned.model.cpu(), trials=trials,
                          sensitivity=sens.curves, results=results, timings=job.times, files=measured.files,
                          baseline_policies={"sensitivity": sens.policy, "uniform": chosen.candidates["uniform"]},
-                         title=f"amc compress: {job.arch}, {config.budget}, {config.method}")
-    device = job.splits.device
+                         title=f"amc compress: {job.arch}, {config.budget}, {config.method}{scored_by}")
+        if task is not None:
+            section = task.report_section((prof.score, tuned.score_before, tuned.score),
+                                          (prof.test_score, tuned.test_score),
+                                          [measured.metrics.get(k) for k in ("onnx_skipped", "program_skipped")])
+            atomic_write_text(rep.path, rep.path.read_text() + section)
+    device = job.task.device
     summary = {"checkpoint": str(job.checkpoint) if job.checkpoint is not None else None, "arch": job.arch,
                "input_shape": list(job.shape), "num_classes": prof.num_classes, "config": config.flat(),
                "granularity": job.granularity, "metrics": measured.metrics, "files": measured.files,
