@@ -42,7 +42,8 @@ def io_names(model: nn.Module, example_inputs: ExampleInputs) -> tuple[list[str]
     """The ONNX names of the inputs and outputs of ``model`` on ``example_inputs``. Inputs: ``input``
     for one tensor, a dict's keys, else the forward's parameter names; outputs: ``logits`` for one
     tensor, else their paths in the output (``out``, ``boxes.0``: dict keys, named-tuple fields, list
-    positions)."""
+    positions; under ``output.`` when the model returns a plain tuple or list: ``output.0``, ``output.1.2``,
+    as YOLO models return ``(predictions, [feature maps])``)."""
     if isinstance(example_inputs, torch.Tensor):
         ins = [INPUT]
     elif isinstance(example_inputs, dict):
@@ -53,8 +54,12 @@ def io_names(model: nn.Module, example_inputs: ExampleInputs) -> tuple[list[str]
         ins = [params[i] if i < len(params) else f"input_{i}" for i in range(len(example_inputs))]
     with torch.no_grad():
         out = call_model(model, example_inputs)
-    outs = [OUTPUT] if isinstance(out, torch.Tensor) else [n for n, _ in flat_outputs(out, named=True)]
-    return ins, outs
+    if isinstance(out, torch.Tensor):
+        return ins, [OUTPUT]
+    # a plain tuple's or list's paths start with a position, and an ONNX (TorchScript) value named by a
+    # number alone is invalid: ``output.0``, ``output.1.2`` there
+    positional = isinstance(out, (tuple, list)) and not hasattr(out, "_fields")
+    return ins, [n for n, _ in flat_outputs(out, named=True, prefix="output" if positional else "")]
 
 
 def _positional(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
