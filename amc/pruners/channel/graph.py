@@ -23,8 +23,10 @@ The patches of torch-pruning's ``index_mapping`` (all undone on leaving their co
 * ``_mapped_once`` — while tracing (nothing is pruned) the index mapping of the graph is inferred
   once, not on every ``get_pruning_group`` (seconds per call on a transformer).
 
-Output layers (whose channels are the model's outputs), attention projections (whose channels are
-split into heads), grouped and transposed convolutions keep their output channels.
+Output layers (whose channels are the model's outputs, or leave the autograd graph before them:
+``amc.pruners.channel.ends``), attention projections (whose channels are split into heads), grouped
+and transposed convolutions and the layers normalised by a GroupNorm of several groups keep their
+output channels.
 """
 
 from __future__ import annotations
@@ -39,13 +41,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from amc.errors import AmcError, PolicyError
+from amc.errors import PolicyError
 from amc.layers import (
     DEFAULT_INPUT_SHAPE,
     PRUNABLE,
     ExampleInputs,
     call_model,
-    flat_outputs,
     input_key,
     map_inputs,
     output_shapes,
@@ -53,6 +54,7 @@ from amc.layers import (
     shape_change,
     stable_output_shapes,
 )
+from amc.pruners.channel.ends import output_layers, traced_forward
 from amc.pruners.channel.limits import Meter, TraceLimit, TraceLimits, counted
 from amc.pruners.channel.table import ChannelGroup, ChannelItem, ChannelTable
 
@@ -81,18 +83,6 @@ def example_input(model: nn.Module, example_inputs: ExampleInputs | None) -> Exa
     return torch.randn(DEFAULT_INPUT_SHAPE, device=p.device if p is not None else "cpu")
 
 
-def run_model(model: nn.Module, x: ExampleInputs) -> Any:
-    """One forward of ``model`` on a copy of ``x`` (a forward that adds into its input in place must not
-    change the caller's inputs); a model that rejects them is one ``AmcError``."""
-    try:
-        return call_model(model, map_inputs(x, torch.clone))
-    except AmcError:
-        raise
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise AmcError(f"{type(model).__name__} fails on its example inputs ({type(e).__name__}: {msg})") from None
-
-
 def channel_table(model: nn.Module, example_inputs: ExampleInputs | None = None,
                   limits: TraceLimits | None = None) -> ChannelTable:
     """The coupled channel groups of ``model`` (cached per architecture and input shapes).
@@ -119,51 +109,6 @@ def as_table(model_or_table: nn.Module | ChannelTable, example_inputs: ExampleIn
     if isinstance(model_or_table, ChannelTable):
         return model_or_table
     return channel_table(model_or_table, example_inputs)
-
-
-# autograd nodes that make new channels (a convolution or matrix product): the walk from an output stops
-_MIXING = ("Convolution", "Addmm", "Mm", "Bmm", "Linear", "Embedding")
-
-
-def _output_layers(model: nn.Module, x: ExampleInputs) -> set[str]:
-    """Prunable layers whose output channels reach one of the model's outputs (any nesting) unmixed:
-    walking back from every output tensor's autograd node through whatever keeps channels (BatchNorm,
-    activations, adds, splits, concatenations, reshapes, pooling) to the first layer that makes them."""
-    made: dict[Any, str] = {}
-    outs: dict[str, torch.Tensor] = {}
-
-    def record(name: str, out: Any) -> None:
-        if isinstance(out, torch.Tensor):
-            outs[name] = out
-            if out.grad_fn is not None:
-                made[out.grad_fn] = name
-
-    hooks = [model.get_submodule(n).register_forward_hook(lambda mod, inp, out, n=n: record(n, out))
-             for n in prunable_names(model)]
-    try:
-        with torch.enable_grad():
-            ys = flat_outputs(run_model(model, x))
-    finally:
-        for h in hooks:
-            h.remove()
-    found = {n for n, o in outs.items() if any(o is t for t in ys)}
-    stack = [t.grad_fn for t in ys if t.grad_fn is not None]
-    seen: set[Any] = set()
-    while stack:
-        fn = stack.pop()
-        if fn in seen:
-            continue
-        seen.add(fn)
-        if fn in made:
-            found.add(made[fn])
-            continue
-        if any(k in type(fn).__name__ for k in _MIXING):
-            continue
-        stack.extend(f for f, _ in fn.next_functions if f is not None)
-    if not found:  # no autograd graph (frozen parameters): fall back to the last Linear
-        lin = [n for n in prunable_names(model) if isinstance(model.get_submodule(n), nn.Linear)]
-        found = set(lin[-1:])
-    return found
 
 
 def _in_attention(n2m: Mapping[str, nn.Module], name: str) -> bool:
@@ -267,12 +212,14 @@ def _dependency_graph(model: nn.Module, x: ExampleInputs) -> Any:
     a tensor, a tuple or a dict of inputs, copied), and every output tensor, in any nesting, is traced.
     torch-pruning's own forward tries ``model(*x)`` first, which for a tensor of one image is the
     unbatched call ``model(x[0])``: a fully convolutional model accepts it, and traced so, a residual
-    add (in place or not) left its conv "not reached" and the coupled groups wrong."""
+    add (in place or not) left its conv "not reached" and the coupled groups wrong. The graph is traced
+    from the untraced ends too (``amc.pruners.channel.ends``), so that the layers before a detach are coupled."""
     import torch_pruning as tp
 
     with torch.enable_grad():
         return tp.DependencyGraph().build_dependency(
-            model, example_inputs=x, forward_fn=run_model, output_transform=flat_outputs)
+            model, example_inputs=x, forward_fn=lambda m, xs: traced_forward(m, xs).roots(),
+            output_transform=lambda roots: roots)
 
 
 def _build_table(model: nn.Module, x: ExampleInputs, limits: TraceLimits) -> ChannelTable:
@@ -286,7 +233,7 @@ def _trace_table(model: nn.Module, x: ExampleInputs, tol: _Tolerance, meter: Met
     names = prunable_names(work)
     n2m = dict(work.named_modules())
     m2n = {id(m): n for n, m in n2m.items()}
-    outputs = _output_layers(work, x)
+    outputs = output_layers(work, x)
     meter.report("graph", 0, 1)
     meter.at("building the dependency graph")
     dg = _dependency_graph(work, x)
@@ -314,7 +261,7 @@ def _mapped_once(dg: Any) -> Iterator[None]:
 
 
 def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, names: list[str],
-                 n2m: dict[str, nn.Module], m2n: dict[int, str], outputs: set[str], meter: Meter) -> ChannelTable:
+                 n2m: dict[str, nn.Module], m2n: dict[int, str], outputs: dict[str, str], meter: Meter) -> ChannelTable:
 
     groups: list[ChannelGroup] = []
     group_of: dict[str, int] = {}
@@ -334,7 +281,7 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
         if name in outputs:
             # held whatever it is coupled with, so not followed: a detector's head outputs are reshaped and
             # concatenated into boxes, where torch-pruning's index mapping runs for minutes (SSDlite)
-            unprunable[name] = f"its output channels are the model's outputs ({name})"
+            unprunable[name] = outputs[name]
             continue
         pruner = dg.get_pruner_of_module(mod)
         channels = pruner.get_out_channels(mod) if pruner is not None else None
@@ -366,6 +313,12 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
                 if isinstance(tmod, nn.Parameter):
                     problem = "it is coupled with an unwrapped nn.Parameter"
                 continue
+            if isinstance(tmod, nn.GroupNorm) and tmod.num_groups > 1:
+                # torch-pruning keeps num_groups: any count but a multiple of it breaks the forward, and
+                # channels not removed evenly from every group would change what each group normalises
+                problem = (f"it is coupled with {tname}, a GroupNorm of {tmod.num_groups} groups (its channels "
+                           f"cannot be removed without regrouping them)")
+                continue
             if not any(True for _ in tmod.parameters(recurse=False)) and not isinstance(tmod, _BN):
                 continue
             role = _role(tmod, is_out)
@@ -390,7 +343,7 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
             visited.add(m)
         out_layers = [m for m in prunable_members if m in outputs]
         if out_layers:
-            problem = f"its output channels are the model's outputs ({out_layers[0]})"
+            problem = outputs[out_layers[0]]
         if problem is not None:
             for m in prunable_members or [name]:
                 unprunable[m] = problem

@@ -1,0 +1,81 @@
+"""Layers whose outputs leave the traced graph (a detach, as torchvision's RPN) and GroupNorm-coupled
+channels: traced, held with their reason, and the rest of the model pruned with every output's shape kept."""
+
+import torch
+from torch import nn
+
+import amc
+from amc.layers import output_shapes
+from amc.pruners import channel
+from amc.pruners.channel.ends import DETACHED_REASON, output_layers
+
+
+def block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class ProposalDetector(nn.Module):
+    """A region-proposal head (a 3x3 conv, then 1x1 score and offset convs) whose outputs are detached
+    and used only through the indices of the top scores, as torchvision's RPN does; the box head reads
+    the features at those places."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(block(3, 16, 2), block(16, 32, 2))
+        self.rpn_conv = nn.Conv2d(32, 32, 3, padding=1)
+        self.rpn_score, self.rpn_delta = nn.Conv2d(32, 3, 1), nn.Conv2d(32, 12, 1)
+        self.box_head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.body(x)
+        t = torch.relu(self.rpn_conv(f))
+        score, delta = self.rpn_score(t).detach(), self.rpn_delta(t).detach()
+        top = score.amax(1).flatten(1).topk(4, dim=1).indices  # (batch, 4) places
+        feats = f.flatten(2).gather(2, top[:, None, :].expand(-1, f.shape[1], -1))  # (batch, 32, 4)
+        boxes = delta.flatten(2).gather(2, top[:, None, :].expand(-1, delta.shape[1], -1))
+        return {"logits": self.box_head(feats.transpose(1, 2)), "boxes": boxes}
+
+
+def test_the_layers_before_a_detach_are_traced_and_pruned():
+    model = ProposalDetector().eval()
+    x = torch.randn(1, 3, 32, 32)
+    held = output_layers(model, x)
+    assert held["rpn_score"] == DETACHED_REASON.format(name="rpn_score")
+    assert held["rpn_delta"] == DETACHED_REASON.format(name="rpn_delta")
+    assert "rpn_conv" not in held and "box_head" in held
+    table = channel.channel_table(model, x)
+    # rpn_conv was called but lies before the detach: once "not reached by a forward pass"
+    assert "rpn_conv" in table.group_of
+    assert set(table.group(table.groups[table.group_of["rpn_conv"]].root).consumers) == {"rpn_score", "rpn_delta"}
+    assert "detached" in table.unprunable["rpn_score"]
+    small, info = amc.prune_to_budget(model, x, "macs=0.6")
+    assert info.met
+    assert small.rpn_conv.out_channels < 32 and small.rpn_score.out_channels == 3
+    with torch.no_grad():
+        assert output_shapes(small(x)) == output_shapes(model(x))
+
+
+class GroupNormHead(nn.Module):
+    """A BatchNorm body and a head normalised by GroupNorm (RetinaNet v2's and FCOS's heads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(block(3, 16, 2), block(16, 32))
+        self.head = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.GroupNorm(8, 32), nn.ReLU())
+        self.out = nn.Conv2d(32, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.head(self.body(x)))
+
+
+def test_channels_normalised_by_a_groupnorm_are_held_and_the_rest_pruned():
+    model = GroupNormHead().eval()
+    x = torch.randn(1, 3, 32, 32)
+    table = channel.channel_table(model, x)
+    assert "head.0" not in table.group_of and "GroupNorm of 8 groups" in table.unprunable["head.0"]
+    assert "body.0.0" in table.group_of and "body.1.0" in table.group_of
+    small, info = amc.prune_to_budget(model, x, "macs=0.8")
+    assert "head.0" in info.held and small.head[0].out_channels == 32
+    assert small.body[1][0].out_channels < 32  # the BatchNorm body is still pruned
+    with torch.no_grad():
+        assert small(x).shape == model(x).shape
