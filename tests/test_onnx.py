@@ -28,6 +28,17 @@ class YoloLike(nn.Module):
         return torch.cat([f.flatten(2) for f in feats], 2), feats
 
 
+class ImageList(nn.Module):
+    """Takes a list of 3xHxW images, as torchvision's detectors do, and returns a dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = block(3, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"maps": self.head(self.body(torch.stack(images)))}
+
+
 def pruned(make):
     model = make().eval()
     return prune_channels(model, plan_channels(model, uniform_policy(model, 0.4), "l2", 1))
@@ -69,7 +80,9 @@ def test_several_inputs_and_nested_outputs_are_exported_named(tmp_path):
              (ConcatOutputs(), torch.randn(1, 3, 16, 16), [INPUT], ["out", "feat"]),
              (TinyDetector(), torch.randn(1, 3, 32, 32), [INPUT], ["boxes.0", "boxes.1", "scores.0", "scores.1"]),
              # a plain tuple's paths are positions, under "output" (an ONNX value named "0" is invalid)
-             (YoloLike(), torch.randn(1, 3, 32, 32), [INPUT], ["output.0", "output.1.0", "output.1.1"])]
+             (YoloLike(), torch.randn(1, 3, 32, 32), [INPUT], ["output.0", "output.1.0", "output.1.1"]),
+             # a list of images is one ONNX input per image (its first dimension is not a batch)
+             (ImageList(), ([torch.randn(3, 16, 16), torch.randn(3, 16, 16)],), ["images.0", "images.1"], ["maps"])]
     for i, (model, x, ins, outs) in enumerate(cases):
         small, _ = amc.prune_to_budget(model.eval(), x, "macs=0.6")
         assert io_names(small, x) == (ins, outs)
