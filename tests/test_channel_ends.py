@@ -1,6 +1,7 @@
 """Layers whose outputs leave the traced graph (a detach, as torchvision's RPN) and GroupNorm-coupled
 channels: traced, held with their reason, and the rest of the model pruned with every output's shape kept."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -79,3 +80,37 @@ def test_channels_normalised_by_a_groupnorm_are_held_and_the_rest_pruned():
     assert small.body[1][0].out_channels < 32  # the BatchNorm body is still pruned
     with torch.no_grad():
         assert small(x).shape == model(x).shape
+
+
+class CropDetector(nn.Module):
+    """Box offsets from one conv, features from another, cropped at those boxes by RoIAlign (the boxes
+    carry autograd history, as torchvision's detected boxes into the mask and keypoint heads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(block(3, 16, 2), block(16, 32, 2))
+        self.feat, self.offset = nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 4, 1)
+        self.cls = nn.Linear(32 * 2 * 2, 5)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from torchvision.ops import roi_align
+
+        f = self.body(x)
+        b = self.offset(f).flatten(2).mean(2)  # (1, 4)
+        boxes = torch.cat([b[:, :2].sigmoid() * 3, 4 + b[:, 2:].sigmoid() * 3], 1)
+        crops = roi_align(torch.relu(self.feat(f)), torch.cat([torch.zeros(1, 1), boxes], 1), 2)
+        return {"boxes": boxes, "logits": self.cls(crops.flatten(1))}
+
+
+def test_boxes_into_roi_align_are_not_coupled_with_the_features_they_crop():
+    pytest.importorskip("torchvision")
+    model = CropDetector().eval()
+    x = torch.randn(1, 3, 32, 32)
+    table = channel.channel_table(model, x)
+    assert "offset" in table.unprunable and "model's outputs" in table.unprunable["offset"]
+    # read as an elementwise op, RoIAlign coupled feat's channels with the boxes: feat was held with offset
+    assert "feat" in table.group_of
+    small, info = amc.prune_to_budget(model, x, "macs=0.6")
+    assert info.met and small.feat.out_channels < 32 and small.offset.out_channels == 4
+    with torch.no_grad():
+        assert output_shapes(small(x)) == output_shapes(model(x))

@@ -10,6 +10,10 @@ walk, and keep their output channels (the channel tracer holds them, with the re
   deltas become proposals under ``detach``). torch-pruning would never see the layers before them; the
   tracer traces from these ends as well, so those layers are coupled and pruned like any other.
 
+The channels of an op that crops or samples features at coordinates (RoIAlign, RoIPool, grid
+sampling) come from its first input alone: the boxes are not coupled with the features
+(:func:`inputs_of`; ``amc.pruners.channel.graph`` cuts the same edges in torch-pruning's graph).
+
 Lifecycle::
 
     traced = traced_forward(model, x)     # one forward under autograd, every prunable layer's outputs
@@ -51,6 +55,25 @@ DETACHED_REASON = ("its output leaves the autograd graph before the model's outp
                    "traced, so its output channels stay ({name})")
 
 
+# autograd nodes of ops whose second input is coordinates, not channels: RoIAlign / RoIPool (boxes), grid
+# sampling (a grid). torch-pruning reads any op it does not know as elementwise, coupling all inputs'
+# channels: a detector's box offsets would be coupled with the features they crop (and held with them)
+_COORDINATE_OPS = ("roi_align", "roi_pool", "roialign", "roipool", "gridsampler")
+
+
+def is_coordinate_op(fn: Any) -> bool:
+    """``fn`` (an autograd node) crops or samples its first input at coordinates given by the others."""
+    name = fn.name().lower() if hasattr(fn, "name") else ""
+    return any(k in name for k in _COORDINATE_OPS)
+
+
+def inputs_of(fn: Any) -> list[Any]:
+    """The autograd nodes whose channels flow into ``fn``'s output: its inputs, the first alone for an op
+    that takes coordinates (:func:`is_coordinate_op`)."""
+    nexts = fn.next_functions[:1] if is_coordinate_op(fn) else fn.next_functions
+    return [f for f, _ in nexts if f is not None]
+
+
 def _ancestors(roots: list[Any]) -> set[Any]:
     """Every autograd node reachable backwards from the nodes ``roots`` (themselves included)."""
     seen: set[Any] = set()
@@ -60,7 +83,7 @@ def _ancestors(roots: list[Any]) -> set[Any]:
         if fn in seen:
             continue
         seen.add(fn)
-        stack.extend(f for f, _ in fn.next_functions if f is not None)
+        stack.extend(inputs_of(fn))
     return seen
 
 
@@ -103,7 +126,7 @@ def traced_forward(model: nn.Module, x: ExampleInputs) -> Traced:
             h.remove()
     reached = _ancestors([t.grad_fn for t in flat_outputs(out)])
     dead = [(n, t, fn) for n, cs in calls.items() for t, fn in cs if fn is not None and fn not in reached]
-    upstream = _ancestors([f for _, _, fn in dead for f, _ in fn.next_functions])
+    upstream = _ancestors([f for _, _, fn in dead for f in inputs_of(fn)])
     ends: dict[str, list[torch.Tensor]] = {}
     for n, t, fn in dead:
         if fn not in upstream:
@@ -135,7 +158,7 @@ def output_layers(model: nn.Module, x: ExampleInputs) -> dict[str, str]:
             continue
         if any(k in type(fn).__name__ for k in _MIXING):
             continue
-        stack.extend(f for f, _ in fn.next_functions if f is not None)
+        stack.extend(inputs_of(fn))
     if not found:  # no autograd graph (frozen parameters): fall back to the last Linear
         lin = [n for n in prunable_names(model) if isinstance(model.get_submodule(n), nn.Linear)]
         found = {n: OUTPUT_REASON.format(name=n) for n in lin[-1:]}

@@ -54,7 +54,7 @@ from amc.layers import (
     shape_change,
     stable_output_shapes,
 )
-from amc.pruners.channel.ends import output_layers, traced_forward
+from amc.pruners.channel.ends import inputs_of, is_coordinate_op, output_layers, traced_forward
 from amc.pruners.channel.limits import Meter, TraceLimit, TraceLimits, counted
 from amc.pruners.channel.table import ChannelGroup, ChannelItem, ChannelTable
 
@@ -216,10 +216,41 @@ def _dependency_graph(model: nn.Module, x: ExampleInputs) -> Any:
     from the untraced ends too (``amc.pruners.channel.ends``), so that the layers before a detach are coupled."""
     import torch_pruning as tp
 
-    with torch.enable_grad():
+    with torch.enable_grad(), _coordinates_uncoupled():
         return tp.DependencyGraph().build_dependency(
             model, example_inputs=x, forward_fn=lambda m, xs: traced_forward(m, xs).roots(),
             output_transform=lambda roots: roots)
+
+
+@contextlib.contextmanager
+def _coordinates_uncoupled() -> Iterator[None]:
+    """Inside, torch-pruning's traced graph keeps only the first input of an op that crops or samples
+    features at coordinates (``amc.pruners.channel.ends.is_coordinate_op``: RoIAlign's boxes, a
+    sampling grid), which it would otherwise couple with the features as an elementwise op's."""
+    import torch_pruning as tp
+
+    trace = tp.DependencyGraph._trace
+
+    def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        module2node = trace(self, *args, **kwargs)
+        for node in list(module2node.values()):
+            if node.grad_fn is None or not is_coordinate_op(node.grad_fn):
+                continue
+            keep = inputs_of(node.grad_fn)
+            coords = [f for f, _ in node.grad_fn.next_functions if f is not None and not any(f is k for k in keep)]
+            # a node made by several calls carries one call's autograd node: only a node seen to be a
+            # coordinate input, and not the features, is cut (else torch-pruning's coupling stays)
+            for dropped in [n for n in node.inputs if any(n.grad_fn is f for f in coords)
+                            and not any(n.grad_fn is f for f in keep)]:
+                node.inputs.remove(dropped)
+                dropped.outputs.remove(node)
+        return module2node
+
+    tp.DependencyGraph._trace = traced  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        tp.DependencyGraph._trace = trace  # type: ignore[method-assign]
 
 
 def _build_table(model: nn.Module, x: ExampleInputs, limits: TraceLimits) -> ChannelTable:
