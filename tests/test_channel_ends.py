@@ -114,3 +114,34 @@ def test_boxes_into_roi_align_are_not_coupled_with_the_features_they_crop():
     assert info.met and small.feat.out_channels < 32 and small.offset.out_channels == 4
     with torch.no_grad():
         assert output_shapes(small(x)) == output_shapes(model(x))
+
+
+class ChunkBlock(nn.Module):
+    """YOLOv8's C2f: one conv's output chunked in two halves, the second through a residual bottleneck,
+    all concatenated. A chunk splits the pruned channels in equal halves whatever was removed from each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = block(3, 16)
+        self.cv1 = nn.Conv2d(16, 32, 1)
+        self.m = nn.Conv2d(16, 16, 3, padding=1)
+        self.cv2 = nn.Conv2d(48, 16, 1)
+        self.head = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(self.stem(x)).chunk(2, 1))
+        y.append(y[-1] + self.m(y[-1]))
+        return self.head(self.cv2(torch.cat(y, 1)))
+
+
+def test_a_chunked_group_that_breaks_is_held_and_says_why():
+    model = ChunkBlock().eval()
+    x = torch.randn(1, 3, 16, 16)
+    table = channel.channel_table(model, x)
+    assert "cv1" not in table.group_of
+    assert "breaks the forward pass (the forward splits its channels" in table.unprunable["cv1"]
+    assert "RuntimeError" in table.unprunable["cv1"]  # the error itself is kept after the hint
+    small, info = amc.prune_to_budget(model, x, "macs=0.8")
+    assert "cv1" in info.held and small.cv1.out_channels == 32
+    with torch.no_grad():
+        assert small(x).shape == model(x).shape

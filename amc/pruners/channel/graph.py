@@ -331,7 +331,7 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
                                 f"({type(e).__name__}: {str(e)[:80]})")
             continue
         merged: OrderedDict[tuple[str, str], tuple[list[int], list[int]]] = OrderedDict()
-        members, consumers, problem = [], [], None
+        members, consumers, problem, split = [], [], None, False
         for item in grp.items:
             tmod = item.dep.target.module
             tname = m2n.get(id(tmod))
@@ -343,6 +343,7 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
             if tname is None:  # elementwise ops, reshapes, unwrapped parameters
                 if isinstance(tmod, nn.Parameter):
                     problem = "it is coupled with an unwrapped nn.Parameter"
+                split = split or type(tmod).__name__ in ("_SplitOp", "_UnbindOp")
                 continue
             if isinstance(tmod, nn.GroupNorm) and tmod.num_groups > 1:
                 # torch-pruning keeps num_groups: any count but a multiple of it breaks the forward, and
@@ -381,7 +382,7 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
             continue
         # ``name`` is the first member in registration order: earlier members would have visited it
         root = name
-        hint = _partly_mapped(merged, n2m, int(channels))
+        hint = _partly_mapped(merged, n2m, int(channels)) or (_SPLIT_HINT if split else None)
         if hint is not None:
             hints[root] = hint
         items = tuple(ChannelItem(n, role, tuple(i), tuple(r)) for (n, role), (i, r) in merged.items())
@@ -397,12 +398,16 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
         for g in groups:
             if g.root in broken:
                 for m in g.members:
-                    why = hints.get(g.root, broken[g.root])
+                    why = f"{hints[g.root]}: {broken[g.root]}" if g.root in hints else broken[g.root]
                     unprunable[m] = f"pruning its channels breaks the forward pass ({why})"
         groups = [g for g in groups if g.root not in broken]
         group_of = {m: i for i, g in enumerate(groups) for m in g.members}
 
     return ChannelTable.measure(work, x, groups, group_of, unprunable, names)
+
+
+_SPLIT_HINT = ("the forward splits its channels into parts (torch.chunk or split, as YOLOv8's C2f blocks): "
+               "channels removed unevenly from the parts change their sizes")
 
 
 def _partly_mapped(merged: Mapping[tuple[str, str], tuple[list[int], list[int]]], n2m: Mapping[str, nn.Module],
