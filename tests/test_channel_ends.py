@@ -145,3 +145,33 @@ def test_a_chunked_group_that_breaks_is_held_and_says_why():
     assert "cv1" in info.held and small.cv1.out_channels == 32
     with torch.no_grad():
         assert small(x).shape == model(x).shape
+
+
+class SampledCrop(nn.Module):
+    """A spatial transformer: a linear layer predicts an affine transform, whose grid samples the
+    features (the grid is coordinates, not channels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = block(3, 16, 2)
+        self.loc = nn.Linear(16, 6)
+        self.feat = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.body(x)
+        theta = self.loc(f.mean((2, 3))).view(-1, 2, 3)
+        grid = nn.functional.affine_grid(theta, [f.shape[0], 16, 8, 8], align_corners=False)
+        return self.head(nn.functional.grid_sample(torch.relu(self.feat(f)), grid, align_corners=False))
+
+
+def test_a_layer_feeding_only_a_sampling_grid_is_held_and_the_sampled_features_pruned():
+    model = SampledCrop().eval()
+    x = torch.randn(1, 3, 32, 32)
+    table = channel.channel_table(model, x)
+    assert "as coordinates" in table.unprunable["loc"]
+    assert "feat" in table.group_of and "body.0" in table.group_of
+    small, info = amc.prune_to_budget(model, x, "macs=0.7")
+    assert info.met and small.loc.out_features == 6 and small.feat.out_channels < 16
+    with torch.no_grad():
+        assert small(x).shape == model(x).shape

@@ -50,9 +50,10 @@ _MIXING = ("Convolution", "Addmm", "Mm", "Bmm", "Linear", "Embedding")
 
 # why a layer is held, by how its output leaves the traced graph
 OUTPUT_REASON = "its output channels are the model's outputs ({name})"
-DETACHED_REASON = ("its output leaves the autograd graph before the model's outputs (detached, or used only "
-                   "through computed indices, as torchvision's region proposals): what it feeds cannot be "
-                   "traced, so its output channels stay ({name})")
+DETACHED_REASON = ("its output leaves the autograd graph before the model's outputs (detached, used only "
+                   "through computed indices, as torchvision's region proposals, or only as coordinates: boxes "
+                   "into RoIAlign, a sampling grid): what it feeds cannot be traced, so its output channels "
+                   "stay ({name})")
 
 
 # autograd nodes of ops whose second input is coordinates, not channels: RoIAlign / RoIPool (boxes), grid
