@@ -69,15 +69,54 @@ class GroupNormHead(nn.Module):
         return self.out(self.head(self.body(x)))
 
 
-def test_channels_normalised_by_a_groupnorm_are_held_and_the_rest_pruned():
+def test_channels_normalised_by_a_groupnorm_go_evenly_from_every_group():
     model = GroupNormHead().eval()
     x = torch.randn(1, 3, 32, 32)
     table = channel.channel_table(model, x)
-    assert "head.0" not in table.group_of and "GroupNorm of 8 groups" in table.unprunable["head.0"]
-    assert "body.0.0" in table.group_of and "body.1.0" in table.group_of
-    small, info = amc.prune_to_budget(model, x, "macs=0.8")
-    assert "head.0" in info.held and small.head[0].out_channels == 32
-    assert small.body[1][0].out_channels < 32  # the BatchNorm body is still pruned
+    g = table.groups[table.group_of["head.0"]]
+    assert g.parts == 8  # torch-pruning keeps num_groups: removed unevenly, the forward broke
+    small, info = amc.prune_to_budget(model, x, "macs=0.6")
+    assert info.met and "head.0" not in info.held
+    kept = info.plan.keep["head.0"]
+    per_group = [sum(1 for c in kept if c // 4 == p) for p in range(8)]
+    assert len(set(per_group)) == 1 and per_group[0] < 4  # as many from every group of 4 channels
+    assert small.head[1].num_groups == 8 and small.head[1].num_channels == small.head[0].out_channels == len(kept)
+    with torch.no_grad():
+        assert small(x).shape == model(x).shape
+    # the head alone pruned: each group of the GroupNorm normalises the channels it kept of its own group
+    plan = channel.plan_channels(model, {"head.0": 0.5}, "l2", 1, example_inputs=x)
+    assert len(plan.keep["head.0"]) == 16
+    head = channel.prune_channels(model, plan, x).head
+    kept = plan.keep["head.0"]
+    with torch.no_grad():
+        f = model.body(x)
+        want = nn.functional.group_norm(model.head[0](f)[:, kept], 8, model.head[1].weight[kept],
+                                        model.head[1].bias[kept], model.head[1].eps)
+        torch.testing.assert_close(head[1](head[0](f)), want)
+
+
+class GroupNormAfterConcat(nn.Module):
+    """A GroupNorm over two convs' concatenated channels: its groups are not one conv's channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = block(3, 16)
+        self.a, self.b = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.gn = nn.GroupNorm(4, 32)
+        self.out = nn.Conv2d(32, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        return self.out(torch.relu(self.gn(torch.cat([self.a(s), self.b(s)], 1))))
+
+
+def test_a_groupnorm_over_several_layers_channels_is_held_with_its_reason():
+    model = GroupNormAfterConcat().eval()
+    x = torch.randn(1, 3, 16, 16)
+    table = channel.channel_table(model, x)
+    assert "a" not in table.group_of and "GroupNorm of 4 groups" in table.unprunable["a"]
+    assert "stem.0" in table.group_of
+    small, _ = amc.prune_to_budget(model, x, "macs=0.8")
     with torch.no_grad():
         assert small(x).shape == model(x).shape
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -332,6 +333,7 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
             continue
         merged: OrderedDict[tuple[str, str], tuple[list[int], list[int]]] = OrderedDict()
         members, consumers, problem, split = [], [], None, False
+        parts: list[int] = []  # equal contiguous parts of the root's channels (GroupNorm groups)
         for item in grp.items:
             tmod = item.dep.target.module
             tname = m2n.get(id(tmod))
@@ -346,11 +348,14 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
                 split = split or type(tmod).__name__ in ("_SplitOp", "_UnbindOp")
                 continue
             if isinstance(tmod, nn.GroupNorm) and tmod.num_groups > 1:
-                # torch-pruning keeps num_groups: any count but a multiple of it breaks the forward, and
-                # channels not removed evenly from every group would change what each group normalises
-                problem = (f"it is coupled with {tname}, a GroupNorm of {tmod.num_groups} groups (its channels "
-                           f"cannot be removed without regrouping them)")
-                continue
+                # torch-pruning keeps num_groups: the channels must go evenly from every group, which the plan
+                # does when the GroupNorm's channels are the root's own (``ChannelGroup.parts``)
+                if tmod.num_channels == channels and _identity(item.idxs, item.root_idxs, int(channels)):
+                    parts.append(tmod.num_groups)
+                else:
+                    problem = (f"it is coupled with {tname}, a GroupNorm of {tmod.num_groups} groups (its channels "
+                               f"cannot be removed without regrouping them)")
+                    continue
             if not any(True for _ in tmod.parameters(recurse=False)) and not isinstance(tmod, _BN):
                 continue
             role = _role(tmod, is_out)
@@ -386,7 +391,13 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
         if hint is not None:
             hints[root] = hint
         items = tuple(ChannelItem(n, role, tuple(i), tuple(r)) for (n, role), (i, r) in merged.items())
-        g = ChannelGroup(root, int(channels), tuple(prunable_members), tuple(c for c in names if c in consumers), items)
+        n_parts = math.lcm(*parts) if parts else 1
+        if channels % n_parts:
+            for m in prunable_members or [name]:
+                unprunable[m] = f"its channels fall in parts of unequal sizes ({n_parts} parts of {channels})"
+            continue
+        g = ChannelGroup(root, int(channels), tuple(prunable_members), tuple(c for c in names if c in consumers), items,
+                         n_parts)
         for m in prunable_members:
             group_of[m] = len(groups)
         groups.append(g)
@@ -406,8 +417,13 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
     return ChannelTable.measure(work, x, groups, group_of, unprunable, names)
 
 
-_SPLIT_HINT = ("the forward splits its channels into parts (torch.chunk or split, as YOLOv8's C2f blocks): "
-               "channels removed unevenly from the parts change their sizes")
+def _identity(idxs: tuple[int, ...] | list[int], root_idxs: tuple[int, ...] | list[int], channels: int) -> bool:
+    """A group item maps the root's channels one to one, in order, onto its own."""
+    return len(idxs) == channels and list(idxs) == list(root_idxs) == list(range(channels))
+
+
+_SPLIT_HINT = ("the forward splits its channels into parts (torch.chunk or split, as YOLOv8's C2f blocks), "
+               "whose sizes torch-pruning does not map here")
 
 
 def _partly_mapped(merged: Mapping[tuple[str, str], tuple[list[int], list[int]]], n2m: Mapping[str, nn.Module],
@@ -436,7 +452,12 @@ def _probe(group: ChannelGroup) -> list[int]:
     subsampling maps every other channel, so removing those looks consistent), taking back one channel
     of any member that would lose all of its own (one side of a concat: a plan that empties it breaks,
     but that is the plan's ratio, not the mapping)."""
-    perm = torch.randperm(group.channels, generator=torch.Generator().manual_seed(0)).tolist()
+    gen = torch.Generator().manual_seed(0)
+    if group.parts > 1:  # as a plan removes them: as many from every part
+        size = group.channels // group.parts
+        return sorted(p * size + int(i) for p in range(group.parts)
+                      for i in torch.randperm(size, generator=gen)[: size // 2])
+    perm = torch.randperm(group.channels, generator=gen).tolist()
     removed = set(perm[: group.channels // 2])
     for item in group.items:
         if item.role in ("out", "dw") and item.root_idxs and removed.issuperset(item.root_idxs):
