@@ -85,6 +85,8 @@ def build(name: str) -> tuple[Any, Any, str]:
             kw["num_classes"] = NUM_CLASSES
         if not name.startswith("ssdlite"):  # SSDlite's transform is fixed at 320
             kw.update(min_size=side, max_size=side)
+        if name.startswith(("retinanet", "fcos")):  # their random heads score about 0.01 (a prior): keep boxes
+            kw["score_thresh"] = 0.0
         model = torchvision.models.get_model(name, **kw)
         return model.eval(), ([torch.rand(3, side, side)],), f"torchvision, {kw['num_classes']} classes"
     if family == "yolov5":
@@ -289,7 +291,9 @@ def report(rows: list[dict[str, Any]], budget: str, limit_s: float, note: str) -
     lines += [
         f"torchvision's detection and segmentation models (`weights=None, weights_backbone=None`, "
         f"{NUM_CLASSES} classes, 2 for keypoint R-CNN; the detectors with `min_size = max_size =` the input "
-        f"side, SSDlite at its fixed 320), YOLOv5n (the `yolov5` package's `models/yolov5n.yaml`) and YOLOv8n "
+        f"side, SSDlite at its fixed 320, RetinaNet and FCOS with `score_thresh=0`: their random heads score "
+        f"about 0.01, below the default threshold, and would return no box), YOLOv5n (the `yolov5` package's "
+        f"`models/yolov5n.yaml`) and YOLOv8n "
         f"(ultralytics' `DetectionModel('yolov8n.yaml')`), random weights, eval mode, one random input "
         f"(detectors: a list of one 3xSxS image; the others a 1x3xSxS batch), pruned by "
         f"`amc.prune_to_budget(model, example_inputs, {budget!r})` (uniform ratio over the prunable "
@@ -339,7 +343,38 @@ def report(rows: list[dict[str, Any]], budget: str, limit_s: float, note: str) -
             parts = "; ".join(f"{k}: {len(v)} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
                               for k, v in why.items())
             lines.append(f"- {r['name']}: {parts}")
+    lines += ["", NOTES]
     return doc, "\n".join(lines) + "\n", bool(missing)
+
+
+NOTES = """## Found while running this, and what changed in amc
+
+- YOLOv8n's ONNX export failed (`RuntimeError: Invalid name: '0'`): a plain tuple's outputs were named by
+  their positions alone; they are `output.0`, `output.1.0` now.
+- Faster, Mask and Keypoint R-CNN: the RPN head's 3x3 conv was "not reached by a forward pass" (it runs, but
+  its scores and box offsets become proposals under `detach`, and torch-pruning traces backwards from the
+  outputs only). The tracer now traces from such detached ends too: the conv is pruned, the two 1x1 layers
+  after it are held as "detached end".
+- Mask and Keypoint R-CNN: the FPN's outputs were held as output layers: torch-pruning reads RoIAlign as an
+  elementwise op and coupled the detected boxes (from `bbox_pred`) with the features they crop. RoIAlign,
+  RoIPool and grid sampling now pass on their features' channels alone.
+- RetinaNet v2 and FCOS stopped with a raw `RuntimeError: Expected number of channels in input to be
+  divisible by num_groups` (torch-pruning keeps a GroupNorm's number of groups). Channels normalised by a
+  GroupNorm are now removed evenly from every group (first held whole, then pruned so).
+- The ONNX check of a model taking a list of images raised a raw `AttributeError`; each image is now one
+  named input (`images.0`).
+
+YOLOv8n (ultralytics 8.4) returns in eval mode its predictions and a dict of the head's raw boxes and
+scores and the neck's three feature maps; every returned tensor keeps its shape, so the neck's last convs
+(`model.15/18/21.cv2.conv`) are held as output layers too.
+
+Left as they are (held, with the reason): YOLOv8's C2f blocks split `cv1`'s output with `torch.chunk`, whose
+part sizes torch-pruning maps wrongly (in a C2f-like test block: split offsets `[0, 48, 96, 80, 96]` for a
+32-channel conv), so
+those groups fail the tracer's probe and are held; the layer before a transposed convolution (the mask and
+keypoint heads' last 3x3 conv) is held. SSDlite's ONNX graph keeps another number of boxes than PyTorch on
+this input, the dense model's export as well: the export of torchvision's post-processing, not the pruning.
+"""
 
 
 def _reason_kind(reason: str) -> str:
