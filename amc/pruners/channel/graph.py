@@ -25,8 +25,8 @@ The patches of torch-pruning's ``index_mapping`` (all undone on leaving their co
 
 Output layers (whose channels are the model's outputs, or leave the autograd graph before them:
 ``amc.pruners.channel.ends``), attention projections (whose channels are split into heads), grouped
-and transposed convolutions and the layers normalised by a GroupNorm of several groups keep their
-output channels.
+and transposed convolutions keep their output channels; channels normalised by a GroupNorm go evenly
+from every group (``ChannelGroup.parts``), or stay when the GroupNorm spans several layers' channels.
 """
 
 from __future__ import annotations
