@@ -6,9 +6,10 @@ walk, and keep their output channels (the channel tracer holds them, with the re
 * **output layers** — their channels are (part of) a returned tensor, in any nesting, reached through
   whatever keeps channels (BatchNorm, activations, adds, splits, concatenations, reshapes, pooling);
 * **untraced ends** — layers whose output reaches the returned tensors through no autograd path (a
-  ``detach``, or a use only through computed indices: torchvision's RPN head, whose scores and box
-  deltas become proposals under ``detach``). torch-pruning would never see the layers before them; the
-  tracer traces from these ends as well, so those layers are coupled and pruned like any other.
+  ``detach``, a use only through computed indices or only as coordinates: torchvision's RPN head, whose
+  scores and box deltas become proposals under ``detach``; a spatial transformer's sampling grid).
+  torch-pruning would never see the layers before them; the tracer traces from these ends as well, so
+  those layers are coupled and pruned like any other.
 
 The channels of an op that crops or samples features at coordinates (RoIAlign, RoIPool, grid
 sampling) come from its first input alone: the boxes are not coupled with the features

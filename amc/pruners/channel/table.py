@@ -61,10 +61,6 @@ class ChannelGroup:
         """``k`` kept channels made a multiple of ``parts`` (rounded up, at most ``channels``)."""
         return min(-(-int(k) // self.parts) * self.parts, self.channels) if self.parts > 1 else int(k)
 
-    def part_of(self, channel: int) -> int:
-        """The part (0 .. parts - 1) of the root's output channel ``channel``."""
-        return channel // (self.channels // self.parts)
-
 
 @dataclass
 class ChannelTable:
