@@ -70,6 +70,8 @@ class Prunability:
 
 def _held_reason(raw: str) -> str:
     """The channel table's reason in the check's vocabulary (the detail kept after a colon)."""
+    if "leaves the autograd graph" in raw:
+        return f"detached end ({raw})"
     if "model's outputs" in raw:
         return f"output layer ({raw})"
     if raw.startswith("attention heads"):
@@ -77,7 +79,9 @@ def _held_reason(raw: str) -> str:
     if "unwrapped nn.Parameter" in raw:
         return "coupled with a bare nn.Parameter (layer scale, class token, position embedding)"
     if "grouped or transposed" in raw:
-        return f"grouped convolution: {raw}"
+        return f"grouped or transposed convolution: {raw}"
+    if "GroupNorm" in raw:
+        return f"group normalisation: {raw}"
     if "channel shuffle" in raw:
         return f"channel shuffle: {raw}"
     if "not reached" in raw:

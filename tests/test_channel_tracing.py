@@ -40,13 +40,16 @@ def test_a_mapping_past_the_limit_holds_that_group_with_a_reason(monkeypatch):
 
 
 def test_the_mapping_patches_are_undone_after_tracing():
+    from torch_pruning import DependencyGraph
     from torch_pruning.dependency import index_mapping
 
     before = (index_mapping.update_index_mapping, index_mapping.update_reshape_index_mapping,
-              index_mapping.update_concat_index_mapping, index_mapping._FlattenIndexMapping.__call__)
+              index_mapping.update_concat_index_mapping, index_mapping._FlattenIndexMapping.__call__,
+              DependencyGraph._trace)
     channel.channel_table(ConvFlattenHead(), torch.randn(1, 3, 8, 8))
     after = (index_mapping.update_index_mapping, index_mapping.update_reshape_index_mapping,
-             index_mapping.update_concat_index_mapping, index_mapping._FlattenIndexMapping.__call__)
+             index_mapping.update_concat_index_mapping, index_mapping._FlattenIndexMapping.__call__,
+             DependencyGraph._trace)
     assert before == after
 
 

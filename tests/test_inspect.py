@@ -106,3 +106,12 @@ def test_amc_inspect_command(capsys):
 def test_amc_inspect_bad_input_exits_2(argv, capsys):
     assert main(argv) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_detached_ends_and_groupnorm_holds_are_named():
+    from tests.test_channel_ends import GroupNormAfterConcat, ProposalDetector
+
+    held = inspect_model(ProposalDetector().eval(), torch.randn(1, 3, 32, 32)).held()
+    assert held["rpn_score"].startswith("detached end (") and "rpn_conv" not in held
+    held = inspect_model(GroupNormAfterConcat().eval(), torch.randn(1, 3, 16, 16)).held()
+    assert held["a"].startswith("group normalisation: ")

@@ -2,6 +2,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from torch import nn
 
 import amc
 from amc.errors import AmcError
@@ -10,7 +11,32 @@ from amc.layers import output_shapes
 from amc.models import build_model
 from amc.pruners.channel import plan_channels, prune_channels, uniform_policy
 from tests.conftest import make_tiny_resnet, make_tiny_vgg
-from tests.test_model_shapes import ConcatOutputs, TinyDetector, TwoInputs, two_inputs
+from tests.test_model_shapes import ConcatOutputs, TinyDetector, TwoInputs, block, two_inputs
+
+
+class YoloLike(nn.Module):
+    """Returns ``(predictions, [feature maps])`` as a plain tuple, as YOLOv5 and YOLOv8 do in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s1, self.s2 = block(3, 16, 2), block(16, 32, 2)
+        self.h1, self.h2 = nn.Conv2d(16, 6, 1), nn.Conv2d(32, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        p1 = self.s1(x)
+        feats = [self.h1(p1), self.h2(self.s2(p1))]
+        return torch.cat([f.flatten(2) for f in feats], 2), feats
+
+
+class ImageList(nn.Module):
+    """Takes a list of 3xHxW images, as torchvision's detectors do, and returns a dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = block(3, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"maps": self.head(self.body(torch.stack(images)))}
 
 
 def pruned(make):
@@ -52,7 +78,11 @@ def test_several_inputs_and_nested_outputs_are_exported_named(tmp_path):
     cases = [(TwoInputs(), (image, depth), ["image", "depth"], ["logits"]),
              (TwoInputs(), {"depth": depth, "image": image}, ["depth", "image"], ["logits"]),
              (ConcatOutputs(), torch.randn(1, 3, 16, 16), [INPUT], ["out", "feat"]),
-             (TinyDetector(), torch.randn(1, 3, 32, 32), [INPUT], ["boxes.0", "boxes.1", "scores.0", "scores.1"])]
+             (TinyDetector(), torch.randn(1, 3, 32, 32), [INPUT], ["boxes.0", "boxes.1", "scores.0", "scores.1"]),
+             # a plain tuple's paths are positions, under "output" (an ONNX value named "0" is invalid)
+             (YoloLike(), torch.randn(1, 3, 32, 32), [INPUT], ["output.0", "output.1.0", "output.1.1"]),
+             # a list of images is one ONNX input per image (its first dimension is not a batch)
+             (ImageList(), ([torch.randn(3, 16, 16), torch.randn(3, 16, 16)],), ["images.0", "images.1"], ["maps"])]
     for i, (model, x, ins, outs) in enumerate(cases):
         small, _ = amc.prune_to_budget(model.eval(), x, "macs=0.6")
         assert io_names(small, x) == (ins, outs)

@@ -2,8 +2,9 @@
 
 Uses the TorchScript-based exporter (fast, no onnxscript needed, any opset >= 17) where this
 PyTorch still has it, else the ``torch.export``-based one. The batch dimension is dynamic. A model of
-several inputs (a tuple or a dict) or several outputs (tuples, lists, dicts, named tuples, nested) is
-exported with every input and every output tensor named (``io_names``).
+several inputs (a tuple or a dict, nested lists of tensors included: torchvision's detectors take a list
+of images) or several outputs (tuples, lists, dicts, named tuples, nested) is exported with every input
+and every output tensor named (``io_names``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import inspect
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,26 +40,40 @@ class _Flat(nn.Module):
         return tuple(flat_outputs(call_model(self.model, inputs)))
 
 
-def io_names(model: nn.Module, example_inputs: ExampleInputs) -> tuple[list[str], list[str]]:
-    """The ONNX names of the inputs and outputs of ``model`` on ``example_inputs``. Inputs: ``input``
-    for one tensor, a dict's keys, else the forward's parameter names; outputs: ``logits`` for one
-    tensor, else their paths in the output (``out``, ``boxes.0``: dict keys, named-tuple fields, list
-    positions)."""
+def _input_leaves(model: nn.Module, example_inputs: ExampleInputs) -> list[tuple[str, torch.Tensor, bool]]:
+    """Every input tensor in the order the ONNX graph takes them (nested lists flattened), with its name
+    and whether its first dimension is a batch (a top-level tensor; not one image of a list)."""
     if isinstance(example_inputs, torch.Tensor):
-        ins = [INPUT]
-    elif isinstance(example_inputs, dict):
-        ins = [str(k) for k in example_inputs]
+        return [(INPUT, example_inputs, True)]
+    if isinstance(example_inputs, dict):
+        named = list(example_inputs.items())
     else:
         params = [n for n, p in inspect.signature(model.forward).parameters.items()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        ins = [params[i] if i < len(params) else f"input_{i}" for i in range(len(example_inputs))]
+        named = [(params[i] if i < len(params) else f"input_{i}", v) for i, v in enumerate(example_inputs)]
+    return [(n, t, isinstance(v, torch.Tensor)) for k, v in named
+            for n, t in flat_outputs(v, named=True, prefix=str(k))]
+
+
+def io_names(model: nn.Module, example_inputs: ExampleInputs) -> tuple[list[str], list[str]]:
+    """The ONNX names of the inputs and outputs of ``model`` on ``example_inputs``. Inputs: ``input``
+    for one tensor, a dict's keys, else the forward's parameter names (a list of tensors, as
+    torchvision's detectors take images: ``images.0``, ``images.1``); outputs: ``logits`` for one
+    tensor, else their paths in the output (``out``, ``boxes.0``: dict keys, named-tuple fields, list
+    positions; under ``output.`` when the model returns a plain tuple or list: ``output.0``, ``output.1.2``,
+    as YOLO models return ``(predictions, [feature maps])``)."""
+    ins = [n for n, _, _ in _input_leaves(model, example_inputs)]
     with torch.no_grad():
         out = call_model(model, example_inputs)
-    outs = [OUTPUT] if isinstance(out, torch.Tensor) else [n for n, _ in flat_outputs(out, named=True)]
-    return ins, outs
+    if isinstance(out, torch.Tensor):
+        return ins, [OUTPUT]
+    # a plain tuple's or list's paths start with a position, and an ONNX (TorchScript) value named by a
+    # number alone is invalid: ``output.0``, ``output.1.2`` there
+    positional = isinstance(out, (tuple, list)) and not hasattr(out, "_fields")
+    return ins, [n for n, _ in flat_outputs(out, named=True, prefix="output" if positional else "")]
 
 
-def _positional(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
+def _positional(example_inputs: ExampleInputs) -> tuple[Any, ...]:
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     return tuple(example_inputs.values()) if isinstance(example_inputs, dict) else tuple(example_inputs)
@@ -80,7 +96,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
     simple = isinstance(x, torch.Tensor) and outs == [OUTPUT]
     target = work if simple else _Flat(work, list(x) if isinstance(x, dict) else None)
     args = _positional(x)
-    axes = {n: {0: "batch"} for n in ins + outs}
+    axes = {**{n: {0: "batch"} for n, _, batched in _input_leaves(work, x) if batched},
+            **{n: {0: "batch"} for n in outs}}
     with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -128,10 +145,14 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int
     with torch.no_grad():
         ref = [t.numpy() for t in flat_outputs(call_model(work, x))]
     sess = ort_session(path)
-    feed = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), _positional(x), strict=True)}
+    feed = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), flat_outputs(_positional(x)), strict=True)}
     outs = sess.run(None, feed)
     if len(outs) != len(ref):
         raise AmcError(f"{path} has {len(outs)} outputs, the model returns {len(ref)} tensors")
+    for i, (o, r) in enumerate(zip(outs, ref, strict=True)):
+        if o.shape != r.shape:
+            raise AmcError(f"onnxruntime's output {i} of {path} has shape {tuple(o.shape)}, PyTorch's "
+                           f"{tuple(r.shape)}")
     diff = max((float(np.abs(o - r).max()) if r.size else 0.0 for o, r in zip(outs, ref, strict=True)), default=0.0)
     if not diff <= atol:
         raise AmcError(f"onnxruntime output differs from PyTorch by {diff:.3g} (> {atol:g}) for {path}")

@@ -86,7 +86,7 @@ def _counts_at(table: ChannelTable, mode: str, ratio: float, round_to: int, max_
     for root, s in norm_scores.items():
         c = int(s.numel())
         removed = min(int((s <= threshold).sum()), int(max_ratio * c))
-        k = round_channels(c - removed, c, round_to)
+        k = table.group(root).kept_count(round_channels(c - removed, c, round_to))
         if k < c:
             counts[root] = k
     return counts

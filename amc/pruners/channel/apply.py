@@ -9,8 +9,9 @@ Lifecycle::
 
 ``x`` is the model's example inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
 
-The masked model computes exactly what the physically pruned one computes; the groups come from the
-cached table, so neither emulation re-traces the model.
+The masked model computes exactly what the physically pruned one computes (but for a group normalised by
+a GroupNorm, ``ChannelGroup.parts``: a zeroed channel still counts in its group's statistics); the groups
+come from the cached table, so neither emulation re-traces the model.
 """
 
 from __future__ import annotations

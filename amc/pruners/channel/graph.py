@@ -23,14 +23,17 @@ The patches of torch-pruning's ``index_mapping`` (all undone on leaving their co
 * ``_mapped_once`` — while tracing (nothing is pruned) the index mapping of the graph is inferred
   once, not on every ``get_pruning_group`` (seconds per call on a transformer).
 
-Output layers (whose channels are the model's outputs), attention projections (whose channels are
-split into heads), grouped and transposed convolutions keep their output channels.
+Output layers (whose channels are the model's outputs, or leave the autograd graph before them:
+``amc.pruners.channel.ends``), attention projections (whose channels are split into heads), grouped
+and transposed convolutions keep their output channels; channels normalised by a GroupNorm go evenly
+from every group (``ChannelGroup.parts``), or stay when the GroupNorm spans several layers' channels.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -39,13 +42,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from amc.errors import AmcError, PolicyError
+from amc.errors import PolicyError
 from amc.layers import (
     DEFAULT_INPUT_SHAPE,
     PRUNABLE,
     ExampleInputs,
     call_model,
-    flat_outputs,
     input_key,
     map_inputs,
     output_shapes,
@@ -53,6 +55,7 @@ from amc.layers import (
     shape_change,
     stable_output_shapes,
 )
+from amc.pruners.channel.ends import inputs_of, is_coordinate_op, output_layers, traced_forward
 from amc.pruners.channel.limits import Meter, TraceLimit, TraceLimits, counted
 from amc.pruners.channel.table import ChannelGroup, ChannelItem, ChannelTable
 
@@ -81,18 +84,6 @@ def example_input(model: nn.Module, example_inputs: ExampleInputs | None) -> Exa
     return torch.randn(DEFAULT_INPUT_SHAPE, device=p.device if p is not None else "cpu")
 
 
-def run_model(model: nn.Module, x: ExampleInputs) -> Any:
-    """One forward of ``model`` on a copy of ``x`` (a forward that adds into its input in place must not
-    change the caller's inputs); a model that rejects them is one ``AmcError``."""
-    try:
-        return call_model(model, map_inputs(x, torch.clone))
-    except AmcError:
-        raise
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise AmcError(f"{type(model).__name__} fails on its example inputs ({type(e).__name__}: {msg})") from None
-
-
 def channel_table(model: nn.Module, example_inputs: ExampleInputs | None = None,
                   limits: TraceLimits | None = None) -> ChannelTable:
     """The coupled channel groups of ``model`` (cached per architecture and input shapes).
@@ -119,51 +110,6 @@ def as_table(model_or_table: nn.Module | ChannelTable, example_inputs: ExampleIn
     if isinstance(model_or_table, ChannelTable):
         return model_or_table
     return channel_table(model_or_table, example_inputs)
-
-
-# autograd nodes that make new channels (a convolution or matrix product): the walk from an output stops
-_MIXING = ("Convolution", "Addmm", "Mm", "Bmm", "Linear", "Embedding")
-
-
-def _output_layers(model: nn.Module, x: ExampleInputs) -> set[str]:
-    """Prunable layers whose output channels reach one of the model's outputs (any nesting) unmixed:
-    walking back from every output tensor's autograd node through whatever keeps channels (BatchNorm,
-    activations, adds, splits, concatenations, reshapes, pooling) to the first layer that makes them."""
-    made: dict[Any, str] = {}
-    outs: dict[str, torch.Tensor] = {}
-
-    def record(name: str, out: Any) -> None:
-        if isinstance(out, torch.Tensor):
-            outs[name] = out
-            if out.grad_fn is not None:
-                made[out.grad_fn] = name
-
-    hooks = [model.get_submodule(n).register_forward_hook(lambda mod, inp, out, n=n: record(n, out))
-             for n in prunable_names(model)]
-    try:
-        with torch.enable_grad():
-            ys = flat_outputs(run_model(model, x))
-    finally:
-        for h in hooks:
-            h.remove()
-    found = {n for n, o in outs.items() if any(o is t for t in ys)}
-    stack = [t.grad_fn for t in ys if t.grad_fn is not None]
-    seen: set[Any] = set()
-    while stack:
-        fn = stack.pop()
-        if fn in seen:
-            continue
-        seen.add(fn)
-        if fn in made:
-            found.add(made[fn])
-            continue
-        if any(k in type(fn).__name__ for k in _MIXING):
-            continue
-        stack.extend(f for f, _ in fn.next_functions if f is not None)
-    if not found:  # no autograd graph (frozen parameters): fall back to the last Linear
-        lin = [n for n in prunable_names(model) if isinstance(model.get_submodule(n), nn.Linear)]
-        found = set(lin[-1:])
-    return found
 
 
 def _in_attention(n2m: Mapping[str, nn.Module], name: str) -> bool:
@@ -267,12 +213,45 @@ def _dependency_graph(model: nn.Module, x: ExampleInputs) -> Any:
     a tensor, a tuple or a dict of inputs, copied), and every output tensor, in any nesting, is traced.
     torch-pruning's own forward tries ``model(*x)`` first, which for a tensor of one image is the
     unbatched call ``model(x[0])``: a fully convolutional model accepts it, and traced so, a residual
-    add (in place or not) left its conv "not reached" and the coupled groups wrong."""
+    add (in place or not) left its conv "not reached" and the coupled groups wrong. The graph is traced
+    from the untraced ends too (``amc.pruners.channel.ends``), so that the layers before a detach are coupled."""
     import torch_pruning as tp
 
-    with torch.enable_grad():
+    with torch.enable_grad(), _coordinates_uncoupled():
         return tp.DependencyGraph().build_dependency(
-            model, example_inputs=x, forward_fn=run_model, output_transform=flat_outputs)
+            model, example_inputs=x, forward_fn=lambda m, xs: traced_forward(m, xs).roots(),
+            output_transform=lambda roots: roots)
+
+
+@contextlib.contextmanager
+def _coordinates_uncoupled() -> Iterator[None]:
+    """Inside, torch-pruning's traced graph keeps only the first input of an op that crops or samples
+    features at coordinates (``amc.pruners.channel.ends.is_coordinate_op``: RoIAlign's boxes, a
+    sampling grid), which it would otherwise couple with the features as an elementwise op's."""
+    import torch_pruning as tp
+
+    trace = tp.DependencyGraph._trace
+
+    def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        module2node = trace(self, *args, **kwargs)
+        for node in list(module2node.values()):
+            if node.grad_fn is None or not is_coordinate_op(node.grad_fn):
+                continue
+            keep = inputs_of(node.grad_fn)
+            coords = [f for f, _ in node.grad_fn.next_functions if f is not None and not any(f is k for k in keep)]
+            # a node made by several calls carries one call's autograd node: only a node seen to be a
+            # coordinate input, and not the features, is cut (else torch-pruning's coupling stays)
+            for dropped in [n for n in node.inputs if any(n.grad_fn is f for f in coords)
+                            and not any(n.grad_fn is f for f in keep)]:
+                node.inputs.remove(dropped)
+                dropped.outputs.remove(node)
+        return module2node
+
+    tp.DependencyGraph._trace = traced  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        tp.DependencyGraph._trace = trace  # type: ignore[method-assign]
 
 
 def _build_table(model: nn.Module, x: ExampleInputs, limits: TraceLimits) -> ChannelTable:
@@ -286,7 +265,7 @@ def _trace_table(model: nn.Module, x: ExampleInputs, tol: _Tolerance, meter: Met
     names = prunable_names(work)
     n2m = dict(work.named_modules())
     m2n = {id(m): n for n, m in n2m.items()}
-    outputs = _output_layers(work, x)
+    outputs = output_layers(work, x)
     meter.report("graph", 0, 1)
     meter.at("building the dependency graph")
     dg = _dependency_graph(work, x)
@@ -314,7 +293,7 @@ def _mapped_once(dg: Any) -> Iterator[None]:
 
 
 def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, names: list[str],
-                 n2m: dict[str, nn.Module], m2n: dict[int, str], outputs: set[str], meter: Meter) -> ChannelTable:
+                 n2m: dict[str, nn.Module], m2n: dict[int, str], outputs: dict[str, str], meter: Meter) -> ChannelTable:
 
     groups: list[ChannelGroup] = []
     group_of: dict[str, int] = {}
@@ -334,7 +313,7 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
         if name in outputs:
             # held whatever it is coupled with, so not followed: a detector's head outputs are reshaped and
             # concatenated into boxes, where torch-pruning's index mapping runs for minutes (SSDlite)
-            unprunable[name] = f"its output channels are the model's outputs ({name})"
+            unprunable[name] = outputs[name]
             continue
         pruner = dg.get_pruner_of_module(mod)
         channels = pruner.get_out_channels(mod) if pruner is not None else None
@@ -353,7 +332,8 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
                                 f"({type(e).__name__}: {str(e)[:80]})")
             continue
         merged: OrderedDict[tuple[str, str], tuple[list[int], list[int]]] = OrderedDict()
-        members, consumers, problem = [], [], None
+        members, consumers, problem, split = [], [], None, False
+        parts: list[int] = []  # equal contiguous parts of the root's channels (GroupNorm groups)
         for item in grp.items:
             tmod = item.dep.target.module
             tname = m2n.get(id(tmod))
@@ -365,7 +345,17 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
             if tname is None:  # elementwise ops, reshapes, unwrapped parameters
                 if isinstance(tmod, nn.Parameter):
                     problem = "it is coupled with an unwrapped nn.Parameter"
+                split = split or type(tmod).__name__ in ("_SplitOp", "_UnbindOp")
                 continue
+            if isinstance(tmod, nn.GroupNorm) and tmod.num_groups > 1:
+                # torch-pruning keeps num_groups: the channels must go evenly from every group, which the plan
+                # does when the GroupNorm's channels are the root's own (``ChannelGroup.parts``)
+                if tmod.num_channels == channels and _identity(item.idxs, item.root_idxs, int(channels)):
+                    parts.append(tmod.num_groups)
+                else:
+                    problem = (f"it is coupled with {tname}, a GroupNorm of {tmod.num_groups} groups (its channels "
+                               f"cannot be removed without regrouping them)")
+                    continue
             if not any(True for _ in tmod.parameters(recurse=False)) and not isinstance(tmod, _BN):
                 continue
             role = _role(tmod, is_out)
@@ -390,18 +380,24 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
             visited.add(m)
         out_layers = [m for m in prunable_members if m in outputs]
         if out_layers:
-            problem = f"its output channels are the model's outputs ({out_layers[0]})"
+            problem = outputs[out_layers[0]]
         if problem is not None:
             for m in prunable_members or [name]:
                 unprunable[m] = problem
             continue
         # ``name`` is the first member in registration order: earlier members would have visited it
         root = name
-        hint = _partly_mapped(merged, n2m, int(channels))
+        hint = _partly_mapped(merged, n2m, int(channels)) or (_SPLIT_HINT if split else None)
         if hint is not None:
             hints[root] = hint
         items = tuple(ChannelItem(n, role, tuple(i), tuple(r)) for (n, role), (i, r) in merged.items())
-        g = ChannelGroup(root, int(channels), tuple(prunable_members), tuple(c for c in names if c in consumers), items)
+        n_parts = math.lcm(*parts) if parts else 1
+        if channels % n_parts:
+            for m in prunable_members or [name]:
+                unprunable[m] = f"its channels fall in parts of unequal sizes ({n_parts} parts of {channels})"
+            continue
+        g = ChannelGroup(root, int(channels), tuple(prunable_members), tuple(c for c in names if c in consumers), items,
+                         n_parts)
         for m in prunable_members:
             group_of[m] = len(groups)
         groups.append(g)
@@ -413,12 +409,21 @@ def _group_table(work: nn.Module, x: ExampleInputs, dg: Any, tol: _Tolerance, na
         for g in groups:
             if g.root in broken:
                 for m in g.members:
-                    why = hints.get(g.root, broken[g.root])
+                    why = f"{hints[g.root]}: {broken[g.root]}" if g.root in hints else broken[g.root]
                     unprunable[m] = f"pruning its channels breaks the forward pass ({why})"
         groups = [g for g in groups if g.root not in broken]
         group_of = {m: i for i, g in enumerate(groups) for m in g.members}
 
     return ChannelTable.measure(work, x, groups, group_of, unprunable, names)
+
+
+def _identity(idxs: tuple[int, ...] | list[int], root_idxs: tuple[int, ...] | list[int], channels: int) -> bool:
+    """A group item maps the root's channels one to one, in order, onto its own."""
+    return len(idxs) == channels and list(idxs) == list(root_idxs) == list(range(channels))
+
+
+_SPLIT_HINT = ("the forward splits its channels into parts (torch.chunk or split, as YOLOv8's C2f blocks), "
+               "whose sizes torch-pruning does not map here")
 
 
 def _partly_mapped(merged: Mapping[tuple[str, str], tuple[list[int], list[int]]], n2m: Mapping[str, nn.Module],
@@ -447,7 +452,12 @@ def _probe(group: ChannelGroup) -> list[int]:
     subsampling maps every other channel, so removing those looks consistent), taking back one channel
     of any member that would lose all of its own (one side of a concat: a plan that empties it breaks,
     but that is the plan's ratio, not the mapping)."""
-    perm = torch.randperm(group.channels, generator=torch.Generator().manual_seed(0)).tolist()
+    gen = torch.Generator().manual_seed(0)
+    if group.parts > 1:  # as a plan removes them: as many from every part
+        size = group.channels // group.parts
+        return sorted(p * size + int(i) for p in range(group.parts)
+                      for i in torch.randperm(size, generator=gen)[: size // 2])
+    perm = torch.randperm(group.channels, generator=gen).tolist()
     removed = set(perm[: group.channels // 2])
     for item in group.items:
         if item.role in ("out", "dw") and item.root_idxs and removed.issuperset(item.root_idxs):

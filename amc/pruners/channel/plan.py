@@ -124,9 +124,9 @@ def policy_counts(model_or_table: nn.Module | ChannelTable, policy: Mapping[str,
     ratios, _ = group_ratios(table, policy)
     counts: Counts = {}
     for root, r in ratios.items():
-        c = table.group(root).channels
-        k = round_channels(c * (1.0 - r), c, round_to)
-        if k < c:
+        g = table.group(root)
+        k = g.kept_count(round_channels(g.channels * (1.0 - r), g.channels, round_to))
+        if k < g.channels:
             counts[root] = k
     return counts
 
@@ -136,7 +136,9 @@ def plan_from_counts(model: nn.Module, counts: Mapping[str, int], criterion: str
                      loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
                      notes: list[str] | None = None, round_to: int = 1,
                      example_inputs: ExampleInputs | None = None) -> ChannelPlan:
-    """Keep the ``counts[root]`` highest-scoring channels of each group."""
+    """Keep the ``counts[root]`` highest-scoring channels of each group; in a group of equal parts
+    (``ChannelGroup.parts``: a GroupNorm's groups), the count rounded up to a multiple
+    of the parts and the highest-scoring of each part."""
     table = table or channel_table(model, example_inputs)
     if scores is None:
         scores = channel_scores(model, criterion, table, loader)
@@ -145,10 +147,16 @@ def plan_from_counts(model: nn.Module, counts: Mapping[str, int], criterion: str
         g = table.group(root)
         if not 1 <= k <= g.channels:
             raise PolicyError(f"{root}: cannot keep {k} of {g.channels} channels")
+        k = g.kept_count(k)
         if k == g.channels:
             continue
         s = scores[root]
-        top = torch.topk(s, k, largest=True, sorted=False).indices  # ties: torch picks deterministically
+        if g.parts > 1:
+            size, each = g.channels // g.parts, k // g.parts
+            top = torch.cat([p * size + torch.topk(s[p * size:(p + 1) * size], each, sorted=False).indices
+                             for p in range(g.parts)])
+        else:
+            top = torch.topk(s, k, largest=True, sorted=False).indices  # ties: torch picks deterministically
         keep[root] = sorted(int(i) for i in top)
         chans[root] = g.channels
     return ChannelPlan(keep, list(notes or []), chans, criterion, round_to)

@@ -53,6 +53,13 @@ class ChannelGroup:
     members: tuple[str, ...]  # conv/linear layers whose OUTPUT channels are these
     consumers: tuple[str, ...]  # conv/linear layers whose INPUT channels are these
     items: tuple[ChannelItem, ...]
+    # the root's channels fall in ``parts`` equal contiguous parts, each of which must keep as many: the
+    # groups of a GroupNorm (RetinaNet v2's and FCOS's heads), which torch-pruning leaves at their number
+    parts: int = 1
+
+    def kept_count(self, k: int) -> int:
+        """``k`` kept channels made a multiple of ``parts`` (rounded up, at most ``channels``)."""
+        return min(-(-int(k) // self.parts) * self.parts, self.channels) if self.parts > 1 else int(k)
 
 
 @dataclass
