@@ -11,8 +11,10 @@ never modules, so it serves every copy of the model. Lifecycle::
 
 The cost model (``_fill_cost_model``) is one row per parameterised leaf module: its channels, and
 how its MACs and parameters scale with the kept output and input channels; a policy's cost is then
-two matrix products over the groups' removed channels. It is exact for one-to-one groups (every model
-in the zoo) and proportional where a group maps onto a module through a reshape or concat.
+two matrix products over the groups' removed channels, each entry the module's indices per root channel
+of the group (1 for a one-to-one group; 2 where a reshape maps each root channel onto two indices). It is
+exact for one-to-one groups (every model in the zoo) and proportional where a group maps onto a module
+through a reshape; a module fed by a concatenation of several groups loses each group's own channels.
 """
 
 from __future__ import annotations
@@ -80,8 +82,9 @@ class ChannelTable:
     input_shape: tuple  # the example input's shape; a tuple of shapes for several inputs
     # cost model: one row per parameterised leaf module
     _mods: list[str] = field(default_factory=list, repr=False)
-    _m_out: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64), repr=False)  # (M x G)
-    _m_in: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64), repr=False)
+    # (M x G) indices of module m lost per removed root channel of group g
+    _m_out: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float64), repr=False)
+    _m_in: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float64), repr=False)
     _out0: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     _in0: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     _unit_macs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
@@ -90,7 +93,6 @@ class ChannelTable:
     _p_out: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)  # params ~ out
     _p_const: int = 0
     _macs_const: int = 0
-    _simple: list[bool] = field(default_factory=list, repr=False)  # group mapping is one-to-one
 
     @classmethod
     def measure(cls, model: nn.Module, x: ExampleInputs, groups: list[ChannelGroup], group_of: dict[str, int],
@@ -123,7 +125,7 @@ class ChannelTable:
         """(in, out) channels of every prunable layer after keeping ``counts[root]`` per group."""
         out_k, in_k = self._kept(self._removed(counts))
         idx = {m: i for i, m in enumerate(self._mods)}
-        return {n: (int(in_k[idx[n]]), int(out_k[idx[n]])) for n in self.names if n in idx}
+        return {n: (round(float(in_k[idx[n]])), round(float(out_k[idx[n]]))) for n in self.names if n in idx}
 
     # -- fast cost ---------------------------------------------------------------------------
     def _removed(self, counts: Mapping[str, int]) -> np.ndarray:
@@ -142,22 +144,10 @@ class ChannelTable:
     def cost_of_counts(self, counts: Mapping[str, int]) -> dict[str, int]:
         """MACs and parameters with ``counts[root]`` output channels kept per group (others whole).
 
-        Exact for one-to-one groups (every model in the zoo); approximate (proportional) where a
-        group maps onto a module through a reshape or concat.
+        Exact for one-to-one groups (every model in the zoo); proportional where a group maps
+        several indices of a module onto each root channel (a reshape).
         """
-        rem = self._removed(counts)
-        if not all(self._simple[g] for g in np.flatnonzero(rem)):
-            return self._cost_slow(counts)
-        out_k, in_k = self._kept(rem)
-        macs = int((self._unit_macs * out_k * np.where(self._mac_in, in_k, 1)).sum()) + self._macs_const
-        params = int((self._p_outin * out_k * in_k).sum() + (self._p_out * out_k).sum()) + self._p_const
-        return {"macs": macs, "params": params}
-
-    def _cost_slow(self, counts: Mapping[str, int]) -> dict[str, int]:
-        """Proportional fallback where an item maps several indices per root channel."""
-        frac = self._removed(counts) / np.array([g.channels for g in self.groups], dtype=float)
-        out_k = self._out0 * (1 - ((self._m_out > 0) * frac[None, :]).sum(1))
-        in_k = self._in0 * (1 - ((self._m_in > 0) * frac[None, :]).sum(1))
+        out_k, in_k = self._kept(self._removed(counts))
         macs = (self._unit_macs * out_k * np.where(self._mac_in, in_k, 1)).sum() + self._macs_const
         params = (self._p_outin * out_k * in_k).sum() + (self._p_out * out_k).sum() + self._p_const
         return {"macs": round(float(macs)), "params": round(float(params))}
@@ -208,21 +198,14 @@ def _fill_cost_model(table: ChannelTable, model: nn.Module) -> None:
             p_outin.append(0)
             p_out.append(sum(p.numel() for p in own) // c)
     idx = {m: i for i, m in enumerate(mods)}
-    m_out = np.zeros((len(mods), len(table.groups)), dtype=np.int64)
+    m_out = np.zeros((len(mods), len(table.groups)), dtype=np.float64)
     m_in = np.zeros_like(m_out)
-    simple = []
     for gi, g in enumerate(table.groups):
-        one_to_one = True
         for it in g.items:
-            if it.module not in idx:
-                continue
-            row = idx[it.module]
-            n = len(it.idxs)
-            if n != g.channels or sorted(it.root_idxs) != list(range(g.channels)):
-                one_to_one = False
-            target = m_in if it.role == "in" else m_out
-            target[row, gi] += 1
-        simple.append(one_to_one)
+            if it.module in idx and g.channels:
+                # a module fed by a concatenation of several groups loses each group's own channels only
+                target = m_in if it.role == "in" else m_out
+                target[idx[it.module], gi] += len(it.idxs) / g.channels
     table._mods = mods
     table._m_out, table._m_in = m_out, m_in
     table._out0, table._in0 = np.array(out0, dtype=np.int64), np.array(in0, dtype=np.int64)
@@ -233,4 +216,3 @@ def _fill_cost_model(table: ChannelTable, model: nn.Module) -> None:
     table._p_const = table.dense_params - modeled  # parameters no group touches (incl. grouped convs)
     table._macs_const = table.dense_macs - int(
         (table._unit_macs * table._out0 * np.where(table._mac_in, table._in0, 1)).sum())  # other ops
-    table._simple = simple
