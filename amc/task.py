@@ -122,7 +122,7 @@ def _non_finite(model: nn.Module) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: its fields hold tensors and functions
 class Task:
     """The user's task (see the module doc). ``name`` and ``metric`` name the score in the report."""
 
@@ -445,7 +445,7 @@ def make_task(factory: str | Callable[[], Any]) -> Task:
     """Call a task factory (a callable or a ``pkg.module:function`` reference); one clear error unless
     it returns an ``amc.Task``."""
     fn = _resolve(factory) if isinstance(factory, str) else factory
-    task = call_user(fn, "factory", )
+    task = call_user(fn, "factory")
     if not isinstance(task, Task):
         raise TaskError(f"the task factory {_name(fn)} must return an amc.Task, got {type(task).__name__}")
     return task
