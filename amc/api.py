@@ -20,7 +20,8 @@ both halves' hashes; ``protocol="heldout"`` holds out ``heldout`` training image
 search is never scored on the test split. ``evaluate(model) -> float`` (higher is better) replaces
 held-out accuracy as the search's score and is reported beside test accuracy; ``finetune`` is the
 built-in finetune's epochs or the user's ``finetune(model, epochs)``, whose pruned weights are held
-at zero.
+at zero. ``task=amc.Task(example_inputs=x, evaluate=..., calibration=..., finetune=..., test=...)``
+replaces ``data``: any model (a detector, a segmenter), scored by the user's evaluate (``amc.task``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The one evaluator both searchers call: policy -> ``Result`` (held-out accuracy, costs, reward).
 
-Lifecycle: ``Evaluator(dense_model, splits, budget, EvalConfig(...))`` once (copies the model once,
-caches its state dict, the weight-magnitude orders or channel importances, and the calibration and
-held-out batches on the model's device, and checks the budget can be met) -> ``evaluate(policy)``
-per episode -> ``build(policy)`` for the few policies that are kept.
+Lifecycle: ``Evaluator(dense_model, task, budget, EvalConfig(...))`` once (copies the model once,
+caches its state dict, the weight-magnitude orders or channel importances, and the task's calibration
+batches and scorer on the model's device, and checks the budget can be met) -> ``evaluate(policy)``
+per episode -> ``build(policy)`` for the few policies that are kept. ``task`` is an ``amc.Task`` (any
+model: traced on its example inputs, scored by its evaluate) or a ``DataSource`` (the built-in
+``amc.task.ClassificationTask``: held-out accuracy and cross-entropy in one host sync).
 
 Per episode nothing is rebuilt: the dense weights are copied back into ONE working copy
 (``Tensor.copy_`` from the cached state dict), the policy is emulated by masks on it (zeroed

@@ -418,11 +418,9 @@ def finetune(job: Job, recipe: Recipe, prof: Profile, train: Train | None) -> Fi
 def _finetune_task(job: Job, task: Task, recipe: Recipe) -> Finetuned:
     """``finetune`` for a user task: its finetune (pruned weights held at zero), scored by its evaluate
     (one clear error when the finetuned model's score is not finite) and its test."""
-    from amc.recipe import apply_to_model
-
     config = job.config
     with job.timed("finetune"):
-        model, masks = apply_to_model(recipe, job.source)
+        model, masks = task.apply_recipe(recipe, job.source)
         model = model.to(task.device).eval()
         masks = {k: v.to(task.device) for k, v in masks.items()}
         before = task.score(model)
@@ -552,7 +550,7 @@ def report(job: Job, recipe: Recipe, prof: Profile, sens: Sensitivity, chosen: C
                "input_shape": list(job.shape), "num_classes": prof.num_classes, "config": config.flat(),
                "granularity": job.granularity, "metrics": measured.metrics, "files": measured.files,
                "wall_time_s": job.times, "candidates_heldout": {k: r.row() for k, r in chosen.scored.items()},
-               "latency_target": latency_target(config, job.shape).row(),
+               "latency_target": latency_target(config, job.shape).row() if job.shape else None,
                "latency_ratios": list(measured.paired.ratios) if measured.paired is not None else None,
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     atomic_write_text(job.run / "summary.json", json.dumps(summary, indent=2, default=str))

@@ -25,7 +25,10 @@ Lifecycle (both kinds): built once -> ``inputs(device)`` (the example inputs) ->
 ``final_finetune(model, epochs, masks, ...)`` between them. The user's functions are called through
 ``call_user``: whatever they raise becomes one ``TaskError`` naming the function and the first line.
 
-Operators of the service register task factories by name in ``TASKS`` (see ``register_tasks``).
+Task plugins (the service: operators register factories by name, jobs name them, users never upload
+code): ``TASKS`` (``register_tasks``), the ``AMC_TASKS="name=pkg.module:make_task,..."`` environment
+variable (``parse_tasks``, read by ``amc.service.config.ServiceConfig.from_env``) and the ``amc.tasks``
+entry points (``entry_point_tasks``); ``make_task(factory)`` builds one.
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ def _non_finite(model: nn.Module) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: its fields hold tensors and functions
 class Task:
     """The user's task (see the module doc). ``name`` and ``metric`` name the score in the report."""
 
@@ -256,6 +259,20 @@ class Task:
             opt.step()
             apply_masks(model, masks)  # type: ignore[arg-type]
         model.eval()
+
+    def apply_recipe(self, recipe: Any, dense: nn.Module) -> tuple[nn.Module, dict]:
+        """``recipe`` (a channel one) applied to a copy of ``dense`` (CPU, fp32), traced on the example inputs
+        (``amc.recipe.apply_to_model`` traces on zeros of the recorded shape: one tensor only)."""
+        import copy
+
+        from amc.pruners.channel import prune_channels
+        from amc.recipe import apply_to_model, channel_plan, validate_recipe
+
+        if self.shape is not None or recipe.granularity != "channel":
+            return apply_to_model(recipe, dense)
+        validate_recipe(recipe, dense)
+        model = copy.deepcopy(dense).cpu().float().eval()
+        return prune_channels(model, channel_plan(recipe, model), map_inputs(self.inputs("cpu"), torch.clone)), {}
 
     def export_onnx(self, model: nn.Module, path: Any) -> str | None:
         """``model`` exported to ONNX on the example inputs (one output per tensor it returns, named by its
@@ -404,7 +421,6 @@ def as_task(data: Any) -> AnyTask:
 
 # -- task plugins (the service: operators register factories by name; users never upload code) -----------
 TASKS: Registry[Callable[[], Task]] = Registry("task", TaskError)
-TASKS_ENV = "AMC_TASKS"  # "name=pkg.module:make_task,other=pkg.mod:factory"
 ENTRY_POINTS = "amc.tasks"  # Python entry points group: name = "pkg.module:make_task"
 
 
@@ -429,7 +445,7 @@ def make_task(factory: str | Callable[[], Any]) -> Task:
     """Call a task factory (a callable or a ``pkg.module:function`` reference); one clear error unless
     it returns an ``amc.Task``."""
     fn = _resolve(factory) if isinstance(factory, str) else factory
-    task = call_user(fn, "factory", )
+    task = call_user(fn, "factory")
     if not isinstance(task, Task):
         raise TaskError(f"the task factory {_name(fn)} must return an amc.Task, got {type(task).__name__}")
     return task
@@ -446,19 +462,17 @@ def parse_tasks(spec: str) -> dict[str, str]:
     return out
 
 
-def register_tasks(spec: str | Mapping[str, str] | None = None, entry_points: bool = True) -> list[str]:
-    """Register task factories in ``TASKS`` by name: from ``spec`` (``parse_tasks``' form or a mapping),
-    from the ``AMC_TASKS`` environment variable when ``spec`` is None, and from the ``amc.tasks`` entry
-    points. The factories are imported when a job asks for them. Returns the names registered."""
-    import os
+def entry_point_tasks() -> dict[str, str]:
+    """The task factories installed packages declare in the ``amc.tasks`` entry points: {name: reference}."""
+    from importlib.metadata import entry_points
 
-    refs = dict(parse_tasks(os.environ.get(TASKS_ENV, "")) if spec is None else
-                parse_tasks(spec) if isinstance(spec, str) else spec)
-    if entry_points:
-        from importlib.metadata import entry_points as eps
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINTS)}
 
-        for ep in eps(group=ENTRY_POINTS):
-            refs.setdefault(ep.name, ep.value)
+
+def register_tasks(spec: str | Mapping[str, str]) -> list[str]:
+    """Register task factories in ``TASKS`` by name from ``spec`` (``parse_tasks``' form or a mapping of
+    references); each is imported when a job asks for it. Returns the names registered."""
+    refs = parse_tasks(spec) if isinstance(spec, str) else dict(spec)
     for name, ref in refs.items():
         TASKS.register(name, _lazy(ref), help=ref, replace=True)
     return list(refs)

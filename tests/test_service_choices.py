@@ -126,7 +126,7 @@ def test_jobspec_is_the_options_model_with_the_services_limits() -> None:
     leaves = leaf_fields()
     options = set(leaves) - set(SERVICE_SET)
     assert set(JobSpec.model_fields) - options == {"checkpoint", "upload", "model", "data", "train_limit",
-                                                   "protocol", "heldout"}
+                                                   "protocol", "heldout", "task"}
     for name in options:  # one declaration: the options model's type and help
         assert JobSpec.model_fields[name].description == leaves[name][1].description, name
     spec = JobSpec.model_validate(SPEC)

@@ -96,6 +96,41 @@ def test_a_dict_output_segmenter_through_a_task(tmp_path):
     assert "no test function" in text  # without test= the report says its figure is validation
 
 
+class TwoInputs(nn.Module):
+    """Two inputs (an image and a depth map) fused by a concatenation; a dict output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rgb = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.depth = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.mid = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.head = nn.Conv2d(32, 2, 1)
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"seg": self.head(self.mid(torch.cat([self.rgb(rgb), self.depth(depth)], 1)))}
+
+
+@pytest.mark.parametrize("form", ["tuple", "dict"])
+def test_several_inputs_as_a_tuple_or_a_dict(tmp_path, form):
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    rgb, depth = torch.randn(4, 3, 16, 16), torch.randn(4, 1, 16, 16)
+    target = torch.randint(0, 2, (4, 16, 16))
+    batch = (rgb, depth) if form == "tuple" else {"rgb": rgb, "depth": depth}
+    example = (rgb[:1], depth[:1]) if form == "tuple" else {"rgb": rgb[:1], "depth": depth[:1]}
+
+    @torch.no_grad()
+    def pixel_accuracy(m: nn.Module) -> float:
+        return float((m(rgb, depth)["seg"].argmax(1) == target).float().mean())
+
+    task = amc.Task(example_inputs=example, evaluate=pixel_accuracy, calibration=[batch])
+    res = amc.compress(model, budget="macs=0.5", task=task, run_dir=tmp_path, **FAST)
+    assert res.metrics["macs_fraction"] <= 0.5 + 1e-6
+    assert res.model(rgb, depth)["seg"].shape == (4, 2, 16, 16)
+    assert "latency_ms" not in res.metrics  # the latency target takes one input tensor: not measured, not made up
+    assert "one input tensor" in res.metrics["program_skipped"]  # the report says why no torch.export program
+
+
 # -- bad input, each one clear error ------------------------------------------------------------------------
 def test_a_task_without_evaluate():
     with pytest.raises(TaskError, match="needs evaluate"):

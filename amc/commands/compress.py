@@ -4,6 +4,9 @@ profile -> sensitivity -> search (AMC agent, Optuna, or the sensitivity-picked p
 finetune -> export -> report, into one run folder (recipe.yaml, model files, report.md with plots,
 trials.csv, summary.json). A size budget prunes weights; MACs, parameter and latency budgets prune
 channels so that the model really runs faster.
+
+Any task: ``amc compress pkg.module:factory --task pkg.module:make_task`` (``make_task()`` returns an
+``amc.Task``: the model's example inputs, its evaluate, calibration, finetune and test; no --data).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with a model reference instead of a checkpoint: its weights (.pt state dict or .safetensors)")
     p.add_argument("--num-classes", type=int, default=None, help="model outputs (default: the data's classes)")
     add_data_args(p)  # --batch-size among them: the finetune's batch size option
+    p.add_argument("--task", default=None, metavar="PKG.MODULE:FUNCTION",
+                   help="a factory returning an amc.Task (the model's example inputs, its evaluate, calibration, "
+                        "finetune and test): compress any model for any task; --data is then not used")
     add_option_flags(p, exclude=("batch_size",))  # every other option of amc.options.CompressConfig
     p.add_argument("--out", default=None, help="run folder (default: runs/<model>-<budget>-<method>)")
     p.set_defaults(func=run)
@@ -51,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
 
+    if args.task is not None:
+        return _run_task(args, ref, weights, cfg, out, say)
     splits, record = load_source_recorded(args)  # the data first: its classes and image size shape the model
     say(f"data: {splits.size('train'):,} train, {splits.size('heldout'):,} held-out, {splits.size('test'):,} test, "
         f"{splits.num_classes} classes, images {'x'.join(map(str, splits.input_shape))}")
@@ -62,5 +70,30 @@ def run(args: argparse.Namespace) -> int:
           f"latency {m['latency_ms']:.2f} ms vs {m['dense_latency_ms']:.2f} ms dense, {m['latency_speedup']:.2f}x "
           f"(paired: {m['latency_fraction']:.3f} of dense +-{m['latency_fraction_spread']:.3f} over "
           f"{m['latency_rounds']} rounds, {m['latency_device']})")
+    print(f"wrote {res.run_dir}/: recipe.yaml, report.md, " + ", ".join(res.files))
+    return 0
+
+
+def _run_task(args: argparse.Namespace, ref: str, weights: str | None, cfg, out: Path, say) -> int:
+    """``amc compress MODEL --task pkg.module:make_task``: the user's task instead of --data."""
+    from amc.api import compress as compress_api
+    from amc.task import TaskError, make_task
+
+    if args.data is not None or args.val is not None:
+        raise TaskError("give --data or --task, not both (a task brings its own evaluate and calibration)")
+    task = make_task(args.task)
+    say(f"task: {task.name} ({task.metric}) from {args.task}")
+    res = compress_api(ref, task=task, weights=weights, run_dir=out, progress=say, config=cfg, device=args.device)
+    m = res.metrics
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4g}"
+
+    latency = (f"; latency {m['latency_ms']:.2f} ms vs {m['dense_latency_ms']:.2f} ms dense, "
+               f"{m['latency_speedup']:.2f}x (paired)" if m.get("latency_ms") is not None else "")
+    test = f"; test {fmt(m['dense_test_score'])} -> {fmt(m['test_score'])}" if m.get("test_score") is not None else ""
+    print(f"{task.metric} {fmt(m['dense_score'])} dense -> {fmt(m['score_before_finetune'])} pruned -> "
+          f"{fmt(m['score'])} finetuned (validation){test}; MACs {m['macs_fraction']:.2%}, params "
+          f"{m['params_fraction']:.2%} of dense{latency}")
     print(f"wrote {res.run_dir}/: recipe.yaml, report.md, " + ", ".join(res.files))
     return 0

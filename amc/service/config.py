@@ -42,6 +42,9 @@ class ServiceConfig:
     checkpoints: Path = field(default_factory=_default_checkpoints)  # registered checkpoints: <name>.pt
     datasets: dict[str, Path] = field(default_factory=_default_datasets)
     device: str | None = None  # the workers' device (None: CUDA when present)
+    # task plugins: name -> "pkg.module:make_task" (a factory returning an amc.Task); jobs name them, users never
+    # upload code. Beside these: amc.task.TASKS (registered in Python) and the "amc.tasks" entry points.
+    tasks: dict[str, str] = field(default_factory=dict)
 
     @property
     def runs(self) -> Path:
@@ -63,6 +66,13 @@ class ServiceConfig:
     def queue(self) -> str:
         return self.queue_url or f"sqlite:///{(self.root / 'queue.db').resolve()}"
 
+    def registered_tasks(self) -> dict[str, object]:
+        """Task plugins by name (a factory or its ``pkg.module:function`` reference): the ``amc.tasks`` entry
+        points, then ``amc.task.TASKS``, then this config's ``tasks`` (each later one wins a name)."""
+        from amc.task import TASKS, entry_point_tasks
+
+        return {**entry_point_tasks(), **dict(TASKS), **self.tasks}
+
     def registered_checkpoints(self) -> dict[str, Path]:
         if not self.checkpoints.is_dir():
             return {}
@@ -73,8 +83,8 @@ class ServiceConfig:
     def from_env(cls, **overrides: object) -> ServiceConfig:
         """``AMC_SERVICE_ROOT``, ``AMC_SERVICE_DB``, ``AMC_SERVICE_QUEUE``, ``AMC_SERVICE_STALE_S``,
         ``AMC_SERVICE_HEARTBEAT_S``, ``AMC_SERVICE_TOKEN_CACHE_S``, ``AMC_SERVICE_MAX_UPLOAD``,
-        ``AMC_SERVICE_MAX_DATASET`` (bytes of a data set archive); explicit
-        ``overrides`` (not None) win."""
+        ``AMC_SERVICE_MAX_DATASET`` (bytes of a data set archive), ``AMC_TASKS`` (task plugins:
+        ``name=pkg.module:make_task,...``); explicit ``overrides`` (not None) win."""
         env = os.environ
         values: dict[str, object] = {}
         if "AMC_SERVICE_ROOT" in env:
@@ -90,6 +100,10 @@ class ServiceConfig:
             values["max_upload_bytes"] = int(env["AMC_SERVICE_MAX_UPLOAD"])
         if "AMC_SERVICE_MAX_DATASET" in env:
             values["max_dataset_bytes"] = int(env["AMC_SERVICE_MAX_DATASET"])
+        if env.get("AMC_TASKS"):
+            from amc.task import parse_tasks
+
+            values["tasks"] = parse_tasks(env["AMC_TASKS"])
         if "AMC_SERVICE_CHECKPOINTS" in env:
             values["checkpoints"] = Path(env["AMC_SERVICE_CHECKPOINTS"])
         values.update({k: v for k, v in overrides.items() if v is not None})

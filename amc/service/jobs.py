@@ -5,8 +5,8 @@ pipeline (``run_job``).
 model's leaf fields (``JobOptions``: the same types, defaults, bounds, descriptions and registry-backed
 choices) less what the service sets itself (``SERVICE_SET``), with the service's own defaults and limits
 (``SERVICE_LIMITS``); beside them, the service-only fields (the weights: ``checkpoint`` or ``upload``,
-``model``, ``data``, and the quick-job slice: ``train_limit``, ``protocol``, ``heldout``). A job's
-options become a ``CompressConfig`` in one call (``JobSpec.compress_config``).
+``model``, ``data`` or ``task`` (a registered task plugin), and the quick-job slice: ``train_limit``,
+``protocol``, ``heldout``). A job's options become a ``CompressConfig`` in one call (``JobSpec.compress_config``).
 
 ``run_job(spec, weights, splits, run_dir, progress)`` is the only place the service calls the
 compression pipeline: it builds the model (``job_model``: ``amc.models.resolve_model`` for the data's
@@ -90,6 +90,8 @@ class JobSpec(JobOptions):  # type: ignore[misc, valid-type]
                             "images held out), auto (test-halves unless heldout is given)")
     heldout: int | None = Field(None, ge=16, description="held-out train images for the search rewards "
                                                          "(the heldout protocol)")
+    task: str | None = Field(None, description="a registered task plugin's name (GET /api/v1/registry): the model "
+                                               "is scored, calibrated and finetuned by it instead of data")
 
     @field_validator("budget")
     @classmethod
@@ -108,9 +110,15 @@ class JobSpec(JobOptions):  # type: ignore[misc, valid-type]
             raise ValueError("give exactly one of checkpoint (a registered name) and upload (an uploaded weights id)")
         if self.protocol == "test-halves" and self.heldout is not None:
             raise ValueError("protocol test-halves scores on the test set's validation half; heldout does not apply")
+        if self.task is not None and (self.data != JobSpec.model_fields["data"].default or self.train_limit is not None
+                                      or self.heldout is not None):
+            raise ValueError("give data or task, not both (a task brings its own evaluate and calibration)")
         if self.train_limit is not None and self.heldout is not None and self.heldout >= self.train_limit:
             raise ValueError(f"heldout ({self.heldout}) must be below train_limit ({self.train_limit})")
-        self.compress_config(None)  # the options model's own checks (the parts' validators), up front
+        config = self.compress_config(None)  # the options model's own checks (the parts' validators), up front
+        if self.task is not None and config.resolved_granularity != "channel":
+            raise ValueError("fine-grained pruning (size budgets) scores the classification task only; give a task "
+                             "job a macs=, params= or latency= budget")
         return self
 
     def compress_config(self, storage: str | None, study: str | None = None) -> CompressConfig:
@@ -246,11 +254,21 @@ def check_job_model(model_ref: str | None, uploaded: bool, weights: Path, num_cl
 def run_job(spec: JobSpec, weights: Path, splits: Any, run_dir: Path, progress: Callable[[str], None],
             record: Any = None) -> Any:
     """Run one compression into ``run_dir`` (the pipeline call; see the module doc); ``record`` (the
-    data protocol's ``ProtocolRecord``) goes into the recipe."""
+    data protocol's ``ProtocolRecord``) goes into the recipe. ``splits`` may be an ``amc.Task`` (a job
+    naming a task plugin): the model is then built as its reference gives it and checked on the task."""
     from amc.pipeline import compress_model
     from amc.recipe import DataInfo
+    from amc.task import Task
 
     config = spec.compress_config(study_storage(run_dir), study=f"job-{run_dir.name}")  # one study per job
+    if isinstance(splits, Task):
+        from amc.models import resolve_arch, resolve_model
+
+        ref = resolve_arch(spec.model, weights)
+        dense = resolve_model(ref, weights=weights).to(splits.device).eval()
+        splits.check_model(dense)
+        return compress_model(dense, splits, config, run_dir, progress=progress, ref=ref, checkpoint=weights,
+                              input_shape=splits.shape, data=DataInfo(source=f"task: {spec.task} ({splits.metric})"))
     info = None if record is None else DataInfo(source=spec.data, protocol=record.protocol,
                                                  val_sha256=record.val_sha256, test_sha256=record.test_sha256)
     dense, ref = job_model(spec, weights, splits.num_classes, splits.input_shape)

@@ -141,6 +141,17 @@ class Worker:
             self._data = {key: load_job_data(source, spec, device)}  # keep one: data sets are large
         return self._data[key]
 
+    def _task(self, spec: JobSpec) -> tuple[Any, None]:
+        """The job's task: its registered factory called (``amc.task.make_task``; one clear error for an
+        unknown name or a factory that fails)."""
+        from amc.task import make_task
+
+        known = self.config.registered_tasks()
+        factory = known.get(spec.task)  # type: ignore[arg-type]
+        if factory is None:
+            raise AmcError(f"unknown task {spec.task!r}; registered: {', '.join(known) or 'none'}")
+        return make_task(factory), None  # type: ignore[arg-type]
+
     def execute(self, jid: str) -> None:
         if not self.store.claim(jid, self.name):  # cancelled while queued, or delivered twice
             other = self.store.get(jid)
@@ -182,7 +193,7 @@ class Worker:
             if job.attempts > 1:
                 n = fail_running_trials(run_dir)
                 log.warning("job %s: attempt %d; %d unfinished trial(s) of the last one failed", jid, job.attempts, n)
-            splits, record = self._splits(spec, job.owner)
+            splits, record = self._task(spec) if spec.task is not None else self._splits(spec, job.owner)
             tracker.update("data")
             self.store.beat(jid, self.name, tracker.as_dict())
             run_job(spec, weights, splits, run_dir, progress, record=record)

@@ -74,7 +74,17 @@ def _check_model(model: str | None, uploaded: bool, weights: str, mtime: float, 
 def validate_source(config: ServiceConfig, user: str, spec: JobSpec) -> None:
     """Before queuing: the spec's data set is registered or the user's (403 for another user's), its
     weights exist and are the user's, and its model builds, takes the weights and outputs one score per
-    class of the data (``check_job_model``; 400 with the reason)."""
+    class of the data (``check_job_model``; 400 with the reason). A job naming a task: the task is
+    registered (422 otherwise) and the weights exist; the worker checks the model on the task."""
+    if spec.task is not None:
+        known = config.registered_tasks()
+        if spec.task not in known:
+            raise HTTPException(422, f"unknown task {spec.task!r}; registered: {', '.join(known) or 'none'}")
+        try:
+            resolve_weights(config, user, spec)
+        except AmcError as e:
+            raise HTTPException(400, str(e)) from None
+        return
     try:
         source = data_source(config, user, spec.data)
     except NotYours as e:

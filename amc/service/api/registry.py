@@ -1,6 +1,6 @@
 """``GET /api/v1/registry``: what a job may name; ``GET /api/v1/options``: a job's options; ``GET /api/v1/me``.
 
-The checkpoints and data sets are the service's (its config); every other list (methods, criteria,
+The checkpoints, data sets and task plugins are the service's (its config); every other list (methods, criteria,
 budget kinds, recoveries) is read from the project's registries at request time (``amc.service.choices``),
 so a searcher or criterion registered later appears here, and on the page, with no edit.
 """
@@ -22,6 +22,8 @@ router = APIRouter(prefix="/api/v1", tags=["registry"])
 class Registry(BaseModel):
     checkpoints: list[str]
     datasets: list[str]
+    tasks: list[str] = Field(default_factory=list, description="the task plugins a job may name (task=) instead "
+                                                                "of data: registered by the operator")
     methods: list[str]
     budget_kinds: list[str]
     criteria: list[str] = Field(description="what a job's criterion may be (a channel or a weight criterion)")
@@ -37,8 +39,12 @@ class Registry(BaseModel):
 @router.get("/registry", response_model=Registry)
 def registry(config: Config, user: User) -> Registry:
     lists = choices.catalog()
+    tasks = config.registered_tasks()
+    descriptions = {**lists, "tasks": {name: f if isinstance(f, str) else getattr(f, "__qualname__", "")
+                                       for name, f in tasks.items()}}
     return Registry(checkpoints=list(config.registered_checkpoints()), datasets=list(config.datasets),
-                    **{key: list(names) for key, names in lists.items()}, descriptions=lists)
+                    tasks=list(tasks), **{key: list(names) for key, names in lists.items()},
+                    descriptions=descriptions)
 
 
 @router.get("/options")
