@@ -150,6 +150,7 @@ def compress_model(dense: nn.Module, splits: DataSource | AnyTask, config: Compr
         if train is not None and task.finetune is None:
             task = dataclasses.replace(task, finetune=train)
         train = None
+    config = config.for_device(task.device)  # the options left to the device (calibration, evaluation, grid)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     shape = tuple(input_shape) if input_shape is not None else (
@@ -264,6 +265,7 @@ class Sensitivity:
 def sensitivity(job: Job, evaluator: Evaluator) -> Sensitivity:
     """Per-layer scans and the policy picked from them; writes sensitivity.csv (and candidates.csv for a
     size budget: the curve-picked policies, global magnitude and LAMP, checked jointly)."""
+    from amc.progress import sensitivity_points
     from amc.sensitivity import auto_policy, finegrained_scan
 
     config, policy = job.config, None
@@ -280,7 +282,9 @@ def sensitivity(job: Job, evaluator: Evaluator) -> Sensitivity:
                 atomic_write_text(job.run / "candidates.csv", table.to_csv(index=False))
                 policy = evaluator.projector.project(policy)
         else:
-            curves = evaluator.sensitivity(config.sensitivity_ratios)
+            ratios = config.sensitivity_ratios
+            curves = evaluator.sensitivity(ratios, on_point=sensitivity_points(job.say, len(evaluator.names),
+                                                                               len(ratios)))
         if policy is None:
             policy = evaluator.sensitivity_policy(curves)
         atomic_write_text(job.run / "sensitivity.csv", curves.to_csv(index=False))
@@ -313,7 +317,7 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
                                          "storage": config.storage})
             folder = {"amc": job.run / "agent"}.get(config.method, job.run)  # the agent's checkpoints; study.db
             found = make_searcher(config.method, evaluator, wanted, folder).run(
-                progress=lambda p: job.say(f"trial {p.done}/{p.total}"))
+                progress=lambda p: job.say(p.message() if hasattr(p, "message") else f"trial {p.done}/{p.total}"))
             policy, trials = found.best_policy, found.trials
         if policy is None:
             raise AmcError("the search found no feasible policy; raise the budget or the episodes")
@@ -405,7 +409,8 @@ def finetune(job: Job, recipe: Recipe, prof: Profile, train: Train | None) -> Fi
             else:
                 teacher = job.dense if config.distill > 0 else None
                 builtin_finetune(model, job.splits.loader("train", config.batch_size, seed=config.seed),
-                                 _finetune_spec(config).config(), masks=masks or None, teacher=teacher)
+                                 _finetune_spec(config).config(), masks=masks or None, teacher=teacher,
+                                 progress=job.say)
         model.eval()
     acc = evaluate(model, prof.test)
     final_score = float(job.score(model)) if job.score is not None else None
@@ -423,6 +428,8 @@ def _finetune_task(job: Job, task: Task, recipe: Recipe) -> Finetuned:
         model, masks = task.apply_recipe(recipe, job.source)
         model = model.to(task.device).eval()
         masks = {k: v.to(task.device) for k, v in masks.items()}
+        # BatchNorm re-estimated on the task's calibration inputs, as the search scored the policy
+        task.recalibrate(model, task.calibration_batches(config.calib_images, device=task.device))
         before = task.score(model)
         torch.manual_seed(config.seed)
         tuned = task.final_finetune(model, config.finetune_epochs, masks or None)
@@ -452,6 +459,8 @@ class Measured:
 def export(job: Job, tuned: Finetuned, prof: Profile, chosen: Choice) -> Measured:
     """The compressed model's costs and CPU latency against the dense model's, and its files (safetensors,
     ONNX, torch.export program); a latency budget is checked against the measurement."""
+    from amc.export.files import export_files
+
     config, model, task = job.config, tuned.model, job.user_task
     one_tensor = task is None or task.shape is not None  # the latency target and torch.export take one tensor
     with job.timed("measure"):
@@ -462,7 +471,9 @@ def export(job: Job, tuned: Finetuned, prof: Profile, chosen: Choice) -> Measure
     job.say(f"latency (paired): {speed.line()}" if speed is not None else
             "latency: not measured (the latency target takes one input tensor; this task's inputs are several)")
     with job.timed("export"):
-        exported = _export_files(job, model, prof.num_classes, one_tensor)
+        exported = export_files(model.cpu(), job.arch, job.run, job.granularity, dtype=config.export_dtype,
+                                onnx=config.onnx, input_shape=job.shape, num_classes=prof.num_classes,
+                                one_tensor=one_tensor, task=task)
         for problem in ("onnx_skipped", "program_skipped"):
             if problem in exported:
                 job.say(f"export: {exported[problem]}")
@@ -496,28 +507,6 @@ def export(job: Job, tuned: Finetuned, prof: Profile, chosen: Choice) -> Measure
     return Measured(metrics, files, speed)
 
 
-def _export_files(job: Job, model: nn.Module, num_classes: int, one_tensor: bool) -> dict[str, Any]:
-    """``export_compressed``'s files; for a user task ONNX on its example inputs (outputs named by their
-    path in the output), and where an export fails, why (``onnx_skipped`` / ``program_skipped``)."""
-    from amc.export.files import export_compressed
-
-    config, task = job.config, job.user_task
-    exported = export_compressed(model.cpu(), job.arch, job.run, job.granularity, dtype=config.export_dtype,
-                                 onnx=config.onnx and task is None, input_shape=job.shape if one_tensor else (1,),
-                                 num_classes=num_classes, program=one_tensor)
-    if task is None:
-        return exported
-    if config.onnx:
-        problem = task.export_onnx(model, job.run / "model.onnx")
-        if problem is None:
-            exported.update(onnx_path=job.run / "model.onnx", onnx_bytes=(job.run / "model.onnx").stat().st_size)
-        else:
-            exported["onnx_skipped"] = problem
-    if not one_tensor:
-        exported["program_skipped"] = "torch.export program not written: it is taken on one input tensor"
-    return exported
-
-
 def report(job: Job, recipe: Recipe, prof: Profile, sens: Sensitivity, chosen: Choice, tuned: Finetuned,
            measured: Measured) -> Path:
     """report.md with its plots, and summary.json (the options, the metrics, the candidates' held-out
@@ -526,20 +515,21 @@ def report(job: Job, recipe: Recipe, prof: Profile, sens: Sensitivity, chosen: C
 
     config, kind, task = job.config, job.budget.kind, job.user_task
     with job.timed("report"):
-        final = [{"method": "chosen, test after finetune", "budget": measured.metrics[f"{kind}_fraction"],
-                  "accuracy": tuned.accuracy}] if task is None else [  # a task: its score in the accuracy column
-            {"method": f"chosen, {name} after finetune", "budget": measured.metrics[f"{kind}_fraction"],
-             "accuracy": value} for name, value in (("validation", tuned.score), ("test", tuned.test_score))
-            if value is not None]
-        results = pd.DataFrame([{"method": f"{k} (held-out, before finetune)", "budget": r.cost(kind),
-                                 "accuracy": r.accuracy} for k, r in chosen.scored.items()]
-                               + final)  # measured on the finetuned model, every kind
+        results = None  # classification: the report makes its rows from the scored candidates and the metrics
+        if task is not None:  # a task: its score in the accuracy column, shown as the task names it
+            final = [{"method": f"chosen, {name} after finetune", "budget": measured.metrics[f"{kind}_fraction"],
+                      "accuracy": value} for name, value in (("validation", tuned.score), ("test", tuned.test_score))
+                     if value is not None]
+            results = pd.DataFrame([{"method": f"{k} (validation, before finetune)", "budget": r.cost(kind),
+                                     "accuracy": r.accuracy} for k, r in chosen.scored.items()] + final)
         trials = chosen.trials if len(chosen.trials) else None
         scored_by = f"; score: {task.name} {task.metric}" if task is not None else ""
         rep = run_report(job.run, recipe, dense=job.dense.cpu(), compressed=tuned.model.cpu(), trials=trials,
                          sensitivity=sens.curves, results=results, timings=job.times, files=measured.files,
                          baseline_policies={"sensitivity": sens.policy, "uniform": chosen.candidates["uniform"]},
-                         title=f"amc compress: {job.arch}, {config.budget}, {config.method}{scored_by}")
+                         title=f"amc compress: {job.arch}, {config.budget}, {config.method}{scored_by}",
+                         metrics=measured.metrics, scored=chosen.scored if task is None else None, config=config,
+                         device=job.task.device.type, metric=task.metric if task is not None else None)
         if task is not None:
             section = task.report_section((prof.score, tuned.score_before, tuned.score),
                                           (prof.test_score, tuned.test_score),

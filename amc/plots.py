@@ -160,16 +160,19 @@ def policy_figure(policies: Mapping[str, Mapping[str, float]], ylabel: str = "ra
     return fig
 
 
-def accuracy_budget_figure(results: pd.DataFrame) -> Figure:
+def accuracy_budget_figure(results: pd.DataFrame, metric: str | None = None) -> Figure:
+    """Accuracy (in %) against the budget reached; with ``metric`` (a task's score: mAP, minus a loss) the
+    ``accuracy`` column holds that score, drawn as it is."""
     require_columns(results, ["method", "budget", "accuracy"], "accuracy vs. budget")
+    scale = 1.0 if metric else 100.0
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
     for method, g in results.groupby("method", sort=False):
         g = g.sort_values("budget")
-        ax.plot(100 * g["budget"], 100 * g["accuracy"], marker="o", label=str(method))
+        ax.plot(100 * g["budget"], scale * g["accuracy"], marker="o", label=str(method))
     if "dense_accuracy" in results.columns and results["dense_accuracy"].notna().any():
-        ax.axhline(100 * float(results["dense_accuracy"].dropna().iloc[0]), color="black", ls="--", lw=1,
+        ax.axhline(scale * float(results["dense_accuracy"].dropna().iloc[0]), color="black", ls="--", lw=1,
                    label="dense")
-    label_axes(ax, "budget reached (% of dense)", "accuracy (%)", "accuracy vs. budget")
+    label_axes(ax, "budget reached (% of dense)", metric or "accuracy (%)", f"{metric or 'accuracy'} vs. budget")
     ax.legend(fontsize=8)
     return fig

@@ -187,15 +187,18 @@ class AccuracyVsBudget:
     results: pd.DataFrame  # method, budget, accuracy[, dense_accuracy, split, state]
     title: str = "Accuracy vs. budget"
     note: str = ""  # e.g. why a row sits below the budget
+    metric: str | None = None  # a task's score in the accuracy column (shown as it is, not in %)
 
     def render(self, run_dir: Path, slug: str) -> str:
-        path = save_figure(accuracy_budget_figure(self.results), run_dir / f"{slug}.png")
+        path = save_figure(accuracy_budget_figure(self.results, self.metric), run_dir / f"{slug}.png")
         _write_csv(self.results, run_dir / f"{slug}.csv")
         shown = self.results.copy()
-        for col in ("budget", "accuracy", "dense_accuracy"):  # fractions as percentages
+        for col in ("budget", "accuracy", "dense_accuracy"):  # fractions as percentages; a task's score as it is
             if col in shown:
-                shown[col] = [percent(v) if isinstance(v, int | float) else v for v in shown[col]]
-        shown = shown.rename(columns={"budget": "budget reached (of dense)"})
+                as_is = self.metric is not None and col != "budget"
+                shown[col] = [(f"{v:.4g}" if as_is else percent(v)) if isinstance(v, int | float) else v
+                              for v in shown[col]]
+        shown = shown.rename(columns={"budget": "budget reached (of dense)", "accuracy": self.metric or "accuracy"})
         return "\n\n".join(filter(None, [_img(self.title, path.name), markdown_table(shown),
                                            f"Data: [{slug}.csv]({slug}.csv)", self.note]))
 
@@ -464,6 +467,7 @@ def run_report(
     scored: Mapping[str, Any] | None = None,
     config: Any = None,
     device: str | None = None,
+    metric: str | None = None,
 ) -> ReportResult:
     """The standard report of one compression run: the result with units, what was done, the settings,
     the files and how to use them, stage timings, search progress, policy, sensitivity, weight
@@ -472,7 +476,8 @@ def run_report(
     ``metrics``: the run's metrics (``CompressResult.metrics``; default: the recipe's); ``scored``: the
     candidates' ``amc.evaluator.Result`` on the held-out split (they label the search's accuracy and,
     when ``results`` is None, make the accuracy-vs-budget rows); ``config``: the ``CompressConfig`` (the
-    Settings table, the recovery's name); ``device``: where it ran ("cpu", "cuda")."""
+    Settings table, the recovery's name); ``device``: where it ran ("cpu", "cuda"); ``metric``: a task's
+    score name, when ``results`` hold that score instead of accuracy."""
     from dataclasses import asdict
 
     protocol = recipe.data.protocol if recipe.data is not None else None
@@ -504,7 +509,8 @@ def run_report(
     if scored and results is None and recipe.budget is not None and f"{recipe.budget.kind}_fraction" in m:
         results = budget_results(scored, recipe.budget.kind, m, protocol, recovery)
     if results is not None and len(results):
-        sections.append(AccuracyVsBudget(results, note=below_budget_note(results, recipe)))
+        sections.append(AccuracyVsBudget(results, note=below_budget_note(results, recipe), metric=metric,
+                                         title=f"{metric} vs. budget" if metric else "Accuracy vs. budget"))
     return write_report(run_dir, *sections, title=title or f"Compression report: {recipe.model.arch}",
                         intro=_summary(recipe, m, protocol))
 

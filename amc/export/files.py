@@ -423,3 +423,26 @@ def export_compressed(model: nn.Module, arch: str, directory: str | os.PathLike,
         else:
             out.update(program_path=pt2, program_bytes=pt2.stat().st_size)
     return out
+
+
+def export_files(model: nn.Module, arch: str, directory: str | os.PathLike, granularity: str, *, dtype: str,
+                 onnx: bool, input_shape: tuple[int, ...], num_classes: int, one_tensor: bool = True,
+                 task: Any = None) -> dict[str, Any]:
+    """``export_compressed``'s files for a compression; for a user's ``amc.Task`` the ONNX file on its example
+    inputs (outputs named by their path in the output), and where an export fails, why (``onnx_skipped`` /
+    ``program_skipped``). ``one_tensor``: the model takes one input tensor (``torch.export`` is taken on it)."""
+    exported = export_compressed(model, arch, directory, granularity, dtype=dtype, onnx=onnx and task is None,
+                                 input_shape=input_shape if one_tensor else (1,), num_classes=num_classes,
+                                 program=one_tensor)
+    if task is None:
+        return exported
+    if onnx:
+        path = Path(directory) / "model.onnx"
+        problem = task.export_onnx(model, path)
+        if problem is None:
+            exported.update(onnx_path=path, onnx_bytes=path.stat().st_size)
+        else:
+            exported["onnx_skipped"] = problem
+    if not one_tensor:
+        exported["program_skipped"] = "torch.export program not written: it is taken on one input tensor"
+    return exported

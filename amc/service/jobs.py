@@ -17,7 +17,6 @@ classes and input shape) and calls ``amc.pipeline.compress_model``. The pipeline
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,11 +28,12 @@ from pydantic.fields import FieldInfo
 
 from amc.errors import AmcError
 from amc.options import CompressConfig, choices_of, leaf_fields
+from amc.progress import parse as parse_progress
 from amc.service import choices
 
 STAGES = ("queued", "data", "profile", "sensitivity", "search", "finetune", "export", "done")
 _NEXT = {"profile": "sensitivity", "sensitivity": "search", "search": "finetune", "finetune": "export"}
-_COUNT = re.compile(r"^(trial|episode) (\d+)/(\d+)")
+_STAGE_OF = {"trial": "search", "episode": "search", "finetune step": "finetune", "finetune epoch": "finetune"}
 
 
 # Options a client may not set: the service gives each job its own Optuna study in the job's run folder.
@@ -160,19 +160,25 @@ class ProgressTracker:
     started: float = field(default_factory=time.time)  # this attempt
     stage_started: float = field(default_factory=time.time)
     stage_done0: int = 0  # ``done`` when this attempt entered the stage (a resumed search starts above 0)
+    unit: str | None = None  # what ``done`` counts: "trial", "episode", "sensitivity", "finetune step"
+    eta: float | None = None  # the seconds left that the last counted message gave
+    eta_at: float = 0.0  # when it gave them
 
     def _enter(self, stage: str) -> None:
         if stage != self.stage:
             self.stage, self.stage_started, self.stage_done0 = stage, time.time(), self.done
+            self.unit, self.total, self.eta = None, None, None
 
     def update(self, msg: str) -> None:
         self.message = msg
-        m = _COUNT.match(msg)
-        if m:
-            if self.stage != "search":
-                self._enter("search")
-                self.stage_done0 = int(m.group(2)) - 1
-            self.done, self.total = int(m.group(2)), int(m.group(3))
+        step = parse_progress(msg)  # "trial 3/8 (best 71.2%), ETA 4m", "sensitivity 6/25 (...), ETA 1m20s"
+        if step is not None:
+            stage = _STAGE_OF.get(step.stage, step.stage)
+            if stage != self.stage:
+                self._enter(stage)
+                self.stage_done0 = step.done - 1
+            self.unit, self.done, self.total = step.stage, step.done, step.total
+            self.eta, self.eta_at = step.eta_s, time.time()
             return
         head = msg.split(":", 1)[0].split(" ", 1)[0]
         if head in _NEXT:  # "profile: ..." ends the profile stage: the next one starts
@@ -181,8 +187,13 @@ class ProgressTracker:
             self._enter("profile")
 
     def eta_s(self) -> float | None:
-        """Seconds left in the search, from this attempt's pace (None outside the search)."""
-        if self.stage != "search" or not self.total or self.done <= self.stage_done0:
+        """Seconds left in the stage: the last message's ETA less the time since, else this attempt's pace
+        (None outside a counted stage)."""
+        if not self.total or self.done >= self.total:
+            return None
+        if self.eta is not None:
+            return max(0.0, self.eta - (time.time() - self.eta_at))
+        if self.done <= self.stage_done0:
             return None
         pace = (time.time() - self.stage_started) / (self.done - self.stage_done0)
         return pace * (self.total - self.done)

@@ -32,7 +32,8 @@ class Progress(BaseModel):
     best: float | None = None  # best feasible reward so far
     message: str = ""
     elapsed_s: float | None = None
-    eta_s: float | None = None  # search time left, from this attempt's pace
+    eta_s: float | None = None  # the stage's time left (its last message's ETA, or this attempt's pace)
+    unit: str | None = None  # what done/total count: "trial", "episode", "sensitivity", "finetune step"
 
 
 class JobOut(BaseModel):
