@@ -108,7 +108,8 @@ async function loadRegistry() {
   const mine = await json("/api/v1/datasets");
   const keep = $("f-data").value;
   $("f-data").innerHTML = reg.datasets.map((d) => `<option value="${esc(d)}">${esc(d)}</option>`).join("") +
-    mine.map((d) => `<option value="${esc(d.id)}">${esc(d.name)} (${esc(d.id)}, ${d.classes.length} classes)</option>`).join("");
+    mine.map((d) => `<option value="${esc(d.id)}">${esc(d.name)} (${esc(d.id)}, ${d.classes.length} classes)</option>`).join("") +
+    (reg.tasks || []).map((t) => `<option value="task:${esc(t)}">task: ${esc(t)}</option>`).join("");  // the operator's task plugins
   if (keep && [...$("f-data").options].some((o) => o.value === keep)) $("f-data").value = keep;
   showDatasets(mine);
   if (!schema) { schema = await json("/api/v1/options"); buildForm(reg); }  // once per page load: keeps what was typed
@@ -164,7 +165,9 @@ async function submitForm(ev) {
   ev.preventDefault();
   showError(null);
   const f = new FormData(ev.target), spec = readOptions(ev.target);
-  if (f.get("data")) spec.data = f.get("data");
+  const data = f.get("data") || "";
+  if (data.startsWith("task:")) spec.task = data.slice(5);  // a task plugin scores the job instead of a data set
+  else if (data) spec.data = data;
   try {
     const file = $("f-weights").files[0];
     if (file) {
