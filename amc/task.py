@@ -261,18 +261,10 @@ class Task:
         model.eval()
 
     def apply_recipe(self, recipe: Any, dense: nn.Module) -> tuple[nn.Module, dict]:
-        """``recipe`` (a channel one) applied to a copy of ``dense`` (CPU, fp32), traced on the example inputs
-        (``amc.recipe.apply_to_model`` traces on zeros of the recorded shape: one tensor only)."""
-        import copy
+        """``recipe`` applied to a copy of ``dense`` (CPU, fp32), a channel one traced on the example inputs."""
+        from amc.recipe import apply_to_model
 
-        from amc.pruners.channel import prune_channels
-        from amc.recipe import apply_to_model, channel_plan, validate_recipe
-
-        if self.shape is not None or recipe.granularity != "channel":
-            return apply_to_model(recipe, dense)
-        validate_recipe(recipe, dense)
-        model = copy.deepcopy(dense).cpu().float().eval()
-        return prune_channels(model, channel_plan(recipe, model), map_inputs(self.inputs("cpu"), torch.clone)), {}
+        return apply_to_model(recipe, dense, example_inputs=self.inputs("cpu") if self.shape is None else None)
 
     def export_onnx(self, model: nn.Module, path: Any) -> str | None:
         """``model`` exported to ONNX on the example inputs (one output per tensor it returns, named by its

@@ -11,6 +11,7 @@ from torch import nn
 
 import amc
 from amc.layers import output_shapes
+from amc.recipe import RecipeError
 from amc.task import Task, TaskError
 from tests.task_models import Counter, detection_task, make_yolo
 
@@ -131,6 +132,11 @@ def test_several_inputs_as_a_tuple_or_a_dict(tmp_path, form):
     assert res.model(rgb, depth)["seg"].shape == (4, 2, 16, 16)
     assert "latency_ms" not in res.metrics  # the latency target takes one input tensor: not measured, not made up
     assert "one input tensor" in res.metrics["program_skipped"]  # the report says why no torch.export program
+    saved = amc.Recipe.load(res.recipe_path)
+    with pytest.raises(RecipeError, match="example_inputs="):
+        saved.apply(TwoInputs().eval())  # a recipe of a model of several inputs names what it needs
+    rebuilt = saved.apply(model, example_inputs=example)
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in res.model.parameters()]
 
 
 # -- bad input, each one clear error ------------------------------------------------------------------------

@@ -245,12 +245,14 @@ class Recipe:
 
         return save_recipe(self, path)
 
-    def apply(self, model: nn.Module, force: bool = False) -> nn.Module:
+    def apply(self, model: nn.Module, force: bool = False, example_inputs: Any = None) -> nn.Module:
         """Apply to a dense ``model`` object the caller built and loaded (left untouched): the
-        physically smaller model (channel) or a masked copy (fine / nm), bit for bit as recorded."""
+        physically smaller model (channel) or a masked copy (fine / nm), bit for bit as recorded.
+        ``example_inputs``: what a channel recipe's model is traced on (needed for a model of several
+        inputs; default: zeros of the recorded input shape)."""
         from amc.recipe.surgery import apply_to_model
 
-        return apply_to_model(self, model, force)[0]
+        return apply_to_model(self, model, force, example_inputs)[0]
 
     def to_yaml(self) -> str:
         """The YAML text ``save`` writes (a recipe with stored masks names ``recipe.masks.safetensors``)."""

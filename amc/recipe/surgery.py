@@ -272,17 +272,25 @@ def apply_recipe(
     return model.eval(), masks
 
 
-def apply_to_model(recipe: Recipe, dense: nn.Module, force: bool = False) -> tuple[nn.Module, Masks]:
+def apply_to_model(recipe: Recipe, dense: nn.Module, force: bool = False,
+                   example_inputs: Any = None) -> tuple[nn.Module, Masks]:
     """The pruning half of ``apply_recipe`` on a dense module object (not modified; a copy is
-    pruned on the CPU in fp32). channel: the physically smaller model and no masks; fine / nm: the
-    masked copy and its masks, checked against the recipe's hashes unless ``force``."""
+    pruned on the CPU in fp32). channel: the physically smaller model and no masks, traced on
+    ``example_inputs`` (a tensor, a tuple or a dict; default: zeros of the recorded input shape, which a
+    model of several inputs does not record); fine / nm: the masked copy and its masks, checked
+    against the recipe's hashes unless ``force``."""
     validate_recipe(recipe, dense)
     model = copy.deepcopy(dense).cpu().float().eval()
     masks: Masks = {}
     if recipe.granularity == "channel":
+        from amc.layers import map_inputs
         from amc.pruners.channel import prune_channels
 
-        example = torch.zeros(recipe.model.input_shape)
+        if example_inputs is None and not recipe.model.input_shape:
+            raise RecipeError("this recipe was made on a model of several inputs: apply it with "
+                              "example_inputs= (the inputs it was traced on: a tuple or a dict)")
+        example = torch.zeros(recipe.model.input_shape) if example_inputs is None else \
+            map_inputs(example_inputs, lambda t: t.detach().cpu().clone())
         return prune_channels(model, channel_plan(recipe, model), example), masks
     masks = rebuild_masks(model, recipe)
     if not force:
