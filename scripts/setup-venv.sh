@@ -12,6 +12,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # torch first, pinned to the builds this machine keeps on disk; pyproject.toml only asks torch>=2.4
   .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" \
     || .venv/bin/python -m pip install -q "torch>=2.4" torchvision
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # setuptools warns about editable installs beside a folder named like the package: not the user's concern
+  PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
