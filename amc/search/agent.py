@@ -10,7 +10,11 @@ the rewards of every sampled batch centred (``baseline="batch"``), one gradient 
 after each episode (``gradient_steps``). The learner is ``amc.search.ddpg`` (how each of these is
 hooked into SB3).
 
-Where it deviates from AMC, and why: ``seed_policies`` (the uniform and the sensitivity-picked
+Where it deviates from AMC, and why: its width never decays under ``sigma_min`` (0.2), and every
+other learning episode (``exploit_every``) perturbs the best episode so far instead of the actor's
+actions (on ResNet-20 at macs=0.3, AMC's decay left the actor replaying one policy, under the uniform
+policy's reward, from about 100 episodes after the warm-up on; see ``reports/agent.md``);
+``seed_policies`` (the uniform and the sensitivity-picked
 policies, say) are played as the first warm-up episodes, as Optuna enqueues them as its first
 trials; each episode's policy is filled to spend the whole budget (``AgentConfig.fill_budget``,
 ``Projector.fill``), since AMC's projection only ever raises ratios, and the stored transitions are
@@ -74,8 +78,8 @@ class AgentConfig:
     warmup_episodes: int = 100  # AMC: 100 episodes of uniformly random actions before learning
     sigma: float = 1.0  # exploration width: AMC's 0.5 on actions in [0, 1] is 1.0 on [-1, 1]
     sigma_decay: float = 0.95  # per episode after the warm-up (AMC's delta_decay)
-    sigma_min: float = 0.0  # the width never decays under this (AMC: no floor)
-    exploit_every: int = 0  # every this many learning episodes, one perturbs the best episode's actions (0: never)
+    sigma_min: float = 0.2  # the width never decays under this (AMC: no floor)
+    exploit_every: int = 2  # every this many learning episodes, one perturbs the best episode's actions (0: never)
     actor_lr: float = 1e-4  # AMC lra
     critic_lr: float = 1e-3  # AMC lrc
     tau: float = 0.01  # AMC soft target update

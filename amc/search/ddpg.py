@@ -6,7 +6,10 @@ What differs from SB3's defaults, and why (mit-han-lab/amc, ``lib/agent.py`` and
   warm-up is plain uniform random actions (SB3 would add the action noise to them too); after it,
   the actor's action is the mean of a normal *truncated to the action range* (resampled inside
   [-1, 1], never clipped onto a bound) whose width ``sigma`` decays by ``sigma_decay`` per episode
-  after the warm-up. Each step's random numbers come from a generator seeded by ``(seed, step)``,
+  after the warm-up, down to ``sigma_min`` (AMC: no floor; its width is gone ~60 episodes after
+  the warm-up). Every ``exploit_every``-th learning episode (2: every other one) is not the actor's
+  but the best episode stored so far (its per-step actions) inside the same truncated normal: a
+  local search around the best policy beside the actor's (AMC: the actor only). Each step's random numbers come from a generator seeded by ``(seed, step)``,
   so the same seed plays the same episodes, and a resumed run plays what the unbroken one would.
 - Stored transitions (``_store_transition``): an episode's transitions wait until it ends and are
   then replaced by those of the episode that plays the scored policy (``PruningEnv.trajectory``:
