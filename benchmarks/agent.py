@@ -147,8 +147,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"ResNet-20, the protocol of `reports/search_hard.md` (its settings, baselines and latency table); "
              f"the agent: {s['episodes']} episodes, {s['warmup']} warm-up, {s['gradient_steps']} gradient step(s) "
              f"per transition, exploration width floor {s.get('sigma_min')}, every {s.get('exploit_every')}th "
-             f"learning episode a perturbation of the best so far; every row finetuned {s['epochs']} epochs. Uniform and Optuna rows: "
-             f"`reports/search_hard.json` (not rerun).", ""]
+             f"learning episode a perturbation of the best so far; every row finetuned {s['epochs']} epochs. "
+             f"Uniform and Optuna rows: `reports/search_hard.json` (not rerun).", ""]
     for task, t in report["tasks"].items():
         lines += [f"## {task}", "", "| method | " + " | ".join(f"seed {x}" for x in s["seeds"]) + " | mean | SE |",
                   "| --- |" + " --- |" * (len(s["seeds"]) + 2)]

@@ -9,8 +9,9 @@ What differs from SB3's defaults, and why (mit-han-lab/amc, ``lib/agent.py`` and
   after the warm-up, down to ``sigma_min`` (AMC: no floor; its width is gone ~60 episodes after
   the warm-up). Every ``exploit_every``-th learning episode (2: every other one) is not the actor's
   but the best episode stored so far (its per-step actions) inside the same truncated normal: a
-  local search around the best policy beside the actor's (AMC: the actor only). Each step's random numbers come from a generator seeded by ``(seed, step)``,
-  so the same seed plays the same episodes, and a resumed run plays what the unbroken one would.
+  local search around the best policy beside the actor's (AMC: the actor only). Each step's random
+  numbers come from a generator seeded by ``(seed, step)``, so the same seed plays the same
+  episodes, and a resumed run plays what the unbroken one would.
 - Stored transitions (``_store_transition``): an episode's transitions wait until it ends and are
   then replaced by those of the episode that plays the scored policy (``PruningEnv.trajectory``:
   after the budget projection and the fill, the actions taken are not the ones that produced the
