@@ -47,3 +47,26 @@ def test_report_is_partial_until_every_seed_is_there(tmp_path):
 def test_agent_settings_of_the_benchmark(tmp_path):
     cfg = agent_config(_args(tmp_path), seed=2)
     assert (cfg.episodes, cfg.warmup_episodes, cfg.seed, cfg.checkpoint_every) == (10, 2, 2, 25)
+
+
+def test_variants_and_the_rescored_choice_are_reported(tmp_path):
+    args = _args(tmp_path)
+    cache = Cache(tmp_path)
+    cache.put("macs03__s0", _row(0, 0.80, 0.25))
+    cache.put("macs03__s0__amc_exploration", {**_row(0, None, 0.21), "variant": "amc_exploration",
+                                              "best_in_warmup": 0.2, "best_after_warmup": 0.21, "mean_learning": 0.15})
+    cache.put("macs03__s0__rescore", {"seed": 0, "search_pick": {"val_reward": 0.25, "full_val": 0.22},
+                                      "rescored_pick": {"rank": 3, "val_reward": 0.24, "full_val": 0.23},
+                                      "uniform_full_val": 0.21})
+    report, partial = collect(args, _hard())
+    t = report["tasks"]["macs03"]
+    assert partial and [v["variant"] for v in t["variants"]] == ["amc_exploration"] and len(t["rescore"]) == 1
+    text = markdown(report)
+    assert "| amc_exploration | 0 | 10 | 100 | 21.00% | 20.00% | 21.00% | 15.00% (- / -) |" in text
+    assert "| 0 | 25.00% / 22.00% | (3) 24.00% / 23.00% | 21.00% |" in text
+
+
+def test_a_variant_changes_one_setting(tmp_path):
+    base, amc = agent_config(_args(tmp_path), 0), agent_config(_args(tmp_path), 0, "amc_exploration")
+    assert (amc.sigma_min, amc.exploit_every) == (0.0, 0) and (base.sigma_min, base.exploit_every) == (0.2, 2)
+    assert agent_config(_args(tmp_path), 0, "gradient_steps_4").gradient_steps == 4
