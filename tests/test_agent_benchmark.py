@@ -85,7 +85,8 @@ def test_rescore_reads_a_finished_search(tiny_splits, tmp_path):
                    EvalConfig(granularity="fine", calib_images=128, round_to=1, eval_images=64))
     uniform = ev.uniform_policy()
     policies = [uniform, {n: min(0.9, r + 0.05) for n, r in uniform.items()}]
-    rows = [{"reward": ev.evaluate(p).reward, "feasible": True, **{f"r:{n}": r for n, r in p.items()}} for p in policies]
+    rows = [{"reward": ev.evaluate(p).reward, "feasible": True, **{f"r:{n}": r for n, r in p.items()}}
+            for p in policies]
     (tmp_path / "runs" / "macs03-s0").mkdir(parents=True)
     pd.DataFrame(rows).to_csv(tmp_path / "runs" / "macs03-s0" / "episodes.csv", index=False)
 
