@@ -192,6 +192,12 @@ def collect(args: argparse.Namespace, hard: dict[str, Any]) -> tuple[dict[str, A
         rows = cache.rows(f"{task}__s{s}" for s in args.seeds)
         partial |= len(rows) < len(args.seeds)
         amc = sorted(rows.values(), key=lambda r: r["seed"])
+        for r in amc:  # rows cached before these columns were: from the run's own log
+            log = Path(args.cache) / "runs" / f"{task}-s{r['seed']}" / "episodes.csv"
+            if "mean_learning" not in r and log.exists() and "agent" in r:
+                import pandas as pd
+
+                r.update(_explore_stats(pd.read_csv(log), int(r["agent"]["warmup_episodes"])))
         methods = hard["tasks"][task]["methods"]
         compared = {m: {"test_accuracy": methods[m]["test_accuracy"],
                         **_stats([float(v) for v in methods[m]["test_accuracy"].values()])} for m in COMPARED}
@@ -206,7 +212,10 @@ def collect(args: argparse.Namespace, hard: dict[str, Any]) -> tuple[dict[str, A
                                                              for r in amc)}
         variants = [cache.get(f"{task}__s{s}__{v}") for v in VARIANTS for s in args.seeds]
         rescored = [cache.get(f"{task}__s{s}__rescore") for s in args.seeds]
+        found = hard["tasks"][task].get("search_val_reward") or {}
+        searched = {m: {str(s): found.get(f"{m} s{s}") for s in args.seeds} for m in ("optuna", "amc")}
         out["tasks"][task] = {"amc": {**stats, "rows": amc}, **compared, "goals": goals,
+                              "search_hard_val_reward": searched,
                               "variants": [v for v in variants if v], "rescore": [r for r in rescored if r]}
     return out, partial
 
@@ -234,12 +243,16 @@ def markdown(report: dict[str, Any]) -> str:
         by_seed = {r["seed"]: r for r in t["amc"]["rows"]}
         cells = [_pct(by_seed[x]["test_accuracy"]) if x in by_seed else "-" for x in s["seeds"]]
         lines.append("| amc | " + " | ".join(cells) + f" | {_pct(t['amc']['mean'])} | {_pct(t['amc']['se'])} |")
-        lines += ["", "| seed | search s | best val reward | uniform's | actions at a bound | ratios at a bound | "
-                      "best episode | learning curve (best / mean per window) |", "| --- |" + " --- |" * 7]
+        lines += ["", "| seed | search s | best val reward | uniform's | Optuna's / the earlier agent's "
+                      "(search_hard) | actions at a bound | ratios at a bound | best episode | learning curve "
+                      "(best / mean per window) |", "| --- |" + " --- |" * 8]
+        earlier = t.get("search_hard_val_reward") or {}
         for r in t["amc"]["rows"]:
             curve = ", ".join(f"{_pct(w['best'])}/{_pct(w['mean'])}" for w in r["curve"])
+            seen = [(earlier.get(m) or {}).get(str(r["seed"])) for m in ("optuna", "amc")]
             lines.append(f"| {r['seed']} | {r['search_s']:.0f} | {_pct(r['val_reward'])} | "
-                         f"{_pct(r['uniform_val_reward'])} | {_pct(r['at_bound']['all'])} | "
+                         f"{_pct(r['uniform_val_reward'])} | {_pct(seen[0])} / {_pct(seen[1])} | "
+                         f"{_pct(r['at_bound']['all'])} | "
                          f"{_pct(r['ratio_at_bound']['all'])} | {r['best_episode']} | {curve} |")
         if t["goals"]:
             lines += ["", "Goals: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in t["goals"].items())]
