@@ -254,8 +254,18 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{_pct(r['uniform_val_reward'])} | {_pct(seen[0])} / {_pct(seen[1])} | "
                          f"{_pct(r['at_bound']['all'])} | "
                          f"{_pct(r['ratio_at_bound']['all'])} | {r['best_episode']} | {curve} |")
+        rows = t["amc"]["rows"]
+        opt_seen = [(earlier.get("optuna") or {}).get(str(r["seed"])) for r in rows]
+        if rows and all(x is not None for x in opt_seen):
+            mine = statistics.fmean(r["val_reward"] for r in rows)
+            lines += ["", f"Mean best search reward over these seeds: the agent {_pct(mine)}, Optuna "
+                          f"{_pct(statistics.fmean(opt_seen))}, the uniform policy "
+                          f"{_pct(rows[0]['uniform_val_reward'])}."]
         if t["goals"]:
             lines += ["", "Goals: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in t["goals"].items())]
+        missing = sorted(set(VARIANTS) - {v["variant"] for v in t.get("variants", [])})
+        if missing:
+            lines += ["", f"Variants not run (no rows): {', '.join(missing)}."]
         if t.get("variants"):
             lines += ["", "Search-only variants (the same search with one setting changed; no finetune):", "",
                       "| variant | seed | episodes done | search s | best val reward | best in warm-up | best after | "
