@@ -283,11 +283,19 @@ def markdown(report: dict[str, Any]) -> str:
             lines += ["", f"The final choice re-scored: each search's top {RESCORE_K} distinct policies and the "
                           "uniform policy scored on the whole validation half (5,000 images; the search saw 500):", "",
                       "| seed | search's pick: 500 / 5,000 images | re-scored pick (its rank): 500 / 5,000 | "
-                      "uniform on 5,000 |", "| --- | --- | --- | --- |"]
+                      "uniform on 5,000 | re-scored pick finetuned: test acc. (the search's pick's) |",
+                      "| --- | --- | --- | --- | --- |"]
+            by_seed = {r["seed"]: r for r in t["amc"]["rows"]}
             for r in t["rescore"]:
                 a, b = r["search_pick"], r["rescored_pick"]
+                own = by_seed.get(r["seed"], {}).get("test_accuracy")
                 lines.append(f"| {r['seed']} | {_pct(a['val_reward'])} / {_pct(a['full_val'])} | ({b['rank']}) "
-                             f"{_pct(b['val_reward'])} / {_pct(b['full_val'])} | {_pct(r['uniform_full_val'])} |")
+                             f"{_pct(b['val_reward'])} / {_pct(b['full_val'])} | {_pct(r['uniform_full_val'])} | "
+                             f"{_pct(r.get('test_accuracy'))} ({_pct(own)}) |")
+            tuned = [r["test_accuracy"] for r in t["rescore"] if r.get("test_accuracy") is not None]
+            if tuned:
+                lines += ["", f"Re-scored picks finetuned: mean {_pct(statistics.fmean(tuned))} over {len(tuned)} "
+                              "seed(s)."]
         lines.append("")
     return "\n".join(lines)
 
@@ -307,6 +315,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variants", default="", help="run these search-only variants instead of the main rows "
                                                   f"({', '.join(VARIANTS)})")
+    ap.add_argument("--finetune-rescored", action="store_true",
+                    help="with --rescore: finetune and test the re-scored pick too (a row of its own)")
     ap.add_argument("--rescore", action="store_true",
                     help=f"re-score each finished row's search: its top {RESCORE_K} on the whole validation half")
     args = ap.parse_args()
@@ -330,7 +340,10 @@ def main() -> None:
                           f"{row['val_reward']:.4f} (uniform {row['uniform_val_reward']:.4f}), "
                           f"search {row['search_s']:.0f} s", flush=True)
                 if args.rescore and cache.get(f"{task}__s{seed}") is not None:
-                    cache.row(f"{task}__s{seed}__rescore", lambda t=task, s=seed: rescore(bench, args, t, s))
+                    got = cache.row(f"{task}__s{seed}__rescore", lambda t=task, s=seed: rescore(bench, args, t, s))
+                    if args.finetune_rescored and "test_accuracy" not in got:  # the re-scored pick's own row
+                        row = bench.row(task, "amc_rescored", seed, got["rescored_pick"]["policy"], 0.0)
+                        got = cache.put(f"{task}__s{seed}__rescore", {**got, "test_accuracy": row["test_accuracy"]})
                 for v in args.variants:
                     got = cache.row(f"{task}__s{seed}__{v}",
                                     lambda t=task, s=seed, v=v: measure_variant(bench, args, t, s, v))
