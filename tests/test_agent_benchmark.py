@@ -47,3 +47,58 @@ def test_report_is_partial_until_every_seed_is_there(tmp_path):
 def test_agent_settings_of_the_benchmark(tmp_path):
     cfg = agent_config(_args(tmp_path), seed=2)
     assert (cfg.episodes, cfg.warmup_episodes, cfg.seed, cfg.checkpoint_every) == (10, 2, 2, 25)
+
+
+def test_variants_and_the_rescored_choice_are_reported(tmp_path):
+    args = _args(tmp_path)
+    cache = Cache(tmp_path)
+    cache.put("macs03__s0", _row(0, 0.80, 0.25))
+    cache.put("macs03__s0__amc_exploration", {**_row(0, None, 0.21), "variant": "amc_exploration",
+                                              "best_in_warmup": 0.2, "best_after_warmup": 0.21, "mean_learning": 0.15})
+    cache.put("macs03__s0__rescore", {"seed": 0, "search_pick": {"val_reward": 0.25, "full_val": 0.22},
+                                      "rescored_pick": {"rank": 3, "val_reward": 0.24, "full_val": 0.23},
+                                      "uniform_full_val": 0.21})
+    report, partial = collect(args, _hard())
+    t = report["tasks"]["macs03"]
+    assert partial and [v["variant"] for v in t["variants"]] == ["amc_exploration"] and len(t["rescore"]) == 1
+    text = markdown(report)
+    assert "| amc_exploration | 0 | 10 | 100 | 21.00% | 20.00% | 21.00% | 15.00% (- / -) |" in text
+    assert "| 0 | 25.00% / 22.00% | (3) 24.00% / 23.00% | 21.00% |" in text
+
+
+def test_a_variant_changes_one_setting(tmp_path):
+    base, amc = agent_config(_args(tmp_path), 0), agent_config(_args(tmp_path), 0, "amc_exploration")
+    assert (amc.sigma_min, amc.exploit_every) == (0.0, 0) and (base.sigma_min, base.exploit_every) == (0.2, 2)
+    assert agent_config(_args(tmp_path), 0, "gradient_steps_4").gradient_steps == 4
+
+
+def test_rescore_reads_a_finished_search(tiny_splits, tmp_path):
+    """The top policies of a search log and the uniform policy re-scored on every held-out image."""
+    import pandas as pd
+
+    from amc.budget import Budget
+    from amc.evaluator import EvalConfig, Evaluator
+    from benchmarks.agent import rescore
+    from tests.conftest import make_tiny_vgg
+
+    ev = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("size=0.5"),
+                   EvalConfig(granularity="fine", calib_images=128, round_to=1, eval_images=64))
+    uniform = ev.uniform_policy()
+    policies = [uniform, {n: min(0.9, r + 0.05) for n, r in uniform.items()}]
+    rows = [{"reward": ev.evaluate(p).reward, "feasible": True, **{f"r:{n}": r for n, r in p.items()}}
+            for p in policies]
+    (tmp_path / "runs" / "macs03-s0").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(tmp_path / "runs" / "macs03-s0" / "episodes.csv", index=False)
+
+    class Bench:
+        def evaluator(self, task):
+            return ev
+
+        def baselines(self, task):
+            return {"uniform": {"policy": uniform}}
+
+    got = rescore(Bench(), _args(tmp_path), "macs03", 0)
+    full = Evaluator(ev.dense, tiny_splits, ev.budget, EvalConfig(granularity="fine", calib_images=128, round_to=1))
+    assert got["uniform_full_val"] == pytest.approx(full.evaluate(uniform).reward)
+    assert len(got["ranked"]) == 2 and got["rescored_pick"]["full_val"] == max(r["full_val"] for r in got["ranked"])
+    assert got["search_pick"]["val_reward"] == max(r["reward"] for r in rows)

@@ -10,7 +10,11 @@ the rewards of every sampled batch centred (``baseline="batch"``), one gradient 
 after each episode (``gradient_steps``). The learner is ``amc.search.ddpg`` (how each of these is
 hooked into SB3).
 
-Where it deviates from AMC, and why: ``seed_policies`` (the uniform and the sensitivity-picked
+Where it deviates from AMC, and why: its width never decays under ``sigma_min`` (0.2), and every
+other learning episode (``exploit_every``) perturbs the best episode so far instead of the actor's
+actions (on ResNet-20 at macs=0.3, AMC's decay left the actor replaying one policy, under the uniform
+policy's reward, from about 100 episodes after the warm-up on; see ``reports/agent.md``);
+``seed_policies`` (the uniform and the sensitivity-picked
 policies, say) are played as the first warm-up episodes, as Optuna enqueues them as its first
 trials; each episode's policy is filled to spend the whole budget (``AgentConfig.fill_budget``,
 ``Projector.fill``), since AMC's projection only ever raises ratios, and the stored transitions are
@@ -74,6 +78,8 @@ class AgentConfig:
     warmup_episodes: int = 100  # AMC: 100 episodes of uniformly random actions before learning
     sigma: float = 1.0  # exploration width: AMC's 0.5 on actions in [0, 1] is 1.0 on [-1, 1]
     sigma_decay: float = 0.95  # per episode after the warm-up (AMC's delta_decay)
+    sigma_min: float = 0.2  # the width never decays under this (AMC: no floor)
+    exploit_every: int = 2  # every this many learning episodes, one perturbs the best episode's actions (0: never)
     actor_lr: float = 1e-4  # AMC lra
     critic_lr: float = 1e-3  # AMC lrc
     tau: float = 0.01  # AMC soft target update
@@ -101,6 +107,8 @@ class AgentConfig:
             raise AmcError("episodes must be >= 1 and warm-up episodes >= 0")
         if self.gradient_steps < 1 or self.sigma < 0 or not 0 < self.sigma_decay <= 1:
             raise AmcError("the agent needs gradient_steps >= 1, sigma >= 0 and a sigma decay in (0, 1]")
+        if self.sigma_min < 0 or self.exploit_every < 0:
+            raise AmcError("the agent needs sigma_min >= 0 and exploit_every >= 0")
 
 
 def _make_model(config: AgentConfig, env, n_layers: int) -> AmcDDPG | AmcTD3:
@@ -119,7 +127,8 @@ def _configure(model: AmcDDPG | AmcTD3, config: AgentConfig, env: PruningEnv) ->
     """The settings the learner reads from the config and the environment (new or loaded)."""
     model.actor_lr, model.critic_lr = config.actor_lr, config.critic_lr
     model.n_layers, model.credit, model.explore_seed = len(env.names), config.credit, config.seed
-    model.sigma0, model.sigma_decay = config.sigma, config.sigma_decay
+    model.sigma0, model.sigma_decay, model.sigma_min = config.sigma, config.sigma_decay, config.sigma_min
+    model.exploit_every = config.exploit_every
     model.trajectory = env.trajectory
     model.gradient_steps = config.gradient_steps * len(env.names)
 
@@ -315,12 +324,15 @@ class AmcSearcher(Searcher):
                         wall: float) -> dict[str, Any]:
         """The agent's own columns of an episode's log row: the exploration width it was played with,
         the share of its actions and ratios at a bound, the best reward so far."""
-        sigma = exploration_sigma(self.config.sigma, self.config.sigma_decay, episode - self.config.warmup_episodes)
+        after = episode - self.config.warmup_episodes
+        sigma = exploration_sigma(self.config.sigma, self.config.sigma_decay, after, self.config.sigma_min)
         best = self._best_so_far
         if result.feasible and math.isfinite(result.reward) and (best is None or result.reward > best):
             best = result.reward
         self._best_so_far = best
-        return {"episode": episode, "sigma": sigma, "warmup": warm, "at_bound": at_bound(actions),
+        k = self.config.exploit_every
+        exploit = not warm and k > 0 and after % k == k - 1 and (episode > 0 or self._best_so_far is not None)
+        return {"episode": episode, "sigma": sigma, "warmup": warm, "exploit": exploit, "at_bound": at_bound(actions),
                 "ratio_at_bound": ratios_at_bound(result.policy, self.evaluator.bounds),
                 "best_so_far": float("nan") if best is None else best, "wall": wall}
 

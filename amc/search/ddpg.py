@@ -6,8 +6,12 @@ What differs from SB3's defaults, and why (mit-han-lab/amc, ``lib/agent.py`` and
   warm-up is plain uniform random actions (SB3 would add the action noise to them too); after it,
   the actor's action is the mean of a normal *truncated to the action range* (resampled inside
   [-1, 1], never clipped onto a bound) whose width ``sigma`` decays by ``sigma_decay`` per episode
-  after the warm-up. Each step's random numbers come from a generator seeded by ``(seed, step)``,
-  so the same seed plays the same episodes, and a resumed run plays what the unbroken one would.
+  after the warm-up, down to ``sigma_min`` (AMC: no floor; its width is gone ~60 episodes after
+  the warm-up). Every ``exploit_every``-th learning episode (2: every other one) is not the actor's
+  but the best episode stored so far (its per-step actions) inside the same truncated normal: a
+  local search around the best policy beside the actor's (AMC: the actor only). Each step's random
+  numbers come from a generator seeded by ``(seed, step)``, so the same seed plays the same
+  episodes, and a resumed run plays what the unbroken one would.
 - Stored transitions (``_store_transition``): an episode's transitions wait until it ends and are
   then replaced by those of the episode that plays the scored policy (``PruningEnv.trajectory``:
   after the budget projection and the fill, the actions taken are not the ones that produced the
@@ -50,10 +54,10 @@ def truncated_normal(mu: np.ndarray, sigma: float, rng: np.random.Generator, low
     return np.clip(out, low, high).astype(np.float32)  # clip: only if 1000 draws all fell outside
 
 
-def exploration_sigma(sigma0: float, decay: float, episodes_after_warmup: int) -> float:
+def exploration_sigma(sigma0: float, decay: float, episodes_after_warmup: int, floor: float = 0.0) -> float:
     """AMC's width: ``sigma0`` through the warm-up and its first learning episode, then times ``decay``
-    per episode."""
-    return float(sigma0 * decay ** max(0, episodes_after_warmup))
+    per episode, never under ``floor`` (AMC: none; it decays to nothing)."""
+    return float(max(min(floor, sigma0), sigma0 * decay ** max(0, episodes_after_warmup)))
 
 
 class AmcReplayBuffer(ReplayBuffer):
@@ -97,6 +101,10 @@ class _AmcOffPolicy:
     n_layers: int = 1
     sigma0: float = 1.0
     sigma_decay: float = 0.95
+    sigma_min: float = 0.0
+    exploit_every: int = 0  # every this many learning episodes, one perturbs the best episode (0: never)
+    best_reward: float = -np.inf  # the best episode stored so far and its per-step actions
+    best_actions: np.ndarray | None = None
     credit: str = "final"
     explore_seed: int = 0
     trajectory: Trajectory | None = None
@@ -106,11 +114,18 @@ class _AmcOffPolicy:
     def sigma(self) -> float:
         """The exploration width of the step about to be taken."""
         after = (self.num_timesteps - self.learning_starts) // max(1, self.n_layers)  # type: ignore[attr-defined]
-        return exploration_sigma(self.sigma0, self.sigma_decay, after)
+        return exploration_sigma(self.sigma0, self.sigma_decay, after, self.sigma_min)
+
+    def exploits(self, episode_after_warmup: int) -> bool:
+        """Whether that learning episode perturbs the best episode so far instead of the actor's
+        actions: the last of every ``exploit_every`` (2: every other one), once an episode is stored."""
+        k = self.exploit_every
+        return k > 0 and self.best_actions is not None and episode_after_warmup % k == k - 1
 
     def explore(self, obs: np.ndarray) -> np.ndarray:
         """The action of the step about to be taken from ``obs``: a seed policy's or a uniform random one
-        during the warm-up, then the actor's inside a truncated normal (shape ``(1, action_dim)``)."""
+        during the warm-up, then the actor's (or, in an exploiting episode, the best episode's action
+        at this step) inside a truncated normal (shape ``(1, action_dim)``)."""
         t = int(self.num_timesteps)  # type: ignore[attr-defined]
         rng = np.random.default_rng([self.explore_seed, t])
         dim = int(np.prod(self.action_space.shape))  # type: ignore[attr-defined]
@@ -118,7 +133,12 @@ class _AmcOffPolicy:
             if self.demo_actions:
                 return np.asarray(self.demo_actions.pop(0), dtype=np.float32).reshape(1, dim)
             return rng.uniform(-1.0, 1.0, (1, dim)).astype(np.float32)
-        mu, _ = self.predict(obs, deterministic=True)  # type: ignore[attr-defined]
+        after, step = divmod(t - int(self.learning_starts), max(1, self.n_layers))  # type: ignore[attr-defined]
+        if self.exploits(after):
+            assert self.best_actions is not None
+            mu = self.best_actions[min(step, len(self.best_actions) - 1)]
+        else:
+            mu, _ = self.predict(obs, deterministic=True)  # type: ignore[attr-defined]
         return truncated_normal(np.asarray(mu).reshape(1, dim), self.sigma, rng)
 
     def _sample_action(self, learning_starts: int, action_noise=None, n_envs: int = 1):
@@ -140,6 +160,11 @@ class _AmcOffPolicy:
                 for t, (o, n, a) in enumerate(steps)]
 
     def add_episode(self, transitions: list[tuple]) -> None:
+        """Store an episode's transitions (``episode_transitions``); keep its actions if its reward
+        (its last step's) is the best so far."""
+        if transitions and float(transitions[-1][3]) > self.best_reward:
+            self.best_reward = float(transitions[-1][3])
+            self.best_actions = np.stack([np.asarray(a, dtype=np.float32).reshape(-1) for _, _, a, _, _ in transitions])
         for obs, nxt, act, reward, done in transitions:
             self.replay_buffer.add(np.asarray(obs)[None], np.asarray(nxt)[None],  # type: ignore[attr-defined]
                                    np.asarray(act, dtype=np.float32).reshape(1, -1), np.array([reward]),
