@@ -77,11 +77,8 @@ def agent_config(args: argparse.Namespace, seed: int, variant: str | None = None
 def _bench(args: argparse.Namespace, hard: dict[str, Any]):
     """search_hard's ``Bench`` (evaluators, baselines, finetuned rows) on its settings, its cache under ours,
     seeded with the committed report's baselines, latency table and calibration."""
-    from amc.latency.paired import Paired
     from benchmarks.search_hard import Bench
 
-    if not hasattr(Paired, "rounds"):  # search_hard's Bench.latency records the rounds' ratios under this old name
-        Paired.rounds = property(lambda p: list(p.ratios))  # type: ignore[attr-defined]
     folder = Path(args.cache) / "protocol"
     for rel in RESTORED:
         text = (hard.get("cache_files") or {}).get(rel)

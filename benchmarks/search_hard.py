@@ -509,7 +509,7 @@ class Bench:
         with self.pause:
             p = paired_fraction(model, self.dense, LATENCY_ROUNDS, LATENCY_RUNS)
         return {"others_paused": len(self.args.pause_pids), "latency_ms": p.model_ms,
-                "dense_latency_ms": p.dense_ms, "latency_measured": p.fraction, "latency_rounds": p.rounds,
+                "dense_latency_ms": p.dense_ms, "latency_measured": p.fraction, "latency_rounds": list(p.ratios),
                 "latency_method": "paired", "latency_predicted": self.lut.predict(model) / self.lut.predict(self.dense)}
 
     def remeasure_latency(self, every: bool = False) -> None:
