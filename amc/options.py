@@ -321,6 +321,7 @@ class CompressConfig(BaseModel):
 
     model_config = _FROZEN
     _device: str | None = PrivateAttr(default=None)  # the device the defaults were chosen for (for_device)
+    _chosen: frozenset[str] = PrivateAttr(default=frozenset())  # the options for_device chose (the user left None)
 
     pruning: PruningOptions = PruningOptions()
     search: SearchOptions = SearchOptions()
@@ -366,13 +367,18 @@ class CompressConfig(BaseModel):
         kind = device_kind(device)
         chosen = {k: v for k, v in DEVICE_DEFAULTS[kind].items() if getattr(getattr(self, LEAVES[k]), k) is None}
         out = self.replace(**chosen) if chosen else self.model_copy()
-        out._device = kind
+        out._device, out._chosen = kind, self._chosen | frozenset(chosen)
         return out
 
     @property
     def device_chosen(self) -> str | None:
         """The device ``for_device`` chose the defaults for (None: not chosen yet)."""
         return self._device
+
+    def chosen_for_device(self, name: str) -> bool:
+        """Whether option ``name`` was left to the device (set by ``for_device``, or still unset)."""
+        return name in self._chosen or (name in DEVICE_DEFAULTS["cpu"] and
+                                        getattr(getattr(self, LEAVES[name]), name) is None)
 
     def eval_config(self, bounds: Mapping[str, tuple[float, float]] | None = None, device: Any = None) -> EvalConfig:
         """The evaluator's own config from these options: the one place one is made from the other

@@ -364,14 +364,21 @@ def settings_table(config: Any, device: str | None = None) -> pd.DataFrame:
     c = config.for_device(device or "cpu") if hasattr(config, "for_device") else config
     fine = c.resolved_granularity == "fine"
     grid = c.sparsities if fine else c.sensitivity_ratios
+
+    def who(name: str) -> str:  # a device default, or the run's own value
+        if name == "sparsities":  # the fine-grained grid has one default, whatever the device
+            return ""
+        left = c.chosen_for_device(name) if hasattr(c, "chosen_for_device") else True
+        return " (the default chosen for the device)" if left else " (set for this run)"
+
     rows = [("device", device or "cpu", "where the search and the finetune ran"),
             ("calibration images", f"{c.calib_images:,}", "train images that re-estimate BatchNorm statistics "
-                                                            "before each policy is scored (default: chosen for "
-                                                            "the device)"),
+                                                            "before each policy is scored" + who("calib_images")),
             ("evaluation images", "all" if c.eval_images is None else f"{c.eval_images:,}",
-             "held-out images that score each policy (default: chosen for the device)"),
+             "held-out images that score each policy" + who("eval_images")),
             ("sensitivity grid", ", ".join(f"{r:g}" for r in grid),
-             f"{'sparsities' if fine else 'channel ratios'} tried per layer (default: chosen for the device)"),
+             f"{'sparsities' if fine else 'channel ratios'} tried per layer"
+             + who("sparsities" if fine else "sensitivity_ratios")),
             ("search", f"{c.method}, {c.episodes} {'episodes' if c.method == 'amc' else 'trials'}, seed {c.seed}", ""),
             ("finetune", f"{c.finetune_epochs:g} epochs, lr {c.lr:g}, batch {c.batch_size}", ""),
             ("test images", "all" if c.test_limit is None else f"{c.test_limit:,}", "for the final numbers")]

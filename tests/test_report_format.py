@@ -104,3 +104,14 @@ def test_the_use_it_snippets_run(run, monkeypatch):
     exec(onnx, ns)
     assert ns["logits"].shape == (1, 5)
     assert "amc apply" not in text  # a module object: the CLI cannot rebuild it by name, so it is not offered
+
+
+def test_settings_say_which_values_the_device_chose_and_which_the_run_set():
+    from amc.options import CompressConfig
+    from amc.report import settings_table
+
+    config = CompressConfig(budget="macs=0.5", calib_images=1024).for_device("cpu")
+    rows = {r.setting: r for r in settings_table(config, "cpu").itertuples()}
+    assert rows["calibration images"].value == "1,024" and "set for this run" in rows["calibration images"].meaning
+    assert rows["evaluation images"].value == "1,000" and "chosen for the device" in rows["evaluation images"].meaning
+    assert "chosen for the device" in rows["sensitivity grid"].meaning
