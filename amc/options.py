@@ -178,6 +178,10 @@ class SearchOptions(BaseModel):
                                       "sensitivity-picked policy)")
     episodes: int = Field(default=100, ge=1, description="AMC episodes or Optuna trials")
     warmup: int | None = Field(default=None, ge=0, description="AMC random warm-up episodes (default: a third)")
+    sigma_min: float = Field(default=0.2, ge=0, description="AMC: the exploration width never decays under this "
+                                                            "(0: AMC's own decay to nothing)")
+    exploit_every: int = Field(default=2, ge=0, description="AMC: every this many learning episodes, one perturbs "
+                                                            "the best episode so far (0: never, as AMC)")
     seed: int = Field(default=0, ge=0)
     storage: str | None = Field(default=None, description="Optuna storage URL (default: sqlite in the run folder)")
     study: str | None = Field(default=None, description="Optuna study name (default compress-<model>): one per job on "

@@ -314,7 +314,8 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
             wanted = SearchSpec(config.episodes, config.seed,
                                 start={"uniform": evaluator.uniform_policy(), "sensitivity": sens.policy},
                                 options={"warmup": config.warmup, "study": config.study or f"compress-{job.arch}",
-                                         "storage": config.storage})
+                                         "storage": config.storage, "sigma_min": config.sigma_min,
+                                         "exploit_every": config.exploit_every})
             folder = {"amc": job.run / "agent"}.get(config.method, job.run)  # the agent's checkpoints; study.db
             found = make_searcher(config.method, evaluator, wanted, folder).run(
                 progress=lambda p: job.say(p.message() if hasattr(p, "message") else f"trial {p.done}/{p.total}"))

@@ -48,9 +48,11 @@ def test_every_searcher_runs_through_the_one_interface(evaluator, tmp_path, meth
 
 
 def test_spec_options_reach_each_config(evaluator, tmp_path):
-    spec = SearchSpec(4, seed=3, options={"warmup": 9, "algo": "td3", "sampler": "random", "study": None})
+    spec = SearchSpec(4, seed=3, options={"warmup": 9, "algo": "td3", "sampler": "random", "study": None,
+                                          "sigma_min": 0.0, "exploit_every": 0})  # the pipeline's agent options
     agent = make_searcher("amc", evaluator, spec, tmp_path / "a")
     assert (agent.config.algo, agent.config.seed, agent.config.warmup_episodes) == ("td3", 3, 4)  # type: ignore[attr-defined]
+    assert (agent.config.sigma_min, agent.config.exploit_every) == (0.0, 0)  # type: ignore[attr-defined]
     study = make_searcher("optuna", evaluator, spec, tmp_path / "o")
     cfg = study.config  # type: ignore[attr-defined]
     assert (cfg.sampler, cfg.seed, cfg.n_trials, cfg.study) == ("random", 3, 4, "amc-search")
