@@ -225,15 +225,20 @@ def test_progress_messages_become_stages() -> None:
 def test_counted_messages_give_each_stage_its_count_unit_and_eta() -> None:
     p = ProgressTracker(stage="profile")
     p.update("sensitivity 6/25 (layer1.0.conv1), ETA 1m20s")
-    assert (p.stage, p.unit, p.done, p.total) == ("sensitivity", "sensitivity", 6, 25)
+    assert (p.stage, p.unit, p.stage_done, p.stage_total) == ("sensitivity", "sensitivity", 6, 25)
     assert 0 <= p.eta_s() <= 80  # the message's ETA, less the moments since
     p.update("sensitivity: 25 points in 9.0 s")
-    assert (p.stage, p.unit, p.total, p.eta_s()) == ("search", None, None, None)
+    assert (p.stage, p.unit, p.stage_total, p.eta_s()) == ("search", None, None, None)
     p.update("trial 3/8 (best 71.2%), ETA 11s")
-    assert (p.stage, p.unit, p.done, p.total) == ("search", "trial", 3, 8) and p.eta_s() <= 11
+    assert (p.stage, p.unit, p.stage_done, p.done, p.total) == ("search", "trial", 3, 3, 8) and p.eta_s() <= 11
+    p.update("trial 8/8 (best 72.0%)")
+    p.update("search (optuna): 8 episodes in 9.0 s")
     p.update("finetune step 10/18 (loss 1.568), ETA 12s")
-    assert (p.stage, p.unit, p.done, p.total) == ("finetune", "finetune step", 10, 18)
+    assert (p.stage, p.unit, p.stage_done, p.stage_total) == ("finetune", "finetune step", 10, 18)
+    assert (p.done, p.total) == (8, 8)  # the job's own count stays the search's trials
     assert p.as_dict()["unit"] == "finetune step"
+    p.enter("done")
+    assert (p.stage, p.stage_total, p.eta_s(), p.done, p.total) == ("done", None, None, 8, 8)
 
 
 def test_a_revoked_token_stops_working_within_the_token_cache_time(service) -> None:

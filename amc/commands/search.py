@@ -163,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
         raise AmcError("the search found no feasible policy; raise --upper or the budget")
     reranked = None
     # a reward on every held-out image after BN recalibration is exact: re-scoring would repeat it
-    if args.rerank and (ev.config.eval_images is not None or ev.config.recovery == "finetune"):
+    # a reward on a subset of the held-out images (fewer scored than held out), or after a finetune: re-rank
+    subset = ev.config.eval_images is not None and ev._n_eval >= ev.config.eval_images
+    if args.rerank and (subset or ev.config.recovery == "finetune"):
         reranked, winner = _rerank(args, ev, frame, rerank_seeds, out)
         if winner is not None:
             best_policy, best = winner

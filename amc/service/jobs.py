@@ -160,14 +160,17 @@ class ProgressTracker:
     started: float = field(default_factory=time.time)  # this attempt
     stage_started: float = field(default_factory=time.time)
     stage_done0: int = 0  # ``done`` when this attempt entered the stage (a resumed search starts above 0)
-    unit: str | None = None  # what ``done`` counts: "trial", "episode", "sensitivity", "finetune step"
-    eta: float | None = None  # the seconds left that the last counted message gave
+    unit: str | None = None  # what the stage counts: "trial", "episode", "sensitivity", "finetune step"
+    stage_done: int = 0  # the stage's units done (``done`` / ``total`` stay the search's trials)
+    stage_total: int | None = None
+    eta: float | None = None  # the seconds left that the stage's last counted message gave
     eta_at: float = 0.0  # when it gave them
 
-    def _enter(self, stage: str) -> None:
+    def enter(self, stage: str) -> None:
+        """The job moved to ``stage`` (its count and ETA start afresh; the search's trials stay)."""
         if stage != self.stage:
             self.stage, self.stage_started, self.stage_done0 = stage, time.time(), self.done
-            self.unit, self.total, self.eta = None, None, None
+            self.unit, self.stage_done, self.stage_total, self.eta = None, 0, None, None
 
     def update(self, msg: str) -> None:
         self.message = msg
@@ -175,28 +178,30 @@ class ProgressTracker:
         if step is not None:
             stage = _STAGE_OF.get(step.stage, step.stage)
             if stage != self.stage:
-                self._enter(stage)
+                self.enter(stage)
                 self.stage_done0 = step.done - 1
-            self.unit, self.done, self.total = step.stage, step.done, step.total
+            self.unit, self.stage_done, self.stage_total = step.stage, step.done, step.total
+            if stage == "search":  # the job's own count: trials or episodes
+                self.done, self.total = step.done, step.total
             self.eta, self.eta_at = step.eta_s, time.time()
             return
         head = msg.split(":", 1)[0].split(" ", 1)[0]
         if head in _NEXT:  # "profile: ..." ends the profile stage: the next one starts
-            self._enter(_NEXT[head])
+            self.enter(_NEXT[head])
         elif msg.startswith("data"):
-            self._enter("profile")
+            self.enter("profile")
 
     def eta_s(self) -> float | None:
         """Seconds left in the stage: the last message's ETA less the time since, else this attempt's pace
         (None outside a counted stage)."""
-        if not self.total or self.done >= self.total:
+        if not self.stage_total or self.stage_done >= self.stage_total:
             return None
         if self.eta is not None:
             return max(0.0, self.eta - (time.time() - self.eta_at))
-        if self.done <= self.stage_done0:
+        if self.stage != "search" or self.done <= self.stage_done0:
             return None
         pace = (time.time() - self.stage_started) / (self.done - self.stage_done0)
-        return pace * (self.total - self.done)
+        return pace * (self.stage_total - self.stage_done)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

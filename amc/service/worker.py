@@ -200,7 +200,8 @@ class Worker:
             final = live_trials(run_dir, kind)
             if final:  # a method with a study (any Optuna sampler); others leave the pipeline's trials.csv
                 atomic_write_text(run_dir / "trials.json", _json(final))
-            tracker.stage, tracker.message = "done", "done"
+            tracker.enter("done")
+            tracker.message = "done"
             self.store.finish(jid, self.name, "done", progress=tracker.as_dict())
         except JobStopped:
             self.store.finish(jid, self.name, "cancelled", progress=tracker.as_dict())

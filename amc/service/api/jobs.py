@@ -33,7 +33,9 @@ class Progress(BaseModel):
     message: str = ""
     elapsed_s: float | None = None
     eta_s: float | None = None  # the stage's time left (its last message's ETA, or this attempt's pace)
-    unit: str | None = None  # what done/total count: "trial", "episode", "sensitivity", "finetune step"
+    unit: str | None = None  # what the stage counts: "trial", "episode", "sensitivity", "finetune step"
+    stage_done: int = 0  # the stage's units done of stage_total (done / total: the search's trials)
+    stage_total: int | None = None
 
 
 class JobOut(BaseModel):

@@ -30,10 +30,12 @@ function size(n) {  // bytes in binary units, as report.md writes them
   return `${n} B`;
 }
 // "sensitivity 12/25, ETA 1 min 20 s", "trial 3/8, best 0.712, ETA 4 min 0 s": the count of the stage's units
-// (p.unit: what amc.progress.parse read from the last counted message; trials when absent) and the ETA
+// (p.unit: what amc.progress.parse read from the stage's last counted message; the search's trials outside
+// a counted stage) and the ETA
 function counted(p) {
   const parts = [];
-  if (p.total) parts.push(`${p.unit || "trials"} ${p.done}/${p.total}`);
+  if (p.stage_total) parts.push(`${p.unit} ${p.stage_done}/${p.stage_total}`);  // the stage's own count
+  else if (p.total) parts.push(`trials ${p.done}/${p.total}`);  // the search's, once past it
   if (p.best !== null && p.best !== undefined) parts.push(`best ${fmt(p.best)}`);
   if (p.eta_s !== null && p.eta_s !== undefined) parts.push(`ETA ${secs(p.eta_s)}`);
   return parts.join(", ");
