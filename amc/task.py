@@ -95,24 +95,10 @@ def _device(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def recalibrate_inputs(model: nn.Module, batches: Iterable[Any]) -> None:
     """Re-estimate BatchNorm running statistics as exact averages over ``batches`` of model inputs
-    (a tensor, a tuple or a dict each; ``amc.train.recalibrate_bn`` for (image, label) batches)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    batches = list(batches)
-    if not bns or not batches:
-        return
-    saved = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average = exact mean over the batches seen
-    was = model.training
-    model.train()
-    try:
-        for x in batches:
-            call_model(model, map_inputs(x, torch.clone))  # a forward may add into its input in place
-    finally:
-        for bn, m in zip(bns, saved, strict=True):
-            bn.momentum = m
-        model.train(was)
+    (a tensor, a tuple or a dict each): ``amc.train.recalibrate_bn`` with ``labelled=False``."""
+    from amc.train import recalibrate_bn
+
+    recalibrate_bn(model, batches, labelled=False)
 
 
 def _non_finite(model: nn.Module) -> str | None:

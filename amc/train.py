@@ -12,13 +12,14 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from amc.cpuconv import guarded
 from amc.errors import TrainingDiverged
-from amc.layers import layer_weight
+from amc.layers import call_model, layer_weight, map_inputs
 from amc.progress import finetune_steps
 
 Masks = dict[str, torch.Tensor]  # dotted layer name -> bool/float mask shaped like its weight
@@ -78,9 +79,11 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                   max_batches: int | None = None) -> None:
-    """Re-estimate BatchNorm running statistics as exact averages over ``loader`` (no weight change)."""
+def recalibrate_bn(model: nn.Module, loader: Iterable[Any], max_batches: int | None = None,
+                   labelled: bool = True) -> None:
+    """Re-estimate BatchNorm running statistics as exact averages over ``loader`` (no weight change):
+    (inputs, labels) batches, or with ``labelled=False`` batches of model inputs (a tensor, a tuple or a
+    dict each, as a task's calibration gives them)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
@@ -91,14 +94,18 @@ def recalibrate_bn(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.
     was_training = model.training
     model.train()
     device = model_device(model)
-    with _autocast(device):
-        for i, (x, _) in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            model(x.to(device, non_blocking=True))
-    for bn, m in zip(bns, saved, strict=True):
-        bn.momentum = m
-    model.train(was_training)
+    try:
+        with _autocast(device):
+            for i, batch in enumerate(loader):
+                if max_batches is not None and i >= max_batches:
+                    break
+                x = batch[0] if labelled else batch
+                # a forward may add into its input in place: the caller's batches stay as they were
+                call_model(model, map_inputs(x, lambda t: t.to(device, non_blocking=True).clone()))
+    finally:
+        for bn, m in zip(bns, saved, strict=True):
+            bn.momentum = m
+        model.train(was_training)
 
 
 @torch.no_grad()
