@@ -131,6 +131,27 @@ class Cache:
         return {k: r for k in keys if (r := self.get(k)) is not None}
 
 
+def run_in_child(target: Callable[..., None], args: tuple, limit_s: float) -> tuple[Any, float, int | None]:
+    """``target(*args, queue)`` in a forked child that puts its row on ``queue``, killed when no row came
+    within ``limit_s`` seconds: (the row or None, seconds taken, the child's exit code)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q))
+    t0 = time.perf_counter()
+    p.start()
+    try:
+        row = q.get(timeout=limit_s)
+    except Exception:  # queue.Empty past the limit, or a child that died before putting its row
+        row = None
+    p.join(5)
+    if p.is_alive():
+        p.kill()
+        p.join()
+    return row, time.perf_counter() - t0, p.exitcode
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (its folder made first)."""
     path = Path(path)

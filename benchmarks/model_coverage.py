@@ -14,7 +14,6 @@ Resumable: each model's row is cached as JSON under ``--cache`` and skipped on t
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import sys
 import time
 import traceback
@@ -132,27 +131,16 @@ def _child(ref: str, budget: str, threads: int, q: Any) -> None:
 
 def run_limited(ref: str, budget: str, limit_s: float, threads: int) -> dict[str, Any]:
     """``run_one`` in a forked child, killed after ``limit_s`` seconds."""
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(ref, budget, threads, q))
-    t0 = time.perf_counter()
-    p.start()
-    row = None
-    try:
-        row = q.get(timeout=limit_s)
-    except Exception:
-        row = None
-    p.join(5)
-    if p.is_alive():
-        p.kill()
-        p.join()
+    from benchmarks.harness import run_in_child
+
+    row, seconds, exitcode = run_in_child(_child, (ref, budget, threads), limit_s)
     if row is None:
         source, name = ref.split(":", 1)
-        why = f"time limit: not done after {limit_s:.0f} s" if p.exitcode in (None, -9) or \
-            time.perf_counter() - t0 >= limit_s else f"the child process died (exit code {p.exitcode})"
+        why = f"time limit: not done after {limit_s:.0f} s" if exitcode in (None, -9) or \
+            seconds >= limit_s else f"the child process died (exit code {exitcode})"
         row = {"source": source, "name": name, "ok": False, "built": False, "forward_ok": False, "shape_ok": False,
                "within_budget": False, "macs_fraction": None, "size": None, "error": why,
-               "seconds": round(time.perf_counter() - t0, 2)}
+               "seconds": round(seconds, 2)}
     return row
 
 

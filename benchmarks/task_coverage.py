@@ -22,7 +22,6 @@ ends in one clear error; the child is killed past the limit as a last resort).
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import sys
 import tempfile
 import time
@@ -244,26 +243,16 @@ def _child(name: str, budget: str, trace_s: float, threads: int, q: Any) -> None
 
 def run_limited(name: str, budget: str, limit_s: float, threads: int) -> dict[str, Any]:
     """``run_one`` in a forked child, killed after ``limit_s`` seconds; the tracer's own limit is 3/4 of it."""
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(name, budget, 0.75 * limit_s, threads, q))
-    t0 = time.perf_counter()
-    p.start()
-    try:
-        row = q.get(timeout=limit_s)
-    except Exception:
-        row = None
-    p.join(5)
-    if p.is_alive():
-        p.kill()
-        p.join()
+    from benchmarks.harness import run_in_child
+
+    row, seconds, exitcode = run_in_child(_child, (name, budget, 0.75 * limit_s, threads), limit_s)
     if row is None:
         family, side = MODELS[name]
-        over = time.perf_counter() - t0 >= limit_s
-        why = f"killed: not done after {limit_s:.0f} s" if over else f"the child process died (exit code {p.exitcode})"
+        over = seconds >= limit_s
+        why = f"killed: not done after {limit_s:.0f} s" if over else f"the child process died (exit code {exitcode})"
         row = {"name": name, "family": family, "size": side, "built": False, "ran": False, "within_budget": False,
                "macs_fraction": None, "held": None, "error": why, "onnx": "", "onnx_check": "",
-               "seconds": round(time.perf_counter() - t0, 2)}
+               "seconds": round(seconds, 2)}
     row["limit_s"] = limit_s
     return row
 
