@@ -245,6 +245,11 @@ class Evaluator:
         self.timings: list[dict[str, float]] = []  # of every evaluation (profile only)
 
     @property
+    def scored_images(self) -> int:
+        """How many held-out images each classification reward scores (0 for a user's task)."""
+        return self._n_eval
+
+    @property
     def _ctable(self):
         """The coupled channel groups (``amc.pruners.channel.ChannelTable``; channel pruning only)."""
         return self.strategy.table  # type: ignore[attr-defined]

@@ -182,6 +182,10 @@ class SearchOptions(BaseModel):
                                                             "(0: AMC's own decay to nothing)")
     exploit_every: int = Field(default=2, ge=0, description="AMC: every this many learning episodes, one perturbs "
                                                             "the best episode so far (0: never, as AMC)")
+    rerank: int = Field(default=5, ge=0, description="re-score the search's top K distinct policies on every "
+                                                     "held-out image (a finetune recovery: on other batches) and keep "
+                                                     "the best of those; it runs when the reward saw a subset of the "
+                                                     "held-out images or a finetune (0: keep the best reward)")
     seed: int = Field(default=0, ge=0)
     storage: str | None = Field(default=None, description="Optuna storage URL (default: sqlite in the run folder)")
     study: str | None = Field(default=None, description="Optuna study name (default compress-<model>): one per job on "

@@ -48,6 +48,7 @@ from amc.models import load_model, resolve_arch
 from amc.options import PIPELINE_METHODS, CompressConfig
 from amc.policy import Policy
 from amc.recipe import DataInfo, Metrics, Recipe, save_recipe
+from amc.search.base import final_choice
 from amc.search.registry import SearchSpec, make_searcher
 from amc.task import AnyTask, Task, as_task
 from amc.train import evaluate
@@ -306,7 +307,7 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
     and the baselines, and for a latency budget the fit of that policy to a measurement; writes trials.csv."""
     config = job.config
     with job.timed("search"):
-        trials = pd.DataFrame()
+        trials, ranked = pd.DataFrame(), []
         policy: Policy | None
         if config.method in PIPELINE_METHODS:  # "sensitivity": no search
             policy = sens.policy
@@ -320,11 +321,14 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
             found = make_searcher(config.method, evaluator, wanted, folder).run(
                 progress=lambda p: job.say(p.message() if hasattr(p, "message") else f"trial {p.done}/{p.total}"))
             policy, trials = found.best_policy, found.trials
+            if (ranked := final_choice(evaluator, trials, config.rerank)) and ranked[0].feasible:
+                policy = ranked[0].policy  # the best of the top few on every held-out image (the search's #rank)
+                job.say(f"re-rank of the search's top {len(ranked)}: kept its #{ranked[0].rank}")
         if policy is None:
             raise AmcError("the search found no feasible policy; raise the budget or the episodes")
         candidates = {"search best": policy, "sensitivity": sens.policy, "uniform": evaluator.uniform_policy()}
         scored = {k: evaluator.evaluate(p) for k, p in candidates.items()}
-        if config.method not in PIPELINE_METHODS and scored["sensitivity"].feasible and \
+        if config.method not in PIPELINE_METHODS and not ranked and scored["sensitivity"].feasible and \
                 scored["sensitivity"].reward > scored["search best"].reward:
             job.say("the sensitivity-picked policy scored above the search's best: keeping it")
             policy = sens.policy

@@ -86,6 +86,21 @@ def test_compress_a_user_module_to_half_the_macs(tmp_path, folder):
     assert torch.allclose(program(x), res.model(x), atol=1e-5)  # loads without this file's Net class
 
 
+def test_compress_reranks_the_search_top_on_every_heldout_image(tmp_path, folder):
+    """A reward on a subset of the held-out images: the search's top few are re-scored on all of them and
+    the best of those is the recipe's policy; ``rerank=0`` keeps the search's own best."""
+    said: list[str] = []
+    kw = {**FAST, "eval_images": 8}
+    res = amc.compress(Net(), budget="macs=0.5", data=folder, method="optuna", episodes=4, finetune=0.0, rerank=3,
+                       run_dir=tmp_path / "run", device="cpu", progress=said.append, **kw)
+    kept = [m for m in said if m.startswith("re-rank of the search's top")]
+    assert len(kept) == 1 and res.metrics["macs_fraction"] <= 0.5 + 1e-6
+    said.clear()
+    amc.compress(Net(), budget="macs=0.5", data=folder, method="optuna", episodes=4, finetune=0.0, rerank=0,
+                 run_dir=tmp_path / "run0", device="cpu", progress=said.append, **kw)
+    assert not any(m.startswith("re-rank") for m in said)
+
+
 def test_compress_to_a_latency_budget_calibrates_the_table(tmp_path, folder):
     """A latency budget: the lookup table is calibrated on the dense model first (its overhead said in the
     progress), and the final model's latency is measured and checked against the budget."""

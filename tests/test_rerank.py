@@ -10,7 +10,7 @@ import pytest
 from amc.budget import Budget
 from amc.errors import AmcError
 from amc.evaluator import EvalConfig, Evaluator
-from amc.search.base import rerank, rerank_evaluators, score, top_policies
+from amc.search.base import final_choice, rerank, rerank_evaluators, reranks, score, top_policies
 from tests.conftest import make_tiny_vgg
 
 
@@ -90,3 +90,20 @@ def test_channel_ratios_that_build_the_same_model_are_reranked_once(tiny_splits)
     ranked = rerank([ev], log, k=3)
     assert sorted(r.rank for r in ranked) == [1, 2]  # `near` builds `base`'s model: re-scored once
     assert {ev.architecture_key(r.policy) for r in ranked} == {ev.architecture_key(base), ev.architecture_key(other)}
+
+
+def test_the_final_choice_reranks_only_where_rescoring_can_change_it(evaluator, tiny_splits):
+    """A reward on a subset of the held-out images or after a finetune is re-ranked; BN recalibration on
+    every held-out image is exact (re-scoring repeats it); ``k`` 0 keeps the search's best."""
+    budget, vgg = Budget.parse("size=0.5"), make_tiny_vgg()
+    exact = Evaluator(vgg, tiny_splits, budget, EvalConfig(calib_images=128))
+    subset = Evaluator(vgg, tiny_splits, budget, EvalConfig(calib_images=128, eval_images=32))
+    assert exact.scored_images == len(tiny_splits.heldout_y) > subset.scored_images == 32
+    assert (reranks(exact), reranks(subset), reranks(evaluator)) == (False, True, True)
+    pols = [subset.projector.project({n: r for n in subset.names}) for r in (0.5, 0.7)]
+    log = _log([(0.9, True, pols[1]), (0.8, True, pols[0])])
+    assert final_choice(exact, log, 5) == [] and final_choice(subset, log, 0) == []
+    ranked = final_choice(subset, log, 5)
+    assert sorted(r.rank for r in ranked) == [1, 2]
+    for r in ranked:  # scored on every held-out image
+        assert r.score == pytest.approx(exact.evaluate(r.policy).reward)

@@ -18,6 +18,7 @@ from pathlib import Path
 from amc.commands.common import add_data_args, add_model_args, load_model_arg, load_splits, progress
 from amc.commands.options import LiveChoices, add_option_flags, config_from_args
 from amc.errors import AmcError
+from amc.search.base import reranks
 from amc.search.registry import SEARCHERS
 
 SCREEN_CALIB = 256  # calibration images of a --screen-images screen (reports/reward_cost.md: 256 keep the ranking)
@@ -37,10 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true", help="refuse to reuse an existing run folder")
     e = p.add_argument_group("evaluator")
     add_option_flags(e, only=("reward", "recovery", "recovery_steps", "calib_images", "eval_images", "score_on"))
-    e.add_argument("--rerank", type=int, default=5, metavar="K",
-                   help="re-score the top K policies on every held-out image, after the recovery on other "
-                        "batches (--rerank-seeds), and keep the best of those (0: keep the best reward); it "
-                        "runs when the reward saw a subset (--eval-images) or a finetune recovery")
+    add_option_flags(e, only=("rerank",))
     e.add_argument("--rerank-seeds", default="1,2", help="recovery seeds of the re-rank (the search's is 0)")
     add_option_flags(e, only=("lower", "upper"))
     e.add_argument("--around", default=None, metavar="POLICY",
@@ -162,10 +160,7 @@ def run(args: argparse.Namespace) -> int:
     if best_policy is None or best is None:
         raise AmcError("the search found no feasible policy; raise --upper or the budget")
     reranked = None
-    # a reward on every held-out image after BN recalibration is exact: re-scoring would repeat it
-    # a reward on a subset of the held-out images (fewer scored than held out), or after a finetune: re-rank
-    subset = ev.config.eval_images is not None and ev._n_eval >= ev.config.eval_images
-    if args.rerank and (subset or ev.config.recovery == "finetune"):
+    if args.rerank and reranks(ev):  # a reward on a subset of the held-out images, or after a finetune
         reranked, winner = _rerank(args, ev, frame, rerank_seeds, out)
         if winner is not None:
             best_policy, best = winner
