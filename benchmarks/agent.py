@@ -35,8 +35,10 @@ A smoke run (it starts and resumes; not a result): ``python benchmarks/agent.py 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import signal
 import statistics
 import sys
 import time
@@ -54,7 +56,7 @@ from amc.search.agent import AgentConfig, run_agent  # noqa: E402
 from benchmarks.harness import MODELS, Cache, parser, write_report  # noqa: E402
 
 TASKS = ("macs03", "lat05")
-COMPARED = ("uniform", "optuna")  # read from reports/search_hard.json
+COMPARED = ("uniform", "optuna", "optuna_rr")  # read from reports/search_hard.json
 SEARCH_LIMIT_S = 900  # each search within 15 minutes on the 2-core CPU
 RESTORED = ("latency_lut_cpu.csv", "lat05/calibration.json", "macs03/baselines.json", "lat05/baselines.json")
 
@@ -86,7 +88,8 @@ def _bench(args: argparse.Namespace, hard: dict[str, Any]):
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(folder / rel, text)
     settings = dict(hard["settings"], epochs=args.epochs, data=args.data, checkpoint=args.checkpoint)
-    ns = argparse.Namespace(**settings, cache=str(folder), tasks=list(args.tasks), pause_pids=[])
+    ns = argparse.Namespace(**settings, cache=str(folder), tasks=list(args.tasks),
+                            pause_pids=[int(p) for p in str(getattr(args, "pause_pids", "")).split(",") if p])
     return Bench(ns)
 
 
@@ -115,6 +118,63 @@ def measure(bench, args: argparse.Namespace, task: str, seed: int) -> dict[str, 
             "best_episode": diag["best_episode"], "best_in_warmup": diag["best_in_warmup"],
             "best_after_warmup": diag["best_after_warmup"], "actor": diag["actor"],
             **_explore_stats(res.trials, config.warmup_episodes), "agent": asdict(config)}
+
+
+def measure_rr(bench, args: argparse.Namespace, task: str, seed: int) -> dict[str, Any]:
+    """One seed of one task with a less noisy final choice (``--rr``): the agent's search run afresh in a
+    folder of its own (so that its time is this run's), then its top ``rr_k`` distinct policies by the
+    search reward re-ranked as search_hard's ``optuna_rr`` re-ranks Optuna's (each finetuned ``rr_steps``
+    SGD steps, batch 128, constant learning rate, recovery seeds ``rr_seeds``, other batches than the
+    search's, and scored on the whole validation half; the best mean is kept), then search_hard's
+    finetuned row of that policy. Its search time: the search plus the re-rank (plus, on lat05, the fit to
+    the measured budget), less the seconds this process stood paused by a latency measurement."""
+    import pandas as pd
+
+    from amc.search.base import rerank, rerank_evaluators
+    from benchmarks.search_hard import BASELINES
+    from benchmarks.search_hard import TASKS as HARD_TASKS
+
+    hs = bench.args  # search_hard's settings: rr_k, rr_steps, rr_seeds
+    base = bench.baselines(task)
+    config = agent_config(args, seed)
+    run_dir = Path(args.cache) / "runs" / f"{task}-s{seed}-rr"
+    t, t_epoch = time.perf_counter(), time.time()
+    res = run_agent(bench.evaluator(task), config, run_dir,
+                    seed_policies=[base[k]["policy"] for k in BASELINES[HARD_TASKS[task][0]]])
+    agent_s = time.perf_counter() - t - bench.stood(t_epoch, time.time())
+    if res.resumed_from:
+        agent_s += float(res.trials["wall"].iloc[res.resumed_from - 1])
+    t, t_epoch = time.perf_counter(), time.time()
+    seeds = tuple(int(x) for x in str(hs.rr_seeds).split(",") if x.strip())
+    evs = rerank_evaluators(bench.evaluator(task, recovery_steps=int(hs.rr_steps)), seeds=seeds)
+    ranked = rerank(evs, res.trials, k=int(hs.rr_k))
+    rr_s = time.perf_counter() - t - bench.stood(t_epoch, time.time())
+    if not ranked or not ranked[0].feasible:
+        raise RuntimeError(f"{task} s{seed}: the re-rank found no feasible policy")
+    top = ranked[0]
+    earlier = Path(args.cache) / "runs" / f"{task}-s{seed}" / "episodes.csv"
+    same = None
+    if earlier.exists():  # the same seed and settings as the first run's search: the same episodes?
+        old = pd.read_csv(earlier)["reward"].to_numpy()
+        new = res.trials["reward"].to_numpy()
+        same = bool(len(old) == len(new) and (abs(old - new) < 1e-9).all())
+    row = bench.row(task, "amc_rr", seed, top.policy, agent_s + rr_s)
+    diag = res.extra["diagnostics"]
+    print(f"[{task} s{seed}] amc_rr: kept the search's #{top.rank} of {len(ranked)} (search {agent_s:.0f} s, "
+          f"re-rank {rr_s:.0f} s), test {row['test_accuracy']:.4f}", flush=True)
+    return {"task": task, "seed": seed, "test_accuracy": row["test_accuracy"], "search_s": row["search_s"],
+            "agent_s": agent_s, "rerank_s": rr_s, "fit_s": row.get("fit_s"),
+            "search_resumed_from": res.resumed_from,
+            "val_reward": None if res.best_result is None else res.best_result.reward,
+            "uniform_val_reward": base["uniform"]["val_reward"], "rerank_score": top.score,
+            "chosen_search_rank": top.rank, "same_episodes_as_first_run": same,
+            "candidates": [{"search_rank": c.rank, "search_reward": c.search_reward, "score": c.score}
+                           for c in ranked],
+            "finetune_s": row["finetune_s"], "policy": row["policy"],
+            **{k: row[k] for k in ("macs", "latency_measured", "latency_predicted") if k in row},
+            "at_bound": diag["at_bound"], "ratio_at_bound": diag["ratio_at_bound"], "curve": diag["curve"],
+            "best_episode": diag["best_episode"], "actor": diag["actor"],
+            "rerank": {"k": int(hs.rr_k), "steps": int(hs.rr_steps), "seeds": list(seeds)}, "agent": asdict(config)}
 
 
 def _explore_stats(frame, warmup: int) -> dict[str, Any]:
@@ -180,6 +240,17 @@ def _stats(xs: list[float]) -> dict[str, float | None]:
     return {"mean": statistics.fmean(xs), "std": sd, "se": sd / math.sqrt(len(xs))}
 
 
+def _goals(rows: list[dict], stats: dict, compared: dict, seeds: int) -> dict[str, bool]:
+    """The issue's goals for one set of agent rows (empty until every seed has one)."""
+    if len(rows) < seeds:
+        return {}
+    opt = compared["optuna"]
+    return {"mean_at_least_uniform": stats["mean"] >= compared["uniform"]["mean"],
+            "within_one_se_of_optuna": stats["mean"] >= opt["mean"] - (opt["se"] or 0.0),
+            "searches_within_15_min": all(r["search_s"] <= SEARCH_LIMIT_S for r in rows),
+            "best_val_reward_at_least_uniform": all(r["val_reward"] >= r["uniform_val_reward"] - 1e-12 for r in rows)}
+
+
 def collect(args: argparse.Namespace, hard: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     cache = Cache(args.cache)
     out: dict[str, Any] = {"settings": {"search_hard": hard.get("settings"), "episodes": args.episodes,
@@ -200,21 +271,20 @@ def collect(args: argparse.Namespace, hard: dict[str, Any]) -> tuple[dict[str, A
                 r.update(_explore_stats(pd.read_csv(log), int(r["agent"]["warmup_episodes"])))
         methods = hard["tasks"][task]["methods"]
         compared = {m: {"test_accuracy": methods[m]["test_accuracy"],
-                        **_stats([float(v) for v in methods[m]["test_accuracy"].values()])} for m in COMPARED}
+                        **_stats([float(v) for v in methods[m]["test_accuracy"].values()])}
+                    for m in COMPARED if m in methods}
         stats = _stats([r["test_accuracy"] for r in amc])
-        goals: dict[str, Any] = {}
-        if amc and not partial:
-            opt = compared["optuna"]
-            goals = {"mean_at_least_uniform": stats["mean"] >= compared["uniform"]["mean"],
-                     "within_one_se_of_optuna": stats["mean"] >= opt["mean"] - (opt["se"] or 0.0),
-                     "searches_within_15_min": all(r["search_s"] <= SEARCH_LIMIT_S for r in amc),
-                     "best_val_reward_at_least_uniform": all(r["val_reward"] >= r["uniform_val_reward"] - 1e-12
-                                                             for r in amc)}
+        goals = _goals(amc, stats, compared, len(args.seeds))
+        rr = sorted(cache.rows(f"{task}__s{s}__rr" for s in args.seeds).values(), key=lambda r: r["seed"])
+        rr_stats = _stats([r["test_accuracy"] for r in rr])
+        partial |= len(rr) < len(args.seeds)
         variants = [cache.get(f"{task}__s{s}__{v}") for v in VARIANTS for s in args.seeds]
         rescored = [cache.get(f"{task}__s{s}__rescore") for s in args.seeds]
         found = hard["tasks"][task].get("search_val_reward") or {}
         searched = {m: {str(s): found.get(f"{m} s{s}") for s in args.seeds} for m in ("optuna", "amc")}
         out["tasks"][task] = {"amc": {**stats, "rows": amc}, **compared, "goals": goals,
+                              "amc_rr": {**rr_stats, "rows": rr}, "goals_rr": _goals(rr, rr_stats, compared,
+                                                                                     len(args.seeds)),
                               "search_hard_val_reward": searched,
                               "variants": [v for v in variants if v], "rescore": [r for r in rescored if r]}
     return out, partial
@@ -224,6 +294,38 @@ def _pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
+def _rr_lines(t: dict[str, Any]) -> list[str]:
+    """The ``amc_rr`` rows: the agent's search run afresh, its final choice re-ranked as ``optuna_rr``'s."""
+    rows = t.get("amc_rr", {}).get("rows", [])
+    if not rows:
+        return ["", "`amc_rr` (the agent with the re-ranked final choice): no rows yet."]
+    rr = rows[0]["rerank"]
+    lines = ["", f"`amc` is the agent's search's own pick (its best reward on 500 validation images); `amc_rr` is "
+                 f"the same agent's search run again from scratch, timed, its final choice made as `optuna_rr`'s "
+                 f"is (`reports/search_hard.md`): its top {rr['k']} distinct policies by the search reward, each "
+                 f"finetuned {rr['steps']} SGD steps (recovery seed(s) {', '.join(map(str, rr['seeds']))}) and "
+                 "scored on the whole validation half (5,000 images), the best kept; `optuna_rr` is Optuna's "
+                 "search with the same re-rank. Search seconds of `amc_rr`: the agent's episodes + the re-rank "
+                 "(+ the fit to the measured budget on lat05), less the seconds the process stood paused by the "
+                 "other task's latency measurements.", "",
+             "| seed | search s (episodes / re-rank) | same episodes as the first run | best val reward (500) | "
+             "uniform's | kept: search rank, re-rank score (5,000) | re-rank candidates (rank: score) | "
+             "actions at a bound | best episode | measured latency | test acc. |",
+             "| --- |" + " --- |" * 10]
+    for r in rows:
+        cands = ", ".join(f"{c['search_rank']}: {_pct(c['score'])}" for c in r["candidates"])
+        lat = r.get("latency_measured")
+        lines.append(f"| {r['seed']} | {r['search_s']:.0f} ({r['agent_s']:.0f} / {r['rerank_s']:.0f}) | "
+                     f"{'-' if r['same_episodes_as_first_run'] is None else r['same_episodes_as_first_run']} | "
+                     f"{_pct(r['val_reward'])} | {_pct(r['uniform_val_reward'])} | {r['chosen_search_rank']}, "
+                     f"{_pct(r['rerank_score'])} | {cands} | {_pct(r['at_bound']['all'])} | {r['best_episode']} | "
+                     f"{'-' if lat is None else f'{lat:.3f}'} | {_pct(r['test_accuracy'])} |")
+    if t.get("goals_rr"):
+        lines += ["", "Goals (`amc_rr`): " + ", ".join(f"{k}: {'met' if v else 'NOT met'}"
+                                                        for k, v in t["goals_rr"].items())]
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = ["# The AMC agent on search_hard's channel tasks", "",
@@ -231,18 +333,23 @@ def markdown(report: dict[str, Any]) -> str:
              f"the agent: {s['episodes']} episodes, {s['warmup']} warm-up, {s['gradient_steps']} gradient step(s) "
              f"per transition, exploration width floor {s.get('sigma_min')}, one learning episode in "
              f"{s.get('exploit_every')} a perturbation of the best so far; every row finetuned {s['epochs']} epochs. "
-             f"Uniform and Optuna rows: `reports/search_hard.json` (not rerun). Search seconds are wall time on the "
-             f"2-core CPU, one torch thread, niced, beside other jobs: inflated by the sharing.", ""]
+             f"Uniform, Optuna and optuna_rr rows: `reports/search_hard.json` (not rerun). Search seconds are wall "
+             f"time on the 2-core CPU, one torch thread, niced: the `amc` rows' beside other jobs (inflated by the "
+             f"sharing), the `amc_rr` rows' with the two tasks' processes side by side and nothing else.", ""]
     for task, t in report["tasks"].items():
         lines += [f"## {task}", "", "| method | " + " | ".join(f"seed {x}" for x in s["seeds"]) + " | mean | SE |",
                   "| --- |" + " --- |" * (len(s["seeds"]) + 2)]
-        for m in ("uniform", "optuna"):
+        for m in (m for m in COMPARED if m in t):
             acc = t[m]["test_accuracy"]
             lines.append(f"| {m} | " + " | ".join(_pct(acc.get(str(x))) for x in s["seeds"])
                          + f" | {_pct(t[m]['mean'])} | {_pct(t[m]['se'])} |")
         by_seed = {r["seed"]: r for r in t["amc"]["rows"]}
         cells = [_pct(by_seed[x]["test_accuracy"]) if x in by_seed else "-" for x in s["seeds"]]
         lines.append("| amc | " + " | ".join(cells) + f" | {_pct(t['amc']['mean'])} | {_pct(t['amc']['se'])} |")
+        rr = {r["seed"]: r for r in t.get("amc_rr", {}).get("rows", [])}
+        cells = [_pct(rr[x]["test_accuracy"]) if x in rr else "-" for x in s["seeds"]]
+        lines.append("| amc_rr | " + " | ".join(cells) + f" | {_pct(t['amc_rr']['mean'])} | "
+                     f"{_pct(t['amc_rr']['se'])} |")
         lines += ["", "| seed | search s | best val reward | uniform's | Optuna's / the earlier agent's "
                       "(search_hard) | actions at a bound | ratios at a bound | best episode | learning curve "
                       "(best / mean per window) |", "| --- |" + " --- |" * 8]
@@ -262,7 +369,8 @@ def markdown(report: dict[str, Any]) -> str:
                           f"{_pct(statistics.fmean(opt_seen))}, the uniform policy "
                           f"{_pct(rows[0]['uniform_val_reward'])}."]
         if t["goals"]:
-            lines += ["", "Goals: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in t["goals"].items())]
+            lines += ["", "Goals (`amc`): " + ", ".join(f"{k}: {'met' if v else 'NOT met'}"
+                                                        for k, v in t["goals"].items())]
         missing = sorted(set(VARIANTS) - {v["variant"] for v in t.get("variants", [])})
         if missing:
             lines += ["", f"Variants not run (no rows): {', '.join(missing)}."]
@@ -296,6 +404,7 @@ def markdown(report: dict[str, Any]) -> str:
             if tuned:
                 lines += ["", f"Re-scored picks finetuned: mean {_pct(statistics.fmean(tuned))} over {len(tuned)} "
                               "seed(s)."]
+        lines += _rr_lines(t)
         lines.append("")
     return "\n".join(lines)
 
@@ -317,6 +426,11 @@ def main() -> None:
                                                   f"({', '.join(VARIANTS)})")
     ap.add_argument("--finetune-rescored", action="store_true",
                     help="with --rescore: finetune and test the re-scored pick too (a row of its own)")
+    ap.add_argument("--rr", action="store_true",
+                    help="the rows whose final choice is re-ranked as optuna_rr's (a fresh, timed search each)")
+    ap.add_argument("--pause-pids", default="",
+                    help="comma-separated pids stopped during each latency measurement (besides the processes "
+                         "that registered themselves in the cache: a run without lat05 does)")
     ap.add_argument("--rescore", action="store_true",
                     help=f"re-score each finished row's search: its top {RESCORE_K} on the whole validation half")
     args = ap.parse_args()
@@ -330,28 +444,41 @@ def main() -> None:
     hard = json.loads(Path(args.hard).read_text())
     if not args.report_only:
         torch.set_num_threads(args.threads)
-        cache = Cache(args.cache)
-        bench = _bench(args, hard)
-        for seed in args.seeds:
-            for task in args.tasks:
-                if not args.variants:
-                    row = cache.row(f"{task}__s{seed}", lambda t=task, s=seed: measure(bench, args, t, s))
-                    print(f"[{task} s{seed}] amc: test {row['test_accuracy']:.4f}, best val reward "
-                          f"{row['val_reward']:.4f} (uniform {row['uniform_val_reward']:.4f}), "
-                          f"search {row['search_s']:.0f} s", flush=True)
-                if args.rescore and cache.get(f"{task}__s{seed}") is not None:
-                    got = cache.row(f"{task}__s{seed}__rescore", lambda t=task, s=seed: rescore(bench, args, t, s))
-                    if args.finetune_rescored and "test_accuracy" not in got:  # the re-scored pick's own row
-                        row = bench.row(task, "amc_rescored", seed, got["rescored_pick"]["policy"], 0.0)
-                        got = cache.put(f"{task}__s{seed}__rescore", {**got, "test_accuracy": row["test_accuracy"]})
-                for v in args.variants:
-                    got = cache.row(f"{task}__s{seed}__{v}",
-                                    lambda t=task, s=seed, v=v: measure_variant(bench, args, t, s, v))
-                    print(f"[{task} s{seed}] {v}: best val reward {got['val_reward']:.4f}", flush=True)
-                report, partial = collect(args, hard)
-                write_report(args.out, "agent", report, markdown(report), partial=partial)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a paused process is continued on the way out
+        # a process without the latency task names itself in the shared cache: the lat05 process stops it
+        # during each of its latency measurements
+        from benchmarks.search_hard import PAUSE_REGISTRY, register
+
+        folder = Path(args.cache) / "protocol" / PAUSE_REGISTRY
+        with contextlib.nullcontext() if "lat05" in args.tasks else register(folder):
+            run(args, hard)
     report, partial = collect(args, hard)
     write_report(args.out, "agent", report, markdown(report), partial=partial)
+
+
+def run(args: argparse.Namespace, hard: dict[str, Any]) -> None:
+    cache = Cache(args.cache)
+    bench = _bench(args, hard)
+    for seed in args.seeds:
+        for task in args.tasks:
+            if args.rr:
+                cache.row(f"{task}__s{seed}__rr", lambda t=task, s=seed: measure_rr(bench, args, t, s))
+            elif not args.variants:
+                row = cache.row(f"{task}__s{seed}", lambda t=task, s=seed: measure(bench, args, t, s))
+                print(f"[{task} s{seed}] amc: test {row['test_accuracy']:.4f}, best val reward "
+                      f"{row['val_reward']:.4f} (uniform {row['uniform_val_reward']:.4f}), "
+                      f"search {row['search_s']:.0f} s", flush=True)
+            if args.rescore and cache.get(f"{task}__s{seed}") is not None:
+                got = cache.row(f"{task}__s{seed}__rescore", lambda t=task, s=seed: rescore(bench, args, t, s))
+                if args.finetune_rescored and "test_accuracy" not in got:  # the re-scored pick's own row
+                    row = bench.row(task, "amc_rescored", seed, got["rescored_pick"]["policy"], 0.0)
+                    got = cache.put(f"{task}__s{seed}__rescore", {**got, "test_accuracy": row["test_accuracy"]})
+            for v in args.variants:
+                got = cache.row(f"{task}__s{seed}__{v}",
+                                lambda t=task, s=seed, v=v: measure_variant(bench, args, t, s, v))
+                print(f"[{task} s{seed}] {v}: best val reward {got['val_reward']:.4f}", flush=True)
+            report, partial = collect(args, hard)
+            write_report(args.out, "agent", report, markdown(report), partial=partial)
 
 
 if __name__ == "__main__":

@@ -35,13 +35,26 @@ def test_report_is_partial_until_every_seed_is_there(tmp_path):
     assert partial and report["tasks"]["macs03"]["goals"] == {}
     cache.put("macs03__s1", _row(1, 0.79, 0.19))
     report, partial = collect(args, _hard())
+    assert partial and report["tasks"]["macs03"]["goals_rr"] == {}  # the re-ranked rows still missing
+    for seed, acc in ((0, 0.77), (1, 0.78)):
+        cache.put(f"macs03__s{seed}__rr", {**_row(seed, acc, 0.25, search_s=950.0), "agent_s": 600.0,
+                                           "rerank_s": 350.0, "same_episodes_as_first_run": True,
+                                           "chosen_search_rank": 2, "rerank_score": 0.3, "candidates": [
+                                               {"search_rank": 1, "search_reward": 0.25, "score": 0.29},
+                                               {"search_rank": 2, "search_reward": 0.24, "score": 0.3}],
+                                           "rerank": {"k": 2, "steps": 300, "seeds": [1]}})
+    report, partial = collect(args, _hard())
     t = report["tasks"]["macs03"]
     assert not partial
+    assert t["amc_rr"]["mean"] == pytest.approx(0.775)
+    assert t["goals_rr"] == {"mean_at_least_uniform": False, "within_one_se_of_optuna": False,
+                             "searches_within_15_min": False, "best_val_reward_at_least_uniform": True}
     assert t["amc"]["mean"] == pytest.approx(0.795) and t["uniform"]["mean"] == pytest.approx(0.785)
     assert t["goals"] == {"mean_at_least_uniform": True, "within_one_se_of_optuna": True,
                           "searches_within_15_min": True, "best_val_reward_at_least_uniform": False}  # seed 1: 0.19
     text = markdown(report)
     assert "| amc | 80.00% | 79.00% |" in text and "best_val_reward_at_least_uniform: NOT met" in text
+    assert "| amc_rr | 77.00% | 78.00% |" in text and "| 0 | 950 (600 / 350) | True | 25.00% |" in text
 
 
 def test_agent_settings_of_the_benchmark(tmp_path):
