@@ -319,7 +319,7 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
                                          "exploit_every": config.exploit_every})
             folder = {"amc": job.run / "agent"}.get(config.method, job.run)  # the agent's checkpoints; study.db
             found = make_searcher(config.method, evaluator, wanted, folder).run(
-                progress=lambda p: job.say(p.message() if hasattr(p, "message") else f"trial {p.done}/{p.total}"))
+                progress=lambda p: job.say(p.message()))
             policy, trials = found.best_policy, found.trials
             if (ranked := final_choice(evaluator, trials, config.rerank)) and ranked[0].feasible:
                 policy = ranked[0].policy  # the best of the top few on every held-out image (the search's #rank)

@@ -24,6 +24,7 @@ import pandas as pd
 
 from amc.budget import Policy
 from amc.errors import AmcError
+from amc.progress import message
 
 if TYPE_CHECKING:
     from amc.evaluator import Evaluator, Result
@@ -71,6 +72,11 @@ class Progress:
     counted: int
     best_reward: float | None
     resumed_from: int = 0
+
+    def message(self) -> str:
+        """``"trial 3/8"`` (``amc.progress.message``; the search loop's ``TimedProgress`` adds the ETA and
+        the best accuracy)."""
+        return message("trial", self.done, self.total)
 
 
 class Searcher(ABC):
