@@ -276,6 +276,13 @@ class LatencyOptions(BaseModel):
                                                                    "rounds' ratios)")
     latency_threads: int = Field(default=1, ge=1, le=256, description="CPU threads of the latency target")
     latency_batch: int = Field(default=1, ge=1, le=4096, description="batch size of the latency target")
+    latency_runtime: Literal["torch", "onnxruntime"] = Field(
+        default="torch", description="runtime of the latency target on the CPU: eager PyTorch, or the model "
+                                     "exported to ONNX in an ONNX Runtime session (the table, the fit to a latency "
+                                     "budget and the paired speedup are all taken there)")
+    latency_layout: Literal["contiguous", "channels_last"] = Field(
+        default="contiguous", description="memory layout of the latency target (eager PyTorch): its weights and "
+                                          "inputs; the torch.export program is written in it")
 
 
 class ExportOptions(BaseModel):

@@ -77,9 +77,10 @@ class CompressResult:
 
 
 def latency_target(config: CompressConfig, input_shape: tuple[int, ...]) -> Target:
-    """Where a compression's latencies are taken and predicted: the CPU, eager PyTorch, the options'
-    threads and batch, on inputs of ``input_shape`` (one example's shape, with its batch of 1)."""
-    return Target(threads=config.latency_threads, batch=config.latency_batch, input_shape=tuple(input_shape[1:]))
+    """Where a compression's latencies are taken and predicted: the CPU, the options' runtime, threads, batch
+    and memory layout, on inputs of ``input_shape`` (one example's shape, with its batch of 1)."""
+    return Target(runtime=config.latency_runtime, threads=config.latency_threads, batch=config.latency_batch,
+                  input_shape=tuple(input_shape[1:]), layout=config.latency_layout)
 
 
 def compress(checkpoint: str | Path, arch: str | None, splits: DataSource, config: CompressConfig,
@@ -478,7 +479,7 @@ def export(job: Job, tuned: Finetuned, prof: Profile, chosen: Choice) -> Measure
     with job.timed("export"):
         exported = export_files(model.cpu(), job.arch, job.run, job.granularity, dtype=config.export_dtype,
                                 onnx=config.onnx, input_shape=job.shape, num_classes=prof.num_classes,
-                                one_tensor=one_tensor, task=task)
+                                one_tensor=one_tensor, task=task, layout=config.latency_layout)
         for problem in ("onnx_skipped", "program_skipped"):
             if problem in exported:
                 job.say(f"export: {exported[problem]}")

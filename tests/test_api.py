@@ -127,6 +127,28 @@ def test_compress_to_a_latency_budget_calibrates_the_table(tmp_path, folder):
     assert res.recipe is not None and res.recipe.metrics.latency_device == "cpu torch 1 thread bs1 3x64x64 contiguous"
 
 
+def test_the_latency_target_runtime_and_layout_are_the_options(tmp_path, folder):
+    """``latency_runtime`` and ``latency_layout`` make the target every latency is taken on (recorded in the
+    recipe and the summary), and the torch.export program is written in that layout."""
+    from amc.latency import FakeRuntime, use_runtime
+
+    with use_runtime(FakeRuntime(ms_per_mmac=0.01, overhead_ms=0.2)):  # known times: no timing noise
+        res = amc.compress(Net(), budget="latency=0.99", data=folder, method="sensitivity", episodes=1,
+                           finetune=0.0, run_dir=tmp_path / "run", device="cpu", latency_runtime="onnxruntime",
+                           latency_layout="channels_last", **FAST)
+    assert res.recipe is not None
+    assert res.recipe.metrics.latency_device == "cpu onnxruntime 1 thread bs1 3x64x64 channels_last"
+    target = json.loads((tmp_path / "run" / "summary.json").read_text())["latency_target"]
+    assert (target["runtime"], target["layout"]) == ("onnxruntime", "channels_last")
+    program = torch.export.load(str(tmp_path / "run" / "model.pt2")).module()
+    convs = [w for w in program.parameters() if w.dim() == 4]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(program(x), res.model(x), atol=1e-5)
+    with pytest.raises(AmcError, match="latency_layout"):
+        amc.compress(Net(), budget="macs=0.5", data=folder, latency_layout="nchw", run_dir=tmp_path / "bad")
+
+
 def _with_state(state: dict[str, torch.Tensor]) -> Net:
     net = Net()
     net.load_state_dict(state)

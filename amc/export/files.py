@@ -357,15 +357,19 @@ def load_sparse(path: str | os.PathLike, arch: str | nn.Module | None = None) ->
 # ----------------------------------------------------------------------------- one call for a run
 
 
-def save_program(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> Path:
+def save_program(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...] = (1, 3, 32, 32),
+                 layout: str = "contiguous") -> Path:
     """A ``torch.export`` program (``.pt2``) of a CPU fp32 eval copy: it loads with
-    ``torch.export.load(path).module()`` without the model's source code. Written atomically;
+    ``torch.export.load(path).module()`` without the model's source code; its weights in the memory
+    ``layout`` (``channels_last``: the 4-d ones, as the latency target runs them). Written atomically;
     ``ExportError`` when the model does not export (data-dependent control flow and the like)."""
     import copy
 
     from amc.io import atomic_open
 
     work = copy.deepcopy(model).cpu().float().eval()
+    if layout == "channels_last":
+        work = work.to(memory_format=torch.channels_last)
     x = torch.zeros((2, *input_shape[1:]))  # batch 2: export specialises sizes 0 and 1
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
@@ -389,13 +393,14 @@ def save_program(model: nn.Module, path: str | os.PathLike, input_shape: tuple[i
 def export_compressed(model: nn.Module, arch: str, directory: str | os.PathLike, granularity: str,
                       dtype: str = "fp32", onnx: bool = True,
                       input_shape: tuple[int, ...] = (1, 3, 32, 32), num_classes: int = 10,
-                      program: bool = False) -> dict[str, Any]:
+                      program: bool = False, layout: str = "contiguous") -> dict[str, Any]:
     """Write the files a user takes home for a compressed model; returns their paths and byte sizes.
 
     fine / nm: ``model.sparse.safetensors`` (compact sparse). channel: ``pruned/`` (safetensors +
     config). Both: ``model.onnx`` when ``onnx`` and ``amc.export.onnx`` is available, and with
     ``program`` a self-contained ``model.pt2`` (``torch.export``) where the model exports (else
-    ``program_skipped`` says why). ``pruned/`` rebuilds only models ``arch`` names a builder for.
+    ``program_skipped`` says why; its weights in the memory ``layout``). ``pruned/`` rebuilds only models
+    ``arch`` names a builder for.
     """
     directory = Path(directory)
     out: dict[str, Any] = {}
@@ -417,7 +422,7 @@ def export_compressed(model: nn.Module, arch: str, directory: str | os.PathLike,
             out.update(onnx_path=onnx_path, onnx_bytes=onnx_path.stat().st_size)
     if program:
         try:
-            pt2 = save_program(model, directory / "model.pt2", input_shape)
+            pt2 = save_program(model, directory / "model.pt2", input_shape, layout)
         except ExportError as e:
             out["program_skipped"] = str(e)
         else:
@@ -427,13 +432,14 @@ def export_compressed(model: nn.Module, arch: str, directory: str | os.PathLike,
 
 def export_files(model: nn.Module, arch: str, directory: str | os.PathLike, granularity: str, *, dtype: str,
                  onnx: bool, input_shape: tuple[int, ...], num_classes: int, one_tensor: bool = True,
-                 task: Any = None) -> dict[str, Any]:
+                 task: Any = None, layout: str = "contiguous") -> dict[str, Any]:
     """``export_compressed``'s files for a compression; for a user's ``amc.Task`` the ONNX file on its example
     inputs (outputs named by their path in the output), and where an export fails, why (``onnx_skipped`` /
-    ``program_skipped``). ``one_tensor``: the model takes one input tensor (``torch.export`` is taken on it)."""
+    ``program_skipped``). ``one_tensor``: the model takes one input tensor (``torch.export`` is taken on it);
+    ``layout``: the latency target's memory layout, the program's weights'."""
     exported = export_compressed(model, arch, directory, granularity, dtype=dtype, onnx=onnx and task is None,
                                  input_shape=input_shape if one_tensor else (1,), num_classes=num_classes,
-                                 program=one_tensor)
+                                 program=one_tensor, layout=layout)
     if task is None:
         return exported
     if onnx:
