@@ -125,12 +125,14 @@ def measure_rr(bench, args: argparse.Namespace, task: str, seed: int) -> dict[st
     folder of its own (so that its time is this run's), then its top ``rr_k`` distinct policies by the
     search reward re-ranked as search_hard's ``optuna_rr`` re-ranks Optuna's (each finetuned ``rr_steps``
     SGD steps, batch 128, constant learning rate, recovery seeds ``rr_seeds``, other batches than the
-    search's, and scored on the whole validation half; the best mean is kept), then search_hard's
+    search's, and scored on the whole validation half; the best mean is kept; here on the physically pruned
+    copy, optuna_rr's on the masked dense one: the same steps on the kept channels), then search_hard's
     finetuned row of that policy. Its search time: the search plus the re-rank (plus, on lat05, the fit to
     the measured budget), less the seconds this process stood paused by a latency measurement."""
     import pandas as pd
 
-    from amc.search.base import rerank, rerank_evaluators
+    from amc.evaluator import Evaluator
+    from amc.search.base import rerank
     from benchmarks.search_hard import BASELINES
     from benchmarks.search_hard import TASKS as HARD_TASKS
 
@@ -146,7 +148,12 @@ def measure_rr(bench, args: argparse.Namespace, task: str, seed: int) -> dict[st
         agent_s += float(res.trials["wall"].iloc[res.resumed_from - 1])
     t, t_epoch = time.perf_counter(), time.time()
     seeds = tuple(int(x) for x in str(hs.rr_seeds).split(",") if x.strip())
-    evs = rerank_evaluators(bench.evaluator(task, recovery_steps=int(hs.rr_steps)), seeds=seeds)
+    full = bench.evaluator(task, recovery_steps=int(hs.rr_steps))
+    # optuna_rr's re-rank (every held-out image, the recovery seeds) on the physically pruned copy: the same
+    # SGD steps on the kept channels as the masked dense copy's, at the pruned model's cost
+    cfg = replace(full.config, score_on="physical", eval_images=None)
+    evs = [Evaluator(full.dense, full.splits, full.budget, replace(cfg, recovery_seed=s), full.input_shape,
+                     full.latency_table) for s in seeds]
     ranked = rerank(evs, res.trials, k=int(hs.rr_k))
     rr_s = time.perf_counter() - t - bench.stood(t_epoch, time.time())
     if not ranked or not ranked[0].feasible:
@@ -305,7 +312,9 @@ def _rr_lines(t: dict[str, Any]) -> list[str]:
                  f"is (`reports/search_hard.md`): its top {rr['k']} distinct policies by the search reward, each "
                  f"finetuned {rr['steps']} SGD steps (recovery seed(s) {', '.join(map(str, rr['seeds']))}) and "
                  "scored on the whole validation half (5,000 images), the best kept; `optuna_rr` is Optuna's "
-                 "search with the same re-rank. Search seconds of `amc_rr`: the agent's episodes + the re-rank "
+                 "search with the same re-rank (its steps on the masked dense copy, `amc_rr`'s on the physically "
+                 "pruned one: the same steps on the kept channels, at the pruned model's cost). Search seconds "
+                 "of `amc_rr`: the agent's episodes + the re-rank "
                  "(+ the fit to the measured budget on lat05), less the seconds the process stood paused by the "
                  "other task's latency measurements.", "",
              "| seed | search s (episodes / re-rank) | same episodes as the first run | best val reward (500) | "
