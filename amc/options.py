@@ -186,6 +186,9 @@ class SearchOptions(BaseModel):
                                                      "held-out image (a finetune recovery: on other batches) and keep "
                                                      "the best of those; it runs when the reward saw a subset of the "
                                                      "held-out images or a finetune (0: keep the best reward)")
+    rerank_steps: int = Field(default=0, ge=0, description="SGD steps of each re-ranked policy's recovery before "
+                                                           "it is scored (a short finetune; 0: the search's own "
+                                                           "recovery)")
     seed: int = Field(default=0, ge=0)
     storage: str | None = Field(default=None, description="Optuna storage URL (default: sqlite in the run folder)")
     study: str | None = Field(default=None, description="Optuna study name (default compress-<model>): one per job on "

@@ -322,7 +322,8 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
             found = make_searcher(config.method, evaluator, wanted, folder).run(
                 progress=lambda p: job.say(p.message()))
             policy, trials = found.best_policy, found.trials
-            if (ranked := final_choice(evaluator, trials, config.rerank)) and ranked[0].feasible:
+            if (ranked := final_choice(evaluator, trials, config.rerank, steps=config.rerank_steps)) and \
+                    ranked[0].feasible:
                 policy = ranked[0].policy  # the best of the top few on every held-out image (the search's #rank)
                 job.say(f"re-rank of the search's top {len(ranked)}: kept its #{ranked[0].rank}")
         if policy is None:

@@ -107,3 +107,10 @@ def test_the_final_choice_reranks_only_where_rescoring_can_change_it(evaluator, 
     assert sorted(r.rank for r in ranked) == [1, 2]
     for r in ranked:  # scored on every held-out image
         assert r.score == pytest.approx(exact.evaluate(r.policy).reward)
+    # a short finetune before the re-rank's scores: it runs on the exact BN reward too
+    tuned = final_choice(exact, log, 2, seeds=(1,), steps=2)
+    evs = rerank_evaluators(exact, seeds=(1,), recovery_steps=2)
+    assert [(e.config.recovery, e.config.recovery_steps, e.config.recovery_seed) for e in evs] == [("finetune", 2, 1)]
+    assert sorted(r.rank for r in tuned) == [1, 2]
+    for r in tuned:
+        assert r.score == pytest.approx(evs[0].evaluate(r.policy).reward)

@@ -236,13 +236,17 @@ class Reranked:
         return all(r.feasible for r in self.results) and math.isfinite(self.score)
 
 
-def rerank_evaluators(evaluator: Evaluator, seeds: Sequence[int] = (1, 2)) -> list[Evaluator]:
+def rerank_evaluators(evaluator: Evaluator, seeds: Sequence[int] = (1, 2),
+                      recovery_steps: int | None = None) -> list[Evaluator]:
     """Evaluators like ``evaluator`` that score on every held-out image; with a finetune recovery,
     one per recovery seed in ``seeds`` (other batches than the search's), with BN recalibration
-    alone just one (the seed changes nothing)."""
+    alone just one (the seed changes nothing). ``recovery_steps``: their recovery is that many SGD
+    steps (then BN recalibration) whatever the search's was (0: BN recalibration alone)."""
     from amc.evaluator import Evaluator
 
     cfg = replace(evaluator.config, eval_images=None, profile=False)
+    if recovery_steps is not None:
+        cfg = replace(cfg, recovery="finetune" if recovery_steps > 0 else "bn", recovery_steps=recovery_steps)
     if cfg.recovery != "finetune" or cfg.recovery_steps == 0 or not seeds:
         cfgs = [cfg]
     else:
@@ -285,12 +289,15 @@ def reranks(evaluator: Evaluator) -> bool:
     return subset or (cfg.recovery == "finetune" and cfg.recovery_steps > 0)
 
 
-def final_choice(evaluator: Evaluator, frame: pd.DataFrame, k: int, seeds: Sequence[int] = (1, 2)) -> list[Reranked]:
+def final_choice(evaluator: Evaluator, frame: pd.DataFrame, k: int, seeds: Sequence[int] = (1, 2),
+                 steps: int = 0) -> list[Reranked]:
     """A search's final choice made on more data: its top ``k`` distinct policies re-ranked (``rerank``) on
-    every held-out image (after the recovery on other batches, ``seeds``), best first; empty when ``k`` is
-    0 or re-scoring would repeat the search's scores (``reranks``). On ResNet-20 at 30% of the MACs
-    (reports/agent.md), the AMC agent's best reward on 500 images scored 18.3-19.3% on all 5,000, the
-    re-ranked pick 19.4-20.9%, and finetuned it tested 1.3 points higher on the mean of 3 seeds."""
-    if k <= 0 or not reranks(evaluator):
+    every held-out image (after the recovery on other batches, ``seeds``; with ``steps``, after that many
+    SGD steps whatever the search's recovery), best first; empty when ``k`` is 0 or re-scoring would
+    repeat the search's scores (``reranks``; a user's task is scored by its own function). On ResNet-20
+    at 30% of the MACs (reports/agent.md), the AMC agent's best reward on 500 images scored 18.3-19.3% on
+    all 5,000, the re-ranked pick 19.4-20.9%, and finetuned it tested 1.3 points higher on the mean of 3
+    seeds."""
+    if k <= 0 or not evaluator.task.classification or not (steps > 0 or reranks(evaluator)):
         return []
-    return rerank(rerank_evaluators(evaluator, seeds), frame, k)
+    return rerank(rerank_evaluators(evaluator, seeds, steps if steps > 0 else None), frame, k)
