@@ -247,6 +247,30 @@ def _stats(xs: list[float]) -> dict[str, float | None]:
     return {"mean": statistics.fmean(xs), "std": sd, "se": sd / math.sqrt(len(xs))}
 
 
+def _reward_vs_ratio(cache: Path, task: str, seeds: list[int], top: int = 20) -> dict[str, dict[str, float]]:
+    """What the search reward favours: per layer, over the ``amc_rr`` searches' feasible episodes, the
+    correlation of the reward with the layer's ratio (the mean over seeds), and the layer's mean ratio over
+    all episodes and over the ``top`` best."""
+    import numpy as np
+    import pandas as pd
+
+    per: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        log = cache / "runs" / f"{task}-s{seed}-rr" / "episodes.csv"
+        if not log.exists():
+            continue
+        frame = pd.read_csv(log)
+        frame = frame[frame["feasible"].fillna(False).astype(bool)]
+        best = frame.nlargest(top, "reward")
+        for col in (c for c in frame.columns if c.startswith("r:")):
+            if frame[col].std() > 0 and frame["reward"].std() > 0:
+                d = per.setdefault(col[2:], {"corr": [], "mean_all": [], "mean_top": []})
+                d["corr"].append(float(np.corrcoef(frame[col], frame["reward"])[0, 1]))
+                d["mean_all"].append(float(frame[col].mean()))
+                d["mean_top"].append(float(best[col].mean()))
+    return {layer: {k: statistics.fmean(v) for k, v in d.items()} for layer, d in per.items()}
+
+
 def _goals(rows: list[dict], stats: dict, compared: dict, seeds: int) -> dict[str, bool]:
     """The issue's goals for one set of agent rows (empty until every seed has one)."""
     if len(rows) < seeds:
@@ -283,7 +307,8 @@ def collect(args: argparse.Namespace, hard: dict[str, Any]) -> tuple[dict[str, A
         stats = _stats([r["test_accuracy"] for r in amc])
         goals = _goals(amc, stats, compared, len(args.seeds))
         rr = sorted(cache.rows(f"{task}__s{s}__rr" for s in args.seeds).values(), key=lambda r: r["seed"])
-        rr_stats = _stats([r["test_accuracy"] for r in rr])
+        rr_stats = {**_stats([r["test_accuracy"] for r in rr]),
+                    "reward_vs_ratio": _reward_vs_ratio(Path(args.cache), task, [r["seed"] for r in rr])}
         partial |= len(rr) < len(args.seeds)
         variants = [cache.get(f"{task}__s{s}__{v}") for v in VARIANTS for s in args.seeds]
         rescored = [cache.get(f"{task}__s{s}__rescore") for s in args.seeds]
@@ -332,6 +357,15 @@ def _rr_lines(t: dict[str, Any]) -> list[str]:
     if t.get("goals_rr"):
         lines += ["", "Goals (`amc_rr`): " + ", ".join(f"{k}: {'met' if v else 'NOT met'}"
                                                         for k, v in t["goals_rr"].items())]
+    rv = t["amc_rr"].get("reward_vs_ratio") or {}
+    if rv:
+        lines += ["", "What the search reward (BN recalibration, 500 images) favours over these searches' feasible "
+                      "episodes: per channel group, the correlation of the reward with its pruning ratio (mean over "
+                      "seeds) and its mean ratio over all episodes and over the 20 best:", "",
+                  "| channel group | corr(reward, ratio) | mean ratio, all | mean ratio, 20 best |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {layer} | {d['corr']:+.2f} | {d['mean_all']:.2f} | {d['mean_top']:.2f} |"
+                  for layer, d in rv.items()]
     return lines
 
 
