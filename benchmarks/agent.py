@@ -26,6 +26,8 @@ error of Optuna's, every search within 15 minutes, its best validation reward >=
     nice -n 10 python benchmarks/agent.py --tasks macs03        # one task; lat05 wants the machine alone
     nice -n 10 python benchmarks/agent.py --tasks macs03 --variants amc_exploration --seeds 0  # search-only
     nice -n 10 python benchmarks/agent.py --tasks macs03 --rescore  # the finished rows' choices re-scored
+    nice -n 10 python benchmarks/agent.py --tasks macs03 --rr &     # amc_rr rows: fresh timed searches, their
+    nice -n 10 python benchmarks/agent.py --tasks lat05 --rr        # picks re-ranked (lat05 pauses macs03's)
     python benchmarks/agent.py --report-only                    # the report from the cache
 
 A smoke run (it starts and resumes; not a result): ``python benchmarks/agent.py --cache /tmp/agent-smoke
