@@ -43,6 +43,7 @@ def test_report_is_partial_until_every_seed_is_there(tmp_path):
                                                {"search_rank": 1, "search_reward": 0.25, "score": 0.29},
                                                {"search_rank": 2, "search_reward": 0.24, "score": 0.3}],
                                            "rerank": {"k": 2, "steps": 300, "seeds": [1]}})
+    cache.put("macs03__rr_baselines", {"task": "macs03", "rerank_score": {"uniform": 0.7376, "sensitivity": 0.7}})
     report, partial = collect(args, _hard())
     t = report["tasks"]["macs03"]
     assert not partial
@@ -55,6 +56,7 @@ def test_report_is_partial_until_every_seed_is_there(tmp_path):
     text = markdown(report)
     assert "| amc | 80.00% | 79.00% |" in text and "best_val_reward_at_least_uniform: NOT met" in text
     assert "| amc_rr | 77.00% | 78.00% |" in text and "| 0 | 950 (600 / 350) | True | 25.00% |" in text
+    assert "same SGD steps): uniform 73.76%, sensitivity 70.00%." in text
 
 
 def test_agent_settings_of_the_benchmark(tmp_path):
