@@ -20,17 +20,25 @@ both starting from the baselines' policies. Before its rows, each model's floor 
 at its upper bound, the table's and the paired fraction of the dense latency (the tightest budget the
 network can reach).
 
-Search sizes: an evaluation (BN recalibration on ``--calib-images`` 256 train images, scored on
-``--eval-images`` 500 validation images) took about 3 s on MobileNetV2 in a first measurement on this
-2-core CPU beside another process (a smoke run's ``search_*.json`` records the evaluations and seconds
-of each search). ``--trials 200`` and ``--episodes 200`` (40 warm-up) put a MobileNetV2 search at about
-600-700 s of evaluations plus the fit (a few paired measurements of ~5 s each), under the 20-minute
-goal with room for the machine's noise; ResNet-20's evaluations are cheaper, the same counts are kept
-for both models so that the rows compare.
+Search sizes, from an evaluation's measured cost (on one core of this 2-core CPU, another benchmark on
+the other, 1 thread, its CPU time equal to its wall time; the search settings: BN recalibration on
+``--calib-images`` 256 train images, scored on ``--eval-images`` 500 validation images): MobileNetV2
+2.9 s an Optuna evaluation and 2.1 s an agent episode (its DDPG updates included), ResNet-20 0.40 s
+and 0.50 s. ``--trials 250`` and ``--episodes 250`` (50 warm-up)
+put a MobileNetV2 search at about 725 s (Optuna) and 525-725 s (the agent) plus its fit to the measured
+budget (a few paired measurements of ~5 s each), a third under the 20-minute goal: room for the
+machine's noise. ResNet-20 keeps the same counts (its searches take about 2 minutes) so that the two
+models' rows compare.
+
+Cost of the whole run (one process, one thread): a MobileNetV2 row's 2-epoch finetune ~900 s (0.01
+epoch took 4.5-5.4 s in the smoke run), ResNet-20's ~140 s (search_hard's lat05 rows); with the
+searches, baselines, tests and paired measurements about 6.5 hours for MobileNetV2 and 1 hour for
+ResNet-20: ~7.5 CPU hours.
 
 Every finished piece (baselines, search, row, floor) is cached as JSON under ``--cache``; a rerun
-resumes. Work goes seed 0 of MobileNetV2 (every method), seed 0 of ResNet-20, then seeds 1 and 2. The
-report, reports/latency_trained.{md,json}, is written after each piece (PARTIAL while rows are missing);
+resumes (an Optuna study from its trials; an agent search killed midway starts again). Work goes
+seed 0 of MobileNetV2 (every method), seed 0 of ResNet-20, then seeds 1 and 2. The report,
+reports/latency_trained.{md,json}, is written after each piece (PARTIAL while rows are missing);
 ``--report-only`` writes it from the cache. The latency measurements want the machine alone (or the
 other benchmark processes named in ``--pause-pids``: stopped during each measurement, see search_hard).
 
@@ -70,6 +78,8 @@ NOISE = 0.01  # a row is within its budget when it measures at most budget x (1 
 SEARCH_LIMIT_S = 1200  # each search within 20 minutes on the 2-core CPU
 MARGIN_GOAL = {"mobilenetv2": 0.01}  # the best searcher over the best baseline (and more than twice the SE)
 SEEDS = 3
+REPORTED_SETTINGS = ("trials", "episodes", "warmup", "epochs", "calib_images", "eval_images", "data",
+                     "checkpoint")  # of search_hard's settings, those this benchmark uses
 
 
 def build_mobilenetv2(checkpoint: str):
@@ -222,11 +232,16 @@ def markdown(r: dict[str, Any]) -> str:
     if r["partial"]:
         lines += [f"**PARTIAL**: {r['rows_done']} of {r['rows_expected']} rows (2 models x 6 methods x 3 seeds) "
                   "finished when this was written; the run resumes from its cache.", ""]
+    if r["rows_done"] == 0:
+        lines += ["No row has been run yet: `OMP_NUM_THREADS=1 nice -n 10 python benchmarks/latency_trained.py` "
+                  "(one process, estimated at about 7.5 CPU hours; its latency measurements want the machine alone).",
+                  ""]
     lines += ["Channel pruning to `latency=0.6` (eager PyTorch, 1 thread, batch 1, this CPU), search_hard's "
               "protocol (`benchmarks/search_hard.py`): validation half for every reward and choice, final-test half "
               "for the accuracies below; every method's policy fitted to the budget by paired measurement, "
-              f"finetuned {s.get('epochs', '-')} epochs with the row's seed; the final model measured against the "
-              "dense one in alternating rounds (`measured`; `predicted`: the lookup table's). Searches: Optuna "
+              f"finetuned {format(s['epochs'], 'g') if 'epochs' in s else '-'} epochs with the row's seed; "
+              "the final model measured against the dense one in alternating rounds (`measured`; `predicted`: "
+              "the lookup table's). Searches: Optuna "
               f"TPE {s.get('trials', '-')} trials, the AMC agent {s.get('episodes', '-')} episodes "
               f"({s.get('warmup', '-')} warm-up), reward on {s.get('eval_images', '-')} validation images after BN "
               f"recalibration on {s.get('calib_images', '-')} train images. `macs_policy`: the better (validation "
@@ -274,8 +289,8 @@ def write_report(args: argparse.Namespace) -> dict[str, Any]:
     if settings is None:  # nothing run yet: the settings a run with these arguments would have
         from benchmarks.search_hard import _settings
 
-        settings = {k: v for k, v in _settings(bench_args(args, next(iter(CHECKPOINTS)))).items()
-                    if k not in ("checkpoint", "data")}
+        settings = _settings(bench_args(args, next(iter(CHECKPOINTS))))
+    settings = {k: v for k, v in settings.items() if k in REPORTED_SETTINGS and k not in ("checkpoint", "data")}
     r = {**report(cache, settings), "machine": machine_info()}
     out = Path(args.out)
     write_json(out / "latency_trained.json", r, newline=False)
@@ -304,9 +319,9 @@ def main() -> None:
     ap = parser(__doc__, cache="runs/latency_trained", device=False, seeds="0,1,2", threads=1)
     ap.add_argument("--models", default=str(MODELS), help="folder of the dense checkpoints")
     ap.add_argument("--only", default=",".join(CHECKPOINTS), help="the models this run works on")
-    ap.add_argument("--trials", type=int, default=200, help="Optuna trials")
-    ap.add_argument("--episodes", type=int, default=200, help="AMC episodes")
-    ap.add_argument("--warmup", type=int, default=40, help="AMC warm-up episodes")
+    ap.add_argument("--trials", type=int, default=250, help="Optuna trials")
+    ap.add_argument("--episodes", type=int, default=250, help="AMC episodes")
+    ap.add_argument("--warmup", type=int, default=50, help="AMC warm-up episodes")
     ap.add_argument("--epochs", type=float, default=2.0, help="finetune epochs of every row")
     ap.add_argument("--calib-images", type=int, default=256)
     ap.add_argument("--eval-images", type=int, default=500)
