@@ -112,3 +112,38 @@ def test_each_model_gets_its_own_cache_and_checkpoint_and_the_task_runs_both_sea
     assert a.cache == str(tmp_path / "mobilenetv2") and a.tasks == [TASK]
     assert a.checkpoint == str(tmp_path / "m" / "mobilenetv2_cifar_dense.pt")
     assert searchers_of(TASK, a.searchers, TASKS) == list(SEARCHERS)
+
+
+class _Result:
+    def __init__(self, reward: float) -> None:
+        self.reward, self.feasible, self.reason = reward, True, None
+
+
+class _MacsEvaluator:
+    """The MACs budget's evaluator as ``_macs_policy`` uses it: two policies, each with its reward."""
+
+    def __init__(self) -> None:
+        self.budgets: list[str | None] = []
+
+    def uniform_policy(self) -> dict:
+        return {"a": 0.4, "b": 0.4}
+
+    def sensitivity_policy(self, curves) -> dict:
+        assert curves == "curves"  # the latency task's scan, reused
+        return {"a": 0.1, "b": 0.7}
+
+    def evaluate(self, policy: dict) -> _Result:
+        return _Result(0.6 if policy["a"] == 0.1 else 0.5)
+
+
+def test_the_macs_policy_is_the_better_of_the_macs_budgets_uniform_and_sensitivity_policies() -> None:
+    from benchmarks.search_hard import Bench
+
+    fake, asked = _MacsEvaluator(), []
+    bench = Bench.__new__(Bench)  # only the evaluator is needed: no data, no model
+    bench.evaluator = lambda task, budget=None: asked.append((task, budget)) or fake  # type: ignore[method-assign]
+    got = bench._macs_policy(TASK, 0.6, "curves", scan_s=12.0)
+    assert asked == [(TASK, "macs=0.6")]
+    assert got["picked"] == "sensitivity" and got["policy"] == {"a": 0.1, "b": 0.7}  # as the MACs budget made it
+    assert got["val_reward"] == 0.6 and got["candidates_val_reward"] == {"uniform": 0.5, "sensitivity": 0.6}
+    assert got["search_s"] >= 12.0  # the sensitivity scan's seconds count
