@@ -94,9 +94,9 @@ SEARCHERS = ("optuna", "amc", "optuna_mf", "optuna_rr", "optuna_ls")
 ONLY_ON = {"optuna_ls": ("macs03",)}
 
 
-def searchers_of(task: str, asked=SEARCHERS) -> list[str]:
-    """The searchers (of ``asked``) that ``task`` runs."""
-    return [m for m in asked if task in ONLY_ON.get(m, TASKS)]
+def searchers_of(task: str, asked=SEARCHERS, tasks: dict | None = None) -> list[str]:
+    """The searchers (of ``asked``) that ``task`` (of ``tasks``, default ``TASKS``) runs."""
+    return [m for m in asked if task in ONLY_ON.get(m, TASKS if tasks is None else tasks)]
 
 
 FIRST_SEARCHERS = ("optuna", "amc", "optuna_mf")  # the margin waits for these; optuna_rr joins when it has the seeds
@@ -283,39 +283,56 @@ def study_seconds(study, stood=lambda start, end: 0.0) -> float:
 
 
 class Bench:
-    def __init__(self, args) -> None:
+    """The protocol's pieces, each cached under ``args.cache``: the evaluators, the baselines, the searches and
+    the finetuned rows of the tasks ``args.tasks``. Defaults are this benchmark's (ResNet-20, ``TASKS``,
+    ``BASELINES``); another benchmark passes its own: ``model`` (an ``amc.models`` name, or ``build``: a
+    function of the checkpoint path that returns the loaded model), ``tasks`` (name -> (granularity, budget))
+    and ``baselines`` (granularity -> the baseline methods, of ``uniform``, ``sensitivity``, ``tp_global``,
+    ``global_magnitude``, ``lamp`` and ``macs_policy``: the better, by the validation reward, of the uniform
+    and the sensitivity policy of a MACs budget equal to a latency task's fraction, then fitted to the latency
+    budget like every row). ``write_report`` is called after each task's seed (a subclass writes its own)."""
+
+    def __init__(self, args, model: str = "resnet20", tasks: dict | None = None, baselines: dict | None = None,
+                 build=None) -> None:
         self.args = args
+        self.tasks = TASKS if tasks is None else tasks
+        self.baseline_keys = BASELINES if baselines is None else baselines
         self.cache = Path(args.cache)
         data = load_cifar10(args.data)
         halved, self.record = halve_test(data)
         _save(self.cache / "protocol.json", self.record.row())
         _save(self.cache / "settings.json", _settings(args))
         self.splits = make_splits(halved, 0, "cpu", seed=0)
-        self.dense = load_model("resnet20", args.checkpoint).eval()
+        self.dense = (load_model(model, args.checkpoint) if build is None else build(args.checkpoint)).eval()
         self.pause = Pause(args.pause_pids, self.cache / PAUSE_LOG, self.cache / PAUSE_REGISTRY)
         self.lut = PausingTable(self.cache / "latency_lut_cpu.csv", "cpu", batch=1, threads=1, warmup=10, runs=50,
                                 pause=self.pause)
-        calibrated = _load(self.cache / "lat05" / "calibration.json")
-        if "lat05" in args.tasks and calibrated is not None and "scale" in calibrated:
+        # the calibration lives in the folder of the first latency task asked (search_hard: lat05)
+        lat = [t for t in args.tasks if Budget.parse(self.tasks[t][1]).kind == "latency"]
+        self.latency_task = lat[0] if lat else None
+        calibrated = _load(self.cache / lat[0] / "calibration.json") if lat else None
+        if lat and calibrated is not None and "scale" in calibrated:
             # a resumed run predicts as the earlier seeds' searches did: the calibration they used
             self.dense_ms = calibrated["dense_ms"]
             self.lut.scale, self.lut.overhead_ms = calibrated["scale"], calibrated["overhead_ms"]
-        elif "lat05" in args.tasks:  # what the table's layers leave out, measured on the dense model
+        elif lat:  # what the table's layers leave out, measured on the dense model
             self.dense_ms = self.lut.calibrate(self.dense, runs=200, thin=CALIBRATION_RATIOS)
-            _save(self.cache / "lat05" / "calibration.json", {"dense_ms": self.dense_ms,
+            _save(self.cache / lat[0] / "calibration.json", {"dense_ms": self.dense_ms,
                                                                "overhead_ms": self.lut.overhead_ms,
                                                                "scale": self.lut.scale,
                                                                "thin_ratios": list(CALIBRATION_RATIOS),
                                                                "others_paused": len(args.pause_pids)})
         self._evals: dict[str, Evaluator] = {}
 
-    def evaluator(self, task: str, recovery_steps: int = 0, reconstruct: bool = False) -> Evaluator:
+    def evaluator(self, task: str, recovery_steps: int = 0, reconstruct: bool = False,
+                  budget: str | None = None) -> Evaluator:
         """The task's search evaluator: BN recalibration (``recovery_steps`` 0) or, for the multi-fidelity
         searcher's full reward, ``recovery_steps`` SGD steps (batch 128, the same batches for every policy);
-        ``reconstruct``: AMC's least-squares refit on the calibration images, then BN recalibration."""
-        key = f"{task}:{recovery_steps}:{reconstruct}"
+        ``reconstruct``: AMC's least-squares refit on the calibration images, then BN recalibration;
+        ``budget``: another budget than the task's (``macs_policy``: a MACs budget), the same reward."""
+        key = f"{task}:{recovery_steps}:{reconstruct}" + (f":{budget}" if budget else "")
         if key not in self._evals:
-            gran, budget = TASKS[task]
+            gran, budget = self.tasks[task][0], budget or self.tasks[task][1]
             recovery = "reconstruct" if reconstruct else "finetune" if recovery_steps else "bn"
             cfg = EvalConfig(granularity=gran, reward="acc", calib_images=self.args.calib_images,
                              eval_images=self.args.eval_images, round_to=8, criterion="l2",
@@ -333,7 +350,7 @@ class Bench:
         path = self.cache / task / "baselines.json"
         if (got := _load(path)) is not None:
             return got
-        gran, budget_s = TASKS[task]
+        gran, budget_s = self.tasks[task]
         budget = Budget.parse(budget_s)
         ev = self.evaluator(task)
         out: dict = {}
@@ -342,6 +359,7 @@ class Bench:
         t = time.perf_counter()
         curves = ev.sensitivity(SENS_RATIOS)
         out["sensitivity"] = {"policy": ev.sensitivity_policy(curves), "search_s": time.perf_counter() - t}
+        scan_s = out["sensitivity"]["search_s"]
         t = time.perf_counter()
         if gran == "channel":
             if budget.kind == "latency":
@@ -371,16 +389,35 @@ class Bench:
         for c in out.values():
             r = ev.evaluate(c["policy"])
             c.update(val_reward=r.reward, feasible=r.feasible, reason=r.reason)
+        if "macs_policy" in self.baseline_keys[gran] and budget.kind == "latency":
+            out["macs_policy"] = self._macs_policy(task, budget.fraction, curves, scan_s)
         _save(path, out)
         return out
+
+    def _macs_policy(self, task: str, fraction: float, curves, scan_s: float) -> dict:
+        """The policy of the MACs budget equal to the latency task's fraction: the uniform and the
+        sensitivity-picked policies of that budget (the latency task's sensitivity scan reused: one layer
+        pruned at a time, the same reward), the better by the validation reward kept; not projected to the
+        latency budget (its row's fit to the measured budget tightens or loosens it like every row's). Its
+        search time: the scan plus this."""
+        t = time.perf_counter()
+        mev = self.evaluator(task, budget=f"macs={fraction}")
+        cands = {"uniform": mev.uniform_policy(), "sensitivity": mev.sensitivity_policy(curves)}
+        scored = {k: mev.evaluate(p) for k, p in cands.items()}
+        pick = max(scored, key=lambda k: scored[k].reward)
+        r = scored[pick]
+        return {"policy": cands[pick], "picked": pick, "macs_budget": fraction,
+                "candidates_val_reward": {k: v.reward for k, v in scored.items()},
+                "search_s": scan_s + time.perf_counter() - t, "val_reward": r.reward, "feasible": r.feasible,
+                "reason": r.reason}
 
     def search(self, task: str, method: str, seed: int, base: dict) -> dict:
         path = self.cache / task / f"s{seed}" / f"search_{method}.json"
         if (got := _load(path)) is not None:
             return got
-        gran = TASKS[task][0]
+        gran = self.tasks[task][0]
         ev = self.evaluator(task)
-        keys = BASELINES[gran]
+        keys = self.baseline_keys[gran]
         run_dir = self.cache / task / f"s{seed}" / f"{method}-run"
         t, t_epoch, cpu = time.perf_counter(), time.time(), time.process_time()
         n_pruned, trial_s = 0, 0.0
@@ -425,7 +462,7 @@ class Bench:
         ``--rr-steps`` SGD steps (constant learning rate, batch 128, recovery seeds ``--rr-seeds``, other
         batches than the search's) and scored on the whole validation half; the best mean is kept. Its
         search time: the study's trials plus the re-rank."""
-        keys = BASELINES[TASKS[task][0]]
+        keys = self.baseline_keys[self.tasks[task][0]]
         ev = self.evaluator(task)
         searcher = OptunaSearcher(ev, OptunaConfig(study=f"{task}-s{seed}", n_trials=self.args.trials, seed=seed,
                                                    screen_eta=self.args.mf_eta),
@@ -462,7 +499,7 @@ class Bench:
         path = self.cache / task / f"s{seed}" / f"row_{method}.json"
         if (got := _load(path)) is not None:
             return got
-        gran, budget_s = TASKS[task]
+        gran, budget_s = self.tasks[task]
         ev = self.evaluator(task)
         fit: dict = {}
         if Budget.parse(budget_s).kind == "latency":  # every method's policy made to meet it by measurement
@@ -516,7 +553,7 @@ class Bench:
         """Re-measure, the paired way, the latency of cached latency-task rows measured before it (or of
         ``every`` row: ``--remeasure-latency``, for a quiet machine; the latency depends on the pruned
         architecture alone: the policy is rebuilt, not re-finetuned)."""
-        for task, (_, budget_s) in TASKS.items():
+        for task, (_, budget_s) in self.tasks.items():
             if Budget.parse(budget_s).kind != "latency":
                 continue
             for path in sorted(self.cache.glob(f"{task}/s*/row_*.json")):
@@ -543,15 +580,19 @@ class Bench:
                                                              "when": time.strftime("%Y-%m-%d %H:%M:%S")})
                 except Exception:  # one task's failure is logged; the others still run
                     traceback.print_exc()
-                write_report(self.args, self.record.row())
+                self.write_report()
+
+    def write_report(self) -> None:
+        """The report from what the cache holds (search_hard's; a subclass writes its own)."""
+        write_report(self.args, self.record.row())
 
     def run_task(self, task: str, seed: int) -> None:
         base = self.baselines(task)
-        cands = {k: base[k] for k in BASELINES[TASKS[task][0]]}
-        for m in searchers_of(task, self.args.searchers):
+        cands = {k: base[k] for k in self.baseline_keys[self.tasks[task][0]]}
+        for m in searchers_of(task, self.args.searchers, self.tasks):
             cands[m] = self.search(task, m, seed, base)
-        for m in FINETUNE_ORDER:
-            if m in cands and cands[m].get("policy") is not None:
+        for m in [*(m for m in FINETUNE_ORDER if m in cands), *(m for m in cands if m not in FINETUNE_ORDER)]:
+            if cands[m].get("policy") is not None:
                 self.row(task, m, seed, cands[m]["policy"], cands[m]["search_s"])
 
 
