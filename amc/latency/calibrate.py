@@ -35,7 +35,7 @@ import numpy as np
 
 KINDS = ("depthwise", "pointwise", "conv", "linear", "gate")  # see ``layer_kind``
 ELEMENTS = "elements"  # the feature of the depthwise layers' output activation elements
-DENSE_WEIGHT = 10.0  # the dense model's weight among the points: every predicted fraction is over its prediction
+DENSE_WEIGHT = 3.0  # the dense model's weight among the points: every predicted fraction is over its prediction
 PRIOR = 1e-3  # weight of each scale's pull toward the single scale (1 scale unit ~ a 3% error on one point)
 CALIBRATION_RANDOM = 10  # random-policy copies ``LatencyTable.calibrate(thin=...)`` also measures
 CALIBRATION_SEED = 20_261_207  # their seed (never a benchmark's policies)

@@ -27,12 +27,15 @@ from amc.latency.runtime import Runtime, _check, current_runtime, describe_targe
 from amc.latency.target import Target
 
 CALIBRATION_RATIOS = (0.5, 0.8)  # the thinner copies ``LatencyTable.calibrate(thin=...)`` also measures
+ENTRY_ROUNDS = 3  # rounds of ``runs`` forwards per table entry, the least median kept
+CALIBRATION_ROUNDS = 3  # rounds of each copy against the dense model in ``calibrate``, their ratios' median
 
 
 # --------------------------------------------------------------------------------------------
 # per-layer lookup table
 # --------------------------------------------------------------------------------------------
-LutKey = tuple[str, int, int, int, int, int, int, int]  # kind, in_c, out_c, in_h, in_w, kernel, stride, groups
+# kind, in_c, out_c, in_h, in_w, kernel, stride, groups; a linear layer's in_h: the vectors it is applied to
+LutKey = tuple[str, int, int, int, int, int, int, int]
 COLUMNS = ("target", "backend", "batch", "threads", "kind", "in_c", "out_c", "in_h", "in_w", "kernel", "stride",
            "groups", "ms")
 
@@ -171,11 +174,13 @@ class LatencyTable:
         self._dirty = False
 
     def _measure_key(self, key: LutKey) -> float:
-        """One block of ``key`` timed on this table's target (its input shape the block's own)."""
+        """One block of ``key`` timed on this table's target (its input shape the block's own): the least
+        of ``ENTRY_ROUNDS`` medians of ``runs`` forwards, so that a stall of a shared machine during one
+        round is not kept in the table."""
         kind, cin, _, h, w, *_ = key
-        shape = (cin,) if kind == "linear" else (cin, h, w)
+        shape = (cin, h, w) if kind != "linear" else (cin,) if h * w == 1 else (h * w, cin)
         run = self.runtime.prepare(_block(key), self.target.with_input(shape))
-        return statistics.median(run(self.warmup, self.runs))
+        return min(statistics.median(run(self.warmup if i == 0 else 0, self.runs)) for i in range(ENTRY_ROUNDS))
 
     def lookup(self, key: LutKey) -> float:
         ms = self.entries.get(key)
@@ -191,8 +196,9 @@ class LatencyTable:
         keys: list[LutKey] = []
         for li in table.layers:
             cin, cout = chans.get(li.name, (li.in_channels, li.out_channels))
-            if li.kind == "linear":
-                keys.append(("linear", cin, cout, 1, 1, 1, 1, 1))
+            if li.kind == "linear":  # applied to ``tokens`` vectors (a transformer's or ConvNeXt's MLP)
+                tokens = max(1, li.macs // max(1, li.in_channels * li.out_channels))
+                keys.append(("linear", cin, cout, tokens, 1, 1, 1, 1))
             else:
                 cin, groups = _conv_groups(li, cin, cout)
                 keys.append((li.kind, cin, cout, li.in_hw[0], li.in_hw[1], li.kernel, li.stride, groups))
@@ -230,8 +236,9 @@ class LatencyTable:
         Without ``thin``: the whole gap is a fixed ``overhead_ms`` (never below 0), ``scale`` 1. With
         ``thin`` (channel ratios, e.g. ``(0.5, 0.8)``): ``model`` uniformly channel-pruned by each ratio
         and by ``random`` seeded random policies (``amc.latency.calibrate.random_counts``) is measured
-        too, each copy right after the dense model again (the copy's time taken relative to the dense
-        measurements around it, so a load that changes meanwhile hits both), and one scale per kind
+        too, each copy in ``CALIBRATION_ROUNDS`` rounds alternating with the dense model (its time the
+        median of the rounds' ratios times the dense model's median, so a load that changes meanwhile
+        hits both), and one scale per kind
         of layer plus ``overhead_ms`` is fitted (``amc.latency.calibrate.fit_kinds``, kept as ``fit``;
         ``scale`` is what it amounts to on the dense model): what the table leaves out (residual adds,
         other activations, squeeze-excite gates, a depthwise kernel timed alone) differs by kind and
@@ -243,8 +250,8 @@ class LatencyTable:
 
         input_shape = tuple(input_shape) if input_shape is not None else self.target.input_shape
 
-        def e2e(m: nn.Module) -> float:
-            return measure(m, warmup=max(self.warmup, 10), runs=runs, target=self.target.with_input(input_shape),
+        def e2e(m: nn.Module, n: int = runs) -> float:
+            return measure(m, warmup=max(self.warmup, 10), runs=n, target=self.target.with_input(input_shape),
                            runtime=self.runtime)
 
         ms = e2e(model)
@@ -260,14 +267,19 @@ class LatencyTable:
             scores = channel_scores(model, "l2", table)
             counts = [policy_counts(table, uniform_policy(table, r), 8) for r in thin]
             counts += random_counts(table, random, seed)
-            dense_ms, before = [ms], ms
+            dense_ms, each = [ms], max(5, runs // CALIBRATION_ROUNDS)
             for c in counts:
-                t = e2e(_pruned(model, table, c, x, scores))
-                after = e2e(model)
-                dense_ms.append(after)
+                copy = _pruned(model, table, c, x, scores)
+                ratios = []
+                for r in range(CALIBRATION_ROUNDS):  # alternating with the dense model, as ``paired``
+                    if r % 2:
+                        t, d = e2e(copy, each), e2e(model, each)
+                    else:
+                        d, t = e2e(model, each), e2e(copy, each)
+                    ratios.append(t / d)
+                    dense_ms.append(d)
                 keys = self.layer_keys(table, c)
-                points.append((features(keys, [self.lookup(k) for k in keys]), t * 2.0 / (before + after)))
-                before = after
+                points.append((features(keys, [self.lookup(k) for k in keys]), statistics.median(ratios)))
         except (AmcError, RuntimeError) as e:
             warnings.warn(f"latency calibration on the dense model only: its thinner copies failed ({e})",
                           stacklevel=2)
