@@ -131,7 +131,7 @@ def estimate_row(arch: str, runtime: str, policies: int, max_ratio: float, round
                              "errors": tuple(done["fit_state"]["errors"])})
         dense_ms, calib_s, rows = done["dense_ms"], done["calibration_seconds"], done["policies"]
     else:
-        dense_ms = lut.calibrate(dense, runs=30, thin=CALIBRATION_RATIOS)
+        dense_ms = lut.calibrate(dense, runs=45, thin=CALIBRATION_RATIOS)
         calib_s, rows = time.perf_counter() - t0, []
     assert lut.fit is not None
     fit = lut.fit

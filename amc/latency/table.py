@@ -76,11 +76,15 @@ class LatencyTable:
 
     ``calibrate`` measures the dense model end to end and keeps what its summed layers leave out
     (pools, adds, the head, Python dispatch) in every prediction: as a fixed ``overhead_ms``, or,
-    with ``thin`` ratios, fitted as ``scale * summed + overhead_ms`` over the dense model and its
-    uniformly thinner copies, since residual adds and reshapes shrink with the channels too. For
-    ResNet-20 on one CPU thread the fixed overhead (0.25 of 2.37 ms) made thin policies look slow
-    (every layer at 0.9: predicted 0.46-0.53, measured 0.38-0.39); the fit predicted 0.401 and
-    measured 0.396. The final model's latency is still measured (``amc.latency_check``).
+    with ``thin`` ratios, fitted over the dense model, its uniformly thinner copies and seeded
+    random-policy copies as one scale per kind of layer plus ``overhead_ms`` (``fit``, a
+    ``amc.latency.calibrate.KindFit``), since residual adds, other activations and gates shrink with
+    the channels too, and differently for depthwise, 1x1 and k x k layers. For ResNet-20 on one CPU
+    thread the fixed overhead (0.25 of 2.37 ms) made thin policies look slow (every layer at 0.9:
+    predicted 0.46-0.53, measured 0.38-0.39); a single fitted scale predicted 0.401 and measured
+    0.396, but missed MobileNet-like models (reports/latency.md). Setting ``scale`` (a cached
+    calibration) predicts ``scale * summed + overhead_ms``. The final model's latency is still
+    measured (``amc.latency_check``).
     """
 
     def __init__(self, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
@@ -207,8 +211,8 @@ class LatencyTable:
     def predict(self, model: nn.Module, plan=None, overhead: bool = True,
                 input_shape: tuple[int, ...] | None = None) -> float:
         """Summed per-layer latency (ms) of ``model`` on ``input_shape`` inputs (default: the target's), or
-        of ``model`` pruned by ``plan``, times the calibrated ``scale`` plus ``overhead_ms`` (the bare sum
-        with ``overhead=False``)."""
+        of ``model`` pruned by ``plan``, calibrated (each kind of layer times its scale in ``fit``, else
+        the sum times ``scale``) plus ``overhead_ms`` (the bare sum with ``overhead=False``)."""
         from amc.pruners.channel import channel_table
 
         shape = tuple(input_shape) if input_shape is not None else self.target.input_shape
