@@ -245,6 +245,9 @@ def markdown(est: dict[str, list[dict]], pruned: list[dict], wanted: list[str], 
                          f"{r['single_factor_within_10pct']:.0%} | {_fit_text(r)} | {r['fit']['max_abs_error']:.1%} | "
                          f"{r['seconds']:.0f} |")
         lines.append("")
+    for runtime in ("torch", "onnxruntime"):
+        if runtime not in est:
+            lines += [f"## Estimate vs paired measurement: {runtime}", "", "Not run.", ""]
     lines += [f"## Data-free `prune_to_latency(model, x, \"{budget}\")`", "",
               "| architecture | runtime | predicted | measured (paired) | spread | met | fit rounds | dense ms | s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
