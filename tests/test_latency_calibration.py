@@ -122,6 +122,20 @@ def test_fit_kinds_recovers_known_scales():
     assert pulled.scales == pytest.approx(truth, abs=0.1)
 
 
+def test_fit_kinds_leaves_out_a_copy_timed_during_a_stall():
+    truth = {"conv": 1.5, "pointwise": 2.5}
+    rows = [{"conv": c, "pointwise": p} for c, p in [(4, 3), (3, 3), (2, 1), (4, 1), (1, 2), (3, 2), (2, 2), (1, 1)]]
+    points = [(f, sum(truth[k] * v for k, v in f.items()) + 0.4) for f in rows]
+    points[3] = (points[3][0], points[3][1] * 1.6)  # the machine stalled while this copy ran
+    fit = fit_kinds(points, prior=0.0)
+    assert fit.dropped == (3,) and fit.row()["dropped"] == [3]
+    assert fit.scales == pytest.approx(truth) and fit.overhead_ms == pytest.approx(0.4)
+    assert fit.errors[3] == pytest.approx(1 / 1.6 - 1)  # still reported
+    assert fit.row()["max_abs_error"] < 1e-9  # over the points kept
+    few = fit_kinds(points[:5], prior=0.0)  # too few points to leave one out
+    assert few.dropped == ()
+
+
 def test_fit_kinds_degrades_to_the_older_rule():
     one = [({"conv": 2.0, "linear": 1.0}, 3.6)]
     fit = fit_kinds(one)

@@ -37,6 +37,7 @@ KINDS = ("depthwise", "pointwise", "conv", "linear", "gate")  # see ``layer_kind
 ELEMENTS = "elements"  # the feature of the depthwise layers' output activation elements
 DENSE_WEIGHT = 3.0  # the dense model's weight among the points: every predicted fraction is over its prediction
 PRIOR = 1e-3  # weight of each scale's pull toward the single scale (1 scale unit ~ a 3% error on one point)
+OUTLIER_FLOOR, OUTLIER_FACTOR = 0.05, 4.0  # a copy off by more than both (and 4x the median error) is left out
 CALIBRATION_RANDOM = 10  # random-policy copies ``LatencyTable.calibrate(thin=...)`` also measures
 CALIBRATION_SEED = 20_261_207  # their seed (never a benchmark's policies)
 CALIBRATION_MAX_RATIO = 0.8  # their per-group ratios are uniform in [0, this]
@@ -96,7 +97,8 @@ class KindFit:
     """A fitted calibration: ``scales`` per feature (``KINDS`` and ``ELEMENTS``, the latter per
     ``elements_unit`` million elements), ``overhead_ms``; ``scale`` is the single factor it amounts to
     on the dense model (its predicted summed-layers part over its summed entries) and ``line`` the
-    older rule's ``(scale, overhead)`` on the same points; ``errors`` each point's relative error."""
+    older rule's ``(scale, overhead)`` on the same points; ``errors`` each point's relative error,
+    ``dropped`` the points the fit left out as outliers."""
 
     scales: dict[str, float]
     overhead_ms: float
@@ -104,6 +106,7 @@ class KindFit:
     scale: float = 1.0
     line: tuple[float, float] = (1.0, 0.0)
     errors: tuple[float, ...] = field(default=())
+    dropped: tuple[int, ...] = field(default=())  # the points left out of the fit (their errors still above)
 
     def layers_ms(self, feats: Mapping[str, float]) -> float:
         """The summed-layers part of a prediction (without ``overhead_ms``)."""
@@ -117,16 +120,20 @@ class KindFit:
         """JSON-ready: the scales, the overhead, the effective scale, the old rule's line, the errors."""
         return {"scales": dict(self.scales), "overhead_ms": self.overhead_ms, "scale": self.scale,
                 "elements_ms_per_million": self.scales.get(ELEMENTS, 0.0) * self.elements_unit,
-                "line": list(self.line), "points": len(self.errors),
-                "max_abs_error": max((abs(e) for e in self.errors), default=0.0)}
+                "line": list(self.line), "points": len(self.errors), "dropped": list(self.dropped),
+                "max_abs_error": max((abs(e) for i, e in enumerate(self.errors) if i not in self.dropped),
+                                     default=0.0)}
 
 
 def fit_kinds(points: Sequence[tuple[Mapping[str, float], float]], prior: float = PRIOR,
               dense_weight: float = DENSE_WEIGHT) -> KindFit:
     """Fit ``measured = sum_k scale_k * feature_k + overhead`` over ``(features, measured ms)`` points,
     the dense model first: non-negative least squares on relative errors, each scale pulled toward the
-    single scale of ``fit_line`` (the elements' toward 0) with weight ``prior``. A feature 0 on every
-    point drops out; one point, or points the features cannot tell apart, give the older rule."""
+    single scale of ``fit_line`` (the elements' toward 0) with weight ``prior``, the dense model's
+    error weighted ``dense_weight`` times; then once more without the copies whose error is above
+    ``OUTLIER_FLOOR`` and ``OUTLIER_FACTOR`` times the median (a stall of the machine while one was
+    timed), where at least 3 more points than features remain. A feature 0 on every point drops out;
+    one point, or points the features cannot tell apart, give the older rule."""
     from scipy.optimize import nnls
 
     summed = [sum(f.get(k, 0.0) for k in KINDS) for f, _ in points]
@@ -140,23 +147,33 @@ def fit_kinds(points: Sequence[tuple[Mapping[str, float], float]], prior: float 
         return _finish(points, scales, line[1], unit, line)
     ys = np.array([m for _, m in points], dtype=float)
     x = np.array([[f.get(k, 0.0) * (unit if k == ELEMENTS else 1.0) for k in names] + [1.0] for f, _ in points])
-    w = np.ones(len(points))
-    w[0] = dense_weight
-    a, b = x * (w / ys)[:, None], w
     pull = np.sqrt(prior) * np.eye(len(names), len(names) + 1)
     target = np.sqrt(prior) * np.array([0.0 if k == ELEMENTS else s0 for k in names])
-    coef, _ = nnls(np.vstack([a, pull]), np.concatenate([b, target]))
+
+    def solve(w: np.ndarray) -> np.ndarray:
+        return nnls(np.vstack([x * (w / ys)[:, None], pull]), np.concatenate([w, target]))[0]
+
+    w = np.ones(len(points))
+    w[0] = dense_weight
+    coef = solve(w)
+    errors = np.abs(x @ coef / ys - 1)
+    # a copy measured during a stall of the machine: left out, once, where enough points remain
+    out = [i for i in range(1, len(points)) if errors[i] > max(OUTLIER_FLOOR, OUTLIER_FACTOR * np.median(errors))]
+    dropped: tuple[int, ...] = ()
+    if out and len(points) - len(out) >= len(names) + 3:
+        w[out], dropped = 0.0, tuple(out)
+        coef = solve(w)
     return _finish(points, dict(zip(names, (float(c) for c in coef[:-1]), strict=True)), float(coef[-1]), unit,
-                   line)
+                   line, dropped)
 
 
 def _finish(points: Sequence[tuple[Mapping[str, float], float]], scales: dict[str, float], overhead: float,
-            unit: float, line: tuple[float, float]) -> KindFit:
+            unit: float, line: tuple[float, float], dropped: tuple[int, ...] = ()) -> KindFit:
     fit = KindFit(scales, overhead, unit, line=line)
     dense_sum = sum(points[0][0].get(k, 0.0) for k in KINDS)
     scale = fit.layers_ms(points[0][0]) / dense_sum if dense_sum > 0 else line[0]
     errors = tuple(fit.predict(f) / m - 1 if m > 0 else 0.0 for f, m in points)
-    return KindFit(scales, overhead, unit, scale, line, errors)
+    return KindFit(scales, overhead, unit, scale, line, errors, dropped)
 
 
 def random_counts(table, n: int, seed: int = CALIBRATION_SEED, max_ratio: float = CALIBRATION_MAX_RATIO,
