@@ -223,3 +223,21 @@ def test_calibrate_without_copies_keeps_the_fixed_overhead(monkeypatch):
     with pytest.warns(UserWarning, match="dense model only"):
         lut.calibrate(dense, thin=(0.5, 0.8))
     assert lut.scale == pytest.approx(1.0) and lut.overhead_ms == pytest.approx(_measured(runtime, dense) - summed)
+
+
+def test_onnxruntime_entries_leave_out_the_cost_of_a_run():
+    """A block timed alone in its own ONNX Runtime session pays the session's per-run cost, which the
+    layers of a whole model share: the table's entries on that runtime leave it out (never below a tenth)."""
+    from amc.latency import FakeRuntime
+    from amc.latency.table import CALL_KEY
+
+    fake = FakeRuntime(ms_per_mmac=1.0, overhead_ms=0.05)  # every run: 0.05 ms plus 1 ms per MMAC
+    key = ("conv", 16, 32, 8, 8, 3, 1, 1)
+    macs = 16 * 32 * 8 * 8 * 9
+    ort = LatencyTable(None, target=Target(runtime="onnxruntime", input_shape=SHAPE), runtime=fake)
+    assert ort.lookup(key) == pytest.approx(macs / 1e6)
+    assert ort.entries[CALL_KEY] == pytest.approx(0.05) and ort.entries[key] == pytest.approx(0.05 + macs / 1e6)
+    tiny = ("conv", 1, 1, 1, 1, 1, 1, 1)  # faster than a run's own cost: a tenth of its entry
+    assert ort.lookup(tiny) == pytest.approx(0.1 * ort.entries[tiny])
+    eager = LatencyTable(None, target=Target(input_shape=SHAPE), runtime=fake)
+    assert eager.lookup(key) == pytest.approx(0.05 + macs / 1e6) and CALL_KEY not in eager.entries
