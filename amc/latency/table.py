@@ -257,9 +257,9 @@ class LatencyTable:
         and by ``random`` seeded random policies (``amc.latency.calibrate.random_counts``) is measured
         too, each copy in ``CALIBRATION_ROUNDS`` rounds alternating with the dense model (its time the
         median of the rounds' ratios times the dense model's median, so a load that changes meanwhile
-        hits both), and one scale per kind
-        of layer plus ``overhead_ms`` is fitted (``amc.latency.calibrate.fit_kinds``, kept as ``fit``;
-        ``scale`` is what it amounts to on the dense model): what the table leaves out (residual adds,
+        hits both), and one scale per kind of layer plus ``overhead_ms`` is fitted
+        (``amc.latency.calibrate.fit_kinds``, kept as ``fit``; ``scale`` is what it amounts to on the
+        dense model): what the table leaves out (residual adds,
         other activations, squeeze-excite gates, a depthwise kernel timed alone) differs by kind and
         shrinks with the channels. On ResNet-20 (1 CPU thread, batch 1) the dense model measured
         2.37 ms against 2.12 summed, and a fixed 0.25 ms overhead predicted every layer at a 0.9
