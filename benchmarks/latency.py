@@ -169,7 +169,8 @@ def with_stats(row: dict) -> dict:
     return {**row, "within_10pct": sum(e <= 0.10 for e in errors) / len(errors),
             "median_abs_error": statistics.median(errors),
             "single_factor_within_10pct": sum(e <= 0.10 for e in single) / len(single),
-            "single_factor_median_abs_error": statistics.median(single)}
+            "single_factor_median_abs_error": statistics.median(single),
+            "median_relative_spread": statistics.median(r["spread"] / r["measured_ratio"] for r in row["policies"])}
 
 
 def failed_row(arch: str, runtime: str, e: BaseException, t0: float) -> dict:
@@ -223,8 +224,10 @@ def markdown(est: dict[str, list[dict]], pruned: list[dict], wanted: list[str], 
              f"{CALIBRATION_RANDOM} seeded random-policy copies (`amc.latency.calibrate`). Each policy (a ratio per "
              "channel group uniform in [0, 0.7], seed 0, never the calibration's) is estimated as a fraction of the "
              "dense model's estimate and measured paired with the dense model (`amc.latency.paired`, the median of the "
-             "rounds' ratios). `one factor`: the older rule (`scale * summed + overhead`) fitted on the same "
-             "calibration points, for comparison.", ""]
+             "rounds' ratios). `measurement spread`: the median over the policies of the paired measurement's half "
+             "interquartile range over its ratio (the measurement's own noise, which counts against the +-10%). "
+             "`one factor`: the older rule (`scale * summed + overhead`) fitted on the same calibration points, for "
+             "comparison.", ""]
     for runtime, rows in est.items():
         s = summary(rows)
         lines += [f"## Estimate vs paired measurement: {runtime}", ""]
@@ -233,17 +236,17 @@ def markdown(est: dict[str, list[dict]], pruned: list[dict], wanted: list[str], 
                       f"{s['within_10pct']:.1%} within +-10% (one factor: {s['single_factor_within_10pct']:.1%}); "
                       f"at least 95% within +-10%: {', '.join(s['architectures_at_95pct']) or 'none'} "
                       f"({len(s['architectures_at_95pct'])} architectures).", ""]
-        lines += ["| architecture | input | dense ms | policies | within +-10% | median abs error | one factor: within "
-                  "+-10% | calibration fit (scales by kind) | calibration max error | s |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["| architecture | input | dense ms | policies | within +-10% | median abs error | measurement spread "
+                  "| one factor: within +-10% | calibration fit (scales by kind) | calibration max error | s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in rows:
             if "error" in r:
-                lines.append(f"| {r['arch']} | | | | error: {r['error'][:200]} | | | | | {r['seconds']:.0f} |")
+                lines.append(f"| {r['arch']} | | | | error: {r['error'][:200]} | | | | | | {r['seconds']:.0f} |")
                 continue
             lines.append(f"| {r['arch']} | {'x'.join(map(str, r['input_shape']))} | {r['dense_ms']:.2f} | "
                          f"{len(r['policies'])} | {r['within_10pct']:.0%} | {r['median_abs_error']:.1%} | "
-                         f"{r['single_factor_within_10pct']:.0%} | {_fit_text(r)} | {r['fit']['max_abs_error']:.1%} | "
-                         f"{r['seconds']:.0f} |")
+                         f"+-{r['median_relative_spread']:.1%} | {r['single_factor_within_10pct']:.0%} | "
+                         f"{_fit_text(r)} | {r['fit']['max_abs_error']:.1%} | {r['seconds']:.0f} |")
         lines.append("")
     for runtime in ("torch", "onnxruntime"):
         if runtime not in est:
@@ -319,7 +322,7 @@ def main() -> int:
             if r is None and (part := cache.get(f"{est_key(a, rt, args.policies)}__partial")) is not None:
                 r = with_stats(part)  # an architecture not finished: its policies so far
             if r is not None:
-                rows.append(r)
+                rows.append(with_stats(r) if r.get("policies") else r)  # the figures of this version
         est[rt] = rows
     est = {rt: rows for rt, rows in est.items() if rows}
     pruned = [r for rt in runtimes for a in ARCHS if (r := cache.get(prune_key(a, rt, args.budget))) is not None]
