@@ -211,7 +211,8 @@ def summary(est: list[dict]) -> dict:
             "architectures_with_100_policies": sorted(r["arch"] for r in ok if len(r["policies"]) >= 100)}
 
 
-def markdown(est: dict[str, list[dict]], pruned: list[dict], wanted: list[str], budget: str, note: str = "") -> str:
+def markdown(est: dict[str, list[dict]], pruned: list[dict], wanted: list[str], budget: str, note: str = "",
+             missing: dict[str, list[str]] | None = None) -> str:
     lines = ["# Latency: estimate vs paired measurement; data-free pruning to a latency budget", "",
              "Targets: CPU, 1 thread, batch 1, eager PyTorch (`Target()`) and ONNX Runtime "
              "(`Target(runtime=\"onnxruntime\")`, the table's entries measured on it too); the CIFAR models at 32x32, "
@@ -251,6 +252,9 @@ def markdown(est: dict[str, list[dict]], pruned: list[dict], wanted: list[str], 
     for runtime in ("torch", "onnxruntime"):
         if runtime not in est:
             lines += [f"## Estimate vs paired measurement: {runtime}", "", "Not run.", ""]
+    gaps = [f"{rt}: {', '.join(archs)}" for rt, archs in (missing or {}).items() if archs]
+    if gaps:
+        lines += ["Estimate rows missing or unfinished (fewer policies than asked): " + "; ".join(gaps) + ".", ""]
     lines += [f"## Data-free `prune_to_latency(model, x, \"{budget}\")`", "",
               "| architecture | runtime | predicted | measured (paired) | spread | met | fit rounds | dense ms | s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -326,10 +330,11 @@ def main() -> int:
         est[rt] = rows
     est = {rt: rows for rt, rows in est.items() if rows}
     pruned = [r for rt in runtimes for a in ARCHS if (r := cache.get(prune_key(a, rt, args.budget))) is not None]
-    torch_rows = est.get("torch", [])
-    partial = (len([r for r in torch_rows if "error" in r or len(r["policies"]) >= 100]) < len(ARCHS)
-               or "onnxruntime" not in est or len(pruned) < len(ARCHS))
+    missing = {rt: [a for a in ARCHS if not any(r["arch"] == a and ("error" in r or len(r["policies"]) >= args.policies)
+                                              for r in est.get(rt, []))] for rt in runtimes}
+    partial = any(missing.values()) or len(pruned) < len(ARCHS)
     report = {"targets": {rt: Target(runtime=rt).row() for rt in est}, "budget": args.budget,  # type: ignore[arg-type]
+              "missing": missing,
               "torchvision_input": TV_SIZE, "rounds": args.rounds, "runs": args.runs, "max_ratio": args.max_ratio,
               "calibration": {"uniform": list(CALIBRATION_RATIOS), "random": CALIBRATION_RANDOM},
               "estimate": {rt: {r["arch"]: r for r in rows} for rt, rows in est.items()},
@@ -339,7 +344,7 @@ def main() -> int:
               "median_abs_error": {rt: {r["arch"]: r.get("median_abs_error") for r in rows}
                                    for rt, rows in est.items()},
               "note": args.note}
-    text = markdown(est, pruned, list(args.archs), args.budget, args.note)
+    text = markdown(est, pruned, list(args.archs), args.budget, args.note, missing)
     write_report(args.out, "latency", report, text, partial=partial)
     return 0
 
