@@ -207,7 +207,8 @@ def summary(est: list[dict]) -> dict:
     single = sum(sum(abs(p["single_factor_error"]) <= 0.10 for p in r["policies"]) for r in ok)
     return {"architectures": len(ok), "policies": n, "within_10pct": within / n if n else None,
             "single_factor_within_10pct": single / n if n else None,
-            "architectures_at_95pct": sorted(r["arch"] for r in ok if r["within_10pct"] >= 0.95),
+            "architectures_at_95pct": sorted(r["arch"] for r in ok
+                                             if r["within_10pct"] >= 0.95 and not r.get("partial")),
             "architectures_with_100_policies": sorted(r["arch"] for r in ok if len(r["policies"]) >= 100)}
 
 
@@ -235,8 +236,8 @@ def markdown(est: dict[str, list[dict]], pruned: list[dict], wanted: list[str], 
         if s["policies"]:
             lines += [f"Over {s['architectures']} architectures and {s['policies']} policies: "
                       f"{s['within_10pct']:.1%} within +-10% (one factor: {s['single_factor_within_10pct']:.1%}); "
-                      f"at least 95% within +-10%: {', '.join(s['architectures_at_95pct']) or 'none'} "
-                      f"({len(s['architectures_at_95pct'])} architectures).", ""]
+                      f"at least 95% within +-10% (finished architectures): "
+                      f"{', '.join(s['architectures_at_95pct']) or 'none'} ({len(s['architectures_at_95pct'])}).", ""]
         lines += ["| architecture | input | dense ms | policies | within +-10% | median abs error | measurement spread "
                   "| one factor: within +-10% | calibration fit (scales by kind) | calibration max error | s |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
