@@ -9,10 +9,13 @@ times), the paired speed measurement (``paired``) and the per-layer estimate (``
   alternating rounds; the only way a speedup is reported.
 * ``amc.latency.table``: ``LatencyTable`` (the lookup table, calibrated on the dense model), and
   ``validate``.
+* ``amc.latency.calibrate``: the table's calibration, one scale per kind of layer (``KindFit``,
+  ``fit_kinds``, ``layer_kind``) fitted on the dense model and pruned copies of it.
 * ``amc.latency.prune``: ``prune_to_latency(model, x, "latency=0.6")``, data-free channel pruning to a
   latency budget met by paired measurement (the estimate corrected from measured candidates).
 """
 
+from amc.latency.calibrate import CALIBRATION_RANDOM, KINDS, KindFit, fit_kinds, layer_kind
 from amc.latency.paired import Paired, paired
 from amc.latency.prune import LatencyFit, latency_cost, prune_to_latency
 from amc.latency.runtime import (
@@ -30,8 +33,8 @@ from amc.latency.table import CALIBRATION_RATIOS, LatencyTable, LutKey, _block, 
 from amc.latency.target import LAYOUTS, RUNTIMES, Target
 
 __all__ = [
-    "BACKENDS", "CALIBRATION_RATIOS", "LAYOUTS", "RUNTIMES", "FakeRuntime", "LatencyFit", "LatencyTable", "LutKey",
-    "MeasuredRuntime", "Paired", "Runtime", "Target", "_block", "_fit_line", "_thin_models", "current_runtime",
-    "describe_target", "latency_cost", "measure", "paired", "prune_to_latency", "time_callable", "use_runtime",
-    "validate",
+    "BACKENDS", "CALIBRATION_RANDOM", "CALIBRATION_RATIOS", "KINDS", "LAYOUTS", "RUNTIMES", "FakeRuntime", "KindFit",
+    "LatencyFit", "LatencyTable", "LutKey", "MeasuredRuntime", "Paired", "Runtime", "Target", "_block", "_fit_line",
+    "_thin_models", "current_runtime", "describe_target", "fit_kinds", "latency_cost", "layer_kind", "measure",
+    "paired", "prune_to_latency", "time_callable", "use_runtime", "validate",
 ]
