@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from amc.io import atomic_write_text  # noqa: E402
 from amc.search.agent import AgentConfig, run_agent  # noqa: E402
-from benchmarks.harness import MODELS, Cache, parser, write_report  # noqa: E402
+from benchmarks.harness import MODELS, Cache, ints, parser, write_report  # noqa: E402
 
 TASKS = ("macs03", "lat05")
 COMPARED = ("uniform", "optuna", "optuna_rr")  # read from reports/search_hard.json
@@ -91,24 +91,32 @@ def _bench(args: argparse.Namespace, hard: dict[str, Any]):
             atomic_write_text(folder / rel, text)
     settings = dict(hard["settings"], epochs=args.epochs, data=args.data, checkpoint=args.checkpoint)
     ns = argparse.Namespace(**settings, cache=str(folder), tasks=list(args.tasks),
-                            pause_pids=[int(p) for p in str(getattr(args, "pause_pids", "")).split(",") if p])
+                            pause_pids=ints(str(getattr(args, "pause_pids", ""))))
     return Bench(ns)
 
 
-def measure(bench, args: argparse.Namespace, task: str, seed: int) -> dict[str, Any]:
-    """One seed of one task: the agent's search (resumable), then search_hard's finetuned row."""
+def _search(bench, task: str, config: AgentConfig, run_dir: Path):
+    """The agent's search on ``task`` from search_hard's baseline policies (resumable in ``run_dir``); returns
+    the result and its seconds: this run's, less the time this process stood paused by a latency
+    measurement, plus the earlier runs' (the log's wall clock goes on across a resume)."""
     from benchmarks.search_hard import BASELINES
     from benchmarks.search_hard import TASKS as HARD_TASKS
 
     base = bench.baselines(task)
-    ev = bench.evaluator(task)
+    t, t_epoch = time.perf_counter(), time.time()
+    res = run_agent(bench.evaluator(task), config, run_dir,
+                    seed_policies=[base[k]["policy"] for k in BASELINES[HARD_TASKS[task][0]]])
+    seconds = time.perf_counter() - t - bench.stood(t_epoch, time.time())
+    if res.resumed_from:
+        seconds += float(res.trials["wall"].iloc[res.resumed_from - 1])
+    return res, seconds
+
+
+def measure(bench, args: argparse.Namespace, task: str, seed: int) -> dict[str, Any]:
+    """One seed of one task: the agent's search (resumable), then search_hard's finetuned row."""
+    base = bench.baselines(task)
     config = agent_config(args, seed)
-    run_dir = Path(args.cache) / "runs" / f"{task}-s{seed}"
-    t = time.perf_counter()
-    res = run_agent(ev, config, run_dir, seed_policies=[base[k]["policy"] for k in BASELINES[HARD_TASKS[task][0]]])
-    search_s = time.perf_counter() - t
-    if res.resumed_from:  # the earlier runs' seconds: the log's wall clock goes on across a resume
-        search_s += float(res.trials["wall"].iloc[res.resumed_from - 1])
+    res, search_s = _search(bench, task, config, Path(args.cache) / "runs" / f"{task}-s{seed}")
     diag = res.extra["diagnostics"]
     row = bench.row(task, "amc", seed, res.best_policy, search_s)
     return {"task": task, "seed": seed, "test_accuracy": row["test_accuracy"], "search_s": search_s,
@@ -134,22 +142,13 @@ def measure_rr(bench, args: argparse.Namespace, task: str, seed: int) -> dict[st
     import pandas as pd
 
     from amc.search.base import rerank
-    from benchmarks.search_hard import BASELINES
-    from benchmarks.search_hard import TASKS as HARD_TASKS
 
     hs = bench.args  # search_hard's settings: rr_k, rr_steps, rr_seeds
     base = bench.baselines(task)
     config = agent_config(args, seed)
-    run_dir = Path(args.cache) / "runs" / f"{task}-s{seed}-rr"
+    res, agent_s = _search(bench, task, config, Path(args.cache) / "runs" / f"{task}-s{seed}-rr")
     t, t_epoch = time.perf_counter(), time.time()
-    res = run_agent(bench.evaluator(task), config, run_dir,
-                    seed_policies=[base[k]["policy"] for k in BASELINES[HARD_TASKS[task][0]]])
-    agent_s = time.perf_counter() - t - bench.stood(t_epoch, time.time())
-    if res.resumed_from:
-        agent_s += float(res.trials["wall"].iloc[res.resumed_from - 1])
-    t, t_epoch = time.perf_counter(), time.time()
-    seeds = tuple(int(x) for x in str(hs.rr_seeds).split(",") if x.strip())
-    ranked = rerank(_rr_evaluators(bench, task, seeds), res.trials, k=int(hs.rr_k))
+    ranked = rerank(_rr_evaluators(bench, task), res.trials, k=int(hs.rr_k))
     rr_s = time.perf_counter() - t - bench.stood(t_epoch, time.time())
     if not ranked or not ranked[0].feasible:
         raise RuntimeError(f"{task} s{seed}: the re-rank found no feasible policy")
@@ -176,26 +175,24 @@ def measure_rr(bench, args: argparse.Namespace, task: str, seed: int) -> dict[st
             **{k: row[k] for k in ("macs", "latency_measured", "latency_predicted") if k in row},
             "at_bound": diag["at_bound"], "ratio_at_bound": diag["ratio_at_bound"], "curve": diag["curve"],
             "best_episode": diag["best_episode"], "actor": diag["actor"],
-            "rerank": {"k": int(hs.rr_k), "steps": int(hs.rr_steps), "seeds": list(seeds)}, "agent": asdict(config)}
+            "rerank": {"k": int(hs.rr_k), "steps": int(hs.rr_steps), "seeds": ints(str(hs.rr_seeds))},
+            "agent": asdict(config)}
 
 
-def _rr_evaluators(bench, task: str, seeds: tuple[int, ...]) -> list:
+def _rr_evaluators(bench, task: str) -> list:
     """optuna_rr's re-rank evaluators (every held-out image, ``rr_steps`` SGD steps, a recovery seed each) on the
     physically pruned copy: the same SGD steps on the kept channels as the masked dense copy's, at the pruned
     model's cost (the uniform policy: 65.3% physical, 64.5% masked; the sensitivity-picked one 69.5% / 68.0%)."""
-    from amc.evaluator import Evaluator
+    from amc.search.base import rerank_evaluators
 
-    full = bench.evaluator(task, recovery_steps=int(bench.args.rr_steps))
-    cfg = replace(full.config, score_on="physical", eval_images=None)
-    return [Evaluator(full.dense, full.splits, full.budget, replace(cfg, recovery_seed=s), full.input_shape,
-                      full.latency_table) for s in seeds]
+    return rerank_evaluators(bench.evaluator(task, recovery_steps=int(bench.args.rr_steps)),
+                             seeds=ints(str(bench.args.rr_seeds)), score_on="physical")
 
 
 def rr_baselines(bench, task: str) -> dict[str, Any]:
     """The baselines' policies through the same re-rank (their score on the whole validation half after
     ``rr_steps`` SGD steps): what the re-ranked agent's candidates are compared with."""
-    seeds = tuple(int(x) for x in str(bench.args.rr_seeds).split(",") if x.strip())
-    evs = _rr_evaluators(bench, task, seeds)
+    evs = _rr_evaluators(bench, task)
     base = bench.baselines(task)
     out = {}
     for name in ("uniform", "sensitivity"):
@@ -217,17 +214,9 @@ def _explore_stats(frame, warmup: int) -> dict[str, Any]:
 
 def measure_variant(bench, args: argparse.Namespace, task: str, seed: int, variant: str) -> dict[str, Any]:
     """One search-only variant of the agent (``VARIANTS``) on one seed: its search reward and curve."""
-    from benchmarks.search_hard import BASELINES
-    from benchmarks.search_hard import TASKS as HARD_TASKS
-
     base = bench.baselines(task)
     config = agent_config(args, seed, variant)
-    t = time.perf_counter()
-    res = run_agent(bench.evaluator(task), config, Path(args.cache) / "runs" / f"{task}-s{seed}-{variant}",
-                    seed_policies=[base[k]["policy"] for k in BASELINES[HARD_TASKS[task][0]]])
-    search_s = time.perf_counter() - t
-    if res.resumed_from:
-        search_s += float(res.trials["wall"].iloc[res.resumed_from - 1])
+    res, search_s = _search(bench, task, config, Path(args.cache) / "runs" / f"{task}-s{seed}-{variant}")
     diag = res.extra["diagnostics"]
     return {"task": task, "seed": seed, "variant": variant, "search_s": search_s,
             "val_reward": None if res.best_result is None else res.best_result.reward,
@@ -502,7 +491,7 @@ def main() -> None:
                     help=f"re-score each finished row's search: its top {RESCORE_K} on the whole validation half")
     args = ap.parse_args()
     args.tasks = [t for t in args.tasks.split(",") if t]
-    args.seeds = [int(x) for x in args.seeds.split(",") if x]
+    args.seeds = ints(args.seeds)
     args.variants = [v for v in args.variants.split(",") if v]
     if bad := [t for t in args.tasks if t not in TASKS]:
         raise SystemExit(f"unknown task {bad[0]!r}; known: {', '.join(TASKS)}")

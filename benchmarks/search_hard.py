@@ -474,7 +474,7 @@ class Bench:
         search_wall = time.perf_counter() - t - self.stood(t_epoch, time.time())
         trial_s = study_seconds(searcher.study, self.stood)
         t, t_epoch = time.perf_counter(), time.time()
-        seeds = tuple(int(x) for x in str(self.args.rr_seeds).split(",") if x.strip())
+        seeds = tuple(ints(str(self.args.rr_seeds)))
         evs = rerank_evaluators(self.evaluator(task, recovery_steps=self.args.rr_steps), seeds=seeds)
         ranked = rerank(evs, res.trials, k=self.args.rr_k)
         rr_s = time.perf_counter() - t - self.stood(t_epoch, time.time())
@@ -984,7 +984,7 @@ def main() -> None:
                     help="comma-separated pids of this benchmark's other processes on the machine: stopped "
                          "(SIGSTOP) during every latency measurement, continued after")
     args = ap.parse_args()
-    args.pause_pids = [int(p) for p in args.pause_pids.split(",") if p]
+    args.pause_pids = ints(args.pause_pids)
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.seeds = ints(args.seeds)
     args.searchers = [m for m in args.searchers.split(",") if m]

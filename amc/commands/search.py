@@ -219,10 +219,10 @@ def _rerank(args: argparse.Namespace, ev, frame, seeds: tuple[int, ...], out: Pa
     import pandas as pd
 
     from amc.io import atomic_path
-    from amc.search.base import rerank, rerank_evaluators
+    from amc.search.base import final_choice
 
     t2 = time.perf_counter()
-    ranked = rerank(rerank_evaluators(ev, seeds), frame, args.rerank)
+    ranked = final_choice(ev, frame, args.rerank, seeds)
     reranked = {"k": args.rerank, "seeds": list(seeds), "seconds": time.perf_counter() - t2,
                 "ranked": [{"rank": r.rank, "search_reward": r.search_reward, "score": r.score,
                             "policy": r.policy} for r in ranked]}

@@ -237,14 +237,17 @@ class Reranked:
 
 
 def rerank_evaluators(evaluator: Evaluator, seeds: Sequence[int] = (1, 2),
-                      recovery_steps: int | None = None) -> list[Evaluator]:
+                      recovery_steps: int | None = None, score_on: str | None = None) -> list[Evaluator]:
     """Evaluators like ``evaluator`` that score on every held-out image; with a finetune recovery,
     one per recovery seed in ``seeds`` (other batches than the search's), with BN recalibration
     alone just one (the seed changes nothing). ``recovery_steps``: their recovery is that many SGD
-    steps (then BN recalibration) whatever the search's was (0: BN recalibration alone)."""
+    steps (then BN recalibration) whatever the search's was (0: BN recalibration alone);
+    ``score_on``: the model they score (``EvalConfig.score_on``; default the search's)."""
     from amc.evaluator import Evaluator
 
     cfg = replace(evaluator.config, eval_images=None, profile=False)
+    if score_on is not None:
+        cfg = replace(cfg, score_on=score_on)
     if recovery_steps is not None:
         cfg = replace(cfg, recovery="finetune" if recovery_steps > 0 else "bn", recovery_steps=recovery_steps)
     if cfg.recovery != "finetune" or cfg.recovery_steps == 0 or not seeds:
