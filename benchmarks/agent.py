@@ -28,6 +28,7 @@ error of Optuna's, every search within 15 minutes, its best validation reward >=
     nice -n 10 python benchmarks/agent.py --tasks macs03 --rescore  # the finished rows' choices re-scored
     nice -n 10 python benchmarks/agent.py --tasks macs03 --rr &     # amc_rr rows: fresh timed searches, their
     nice -n 10 python benchmarks/agent.py --tasks lat05 --rr        # picks re-ranked (lat05 pauses macs03's)
+    nice -n 10 python benchmarks/agent.py --mf                      # amc_mf rows: a short-finetune reward
     python benchmarks/agent.py --report-only                    # the report from the cache
 
 A smoke run (it starts and resumes; not a result): ``python benchmarks/agent.py --cache /tmp/agent-smoke
@@ -58,7 +59,7 @@ from amc.search.agent import AgentConfig, run_agent  # noqa: E402
 from benchmarks.harness import MODELS, Cache, ints, parser, write_report  # noqa: E402
 
 TASKS = ("macs03", "lat05")
-COMPARED = ("uniform", "optuna", "optuna_rr")  # read from reports/search_hard.json
+COMPARED = ("uniform", "optuna", "optuna_mf", "optuna_rr")  # read from reports/search_hard.json
 SEARCH_LIMIT_S = 900  # each search within 15 minutes on the 2-core CPU
 RESTORED = ("latency_lut_cpu.csv", "lat05/calibration.json", "macs03/baselines.json", "lat05/baselines.json")
 
@@ -95,16 +96,17 @@ def _bench(args: argparse.Namespace, hard: dict[str, Any]):
     return Bench(ns)
 
 
-def _search(bench, task: str, config: AgentConfig, run_dir: Path):
-    """The agent's search on ``task`` from search_hard's baseline policies (resumable in ``run_dir``); returns
-    the result and its seconds: this run's, less the time this process stood paused by a latency
-    measurement, plus the earlier runs' (the log's wall clock goes on across a resume)."""
+def _search(bench, task: str, config: AgentConfig, run_dir: Path, evaluator=None):
+    """The agent's search on ``task`` from search_hard's baseline policies (resumable in ``run_dir``), its
+    reward ``evaluator``'s (default the task's BN reward); returns the result and its seconds: this run's,
+    less the time this process stood paused by a latency measurement, plus the earlier runs' (the log's
+    wall clock goes on across a resume)."""
     from benchmarks.search_hard import BASELINES
     from benchmarks.search_hard import TASKS as HARD_TASKS
 
     base = bench.baselines(task)
     t, t_epoch = time.perf_counter(), time.time()
-    res = run_agent(bench.evaluator(task), config, run_dir,
+    res = run_agent(evaluator or bench.evaluator(task), config, run_dir,
                     seed_policies=[base[k]["policy"] for k in BASELINES[HARD_TASKS[task][0]]])
     seconds = time.perf_counter() - t - bench.stood(t_epoch, time.time())
     if res.resumed_from:
@@ -177,6 +179,60 @@ def measure_rr(bench, args: argparse.Namespace, task: str, seed: int) -> dict[st
             "best_episode": diag["best_episode"], "actor": diag["actor"],
             "rerank": {"k": int(hs.rr_k), "steps": int(hs.rr_steps), "seeds": ints(str(hs.rr_seeds))},
             "agent": asdict(config)}
+
+
+def _mf_evaluator(bench, task: str, steps: int):
+    """The ``--mf`` reward: ``steps`` SGD steps (batch 128, lr 0.01, the same batches for every policy: optuna_mf's
+    full reward) on the physically pruned copy, then BN recalibration, scored on the search's 500 validation
+    images. On lat05 it ranks the policies as the 300-step re-rank does where the BN reward does not: the
+    sensitivity-picked policy 24.2%, uniform 18.0%, the BN-searching agent's three picks 15.6-16.4%
+    (BN reward: 14.8%, 10.6%, 9.4-14.4%), at ~3.6 s a policy on one core."""
+    from amc.evaluator import Evaluator
+
+    ev = bench.evaluator(task, recovery_steps=steps)
+    return Evaluator(ev.dense, ev.splits, ev.budget, replace(ev.config, score_on="physical"), ev.input_shape,
+                     ev.latency_table)
+
+
+def measure_mf(bench, args: argparse.Namespace, task: str, seed: int) -> dict[str, Any]:
+    """One seed of one task with the agent on a short-finetune reward (``--mf``): its search (``--mf-episodes``,
+    ``--mf-warmup``) scores every episode after ``--mf-steps`` SGD steps (``_mf_evaluator``), its final choice
+    is the library's (``amc.search.base.final_choice``: the top ``--mf-k`` distinct policies re-scored on the
+    whole validation half after the same steps on other batches, recovery seeds 1 and 2), then search_hard's
+    finetuned row. Its search time: the episodes, the final choice and (lat05) the fit to the measured budget,
+    less the seconds this process stood paused by a latency measurement."""
+    from amc.search.base import final_choice
+
+    base = bench.baselines(task)
+    config = replace(agent_config(args, seed), episodes=args.mf_episodes,
+                     warmup_episodes=min(args.mf_warmup, args.mf_episodes - 1))
+    ev = _mf_evaluator(bench, task, args.mf_steps)
+    res, agent_s = _search(bench, task, config, Path(args.cache) / "runs" / f"{task}-s{seed}-mf", evaluator=ev)
+    t, t_epoch = time.perf_counter(), time.time()
+    ranked = final_choice(ev, res.trials, k=args.mf_k)
+    choice_s = time.perf_counter() - t - bench.stood(t_epoch, time.time())
+    if not ranked or not ranked[0].feasible:
+        raise RuntimeError(f"{task} s{seed}: the final choice found no feasible policy")
+    top = ranked[0]
+    uniform = ev.evaluate(base["uniform"]["policy"]).reward
+    row = bench.row(task, "amc_mf", seed, top.policy, agent_s + choice_s)
+    diag = res.extra["diagnostics"]
+    print(f"[{task} s{seed}] amc_mf: kept the search's #{top.rank} of {len(ranked)} (search {agent_s:.0f} s, "
+          f"final choice {choice_s:.0f} s), test {row['test_accuracy']:.4f}", flush=True)
+    return {"task": task, "seed": seed, "test_accuracy": row["test_accuracy"], "search_s": row["search_s"],
+            "agent_s": agent_s, "choice_s": choice_s, "fit_s": row.get("fit_s"),
+            "search_resumed_from": res.resumed_from,
+            "val_reward": None if res.best_result is None else res.best_result.reward,
+            "uniform_val_reward": uniform, "bn_uniform_val_reward": base["uniform"]["val_reward"],
+            "choice_score": top.score, "chosen_search_rank": top.rank,
+            "candidates": [{"search_rank": c.rank, "search_reward": c.search_reward, "score": c.score}
+                           for c in ranked],
+            "finetune_s": row["finetune_s"], "policy": row["policy"],
+            **{k: row[k] for k in ("macs", "latency_measured", "latency_predicted") if k in row},
+            "at_bound": diag["at_bound"], "curve": diag["curve"], "best_episode": diag["best_episode"],
+            "best_in_warmup": diag["best_in_warmup"], "best_after_warmup": diag["best_after_warmup"],
+            **_explore_stats(res.trials, config.warmup_episodes),
+            "mf": {"steps": args.mf_steps, "k": args.mf_k}, "agent": asdict(config)}
 
 
 def _rr_evaluators(bench, task: str) -> list:
@@ -320,12 +376,16 @@ def collect(args: argparse.Namespace, hard: dict[str, Any]) -> tuple[dict[str, A
                     "baselines_rerank_score": (cache.get(f"{task}__rr_baselines") or {}).get("rerank_score"),
                     "reward_vs_ratio": _reward_vs_ratio(Path(args.cache), task, [r["seed"] for r in rr])}
         partial |= len(rr) < len(args.seeds)
+        mf = sorted(cache.rows(f"{task}__s{s}__mf" for s in args.seeds).values(), key=lambda r: r["seed"])
+        mf_stats = _stats([r["test_accuracy"] for r in mf])
         variants = [cache.get(f"{task}__s{s}__{v}") for v in VARIANTS for s in args.seeds]
         rescored = [cache.get(f"{task}__s{s}__rescore") for s in args.seeds]
         found = hard["tasks"][task].get("search_val_reward") or {}
         searched = {m: {str(s): found.get(f"{m} s{s}") for s in args.seeds} for m in ("optuna", "amc")}
         out["tasks"][task] = {"amc": {**stats, "rows": amc}, **compared, "goals": goals,
                               "amc_rr": {**rr_stats, "rows": rr}, "goals_rr": _goals(rr, rr_stats, compared,
+                                                                                     len(args.seeds)),
+                              "amc_mf": {**mf_stats, "rows": mf}, "goals_mf": _goals(mf, mf_stats, compared,
                                                                                      len(args.seeds)),
                               "search_hard_val_reward": searched,
                               "variants": [v for v in variants if v], "rescore": [r for r in rescored if r]}
@@ -382,6 +442,40 @@ def _rr_lines(t: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _mf_lines(t: dict[str, Any]) -> list[str]:
+    """The ``amc_mf`` rows: the agent on the short-finetune reward, the library's final choice."""
+    rows = t.get("amc_mf", {}).get("rows", [])
+    if not rows:
+        return ["", "`amc_mf` (the agent on a short-finetune reward): no rows yet."]
+    a, mf = rows[0]["agent"], rows[0]["mf"]
+    lines = ["", f"`amc_mf` is the agent ({a['episodes']} episodes, {a['warmup_episodes']} warm-up) with another "
+                 f"reward: every episode's policy scored on the 500 validation images after {mf['steps']} SGD steps "
+                 "on the physically pruned copy (batch 128, lr 0.01, the same batches for every policy: "
+                 "`optuna_mf`'s full reward, without its BN screen) and BN recalibration; its final choice is the "
+                 f"library's `final_choice`: the top {mf['k']} distinct policies re-scored on the whole validation "
+                 "half after the same steps on other batches (recovery seeds 1 and 2). Search seconds: episodes + "
+                 "final choice (+ the fit to the measured budget on lat05), less the seconds paused by latency "
+                 "measurements of other processes.", "",
+             "| seed | search s (episodes / final choice) | best reward (500) | uniform's | kept: search rank, "
+             "score (5,000) | candidates (rank: score) | best in warm-up / after | actions at a bound | "
+             "measured latency | MACs | test acc. |", "| --- |" + " --- |" * 10]
+    for r in rows:
+        cands = ", ".join(f"{c['search_rank']}: {_pct(c['score'])}" for c in r["candidates"])
+        lat = r.get("latency_measured")
+        lines.append(f"| {r['seed']} | {r['search_s']:.0f} ({r['agent_s']:.0f} / {r['choice_s']:.0f}) | "
+                     f"{_pct(r['val_reward'])} | {_pct(r['uniform_val_reward'])} | {r['chosen_search_rank']}, "
+                     f"{_pct(r['choice_score'])} | {cands} | {_pct(r['best_in_warmup'])} / "
+                     f"{_pct(r['best_after_warmup'])} | {_pct(r['at_bound']['all'])} | "
+                     f"{'-' if lat is None else f'{lat:.3f}'} | {_pct(r.get('macs'))} | {_pct(r['test_accuracy'])} |")
+    lines += ["", "Learning curves (`amc_mf`, best / mean reward per window of episodes):", ""]
+    lines += [f"- seed {r['seed']}: " + ", ".join(f"{_pct(w['best'])}/{_pct(w['mean'])}" for w in r["curve"])
+              for r in rows]
+    if t.get("goals_mf"):
+        lines += ["", "Goals (`amc_mf`): " + ", ".join(f"{k}: {'met' if v else 'NOT met'}"
+                                                        for k, v in t["goals_mf"].items())]
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = ["# The AMC agent on search_hard's channel tasks", "",
@@ -406,6 +500,10 @@ def markdown(report: dict[str, Any]) -> str:
         cells = [_pct(rr[x]["test_accuracy"]) if x in rr else "-" for x in s["seeds"]]
         lines.append("| amc_rr | " + " | ".join(cells) + f" | {_pct(t['amc_rr']['mean'])} | "
                      f"{_pct(t['amc_rr']['se'])} |")
+        mfr = {r["seed"]: r for r in t.get("amc_mf", {}).get("rows", [])}
+        cells = [_pct(mfr[x]["test_accuracy"]) if x in mfr else "-" for x in s["seeds"]]
+        lines.append("| amc_mf | " + " | ".join(cells) + f" | {_pct(t['amc_mf']['mean'])} | "
+                     f"{_pct(t['amc_mf']['se'])} |")
         lines += ["", "| seed | search s | best val reward | uniform's | Optuna's / the earlier agent's "
                       "(search_hard) | actions at a bound | ratios at a bound | best episode | learning curve "
                       "(best / mean per window) |", "| --- |" + " --- |" * 8]
@@ -460,7 +558,7 @@ def markdown(report: dict[str, Any]) -> str:
             if tuned:
                 lines += ["", f"Re-scored picks finetuned: mean {_pct(statistics.fmean(tuned))} over {len(tuned)} "
                               "seed(s)."]
-        lines += _rr_lines(t)
+        lines += _rr_lines(t) + _mf_lines(t)
         lines.append("")
     return "\n".join(lines)
 
@@ -484,6 +582,13 @@ def main() -> None:
                     help="with --rescore: finetune and test the re-scored pick too (a row of its own)")
     ap.add_argument("--rr", action="store_true",
                     help="the rows whose final choice is re-ranked as optuna_rr's (a fresh, timed search each)")
+    ap.add_argument("--mf", action="store_true",
+                    help="the amc_mf rows: the agent on a short-finetune reward (a fresh, timed search each)")
+    ap.add_argument("--mf-steps", type=int, default=20, help="--mf: SGD steps before each episode's score")
+    ap.add_argument("--mf-episodes", type=int, default=160,
+                    help="--mf: the agent's episodes (~4 s each on one core beside another job: 160 fit the 15-minute goal)")
+    ap.add_argument("--mf-warmup", type=int, default=40, help="--mf: the agent's random warm-up episodes")
+    ap.add_argument("--mf-k", type=int, default=5, help="--mf: the final choice's re-scored top k")
     ap.add_argument("--pause-pids", default="",
                     help="comma-separated pids stopped during each latency measurement (besides the processes "
                          "that registered themselves in the cache: a run without lat05 does)")
@@ -517,7 +622,9 @@ def run(args: argparse.Namespace, hard: dict[str, Any]) -> None:
     bench = _bench(args, hard)
     for seed in args.seeds:
         for task in args.tasks:
-            if args.rr:
+            if args.mf:
+                cache.row(f"{task}__s{seed}__mf", lambda t=task, s=seed: measure_mf(bench, args, t, s))
+            elif args.rr:
                 cache.row(f"{task}__s{seed}__rr", lambda t=task, s=seed: measure_rr(bench, args, t, s))
                 cache.row(f"{task}__rr_baselines", lambda t=task: rr_baselines(bench, t))
             elif not args.variants:
