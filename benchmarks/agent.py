@@ -162,23 +162,29 @@ def measure_rr(bench, args: argparse.Namespace, task: str, seed: int) -> dict[st
         new = res.trials["reward"].to_numpy()
         same = bool(len(old) == len(new) and (abs(old - new) < 1e-9).all())
     row = bench.row(task, "amc_rr", seed, top.policy, agent_s + rr_s)
-    diag = res.extra["diagnostics"]
     print(f"[{task} s{seed}] amc_rr: kept the search's #{top.rank} of {len(ranked)} (search {agent_s:.0f} s, "
           f"re-rank {rr_s:.0f} s), test {row['test_accuracy']:.4f}", flush=True)
-    return {"task": task, "seed": seed, "test_accuracy": row["test_accuracy"], "search_s": row["search_s"],
-            "agent_s": agent_s, "rerank_s": rr_s, "fit_s": row.get("fit_s"),
-            "search_resumed_from": res.resumed_from,
-            "val_reward": None if res.best_result is None else res.best_result.reward,
+    return {**_chosen_row(task, seed, res, ranked, row), "agent_s": agent_s, "rerank_s": rr_s,
             "uniform_val_reward": base["uniform"]["val_reward"], "rerank_score": top.score,
-            "chosen_search_rank": top.rank, "same_episodes_as_first_run": same,
+            "same_episodes_as_first_run": same, "ratio_at_bound": res.extra["diagnostics"]["ratio_at_bound"],
+            "actor": res.extra["diagnostics"]["actor"],
+            "rerank": {"k": int(hs.rr_k), "steps": int(hs.rr_steps), "seeds": ints(str(hs.rr_seeds))},
+            "agent": asdict(config)}
+
+
+def _chosen_row(task: str, seed: int, res, ranked: list, row: dict[str, Any]) -> dict[str, Any]:
+    """What a row whose final choice was re-ranked (``amc_rr``, ``amc_mf``) records of its search, its
+    candidates and its finetuned row (search_hard's ``Bench.row``)."""
+    diag = res.extra["diagnostics"]
+    return {"task": task, "seed": seed, "test_accuracy": row["test_accuracy"], "search_s": row["search_s"],
+            "fit_s": row.get("fit_s"), "search_resumed_from": res.resumed_from,
+            "val_reward": None if res.best_result is None else res.best_result.reward,
+            "chosen_search_rank": ranked[0].rank,
             "candidates": [{"search_rank": c.rank, "search_reward": c.search_reward, "score": c.score}
                            for c in ranked],
             "finetune_s": row["finetune_s"], "policy": row["policy"],
             **{k: row[k] for k in ("macs", "latency_measured", "latency_predicted") if k in row},
-            "at_bound": diag["at_bound"], "ratio_at_bound": diag["ratio_at_bound"], "curve": diag["curve"],
-            "best_episode": diag["best_episode"], "actor": diag["actor"],
-            "rerank": {"k": int(hs.rr_k), "steps": int(hs.rr_steps), "seeds": ints(str(hs.rr_seeds))},
-            "agent": asdict(config)}
+            "at_bound": diag["at_bound"], "curve": diag["curve"], "best_episode": diag["best_episode"]}
 
 
 def _mf_evaluator(bench, task: str, steps: int):
@@ -219,19 +225,10 @@ def measure_mf(bench, args: argparse.Namespace, task: str, seed: int) -> dict[st
     diag = res.extra["diagnostics"]
     print(f"[{task} s{seed}] amc_mf: kept the search's #{top.rank} of {len(ranked)} (search {agent_s:.0f} s, "
           f"final choice {choice_s:.0f} s), test {row['test_accuracy']:.4f}", flush=True)
-    return {"task": task, "seed": seed, "test_accuracy": row["test_accuracy"], "search_s": row["search_s"],
-            "agent_s": agent_s, "choice_s": choice_s, "fit_s": row.get("fit_s"),
-            "search_resumed_from": res.resumed_from,
-            "val_reward": None if res.best_result is None else res.best_result.reward,
+    return {**_chosen_row(task, seed, res, ranked, row), "agent_s": agent_s, "choice_s": choice_s,
             "uniform_val_reward": uniform, "bn_uniform_val_reward": base["uniform"]["val_reward"],
-            "choice_score": top.score, "chosen_search_rank": top.rank,
-            "candidates": [{"search_rank": c.rank, "search_reward": c.search_reward, "score": c.score}
-                           for c in ranked],
-            "finetune_s": row["finetune_s"], "policy": row["policy"],
-            **{k: row[k] for k in ("macs", "latency_measured", "latency_predicted") if k in row},
-            "at_bound": diag["at_bound"], "curve": diag["curve"], "best_episode": diag["best_episode"],
-            "best_in_warmup": diag["best_in_warmup"], "best_after_warmup": diag["best_after_warmup"],
-            **_explore_stats(res.trials, config.warmup_episodes),
+            "choice_score": top.score, "best_in_warmup": diag["best_in_warmup"],
+            "best_after_warmup": diag["best_after_warmup"], **_explore_stats(res.trials, config.warmup_episodes),
             "mf": {"steps": args.mf_steps, "k": args.mf_k}, "agent": asdict(config)}
 
 
@@ -586,7 +583,8 @@ def main() -> None:
                     help="the amc_mf rows: the agent on a short-finetune reward (a fresh, timed search each)")
     ap.add_argument("--mf-steps", type=int, default=20, help="--mf: SGD steps before each episode's score")
     ap.add_argument("--mf-episodes", type=int, default=160,
-                    help="--mf: the agent's episodes (~4 s each on one core beside another job: 160 fit the 15-minute goal)")
+                    help="--mf: the agent's episodes (~4 s each on one core beside another job: 160 fit the "
+                         "15-minute goal)")
     ap.add_argument("--mf-warmup", type=int, default=40, help="--mf: the agent's random warm-up episodes")
     ap.add_argument("--mf-k", type=int, default=5, help="--mf: the final choice's re-scored top k")
     ap.add_argument("--pause-pids", default="",
