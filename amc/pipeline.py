@@ -121,8 +121,9 @@ def build_evaluator(dense: nn.Module, splits: DataSource | AnyTask, config: Comp
         lut = LatencyTable(latency_table, target=target)
         dense_ms = lut.calibrate(dense, thin=CALIBRATION_RATIOS)
         if say is not None:
-            say(f"latency: dense {dense_ms:.2f} ms on {target.describe()}; the table's summed layers times "
-                f"{lut.scale:.3f} plus {lut.overhead_ms:.2f} ms outside the table's layers")
+            say(f"latency: dense {dense_ms:.2f} ms on {target.describe()}; the estimate: " + (
+                lut.fit.describe() if lut.fit is not None else f"the table's summed layers times "
+                f"{lut.scale:.3f} plus {lut.overhead_ms:.2f} ms outside the table's layers"))
     return Evaluator(dense, splits, budget, config.eval_config(bounds), input_shape=input_shape, latency_table=lut,
                      score_fn=score_fn)
 

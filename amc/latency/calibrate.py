@@ -116,6 +116,16 @@ class KindFit:
     def predict(self, feats: Mapping[str, float]) -> float:
         return self.layers_ms(feats) + self.overhead_ms
 
+    def describe(self) -> str:
+        """One line for a user: each kind's factor on its table entries, the depthwise elements' cost, the
+        overhead, the worst error on the copies it was fitted on."""
+        kinds = ", ".join(f"{k} x{s:.2f}" for k, s in self.scales.items() if k != ELEMENTS)
+        elements = self.scales.get(ELEMENTS, 0.0) * self.elements_unit
+        worst = self.row()["max_abs_error"]
+        return (f"per kind of layer {kinds}; {elements:.3f} ms per million depthwise output elements; "
+                f"{self.overhead_ms:.2f} ms outside the table's layers; within {100 * float(worst):.1f}% "  # type: ignore[arg-type]
+                f"on the {len(self.errors) - len(self.dropped)} model(s) it was fitted on")
+
     def row(self) -> dict[str, object]:
         """JSON-ready: the scales, the overhead, the effective scale, the old rule's line, the errors."""
         return {"scales": dict(self.scales), "overhead_ms": self.overhead_ms, "scale": self.scale,
