@@ -28,7 +28,8 @@ error of Optuna's, every search within 15 minutes, its best validation reward >=
     nice -n 10 python benchmarks/agent.py --tasks macs03 --rescore  # the finished rows' choices re-scored
     nice -n 10 python benchmarks/agent.py --tasks macs03 --rr &     # amc_rr rows: fresh timed searches, their
     nice -n 10 python benchmarks/agent.py --tasks lat05 --rr        # picks re-ranked (lat05 pauses macs03's)
-    nice -n 10 python benchmarks/agent.py --mf                      # amc_mf rows: a short-finetune reward
+    nice -n 10 python benchmarks/agent.py --reward ls               # amc_ls rows: AMC's reconstruction reward
+    nice -n 10 python benchmarks/agent.py --reward mf               # amc_mf rows: a short-finetune reward
     python benchmarks/agent.py --report-only                    # the report from the cache
 
 A smoke run (it starts and resumes; not a result): ``python benchmarks/agent.py --cache /tmp/agent-smoke
@@ -173,7 +174,7 @@ def measure_rr(bench, args: argparse.Namespace, task: str, seed: int) -> dict[st
 
 
 def _chosen_row(task: str, seed: int, res, ranked: list, row: dict[str, Any]) -> dict[str, Any]:
-    """What a row whose final choice was re-ranked (``amc_rr``, ``amc_mf``) records of its search, its
+    """What a row whose final choice was re-ranked (``amc_rr``, ``amc_<reward>``) records of its search, its
     candidates and its finetuned row (search_hard's ``Bench.row``)."""
     diag = res.extra["diagnostics"]
     return {"task": task, "seed": seed, "test_accuracy": row["test_accuracy"], "search_s": row["search_s"],
@@ -187,49 +188,64 @@ def _chosen_row(task: str, seed: int, res, ranked: list, row: dict[str, Any]) ->
             "at_bound": diag["at_bound"], "curve": diag["curve"], "best_episode": diag["best_episode"]}
 
 
-def _mf_evaluator(bench, task: str, steps: int):
-    """The ``--mf`` reward: ``steps`` SGD steps (batch 128, lr 0.01, the same batches for every policy: optuna_mf's
-    full reward) on the physically pruned copy, then BN recalibration, scored on the search's 500 validation
-    images. On lat05 it ranks the policies as the 300-step re-rank does where the BN reward does not: the
-    sensitivity-picked policy 24.2%, uniform 18.0%, the BN-searching agent's three picks 15.6-16.4%
-    (BN reward: 14.8%, 10.6%, 9.4-14.4%), at ~3.6 s a policy on one core."""
+# The agent on another reward than search_hard's BN recalibration (``--reward``): rows ``amc_<name>``, each
+# policy scored on the search's 500 validation images after the recovery said here, then BN recalibration.
+REWARDS = {
+    "mf": "{steps} SGD steps on the physically pruned copy (batch 128, lr 0.01, the same batches for every policy: "
+          "`optuna_mf`'s full reward without its BN screen)",
+    "ls": "AMC's least-squares reconstruction on the physically pruned copy (each layer that lost input channels "
+          "refitted to the dense layer's kept outputs on the 256 calibration images: `optuna_ls`'s reward; no "
+          "training, the same result on any batches)",
+}
+
+
+def _reward_evaluator(bench, args: argparse.Namespace, task: str, kind: str):
+    """The ``--reward`` evaluator (``REWARDS``). Against the 300-step re-rank's scores on lat05 (the sensitivity-
+    picked policy 69.5%, uniform 65.3%, the BN-searching agent's picks 45-55%), the BN reward on all 5,000
+    images says 14.8%, 10.6%, 9.4-14.4%; ``mf`` on 500 images 24.2%, 18.0%, 15.6-16.4% (3.6 s a policy),
+    but the sensitivity-picked policy's 24.2% is 13.6% on other batches and all 5,000; ``ls`` 27.7%, 22.9%,
+    11.5-20.2% on all 5,000 images, in the re-rank's order (1.8 s a policy)."""
     from amc.evaluator import Evaluator
 
-    ev = bench.evaluator(task, recovery_steps=steps)
+    if kind == "ls":
+        return bench.evaluator(task, reconstruct=True)
+    ev = bench.evaluator(task, recovery_steps=args.mf_steps)
     return Evaluator(ev.dense, ev.splits, ev.budget, replace(ev.config, score_on="physical"), ev.input_shape,
                      ev.latency_table)
 
 
-def measure_mf(bench, args: argparse.Namespace, task: str, seed: int) -> dict[str, Any]:
-    """One seed of one task with the agent on a short-finetune reward (``--mf``): its search (``--mf-episodes``,
-    ``--mf-warmup``) scores every episode after ``--mf-steps`` SGD steps (``_mf_evaluator``), its final choice
-    is the library's (``amc.search.base.final_choice``: the top ``--mf-k`` distinct policies re-scored on the
-    whole validation half after the same steps on other batches, recovery seeds 1 and 2), then search_hard's
-    finetuned row. Its search time: the episodes, the final choice and (lat05) the fit to the measured budget,
-    less the seconds this process stood paused by a latency measurement."""
+def measure_reward(bench, args: argparse.Namespace, task: str, seed: int, kind: str) -> dict[str, Any]:
+    """One seed of one task with the agent on another reward (``--reward``, ``REWARDS``): its search scores
+    every episode with ``_reward_evaluator`` (``mf``: ``--mf-episodes``, ``--mf-warmup``; ``ls``: ``--episodes``,
+    ``--warmup``), its final choice is the library's (``amc.search.base.final_choice``: the top ``--final-k``
+    distinct policies re-scored on the whole validation half, ``mf``'s after the same steps on other batches,
+    recovery seeds 1 and 2), then search_hard's finetuned row. Its search time: the episodes, the final
+    choice and (lat05) the fit to the measured budget, less the seconds this process stood paused by a
+    latency measurement."""
     from amc.search.base import final_choice
 
     base = bench.baselines(task)
-    config = replace(agent_config(args, seed), episodes=args.mf_episodes,
-                     warmup_episodes=min(args.mf_warmup, args.mf_episodes - 1))
-    ev = _mf_evaluator(bench, task, args.mf_steps)
-    res, agent_s = _search(bench, task, config, Path(args.cache) / "runs" / f"{task}-s{seed}-mf", evaluator=ev)
+    episodes, warmup = (args.mf_episodes, args.mf_warmup) if kind == "mf" else (args.episodes, args.warmup)
+    config = replace(agent_config(args, seed), episodes=episodes, warmup_episodes=min(warmup, episodes - 1))
+    ev = _reward_evaluator(bench, args, task, kind)
+    res, agent_s = _search(bench, task, config, Path(args.cache) / "runs" / f"{task}-s{seed}-{kind}", evaluator=ev)
     t, t_epoch = time.perf_counter(), time.time()
-    ranked = final_choice(ev, res.trials, k=args.mf_k)
+    ranked = final_choice(ev, res.trials, k=args.final_k)
     choice_s = time.perf_counter() - t - bench.stood(t_epoch, time.time())
     if not ranked or not ranked[0].feasible:
         raise RuntimeError(f"{task} s{seed}: the final choice found no feasible policy")
     top = ranked[0]
     uniform = ev.evaluate(base["uniform"]["policy"]).reward
-    row = bench.row(task, "amc_mf", seed, top.policy, agent_s + choice_s)
+    row = bench.row(task, f"amc_{kind}", seed, top.policy, agent_s + choice_s)
     diag = res.extra["diagnostics"]
-    print(f"[{task} s{seed}] amc_mf: kept the search's #{top.rank} of {len(ranked)} (search {agent_s:.0f} s, "
+    print(f"[{task} s{seed}] amc_{kind}: kept the search's #{top.rank} of {len(ranked)} (search {agent_s:.0f} s, "
           f"final choice {choice_s:.0f} s), test {row['test_accuracy']:.4f}", flush=True)
     return {**_chosen_row(task, seed, res, ranked, row), "agent_s": agent_s, "choice_s": choice_s,
             "uniform_val_reward": uniform, "bn_uniform_val_reward": base["uniform"]["val_reward"],
             "choice_score": top.score, "best_in_warmup": diag["best_in_warmup"],
             "best_after_warmup": diag["best_after_warmup"], **_explore_stats(res.trials, config.warmup_episodes),
-            "mf": {"steps": args.mf_steps, "k": args.mf_k}, "agent": asdict(config)}
+            "reward": {"kind": kind, "steps": args.mf_steps if kind == "mf" else 0, "k": args.final_k},
+            "agent": asdict(config)}
 
 
 def _rr_evaluators(bench, task: str) -> list:
@@ -373,8 +389,8 @@ def collect(args: argparse.Namespace, hard: dict[str, Any]) -> tuple[dict[str, A
                     "baselines_rerank_score": (cache.get(f"{task}__rr_baselines") or {}).get("rerank_score"),
                     "reward_vs_ratio": _reward_vs_ratio(Path(args.cache), task, [r["seed"] for r in rr])}
         partial |= len(rr) < len(args.seeds)
-        mf = sorted(cache.rows(f"{task}__s{s}__mf" for s in args.seeds).values(), key=lambda r: r["seed"])
-        mf_stats = _stats([r["test_accuracy"] for r in mf])
+        by_reward = {k: sorted(cache.rows(f"{task}__s{s}__{k}" for s in args.seeds).values(), key=lambda r: r["seed"])
+                     for k in REWARDS}
         variants = [cache.get(f"{task}__s{s}__{v}") for v in VARIANTS for s in args.seeds]
         rescored = [cache.get(f"{task}__s{s}__rescore") for s in args.seeds]
         found = hard["tasks"][task].get("search_val_reward") or {}
@@ -382,10 +398,13 @@ def collect(args: argparse.Namespace, hard: dict[str, Any]) -> tuple[dict[str, A
         out["tasks"][task] = {"amc": {**stats, "rows": amc}, **compared, "goals": goals,
                               "amc_rr": {**rr_stats, "rows": rr}, "goals_rr": _goals(rr, rr_stats, compared,
                                                                                      len(args.seeds)),
-                              "amc_mf": {**mf_stats, "rows": mf}, "goals_mf": _goals(mf, mf_stats, compared,
-                                                                                     len(args.seeds)),
+
                               "search_hard_val_reward": searched,
                               "variants": [v for v in variants if v], "rescore": [r for r in rescored if r]}
+        for k, rows_k in by_reward.items():
+            st = _stats([r["test_accuracy"] for r in rows_k])
+            out["tasks"][task] |= {f"amc_{k}": {**st, "rows": rows_k},
+                                   f"goals_{k}": _goals(rows_k, st, compared, len(args.seeds))}
     return out, partial
 
 
@@ -439,20 +458,21 @@ def _rr_lines(t: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _mf_lines(t: dict[str, Any]) -> list[str]:
-    """The ``amc_mf`` rows: the agent on the short-finetune reward, the library's final choice."""
-    rows = t.get("amc_mf", {}).get("rows", [])
+def _reward_lines(t: dict[str, Any], kind: str) -> list[str]:
+    """The ``amc_<kind>`` rows (``--reward``): the agent on another reward, the library's final choice."""
+    name = f"amc_{kind}"
+    rows = t.get(name, {}).get("rows", [])
     if not rows:
-        return ["", "`amc_mf` (the agent on a short-finetune reward): no rows yet."]
-    a, mf = rows[0]["agent"], rows[0]["mf"]
-    lines = ["", f"`amc_mf` is the agent ({a['episodes']} episodes, {a['warmup_episodes']} warm-up) with another "
-                 f"reward: every episode's policy scored on the 500 validation images after {mf['steps']} SGD steps "
-                 "on the physically pruned copy (batch 128, lr 0.01, the same batches for every policy: "
-                 "`optuna_mf`'s full reward, without its BN screen) and BN recalibration; its final choice is the "
-                 f"library's `final_choice`: the top {mf['k']} distinct policies re-scored on the whole validation "
-                 "half after the same steps on other batches (recovery seeds 1 and 2). Search seconds: episodes + "
-                 "final choice (+ the fit to the measured budget on lat05), less the seconds paused by latency "
-                 "measurements of other processes.", "",
+        what = REWARDS[kind].format(steps="a few").split(" (")[0]
+        return ["", f"`{name}` (the agent, its reward after {what}): no rows yet."]
+    a, rw = rows[0]["agent"], rows[0]["reward"]
+    again = " after the same steps on other batches (recovery seeds 1 and 2)" if kind == "mf" else ""
+    lines = ["", f"`{name}` is the agent ({a['episodes']} episodes, {a['warmup_episodes']} warm-up) with another "
+                 f"reward: every episode's policy scored on the 500 validation images after "
+                 f"{REWARDS[kind].format(steps=rw['steps'])} and BN recalibration; its final choice is the library's "
+                 f"`final_choice`: the top {rw['k']} distinct policies re-scored on the whole validation half{again}. "
+                 "Search seconds: episodes + final choice (+ the fit to the measured budget on lat05), less the "
+                 "seconds paused by latency measurements of other processes.", "",
              "| seed | search s (episodes / final choice) | best reward (500) | uniform's | kept: search rank, "
              "score (5,000) | candidates (rank: score) | best in warm-up / after | actions at a bound | "
              "measured latency | MACs | test acc. |", "| --- |" + " --- |" * 10]
@@ -464,12 +484,12 @@ def _mf_lines(t: dict[str, Any]) -> list[str]:
                      f"{_pct(r['choice_score'])} | {cands} | {_pct(r['best_in_warmup'])} / "
                      f"{_pct(r['best_after_warmup'])} | {_pct(r['at_bound']['all'])} | "
                      f"{'-' if lat is None else f'{lat:.3f}'} | {_pct(r.get('macs'))} | {_pct(r['test_accuracy'])} |")
-    lines += ["", "Learning curves (`amc_mf`, best / mean reward per window of episodes):", ""]
+    lines += ["", f"Learning curves (`{name}`, best / mean reward per window of episodes):", ""]
     lines += [f"- seed {r['seed']}: " + ", ".join(f"{_pct(w['best'])}/{_pct(w['mean'])}" for w in r["curve"])
               for r in rows]
-    if t.get("goals_mf"):
-        lines += ["", "Goals (`amc_mf`): " + ", ".join(f"{k}: {'met' if v else 'NOT met'}"
-                                                        for k, v in t["goals_mf"].items())]
+    if t.get(f"goals_{kind}"):
+        lines += ["", f"Goals (`{name}`): " + ", ".join(f"{k}: {'met' if v else 'NOT met'}"
+                                                         for k, v in t[f"goals_{kind}"].items())]
     return lines
 
 
@@ -497,10 +517,11 @@ def markdown(report: dict[str, Any]) -> str:
         cells = [_pct(rr[x]["test_accuracy"]) if x in rr else "-" for x in s["seeds"]]
         lines.append("| amc_rr | " + " | ".join(cells) + f" | {_pct(t['amc_rr']['mean'])} | "
                      f"{_pct(t['amc_rr']['se'])} |")
-        mfr = {r["seed"]: r for r in t.get("amc_mf", {}).get("rows", [])}
-        cells = [_pct(mfr[x]["test_accuracy"]) if x in mfr else "-" for x in s["seeds"]]
-        lines.append("| amc_mf | " + " | ".join(cells) + f" | {_pct(t['amc_mf']['mean'])} | "
-                     f"{_pct(t['amc_mf']['se'])} |")
+        for kind in REWARDS:
+            got = {r["seed"]: r for r in t.get(f"amc_{kind}", {}).get("rows", [])}
+            cells = [_pct(got[x]["test_accuracy"]) if x in got else "-" for x in s["seeds"]]
+            lines.append(f"| amc_{kind} | " + " | ".join(cells) + f" | {_pct(t[f'amc_{kind}']['mean'])} | "
+                         f"{_pct(t[f'amc_{kind}']['se'])} |")
         lines += ["", "| seed | search s | best val reward | uniform's | Optuna's / the earlier agent's "
                       "(search_hard) | actions at a bound | ratios at a bound | best episode | learning curve "
                       "(best / mean per window) |", "| --- |" + " --- |" * 8]
@@ -555,7 +576,9 @@ def markdown(report: dict[str, Any]) -> str:
             if tuned:
                 lines += ["", f"Re-scored picks finetuned: mean {_pct(statistics.fmean(tuned))} over {len(tuned)} "
                               "seed(s)."]
-        lines += _rr_lines(t) + _mf_lines(t)
+        lines += _rr_lines(t)
+        for kind in REWARDS:
+            lines += _reward_lines(t, kind)
         lines.append("")
     return "\n".join(lines)
 
@@ -579,14 +602,14 @@ def main() -> None:
                     help="with --rescore: finetune and test the re-scored pick too (a row of its own)")
     ap.add_argument("--rr", action="store_true",
                     help="the rows whose final choice is re-ranked as optuna_rr's (a fresh, timed search each)")
-    ap.add_argument("--mf", action="store_true",
-                    help="the amc_mf rows: the agent on a short-finetune reward (a fresh, timed search each)")
-    ap.add_argument("--mf-steps", type=int, default=20, help="--mf: SGD steps before each episode's score")
+    ap.add_argument("--reward", default="", choices=["", *REWARDS],
+                    help="the amc_<reward> rows: the agent on another reward (a fresh, timed search each)")
+    ap.add_argument("--mf-steps", type=int, default=20, help="--reward mf: SGD steps before each episode's score")
     ap.add_argument("--mf-episodes", type=int, default=160,
-                    help="--mf: the agent's episodes (~4 s each on one core beside another job: 160 fit the "
-                         "15-minute goal)")
-    ap.add_argument("--mf-warmup", type=int, default=40, help="--mf: the agent's random warm-up episodes")
-    ap.add_argument("--mf-k", type=int, default=5, help="--mf: the final choice's re-scored top k")
+                    help="--reward mf: the agent's episodes (~4 s each on one core beside another job: 160 fit "
+                         "the 15-minute goal)")
+    ap.add_argument("--mf-warmup", type=int, default=40, help="--reward mf: the agent's random warm-up episodes")
+    ap.add_argument("--final-k", type=int, default=5, help="--reward: the final choice's re-scored top k")
     ap.add_argument("--pause-pids", default="",
                     help="comma-separated pids stopped during each latency measurement (besides the processes "
                          "that registered themselves in the cache: a run without lat05 does)")
@@ -620,8 +643,9 @@ def run(args: argparse.Namespace, hard: dict[str, Any]) -> None:
     bench = _bench(args, hard)
     for seed in args.seeds:
         for task in args.tasks:
-            if args.mf:
-                cache.row(f"{task}__s{seed}__mf", lambda t=task, s=seed: measure_mf(bench, args, t, s))
+            if args.reward:
+                cache.row(f"{task}__s{seed}__{args.reward}",
+                          lambda t=task, s=seed: measure_reward(bench, args, t, s, args.reward))
             elif args.rr:
                 cache.row(f"{task}__s{seed}__rr", lambda t=task, s=seed: measure_rr(bench, args, t, s))
                 cache.row(f"{task}__rr_baselines", lambda t=task: rr_baselines(bench, t))
