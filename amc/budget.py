@@ -258,6 +258,41 @@ class Projector:
 
         return pol(self._least_feasible(pol, 0.0, 1.0))
 
+    def top_up(self, policy: Mapping[str, float], rounds: int | None = None) -> Policy:
+        """``policy`` loosened one layer at a time, for a cost that moves in steps (channels rounded to
+        multiples of 8: a 16-channel group keeps 8 or 16, and ``fill``'s shared factor can find no looser
+        policy that fits): while some layer can keep its next step of channels within the budget, the most
+        pruned such layer does (its ratio set just under the step). At most ``rounds`` steps (default: four
+        per layer); a policy over the budget comes back projected."""
+        pol = self.clip(policy)
+        if not self.feasible(pol):
+            return self.project(pol)
+        for _ in range(4 * len(self.names) if rounds is None else rounds):
+            now = self.cost.fraction(pol)
+            steps = [(pol[n], n, r) for n in self.names if (r := self._step_down(pol, n, now)) is not None]
+            fits = [(ratio, n, r) for ratio, n, r in steps if self.feasible({**pol, n: r})]
+            if not fits:
+                break
+            _, name, r = max(fits)
+            pol = {**pol, name: r}
+        return pol
+
+    def _step_down(self, policy: Policy, name: str, now: float) -> float | None:
+        """The largest ratio under ``policy[name]`` at which the cost rises above ``now`` (the next step of
+        kept channels), by bisection; None when even the lower bound costs no more."""
+        lo, hi = self.lower[name], policy[name]
+        if hi <= lo or self.cost.fraction({**policy, name: lo}) <= now * (1 + 1e-12):
+            return None
+        for _ in range(BISECT_STEPS):  # invariant: lo costs more than now, hi does not
+            mid = 0.5 * (lo + hi)
+            if self.cost.fraction({**policy, name: mid}) > now * (1 + 1e-12):
+                lo = mid
+            else:
+                hi = mid
+            if hi - lo < 1e-9:
+                break
+        return lo
+
     def tighten(self, policy: Mapping[str, float]) -> Policy:
         """``policy`` with every ratio moved toward its upper bound by one shared factor, as little as
         meets the budget: ``ratio + lam * (upper - ratio)`` with the least ``lam`` in [0, 1]. The

@@ -124,3 +124,46 @@ def test_fit_measured_with_fill_spends_a_budget_the_table_overstated():
 
     kept = fit_measured(policy, proj, build=lambda p: p, fraction=jumpy, fill=True)
     assert kept.within and kept.measured == 0.4 and kept.policy == proj.clip(policy) and len(kept.steps) == 2
+
+
+class _Stairs(_Table):
+    """Channels rounded to multiples of 8 on 16-channel layers: each layer keeps 8 or 16 channels, its share
+    of the dense latency halved or whole (a staircase, as on ResNet-20's first stage)."""
+
+    def fraction(self, policy):
+        return sum(s * max(8, 8 * round(16 * (1.0 - policy.get(n, 0.0)) / 8)) / 16 for n, s in self.shares.items())
+
+
+def _stairs(budget: float):
+    from amc.budget import Projector, make_bounds
+
+    table = _Stairs({"a": 0.5, "b": 0.3, "c": 0.1, "d": 0.1})
+    return Projector(table, Budget("latency", budget), make_bounds(table.names, 0.0, 0.9))
+
+
+def test_top_up_spends_a_budget_that_no_shared_factor_can():
+    proj = _stairs(0.6)
+    policy = {n: 0.6 for n in "abcd"}  # every layer at 8 of 16 channels: half the dense latency
+    assert proj.cost.fraction(policy) == pytest.approx(0.5)
+    # every layer's step comes at the same shared factor (1.0 of dense, over): fill spends nothing
+    assert proj.cost.fraction(proj.fill(policy)) == pytest.approx(0.5)
+    out = proj.top_up(policy)
+    assert proj.cost.fraction(out) == pytest.approx(0.6)  # c and d back to 16 channels; a or b would not fit
+    assert out["a"] == policy["a"] and out["b"] == policy["b"] and out["c"] < 0.25 and out["d"] < 0.25
+    assert out["c"] > 0.2  # just under the step, not at the lower bound
+    assert proj.top_up(out) == out  # nothing more fits
+    assert _stairs(0.5).top_up({n: 0.0 for n in "abcd"}) == _stairs(0.5).project({n: 0.0 for n in "abcd"})
+
+
+def test_fit_measured_loosens_a_stepped_cost_a_layer_at_a_time():
+    from amc.latency.fit import fit_measured
+
+    proj = _stairs(0.5)
+    policy = {n: 0.6 for n in "abcd"}  # the table says 0.5; the measurement 0.4: room for two small layers
+
+    def fraction(built):
+        return 0.8 * proj.cost.fraction(built)
+
+    fit = fit_measured(policy, proj, build=lambda p: p, fraction=fraction, fill=True)
+    assert fit.within and fit.measured == pytest.approx(0.48)  # 0.4 before: c and d got their channels back
+    assert fit.predicted == pytest.approx(0.6) and fit.policy["a"] == 0.6 and fit.policy["b"] == 0.6

@@ -46,7 +46,8 @@ def fit_measured(policy: Mapping[str, float], projector: Projector, build: Calla
     every layer's upper bound, once, when the correction asks for more); a round that measures
     within the budget ends the fit. With ``fill``, a policy that measures more than
     ``2 * margin`` under the budget is loosened the same way (``Projector.fill``: every layer pruned a
-    little less) while rounds remain, and the looser one kept only when it measures within. After
+    little less; where rounded channels leave no such step, ``Projector.top_up``: a layer at a time) while
+    rounds remain, and the looser one kept only when it measures within. After
     ``rounds`` an over-budget policy is returned with ``within=False``: the caller decides (the
     pipeline warns, a benchmark reports it)."""
     budget = projector.budget
@@ -77,6 +78,8 @@ def fit_measured(policy: Mapping[str, float], projector: Projector, build: Calla
         steps[-1]["next_target"] = target
         step = Projector(projector.cost, Budget("latency", min(target, 1.0)), projector.bounds)
         nxt = step.fill(pol) if meas <= budget.fraction else step.tighten(pol)
+        if meas <= budget.fraction and projector.cost.fraction(nxt) <= pred:
+            nxt = step.top_up(pol)  # no shared factor spends more (channels move in steps): a layer at a time
         if nxt == pol or projector.cost.fraction(nxt) == pred:
             break  # the bounds or the channel granularity give nothing new: measuring it again would not help
         pol = nxt
