@@ -197,13 +197,15 @@ def test_cli_search_around_a_policy(tmp_path, method, ckpt):
 
 def test_seed_policies_are_the_first_episodes(tiny_splits, tmp_path):
     ev = _evaluator(tiny_splits)
-    seeds = [ev.uniform_policy(), ev.projector.project({n: 0.9 for n in ev.names[:2]})]
-    res = run_agent(ev, AgentConfig(episodes=3, warmup_episodes=2, batch_size=4, checkpoint_every=0), tmp_path,
+    over = {n: 0.1 * (i % 3) for i, n in enumerate(ev.names)}  # over the budget: tightened, its shape kept
+    assert not ev.projector.feasible(over) and ev.projector.meet(over) != ev.projector.project(over)
+    seeds = [ev.uniform_policy(), ev.projector.project({n: 0.9 for n in ev.names[:2]}), over]
+    res = run_agent(ev, AgentConfig(episodes=4, warmup_episodes=3, batch_size=4, checkpoint_every=0), tmp_path,
                     seed_policies=seeds)
     rows = res.episodes
     for i, pol in enumerate(seeds):
         played = {n: float(rows.loc[i, f"r:{n}"]) for n in ev.names}
-        assert played == pytest.approx(ev.projector.fill(pol), abs=1e-6)
+        assert played == pytest.approx(ev.projector.fill(ev.projector.meet(pol)), abs=1e-6)
     assert res.best_result is not None
     assert res.best_result.reward >= max(ev.evaluate(ev.projector.fill(p)).reward for p in seeds) - 1e-9
 

@@ -72,6 +72,16 @@ def test_tighten_keeps_the_shape_and_meets_the_tighter_budget():
     assert proj.tighten(feasible) == feasible  # already within: unchanged
 
 
+def test_meet_tightens_an_over_budget_policy_keeping_its_shape():
+    proj = _projector(0.4)
+    over = {"a": 0.2, "b": 0.5, "c": 0.0}  # 0.75 of dense: a starting policy fitted to another estimate
+    met = proj.meet(over)
+    assert met == proj.tighten(over) and proj.cost.fraction(met) == pytest.approx(0.4, abs=1e-6)
+    assert met["b"] > met["a"] > met["c"]  # the shape kept; project would put c at its upper bound
+    assert proj.project(over)["c"] > met["c"]
+    assert proj.meet({"a": 0.9, "b": 0.9, "c": 0.95}) == {"a": 0.9, "b": 0.9, "c": 0.9}  # within: clipped alone
+
+
 def test_fit_measured_tightens_until_the_measurement_meets_the_budget():
     from amc.latency.fit import fit_measured
 

@@ -264,7 +264,8 @@ class AmcSearcher(Searcher):
                  seed_policies: Sequence[Mapping[str, float]] = (), run_dir: str | Path | None = None,
                  resume: bool = True) -> None:
         self.evaluator, self.config, self.total = evaluator, config, config.episodes
-        self.seed_policies, self.resume = list(seed_policies), resume
+        # a starting policy over the budget is tightened, its shape kept, before it is played
+        self.seed_policies, self.resume = [evaluator.projector.meet(p) for p in seed_policies], resume
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._ask: tuple[PruningEnv, AmcDDPG | AmcTD3] | None = None  # the ask/tell agent, built on first use
         self.episodes = 0  # ask/tell episodes observed

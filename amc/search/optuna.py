@@ -187,8 +187,9 @@ class OptunaSearcher(Searcher):
         self.study.set_user_attr("baselines_enqueued", True)
         ev = self.evaluator
 
-        def enqueue(pol: Policy, origin: str) -> None:  # clipped into the search box: Optuna's ranges
-            self.study.enqueue_trial(ev.projector.clip(pol), user_attrs={"origin": origin})
+        def enqueue(pol: Policy, origin: str) -> None:  # clipped into the search box (Optuna's ranges) and,
+            # over the budget, tightened with its shape kept (``Projector.meet``), not projected layer by layer
+            self.study.enqueue_trial(ev.projector.meet(pol), user_attrs={"origin": origin})
 
         if self.config.enqueue_uniform:
             enqueue(ev.uniform_policy(), "uniform")
