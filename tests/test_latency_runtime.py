@@ -84,7 +84,7 @@ def test_paired_spread_follows_the_rounds():
         return jitter[r] if call >= 2 and model_side else 1.0
 
     p = paired(thin, wide, Target(input_shape=(3, 16, 16)), rounds=5, runs=2,
-               runtime=FakeRuntime(0.01, 0.1, load=load))
+               runtime=FakeRuntime(0.01, 0.1, load=load), spread_limit=float("inf"))  # these 5 rounds alone
     base = p.ratios[0]
     assert [r / base for r in p.ratios] == pytest.approx(jitter)
     assert p.fraction == pytest.approx(base * 1.0)  # the median round, not the mean
@@ -92,6 +92,35 @@ def test_paired_spread_follows_the_rounds():
     assert p.spread == pytest.approx(base * 0.05)
     with pytest.raises(AmcError):
         paired(thin, wide, rounds=0)
+
+
+def test_a_paired_measurement_hit_by_a_stall_is_extended():
+    """Two of five rounds stalled on the model's side: the ratios spread, more rounds are timed until they
+    do not (the median then the quiet rounds' ratio); a machine that never settles stops at max_rounds."""
+    wide, thin = _pair()
+    target = Target(input_shape=(3, 16, 16))
+    base = FakeRuntime(0.01, 0.1)
+    true = base.ms(count_macs(thin, (1, 3, 16, 16))[0]) / base.ms(count_macs(wide, (1, 3, 16, 16))[0])
+
+    def model_side(call: int) -> bool:
+        r, side = divmod(call - 2, 2)  # after the two warm-up calls
+        return call >= 2 and ((side == 1) if r % 2 == 0 else (side == 0))
+
+    def stalled(call: int) -> float:  # rounds 1 and 3 of the first five: the model's side 1.8x slower
+        return 1.8 if model_side(call) and (call - 2) // 2 in (1, 3) else 1.0
+
+    p = paired(thin, wide, target, rounds=5, runs=2, runtime=FakeRuntime(0.01, 0.1, load=stalled))
+    assert len(p.ratios) > 5 and p.fraction == pytest.approx(true)
+    assert sorted(p.ratios)[-2:] == pytest.approx([1.8 * true] * 2)
+    once = paired(thin, wide, target, rounds=5, runs=2, runtime=FakeRuntime(0.01, 0.1, load=stalled),
+                  spread_limit=float("inf"))
+    assert len(once.ratios) == 5 and once.spread > 0.05 * once.fraction  # as it was: 5 rounds, a wide spread
+
+    def noisy(call: int) -> float:  # every other round stalled, for ever
+        return 1.8 if model_side(call) and ((call - 2) // 2) % 2 else 1.0
+
+    capped = paired(thin, wide, target, rounds=5, runs=2, runtime=FakeRuntime(0.01, 0.1, load=noisy), max_rounds=9)
+    assert len(capped.ratios) == 9
 
 
 def test_the_table_predicts_and_the_calibration_fits_the_fake(tmp_path):

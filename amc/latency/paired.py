@@ -4,7 +4,8 @@
 this process (dense first in even rounds, the model first in odd ones, ``runs`` forwards a side per
 round, after one warm-up call each), so a busy spell of a shared machine hits both alike. The figure
 is the median of the rounds' model / dense ratios, with its spread (the interquartile range of the
-ratios) and each side's median milliseconds beside it.
+ratios) and each side's median milliseconds beside it; a measurement whose rounds spread widely (a stall
+hit some of them) is extended by more rounds.
 """
 
 from __future__ import annotations
@@ -55,9 +56,12 @@ class Paired:
 
 
 def paired(model: nn.Module, dense: nn.Module, target: Target | None = None, rounds: int = 7, runs: int = 30,
-           runtime: Runtime | None = None) -> Paired:
+           runtime: Runtime | None = None, spread_limit: float = 0.05, max_rounds: int | None = None) -> Paired:
     """``model``'s latency over ``dense``'s on ``target`` (default: CPU, eager PyTorch, 1 thread,
-    batch 1, 3x32x32), timed in ``rounds`` alternating rounds of ``runs`` forwards a side."""
+    batch 1, 3x32x32), timed in ``rounds`` alternating rounds of ``runs`` forwards a side. While the
+    rounds' ratios spread by more than ``spread_limit`` of their median (half their interquartile range:
+    a stall of the shared machine hit some rounds), two more rounds are timed, up to ``max_rounds``
+    (default three times ``rounds``; ``spread_limit=inf``: never)."""
     if rounds < 1 or runs < 1:
         raise BudgetError(f"a paired measurement needs rounds >= 1 and runs >= 1, got {rounds}, {runs}")
     target = target or Target()
@@ -66,12 +70,30 @@ def paired(model: nn.Module, dense: nn.Module, target: Target | None = None, rou
     for run in sides.values():
         run(max(1, runs // 5), 1)  # warm-up, untimed
     ms: dict[str, list[float]] = {"dense": [], "model": []}
-    for i in range(rounds):
-        for side in (("dense", "model") if i % 2 == 0 else ("model", "dense")):
-            ms[side].append(statistics.median(sides[side](0, runs)))
-    if not all(d > 0 for d in ms["dense"]):
-        raise BudgetError(f"the dense model's measured latency is {min(ms['dense'])} ms; cannot form a fraction")
-    ratios = tuple(m / d for m, d in zip(ms["model"], ms["dense"], strict=True))
+
+    def time_rounds(n: int) -> None:
+        for _ in range(n):
+            i = len(ms["dense"])
+            for side in (("dense", "model") if i % 2 == 0 else ("model", "dense")):
+                ms[side].append(statistics.median(sides[side](0, runs)))
+            if not ms["dense"][-1] > 0:
+                raise BudgetError(f"the dense model's measured latency is {ms['dense'][-1]} ms; cannot form a fraction")
+
+    time_rounds(rounds)
+    limit = 3 * rounds if max_rounds is None else max_rounds
+    while len(ms["dense"]) < limit and _spread(_ratios(ms)) > spread_limit:
+        time_rounds(min(2, limit - len(ms["dense"])))
+    ratios = _ratios(ms)
     q25, q75 = (float(v) for v in np.percentile(ratios, [25, 75]))
     return Paired(float(statistics.median(ratios)), q25, q75, float(statistics.median(ms["model"])),
                   float(statistics.median(ms["dense"])), ratios, target)
+
+
+def _ratios(ms: dict[str, list[float]]) -> tuple[float, ...]:
+    return tuple(m / d for m, d in zip(ms["model"], ms["dense"], strict=True))
+
+
+def _spread(ratios: tuple[float, ...]) -> float:
+    """Half the interquartile range of ``ratios`` over their median."""
+    q25, q75 = np.percentile(ratios, [25, 75])
+    return float(q75 - q25) / 2.0 / float(statistics.median(ratios))
