@@ -214,15 +214,7 @@ class Projector:
         if not self._meets(prefix, i, hi):
             raise BudgetError(f"earlier ratios already exceed budget {self.budget} at layer {name}: "
                               "the prefix was not projected")
-        for _ in range(BISECT_STEPS):  # invariant: hi meets the budget, lo does not
-            mid = 0.5 * (lo + hi)
-            if self._meets(prefix, i, mid):
-                hi = mid
-            else:
-                lo = mid
-            if hi - lo < 1e-9:
-                break
-        return hi
+        return _bisect(lambda r: not self._meets(prefix, i, r), lo, hi)[1]
 
     def clamp(self, prefix: Mapping[str, float], name: str, ratio: float) -> float:
         """``ratio`` inside the layer's bounds, raised to ``min_ratio`` when it would make the budget
@@ -280,18 +272,13 @@ class Projector:
     def _step_down(self, policy: Policy, name: str, now: float) -> float | None:
         """The largest ratio under ``policy[name]`` at which the cost rises above ``now`` (the next step of
         kept channels), by bisection; None when even the lower bound costs no more."""
+        def dearer(r: float) -> bool:
+            return self.cost.fraction({**policy, name: r}) > now * (1 + 1e-12)
+
         lo, hi = self.lower[name], policy[name]
-        if hi <= lo or self.cost.fraction({**policy, name: lo}) <= now * (1 + 1e-12):
+        if hi <= lo or not dearer(lo):
             return None
-        for _ in range(BISECT_STEPS):  # invariant: lo costs more than now, hi does not
-            mid = 0.5 * (lo + hi)
-            if self.cost.fraction({**policy, name: mid}) > now * (1 + 1e-12):
-                lo = mid
-            else:
-                hi = mid
-            if hi - lo < 1e-9:
-                break
-        return lo
+        return _bisect(dearer, lo, hi)[0]
 
     def meet(self, policy: Mapping[str, float]) -> Policy:
         """``policy`` clipped and, when over the budget, tightened (``tighten``: its per-layer shape kept) rather
@@ -320,13 +307,7 @@ class Projector:
         non-increasing in ``x``); ``hi`` when nothing below it is checked feasible."""
         if self.feasible(pol(lo)):
             return lo
-        for _ in range(BISECT_STEPS):  # invariant: pol(lo) misses the budget
-            mid = 0.5 * (lo + hi)
-            if self.feasible(pol(mid)):
-                hi = mid
-            else:
-                lo = mid
-        return hi
+        return _bisect(lambda x: not self.feasible(pol(x)), lo, hi)[1]
 
     def feasible(self, policy: Mapping[str, float], tol: float = 1e-9) -> bool:
         return self.cost.fraction(policy) <= self.budget.fraction + tol
@@ -368,3 +349,17 @@ class Projector:
             if self.feasible(p):
                 return self.project(p)
         return self.project(pol(drops[-1] if drops else 0.0))
+
+
+def _bisect(below: Callable[[float], bool], lo: float, hi: float) -> tuple[float, float]:
+    """The bracket ``(lo, hi)`` around where ``below`` turns from true (at ``lo``) to false (at ``hi``),
+    narrowed by bisection: ``BISECT_STEPS`` halvings, or until it is under 1e-9 wide."""
+    for _ in range(BISECT_STEPS):  # invariant: below(lo), not below(hi)
+        mid = 0.5 * (lo + hi)
+        if below(mid):
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-9:
+            break
+    return lo, hi

@@ -423,6 +423,16 @@ def collect(args: argparse.Namespace, hard: dict[str, Any]) -> tuple[dict[str, A
     return out, partial
 
 
+def _candidates(r: dict[str, Any]) -> str:
+    """A re-ranked row's candidates: ``search rank: score`` each, best first."""
+    return ", ".join(f"{c['search_rank']}: {_pct(c['score'])}" for c in r["candidates"])
+
+
+def _latency(r: dict[str, Any]) -> str:
+    lat = r.get("latency_measured")
+    return "-" if lat is None else f"{lat:.3f}"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
@@ -448,13 +458,12 @@ def _rr_lines(t: dict[str, Any]) -> list[str]:
              "actions at a bound | best episode | measured latency | test acc. |",
              "| --- |" + " --- |" * 10]
     for r in rows:
-        cands = ", ".join(f"{c['search_rank']}: {_pct(c['score'])}" for c in r["candidates"])
-        lat = r.get("latency_measured")
+        cands, lat = _candidates(r), _latency(r)
         lines.append(f"| {r['seed']} | {r['search_s']:.0f} ({r['agent_s']:.0f} / {r['rerank_s']:.0f}) | "
                      f"{'-' if r['same_episodes_as_first_run'] is None else r['same_episodes_as_first_run']} | "
                      f"{_pct(r['val_reward'])} | {_pct(r['uniform_val_reward'])} | {r['chosen_search_rank']}, "
                      f"{_pct(r['rerank_score'])} | {cands} | {_pct(r['at_bound']['all'])} | {r['best_episode']} | "
-                     f"{'-' if lat is None else f'{lat:.3f}'} | {_pct(r['test_accuracy'])} |")
+                     f"{lat} | {_pct(r['test_accuracy'])} |")
     if t.get("goals_rr"):
         lines += ["", "Goals (`amc_rr`): " + ", ".join(f"{k}: {'met' if v else 'NOT met'}"
                                                         for k, v in t["goals_rr"].items())]
@@ -492,13 +501,12 @@ def _reward_lines(t: dict[str, Any], kind: str) -> list[str]:
              "score (5,000) | candidates (rank: score) | best in warm-up / after | actions at a bound | "
              "measured latency | MACs | test acc. |", "| --- |" + " --- |" * 10]
     for r in rows:
-        cands = ", ".join(f"{c['search_rank']}: {_pct(c['score'])}" for c in r["candidates"])
-        lat = r.get("latency_measured")
+        cands, lat = _candidates(r), _latency(r)
         lines.append(f"| {r['seed']} | {r['search_s']:.0f} ({r['agent_s']:.0f} / {r['choice_s']:.0f}) | "
                      f"{_pct(r['val_reward'])} | {_pct(r['uniform_val_reward'])} | {r['chosen_search_rank']}, "
                      f"{_pct(r['choice_score'])} | {cands} | {_pct(r['best_in_warmup'])} / "
                      f"{_pct(r['best_after_warmup'])} | {_pct(r['at_bound']['all'])} | "
-                     f"{'-' if lat is None else f'{lat:.3f}'} | {_pct(r.get('macs'))} | {_pct(r['test_accuracy'])} |")
+                     f"{lat} | {_pct(r.get('macs'))} | {_pct(r['test_accuracy'])} |")
     if kind in REWARD_NOTES:
         lines += ["", REWARD_NOTES[kind]]
     lines += ["", f"Learning curves (`{name}`, best / mean reward per window of episodes):", ""]

@@ -121,18 +121,21 @@ class KindFit:
         overhead, the worst error on the copies it was fitted on."""
         kinds = ", ".join(f"{k} x{s:.2f}" for k, s in self.scales.items() if k != ELEMENTS)
         elements = self.scales.get(ELEMENTS, 0.0) * self.elements_unit
-        worst = self.row()["max_abs_error"]
         return (f"per kind of layer {kinds}; {elements:.3f} ms per million depthwise output elements; "
-                f"{self.overhead_ms:.2f} ms outside the table's layers; within {100 * float(worst):.1f}% "  # type: ignore[arg-type]
+                f"{self.overhead_ms:.2f} ms outside the table's layers; within {100 * self.max_abs_error:.1f}% "
                 f"on the {len(self.errors) - len(self.dropped)} model(s) it was fitted on")
+
+    @property
+    def max_abs_error(self) -> float:
+        """The largest relative error over the points the fit kept."""
+        return max((abs(e) for i, e in enumerate(self.errors) if i not in self.dropped), default=0.0)
 
     def row(self) -> dict[str, object]:
         """JSON-ready: the scales, the overhead, the effective scale, the old rule's line, the errors."""
         return {"scales": dict(self.scales), "overhead_ms": self.overhead_ms, "scale": self.scale,
                 "elements_ms_per_million": self.scales.get(ELEMENTS, 0.0) * self.elements_unit,
                 "line": list(self.line), "points": len(self.errors), "dropped": list(self.dropped),
-                "max_abs_error": max((abs(e) for i, e in enumerate(self.errors) if i not in self.dropped),
-                                     default=0.0)}
+                "max_abs_error": self.max_abs_error}
 
 
 def fit_kinds(points: Sequence[tuple[Mapping[str, float], float]], prior: float = PRIOR,
