@@ -323,10 +323,11 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
             found = make_searcher(config.method, evaluator, wanted, folder).run(
                 progress=lambda p: job.say(p.message()))
             policy, trials = found.best_policy, found.trials
-            if (ranked := final_choice(evaluator, trials, config.rerank, steps=config.rerank_steps)) and \
-                    ranked[0].feasible:
-                policy = ranked[0].policy  # the best of the top few on every held-out image (the search's #rank)
-                job.say(f"re-rank of the search's top {len(ranked)}: kept its #{ranked[0].rank}")
+            if (ranked := final_choice(evaluator, trials, config.rerank, steps=config.rerank_steps,
+                                       first=len(wanted.start))) and ranked[0].feasible:
+                policy = ranked[0].policy  # the best of the top few and the starting policies on more data
+                job.say(f"re-rank of the search's top {config.rerank} and its starting policies: kept its "
+                        f"#{ranked[0].rank} of {len(ranked)}")
         if policy is None:
             raise AmcError("the search found no feasible policy; raise the budget or the episodes")
         candidates = {"search best": policy, "sensitivity": sens.policy, "uniform": evaluator.uniform_policy()}

@@ -181,8 +181,8 @@ def _chosen_row(task: str, seed: int, res, ranked: list, row: dict[str, Any]) ->
             "fit_s": row.get("fit_s"), "search_resumed_from": res.resumed_from,
             "val_reward": None if res.best_result is None else res.best_result.reward,
             "chosen_search_rank": ranked[0].rank,
-            "candidates": [{"search_rank": c.rank, "search_reward": c.search_reward, "score": c.score}
-                           for c in ranked],
+            "candidates": [{"search_rank": c.rank, "search_reward": c.search_reward, "score": c.score,
+                            "macs": c.results[0].macs} for c in ranked],
             "finetune_s": row["finetune_s"], "policy": row["policy"],
             **{k: row[k] for k in ("macs", "latency_measured", "latency_predicted") if k in row},
             "at_bound": diag["at_bound"], "curve": diag["curve"], "best_episode": diag["best_episode"]}
@@ -196,7 +196,11 @@ REWARDS = {
     "ls": "AMC's least-squares reconstruction on the physically pruned copy (each layer that lost input channels "
           "refitted to the dense layer's kept outputs on the 256 calibration images: `optuna_ls`'s reward; no "
           "training, the same result on any batches)",
+    "ls_rr": "AMC's least-squares reconstruction on the physically pruned copy (`amc_ls`'s reward)",
 }
+# How a ``--reward`` row makes its final choice: the library's ``final_choice`` on the search's reward, except
+# ``ls_rr``: ``amc_rr``'s re-rank (``--final-k`` candidates) with the search's starting policies beside them.
+RERANKED = {"ls_rr"}
 
 
 REWARD_NOTES = {  # what the rows showed (reports/agent.md)
@@ -221,7 +225,7 @@ def _reward_evaluator(bench, args: argparse.Namespace, task: str, kind: str):
     11.5-20.2% on all 5,000 images, in the re-rank's order (1.8 s a policy)."""
     from amc.evaluator import Evaluator
 
-    if kind == "ls":
+    if kind in ("ls", "ls_rr"):
         return bench.evaluator(task, reconstruct=True)
     ev = bench.evaluator(task, recovery_steps=args.mf_steps)
     return Evaluator(ev.dense, ev.splits, ev.budget, replace(ev.config, score_on="physical"), ev.input_shape,
@@ -236,7 +240,9 @@ def measure_reward(bench, args: argparse.Namespace, task: str, seed: int, kind: 
     recovery seeds 1 and 2), then search_hard's finetuned row. Its search time: the episodes, the final
     choice and (lat05) the fit to the measured budget, less the seconds this process stood paused by a
     latency measurement."""
-    from amc.search.base import final_choice
+    from amc.search.base import final_choice, rerank, top_policies
+    from benchmarks.search_hard import BASELINES
+    from benchmarks.search_hard import TASKS as HARD_TASKS
 
     base = bench.baselines(task)
     episodes, warmup = (args.mf_episodes, args.mf_warmup) if kind == "mf" else (args.episodes, args.warmup)
@@ -244,7 +250,12 @@ def measure_reward(bench, args: argparse.Namespace, task: str, seed: int, kind: 
     ev = _reward_evaluator(bench, args, task, kind)
     res, agent_s = _search(bench, task, config, Path(args.cache) / "runs" / f"{task}-s{seed}-{kind}", evaluator=ev)
     t, t_epoch = time.perf_counter(), time.time()
-    ranked = final_choice(ev, res.trials, k=args.final_k)
+    n_start = len(BASELINES[HARD_TASKS[task][0]])  # the seed policies: the search's first episodes
+    if kind in RERANKED:
+        ranked = rerank(_rr_evaluators(bench, task), res.trials, k=args.final_k, first=n_start)
+    else:
+        ranked = final_choice(ev, res.trials, k=args.final_k)
+    n_top = len(top_policies(res.trials, args.final_k, ev.architecture_key))
     choice_s = time.perf_counter() - t - bench.stood(t_epoch, time.time())
     if not ranked or not ranked[0].feasible:
         raise RuntimeError(f"{task} s{seed}: the final choice found no feasible policy")
@@ -260,7 +271,8 @@ def measure_reward(bench, args: argparse.Namespace, task: str, seed: int, kind: 
             "choice_score": top.score, "best_in_warmup": diag["best_in_warmup"],
             "best_after_warmup": diag["best_after_warmup"], **_explore_stats(res.trials, config.warmup_episodes),
             "reward": {"kind": kind, "steps": args.mf_steps if kind == "mf" else 0, "k": args.final_k},
-            "agent": asdict(config)}
+            "kept_start": top.rank > n_top, "start_ranks": list(range(n_top + 1, len(ranked) + 1))
+            if kind in RERANKED else [], "agent": asdict(config)}
 
 
 def _rr_evaluators(bench, task: str) -> list:
@@ -425,7 +437,9 @@ def collect(args: argparse.Namespace, hard: dict[str, Any]) -> tuple[dict[str, A
 
 def _candidates(r: dict[str, Any]) -> str:
     """A re-ranked row's candidates: ``search rank: score`` each, best first."""
-    return ", ".join(f"{c['search_rank']}: {_pct(c['score'])}" for c in r["candidates"])
+    start = set(r.get("start_ranks") or ())
+    return ", ".join(f"{c['search_rank']}{' (start)' if c['search_rank'] in start else ''}: {_pct(c['score'])}"
+                     for c in r["candidates"])
 
 
 def _latency(r: dict[str, Any]) -> str:
@@ -491,10 +505,15 @@ def _reward_lines(t: dict[str, Any], kind: str) -> list[str]:
         return ["", f"`{name}` (the agent, its reward after {what}): no rows yet."]
     a, rw = rows[0]["agent"], rows[0]["reward"]
     again = " after the same steps on other batches (recovery seeds 1 and 2)" if kind == "mf" else ""
+    final = (f"`amc_rr`'s re-rank over its top {rw['k']} distinct policies and its starting policies (the "
+             "baselines, its first episodes; `amc.search.base.rerank(..., first=3)`, as `final_choice(..., first=)` "
+             "does in the library): each finetuned 300 SGD steps on the physically pruned copy (recovery seed 1) and "
+             "scored on the whole validation half, the best kept" if kind in RERANKED else
+             f"the library's `final_choice`: the top {rw['k']} distinct policies re-scored on the whole validation "
+             f"half{again}")
     lines = ["", f"`{name}` is the agent ({a['episodes']} episodes, {a['warmup_episodes']} warm-up) with another "
                  f"reward: every episode's policy scored on the 500 validation images after "
-                 f"{REWARDS[kind].format(steps=rw['steps'])} and BN recalibration; its final choice is the library's "
-                 f"`final_choice`: the top {rw['k']} distinct policies re-scored on the whole validation half{again}. "
+                 f"{REWARDS[kind].format(steps=rw['steps'])} and BN recalibration; its final choice is {final}. "
                  "Search seconds: episodes + final choice (+ the fit to the measured budget on lat05), less the "
                  "seconds paused by latency measurements of other processes.", "",
              "| seed | search s (episodes / final choice) | best reward (500) | uniform's | kept: search rank, "

@@ -25,6 +25,10 @@ def test_top_policies_distinct_feasible_best_first():
     top = top_policies(log, 5)
     assert top == [(b, 0.7), (a, 0.6)]  # the infeasible and NaN rows dropped, b's duplicate once
     assert top_policies(log, 1) == [(b, 0.7)]
+    # the first rows (the starting policies) join the top k where not among them; infeasible ones do not
+    assert top_policies(log, 1, first=2) == [(b, 0.7), (a, 0.5)]
+    assert top_policies(log, 2, first=1) == [(b, 0.7), (a, 0.6)]  # a already in: once, its best reward
+    assert top_policies(log, 1, first=3) == [(b, 0.7), (a, 0.5)]  # c infeasible in row 2
     assert top_policies(pd.DataFrame(), 3) == []
     with pytest.raises(AmcError):
         top_policies(log, 0)
@@ -114,3 +118,23 @@ def test_the_final_choice_reranks_only_where_rescoring_can_change_it(evaluator, 
     assert sorted(r.rank for r in tuned) == [1, 2]
     for r in tuned:
         assert r.score == pytest.approx(evs[0].evaluate(r.policy).reward)
+
+
+def test_the_final_choice_weighs_the_starting_policies(tiny_splits):
+    """A starting policy (the log's first row) that the search scored lowest is still re-ranked beside the
+    top k (``first``), scored like them, and kept where the re-rank scores it above them."""
+    ev = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("size=0.5"), EvalConfig(calib_images=128,
+                                                                                        eval_images=32))
+    exact = rerank_evaluators(ev)[0]
+    start, top = (ev.projector.fill(ev.projector.project({n: r for n in ev.names})) for r in (0.1, 0.3))
+    log = _log([(0.1, True, start), (0.8, True, top), (0.6, True, top)])
+    assert [r.policy for r in final_choice(ev, log, 1)] == [top]
+    ranked = final_choice(ev, log, 1, first=1)
+    assert {r.rank: r.policy for r in ranked} == {1: top, 2: start}  # the starting policy after the top k
+    truth = {2: exact.evaluate(start).reward, 1: exact.evaluate(top).reward}
+    assert [r.score for r in ranked] == pytest.approx([truth[r.rank] for r in ranked])
+    assert ranked[0].rank == (2 if truth[2] > truth[1] else 1)  # the better by re-scoring; ties: the search's
+    def picks(ranked):
+        return [(r.rank, r.policy, r.score) for r in ranked]
+
+    assert picks(final_choice(ev, log, 2, first=1)) == picks(final_choice(ev, log, 2))  # in the top k: once

@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         raise AmcError("the search found no feasible policy; raise --upper or the budget")
     reranked = None
     if args.rerank and reranks(ev):  # a reward on a subset of the held-out images, or after a finetune
-        reranked, winner = _rerank(args, ev, frame, rerank_seeds, out)
+        reranked, winner = _rerank(args, ev, frame, rerank_seeds, out, first=len(start))
         if winner is not None:
             best_policy, best = winner
     save_policy_file(best_policy, out / "best_policy.yaml")
@@ -213,16 +213,18 @@ def _search(args: argparse.Namespace, ev, start: dict, ratios: tuple[float, ...]
         return searcher.run(progress=on_progress)
 
 
-def _rerank(args: argparse.Namespace, ev, frame, seeds: tuple[int, ...], out: Path) -> tuple[dict, tuple | None]:
-    """The top ``--rerank`` policies re-scored on every held-out image after the recovery on other batches;
-    writes rerank.csv. Returns the record for summary.json and the feasible winner's (policy, result)."""
+def _rerank(args: argparse.Namespace, ev, frame, seeds: tuple[int, ...], out: Path,
+            first: int = 0) -> tuple[dict, tuple | None]:
+    """The top ``--rerank`` policies and the ``first`` (starting) ones re-scored on every held-out image after
+    the recovery on other batches; writes rerank.csv. Returns the record for summary.json and the feasible
+    winner's (policy, result)."""
     import pandas as pd
 
     from amc.io import atomic_path
     from amc.search.base import final_choice
 
     t2 = time.perf_counter()
-    ranked = final_choice(ev, frame, args.rerank, seeds)
+    ranked = final_choice(ev, frame, args.rerank, seeds, first=first)
     reranked = {"k": args.rerank, "seeds": list(seeds), "seconds": time.perf_counter() - t2,
                 "ranked": [{"rank": r.rank, "search_reward": r.search_reward, "score": r.score,
                             "policy": r.policy} for r in ranked]}

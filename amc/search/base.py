@@ -196,30 +196,35 @@ class Proposals(Generic[T]):
 
 
 def top_policies(frame: pd.DataFrame, k: int,
-                 key: Callable[[Policy], Hashable] = policy_key) -> list[tuple[Policy, float]]:
+                 key: Callable[[Policy], Hashable] = policy_key, first: int = 0) -> list[tuple[Policy, float]]:
     """The ``k`` distinct feasible policies of a search log (``episodes.csv`` / Optuna's trials
     frame: ``reward``, ``feasible`` and one ``r:<layer>`` column per layer) with the highest
     search reward, best first, each with that reward. Distinct by ``key`` (default: the ratios; an
     evaluator's ``architecture_key``: the model they build, so that ratios rounding to the same channel
-    counts count once)."""
+    counts count once). ``first``: the log's first that many rows too (the search's starting policies,
+    which both searchers play first), after the top ``k`` where not among them."""
     if k < 1:
         raise AmcError(f"re-rank needs k >= 1, got {k}")
     cols = [c for c in frame.columns if str(c).startswith("r:")]
     if frame.empty or not cols or "reward" not in frame or "feasible" not in frame:
         return []
-    rows = frame[frame["feasible"].fillna(False).astype(bool)]
-    rows = rows[rows["reward"].astype(float).map(math.isfinite)]
+    ok = frame["feasible"].fillna(False).astype(bool) & frame["reward"].astype(float).map(math.isfinite)
     out: list[tuple[Policy, float]] = []
     seen: set[Hashable] = set()
-    for _, row in rows.sort_values("reward", ascending=False, kind="stable").iterrows():
-        policy = {c[2:]: float(row[c]) for c in cols if math.isfinite(float(row[c]))}
-        ident = key(policy)
-        if ident in seen:
-            continue
-        seen.add(ident)
-        out.append((policy, float(row["reward"])))
-        if len(out) == k:
-            break
+
+    def take(rows: pd.DataFrame, n: int) -> None:
+        for _, row in rows.iterrows():
+            policy = {c[2:]: float(row[c]) for c in cols if math.isfinite(float(row[c]))}
+            if (ident := key(policy)) not in seen:
+                seen.add(ident)
+                out.append((policy, float(row["reward"])))
+                if n == 1:
+                    return
+                n -= 1
+
+    take(frame[ok].sort_values("reward", ascending=False, kind="stable"), k)
+    if first > 0:
+        take(frame.iloc[:first][ok.iloc[:first]], first)
     return out
 
 
@@ -265,14 +270,16 @@ def score(evaluators: Sequence[Evaluator], policy: Mapping[str, float]) -> tuple
     return (sum(r.reward for r in results) / len(results) if ok else float("nan")), results
 
 
-def rerank(evaluators: Sequence[Evaluator], frame: pd.DataFrame, k: int = 5) -> list[Reranked]:
+def rerank(evaluators: Sequence[Evaluator], frame: pd.DataFrame, k: int = 5, first: int = 0) -> list[Reranked]:
     """Re-score the top ``k`` feasible policies of ``frame`` that build distinct models (the first
-    evaluator's ``architecture_key``) with ``evaluators``; best first (the search's order breaks ties;
-    policies infeasible under re-scoring go last)."""
+    evaluator's ``architecture_key``), and its ``first`` rows (the starting policies; ``top_policies``),
+    with ``evaluators``; best first (the search's order breaks ties; policies infeasible under
+    re-scoring go last). ``rank``: the place in the search's order (a starting policy outside the top
+    ``k``: after them)."""
     if not evaluators:
         raise AmcError("re-rank needs at least one evaluator")
     out = []
-    for i, (policy, reward) in enumerate(top_policies(frame, k, evaluators[0].architecture_key)):
+    for i, (policy, reward) in enumerate(top_policies(frame, k, evaluators[0].architecture_key, first)):
         s, results = score(evaluators, policy)
         out.append(Reranked(policy, reward, s, results, i + 1))
     order = sorted(range(len(out)), key=lambda i: (not out[i].feasible,
@@ -293,14 +300,15 @@ def reranks(evaluator: Evaluator) -> bool:
 
 
 def final_choice(evaluator: Evaluator, frame: pd.DataFrame, k: int, seeds: Sequence[int] = (1, 2),
-                 steps: int = 0) -> list[Reranked]:
-    """A search's final choice made on more data: its top ``k`` distinct policies re-ranked (``rerank``) on
-    every held-out image (after the recovery on other batches, ``seeds``; with ``steps``, after that many
-    SGD steps whatever the search's recovery), best first; empty when ``k`` is 0 or re-scoring would
+                 steps: int = 0, first: int = 0) -> list[Reranked]:
+    """A search's final choice made on more data: its top ``k`` distinct policies, and its ``first`` trials
+    (the starting policies, so that the choice is never one the re-rank scores below them), re-ranked
+    (``rerank``) on every held-out image (after the recovery on other batches, ``seeds``; with ``steps``,
+    after that many SGD steps whatever the search's recovery), best first; empty when ``k`` is 0 or re-scoring would
     repeat the search's scores (``reranks``; a user's task is scored by its own function). On ResNet-20
     at 30% of the MACs (reports/agent.md), the AMC agent's best reward on 500 images scored 18.3-19.3% on
     all 5,000, the re-ranked pick 19.4-20.9%, and finetuned it tested 1.3 points higher on the mean of 3
     seeds."""
     if k <= 0 or not evaluator.task.classification or not (steps > 0 or reranks(evaluator)):
         return []
-    return rerank(rerank_evaluators(evaluator, seeds, steps if steps > 0 else None), frame, k)
+    return rerank(rerank_evaluators(evaluator, seeds, steps if steps > 0 else None), frame, k, first)
