@@ -475,7 +475,8 @@ def _rr_lines(t: dict[str, Any]) -> list[str]:
         cands, lat = _candidates(r), _latency(r)
         lines.append(f"| {r['seed']} | {r['search_s']:.0f} ({r['agent_s']:.0f} / {r['rerank_s']:.0f}) | "
                      f"{'-' if r['same_episodes_as_first_run'] is None else r['same_episodes_as_first_run']} | "
-                     f"{_pct(r['val_reward'])} | {_pct(r['uniform_val_reward'])} | {r['chosen_search_rank']}, "
+                     f"{_pct(r['val_reward'])} | {_pct(r['uniform_val_reward'])} | {r['chosen_search_rank']}"
+                     f"{' (start)' if r.get('kept_start') else ''}, "
                      f"{_pct(r['rerank_score'])} | {cands} | {_pct(r['at_bound']['all'])} | {r['best_episode']} | "
                      f"{lat} | {_pct(r['test_accuracy'])} |")
     if t.get("goals_rr"):
@@ -522,7 +523,8 @@ def _reward_lines(t: dict[str, Any], kind: str) -> list[str]:
     for r in rows:
         cands, lat = _candidates(r), _latency(r)
         lines.append(f"| {r['seed']} | {r['search_s']:.0f} ({r['agent_s']:.0f} / {r['choice_s']:.0f}) | "
-                     f"{_pct(r['val_reward'])} | {_pct(r['uniform_val_reward'])} | {r['chosen_search_rank']}, "
+                     f"{_pct(r['val_reward'])} | {_pct(r['uniform_val_reward'])} | {r['chosen_search_rank']}"
+                     f"{' (start)' if r.get('kept_start') else ''}, "
                      f"{_pct(r['choice_score'])} | {cands} | {_pct(r['best_in_warmup'])} / "
                      f"{_pct(r['best_after_warmup'])} | {_pct(r['at_bound']['all'])} | "
                      f"{lat} | {_pct(r.get('macs'))} | {_pct(r['test_accuracy'])} |")

@@ -117,3 +117,24 @@ def test_rescore_reads_a_finished_search(tiny_splits, tmp_path):
     assert got["uniform_full_val"] == pytest.approx(full.evaluate(uniform).reward)
     assert len(got["ranked"]) == 2 and got["rescored_pick"]["full_val"] == max(r["full_val"] for r in got["ranked"])
     assert got["search_pick"]["val_reward"] == max(r["reward"] for r in rows)
+
+
+def test_a_reranked_reward_row_marks_the_starting_policies_among_its_candidates(tmp_path):
+    """``--reward ls_rr``: its final choice re-ranks the top k and the search's starting policies; the report
+    says which candidates were starting policies and that one of them was kept."""
+    args = _args(tmp_path)
+    cache = Cache(tmp_path)
+    cands = [{"search_rank": 4, "search_reward": 0.18, "score": 0.69, "macs": 0.22},
+             {"search_rank": 1, "search_reward": 0.21, "score": 0.55, "macs": 0.16},
+             {"search_rank": 3, "search_reward": 0.15, "score": 0.65, "macs": 0.25}]
+    cache.put("macs03__s0__ls_rr", {**_row(0, 0.72, 0.21), "agent_s": 400.0, "choice_s": 300.0,
+                                    "chosen_search_rank": 4, "choice_score": 0.69, "candidates": cands,
+                                    "best_in_warmup": 0.21, "best_after_warmup": 0.2, "kept_start": True,
+                                    "start_ranks": [3, 4], "reward": {"kind": "ls_rr", "steps": 0, "k": 2},
+                                    "agent": {"episodes": 200, "warmup_episodes": 40}})
+    report, _ = collect(args, _hard())
+    assert [r["seed"] for r in report["tasks"]["macs03"]["amc_ls_rr"]["rows"]] == [0]
+    text = markdown(report)
+    assert "| amc_ls_rr | 72.00% | - |" in text
+    assert "4 (start): 69.00%, 1: 55.00%, 3 (start): 65.00%" in text and "| 4 (start), 69.00% |" in text
+    assert "`amc_rr`'s re-rank over its top 2 distinct policies and its starting policies" in text
