@@ -60,6 +60,7 @@ import statistics
 import sys
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -70,7 +71,7 @@ from amc import Budget, EvalConfig, Evaluator
 from amc.data import load_cifar10, make_splits
 from amc.data.holdout import halve_test
 from amc.errors import BudgetError
-from amc.latency import CALIBRATION_RATIOS, LatencyTable
+from amc.latency import CALIBRATION_RATIOS, KindFit, LatencyTable
 from amc.latency.fit import fit_measured
 from amc.latency_check import paired_fraction
 from amc.layers import count_macs, count_params, prunable_names
@@ -312,14 +313,20 @@ class Bench:
         self.latency_task = lat[0] if lat else None
         calibrated = _load(self.cache / lat[0] / "calibration.json") if lat else None
         if lat and calibrated is not None and "scale" in calibrated:
-            # a resumed run predicts as the earlier seeds' searches did: the calibration they used
+            # a resumed run predicts as the earlier seeds' searches did: the calibration they used (search_hard's
+            # own: one line; a later one: one scale per kind of layer, ``fit``)
             self.dense_ms = calibrated["dense_ms"]
             self.lut.scale, self.lut.overhead_ms = calibrated["scale"], calibrated["overhead_ms"]
+            if (state := calibrated.get("fit")) is not None:
+                self.lut.fit = KindFit(**{**state, "line": tuple(state["line"]), "errors": tuple(state["errors"]),
+                                          "dropped": tuple(state.get("dropped", ()))})
         elif lat:  # what the table's layers leave out, measured on the dense model
             self.dense_ms = self.lut.calibrate(self.dense, runs=200, thin=CALIBRATION_RATIOS)
             _save(self.cache / lat[0] / "calibration.json", {"dense_ms": self.dense_ms,
                                                                "overhead_ms": self.lut.overhead_ms,
                                                                "scale": self.lut.scale,
+                                                               "fit": None if self.lut.fit is None
+                                                               else asdict(self.lut.fit),
                                                                "thin_ratios": list(CALIBRATION_RATIOS),
                                                                "others_paused": len(args.pause_pids)})
         self._evals: dict[str, Evaluator] = {}
