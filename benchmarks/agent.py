@@ -223,6 +223,19 @@ REWARD_NOTES = {  # what the rows showed (reports/agent.md)
           "reward misleads as the BN one does: it ranks the baselines and the BN agent's picks as the 300-step "
           "re-rank does, but the picks of seeds 1 and 2 keep 16.5% and 15.1% of the MACs (seed 0: 22.0%; the "
           "uniform rows 21.9-25.3%) and finetune to 57.26% and 52.96%.",
+    "ls_rr": "lat05 stopped after seed 0. Its re-rank kept a starting policy (the search's #4: 60.78% after the 300 "
+             "steps, its own top 2 55.02% and 53.96%), but the starting policies as the search played them keep "
+             "15.8-16.4% of the MACs and re-rank at 60.08%, 60.78% and 42.98%, where the same baselines as fitted "
+             "to the measured budget re-rank at 65.26% (uniform) and 69.48% (sensitivity): search_hard's one-line "
+             "table over-predicts them (0.536 for the uniform policy that measures 0.5, 0.557 for the sensitivity-"
+             "picked one), so `meet` tightens them to a budget tighter than the measured one (the sensitivity-picked "
+             "policy's 0.2 on layer2.0.conv2 became 0.43, its 0.4 on layer3.0.conv2 0.56). The fit to the measured "
+             "budget then tightened the kept one further (a first measurement of 0.502 against 0.5: 0.858 on the "
+             "first stages instead of 0.833; measured 0.485 at the end), and it finetuned to 44.50%.",
+    "ls_rr_kinds": "Not run: calibrated afresh at 17:00 and 17:03 (the second with the other benchmark processes "
+                   "stopped), the per-kind fit was off by up to 24-25% on its own copies, with the dense model at "
+                   "3.03-3.16 ms against 2.38-2.66 ms earlier in the day, and it put the floor (every layer at its "
+                   "upper bound) at 0.586-0.670 of the dense latency: the budget out of reach (`BudgetError`).",
 }
 
 
@@ -513,7 +526,8 @@ def _reward_lines(t: dict[str, Any], kind: str) -> list[str]:
     rows = t.get(name, {}).get("rows", [])
     if not rows:
         what = REWARDS[kind].format(steps="a few").split(" (")[0]
-        return ["", f"`{name}` (the agent, its reward after {what}): no rows yet."]
+        return ["", f"`{name}` (the agent, its reward after {what}): no rows yet."] + \
+            (["", REWARD_NOTES[kind]] if kind in REWARD_NOTES else [])
     a, rw = rows[0]["agent"], rows[0]["reward"]
     again = " after the same steps on other batches (recovery seeds 1 and 2)" if kind == "mf" else ""
     final = (f"`amc_rr`'s re-rank over its top {rw['k']} distinct policies and its starting policies (the "
