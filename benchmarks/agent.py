@@ -223,7 +223,12 @@ REWARD_NOTES = {  # what the rows showed (reports/agent.md)
           "reward misleads as the BN one does: it ranks the baselines and the BN agent's picks as the 300-step "
           "re-rank does, but the picks of seeds 1 and 2 keep 16.5% and 15.1% of the MACs (seed 0: 22.0%; the "
           "uniform rows 21.9-25.3%) and finetune to 57.26% and 52.96%.",
-    "ls_rr": "lat05 stopped after seed 0. Its re-rank kept a starting policy (the search's #4: 60.78% after the 300 "
+    "ls_rr": "macs03: 78.99% (SE 0.11), at least uniform's and 0.12 short of one SE under Optuna's (79.11%); the "
+             "starting policies re-ranked at 73.12-73.76% (the same in every seed) and were never kept; the searches "
+             "took 801-937 s, two over 15 minutes, the final choice's 5 re-ranked candidates 334-401 s of it, with a "
+             "MobileNetV2 benchmark on the other core throughout (and a third process during seed 1). Against "
+             "`amc_ls` (300 episodes, the top 5 re-scored without training): 78.86% (SE 0.33). "
+             "lat05 stopped after seed 0. Its re-rank kept a starting policy (the search's #4: 60.78% after the 300 "
              "steps, its own top 2 55.02% and 53.96%), but the starting policies as the search played them keep "
              "15.8-16.4% of the MACs and re-rank at 60.08%, 60.78% and 42.98%, where the same baselines as fitted "
              "to the measured budget re-rank at 65.26% (uniform) and 69.48% (sensitivity): search_hard's one-line "
