@@ -254,7 +254,11 @@ def markdown(r: dict[str, Any]) -> str:
               "under the budget) by one shared factor alone, which rounded channels often leave without a step, "
               "and started the searches from baselines projected layer by layer; later rows also loosen a layer at "
               "a time (`Projector.top_up`) and start from baselines tightened with their shape kept "
-              "(`Projector.meet`). Within a seed every method had the same fit.", ""]
+              "(`Projector.meet`), as do MobileNetV2's seed-0 uniform, sensitivity and macs_policy rows, run later "
+              "(2026-12-07 16:59-17:51 UTC, beside an agent benchmark and test runs on the other core, not paused: "
+              "their fits' and final measurements disagree by up to 0.05, the sensitivity row's final rounds spread "
+              "0.52-0.64, and the uniform row measured 0.642 at the end where its fit's last measurement said "
+              "0.590).", ""]
     for model, t in r["models"].items():
         lines += [f"## {model}: {t['budget']}", ""]
         if (f := t.get("floor")) is not None:
