@@ -30,6 +30,8 @@ error of Optuna's, every search within 15 minutes, its best validation reward >=
     nice -n 10 python benchmarks/agent.py --tasks lat05 --rr        # picks re-ranked (lat05 pauses macs03's)
     nice -n 10 python benchmarks/agent.py --reward ls               # amc_ls rows: AMC's reconstruction reward
     nice -n 10 python benchmarks/agent.py --reward mf               # amc_mf rows: a short-finetune reward
+    nice -n 10 python benchmarks/agent.py --reward ls_rr --episodes 200 --warmup 40 --final-k 2
+                                              # amc_ls_rr: ls, the final choice re-ranked with the starts
     python benchmarks/agent.py --report-only                    # the report from the cache
 
 A smoke run (it starts and resumes; not a result): ``python benchmarks/agent.py --cache /tmp/agent-smoke
