@@ -8,6 +8,8 @@ predict other pruned copies. Nothing here depends on this machine's clock.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from torch import nn
 from amc.errors import AmcError
 from amc.latency import LatencyTable, Target
 from amc.latency.calibrate import ELEMENTS, features, fit_kinds, fit_line, layer_kind, random_counts
+from amc.latency.table import CALIBRATION_WARN_ERROR
 from amc.pruners.channel import channel_table, plan_from_counts, prune_channels
 
 SHAPE = (3, 16, 16)
@@ -166,7 +169,10 @@ def test_calibrate_recovers_the_kinds_and_predicts_other_policies():
     dense = Net().eval()
     runtime = KindRuntime()
     lut = _lut(runtime)
-    lut.calibrate(dense, thin=(0.5, 0.8), random=10)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        lut.calibrate(dense, thin=(0.5, 0.8), random=10)
+    assert not [w for w in said if "latency calibration" in str(w.message)]  # a fit that holds: no warning
     assert lut.fit is not None
     for kind in ("conv", "pointwise"):  # the depthwise time and its elements move together here (3x3
         # kernels only), and the classifier is too small to tell: those are checked by their predictions
@@ -188,6 +194,26 @@ def test_calibrate_recovers_the_kinds_and_predicts_other_policies():
     line = lut.fit.describe()  # what the pipeline tells the user
     assert f"conv x{lut.fit.scales['conv']:.2f}" in line and "depthwise" in line
     assert "on the 13 model(s) it was fitted on" in line
+
+
+class SquaredRuntime(KindRuntime):
+    """A model of several layers takes the square of what ``KindRuntime`` says (in ms): no per-kind scale and
+    overhead describe it, as when a load changed between the table's entries and the calibration."""
+
+    def prepare(self, model: nn.Module, target: Target):
+        run = super().prepare(model, target)
+        several = sum(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules()) > 1
+        return (lambda warmup, runs: [t * t * 4.0 for t in run(warmup, runs)]) if several else run
+
+
+def test_calibrate_warns_when_its_fit_misses_its_own_copies():
+    torch.manual_seed(0)
+    lut = _lut(SquaredRuntime())
+    with pytest.warns(UserWarning, match=r"latency calibration: the fit misses the 13 models it was fitted on by up "
+                                         r"to \d+%") as said:
+        lut.calibrate(Net().eval(), thin=(0.5, 0.8), random=10)
+    assert lut.fit is not None and lut.fit.max_abs_error > CALIBRATION_WARN_ERROR
+    assert f"{lut.fit.max_abs_error:.0%}" in str(said[0].message)
 
 
 def test_setting_scale_is_the_older_rule_again():
