@@ -201,9 +201,9 @@ REWARDS = {
     "ls": "AMC's least-squares reconstruction on the physically pruned copy (each layer that lost input channels "
           "refitted to the dense layer's kept outputs on the 256 calibration images: `optuna_ls`'s reward; no "
           "training, the same result on any batches)",
-    "ls_rr": "AMC's least-squares reconstruction on the physically pruned copy (`amc_ls`'s reward)",
-    "ls_rr_kinds": "AMC's least-squares reconstruction on the physically pruned copy (`amc_ls`'s reward)",
 }
+REWARDS |= dict.fromkeys(("ls_rr", "ls_rr_kinds"), "AMC's least-squares reconstruction on the physically pruned copy "
+                         "(`amc_ls`'s reward)")  # ``ls`` with another final choice / calibration
 # ``ls_rr_kinds``: ``ls_rr`` with the latency table calibrated as the library calibrates it today (one scale per
 # kind of layer, ``amc.latency.calibrate``; its own protocol folder) instead of search_hard's one line, which
 # over-predicts the baselines' latency (0.536 for the uniform policy that measures 0.5), so that the search
@@ -254,7 +254,7 @@ def _reward_evaluator(bench, args: argparse.Namespace, task: str, kind: str):
     11.5-20.2% on all 5,000 images, in the re-rank's order (1.8 s a policy)."""
     from amc.evaluator import Evaluator
 
-    if kind in ("ls", "ls_rr", "ls_rr_kinds"):
+    if kind.split("_")[0] == "ls":  # ls and its variants
         return bench.evaluator(task, reconstruct=True)
     ev = bench.evaluator(task, recovery_steps=args.mf_steps)
     return Evaluator(ev.dense, ev.splits, ev.budget, replace(ev.config, score_on="physical"), ev.input_shape,
