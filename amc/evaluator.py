@@ -244,6 +244,14 @@ class Evaluator:
         self.timing: dict[str, float] = {}  # phases of the last evaluation (profile only)
         self.timings: list[dict[str, float]] = []  # of every evaluation (profile only)
 
+    def retarget(self, fraction: float) -> None:
+        """Aim at ``fraction`` of the dense cost on the cost model from now on (a latency table's estimate
+        corrected by measurement: ``amc.latency.fit.search_target``): the projector, the starting policies
+        and the feasibility of every later result follow it; ``BudgetError`` when the bounds cannot reach it."""
+        budget = Budget(self.budget.kind, float(fraction))
+        self.projector = Projector(self.cost_model, budget, self.bounds)
+        self.budget = budget
+
     @property
     def scored_images(self) -> int:
         """How many held-out images each classification reward scores (0 for a user's task)."""

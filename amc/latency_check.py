@@ -15,13 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from amc.budget import Budget
+from amc.budget import Budget, Projector
 from amc.errors import BudgetError
+from amc.latency.fit import Fit, fit_measured, search_target
 from amc.latency.paired import Paired
 from amc.latency.target import Target
+
+if TYPE_CHECKING:
+    from amc.evaluator import Evaluator
+    from amc.policy import Policy
 
 Measure = Callable[[nn.Module], float]  # model -> milliseconds
 
@@ -75,4 +81,36 @@ def paired_fraction(model: nn.Module, dense: nn.Module, rounds: int = 7, runs: i
     return paired(model, dense, target or Target(input_shape=tuple(input_shape)), rounds=rounds, runs=runs)
 
 
-__all__ = ["LatencyCheck", "Measure", "Paired", "check_latency", "cpu_measure", "paired_fraction"]
+def aim_search(evaluator: Evaluator, budget: Budget, fraction: Callable[[nn.Module], float], rounds: int = 2,
+               say: Callable[[str], None] = print) -> tuple[float, list[dict[str, float]]]:
+    """Before a search under a latency ``budget``: the evaluator's uniform policy fitted to the budget by
+    measurement (``fraction``: model -> its paired latency over the dense one's; ``rounds`` candidates at
+    most) and ``evaluator`` retargeted to the table's fraction that the corrected estimate puts at the
+    budget (``amc.latency.fit.search_target``), so that the search aims at what measures within it;
+    returns that fraction and the candidates measured."""
+    target, fit = search_target(evaluator.uniform_policy(), Projector(evaluator.cost_model, budget, evaluator.bounds),
+                                lambda p: evaluator.build(p)[0], fraction, rounds=rounds)
+    evaluator.retarget(target)
+    say(f"latency estimate corrected before the search: the uniform policy predicted {fit.steps[0]['predicted']:.2%}, "
+        f"measured {fit.steps[0]['measured']:.2%} of the dense latency; the search aims at {target:.2%} on the "
+        f"table for {budget.fraction:.2%} measured")
+    return target, fit.steps
+
+
+def fit_to_budget(evaluator: Evaluator, budget: Budget, policy: Policy, fraction: Callable[[nn.Module], float],
+                  rounds: int = 4, say: Callable[[str], None] = print) -> Fit:
+    """Tighten (or loosen) ``policy`` until the model ``evaluator`` builds from it meets ``budget`` by
+    measurement (``fraction``; ``amc.latency.fit.fit_measured``), whatever fraction of the table the search
+    aimed at; says what the table predicted and what was measured."""
+    fit = fit_measured(policy, Projector(evaluator.cost_model, budget, evaluator.bounds),
+                       lambda p: evaluator.build(p)[0], fraction, rounds=rounds, fill=True)
+    first = fit.steps[0]
+    say(f"latency fit: the table predicted {first['predicted']:.2%}, measured {first['measured']:.2%}"
+        + (f"; {'loosened' if first['measured'] <= budget.fraction else 'tightened'} in "
+           f"{len(fit.steps) - 1} round(s) to {fit.measured:.2%} measured" if len(fit.steps) > 1 else "")
+        + ("" if fit.within else " (still over the budget)"))
+    return fit
+
+
+__all__ = ["LatencyCheck", "Measure", "Paired", "aim_search", "check_latency", "cpu_measure", "fit_to_budget",
+           "paired_fraction"]

@@ -274,6 +274,10 @@ class LatencyOptions(BaseModel):
     latency_fit_rounds: int = Field(default=4, ge=0, description="latency budget: rounds that tighten the chosen "
                                                                  "policy until the built model meets the budget by "
                                                                  "measurement (0: trust the latency table)")
+    latency_search_rounds: int = Field(default=2, ge=0, description="latency budget: candidates of the uniform "
+                                                                    "policy built and measured before the search, "
+                                                                    "from which the search's latency estimate is "
+                                                                    "corrected (0: search on the table's estimate)")
     latency_rounds: int = Field(default=7, ge=1, le=100, description="alternating rounds of the paired "
                                                                    "measurement (dense and compressed, median of the "
                                                                    "rounds' ratios)")

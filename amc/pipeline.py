@@ -40,8 +40,7 @@ from amc.errors import AmcError, BudgetError
 from amc.evaluator import Evaluator
 from amc.io import atomic_write_text
 from amc.latency import Paired, Target, paired
-from amc.latency.fit import fit_measured
-from amc.latency_check import LatencyCheck
+from amc.latency_check import LatencyCheck, aim_search, fit_to_budget
 from amc.layers import count_macs, count_params
 from amc.metrics import size_fraction
 from amc.models import load_model, resolve_arch
@@ -302,6 +301,7 @@ class Choice:
     candidates: dict[str, Policy]  # search best, sensitivity, uniform
     scored: dict[str, Result]  # the candidates on the held-out split, before finetuning
     fit: Any = None  # amc.latency.fit.fit_measured's result for a latency budget
+    aim: tuple[float, list[dict[str, float]]] | None = None  # latency: the table's fraction searched, its fit
 
 
 def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
@@ -309,11 +309,14 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
     and the baselines, and for a latency budget the fit of that policy to a measurement; writes trials.csv."""
     config = job.config
     with job.timed("search"):
-        trials, ranked = pd.DataFrame(), []
+        trials, ranked, aim = pd.DataFrame(), [], None
         policy: Policy | None
         if config.method in PIPELINE_METHODS:  # "sensitivity": no search
             policy = sens.policy
         else:
+            if job.budget.kind == "latency" and config.latency_search_rounds > 0:  # the table corrected by measurement
+                aim = aim_search(evaluator, job.budget, _paired_fraction(job), config.latency_search_rounds, job.say)
+                sens = Sensitivity(sens.curves, evaluator.sensitivity_policy(sens.curves))
             wanted = SearchSpec(config.episodes, config.seed,
                                 start={"uniform": evaluator.uniform_policy(), "sensitivity": sens.policy},
                                 options={"warmup": config.warmup, "study": config.study or f"compress-{job.arch}",
@@ -343,21 +346,18 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
         if len(trials):
             atomic_write_text(job.run / "trials.csv", trials.to_csv(index=False))
     job.say(f"search ({config.method}): {len(trials)} episodes in {job.times['search']:.1f} s")
-    return Choice(policy, trials, candidates, scored, fit)
+    return Choice(policy, trials, candidates, scored, fit, aim)
+
+
+def _paired_fraction(job: Job):
+    """model -> its paired latency over the dense model's on the job's latency target."""
+    runs, target = job.config.latency_runs, latency_target(job.config, job.shape)
+    return lambda m: paired(m, job.dense, target, rounds=5, runs=runs).fraction
 
 
 def _fit_latency(job: Job, evaluator: Evaluator, policy: Policy) -> Any:
-    """Tighten (or loosen) ``policy`` until the model built from it meets the budget by a paired CPU
-    measurement against the dense model (``amc.latency.fit.fit_measured``)."""
-    runs, target = job.config.latency_runs, latency_target(job.config, job.shape)
-    fit = fit_measured(policy, evaluator.projector, lambda p: evaluator.build(p)[0],
-                       lambda m: paired(m, job.dense, target, rounds=5, runs=runs).fraction,
-                       rounds=job.config.latency_fit_rounds, fill=True)
-    job.say(f"latency fit: the table predicted {fit.steps[0]['predicted']:.2%}, measured {fit.steps[0]['measured']:.2%}"
-            + (f"; {'loosened' if fit.steps[0]['measured'] <= job.budget.fraction else 'tightened'} in "
-               f"{len(fit.steps) - 1} round(s) to {fit.measured:.2%} measured"
-               if len(fit.steps) > 1 else "") + ("" if fit.within else " (still over the budget)"))
-    return fit
+    """``policy`` fitted to the user's budget by paired measurement (``amc.latency_check.fit_to_budget``)."""
+    return fit_to_budget(evaluator, job.budget, policy, _paired_fraction(job), job.config.latency_fit_rounds, job.say)
 
 
 def make_job_recipe(job: Job, evaluator: Evaluator, policy: Policy, num_classes: int) -> Recipe:
@@ -507,6 +507,9 @@ def export(job: Job, tuned: Finetuned, prof: Profile, chosen: Choice) -> Measure
                        latency_fit_within=fit.within, latency_fit_rounds=len(fit.steps),
                        latency_fit_first_measured=fit.steps[0]["measured"],
                        latency_fit_first_predicted=fit.steps[0]["predicted"])
+    if chosen.aim is not None:  # the table's fraction the search aimed at, corrected by measurement
+        metrics.update(latency_search_target=chosen.aim[0], latency_search_measured=chosen.aim[1][-1]["measured"],
+                       latency_search_predicted=chosen.aim[1][-1]["predicted"])
     if job.budget.kind == "latency" and speed is not None:  # checked against the measurement, not the table
         check = LatencyCheck(job.budget.fraction, speed.fraction, None, speed.model_ms, speed.dense_ms)
         metrics["latency_within_budget"] = check.within

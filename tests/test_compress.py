@@ -116,3 +116,30 @@ def test_a_latency_budget_is_fitted_to_a_measurement(tmp_path, tiny_splits, r20_
         off = compress(r20_ckpt, "resnet20", tiny_splits,
                        quick(budget=f"latency={budget}", method="sensitivity", latency_fit_rounds=0), tmp_path / "off")
     assert "latency_fit_rounds" not in off.metrics
+
+
+def test_a_latency_search_aims_at_the_measured_budget(tmp_path, tiny_splits, r20_ckpt):
+    """Before a search the uniform policy is built and measured (a fake runtime: known times) and the
+    search aimed at the table's fraction that the corrected estimate puts at the budget: every trial within
+    that aim, the chosen policy fitted to the user's budget by measurement after it, the aim in the metrics;
+    ``latency_search_rounds=0`` searches on the table's own figure."""
+    import pandas as pd
+
+    from amc.latency import FakeRuntime, use_runtime
+
+    budget, said = 0.8, []
+    with use_runtime(FakeRuntime(ms_per_mmac=0.05, overhead_ms=0.3)):
+        res = compress(r20_ckpt, "resnet20", tiny_splits, quick(budget=f"latency={budget}", method="optuna"),
+                       tmp_path / "run", progress=said.append)
+    m = res.metrics
+    aim = m["latency_search_target"]
+    assert 0 < m["latency_search_measured"] and 0 < m["latency_search_predicted"] <= 1.0 and 0 < aim <= 1.0
+    trials = pd.read_csv(tmp_path / "run" / "trials.csv")
+    assert len(trials) == 3 and (trials["latency"].dropna() <= aim + 1e-6).all()
+    assert m["latency_fit_within"] == (m["latency_fit_measured"] <= budget)
+    assert any(f"the search aims at {aim:.2%}" in line for line in said)
+    with use_runtime(FakeRuntime(ms_per_mmac=0.05, overhead_ms=0.3)):
+        off = compress(r20_ckpt, "resnet20", tiny_splits,
+                       quick(budget=f"latency={budget}", method="optuna", latency_search_rounds=0), tmp_path / "off")
+    assert "latency_search_target" not in off.metrics
+    assert (pd.read_csv(tmp_path / "off" / "trials.csv")["latency"].dropna() <= budget + 1e-6).all()

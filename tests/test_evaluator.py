@@ -335,3 +335,37 @@ def test_reconstruct_recovery_refits_what_reconstruct_refits(tiny_splits):
 def test_reconstruct_recovery_refuses_what_it_cannot_refit(bad):
     with pytest.raises(PolicyError):
         EvalConfig(recovery="reconstruct", **bad)
+
+
+def test_aim_search_retargets_the_evaluator_to_the_measured_budget(tiny_splits, tmp_path, monkeypatch):
+    """``amc.latency_check.aim_search``: a table that over-predicts the measurement by 1/0.9 makes the
+    evaluator search at budget / 0.9 on the table; its starting policy and results follow; the final fit
+    (``fit_to_budget``) brings a policy found there back within the user's budget by measurement."""
+    from amc.latency_check import aim_search, fit_to_budget
+
+    latency = pytest.importorskip("amc.latency")
+    monkeypatch.setattr(latency.LatencyTable, "_measure_key", lambda self, key: 0.001 + key[1] * key[2] * key[5] ** 2
+                        * key[3] * key[4] / (key[6] ** 2 * key[7]) * 1e-6)
+    lut = latency.LatencyTable(tmp_path / "lut.csv", "cpu", batch=1, threads=1)
+    cfg = EvalConfig(granularity="channel", calib_images=256, round_to=4)
+    dense = make_tiny_vgg()
+    budget = Budget("latency", 0.6)
+    ev = Evaluator(dense, tiny_splits, budget, cfg, latency_table=lut)
+
+    def fraction(model):  # the "measurement": 0.9 of the table's prediction
+        return 0.9 * lut.predict(model) / lut.predict(dense)
+
+    said: list[str] = []
+    target, steps = aim_search(ev, budget, fraction, rounds=2, say=said.append)
+    assert len(steps) == 2 and steps[-1]["measured"] <= 0.6
+    assert ev.budget == Budget("latency", target) and ev.projector.budget == ev.budget
+    assert 0.6 / 0.9 * 0.97 <= target <= 0.6 / 0.9 * 1.03  # channels rounded to 4: the line through 2 points
+    assert "aims at" in said[0]
+    uniform = ev.uniform_policy()  # the least uniform ratio within the aim (channels in steps of 4: under it)
+    res = ev.evaluate(uniform)
+    assert res.feasible and res.latency <= target + 1e-9
+    assert 0.6 < ev.evaluate(ev.projector.top_up(uniform)).latency <= target + 1e-9  # the aim spent beyond 0.6
+    fit = fit_to_budget(ev, budget, uniform, fraction, say=said.append)
+    assert fit.within and fit.measured <= 0.6 and said[-1].startswith("latency fit")
+    with pytest.raises(BudgetError, match="cannot be met"):
+        ev.retarget(ev.projector.floor_cost * 0.5)

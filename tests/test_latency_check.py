@@ -177,3 +177,26 @@ def test_fit_measured_loosens_a_stepped_cost_a_layer_at_a_time():
     fit = fit_measured(policy, proj, build=lambda p: p, fraction=fraction, fill=True)
     assert fit.within and fit.measured == pytest.approx(0.48)  # 0.4 before: c and d got their channels back
     assert fit.predicted == pytest.approx(0.6) and fit.policy["a"] == 0.6 and fit.policy["b"] == 0.6
+
+
+@pytest.mark.parametrize("scale, offset", [(0.9, 0.0), (1.2, 0.02)])
+def test_search_target_puts_the_corrected_estimate_at_the_budget(scale, offset):
+    """The table over-predicts (0.9x) or under-predicts (1.2x + 0.02): the search is aimed at the table's
+    fraction that measures at the budget, and the uniform policy fitted there measures within it."""
+    from amc.latency.fit import search_target
+
+    proj = _projector(0.5)
+    measured = []
+
+    def fraction(built):
+        measured.append(scale * proj.cost.fraction(built) + offset)
+        return measured[-1]
+
+    target, fit = search_target(proj.uniform(), proj, build=lambda p: p, fraction=fraction, rounds=2)
+    assert target == pytest.approx((0.5 - offset) / scale, rel=1e-6)
+    assert (target > 0.5) == (scale < 1.0)  # looser than the budget's figure where the table over-predicts
+    assert len(fit.steps) == len(measured) == 2 and fit.within and fit.measured <= 0.5
+    assert proj.budget.fraction == 0.5  # the projector itself is left alone
+    # out of the bounds' reach: the floor, never a target that no policy meets
+    floor, _ = search_target(proj.uniform(), proj, build=lambda p: p, fraction=lambda p: 5 * proj.cost.fraction(p))
+    assert floor == pytest.approx(proj.floor_cost)

@@ -52,6 +52,7 @@ SERVICE_LIMITS: dict[str, dict[str, Any]] = {
     "recovery_steps": {"le": 10_000},
     "latency_runs": {"le": 10_000},
     "latency_fit_rounds": {"le": 20},
+    "latency_search_rounds": {"le": 10},
     "sensitivity_ratios": {"max_length": 16},
     "sparsities": {"max_length": 32},
 }
