@@ -102,7 +102,7 @@ def _bench(args: argparse.Namespace, hard: dict[str, Any]):
     return Bench(ns)
 
 
-def _search(bench, task: str, config: AgentConfig, run_dir: Path, evaluator=None):
+def _search(bench, task: str, config: AgentConfig, run_dir: Path, evaluator=None, fill_starts: bool = False):
     """The agent's search on ``task`` from search_hard's baseline policies (resumable in ``run_dir``), its
     reward ``evaluator``'s (default the task's BN reward); returns the result and its seconds: this run's,
     less the time this process stood paused by a latency measurement, plus the earlier runs' (the log's
@@ -111,9 +111,12 @@ def _search(bench, task: str, config: AgentConfig, run_dir: Path, evaluator=None
     from benchmarks.search_hard import TASKS as HARD_TASKS
 
     base = bench.baselines(task)
+    ev = evaluator or bench.evaluator(task)
+    starts = [base[k]["policy"] for k in BASELINES[HARD_TASKS[task][0]]]
+    if fill_starts:  # met and then spent: the baselines fitted to the measured budget, at the search's aim
+        starts = [ev.projector.fill(ev.projector.meet(p)) for p in starts]
     t, t_epoch = time.perf_counter(), time.time()
-    res = run_agent(evaluator or bench.evaluator(task), config, run_dir,
-                    seed_policies=[base[k]["policy"] for k in BASELINES[HARD_TASKS[task][0]]])
+    res = run_agent(ev, config, run_dir, seed_policies=starts)
     seconds = time.perf_counter() - t - bench.stood(t_epoch, time.time())
     if res.resumed_from:
         seconds += float(res.trials["wall"].iloc[res.resumed_from - 1])
@@ -202,16 +205,21 @@ REWARDS = {
           "refitted to the dense layer's kept outputs on the 256 calibration images: `optuna_ls`'s reward; no "
           "training, the same result on any batches)",
 }
-REWARDS |= dict.fromkeys(("ls_rr", "ls_rr_kinds"), "AMC's least-squares reconstruction on the physically pruned copy "
-                         "(`amc_ls`'s reward)")  # ``ls`` with another final choice / calibration
+REWARDS |= dict.fromkeys(("ls_rr", "ls_rr_kinds", "ls_rr_aim"), "AMC's least-squares reconstruction on the "
+                         "physically pruned copy (`amc_ls`'s reward)")  # ``ls`` with another final choice / calibration
 # ``ls_rr_kinds``: ``ls_rr`` with the latency table calibrated as the library calibrates it today (one scale per
 # kind of layer, ``amc.latency.calibrate``; its own protocol folder) instead of search_hard's one line, which
 # over-predicts the baselines' latency (0.536 for the uniform policy that measures 0.5), so that the search
 # and its starting policies are held to the measured budget rather than a tighter one.
 FRESH_CALIBRATION = {"ls_rr_kinds"}
+# ``ls_rr_aim``: ``ls_rr`` on search_hard's table, the search aimed as the library aims it (``amc.latency_check.
+# aim_search``: the uniform baseline measured paired, the table's fraction that measures at the budget searched;
+# the starting policies met and filled to it; the re-rank's evaluators retargeted alike); the fit to the measured
+# budget after it as every row's. The aim is kept in the run's folder, so a resumed search keeps its target.
+AIMED = {"ls_rr_aim"}
 # How a ``--reward`` row makes its final choice: the library's ``final_choice`` on the search's reward, except
 # ``ls_rr``: ``amc_rr``'s re-rank (``--final-k`` candidates) with the search's starting policies beside them.
-RERANKED = {"ls_rr", "ls_rr_kinds"}
+RERANKED = {"ls_rr", "ls_rr_kinds", "ls_rr_aim"}
 
 
 REWARD_NOTES = {  # what the rows showed (reports/agent.md)
@@ -242,7 +250,10 @@ REWARD_NOTES = {  # what the rows showed (reports/agent.md)
     "ls_rr_kinds": "Not run: calibrated afresh at 17:00 and 17:03 (the second with the other benchmark processes "
                    "stopped), the per-kind fit was off by up to 24-25% on its own copies, with the dense model at "
                    "3.03-3.16 ms against 2.38-2.66 ms earlier in the day, and it put the floor (every layer at its "
-                   "upper bound) at 0.586-0.670 of the dense latency: the budget out of reach (`BudgetError`).",
+                   "upper bound) at 0.586-0.670 of the dense latency: the budget out of reach (`BudgetError`). "
+                   "Tried again on the next day at 19:37 with the machine otherwise idle (load 0.45): off by up to "
+                   "23%, the floor at 0.576 (`BudgetError`). `amc_ls_rr_aim` corrects the search's target from "
+                   "measurements instead.",
 }
 
 
@@ -277,11 +288,16 @@ def measure_reward(bench, args: argparse.Namespace, task: str, seed: int, kind: 
     episodes, warmup = (args.mf_episodes, args.mf_warmup) if kind == "mf" else (args.episodes, args.warmup)
     config = replace(agent_config(args, seed), episodes=episodes, warmup_episodes=min(warmup, episodes - 1))
     ev = _reward_evaluator(bench, args, task, kind)
-    res, agent_s = _search(bench, task, config, Path(args.cache) / "runs" / f"{task}-s{seed}-{kind}", evaluator=ev)
+    run_dir = Path(args.cache) / "runs" / f"{task}-s{seed}-{kind}"
+    aim = _aim(bench, task, ev, run_dir) if kind in AIMED and ev.budget.kind == "latency" else None
+    res, agent_s = _search(bench, task, config, run_dir, evaluator=ev, fill_starts=aim is not None)
     t, t_epoch = time.perf_counter(), time.time()
     n_start = len(BASELINES[HARD_TASKS[task][0]])  # the seed policies: the search's first episodes
     if kind in RERANKED:
-        ranked = rerank(_rr_evaluators(bench, task), res.trials, k=args.final_k, first=n_start)
+        evs = _rr_evaluators(bench, task)
+        for e in evs if aim is not None else ():
+            e.retarget(aim["target"])
+        ranked = rerank(evs, res.trials, k=args.final_k, first=n_start)
     else:
         ranked = final_choice(ev, res.trials, k=args.final_k)
     n_top = len(top_policies(res.trials, args.final_k, ev.architecture_key))
@@ -291,6 +307,7 @@ def measure_reward(bench, args: argparse.Namespace, task: str, seed: int, kind: 
     top = ranked[0]
     # the uniform policy as the search played it (within the table's budget: ``meet``, then ``fill``)
     uniform = ev.evaluate(ev.projector.fill(ev.projector.meet(base["uniform"]["policy"]))).reward
+    agent_s += aim["seconds"] if aim else 0.0  # measuring the aim is part of the search
     row = bench.row(task, f"amc_{kind}", seed, top.policy, agent_s + choice_s)
     diag = res.extra["diagnostics"]
     print(f"[{task} s{seed}] amc_{kind}: kept the search's #{top.rank} of {len(ranked)} (search {agent_s:.0f} s, "
@@ -301,8 +318,28 @@ def measure_reward(bench, args: argparse.Namespace, task: str, seed: int, kind: 
             "best_after_warmup": diag["best_after_warmup"], **_explore_stats(res.trials, config.warmup_episodes),
             "reward": {"kind": kind, "steps": args.mf_steps if kind == "mf" else 0, "k": args.final_k},
             "calibration": None if task != "lat05" or bench.lut.fit is None else bench.lut.fit.describe(),
+            "aim": aim,
             "kept_start": top.rank > n_top, "start_ranks": list(range(n_top + 1, len(ranked) + 1))
             if kind in RERANKED else [], "agent": asdict(config)}
+
+
+def _aim(bench, task: str, ev, run_dir: Path) -> dict[str, Any]:
+    """The library's aim (``amc.latency_check.aim_search``) for ``ev``: the uniform policy measured paired
+    (``bench._paired``, the other processes paused) and ``ev`` retargeted; read back from ``run_dir/aim.json``
+    when a run before this one measured it. Its measuring seconds are counted in the search's."""
+    from amc.latency_check import aim_search
+
+    path = run_dir / "aim.json"
+    if path.exists():
+        aim = json.loads(path.read_text())
+        ev.retarget(aim["target"])
+        return aim
+    t, t_epoch = time.perf_counter(), time.time()
+    target, steps = aim_search(ev, ev.budget, bench._paired, rounds=2, say=lambda m: print(f"[{task}] {m}", flush=True))
+    aim = {"target": target, "steps": steps, "seconds": time.perf_counter() - t - bench.stood(t_epoch, time.time())}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(aim))
+    return aim
 
 
 def _rr_evaluators(bench, task: str) -> list:
@@ -561,6 +598,11 @@ def _reward_lines(t: dict[str, Any], kind: str) -> list[str]:
                      f"{lat} | {_pct(r.get('macs'))} | {_pct(r['test_accuracy'])} |")
     if kind in FRESH_CALIBRATION and (cal := next((r["calibration"] for r in rows if r.get("calibration")), None)):
         lines += ["", f"`{name}`'s latency table, calibrated afresh (one scale per kind of layer): {cal}."]
+    if kind in AIMED and (aimed := [r for r in rows if r.get("aim")]):
+        lines += ["", f"`{name}`'s aim (`amc.latency_check.aim_search`, the uniform baseline measured paired): " +
+                  "; ".join(f"seed {r['seed']}: predicted {_pct(r['aim']['steps'][0]['predicted'])}, measured "
+                            f"{_pct(r['aim']['steps'][0]['measured'])}, searched at {_pct(r['aim']['target'])} on "
+                            f"the table" for r in aimed) + "."]
     if kind in REWARD_NOTES:
         lines += ["", REWARD_NOTES[kind]]
     lines += ["", f"Learning curves (`{name}`, best / mean reward per window of episodes):", ""]

@@ -138,3 +138,56 @@ def test_a_reranked_reward_row_marks_the_starting_policies_among_its_candidates(
     assert "| amc_ls_rr | 72.00% | - |" in text
     assert "4 (start): 69.00%, 1: 55.00%, 3 (start): 65.00%" in text and "| 4 (start), 69.00% |" in text
     assert "`amc_rr`'s re-rank over its top 2 distinct policies and its starting policies" in text
+
+
+class _AimEvaluator:
+    """Enough of an Evaluator for ``aim_search``: a linear latency table over two layers."""
+
+    def __init__(self):
+        from amc.budget import Budget, Projector, make_bounds
+
+        class Table:
+            kind, names = "latency", ["a", "b"]
+
+            def fraction(self, policy):
+                return 0.6 * (1 - policy.get("a", 0.0)) + 0.4 * (1 - policy.get("b", 0.0))
+
+        self.cost_model, self.bounds = Table(), make_bounds(["a", "b"], 0.0, 0.9)
+        self.budget = Budget("latency", 0.5)
+        self.projector = Projector(self.cost_model, self.budget, self.bounds)
+
+    def uniform_policy(self):
+        return self.projector.uniform()
+
+    def build(self, policy):
+        return policy, None
+
+    def retarget(self, fraction):
+        from amc.budget import Budget, Projector
+
+        self.budget = Budget("latency", fraction)
+        self.projector = Projector(self.cost_model, self.budget, self.bounds)
+
+
+def test_the_aimed_rows_measure_their_aim_once_and_keep_it(tmp_path):
+    """``--reward ls_rr_aim``: the uniform baseline measured paired (the table over-predicts: 0.9x), the search
+    aimed at 0.5 / 0.9 on the table; a resumed run reads the aim back rather than measuring it again."""
+    from benchmarks.agent import _aim
+
+    measured = []
+
+    class Bench:
+        def _paired(self, model):
+            measured.append(0.9 * ev.cost_model.fraction(model))
+            return measured[-1]
+
+        def stood(self, start, end):
+            return 0.0
+
+    ev = _AimEvaluator()
+    aim = _aim(Bench(), "lat05", ev, tmp_path / "run")
+    assert aim["target"] == pytest.approx(0.5 / 0.9) and ev.budget.fraction == pytest.approx(0.5 / 0.9)
+    assert len(measured) == 2 and (tmp_path / "run" / "aim.json").exists()
+    again = _AimEvaluator()
+    assert _aim(Bench(), "lat05", again, tmp_path / "run") == aim
+    assert len(measured) == 2 and again.budget.fraction == pytest.approx(0.5 / 0.9)  # read back, not measured
