@@ -30,7 +30,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -127,8 +126,7 @@ def estimate_row(arch: str, runtime: str, policies: int, max_ratio: float, round
     done = cache.get(f"{key}__partial")
     if done is not None:  # the calibration the earlier policies were estimated with
         lut.scale, lut.overhead_ms = done["scale"], done["overhead_ms"]
-        lut.fit = KindFit(**{**done["fit_state"], "line": tuple(done["fit_state"]["line"]),
-                             "errors": tuple(done["fit_state"]["errors"])})
+        lut.fit = KindFit.from_state(done["fit_state"])
         dense_ms, calib_s, rows = done["dense_ms"], done["calibration_seconds"], done["policies"]
     else:
         dense_ms = lut.calibrate(dense, runs=45, thin=CALIBRATION_RATIOS)
@@ -153,7 +151,7 @@ def estimate_row(arch: str, runtime: str, policies: int, max_ratio: float, round
                      "single_factor_error": single / p.fraction - 1})
         row = {"arch": arch, "runtime": runtime, "input_shape": list(shape), "target": target.row(),
                "dense_ms": dense_ms, "scale": lut.scale, "overhead_ms": lut.overhead_ms, "fit": fit.row(),
-               "fit_state": asdict(fit), "policies": rows, "calibration_seconds": calib_s,
+               "fit_state": fit.state(), "policies": rows, "calibration_seconds": calib_s,
                "seconds": time.perf_counter() - t0 + (done or {}).get("seconds", 0.0)}
         if (i + 1) % 10 == 0 and i + 1 < policies:
             cache.put(f"{key}__partial", {**row, "partial": True})

@@ -60,7 +60,6 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -318,15 +317,14 @@ class Bench:
             self.dense_ms = calibrated["dense_ms"]
             self.lut.scale, self.lut.overhead_ms = calibrated["scale"], calibrated["overhead_ms"]
             if (state := calibrated.get("fit")) is not None:
-                self.lut.fit = KindFit(**{**state, "line": tuple(state["line"]), "errors": tuple(state["errors"]),
-                                          "dropped": tuple(state.get("dropped", ()))})
+                self.lut.fit = KindFit.from_state(state)
         elif lat:  # what the table's layers leave out, measured on the dense model
             self.dense_ms = self.lut.calibrate(self.dense, runs=200, thin=CALIBRATION_RATIOS)
             _save(self.cache / lat[0] / "calibration.json", {"dense_ms": self.dense_ms,
                                                                "overhead_ms": self.lut.overhead_ms,
                                                                "scale": self.lut.scale,
                                                                "fit": None if self.lut.fit is None
-                                                               else asdict(self.lut.fit),
+                                                               else self.lut.fit.state(),
                                                                "thin_ratios": list(CALIBRATION_RATIOS),
                                                                "others_paused": len(args.pause_pids)})
         self._evals: dict[str, Evaluator] = {}

@@ -137,6 +137,15 @@ def test_fit_kinds_leaves_out_a_copy_timed_during_a_stall():
     assert fit.row()["max_abs_error"] < 1e-9  # over the points kept
     few = fit_kinds(points[:5], prior=0.0)  # too few points to leave one out
     assert few.dropped == ()
+    import dataclasses
+    import json
+
+    from amc.latency.calibrate import KindFit
+
+    back = KindFit.from_state(json.loads(json.dumps(fit.state())))  # a benchmark's cached calibration
+    assert back == fit and back.predict(rows[0]) == fit.predict(rows[0])
+    older = {k: v for k, v in dataclasses.asdict(few).items() if k != "dropped"}  # written before ``dropped``
+    assert KindFit.from_state(json.loads(json.dumps(older))) == few
 
 
 def test_fit_kinds_degrades_to_the_older_rule():

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -129,6 +130,20 @@ class KindFit:
     def max_abs_error(self) -> float:
         """The largest relative error over the points the fit kept."""
         return max((abs(e) for i, e in enumerate(self.errors) if i not in self.dropped), default=0.0)
+
+    def state(self) -> dict[str, object]:
+        """Every field, JSON-ready (``from_state`` reads it back: a benchmark's cached calibration)."""
+        return {"scales": dict(self.scales), "overhead_ms": self.overhead_ms, "elements_unit": self.elements_unit,
+                "scale": self.scale, "line": list(self.line), "errors": list(self.errors),
+                "dropped": list(self.dropped)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> KindFit:
+        """The fit ``state()`` (or ``dataclasses.asdict``) wrote; a missing ``dropped`` is none."""
+        return cls({str(k): float(v) for k, v in state["scales"].items()}, float(state["overhead_ms"]),
+                   float(state.get("elements_unit", 1.0)), float(state.get("scale", 1.0)),
+                   tuple(state.get("line", (1.0, 0.0))), tuple(state.get("errors", ())),
+                   tuple(state.get("dropped", ())))
 
     def row(self) -> dict[str, object]:
         """JSON-ready: the scales, the overhead, the effective scale, the old rule's line, the errors."""
