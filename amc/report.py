@@ -336,6 +336,12 @@ def result_table(recipe: Any, metrics: Mapping[str, Any], scored: Mapping[str, A
             how = (f"paired: median of {m['latency_rounds']} alternating rounds' ratios, "
                    f"{m['latency_fraction']:.3f} of dense{spread}; {how}")
         rows.append(("latency", value, how))
+    if "latency_fit_measured" in m and "latency_fit_predicted" in m:  # the table's estimate against the measurement
+        aim = (f"the search aimed at {percent(m['latency_search_target'])} on the table (the uniform policy "
+               f"predicted {percent(m['latency_search_predicted'])}, measured {percent(m['latency_search_measured'])})"
+               "; " if "latency_search_target" in m else "")
+        rows.append(("latency estimate", f"{aim}the chosen policy predicted {percent(m['latency_fit_predicted'])}, "
+                     f"measured {percent(m['latency_fit_measured'])}", "table vs paired measurement, of dense"))
     if "dense_accuracy" in m:
         rows.append(("accuracy, dense", percent(m["dense_accuracy"]), test))
     if "accuracy_before_finetune" in m:

@@ -138,6 +138,8 @@ def test_a_latency_search_aims_at_the_measured_budget(tmp_path, tiny_splits, r20
     assert len(trials) == 3 and (trials["latency"].dropna() <= aim + 1e-6).all()
     assert m["latency_fit_within"] == (m["latency_fit_measured"] <= budget)
     assert any(f"the search aims at {aim:.2%}" in line for line in said)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| latency estimate | the search aimed at " in report and "the chosen policy predicted" in report
     with use_runtime(FakeRuntime(ms_per_mmac=0.05, overhead_ms=0.3)):
         off = compress(r20_ckpt, "resnet20", tiny_splits,
                        quick(budget=f"latency={budget}", method="optuna", latency_search_rounds=0), tmp_path / "off")
