@@ -57,6 +57,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from amc.budget import Budget  # noqa: E402
 from amc.io import atomic_write_text  # noqa: E402
 from amc.search.agent import AgentConfig, run_agent  # noqa: E402
 from benchmarks.harness import MODELS, Cache, ints, parser, write_report  # noqa: E402
@@ -335,7 +336,8 @@ def _aim(bench, task: str, ev, run_dir: Path) -> dict[str, Any]:
         ev.retarget(aim["target"])
         return aim
     t, t_epoch = time.perf_counter(), time.time()
-    target, steps = aim_search(ev, ev.budget, bench._paired, rounds=2, say=lambda m: print(f"[{task}] {m}", flush=True))
+    budget = Budget.parse(bench.tasks[task][1])  # the task's: ``ev`` (shared by the seeds) may be aimed already
+    target, steps = aim_search(ev, budget, bench._paired, rounds=2, say=lambda m: print(f"[{task}] {m}", flush=True))
     aim = {"target": target, "steps": steps, "seconds": time.perf_counter() - t - bench.stood(t_epoch, time.time())}
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(aim))

@@ -177,6 +177,9 @@ def test_the_aimed_rows_measure_their_aim_once_and_keep_it(tmp_path):
     measured = []
 
     class Bench:
+        def __init__(self):
+            self.tasks = {"lat05": ("channel", "latency=0.5")}
+
         def _paired(self, model):
             measured.append(0.9 * ev.cost_model.fraction(model))
             return measured[-1]
@@ -191,3 +194,5 @@ def test_the_aimed_rows_measure_their_aim_once_and_keep_it(tmp_path):
     again = _AimEvaluator()
     assert _aim(Bench(), "lat05", again, tmp_path / "run") == aim
     assert len(measured) == 2 and again.budget.fraction == pytest.approx(0.5 / 0.9)  # read back, not measured
+    # the next seed's run, on the same (already aimed) evaluator: measured against the task's budget, not the aim
+    assert _aim(Bench(), "lat05", ev, tmp_path / "next")["target"] == pytest.approx(0.5 / 0.9)
