@@ -196,6 +196,11 @@ class Projector:
         self.floor_cost = best  # the least cost the bounds allow
         self.dense_cost = cost.fraction(self.lower)
 
+    def under(self, budget: Budget) -> Projector:
+        """The same cost model and bounds under another ``budget`` (``BudgetError`` when the bounds cannot reach
+        it): a latency search aimed at a measured budget, each round of a fit to a measurement."""
+        return Projector(self.cost, budget, self.bounds)
+
     def _meets(self, prefix: Mapping[str, float], index: int, ratio: float) -> bool:
         trial = dict(prefix)
         trial[self.names[index]] = ratio

@@ -248,9 +248,8 @@ class Evaluator:
         """Aim at ``fraction`` of the dense cost on the cost model from now on (a latency table's estimate
         corrected by measurement: ``amc.latency.fit.search_target``): the projector, the starting policies
         and the feasibility of every later result follow it; ``BudgetError`` when the bounds cannot reach it."""
-        budget = Budget(self.budget.kind, float(fraction))
-        self.projector = Projector(self.cost_model, budget, self.bounds)
-        self.budget = budget
+        self.projector = self.projector.under(Budget(self.budget.kind, float(fraction)))
+        self.budget = self.projector.budget
 
     @property
     def scored_images(self) -> int:

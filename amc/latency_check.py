@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from amc.budget import Budget, Projector
+from amc.budget import Budget
 from amc.errors import BudgetError
 from amc.latency.fit import Fit, fit_measured, search_target
 from amc.latency.paired import Paired
@@ -81,14 +81,14 @@ def paired_fraction(model: nn.Module, dense: nn.Module, rounds: int = 7, runs: i
     return paired(model, dense, target or Target(input_shape=tuple(input_shape)), rounds=rounds, runs=runs)
 
 
-def aim_search(evaluator: Evaluator, budget: Budget, fraction: Callable[[nn.Module], float], rounds: int = 2,
+def aim_search(evaluator: Evaluator, budget: Budget, fraction: Callable[[nn.Module], float], rounds: int,
                say: Callable[[str], None] = print) -> tuple[float, list[dict[str, float]]]:
     """Before a search under a latency ``budget``: the evaluator's uniform policy fitted to the budget by
     measurement (``fraction``: model -> its paired latency over the dense one's; ``rounds`` candidates at
     most) and ``evaluator`` retargeted to the table's fraction that the corrected estimate puts at the
     budget (``amc.latency.fit.search_target``), so that the search aims at what measures within it;
     returns that fraction and the candidates measured."""
-    target, fit = search_target(evaluator.uniform_policy(), Projector(evaluator.cost_model, budget, evaluator.bounds),
+    target, fit = search_target(evaluator.uniform_policy(), evaluator.projector.under(budget),
                                 lambda p: evaluator.build(p)[0], fraction, rounds=rounds)
     evaluator.retarget(target)
     say(f"latency estimate corrected before the search: the uniform policy predicted {fit.steps[0]['predicted']:.2%}, "
@@ -98,12 +98,12 @@ def aim_search(evaluator: Evaluator, budget: Budget, fraction: Callable[[nn.Modu
 
 
 def fit_to_budget(evaluator: Evaluator, budget: Budget, policy: Policy, fraction: Callable[[nn.Module], float],
-                  rounds: int = 4, say: Callable[[str], None] = print) -> Fit:
+                  rounds: int, say: Callable[[str], None] = print) -> Fit:
     """Tighten (or loosen) ``policy`` until the model ``evaluator`` builds from it meets ``budget`` by
     measurement (``fraction``; ``amc.latency.fit.fit_measured``), whatever fraction of the table the search
     aimed at; says what the table predicted and what was measured."""
-    fit = fit_measured(policy, Projector(evaluator.cost_model, budget, evaluator.bounds),
-                       lambda p: evaluator.build(p)[0], fraction, rounds=rounds, fill=True)
+    fit = fit_measured(policy, evaluator.projector.under(budget), lambda p: evaluator.build(p)[0], fraction,
+                       rounds=rounds, fill=True)
     first = fit.steps[0]
     say(f"latency fit: the table predicted {first['predicted']:.2%}, measured {first['measured']:.2%}"
         + (f"; {'loosened' if first['measured'] <= budget.fraction else 'tightened'} in "

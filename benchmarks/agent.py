@@ -347,6 +347,7 @@ def _aim(bench, task: str, ev, run_dir: Path) -> dict[str, Any]:
     (``bench._paired``, the other processes paused) and ``ev`` retargeted; read back from ``run_dir/aim.json``
     when a run before this one measured it. Its measuring seconds are counted in the search's."""
     from amc.latency_check import aim_search
+    from amc.options import LatencyOptions
 
     path = run_dir / "aim.json"
     if path.exists():
@@ -355,7 +356,8 @@ def _aim(bench, task: str, ev, run_dir: Path) -> dict[str, Any]:
         return aim
     t, t_epoch = time.perf_counter(), time.time()
     budget = Budget.parse(bench.tasks[task][1])  # the task's: ``ev`` (shared by the seeds) may be aimed already
-    target, steps = aim_search(ev, budget, bench._paired, rounds=2, say=lambda m: print(f"[{task}] {m}", flush=True))
+    rounds = LatencyOptions().latency_search_rounds  # the library's default
+    target, steps = aim_search(ev, budget, bench._paired, rounds, say=lambda m: print(f"[{task}] {m}", flush=True))
     aim = {"target": target, "steps": steps, "seconds": time.perf_counter() - t - bench.stood(t_epoch, time.time())}
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(aim))

@@ -365,7 +365,7 @@ def test_aim_search_retargets_the_evaluator_to_the_measured_budget(tiny_splits, 
     res = ev.evaluate(uniform)
     assert res.feasible and res.latency <= target + 1e-9
     assert 0.6 < ev.evaluate(ev.projector.top_up(uniform)).latency <= target + 1e-9  # the aim spent beyond 0.6
-    fit = fit_to_budget(ev, budget, uniform, fraction, say=said.append)
+    fit = fit_to_budget(ev, budget, uniform, fraction, rounds=4, say=said.append)
     assert fit.within and fit.measured <= 0.6 and said[-1].startswith("latency fit")
     with pytest.raises(BudgetError, match="cannot be met"):
         ev.retarget(ev.projector.floor_cost * 0.5)

@@ -81,7 +81,7 @@ def fit_measured(policy: Mapping[str, float], projector: Projector, build: Calla
                 break  # already there
             target = projector.floor_cost  # try every layer at its upper bound once
         steps[-1]["next_target"] = target
-        step = Projector(projector.cost, Budget("latency", min(target, 1.0)), projector.bounds)
+        step = projector.under(Budget("latency", min(target, 1.0)))
         nxt = step.fill(pol) if meas <= budget.fraction else step.tighten(pol)
         if meas <= budget.fraction and projector.cost.fraction(nxt) <= pred:
             nxt = step.top_up(pol)  # no shared factor spends more (channels move in steps): a layer at a time
