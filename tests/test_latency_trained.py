@@ -147,3 +147,61 @@ def test_the_macs_policy_is_the_better_of_the_macs_budgets_uniform_and_sensitivi
     assert got["picked"] == "sensitivity" and got["policy"] == {"a": 0.1, "b": 0.7}  # as the MACs budget made it
     assert got["val_reward"] == 0.6 and got["candidates_val_reward"] == {"uniform": 0.5, "sensitivity": 0.6}
     assert got["search_s"] >= 12.0  # the sensitivity scan's seconds count
+
+
+def test_an_aimed_run_counts_the_aims_seconds_and_says_where_it_aimed(tmp_path: Path) -> None:
+    _rows(tmp_path, "mobilenetv2", ACC)
+    aim = {"target": 0.7123, "seconds": 12.5, "steps": [{"predicted": 0.689, "measured": 0.59},
+                                                         {"predicted": 0.701, "measured": 0.598}]}
+    (tmp_path / "mobilenetv2" / TASK / "aim.json").write_text(json.dumps(aim))
+    t = collect(tmp_path, "mobilenetv2")
+    assert t["aim"] == aim and t["methods"]["uniform"]["search_s"]["0"] == pytest.approx(612.5)
+    md = markdown(report(tmp_path, {"epochs": 2}, aimed=True))
+    assert md.startswith("# Trained networks at a measured latency budget (CPU), aimed search")
+    assert "Aim: the uniform policy predicted 0.689, measured 0.590; 2 candidate(s) measured; the search aims at " \
+           "0.712 on the table (12 s)." in md
+    assert "one scale per kind of layer" in md and "The fit changed between seeds" not in md
+    plain = markdown(report(tmp_path, {"epochs": 2}))
+    assert "aimed search" not in plain and "The fit changed between seeds" in plain
+
+
+class _AimedEvaluator:
+    def __init__(self) -> None:
+        self.targets: list[float] = []
+
+    def retarget(self, fraction: float) -> None:
+        self.targets.append(fraction)
+
+
+class _AimBench:
+    def __init__(self, cache: Path) -> None:
+        self.cache, self.tasks, self.paired = cache, TASKS, []
+
+    def _paired(self, model) -> float:
+        self.paired.append(model)
+        return 0.5
+
+    def stood(self, start: float, end: float) -> float:
+        return 0.0
+
+
+def test_the_aim_is_measured_once_then_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import amc.latency_check
+    from amc.options import LatencyOptions
+    from benchmarks.latency_trained import aim
+
+    calls = []
+
+    def fake_aim_search(ev, budget, fraction, rounds, say):
+        calls.append((budget.fraction, rounds, fraction(None)))
+        ev.retarget(0.66)
+        return 0.66, [{"predicted": 0.7, "measured": 0.6}]
+
+    monkeypatch.setattr(amc.latency_check, "aim_search", fake_aim_search)
+    bench, ev = _AimBench(tmp_path), _AimedEvaluator()
+    got = aim(bench, TASK, ev)
+    assert calls == [(0.6, LatencyOptions().latency_search_rounds, 0.5)]  # the task's budget, measured paired
+    assert got["target"] == 0.66 and ev.targets == [0.66]
+    again = _AimedEvaluator()
+    assert aim(bench, TASK, again)["steps"] == [{"predicted": 0.7, "measured": 0.6}]
+    assert len(calls) == 1 and again.targets == [0.66]  # a resumed run: retargeted from the cache, not measured
