@@ -328,6 +328,7 @@ class Bench:
                                                                "thin_ratios": list(CALIBRATION_RATIOS),
                                                                "others_paused": len(args.pause_pids)})
         self._evals: dict[str, Evaluator] = {}
+        self.finetune_order: tuple[str, ...] = FINETUNE_ORDER  # the rows' order within a seed (a subclass: its own)
 
     def evaluator(self, task: str, recovery_steps: int = 0, reconstruct: bool = False,
                   budget: str | None = None) -> Evaluator:
@@ -598,7 +599,8 @@ class Bench:
         cands = {k: base[k] for k in self.baseline_keys[self.tasks[task][0]]}
         for m in searchers_of(task, self.args.searchers, self.tasks):
             cands[m] = self.search(task, m, seed, base)
-        for m in [*(m for m in FINETUNE_ORDER if m in cands), *(m for m in cands if m not in FINETUNE_ORDER)]:
+        order = self.finetune_order
+        for m in [*(m for m in order if m in cands), *(m for m in cands if m not in order)]:
             if cands[m].get("policy") is not None:
                 self.row(task, m, seed, cands[m]["policy"], cands[m]["search_s"])
 
