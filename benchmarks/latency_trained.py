@@ -404,8 +404,8 @@ def main() -> None:
                          "the aimed fraction (aim_search); default cache runs/latency_trained_aim, report "
                          "latency_trained_aim.{md,json}")
     args = ap.parse_args()
-    if args.aim and args.cache == "runs/latency_trained":
-        args.cache = "runs/latency_trained_aim"
+    if args.aim and args.cache == ap.get_default("cache"):
+        args.cache = f"{args.cache}_aim"  # its own cache: the rows of the two estimates never mix
     args.seeds = ints(args.seeds)
     args.pause_pids = ints(args.pause_pids)
     args.models_run = [m for m in args.only.split(",") if m]
