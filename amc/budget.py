@@ -274,6 +274,14 @@ class Projector:
             pol = {**pol, name: r}
         return pol
 
+    def spend(self, policy: Mapping[str, float]) -> Policy:
+        """A feasible ``policy`` made to spend the whole budget: ``fill`` (one shared factor, its shape kept),
+        then ``top_up`` (a layer at a time, where channels move in steps and no shared factor fits). How a
+        search takes its starting policies: a uniform policy of a stepped cost stops a whole step short of the
+        budget (ResNet-20 at latency=0.5 on a table aimed at 0.52: 15.8% of the MACs, where the same policy
+        loosened to the measured budget keeps 21.9%)."""
+        return self.top_up(self.fill(policy))
+
     def _step_down(self, policy: Policy, name: str, now: float) -> float | None:
         """The largest ratio under ``policy[name]`` at which the cost rises above ``now`` (the next step of
         kept channels), by bisection; None when even the lower bound costs no more."""

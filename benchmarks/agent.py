@@ -103,7 +103,8 @@ def _bench(args: argparse.Namespace, hard: dict[str, Any]):
     return Bench(ns)
 
 
-def _search(bench, task: str, config: AgentConfig, run_dir: Path, evaluator=None, fill_starts: bool = False):
+def _search(bench, task: str, config: AgentConfig, run_dir: Path, evaluator=None, fill_starts: bool = False,
+            spend_starts: bool = False):
     """The agent's search on ``task`` from search_hard's baseline policies (resumable in ``run_dir``), its
     reward ``evaluator``'s (default the task's BN reward); returns the result and its seconds: this run's,
     less the time this process stood paused by a latency measurement, plus the earlier runs' (the log's
@@ -116,6 +117,8 @@ def _search(bench, task: str, config: AgentConfig, run_dir: Path, evaluator=None
     starts = [base[k]["policy"] for k in BASELINES[HARD_TASKS[task][0]]]
     if fill_starts:  # met and then spent: the baselines fitted to the measured budget, at the search's aim
         starts = [ev.projector.fill(ev.projector.meet(p)) for p in starts]
+    if spend_starts:  # and topped up a layer at a time (``Projector.spend``; the library's agent does it too)
+        starts = [ev.projector.spend(ev.projector.meet(p)) for p in starts]
     t, t_epoch = time.perf_counter(), time.time()
     res = run_agent(ev, config, run_dir, seed_policies=starts)
     seconds = time.perf_counter() - t - bench.stood(t_epoch, time.time())
@@ -206,8 +209,9 @@ REWARDS = {
           "refitted to the dense layer's kept outputs on the 256 calibration images: `optuna_ls`'s reward; no "
           "training, the same result on any batches)",
 }
-REWARDS |= dict.fromkeys(("ls_rr", "ls_rr_kinds", "ls_rr_aim"), "AMC's least-squares reconstruction on the "
-                         "physically pruned copy (`amc_ls`'s reward)")  # ``ls`` with another final choice / calibration
+# ``ls`` with another final choice / calibration / aim / starting policies
+REWARDS |= dict.fromkeys(("ls_rr", "ls_rr_kinds", "ls_rr_aim", "ls_rr_spent"),
+                         "AMC's least-squares reconstruction on the physically pruned copy (`amc_ls`'s reward)")
 # ``ls_rr_kinds``: ``ls_rr`` with the latency table calibrated as the library calibrates it today (one scale per
 # kind of layer, ``amc.latency.calibrate``; its own protocol folder) instead of search_hard's one line, which
 # over-predicts the baselines' latency (0.536 for the uniform policy that measures 0.5), so that the search
@@ -217,10 +221,14 @@ FRESH_CALIBRATION = {"ls_rr_kinds"}
 # aim_search``: the uniform baseline measured paired, the table's fraction that measures at the budget searched;
 # the starting policies met and filled to it; the re-rank's evaluators retargeted alike); the fit to the measured
 # budget after it as every row's. The aim is kept in the run's folder, so a resumed search keeps its target.
-AIMED = {"ls_rr_aim"}
+AIMED = {"ls_rr_aim", "ls_rr_spent"}
+# ``ls_rr_spent``: ``ls_rr_aim`` with the starting policies made to spend the whole aimed budget
+# (``Projector.spend``: filled, then topped up a layer at a time), as the library's searchers now take them;
+# ``ls_rr_aim``'s rows were made before, with its starting policies met and filled alone.
+SPENT = {"ls_rr_spent"}
 # How a ``--reward`` row makes its final choice: the library's ``final_choice`` on the search's reward, except
 # ``ls_rr``: ``amc_rr``'s re-rank (``--final-k`` candidates) with the search's starting policies beside them.
-RERANKED = {"ls_rr", "ls_rr_kinds", "ls_rr_aim"}
+RERANKED = {"ls_rr", "ls_rr_kinds", "ls_rr_aim", "ls_rr_spent"}
 
 
 REWARD_NOTES = {  # what the rows showed (reports/agent.md)
@@ -309,7 +317,8 @@ def measure_reward(bench, args: argparse.Namespace, task: str, seed: int, kind: 
     ev = _reward_evaluator(bench, args, task, kind)
     run_dir = Path(args.cache) / "runs" / f"{task}-s{seed}-{kind}"
     aim = _aim(bench, task, ev, run_dir) if kind in AIMED and ev.budget.kind == "latency" else None
-    res, agent_s = _search(bench, task, config, run_dir, evaluator=ev, fill_starts=aim is not None)
+    res, agent_s = _search(bench, task, config, run_dir, evaluator=ev, fill_starts=aim is not None,
+                           spend_starts=kind in SPENT)
     t, t_epoch = time.perf_counter(), time.time()
     n_start = len(BASELINES[HARD_TASKS[task][0]])  # the seed policies: the search's first episodes
     if kind in RERANKED:
@@ -324,8 +333,10 @@ def measure_reward(bench, args: argparse.Namespace, task: str, seed: int, kind: 
     if not ranked or not ranked[0].feasible:
         raise RuntimeError(f"{task} s{seed}: the final choice found no feasible policy")
     top = ranked[0]
-    # the uniform policy as the search played it (within the table's budget: ``meet``, then ``fill``)
-    uniform = ev.evaluate(ev.projector.fill(ev.projector.meet(base["uniform"]["policy"]))).reward
+    # the uniform policy as the search played it (within the table's budget: ``meet``, then ``fill``; ``SPENT``:
+    # ``spend``)
+    met = ev.projector.meet(base["uniform"]["policy"])
+    uniform = ev.evaluate(ev.projector.spend(met) if kind in SPENT else ev.projector.fill(met)).reward
     agent_s += aim["seconds"] if aim else 0.0  # measuring the aim is part of the search
     row = bench.row(task, f"amc_{kind}", seed, top.policy, agent_s + choice_s)
     diag = res.extra["diagnostics"]

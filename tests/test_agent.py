@@ -205,7 +205,7 @@ def test_seed_policies_are_the_first_episodes(tiny_splits, tmp_path):
     rows = res.episodes
     for i, pol in enumerate(seeds):
         played = {n: float(rows.loc[i, f"r:{n}"]) for n in ev.names}
-        assert played == pytest.approx(ev.projector.fill(ev.projector.meet(pol)), abs=1e-6)
+        assert played == pytest.approx(ev.projector.fill(ev.projector.spend(ev.projector.meet(pol))), abs=1e-6)
     assert res.best_result is not None
     assert res.best_result.reward >= max(ev.evaluate(ev.projector.fill(p)).reward for p in seeds) - 1e-9
 

@@ -165,6 +165,18 @@ def test_top_up_spends_a_budget_that_no_shared_factor_can():
     assert _stairs(0.5).top_up({n: 0.0 for n in "abcd"}) == _stairs(0.5).project({n: 0.0 for n in "abcd"})
 
 
+def test_spend_fills_then_tops_up_a_layer_at_a_time():
+    proj = _stairs(0.6)
+    policy = {n: 0.6 for n in "abcd"}
+    assert proj.spend(policy) == proj.top_up(proj.fill(policy))
+    assert proj.cost.fraction(proj.spend(policy)) == pytest.approx(0.6)  # where fill alone keeps 0.5
+    smooth = _projector(0.5)  # a cost without steps: the shared factor spends it all, the shape kept
+    tight = {n: 0.8 for n in smooth.names}
+    spent = smooth.spend(tight)
+    assert smooth.cost.fraction(spent) == pytest.approx(0.5, abs=1e-3)
+    assert spent == pytest.approx(smooth.fill(tight), abs=1e-3)
+
+
 def test_fit_measured_loosens_a_stepped_cost_a_layer_at_a_time():
     from amc.latency.fit import fit_measured
 

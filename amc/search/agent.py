@@ -264,8 +264,10 @@ class AmcSearcher(Searcher):
                  seed_policies: Sequence[Mapping[str, float]] = (), run_dir: str | Path | None = None,
                  resume: bool = True) -> None:
         self.evaluator, self.config, self.total = evaluator, config, config.episodes
-        # a starting policy over the budget is tightened, its shape kept, before it is played
-        self.seed_policies, self.resume = [evaluator.projector.meet(p) for p in seed_policies], resume
+        # a starting policy over the budget is tightened, its shape kept, before it is played; one under it
+        # spends the whole budget (``Projector.spend``)
+        proj = evaluator.projector
+        self.seed_policies, self.resume = [proj.spend(proj.meet(p)) for p in seed_policies], resume
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._ask: tuple[PruningEnv, AmcDDPG | AmcTD3] | None = None  # the ask/tell agent, built on first use
         self.episodes = 0  # ask/tell episodes observed

@@ -188,8 +188,11 @@ class OptunaSearcher(Searcher):
         ev = self.evaluator
 
         def enqueue(pol: Policy, origin: str) -> None:  # clipped into the search box (Optuna's ranges) and,
-            # over the budget, tightened with its shape kept (``Projector.meet``), not projected layer by layer
-            self.study.enqueue_trial(ev.projector.meet(pol), user_attrs={"origin": origin})
+            # over the budget, tightened with its shape kept (``Projector.meet``), not projected layer by layer;
+            # under it, made to spend the whole budget (``Projector.spend``) as every trial is filled
+            met = ev.projector.meet(pol)
+            self.study.enqueue_trial(ev.projector.spend(met) if self.config.fill else met,
+                                     user_attrs={"origin": origin})
 
         if self.config.enqueue_uniform:
             enqueue(ev.uniform_policy(), "uniform")
