@@ -104,7 +104,7 @@ def _bench(args: argparse.Namespace, hard: dict[str, Any]):
 
 
 def _search(bench, task: str, config: AgentConfig, run_dir: Path, evaluator=None, fill_starts: bool = False,
-            spend_starts: bool = False):
+            spend_starts: bool = False, on_episode=None):
     """The agent's search on ``task`` from search_hard's baseline policies (resumable in ``run_dir``), its
     reward ``evaluator``'s (default the task's BN reward); returns the result and its seconds: this run's,
     less the time this process stood paused by a latency measurement, plus the earlier runs' (the log's
@@ -120,7 +120,7 @@ def _search(bench, task: str, config: AgentConfig, run_dir: Path, evaluator=None
     if spend_starts:  # and topped up a layer at a time (``Projector.spend``; the library's agent does it too)
         starts = [ev.projector.spend(ev.projector.meet(p)) for p in starts]
     t, t_epoch = time.perf_counter(), time.time()
-    res = run_agent(ev, config, run_dir, seed_policies=starts)
+    res = run_agent(ev, config, run_dir, seed_policies=starts, on_episode=on_episode)
     seconds = time.perf_counter() - t - bench.stood(t_epoch, time.time())
     if res.resumed_from:
         seconds += float(res.trials["wall"].iloc[res.resumed_from - 1])
@@ -210,7 +210,7 @@ REWARDS = {
           "training, the same result on any batches)",
 }
 # ``ls`` with another final choice / calibration / aim / starting policies
-REWARDS |= dict.fromkeys(("ls_rr", "ls_rr_kinds", "ls_rr_aim", "ls_rr_spent"),
+REWARDS |= dict.fromkeys(("ls_rr", "ls_rr_kinds", "ls_rr_aim", "ls_rr_spent", "ls_rr_reaim"),
                          "AMC's least-squares reconstruction on the physically pruned copy (`amc_ls`'s reward)")
 # ``ls_rr_kinds``: ``ls_rr`` with the latency table calibrated as the library calibrates it today (one scale per
 # kind of layer, ``amc.latency.calibrate``; its own protocol folder) instead of search_hard's one line, which
@@ -221,14 +221,19 @@ FRESH_CALIBRATION = {"ls_rr_kinds"}
 # aim_search``: the uniform baseline measured paired, the table's fraction that measures at the budget searched;
 # the starting policies met and filled to it; the re-rank's evaluators retargeted alike); the fit to the measured
 # budget after it as every row's. The aim is kept in the run's folder, so a resumed search keeps its target.
-AIMED = {"ls_rr_aim", "ls_rr_spent"}
+AIMED = {"ls_rr_aim", "ls_rr_spent", "ls_rr_reaim"}
 # ``ls_rr_spent``: ``ls_rr_aim`` with the starting policies made to spend the whole aimed budget
 # (``Projector.spend``: filled, then topped up a layer at a time), as the library's searchers now take them;
 # ``ls_rr_aim``'s rows were made before, with its starting policies met and filled alone.
-SPENT = {"ls_rr_spent"}
+SPENT = {"ls_rr_spent", "ls_rr_reaim"}
+# ``ls_rr_reaim``: ``ls_rr_spent`` with the aim corrected as the search goes (``amc.latency_check.Reaim``: every
+# ``--reaim-every`` episodes the best policy so far fitted to the budget by paired measurement and the search
+# retargeted to where the estimate corrected for its shape meets the budget); the final choice re-ranks the
+# episodes that meet the last aim (``amc.search.base.refeasible``). The re-aims are kept in ``reaim.json``.
+REAIMED = {"ls_rr_reaim"}
 # How a ``--reward`` row makes its final choice: the library's ``final_choice`` on the search's reward, except
 # ``ls_rr``: ``amc_rr``'s re-rank (``--final-k`` candidates) with the search's starting policies beside them.
-RERANKED = {"ls_rr", "ls_rr_kinds", "ls_rr_aim", "ls_rr_spent"}
+RERANKED = {"ls_rr", "ls_rr_kinds", "ls_rr_aim", "ls_rr_spent", "ls_rr_reaim"}
 
 
 REWARD_NOTES = {  # what the rows showed (reports/agent.md)
@@ -307,7 +312,7 @@ def measure_reward(bench, args: argparse.Namespace, task: str, seed: int, kind: 
     recovery seeds 1 and 2), then search_hard's finetuned row. Its search time: the episodes, the final
     choice and (lat05) the fit to the measured budget, less the seconds this process stood paused by a
     latency measurement."""
-    from amc.search.base import final_choice, rerank, top_policies
+    from amc.search.base import final_choice, refeasible, rerank, top_policies
     from benchmarks.search_hard import BASELINES
     from benchmarks.search_hard import TASKS as HARD_TASKS
 
@@ -317,18 +322,20 @@ def measure_reward(bench, args: argparse.Namespace, task: str, seed: int, kind: 
     ev = _reward_evaluator(bench, args, task, kind)
     run_dir = Path(args.cache) / "runs" / f"{task}-s{seed}-{kind}"
     aim = _aim(bench, task, ev, run_dir) if kind in AIMED and ev.budget.kind == "latency" else None
+    reaim = _reaim(bench, args, task, ev, run_dir) if kind in REAIMED and aim is not None else None
     res, agent_s = _search(bench, task, config, run_dir, evaluator=ev, fill_starts=aim is not None,
-                           spend_starts=kind in SPENT)
+                           spend_starts=kind in SPENT, on_episode=reaim)
+    trials = res.trials if reaim is None else refeasible(res.trials, ev.projector)  # those within the last aim
     t, t_epoch = time.perf_counter(), time.time()
     n_start = len(BASELINES[HARD_TASKS[task][0]])  # the seed policies: the search's first episodes
     if kind in RERANKED:
         evs = _rr_evaluators(bench, task)
         for e in evs if aim is not None else ():
-            e.retarget(aim["target"])
-        ranked = rerank(evs, res.trials, k=args.final_k, first=n_start)
+            e.retarget(ev.budget.fraction if reaim is not None else aim["target"])  # where the search aimed last
+        ranked = rerank(evs, trials, k=args.final_k, first=n_start)
     else:
-        ranked = final_choice(ev, res.trials, k=args.final_k)
-    n_top = len(top_policies(res.trials, args.final_k, ev.architecture_key))
+        ranked = final_choice(ev, trials, k=args.final_k)
+    n_top = len(top_policies(trials, args.final_k, ev.architecture_key))
     choice_s = time.perf_counter() - t - bench.stood(t_epoch, time.time())
     if not ranked or not ranked[0].feasible:
         raise RuntimeError(f"{task} s{seed}: the final choice found no feasible policy")
@@ -348,9 +355,35 @@ def measure_reward(bench, args: argparse.Namespace, task: str, seed: int, kind: 
             "best_after_warmup": diag["best_after_warmup"], **_explore_stats(res.trials, config.warmup_episodes),
             "reward": {"kind": kind, "steps": args.mf_steps if kind == "mf" else 0, "k": args.final_k},
             "calibration": None if task != "lat05" or bench.lut.fit is None else bench.lut.fit.describe(),
-            "aim": aim,
+            "aim": aim, "reaim": None if reaim is None else reaim.steps,
             "kept_start": top.rank > n_top, "start_ranks": list(range(n_top + 1, len(ranked) + 1))
             if kind in RERANKED else [], "agent": asdict(config)}
+
+
+def _reaim(bench, args: argparse.Namespace, task: str, ev, run_dir: Path):
+    """``ls_rr_reaim``'s hook: ``amc.latency_check.Reaim`` every ``--reaim-every`` episodes (the library's
+    default rounds), each re-aim appended to ``run_dir/reaim.json``; a resumed search starts from the last aim
+    kept there (its count of episodes starts again)."""
+    from amc.latency_check import Reaim
+    from amc.options import LatencyOptions
+
+    path = run_dir / "reaim.json"
+    steps = json.loads(path.read_text()) if path.exists() else []
+    if steps:
+        ev.retarget(steps[-1]["aim"])
+
+    class _Kept(Reaim):
+        def __call__(self, row: dict, best: dict | None) -> None:
+            n = len(self.steps)
+            super().__call__(row, best)
+            if len(self.steps) > n:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(path, json.dumps(self.steps))
+
+    hook = _Kept(ev, Budget.parse(bench.tasks[task][1]), bench._paired, args.reaim_every,
+                 LatencyOptions().latency_search_rounds, say=lambda m: print(f"[{task}] {m}", flush=True))
+    hook.steps = list(steps)
+    return hook
 
 
 def _aim(bench, task: str, ev, run_dir: Path) -> dict[str, Any]:
@@ -636,6 +669,12 @@ def _reward_lines(t: dict[str, Any], kind: str) -> list[str]:
                   "; ".join(f"seed {r['seed']}: predicted {_pct(r['aim']['steps'][0]['predicted'])}, measured "
                             f"{_pct(r['aim']['steps'][0]['measured'])}, searched at {_pct(r['aim']['target'])} on "
                             f"the table" for r in aimed) + "."]
+    if kind in REAIMED and (reaimed := [r for r in rows if r.get("reaim")]):
+        lines += ["", f"`{name}`'s aim corrected during the search (`amc.latency_check.Reaim`; episode: the best so "
+                      "far predicted / measured -> the new aim on the table): " + "; ".join(
+                          f"seed {r['seed']}: " + ", ".join(f"{s['trial']}: {_pct(s['predicted'])} / "
+                                                            f"{_pct(s['measured'])} -> {_pct(s['aim'])}"
+                                                            for s in r["reaim"]) for r in reaimed) + "."]
     if kind in REWARD_NOTES:
         lines += ["", REWARD_NOTES[kind]]
     lines += ["", f"Learning curves (`{name}`, best / mean reward per window of episodes):", ""]
@@ -756,6 +795,8 @@ def main() -> None:
                     help="with --rescore: finetune and test the re-scored pick too (a row of its own)")
     ap.add_argument("--rr", action="store_true",
                     help="the rows whose final choice is re-ranked as optuna_rr's (a fresh, timed search each)")
+    ap.add_argument("--reaim-every", type=int, default=40,
+                    help="ls_rr_reaim: episodes between corrections of the search's latency aim")
     ap.add_argument("--reward", default="", choices=["", *REWARDS],
                     help="the amc_<reward> rows: the agent on another reward (a fresh, timed search each)")
     ap.add_argument("--mf-steps", type=int, default=20, help="--reward mf: SGD steps before each episode's score")

@@ -307,3 +307,12 @@ def test_policy_files_keep_every_digit(tmp_path):
     for name in ("p.yaml", "p.json"):
         save_policy_file(pol, tmp_path / name)
         assert load_policy_file(tmp_path / name) == pol  # exact, not approximately
+
+
+def test_the_environment_follows_a_retargeted_evaluator(tiny_splits):
+    from amc.envs.pruning import PruningEnv
+
+    ev = _evaluator(tiny_splits, "channel")
+    env = PruningEnv(ev)
+    ev.retarget(ev.budget.fraction * 0.8)
+    assert env.projector is ev.projector and env.projector.budget.fraction == pytest.approx(ev.budget.fraction)

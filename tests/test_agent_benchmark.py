@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 
@@ -196,3 +197,31 @@ def test_the_aimed_rows_measure_their_aim_once_and_keep_it(tmp_path):
     assert len(measured) == 2 and again.budget.fraction == pytest.approx(0.5 / 0.9)  # read back, not measured
     # the next seed's run, on the same (already aimed) evaluator: measured against the task's budget, not the aim
     assert _aim(Bench(), "lat05", ev, tmp_path / "next")["target"] == pytest.approx(0.5 / 0.9)
+
+
+def test_the_reaimed_rows_keep_each_correction_and_resume_from_the_last(tmp_path):
+    """``--reward ls_rr_reaim``: every ``--reaim-every`` episodes the best so far measured (here 1.25x the table)
+    and the search retargeted; each correction kept in ``reaim.json``, and a resumed search aims from the last."""
+
+    from amc.evaluator import Result
+    from benchmarks.agent import _reaim
+
+    class Bench:
+        tasks = {"lat05": ("channel", "latency=0.5")}
+
+        def _paired(self, model):
+            return 1.25 * ev.cost_model.fraction(model)
+
+    ev = _AimEvaluator()
+    args = argparse.Namespace(reaim_every=2)
+    hook = _reaim(Bench(), args, "lat05", ev, tmp_path / "run")
+    best = Result({"a": 0.5, "b": 0.3}, 0.5, 0.5, 0.5, 0.5, 0.58, 0.5, True, "", 1.0).row()
+    hook({}, best)
+    assert not (tmp_path / "run" / "reaim.json").exists()
+    hook({}, best)
+    kept = json.loads((tmp_path / "run" / "reaim.json").read_text())
+    assert len(kept) == 1 and kept[0]["trial"] == 2
+    assert ev.budget.fraction == pytest.approx(0.5 / 1.25, rel=0.02) == kept[0]["aim"]
+    again = _AimEvaluator()
+    resumed = _reaim(Bench(), args, "lat05", again, tmp_path / "run")
+    assert again.budget.fraction == kept[0]["aim"] and resumed.steps == kept

@@ -212,3 +212,64 @@ def test_search_target_puts_the_corrected_estimate_at_the_budget(scale, offset):
     # out of the bounds' reach: the floor, never a target that no policy meets
     floor, _ = search_target(proj.uniform(), proj, build=lambda p: p, fraction=lambda p: 5 * proj.cost.fraction(p))
     assert floor == pytest.approx(proj.floor_cost)
+
+
+class _AimedEvaluator:
+    """What ``Reaim`` uses of an evaluator: its projector and budget, ``retarget`` and ``build`` (here the
+    policy itself stands for the model)."""
+
+    def __init__(self, budget: float) -> None:
+        self.projector = _projector(budget)
+        self.budget = self.projector.budget
+        self.built: list[dict] = []
+
+    def retarget(self, fraction: float) -> None:
+        self.projector = self.projector.under(Budget("latency", fraction))
+        self.budget = self.projector.budget
+
+    def build(self, policy):
+        self.built.append(dict(policy))
+        return policy, None
+
+
+def _best_row(policy: dict, proj) -> dict:
+    from amc.evaluator import Result
+
+    return Result(policy, 0.5, 0.5, 0.5, 0.5, proj.cost.fraction(policy), 0.5, True, "", 1.0).row()
+
+
+def test_reaim_corrects_the_aim_from_the_best_policy_so_far():
+    from amc.latency_check import Reaim
+
+    ev = _AimedEvaluator(0.5)
+    lean = {"a": 0.2, "b": 0.9, "c": 0.9}  # a shape the table under-predicts: it measures 1.2x its estimate
+    said: list[str] = []
+    reaim = Reaim(ev, Budget("latency", 0.5), lambda p: 1.2 * ev.projector.cost.fraction(p), every=3, say=said.append)
+    best = _best_row(lean, ev.projector)
+    reaim({}, best)
+    reaim({}, best)
+    assert ev.built == [] and ev.budget.fraction == 0.5  # not before the third trial
+    reaim({}, best)
+    assert len(ev.built) >= 1 and ev.built[0] == pytest.approx(lean)  # the best so far, measured first
+    assert ev.budget.fraction == pytest.approx(0.5 / 1.2, rel=0.02)  # where 1.2x the estimate meets the budget
+    assert len(reaim.steps) == 1 and reaim.steps[0]["trial"] == 3 and "trial 3" in said[0]
+    n = len(ev.built)
+    for _ in range(3):
+        reaim({}, best)
+    assert len(ev.built) == n and len(reaim.steps) == 1  # the same best: not measured again
+    Reaim(ev, Budget("latency", 0.5), lambda p: 1.0, every=0)({}, best)  # every=0: off
+    assert len(ev.built) == n
+
+
+def test_refeasible_keeps_the_trials_that_meet_the_current_aim():
+    import pandas as pd
+
+    from amc.search.base import refeasible
+
+    proj = _projector(0.5)
+    rows = [{"r:a": 0.9, "r:b": 0.9, "r:c": 0.9, "reward": 0.1, "feasible": True},  # 0.1 of dense: meets it
+            {"r:a": 0.1, "r:b": 0.1, "r:c": 0.1, "reward": 0.9, "feasible": True},  # 0.9: scored under a looser aim
+            {"r:a": 0.9, "r:b": 0.9, "r:c": 0.9, "reward": 0.2, "feasible": False}]  # infeasible stays so
+    out = refeasible(pd.DataFrame(rows), proj)
+    assert list(out["feasible"]) == [True, False, False]
+    assert list(pd.DataFrame(rows)["feasible"]) == [True, True, False]  # the log itself is left alone

@@ -154,13 +154,16 @@ def test_an_aimed_run_counts_the_aims_seconds_and_says_where_it_aimed(tmp_path: 
     aim = {"target": 0.7123, "seconds": 12.5, "steps": [{"predicted": 0.689, "measured": 0.59},
                                                          {"predicted": 0.701, "measured": 0.598}]}
     (tmp_path / "mobilenetv2" / TASK / "aim.json").write_text(json.dumps(aim))
+    (tmp_path / "mobilenetv2" / TASK / "s0" / "choice_optuna.json").write_text(json.dumps({"chosen_search_rank": 6}))
     t = collect(tmp_path, "mobilenetv2")
     assert t["aim"] == aim and t["methods"]["uniform"]["search_s"]["0"] == pytest.approx(612.5)
+    assert t["final_choice_rank"] == {"optuna": {"0": 6}}
     md = markdown(report(tmp_path, {"epochs": 2}, aimed=True))
     assert md.startswith("# Trained networks at a measured latency budget (CPU), aimed search")
     assert "Aim: the uniform policy predicted 0.689, measured 0.590; 2 candidate(s) measured; the search aims at " \
            "0.712 on the table (12 s)." in md
     assert "one scale per kind of layer" in md and "The fit changed between seeds" not in md
+    assert "optuna kept the search's #6 (s0)." in md
     plain = markdown(report(tmp_path, {"epochs": 2}))
     assert "aimed search" not in plain and "The fit changed between seeds" in plain
 
@@ -205,3 +208,43 @@ def test_the_aim_is_measured_once_then_read_back(tmp_path: Path, monkeypatch: py
     again = _AimedEvaluator()
     assert aim(bench, TASK, again)["steps"] == [{"predicted": 0.7, "measured": 0.6}]
     assert len(calls) == 1 and again.targets == [0.66]  # a resumed run: retargeted from the cache, not measured
+
+
+class _ChoiceBench:
+    def __init__(self, cache: Path) -> None:
+        self.cache, self.tasks = cache, TASKS
+        self.baseline_keys = BASELINES
+
+    def evaluator(self, task: str):
+        return "the task's evaluator"
+
+    def stood(self, start: float, end: float) -> float:
+        return 0.0
+
+
+class _Ranked:
+    def __init__(self, policy: dict, rank: int, score: float) -> None:
+        self.policy, self.rank, self.score, self.search_reward, self.feasible = policy, rank, score, 0.3, True
+
+
+def test_an_aimed_search_keeps_the_librarys_final_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import amc.search.base
+    import benchmarks.latency_trained as lt
+    from amc.options import SearchOptions
+
+    asked = []
+
+    def fake_choice(ev, frame, k, steps=0, first=0):
+        asked.append((ev, frame, k, steps, first))
+        return [_Ranked({"a": 0.2}, 6, 0.41), _Ranked({"a": 0.5}, 1, 0.39)]  # a starting policy re-scored best
+
+    monkeypatch.setattr(amc.search.base, "final_choice", fake_choice)
+    monkeypatch.setattr(lt, "_trials", lambda bench, task, method, seed, base: "frame")
+    bench, found = _ChoiceBench(tmp_path), {"policy": {"a": 0.5}, "search_s": 600.0, "val_reward": 0.48}
+    got = lt.library_choice(bench, TASK, "optuna", 0, {}, found)
+    opts = SearchOptions()
+    assert asked == [("the task's evaluator", "frame", opts.rerank, opts.rerank_steps, len(BASELINES["channel"]))]
+    assert got["policy"] == {"a": 0.2} and got["chosen_search_rank"] == 6 and got["val_reward"] == 0.41
+    assert got["search_best_policy"] == {"a": 0.5} and got["search_s"] == pytest.approx(600.0 + got["choice_s"])
+    assert (tmp_path / TASK / "s0" / "choice_optuna.json").exists()
+    assert lt.library_choice(bench, TASK, "optuna", 0, {}, found) == got and len(asked) == 1  # read back

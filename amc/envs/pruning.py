@@ -30,7 +30,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from amc.budget import Policy
+from amc.budget import Policy, Projector
 from amc.evaluator import Evaluator
 
 KINDS = {"conv": 0.0, "dwconv": 0.5, "linear": 1.0}
@@ -61,12 +61,17 @@ class PruningEnv(gym.Env):
         self._static = np.stack([_minmax(static[:, j]) for j in range(static.shape[1])], axis=1)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(OBS_DIM,), dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-        self.projector = evaluator.projector
         self._cost = evaluator.projector.cost
         self._dense_cost = self._cost.fraction({})
         self._t = 0
         self._policy: Policy = {}
         self._prev = 0.0
+
+    @property
+    def projector(self) -> Projector:
+        """The evaluator's projector, read at each use: a search aimed anew (``Evaluator.retarget``) holds every
+        later episode to the new aim."""
+        return self.evaluator.projector
 
     def _obs(self) -> np.ndarray:
         return self._observe(self._t, self._policy, self._prev)

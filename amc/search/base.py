@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pandas as pd
 
-from amc.budget import Policy
+from amc.budget import Policy, Projector
 from amc.errors import AmcError
 from amc.progress import message
 
@@ -239,6 +239,21 @@ class Reranked:
     @property
     def feasible(self) -> bool:
         return all(r.feasible for r in self.results) and math.isfinite(self.score)
+
+
+def refeasible(frame: pd.DataFrame, projector: Projector) -> pd.DataFrame:
+    """A search log (``reward``, ``feasible``, ``r:<layer>``) with each feasible row judged again against
+    ``projector``'s budget: a search whose aim moved (``amc.latency_check.Reaim``) keeps, of the trials scored
+    under an earlier aim, those that still meet the current one."""
+    cols = [c for c in frame.columns if str(c).startswith("r:")]
+    if frame.empty or not cols or "feasible" not in frame:
+        return frame
+    out = frame.copy()
+    ok = out["feasible"].fillna(False).astype(bool)
+    for i in out.index[ok]:
+        policy = {c[2:]: float(out.at[i, c]) for c in cols if math.isfinite(float(out.at[i, c]))}
+        out.at[i, "feasible"] = projector.feasible(policy)
+    return out
 
 
 def rerank_evaluators(evaluator: Evaluator, seeds: Sequence[int] = (1, 2),
