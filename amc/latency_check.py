@@ -114,7 +114,8 @@ def fit_to_budget(evaluator: Evaluator, budget: Budget, policy: Policy, fraction
 
 class Reaim:
     """A latency search's aim corrected as the search goes: an ``on_trial`` hook (``amc.search.loop.run_search``,
-    ``run_agent``'s ``on_episode``) that every ``every`` trials takes the best feasible policy so far, fits it
+    ``run_agent``'s ``on_episode``) that every ``every`` trials takes the best policy so far that meets the
+    current aim (of the trials it has seen: the loop's best may be one scored under a looser aim), fits it
     to ``budget`` by paired measurement (``amc.latency.fit.search_target``, ``rounds`` candidates at most;
     ``fraction``: model -> its paired latency over the dense one's) and retargets ``evaluator`` to the table's
     fraction that the estimate corrected for THAT policy puts at the budget. The table's error depends on the
@@ -134,18 +135,26 @@ class Reaim:
         self.trials = 0
         self.steps: list[dict[str, float]] = []
         self._last: tuple | None = None
+        self._rows: list[dict] = []  # the feasible trials seen
 
     def __call__(self, row: dict, best: dict | None) -> None:
         from amc.search.loop import result_from_row
 
         self.trials += 1
-        if self.every <= 0 or self.trials % self.every or best is None:
+        if (ok := row.get("feasible")) is not None and ok == ok and bool(ok):  # NaN: a trial with no result
+            self._rows.append(row)
+        if self.every <= 0 or self.trials % self.every:
             return
-        policy = result_from_row(best).policy
+        ev = self.evaluator
+        # the best of the trials that meet the CURRENT aim (the loop's best may be one scored under a looser one)
+        fits = [(float(r["reward"]), i) for i, r in enumerate(self._rows)
+                if ev.projector.feasible(result_from_row(r).policy)]
+        if not fits:
+            return
+        policy = result_from_row(self._rows[max(fits)[1]]).policy
         if (key := tuple(sorted(policy.items()))) == self._last:
             return
         self._last = key
-        ev = self.evaluator
         target, fit = search_target(policy, ev.projector.under(self.budget), lambda p: ev.build(p)[0],
                                     self.fraction, rounds=self.rounds)
         before = ev.budget.fraction

@@ -403,7 +403,8 @@ def markdown(r: dict[str, Any]) -> str:
                 ", ".join(f"{v:.0f}" for v in e["search_s"].values())]) + " |")
         lines.append("")
         if t.get("final_choice_rank"):
-            lines += ["Final choice (the library's re-rank; a rank past 5: a starting policy outside the search's top 5): " + "; ".join(
+            lines += ["Final choice (the library's re-rank; a rank past 5: a starting policy outside the search's "
+                      "top 5): " + "; ".join(
                 f"{m} kept the search's " + ", ".join(f"#{r} (s{k})" for k, r in v.items())
                 for m, v in t["final_choice_rank"].items()) + ".", ""]
         if t["margin"] is None:

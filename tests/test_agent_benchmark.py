@@ -207,7 +207,8 @@ def test_the_reaimed_rows_keep_each_correction_and_resume_from_the_last(tmp_path
     from benchmarks.agent import _reaim
 
     class Bench:
-        tasks = {"lat05": ("channel", "latency=0.5")}
+        def __init__(self):
+            self.tasks = {"lat05": ("channel", "latency=0.5")}
 
         def _paired(self, model):
             return 1.25 * ev.cost_model.fraction(model)
@@ -215,10 +216,10 @@ def test_the_reaimed_rows_keep_each_correction_and_resume_from_the_last(tmp_path
     ev = _AimEvaluator()
     args = argparse.Namespace(reaim_every=2)
     hook = _reaim(Bench(), args, "lat05", ev, tmp_path / "run")
-    best = Result({"a": 0.5, "b": 0.3}, 0.5, 0.5, 0.5, 0.5, 0.58, 0.5, True, "", 1.0).row()
-    hook({}, best)
+    best = Result({"a": 0.6, "b": 0.5}, 0.5, 0.5, 0.5, 0.5, 0.44, 0.5, True, "", 1.0).row()  # within the aim
+    hook(best, best)
     assert not (tmp_path / "run" / "reaim.json").exists()
-    hook({}, best)
+    hook(best, best)
     kept = json.loads((tmp_path / "run" / "reaim.json").read_text())
     assert len(kept) == 1 and kept[0]["trial"] == 2
     assert ev.budget.fraction == pytest.approx(0.5 / 1.25, rel=0.02) == kept[0]["aim"]

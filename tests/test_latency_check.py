@@ -238,7 +238,7 @@ def _best_row(policy: dict, proj) -> dict:
     return Result(policy, 0.5, 0.5, 0.5, 0.5, proj.cost.fraction(policy), 0.5, True, "", 1.0).row()
 
 
-def test_reaim_corrects_the_aim_from_the_best_policy_so_far():
+def test_reaim_corrects_the_aim_from_the_best_policy_that_meets_it():
     from amc.latency_check import Reaim
 
     ev = _AimedEvaluator(0.5)
@@ -246,19 +246,24 @@ def test_reaim_corrects_the_aim_from_the_best_policy_so_far():
     said: list[str] = []
     reaim = Reaim(ev, Budget("latency", 0.5), lambda p: 1.2 * ev.projector.cost.fraction(p), every=3, say=said.append)
     best = _best_row(lean, ev.projector)
-    reaim({}, best)
-    reaim({}, best)
+    worse = {**_best_row({"a": 0.9, "b": 0.9, "c": 0.9}, ev.projector), "reward": 0.1}
+    reaim(best, best)
+    reaim(worse, best)
     assert ev.built == [] and ev.budget.fraction == 0.5  # not before the third trial
-    reaim({}, best)
+    reaim({**worse, "feasible": float("nan")}, best)  # a trial with no result
     assert len(ev.built) >= 1 and ev.built[0] == pytest.approx(lean)  # the best so far, measured first
     assert ev.budget.fraction == pytest.approx(0.5 / 1.2, rel=0.02)  # where 1.2x the estimate meets the budget
     assert len(reaim.steps) == 1 and reaim.steps[0]["trial"] == 3 and "trial 3" in said[0]
     n = len(ev.built)
     for _ in range(3):
-        reaim({}, best)
-    assert len(ev.built) == n and len(reaim.steps) == 1  # the same best: not measured again
-    Reaim(ev, Budget("latency", 0.5), lambda p: 1.0, every=0)({}, best)  # every=0: off
-    assert len(ev.built) == n
+        reaim(worse, best)  # the best (0.46 on the table) no longer meets the aim: the best that does is measured
+    assert len(ev.built) > n and ev.built[n] == pytest.approx({"a": 0.9, "b": 0.9, "c": 0.9})
+    m = len(ev.built)
+    for _ in range(3):
+        reaim(worse, best)
+    assert len(ev.built) == m and len(reaim.steps) == 2  # the same best: not measured again
+    Reaim(ev, Budget("latency", 0.5), lambda p: 1.0, every=0)(best, best)  # every=0: off
+    assert len(ev.built) == m
 
 
 def test_refeasible_keeps_the_trials_that_meet_the_current_aim():
