@@ -279,6 +279,17 @@ REWARD_NOTES = {  # what the rows showed (reports/agent.md)
                  "for the uniform baseline as fitted to the measured budget. A first process's seed 1 aimed from seed "
                  "0's aim instead of the budget (a bug, fixed: each seed's aim is measured against the task's budget);"
                  " its search was discarded.",
+    "ls_rr_reaim": "Stopped after seed 0: 46.16%, the worst lat05 row of this report. The aim moved with the "
+                   "measurements' noise more than with the policies' shapes: 0.575 -> 0.516 -> 0.484 -> 0.548 -> 0.504 "
+                   "-> 0.487 on the table at episodes 40-200, each re-aim from one best policy whose measured / "
+                   "predicted ratio ranged 0.98-1.12 (the initial aim, from the uniform policy: 0.89); the same "
+                   "policy (0.482 on the table) measured 0.474 at episode 120 and 0.425 in the final fit, minutes "
+                   "apart, the other benchmark process stopped both times. Under the last aim the starting policies "
+                   "no longer fitted, so the re-rank saw the search's top 2 alone (50.86% and 42.38% after the 300 "
+                   "steps); the kept one was fitted to a noisy low measurement (0.425), kept 14.9% of the MACs and "
+                   "measured 0.434 at the end. On this shared 2-core machine a paired measurement of ResNet-20 at "
+                   "batch 1 (about 1.2 ms) varies by up to 10% between calls, more than the table's error for the "
+                   "shapes the search favours; `Reaim` is not used by the library's pipeline.",
     "ls_rr_kinds": "Not run: calibrated afresh at 17:00 and 17:03 (the second with the other benchmark processes "
                    "stopped), the per-kind fit was off by up to 24-25% on its own copies, with the dense model at "
                    "3.03-3.16 ms against 2.38-2.66 ms earlier in the day, and it put the floor (every layer at its "
