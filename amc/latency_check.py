@@ -126,7 +126,9 @@ class Reaim:
 
     Trials scored under an earlier aim keep their verdicts in the search's log; a final choice re-scores its
     candidates against the current aim (``amc.search.base.rerank``), or ``amc.search.base.refeasible``
-    re-judges a log."""
+    re-judges a log. Not used by the pipeline: tried on ResNet-20 at latency=0.5 (reports/agent.md,
+    ``ls_rr_reaim``), the aim followed the noise of single paired measurements on a shared machine (up to 10%
+    between calls) more than the shapes, and the row did worse than the aim taken once before the search."""
 
     def __init__(self, evaluator: Evaluator, budget: Budget, fraction: Callable[[nn.Module], float], every: int,
                  rounds: int = 2, say: Callable[[str], None] = print) -> None:
