@@ -367,6 +367,8 @@ def markdown(r: dict[str, Any]) -> str:
                   "whole validation half after BN recalibration, the best kept; `choice_<method>.json`), where the "
                   "other protocol keeps the best search reward on 500 images. "
                   "The aim's seconds are added to every row's search time, the final choice's to its search's. "
+                  "Seed 0's searches ran before the library's searches made their starting policies spend the whole "
+                  "budget (`Projector.spend`): theirs were met and filled, as in the other protocol. "
                   "The other protocol "
                   "(`reports/latency_trained.md`) searched on a table calibrated by one fitted line, at the "
                   "table's own 0.6.", ""]
