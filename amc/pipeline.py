@@ -40,7 +40,7 @@ from amc.errors import AmcError, BudgetError
 from amc.evaluator import Evaluator
 from amc.io import atomic_write_text
 from amc.latency import Paired, Target, paired
-from amc.latency_check import LatencyCheck, aim_search, fit_to_budget
+from amc.latency_check import LatencyCheck, aim_search, fit_to_budget, fitted
 from amc.layers import count_macs, count_params
 from amc.metrics import size_fraction
 from amc.models import load_model, resolve_arch
@@ -306,8 +306,9 @@ class Choice:
 
 def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
     """The search (the uniform and the sensitivity-picked policies are its first trials), the best of it
-    and the baselines, and for a latency budget the fit of that policy to a measurement; writes trials.csv."""
+    and the baselines (a latency budget: each candidate fitted to it by measurement first); writes trials.csv."""
     config = job.config
+    lat_fit = job.budget.kind == "latency" and config.latency_fit_rounds > 0  # the candidates fitted by measurement
     with job.timed("search"):
         trials, ranked, aim = pd.DataFrame(), [], None
         policy: Policy | None
@@ -323,11 +324,11 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
                                          "storage": config.storage, "sigma_min": config.sigma_min,
                                          "exploit_every": config.exploit_every})
             folder = {"amc": job.run / "agent"}.get(config.method, job.run)  # the agent's checkpoints; study.db
-            found = make_searcher(config.method, evaluator, wanted, folder).run(
-                progress=lambda p: job.say(p.message()))
+            found = make_searcher(config.method, evaluator, wanted, folder).run(progress=lambda p: job.say(p.message()))
             policy, trials = found.best_policy, found.trials
+            each = fitted(evaluator, job.budget, _paired_fraction(job), config.latency_fit_rounds) if lat_fit else None
             if (ranked := final_choice(evaluator, trials, config.rerank, steps=config.rerank_steps,
-                                       first=len(wanted.start))) and ranked[0].feasible:
+                                       first=len(wanted.start), adjust=each)) and ranked[0].feasible:
                 policy = ranked[0].policy  # the best of the top few and the starting policies on more data
                 job.say(f"re-rank of the search's top {config.rerank} and its starting policies: kept its "
                         f"#{ranked[0].rank} of {len(ranked)}")
@@ -340,7 +341,7 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
             job.say("the sensitivity-picked policy scored above the search's best: keeping it")
             policy = sens.policy
         fit = None
-        if job.budget.kind == "latency" and config.latency_fit_rounds > 0:  # met by measurement, not the table
+        if lat_fit:  # met by measurement, not the table
             fit = _fit_latency(job, evaluator, policy)
             policy = fit.policy
         if len(trials):

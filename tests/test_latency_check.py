@@ -278,3 +278,15 @@ def test_refeasible_keeps_the_trials_that_meet_the_current_aim():
     out = refeasible(pd.DataFrame(rows), proj)
     assert list(out["feasible"]) == [True, False, False]
     assert list(pd.DataFrame(rows)["feasible"]) == [True, True, False]  # the log itself is left alone
+
+
+def test_fitted_makes_each_candidate_meet_the_budget_by_measurement():
+    from amc.latency_check import fitted
+
+    ev = _AimedEvaluator(0.5)
+    ev.retarget(0.6)  # the search aimed elsewhere on the table: the fit holds the budget itself
+    adjust = fitted(ev, Budget("latency", 0.5), lambda p: 1.2 * ev.projector.cost.fraction(p), rounds=4)
+    out = adjust({"a": 0.3, "b": 0.3, "c": 0.3})  # 0.7 on the table, 0.84 measured
+    assert out is not None and 1.2 * ev.projector.cost.fraction(out) <= 0.5
+    never = fitted(ev, Budget("latency", 0.5), lambda p: 0.99, rounds=3)  # measures over whatever is pruned
+    assert never({"a": 0.3, "b": 0.3, "c": 0.3}) is None

@@ -138,3 +138,27 @@ def test_the_final_choice_weighs_the_starting_policies(tiny_splits):
         return [(r.rank, r.policy, r.score) for r in ranked]
 
     assert picks(final_choice(ev, log, 2, first=1)) == picks(final_choice(ev, log, 2))  # in the top k: once
+
+
+def test_the_final_choice_compares_the_candidates_as_adjusted(tiny_splits):
+    """``adjust`` (a latency budget: each candidate fitted to it by measurement) makes each candidate into the
+    policy that is scored and kept, whatever the table says of it; one it cannot fit is scored nan, last."""
+    ev = Evaluator(make_tiny_vgg(), tiny_splits, Budget.parse("size=0.5"), EvalConfig(calib_images=128,
+                                                                                        eval_images=32))
+    exact = rerank_evaluators(ev)[0]
+    a, b = (ev.projector.project({n: r for n in ev.names}) for r in (0.5, 0.6))
+    loose = {n: 0.05 for n in ev.names}  # over the table's budget: kept only because the adjustment says so
+    assert not ev.projector.feasible(loose)
+    log = _log([(0.9, True, a), (0.8, True, b)])
+    seen = []
+
+    def adjust(policy):
+        seen.append(policy)
+        return loose if policy == a else None  # a: fitted to a looser policy; b: cannot be fitted
+
+    ranked = final_choice(ev, log, 2, adjust=adjust)
+    assert seen == [a, b]
+    assert ranked[0].rank == 1 and ranked[0].policy == loose and ranked[0].feasible
+    assert ranked[0].score == pytest.approx(exact.evaluate(loose).reward)  # scored as adjusted
+    assert ranked[1].rank == 2 and not ranked[1].feasible and math.isnan(ranked[1].score)
+    assert ev.budget.fraction == 0.5  # the search's evaluator keeps its budget
