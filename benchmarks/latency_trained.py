@@ -80,6 +80,7 @@ SEARCHERS = ("amc", "optuna")
 CHECKPOINTS = {"mobilenetv2": "mobilenetv2_cifar_dense.pt", "resnet20": "resnet20_dense.pt"}
 NOISE = 0.01  # a row is within its budget when it measures at most budget x (1 + NOISE) (paired measurement)
 SEARCH_LIMIT_S = 1200  # each search within 20 minutes on the 2-core CPU
+FITTED = "_fitted"  # --aim: ``<searcher>_fitted``, the search's final choice among candidates fitted by measurement
 ROW_ORDER = ("optuna", "sensitivity", "amc", "uniform", "macs_policy", "tp_global")  # the margin goal's rows first
 MARGIN_GOAL = {"mobilenetv2": 0.01}  # the best searcher over the best baseline (and more than twice the SE)
 SEEDS = 3
@@ -103,7 +104,8 @@ def bench_args(args: argparse.Namespace, model: str) -> argparse.Namespace:
     asked, the options search_hard has and this benchmark does not use at their defaults."""
     return argparse.Namespace(
         cache=str(Path(args.cache) / model), data=args.data, checkpoint=str(Path(args.models) / CHECKPOINTS[model]),
-        tasks=[TASK], seeds=list(args.seeds), searchers=list(SEARCHERS), trials=args.trials,
+        tasks=[TASK], seeds=list(args.seeds),
+        searchers=[*SEARCHERS, *(m for m in getattr(args, "rows", []) if m.endswith(FITTED))], trials=args.trials,
         episodes=args.episodes, warmup=args.warmup, epochs=args.epochs, calib_images=args.calib_images,
         eval_images=args.eval_images, pause_pids=list(args.pause_pids), fine_upper=0.999, mf_steps=20,
         mf_trials=0, mf_eta=3, rr_k=4, rr_steps=300, rr_seeds="1", report_only=False, out=args.out)
@@ -129,10 +131,16 @@ def make_bench(args: argparse.Namespace, model: str):
             return ev
 
         def search(self, task: str, method: str, seed: int, base: dict) -> dict:
-            out = super().search(task, method, seed, base)
-            if not args.aim or method not in SEARCHERS or out.get("policy") is None:
+            searched = method.removesuffix(FITTED)  # ``<searcher>_fitted``: the same search, another final choice
+            out = super().search(task, searched, seed, base)
+            if not args.aim or searched not in SEARCHERS or out.get("policy") is None:
                 return out
-            return library_choice(self, task, method, seed, base, out)
+            return library_choice(self, task, method, seed, base, out, fit=method.endswith(FITTED))
+
+        def row(self, task: str, method: str, seed: int, policy: dict, search_s: float) -> dict:
+            if args.rows and method not in args.rows:
+                return {}  # another process's row (``--rows``)
+            return super().row(task, method, seed, policy, search_s)
 
     bench = _Bench(bench_args(args, model), model=model, tasks=TASKS, baselines=BASELINES, build=BUILDERS[model])
     bench.finetune_order = ROW_ORDER
@@ -157,23 +165,30 @@ def _trials(bench, task: str, method: str, seed: int, base: dict):
     return searcher.run().trials
 
 
-def library_choice(bench, task: str, method: str, seed: int, base: dict, found: dict) -> dict[str, Any]:
+def library_choice(bench, task: str, method: str, seed: int, base: dict, found: dict,
+                   fit: bool = False) -> dict[str, Any]:
     """``--aim``: a search's final choice as the library makes it (``amc.search.base.final_choice`` with the
     library's ``rerank`` and ``rerank_steps`` defaults): its top distinct policies and its starting policies
-    (the baselines, its first trials) re-scored on the whole validation half, the best kept; cached in
-    ``choice_<method>.json``, its seconds added to the search's."""
+    (the baselines, its first trials) re-scored on the whole validation half, the best kept; with ``fit``
+    (``<searcher>_fitted``, the library's choice under a latency budget since this benchmark's seed 0) each
+    candidate first fitted to the budget by paired measurement (``amc.latency_check.fitted``, the library's
+    ``latency_fit_rounds``). Cached in ``choice_<method>.json``, its seconds added to the search's."""
     import time
 
-    from amc.options import SearchOptions
+    from amc.latency_check import fitted
+    from amc.options import LatencyOptions, SearchOptions
     from amc.search.base import final_choice
 
     path = Path(bench.cache) / task / f"s{seed}" / f"choice_{method}.json"
     if (got := _load(path)) is not None:
         return got
-    frame = _trials(bench, task, method, seed, base)
+    frame = _trials(bench, task, method.removesuffix(FITTED), seed, base)
     opts, first = SearchOptions(), len(bench.baseline_keys[bench.tasks[task][0]])
+    ev = bench.evaluator(task)
+    each = fitted(ev, Budget.parse(bench.tasks[task][1]), bench._paired, LatencyOptions().latency_fit_rounds) \
+        if fit else None
     t, t_epoch = time.perf_counter(), time.time()
-    ranked = final_choice(bench.evaluator(task), frame, opts.rerank, steps=opts.rerank_steps, first=first)
+    ranked = final_choice(ev, frame, opts.rerank, steps=opts.rerank_steps, first=first, adjust=each)
     choice_s = time.perf_counter() - t - bench.stood(t_epoch, time.time())
     got = dict(found)
     if ranked and ranked[0].feasible:
@@ -264,7 +279,7 @@ def collect(cache: Path, model: str) -> dict[str, Any]:
         if "macs_policy" in base:
             out["macs_policy_picked"] = base["macs_policy"].get("picked")
     choices = {m: {p.parent.name[1:]: c.get("chosen_search_rank") for p in sorted(folder.glob(f"s*/choice_{m}.json"))
-                   if (c := _load(p)) is not None} for m in SEARCHERS}
+                   if (c := _load(p)) is not None} for m in (*SEARCHERS, *(f"{m}{FITTED}" for m in SEARCHERS))}
     out["final_choice_rank"] = {m: v for m, v in choices.items() if v}  # --aim: the search's rank of the kept one
     out.update(goals(methods, model))
     return out
@@ -367,6 +382,9 @@ def markdown(r: dict[str, Any]) -> str:
                   "whole validation half after BN recalibration, the best kept; `choice_<method>.json`), where the "
                   "other protocol keeps the best search reward on 500 images. "
                   "The aim's seconds are added to every row's search time, the final choice's to its search's. "
+                  "`amc_fitted` and `optuna_fitted`: the same searches, their final choice made among candidates "
+                  "each fitted to the budget by paired measurement first (`amc.latency_check.fitted`: the library's "
+                  "final choice under a latency budget since this benchmark's seed 0 ran). "
                   "Seed 0's searches ran before the library's searches made their starting policies spend the whole "
                   "budget (`Projector.spend`): theirs were met and filled, as in the other protocol. "
                   "The other protocol "
@@ -469,6 +487,10 @@ def main() -> None:
     ap.add_argument("--eval-images", type=int, default=500)
     ap.add_argument("--pause-pids", default="",
                     help="comma-separated pids of other benchmark processes, stopped during each latency measurement")
+    ap.add_argument("--rows", default="",
+                    help="only these methods' rows (another process runs the rest); with --aim, amc_fitted and "
+                         "optuna_fitted: the searches' final choice among candidates fitted to the budget by "
+                         "measurement")
     ap.add_argument("--aim", action="store_true",
                     help="the library's estimate: the table calibrated per kind of layer and every policy picked at "
                          "the aimed fraction (aim_search); default cache runs/latency_trained_aim, report "
@@ -479,6 +501,7 @@ def main() -> None:
     args.seeds = ints(args.seeds)
     args.pause_pids = ints(args.pause_pids)
     args.models_run = [m for m in args.only.split(",") if m]
+    args.rows = [m for m in args.rows.split(",") if m]
     if bad := [m for m in args.models_run if m not in CHECKPOINTS]:
         raise SystemExit(f"unknown model {bad[0]!r}; known: {', '.join(CHECKPOINTS)}")
     if args.report_only:

@@ -211,6 +211,9 @@ def test_the_aim_is_measured_once_then_read_back(tmp_path: Path, monkeypatch: py
 
 
 class _ChoiceBench:
+    def _paired(self, model) -> float:
+        return 0.5
+
     def __init__(self, cache: Path) -> None:
         self.cache, self.tasks = cache, TASKS
         self.baseline_keys = BASELINES
@@ -234,17 +237,21 @@ def test_an_aimed_search_keeps_the_librarys_final_choice(tmp_path: Path, monkeyp
 
     asked = []
 
-    def fake_choice(ev, frame, k, steps=0, first=0):
-        asked.append((ev, frame, k, steps, first))
+    def fake_choice(ev, frame, k, steps=0, first=0, adjust=None):
+        asked.append((ev, frame, k, steps, first, adjust))
         return [_Ranked({"a": 0.2}, 6, 0.41), _Ranked({"a": 0.5}, 1, 0.39)]  # a starting policy re-scored best
 
     monkeypatch.setattr(amc.search.base, "final_choice", fake_choice)
-    monkeypatch.setattr(lt, "_trials", lambda bench, task, method, seed, base: "frame")
+    monkeypatch.setattr(lt, "_trials", lambda bench, task, method, seed, base: f"{method} frame")
     bench, found = _ChoiceBench(tmp_path), {"policy": {"a": 0.5}, "search_s": 600.0, "val_reward": 0.48}
     got = lt.library_choice(bench, TASK, "optuna", 0, {}, found)
     opts = SearchOptions()
-    assert asked == [("the task's evaluator", "frame", opts.rerank, opts.rerank_steps, len(BASELINES["channel"]))]
+    assert asked == [("the task's evaluator", "optuna frame", opts.rerank, opts.rerank_steps, len(BASELINES["channel"]),
+                      None)]
     assert got["policy"] == {"a": 0.2} and got["chosen_search_rank"] == 6 and got["val_reward"] == 0.41
     assert got["search_best_policy"] == {"a": 0.5} and got["search_s"] == pytest.approx(600.0 + got["choice_s"])
     assert (tmp_path / TASK / "s0" / "choice_optuna.json").exists()
     assert lt.library_choice(bench, TASK, "optuna", 0, {}, found) == got and len(asked) == 1  # read back
+    fitted = lt.library_choice(bench, TASK, "optuna_fitted", 0, {}, found, fit=True)  # the same search's trials
+    assert asked[1][1] == "optuna frame" and callable(asked[1][5])  # each candidate fitted by measurement first
+    assert (tmp_path / TASK / "s0" / "choice_optuna_fitted.json").exists() and fitted["policy"] == {"a": 0.2}
