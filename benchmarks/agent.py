@@ -279,6 +279,15 @@ REWARD_NOTES = {  # what the rows showed (reports/agent.md)
                  "for the uniform baseline as fitted to the measured budget. A first process's seed 1 aimed from seed "
                  "0's aim instead of the budget (a bug, fixed: each seed's aim is measured against the task's budget);"
                  " its search was discarded.",
+    "ls_rr_spent": "lat05 only: 63.72 / 64.12 / 68.54%, mean 65.46%, under `amc_ls_rr_aim`'s 67.41% (met and "
+                   "filled starting policies): spending the starts did not help. They kept 23.3-24.0% of the MACs "
+                   "as played (the uniform one 15.8% before) and their search reward rose (the uniform policy "
+                   "26.2-26.8% against 17.6%); the re-rank scored everything higher at the looser aims these "
+                   "seeds measured (0.555, 0.539, 0.525 on the table, against 0.522-0.532), 65.3-71.4% for the kept "
+                   "ones, but the fit to the measured budget then took the kept policies to 19.0-20.0% of the MACs "
+                   "(seed 0: its first measurement 0.575 against the aim's 0.553 predicted, tightened to a final "
+                   "0.468). Seed 2 kept a starting policy (the search's #4). Searches 741-762 s (the aim, 430-448 s "
+                   "of episodes, 300-308 s of final choice), with the MobileNetV2 benchmark on the other core.",
     "ls_rr_reaim": "Stopped after seed 0: 46.16%, the worst lat05 row of this report. The aim moved with the "
                    "measurements' noise more than with the policies' shapes: 0.575 -> 0.516 -> 0.484 -> 0.548 -> 0.504 "
                    "-> 0.487 on the table at episodes 40-200, each re-aim from one best policy whose measured / "
