@@ -278,6 +278,11 @@ class LatencyOptions(BaseModel):
                                                                     "policy built and measured before the search, "
                                                                     "from which the search's latency estimate is "
                                                                     "corrected (0: search on the table's estimate)")
+    latency_fit_candidates: bool = Field(default=False, description="latency budget: fit each of the final choice's "
+                                                                    "candidates to the budget by measurement before "
+                                                                    "it re-scores them (off: on the shared "
+                                                                    "MobileNetV2 it chose no better, in twice the "
+                                                                    "time; reports/latency_trained_aim.md)")
     latency_rounds: int = Field(default=7, ge=1, le=100, description="alternating rounds of the paired "
                                                                    "measurement (dense and compressed, median of the "
                                                                    "rounds' ratios)")

@@ -86,8 +86,7 @@ def compress(checkpoint: str | Path, arch: str | None, splits: DataSource, confi
              run_dir: str | Path, progress: Progress | None = None, data: DataInfo | None = None) -> CompressResult:
     """Run the whole pipeline on the model ``arch`` (a reference; guessed from the file name when
     None) loaded from ``checkpoint``; see the module doc. ``data`` describes the splits for the recipe."""
-    arch = resolve_arch(arch, checkpoint)
-    dense = load_model(arch, checkpoint)
+    dense = load_model((arch := resolve_arch(arch, checkpoint)), checkpoint)
     return compress_model(dense, splits, config, run_dir, progress=progress, ref=arch, checkpoint=checkpoint,
                           data=data)
 
@@ -306,9 +305,10 @@ class Choice:
 
 def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
     """The search (the uniform and the sensitivity-picked policies are its first trials), the best of it
-    and the baselines (a latency budget: each candidate fitted to it by measurement first); writes trials.csv."""
+    and the baselines, and for a latency budget the fit of that policy to a measurement; writes trials.csv."""
     config = job.config
-    lat_fit = job.budget.kind == "latency" and config.latency_fit_rounds > 0  # the candidates fitted by measurement
+    lat_fit = job.budget.kind == "latency" and config.latency_fit_rounds > 0  # met by measurement, not the table
+    each_fit = lat_fit and config.latency_fit_candidates  # and each final candidate before the choice
     with job.timed("search"):
         trials, ranked, aim = pd.DataFrame(), [], None
         policy: Policy | None
@@ -326,7 +326,7 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
             folder = {"amc": job.run / "agent"}.get(config.method, job.run)  # the agent's checkpoints; study.db
             found = make_searcher(config.method, evaluator, wanted, folder).run(progress=lambda p: job.say(p.message()))
             policy, trials = found.best_policy, found.trials
-            each = fitted(evaluator, job.budget, _paired_fraction(job), config.latency_fit_rounds) if lat_fit else None
+            each = fitted(evaluator, job.budget, _paired_fraction(job), config.latency_fit_rounds) if each_fit else None
             if (ranked := final_choice(evaluator, trials, config.rerank, steps=config.rerank_steps,
                                        first=len(wanted.start), adjust=each)) and ranked[0].feasible:
                 policy = ranked[0].policy  # the best of the top few and the starting policies on more data
@@ -341,7 +341,7 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
             job.say("the sensitivity-picked policy scored above the search's best: keeping it")
             policy = sens.policy
         fit = None
-        if lat_fit:  # met by measurement, not the table
+        if lat_fit:
             fit = _fit_latency(job, evaluator, policy)
             policy = fit.policy
         if len(trials):

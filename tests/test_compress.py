@@ -145,3 +145,27 @@ def test_a_latency_search_aims_at_the_measured_budget(tmp_path, tiny_splits, r20
                        quick(budget=f"latency={budget}", method="optuna", latency_search_rounds=0), tmp_path / "off")
     assert "latency_search_target" not in off.metrics
     assert (pd.read_csv(tmp_path / "off" / "trials.csv")["latency"].dropna() <= budget + 1e-6).all()
+
+
+def test_latency_fit_candidates_fits_each_final_candidate_by_measurement(tmp_path, tiny_splits, r20_ckpt, monkeypatch):
+    """``latency_fit_candidates``: the final choice hands each candidate to ``amc.latency_check.fitted``'s fit
+    (a fake runtime) before it re-scores them; off by default."""
+    import amc.pipeline
+    from amc.latency import FakeRuntime, use_runtime
+
+    made = []
+    real = amc.pipeline.fitted
+
+    def counting(*args, **kw):
+        adjust = real(*args, **kw)
+        made.append([])
+        return lambda p: made[-1].append(p) or adjust(p)
+
+    monkeypatch.setattr(amc.pipeline, "fitted", counting)
+    with use_runtime(FakeRuntime(ms_per_mmac=0.05, overhead_ms=0.3)):
+        compress(r20_ckpt, "resnet20", tiny_splits, quick(budget="latency=0.8", method="optuna"), tmp_path / "off")
+        assert made == []
+        res = compress(r20_ckpt, "resnet20", tiny_splits,
+                       quick(budget="latency=0.8", method="optuna", latency_fit_candidates=True), tmp_path / "on")
+    assert len(made) == 1 and len(made[0]) >= 2  # the search's top and its starting policies, each fitted
+    assert res.metrics["latency_fit_within"] == (res.metrics["latency_fit_measured"] <= 0.8)
