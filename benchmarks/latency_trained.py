@@ -92,9 +92,9 @@ AIM_NOTES = [  # what the --aim rows showed (seed 0, 2026-12-07/08, a second ben
     "final measurement's rounds spread 0.641-0.684, and kept it, over the budget. One paired measurement of this "
     "network here can be 10-13% off the next, more than the table's error on the uniform policy. The agent's search "
     "with its candidates fitted first kept its #2 (16.56% fitted, against 16.22% for its #1) and tested 78.16% at "
-    "0.537 measured, against 65.36% for its unfitted choice; its search time with the fitted choice (425 s) and the aim was "
-    "1366 s, over the 20 minutes (Optuna's with its fitted choice 1284 s). The run stopped there (its macs_policy and tp_global rows, and ResNet-20's, not "
-    "run).",
+    "0.537 measured, against 65.36% for its unfitted choice; its search time with the fitted choice (425 s) and "
+    "the aim was 1366 s, over the 20 minutes (Optuna's with its fitted choice 1284 s). The run stopped there (its "
+    "macs_policy and tp_global rows, and ResNet-20's, not run).",
     "",
 ]
 FITTED = "_fitted"  # --aim: ``<searcher>_fitted``, the search's final choice among candidates fitted by measurement
