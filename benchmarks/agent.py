@@ -115,10 +115,10 @@ def _search(bench, task: str, config: AgentConfig, run_dir: Path, evaluator=None
     base = bench.baselines(task)
     ev = evaluator or bench.evaluator(task)
     starts = [base[k]["policy"] for k in BASELINES[HARD_TASKS[task][0]]]
-    if fill_starts:  # met and then spent: the baselines fitted to the measured budget, at the search's aim
-        starts = [ev.projector.fill(ev.projector.meet(p)) for p in starts]
-    if spend_starts:  # and topped up a layer at a time (``Projector.spend``; the library's agent does it too)
+    if spend_starts:  # met, filled and topped up a layer at a time (``Projector.spend``; the library's agent too)
         starts = [ev.projector.spend(ev.projector.meet(p)) for p in starts]
+    elif fill_starts:  # met and then spent: the baselines fitted to the measured budget, at the search's aim
+        starts = [ev.projector.fill(ev.projector.meet(p)) for p in starts]
     t, t_epoch = time.perf_counter(), time.time()
     res = run_agent(ev, config, run_dir, seed_policies=starts, on_episode=on_episode)
     seconds = time.perf_counter() - t - bench.stood(t_epoch, time.time())

@@ -169,17 +169,9 @@ def _trials(bench, task: str, method: str, seed: int, base: dict):
     the Optuna study read back through its searcher (a complete study runs no trial)."""
     import pandas as pd
 
-    run_dir = Path(bench.cache) / task / f"s{seed}" / f"{method}-run"
     if method == "amc":
-        return pd.read_csv(run_dir / "episodes.csv")
-    from amc.search.optuna import OptunaConfig, OptunaSearcher
-
-    keys = bench.baseline_keys[bench.tasks[task][0]]
-    searcher = OptunaSearcher(bench.evaluator(task), OptunaConfig(study=f"{task}-s{seed}", n_trials=bench.args.trials,
-                                                                  seed=seed, screen_eta=bench.args.mf_eta),
-                              run_dir, sensitivity_policy=base["sensitivity"]["policy"],
-                              extra_policies={k: base[k]["policy"] for k in keys[2:]})
-    return searcher.run().trials
+        return pd.read_csv(Path(bench.cache) / task / f"s{seed}" / "amc-run" / "episodes.csv")
+    return bench.optuna_searcher(task, seed, base).run().trials
 
 
 def library_choice(bench, task: str, method: str, seed: int, base: dict, found: dict,

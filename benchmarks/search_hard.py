@@ -468,13 +468,7 @@ class Bench:
         ``--rr-steps`` SGD steps (constant learning rate, batch 128, recovery seeds ``--rr-seeds``, other
         batches than the search's) and scored on the whole validation half; the best mean is kept. Its
         search time: the study's trials plus the re-rank."""
-        keys = self.baseline_keys[self.tasks[task][0]]
-        ev = self.evaluator(task)
-        searcher = OptunaSearcher(ev, OptunaConfig(study=f"{task}-s{seed}", n_trials=self.args.trials, seed=seed,
-                                                   screen_eta=self.args.mf_eta),
-                                  self.cache / task / f"s{seed}" / "optuna-run",
-                                  sensitivity_policy=base["sensitivity"]["policy"],
-                                  extra_policies={k: base[k]["policy"] for k in keys[2:]})
+        searcher = self.optuna_searcher(task, seed, base)
         t, t_epoch, cpu = time.perf_counter(), time.time(), time.process_time()
         res = searcher.run()
         search_wall = time.perf_counter() - t - self.stood(t_epoch, time.time())
@@ -499,6 +493,16 @@ class Bench:
         print(f"[{task} s{seed}] optuna_rr: kept the search's #{out.get('chosen_search_rank')} of "
               f"{len(ranked)} (re-rank {rr_s:.0f} s)", flush=True)
         return out
+
+    def optuna_searcher(self, task: str, seed: int, base: dict) -> OptunaSearcher:
+        """The task's Optuna search over the ``optuna`` method's run folder (a study already there is reused: a
+        complete one runs no trial), starting from the baselines."""
+        keys = self.baseline_keys[self.tasks[task][0]]
+        return OptunaSearcher(self.evaluator(task), OptunaConfig(study=f"{task}-s{seed}", n_trials=self.args.trials,
+                                                                 seed=seed, screen_eta=self.args.mf_eta),
+                              self.cache / task / f"s{seed}" / "optuna-run",
+                              sensitivity_policy=base["sensitivity"]["policy"],
+                              extra_policies={k: base[k]["policy"] for k in keys[2:]})
 
     # -- rows -------------------------------------------------------------------------------------
     def row(self, task: str, method: str, seed: int, policy: dict, search_s: float) -> dict:
