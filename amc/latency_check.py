@@ -82,14 +82,15 @@ def paired_fraction(model: nn.Module, dense: nn.Module, rounds: int = 7, runs: i
 
 
 def aim_search(evaluator: Evaluator, budget: Budget, fraction: Callable[[nn.Module], float], rounds: int,
-               say: Callable[[str], None] = print) -> tuple[float, list[dict[str, float]]]:
+               say: Callable[[str], None] = print, confirm: int = 0) -> tuple[float, list[dict[str, float]]]:
     """Before a search under a latency ``budget``: the evaluator's uniform policy fitted to the budget by
     measurement (``fraction``: model -> its paired latency over the dense one's; ``rounds`` candidates at
     most) and ``evaluator`` retargeted to the table's fraction that the corrected estimate puts at the
     budget (``amc.latency.fit.search_target``), so that the search aims at what measures within it;
-    returns that fraction and the candidates measured."""
+    returns that fraction and the candidates measured (``confirm``: readings more of a candidate within the
+    budget, judged on their median, as ``fit_measured`` takes them)."""
     target, fit = search_target(evaluator.uniform_policy(), evaluator.projector.under(budget),
-                                lambda p: evaluator.build(p)[0], fraction, rounds=rounds)
+                                lambda p: evaluator.build(p)[0], fraction, rounds=rounds, confirm=confirm)
     evaluator.retarget(target)
     say(f"latency estimate corrected before the search: the uniform policy predicted {fit.steps[0]['predicted']:.2%}, "
         f"measured {fit.steps[0]['measured']:.2%} of the dense latency; the search aims at {target:.2%} on the "
@@ -98,12 +99,13 @@ def aim_search(evaluator: Evaluator, budget: Budget, fraction: Callable[[nn.Modu
 
 
 def fit_to_budget(evaluator: Evaluator, budget: Budget, policy: Policy, fraction: Callable[[nn.Module], float],
-                  rounds: int, say: Callable[[str], None] = print) -> Fit:
+                  rounds: int, say: Callable[[str], None] = print, confirm: int = 0) -> Fit:
     """Tighten (or loosen) ``policy`` until the model ``evaluator`` builds from it meets ``budget`` by
     measurement (``fraction``; ``amc.latency.fit.fit_measured``), whatever fraction of the table the search
-    aimed at; says what the table predicted and what was measured."""
+    aimed at (``confirm``: readings more of a candidate within the budget, judged on their median); says what the
+    table predicted and what was measured."""
     fit = fit_measured(policy, evaluator.projector.under(budget), lambda p: evaluator.build(p)[0], fraction,
-                       rounds=rounds, fill=True)
+                       rounds=rounds, fill=True, confirm=confirm)
     first = fit.steps[0]
     say(f"latency fit: the table predicted {first['predicted']:.2%}, measured {first['measured']:.2%}"
         + (f"; {'loosened' if first['measured'] <= budget.fraction else 'tightened'} in "
@@ -113,7 +115,7 @@ def fit_to_budget(evaluator: Evaluator, budget: Budget, policy: Policy, fraction
 
 
 def fitted(evaluator: Evaluator, budget: Budget, fraction: Callable[[nn.Module], float],
-           rounds: int) -> Callable[[Policy], Policy | None]:
+           rounds: int, confirm: int = 0) -> Callable[[Policy], Policy | None]:
     """A final choice's ``adjust`` (``amc.search.base.final_choice``) under a latency ``budget``: each candidate
     fitted to it by paired measurement (``fit_measured`` with ``fill``, ``rounds`` candidates at most; None when
     it still measures over), so that the candidates are compared as they will be kept. The table's error
@@ -125,7 +127,7 @@ def fitted(evaluator: Evaluator, budget: Budget, fraction: Callable[[nn.Module],
     10% and more between calls)."""
     def adjust(policy: Policy) -> Policy | None:
         fit = fit_measured(policy, evaluator.projector.under(budget), lambda p: evaluator.build(p)[0], fraction,
-                           rounds=rounds, fill=True)
+                           rounds=rounds, fill=True, confirm=confirm)
         return fit.policy if fit.within else None
 
     return adjust

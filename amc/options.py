@@ -283,6 +283,10 @@ class LatencyOptions(BaseModel):
                                                                     "it re-scores them (off: one seed on the shared "
                                                                     "MobileNetV2, the agent +12.8 points, Optuna -1.3, "
                                                                     "in twice the time; latency_trained_aim.md)")
+    latency_confirm: int = Field(default=2, ge=0, le=10, description="latency budget: readings more of a candidate "
+                                                                     "whose paired measurement meets the budget, "
+                                                                     "judged on their median (single readings on a "
+                                                                     "shared machine differ by 5-10% between calls)")
     latency_rounds: int = Field(default=7, ge=1, le=100, description="alternating rounds of the paired "
                                                                    "measurement (dense and compressed, median of the "
                                                                    "rounds' ratios)")

@@ -316,7 +316,8 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
             policy = sens.policy
         else:
             if job.budget.kind == "latency" and config.latency_search_rounds > 0:  # the table corrected by measurement
-                aim = aim_search(evaluator, job.budget, _paired_fraction(job), config.latency_search_rounds, job.say)
+                aim = aim_search(evaluator, job.budget, _paired_fraction(job), config.latency_search_rounds, job.say,
+                                 config.latency_confirm)
                 sens = Sensitivity(sens.curves, evaluator.sensitivity_policy(sens.curves))
             wanted = SearchSpec(config.episodes, config.seed,
                                 start={"uniform": evaluator.uniform_policy(), "sensitivity": sens.policy},
@@ -326,7 +327,8 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
             folder = {"amc": job.run / "agent"}.get(config.method, job.run)  # the agent's checkpoints; study.db
             found = make_searcher(config.method, evaluator, wanted, folder).run(progress=lambda p: job.say(p.message()))
             policy, trials = found.best_policy, found.trials
-            each = fitted(evaluator, job.budget, _paired_fraction(job), config.latency_fit_rounds) if each_fit else None
+            each = fitted(evaluator, job.budget, _paired_fraction(job), config.latency_fit_rounds,
+                          config.latency_confirm) if each_fit else None
             if (ranked := final_choice(evaluator, trials, config.rerank, steps=config.rerank_steps,
                                        first=len(wanted.start), adjust=each)) and ranked[0].feasible:
                 policy = ranked[0].policy  # the best of the top few and the starting policies on more data
@@ -342,7 +344,8 @@ def search(job: Job, evaluator: Evaluator, sens: Sensitivity) -> Choice:
             policy = sens.policy
         fit = None
         if lat_fit:
-            fit = _fit_latency(job, evaluator, policy)
+            fit = fit_to_budget(evaluator, job.budget, policy, _paired_fraction(job), config.latency_fit_rounds,
+                                job.say, config.latency_confirm)  # the user's budget by paired measurement
             policy = fit.policy
         if len(trials):
             atomic_write_text(job.run / "trials.csv", trials.to_csv(index=False))
@@ -355,10 +358,6 @@ def _paired_fraction(job: Job):
     runs, target = job.config.latency_runs, latency_target(job.config, job.shape)
     return lambda m: paired(m, job.dense, target, rounds=5, runs=runs).fraction
 
-
-def _fit_latency(job: Job, evaluator: Evaluator, policy: Policy) -> Any:
-    """``policy`` fitted to the user's budget by paired measurement (``amc.latency_check.fit_to_budget``)."""
-    return fit_to_budget(evaluator, job.budget, policy, _paired_fraction(job), job.config.latency_fit_rounds, job.say)
 
 
 def make_job_recipe(job: Job, evaluator: Evaluator, policy: Policy, num_classes: int) -> Recipe:

@@ -102,7 +102,7 @@ ROW_ORDER = ("optuna", "sensitivity", "amc", "uniform", "macs_policy", "tp_globa
 MARGIN_GOAL = {"mobilenetv2": 0.01}  # the best searcher over the best baseline (and more than twice the SE)
 SEEDS = 3
 REPORTED_SETTINGS = ("trials", "episodes", "warmup", "epochs", "calib_images", "eval_images", "data",
-                     "checkpoint")  # of search_hard's settings, those this benchmark uses
+                     "checkpoint", "confirm")  # of search_hard's settings, those this benchmark uses
 
 
 def build_mobilenetv2(checkpoint: str):
@@ -125,7 +125,8 @@ def bench_args(args: argparse.Namespace, model: str) -> argparse.Namespace:
         searchers=[*SEARCHERS, *(m for m in getattr(args, "rows", []) if m.endswith(FITTED))], trials=args.trials,
         episodes=args.episodes, warmup=args.warmup, epochs=args.epochs, calib_images=args.calib_images,
         eval_images=args.eval_images, pause_pids=list(args.pause_pids), fine_upper=0.999, mf_steps=20,
-        mf_trials=0, mf_eta=3, rr_k=4, rr_steps=300, rr_seeds="1", report_only=False, out=args.out)
+        mf_trials=0, mf_eta=3, rr_k=4, rr_steps=300, rr_seeds="1", confirm=args.confirm, report_only=False,
+        out=args.out)
 
 
 def make_bench(args: argparse.Namespace, model: str):
@@ -194,8 +195,8 @@ def library_choice(bench, task: str, method: str, seed: int, base: dict, found: 
     frame = _trials(bench, task, method.removesuffix(FITTED), seed, base)
     opts, first = SearchOptions(), len(bench.baseline_keys[bench.tasks[task][0]])
     ev = bench.evaluator(task)
-    each = fitted(ev, Budget.parse(bench.tasks[task][1]), bench._paired, LatencyOptions().latency_fit_rounds) \
-        if fit else None
+    each = fitted(ev, Budget.parse(bench.tasks[task][1]), bench._paired, LatencyOptions().latency_fit_rounds,
+                  bench.args.confirm) if fit else None
     t, t_epoch = time.perf_counter(), time.time()
     ranked = final_choice(ev, frame, opts.rerank, steps=opts.rerank_steps, first=first, adjust=each)
     choice_s = time.perf_counter() - t - bench.stood(t_epoch, time.time())
@@ -229,7 +230,7 @@ def aim(bench, task: str, ev) -> dict[str, Any]:
     t, t_epoch = time.perf_counter(), time.time()
     budget = Budget.parse(bench.tasks[task][1])
     target, steps = aim_search(ev, budget, bench._paired, LatencyOptions().latency_search_rounds,
-                               say=lambda m: print(f"[{task}] {m}", flush=True))
+                               say=lambda m: print(f"[{task}] {m}", flush=True), confirm=bench.args.confirm)
     got = {"target": target, "steps": steps, "seconds": time.perf_counter() - t - bench.stood(t_epoch, time.time())}
     write_json(path, got, newline=False)
     return got
@@ -462,7 +463,8 @@ def write_report(args: argparse.Namespace) -> dict[str, Any]:
         settings = _settings(bench_args(args, next(iter(CHECKPOINTS))))
     settings = {k: v for k, v in settings.items() if k in REPORTED_SETTINGS and k not in ("checkpoint", "data")}
     r = {**report(cache, settings, aimed=args.aim), "machine": machine_info()}
-    out, name = Path(args.out), "latency_trained_aim" if args.aim else "latency_trained"
+    out, name = Path(args.out), ("latency_trained_aim" + ("_confirm" if args.confirm else "")) if args.aim \
+        else "latency_trained"
     write_json(out / f"{name}.json", r, newline=False)
     write_text(out / f"{name}.md", markdown(r))
     return r
@@ -505,9 +507,17 @@ def main() -> None:
                     help="the library's estimate: the table calibrated per kind of layer and every policy picked at "
                          "the aimed fraction (aim_search); default cache runs/latency_trained_aim, report "
                          "latency_trained_aim.{md,json}")
+    ap.add_argument("--confirm", type=int, default=None,
+                    help="the latency fits (aim, rows, fitted candidates): readings more of a candidate within the "
+                         "budget, judged on their median; default: with --aim the library's latency_confirm (cache "
+                         "and report get _confirm), else 0 (one reading, as the committed reports were made)")
     args = ap.parse_args()
+    if args.confirm is None:
+        from amc.options import LatencyOptions
+
+        args.confirm = LatencyOptions().latency_confirm if args.aim else 0
     if args.aim and args.cache == ap.get_default("cache"):
-        args.cache = f"{args.cache}_aim"  # its own cache: the rows of the two estimates never mix
+        args.cache = f"{args.cache}_aim" + ("_confirm" if args.confirm else "")  # the protocols' rows never mix
     args.seeds = ints(args.seeds)
     args.pause_pids = ints(args.pause_pids)
     args.models_run = [m for m in args.only.split(",") if m]

@@ -516,7 +516,7 @@ class Bench:
             t = time.perf_counter()
             # the task's own budget: ``ev`` may aim its search elsewhere on the table (``Evaluator.retarget``)
             got = fit_measured(policy, ev.projector.under(Budget.parse(budget_s)), lambda p: ev.build(p)[0],
-                               self._paired, fill=True)
+                               self._paired, fill=True, confirm=self.args.confirm)
             fit = {**got.row(), "fit_s": time.perf_counter() - t, "searched_policy": policy}
             policy, search_s = got.policy, search_s + fit["fit_s"]
         model, masks = ev.build(policy)
@@ -725,7 +725,7 @@ def same_search_other_fit(methods: dict[str, list[dict]]) -> list[dict]:
 # what a run's settings leave out: which part of the work a process does, and where it writes
 # options added after a report was run, with the defaults they had in effect before (a report without them
 # was run with these): a resumed run compares them as if the report had named them
-LATER_SETTINGS = {"rr_k": 4, "rr_steps": 300, "rr_seeds": "1"}
+LATER_SETTINGS = {"rr_k": 4, "rr_steps": 300, "rr_seeds": "1", "confirm": 0}
 NOT_SETTINGS = ("searchers", "report_only",
                 "remeasure_latency", "tasks", "seeds", "cache", "out", "resume_from", "pause_pids")
 CACHE_GLOBS = ("*.json", "*/*.json", "*/s*/*.json", "*.csv")  # the pieces a report carries (not the studies)
@@ -986,6 +986,9 @@ def main() -> None:
                     help="optuna_rr: SGD recovery steps (batch 128) of each re-ranked policy")
     ap.add_argument("--rr-seeds", default=LATER_SETTINGS["rr_seeds"],
                     help="optuna_rr: comma-separated recovery seeds; a policy's score is the mean over them")
+    ap.add_argument("--confirm", type=int, default=LATER_SETTINGS["confirm"],
+                    help="the latency fit: readings more of a candidate within the budget, judged on their median "
+                         "(the library's latency_confirm; this report's rows: 0, one reading)")
     ap.add_argument("--fine-upper", type=float, default=0.999,
                     help="the largest per-layer ratio fine-grained searches may take (size=0.1 needs the big "
                          "layers pruned past 0.99: global magnitude prunes one at 0.9988)")

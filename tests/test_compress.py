@@ -147,6 +147,24 @@ def test_a_latency_search_aims_at_the_measured_budget(tmp_path, tiny_splits, r20
     assert (pd.read_csv(tmp_path / "off" / "trials.csv")["latency"].dropna() <= budget + 1e-6).all()
 
 
+def test_latency_fit_judges_the_kept_policy_on_more_than_one_reading(tmp_path, tiny_splits, r20_ckpt, monkeypatch):
+    """``latency_confirm`` (default 2): the fit to a latency budget, and the aim before the search, measure a
+    candidate within it twice more and judge it on the median of the three readings (a fake runtime)."""
+    import amc.pipeline
+    from amc.latency import FakeRuntime, use_runtime
+
+    fits, aims = [], []
+    real_fit, real_aim = amc.pipeline.fit_to_budget, amc.pipeline.aim_search
+    monkeypatch.setattr(amc.pipeline, "fit_to_budget", lambda *a, **kw: fits.append(real_fit(*a, **kw)) or fits[-1])
+    monkeypatch.setattr(amc.pipeline, "aim_search", lambda *a, **kw: aims.append(real_aim(*a, **kw)) or aims[-1])
+    with use_runtime(FakeRuntime(ms_per_mmac=0.05, overhead_ms=0.3)):
+        res = compress(r20_ckpt, "resnet20", tiny_splits, quick(budget="latency=0.8", method="optuna"), tmp_path)
+    for steps in (fits[0].steps, aims[0][1]):  # the fit of the kept policy, and the aim before the search
+        within = [s for s in steps if s["measured"] <= 0.8]
+        assert within and all(s["readings"] == 3.0 for s in within)
+    assert res.metrics["latency_fit_measured"] == fits[0].measured <= 0.8
+
+
 def test_latency_fit_candidates_fits_each_final_candidate_by_measurement(tmp_path, tiny_splits, r20_ckpt, monkeypatch):
     """``latency_fit_candidates``: the final choice hands each candidate to ``amc.latency_check.fitted``'s fit
     (a fake runtime) before it re-scores them; off by default."""

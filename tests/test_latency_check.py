@@ -136,6 +136,36 @@ def test_fit_measured_with_fill_spends_a_budget_the_table_overstated():
     assert kept.within and kept.measured == 0.4 and kept.policy == proj.clip(policy) and len(kept.steps) == 2
 
 
+def test_fit_measured_with_confirm_judges_a_candidate_on_the_median_of_its_readings():
+    from amc.latency.fit import fit_measured
+
+    proj = _projector(0.5)
+    policy = proj.uniform()  # the table says 0.5
+    readings = iter([0.49, 0.56, 0.55,  # under once, then twice over: the median is over, so tighten
+                     0.47, 0.48, 0.52])  # the tightened one: a median of 0.48, kept
+    built = []
+
+    def fraction(model):
+        built.append(proj.cost.fraction(model))
+        return next(readings)
+
+    fit = fit_measured(policy, proj, build=lambda p: p, fraction=fraction, rounds=4, confirm=2)
+    assert fit.within and fit.measured == 0.48 and len(fit.steps) == 2
+    first, second = fit.steps
+    assert (first["first_measured"], first["measured"], first["lowest"], first["highest"], first["readings"]) == \
+        (0.49, 0.55, 0.49, 0.56, 3.0)
+    assert second["measured"] == 0.48 and second["readings"] == 3.0
+    assert fit.predicted < 0.49 and built[:3] == pytest.approx([0.5] * 3) and max(built[3:]) < 0.49  # rebuilt each
+
+    first_reads = iter([0.49, 0.56, 0.55])
+    once = fit_measured(policy, proj, build=lambda p: p, fraction=lambda m: next(first_reads), rounds=4)
+    assert once.within and once.measured == 0.49 and len(once.steps) == 1  # without: the first low reading kept
+    over = iter([0.52, 0.49, 0.5, 0.5])  # a reading over the budget is not measured again
+    fit = fit_measured(policy, proj, build=lambda p: p, fraction=lambda m: next(over), rounds=2, confirm=2)
+    assert fit.within and fit.steps[0]["measured"] == 0.52 and "readings" not in fit.steps[0]
+    assert fit.steps[1]["readings"] == 3.0 and fit.measured == 0.5
+
+
 class _Stairs(_Table):
     """Channels rounded to multiples of 8 on 16-channel layers: each layer keeps 8 or 16 channels, its share
     of the dense latency halved or whole (a staircase, as on ResNet-20's first stage)."""

@@ -41,7 +41,7 @@ class Fit:
 
 def fit_measured(policy: Mapping[str, float], projector: Projector, build: Callable[[Policy], nn.Module],
                  fraction: Callable[[nn.Module], float], rounds: int = 5, margin: float = 0.01,
-                 fill: bool = False) -> Fit:
+                 fill: bool = False, confirm: int = 0) -> Fit:
     """Tighten ``policy`` until the model ``build`` makes of it measures (``fraction``: model -> its
     measured latency over the dense one's) within ``projector``'s latency budget.
 
@@ -54,7 +54,13 @@ def fit_measured(policy: Mapping[str, float], projector: Projector, build: Calla
     little less; where rounded channels leave no such step, ``Projector.top_up``: a layer at a time) while
     rounds remain, and the looser one kept only when it measures within. After
     ``rounds`` an over-budget policy is returned with ``within=False``: the caller decides (the
-    pipeline warns, a benchmark reports it)."""
+    pipeline warns, a benchmark reports it).
+
+    With ``confirm``, a candidate whose reading is within the budget is built and measured ``confirm``
+    times more and judged on the median of its readings (its step's ``measured``; ``first_measured``,
+    ``lowest``, ``highest`` and ``readings`` beside it): a fit that stops at the first reading under the
+    budget keeps the lowest of a noisy policy's readings (single paired measurements on a shared machine
+    differ by 5-10% between calls)."""
     budget = projector.budget
     if budget.kind != "latency":
         raise BudgetError(f"fit_measured needs a latency budget, got {budget.kind}")
@@ -66,6 +72,11 @@ def fit_measured(policy: Mapping[str, float], projector: Projector, build: Calla
         pred = projector.cost.fraction(pol)
         meas = fraction(build(pol))
         steps.append({"predicted": pred, "measured": meas, "target": budget.fraction})
+        if confirm > 0 and meas <= budget.fraction:
+            readings = [meas, *(fraction(build(pol)) for _ in range(confirm))]
+            meas = float(np.median(readings))
+            steps[-1].update(measured=meas, first_measured=readings[0], lowest=min(readings), highest=max(readings),
+                             readings=float(len(readings)))
         points.append((pred, meas))
         if meas <= budget.fraction:
             best = Fit(pol, meas, pred, True, steps)
@@ -118,7 +129,8 @@ def corrected_target(points: list[tuple[float, float]], want: float) -> float:
 
 
 def search_target(policy: Mapping[str, float], projector: Projector, build: Callable[[Policy], nn.Module],
-                  fraction: Callable[[nn.Module], float], rounds: int = 2, margin: float = 0.01) -> tuple[float, Fit]:
+                  fraction: Callable[[nn.Module], float], rounds: int = 2, margin: float = 0.01,
+                  confirm: int = 0) -> tuple[float, Fit]:
     """The fraction of the table's estimate that a search should aim at so that its policies MEASURE
     within ``projector``'s latency budget, and the fit it came from.
 
@@ -129,7 +141,7 @@ def search_target(policy: Mapping[str, float], projector: Projector, build: Call
     one-line table: 0.536 for a uniform policy that measures 0.5) the target lies above the budget's
     fraction and the search does not prune harder than the budget asks; where it under-predicts, below.
     The search's final choice is still fitted to the budget by measurement (``fit_measured``)."""
-    fit = fit_measured(policy, projector, build, fraction, rounds=rounds, margin=margin, fill=True)
+    fit = fit_measured(policy, projector, build, fraction, rounds=rounds, margin=margin, fill=True, confirm=confirm)
     points = [(s["predicted"], s["measured"]) for s in fit.steps]
     target = corrected_target(points, projector.budget.fraction)
     return min(max(target, projector.floor_cost), 1.0), fit
