@@ -31,6 +31,8 @@ def test_a_depthwise_model_meets_a_latency_budget_by_measurement(budget):
     assert small(torch.randn(2, 3, 16, 16)).shape == (2, 4)
     assert fit.steps and all(s["measured"] > 0 for s in fit.steps)
     assert fit.row()["measured_ratio"] == fit.measured and fit.paired.spread == pytest.approx(0.0)
+    within = [s for s in fit.steps if s["measured"] <= budget]
+    assert within and all(s["readings"] == 3.0 for s in within)  # confirm=2: each read thrice, on the median
 
 
 def test_the_estimate_is_corrected_where_the_table_is_off():

@@ -17,7 +17,7 @@ times), the paired speed measurement (``paired``) and the per-layer estimate (``
 
 from amc.latency.calibrate import CALIBRATION_RANDOM, KINDS, KindFit, fit_kinds, layer_kind
 from amc.latency.paired import Paired, paired
-from amc.latency.prune import LatencyFit, latency_cost, prune_to_latency
+from amc.latency.prune import LatencyFit, LatencyProblem, latency_cost, latency_problem, prune_to_latency
 from amc.latency.runtime import (
     BACKENDS,
     FakeRuntime,
@@ -34,7 +34,8 @@ from amc.latency.target import LAYOUTS, RUNTIMES, Target
 
 __all__ = [
     "BACKENDS", "CALIBRATION_RANDOM", "CALIBRATION_RATIOS", "KINDS", "LAYOUTS", "RUNTIMES", "FakeRuntime", "KindFit",
-    "LatencyFit", "LatencyTable", "LutKey", "MeasuredRuntime", "Paired", "Runtime", "Target", "_block", "_fit_line",
-    "_thin_models", "current_runtime", "describe_target", "fit_kinds", "latency_cost", "layer_kind", "measure",
-    "paired", "prune_to_latency", "time_callable", "use_runtime", "validate",
+    "LatencyFit", "LatencyProblem", "LatencyTable", "LutKey", "MeasuredRuntime", "Paired", "Runtime", "Target",
+    "_block", "_fit_line", "_thin_models", "current_runtime", "describe_target", "fit_kinds", "latency_cost",
+    "latency_problem", "layer_kind", "measure", "paired", "prune_to_latency", "time_callable", "use_runtime",
+    "validate",
 ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,13 +66,27 @@ def latency_cost(model: nn.Module, example_inputs: torch.Tensor, lut: LatencyTab
                               {"latency": float(ms({}))})
 
 
-def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor, budget: str | Budget = "latency=0.6",
-                     target: Target | None = None, *, runtime: Runtime | None = None, criterion: str = "l2",
-                     round_to: int = 8, max_ratio: float = 0.9, rounds: int = 6, paired_rounds: int = 5,
-                     runs: int = 20, table_path: str | os.PathLike | None = None,
-                     bounds: Mapping[str, tuple[float, float]] | None = None) -> tuple[nn.Module, LatencyFit]:
-    """A physically smaller copy of ``model`` whose paired latency on ``target`` (default: the CPU, eager
-    PyTorch, 1 thread, batch 1, ``example_inputs``' shape) is within ``budget``; see the module doc."""
+@dataclass
+class LatencyProblem:
+    """A model's latency budget on a target, data-free: the calibrated table's cost model and its projector,
+    ``build`` (policy -> the physically pruned model) and ``fraction`` (model -> its paired latency over the
+    dense one's, each measurement kept in ``seen``)."""
+    dense: nn.Module
+    projector: Projector
+    lut: LatencyTable
+    build: Callable[[Mapping[str, float]], nn.Module]
+    fraction: Callable[[nn.Module], float]
+    seen: list[Paired] = field(default_factory=list)  # every paired measurement, in order
+
+
+def latency_problem(model: nn.Module, example_inputs: torch.Tensor, budget: str | Budget = "latency=0.6",
+                    target: Target | None = None, *, runtime: Runtime | None = None, criterion: str = "l2",
+                    round_to: int = 8, max_ratio: float = 0.9, paired_rounds: int = 5, runs: int = 20,
+                    table_path: str | os.PathLike | None = None,
+                    bounds: Mapping[str, tuple[float, float]] | None = None) -> LatencyProblem:
+    """``model``'s latency ``budget`` on ``target`` (default: the CPU, eager PyTorch, 1 thread, batch 1,
+    ``example_inputs``' shape): the lookup table calibrated on a copy of it, the channel cost and projector
+    (every group within ``bounds``, default 0 to ``max_ratio``), and the build and paired measurement."""
     from amc.pruners.channel import plan_from_counts, policy_counts, prune_channels
 
     b = budget if isinstance(budget, Budget) else Budget.parse(budget)
@@ -92,15 +106,33 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor, budget: str
         plan = plan_from_counts(dense, counts, criterion, table=table, round_to=round_to)
         return prune_channels(dense, plan, x).eval()
 
-    seen: list[Paired] = []  # every candidate's paired measurement, in order
+    seen: list[Paired] = []
 
     def fraction(m: nn.Module) -> float:
         seen.append(paired(m, dense, target, rounds=paired_rounds, runs=runs, runtime=rt))
         return seen[-1].fraction
 
-    fit = fit_measured(projector.uniform(), projector, build, fraction, rounds=rounds, fill=True)
-    final = next(p for p in reversed(seen) if p.fraction == fit.measured)  # the returned policy's measurement
-    small = build(fit.policy)  # deterministic: the model that was measured
-    lut.save()
-    return small, LatencyFit(b.fraction, fit.predicted, final.fraction, fit.within, final,
-                             dict(fit.policy), fit.steps, lut.scale, lut.overhead_ms)
+    return LatencyProblem(dense, projector, lut, build, fraction, seen)
+
+
+def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor, budget: str | Budget = "latency=0.6",
+                     target: Target | None = None, *, runtime: Runtime | None = None, criterion: str = "l2",
+                     round_to: int = 8, max_ratio: float = 0.9, rounds: int = 6, paired_rounds: int = 5,
+                     runs: int = 20, table_path: str | os.PathLike | None = None,
+                     bounds: Mapping[str, tuple[float, float]] | None = None,
+                     confirm: int = 2) -> tuple[nn.Module, LatencyFit]:
+    """A physically smaller copy of ``model`` whose paired latency on ``target`` (default: the CPU, eager
+    PyTorch, 1 thread, batch 1, ``example_inputs``' shape) is within ``budget``; see the module doc. ``confirm``:
+    readings more of a candidate within the budget, judged on their median (``LatencyOptions.latency_confirm``)."""
+    pb = latency_problem(model, example_inputs, budget, target, runtime=runtime, criterion=criterion,
+                         round_to=round_to, max_ratio=max_ratio, paired_rounds=paired_rounds, runs=runs,
+                         table_path=table_path, bounds=bounds)
+    projector = pb.projector
+    fit = fit_measured(projector.uniform(), projector, pb.build, pb.fraction, rounds=rounds, fill=True,
+                       confirm=confirm)
+    # the returned policy's measurement: the latest reading nearest the fit's verdict (the median of its readings)
+    final = min(reversed(pb.seen), key=lambda p: abs(p.fraction - fit.measured))
+    small = pb.build(fit.policy)  # deterministic: the model that was measured
+    pb.lut.save()
+    return small, LatencyFit(projector.budget.fraction, fit.predicted, final.fraction, fit.within, final,
+                             dict(fit.policy), fit.steps, pb.lut.scale, pb.lut.overhead_ms)
