@@ -1,0 +1,187 @@
+"""The latency fit's verdict against later measurements: does reading a candidate more than once
+(``LatencyOptions.latency_confirm``) keep fitted policies within the budget on this shared machine?
+
+For each model (the shared ResNet-20 and MobileNetV2, eager PyTorch, 1 thread, batch 1), ``--policies``
+starting policies: the uniform one, then random shapes (each group's ratio drawn between 0 and 0.6 of its
+upper bound) met to the budget on the calibrated table (``Projector.meet`` / ``fill``). Each is fitted to
+``latency=B`` by ``amc.latency.fit.fit_measured`` (fill, the pipeline's 4 rounds, paired readings of 5
+rounds x 50 forwards, as ``amc.compress`` reads) once per ``--confirm`` setting, the settings' order
+alternating from policy to policy; then the kept policy is built afresh and read ``--verify`` times more,
+the median of those readings its later measurement. A fit is over when that later measurement exceeds
+the budget by more than 1% (latency_trained's noise allowance). The table (``amc.latency.latency_problem``)
+is calibrated once per process; its entries are cached.
+
+Beside a running latency_trained process: ``--pause-pids <its pid> --pause-cache <its model's cache>``
+stops it during each reading here (logged in its pause log, so it takes the time out of its own) and names
+this process in its pause registry, so its readings stop this one.
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/latency_fit_noise.py            # resumes from its cache
+
+Cached per (model, policy, setting) in ``runs/latency_fit_noise``; report
+``reports/latency_fit_noise.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
+
+from benchmarks.harness import MODELS, Cache, ints, markdown_table, parser, write_report
+
+CHECKPOINTS = {"resnet20": "resnet20_dense.pt", "mobilenetv2": "mobilenetv2_cifar_dense.pt"}
+NOISE = 0.01  # over: a later measurement above budget x (1 + NOISE)
+FIT_ROUNDS, PAIRED_ROUNDS, RUNS = 4, 5, 50  # the pipeline's: latency_fit_rounds, _paired_fraction, latency_runs
+
+
+def dense_model(name: str, models: Path):
+    if name == "mobilenetv2":
+        from benchmarks.latency_trained import build_mobilenetv2
+
+        return build_mobilenetv2(str(models / CHECKPOINTS[name]))
+    from amc.models import load_model
+
+    return load_model(name, str(models / CHECKPOINTS[name])).eval()
+
+
+def start_policy(projector, i: int) -> dict[str, float]:
+    """Policy ``i``: 0 the uniform one, else a random shape met to the budget on the table."""
+    import numpy as np
+
+    if i == 0:
+        return projector.uniform()
+    rng = np.random.default_rng(1000 + i)
+    raw = {n: float(rng.uniform(0.0, 0.6 * projector.upper[n])) for n in projector.names}
+    pol = projector.meet(raw)
+    return pol if projector.cost.fraction(pol) >= projector.budget.fraction * 0.99 else projector.fill(pol)
+
+
+def one(problem, policy: dict[str, float], confirm: int, verify: int, pause) -> dict[str, Any]:
+    from amc.latency.fit import fit_measured
+
+    def fraction(model) -> float:
+        with pause:
+            return problem.fraction(model)
+
+    seen0, t = len(problem.seen), time.perf_counter()
+    fit = fit_measured(policy, problem.projector, problem.build, fraction, rounds=FIT_ROUNDS, fill=True,
+                       confirm=confirm)
+    fit_s, readings = time.perf_counter() - t, len(problem.seen) - seen0
+    later = [fraction(problem.build(fit.policy)) for _ in range(verify)]
+    return {"confirm": confirm, "fit_measured": fit.measured, "fit_predicted": fit.predicted, "fit_within": fit.within,
+            "fit_readings": readings, "fit_s": fit_s, "fit_steps": fit.steps, "later": later,
+            "later_median": statistics.median(later), "start_predicted": problem.projector.cost.fraction(policy)}
+
+
+def run(args) -> None:
+    import torch
+
+    from amc.latency import Target, latency_problem
+    from benchmarks.search_hard import PAUSE_LOG, PAUSE_REGISTRY, Pause, register
+
+    torch.set_num_threads(1)
+    cache = Cache(args.cache)
+    other = Path(args.pause_cache) if args.pause_cache else None
+    pause = Pause(args.pause_pids, other / PAUSE_LOG if other else None)
+    with register(other / PAUSE_REGISTRY) if other else contextlib.nullcontext():
+        for name in args.models_run:
+            problem = None
+            for i in range(args.policies):
+                order = args.confirm if i % 2 == 0 else args.confirm[::-1]
+                for c in order:
+                    key = f"{name}__p{i}__c{c}"
+                    if cache.get(key) is not None:
+                        continue
+                    if problem is None:
+                        print(f"[{name}] calibrating the table", flush=True)
+                        with pause:
+                            problem = latency_problem(dense_model(name, Path(args.models)), torch.zeros(1, 3, 32, 32),
+                                                      f"latency={args.budget}", Target(input_shape=(3, 32, 32)),
+                                                      paired_rounds=PAIRED_ROUNDS, runs=RUNS,
+                                                      table_path=Path(args.cache) / f"{name}_lut.csv")
+                    row = cache.put(key, {"model": name, "policy": i, **one(problem, start_policy(problem.projector, i),
+                                                                             c, args.verify, pause)})
+                    print(f"[{name}] p{i} confirm={c}: fit {row['fit_measured']:.3f} ({row['fit_readings']} readings, "
+                          f"{row['fit_s']:.0f} s), later {row['later_median']:.3f}", flush=True)
+
+
+def summary(rows: list[dict], budget: float) -> dict[str, Any]:
+    later = [r["later_median"] for r in rows]
+    return {"fits": len(rows), "over": sum(x > budget * (1 + NOISE) for x in later),
+            "over_share": sum(x > budget * (1 + NOISE) for x in later) / len(rows),
+            "fit_within_share": sum(bool(r["fit_within"]) for r in rows) / len(rows),
+            "later_median": statistics.median(later), "later_mean": statistics.fmean(later),
+            "later_max": max(later), "fit_measured_mean": statistics.fmean(r["fit_measured"] for r in rows),
+            "readings_mean": statistics.fmean(r["fit_readings"] for r in rows),
+            "fit_s_mean": statistics.fmean(r["fit_s"] for r in rows)}
+
+
+def write(args) -> None:
+    cache = Cache(args.cache)
+    rows = [r for name in args.models_run for i in range(args.policies) for c in args.confirm
+            if (r := cache.get(f"{name}__p{i}__c{c}")) is not None]
+    want = len(args.models_run) * args.policies * len(args.confirm)
+    paired_done = {(r["model"], r["policy"]) for r in rows
+                   if all(cache.get(f"{r['model']}__p{r['policy']}__c{c}") for c in args.confirm)}
+    per = {name: {str(c): summary(sel, args.budget) for c in args.confirm
+                  if (sel := [r for r in rows if r["model"] == name and r["confirm"] == c
+                              and (name, r["policy"]) in paired_done])}
+           for name in args.models_run}
+    lines = [f"# The latency fit's verdict against later measurements (`latency={args.budget}`)", "",
+             f"Each starting policy (the uniform one, then random shapes met to the budget on the table) fitted by "
+             f"`fit_measured` (fill, {FIT_ROUNDS} rounds, paired readings of {PAIRED_ROUNDS} rounds x {RUNS} "
+             f"forwards) with each `confirm` setting (readings more of a candidate within the budget, judged on "
+             f"their median), then the kept policy built afresh and read {args.verify} times more: `later` is the "
+             f"median of those. Over: later above the budget by more than {NOISE:.0%}. Only policies fitted with "
+             f"every setting are counted; the settings' order alternates from policy to policy. Eager PyTorch, 1 "
+             f"thread, batch 1, this 2-core CPU.", ""]
+    table = []
+    for name, by in per.items():
+        for c, s in by.items():
+            table.append([name, c, s["fits"], f"{s['over']} ({s['over_share']:.0%})", f"{s['fit_measured_mean']:.3f}",
+                          f"{s['later_mean']:.3f}", f"{s['later_median']:.3f}", f"{s['later_max']:.3f}",
+                          f"{s['readings_mean']:.1f}", f"{s['fit_s_mean']:.0f}"])
+    lines += markdown_table(["model", "confirm", "fits", "over", "fit's verdict (mean)", "later (mean)",
+                             "later (median)", "later (max)", "readings per fit", "fit s"], table)
+    lines += ["", "Per policy (fit's verdict -> later median):", ""]
+    for name in args.models_run:
+        for i in range(args.policies):
+            got = [cache.get(f"{name}__p{i}__c{c}") for c in args.confirm]
+            if all(got):
+                lines.append(f"- {name} p{i}: " + "; ".join(
+                    f"confirm={g['confirm']}: {g['fit_measured']:.3f} -> {g['later_median']:.3f}" for g in got))
+    lines.append("")
+    write_report(args.out, "latency_fit_noise", {"budget": args.budget, "noise": NOISE, "summary": per,
+                                                 "rows": rows, "settings": {k: v for k, v in vars(args).items()
+                                                                            if k not in ("out", "cache")}},
+                 "\n".join(lines), partial=len(rows) < want)
+
+
+def main() -> None:
+    ap = parser(__doc__, cache="runs/latency_fit_noise")
+    ap.add_argument("--models", default=str(MODELS), help="folder of the dense checkpoints")
+    ap.add_argument("--only", default="resnet20,mobilenetv2")
+    ap.add_argument("--budget", type=float, default=0.6)
+    ap.add_argument("--policies", type=int, default=10)
+    ap.add_argument("--confirm", default="0,2", help="the confirm settings compared")
+    ap.add_argument("--verify", type=int, default=5, help="later readings of each kept policy")
+    ap.add_argument("--pause-pids", default="", help="comma-separated pids stopped during each reading here")
+    ap.add_argument("--pause-cache", default="", help="the cache folder of those processes' benchmark (its pause "
+                                                      "log and registry)")
+    args = ap.parse_args()
+    args.models_run = [m for m in args.only.split(",") if m]
+    args.confirm, args.pause_pids = ints(args.confirm), ints(args.pause_pids)
+    if bad := [m for m in args.models_run if m not in CHECKPOINTS]:
+        raise SystemExit(f"unknown model {bad[0]!r}; known: {', '.join(CHECKPOINTS)}")
+    if not args.report_only:
+        run(args)
+    write(args)
+
+
+if __name__ == "__main__":
+    main()
