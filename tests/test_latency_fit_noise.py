@@ -1,0 +1,38 @@
+"""benchmarks/latency_fit_noise.py's report from cached rows (no timing): per model and confirm setting, the
+fits whose later readings are over the budget, counted only where every setting fitted the policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from benchmarks.harness import Cache
+from benchmarks.latency_fit_noise import NOISE, summary, write
+
+
+def _row(model: str, i: int, confirm: int, fit: float, later: float) -> dict:
+    return {"model": model, "policy": i, "confirm": confirm, "fit_measured": fit, "fit_predicted": 0.6,
+            "fit_within": fit <= 0.6, "fit_readings": 2 + confirm, "fit_s": 10.0, "fit_steps": [],
+            "later": [later], "later_median": later, "start_predicted": 0.6}
+
+
+def test_the_report_counts_later_readings_over_the_budget_on_policies_fitted_both_ways(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    over = 0.6 * (1 + NOISE) + 0.001
+    for key, row in {"resnet20__p0__c0": _row("resnet20", 0, 0, 0.58, over),
+                     "resnet20__p0__c2": _row("resnet20", 0, 2, 0.59, 0.60),
+                     "resnet20__p1__c0": _row("resnet20", 1, 0, 0.57, 0.605),  # within the noise allowance
+                     "resnet20__p1__c2": _row("resnet20", 1, 2, 0.59, 0.58),
+                     "resnet20__p2__c0": _row("resnet20", 2, 0, 0.55, 0.9)}.items():  # p2: confirm=2 missing
+        cache.put(key, row)
+    args = argparse.Namespace(cache=str(tmp_path / "cache"), out=str(tmp_path), models_run=["resnet20"], policies=3,
+                              confirm=[0, 2], budget=0.6, verify=1)
+    write(args)
+    got = json.loads((tmp_path / "latency_fit_noise.json").read_text())
+    assert got["partial"] is True  # p2 lacks a setting
+    c0, c2 = got["summary"]["resnet20"]["0"], got["summary"]["resnet20"]["2"]
+    assert (c0["fits"], c0["over"], c2["fits"], c2["over"]) == (2, 1, 2, 0)  # p2's 0.9 left out
+    assert c0["readings_mean"] == 2.0 and c2["readings_mean"] == 4.0
+    md = (tmp_path / "latency_fit_noise.md").read_text()
+    assert md.startswith("**PARTIAL") and "| resnet20 | 0 | 2 | 1 (50%) |" in md
+    assert summary([_row("m", 0, 0, 0.6, 0.7)], 0.6)["over_share"] == 1.0
