@@ -1,11 +1,13 @@
 """The latency fit's verdict against later measurements: does reading a candidate more than once
-(``LatencyOptions.latency_confirm``) keep fitted policies within the budget on this shared machine?
+(``LatencyOptions.latency_confirm``), or fitting to a budget a few percent under the user's, keep
+fitted policies within the budget on this shared machine?
 
 For each model (the shared ResNet-20 and MobileNetV2, eager PyTorch, 1 thread, batch 1), ``--policies``
 starting policies: the uniform one, then random shapes (each group's ratio drawn between 0 and 0.6 of its
 upper bound) met to the budget on the calibrated table (``Projector.meet`` / ``fill``). Each is fitted to
 ``latency=B`` by ``amc.latency.fit.fit_measured`` (fill, the pipeline's 4 rounds, paired readings of 5
-rounds x 50 forwards, as ``amc.compress`` reads) once per ``--confirm`` setting, the settings' order
+rounds x 50 forwards, as ``amc.compress`` reads) once per ``--settings`` entry (``c<confirm>``, or
+``c<confirm>u<U>``: fitted to the budget U% under the one judged), the settings' order
 alternating from policy to policy; then the kept policy is built afresh and read ``--verify`` times more,
 the median of those readings its later measurement. A fit is over when that later measurement exceeds
 the budget by more than 1% (latency_trained's noise allowance). The table (``amc.latency.latency_problem``)
@@ -24,6 +26,7 @@ Cached per (model, policy, setting) in ``runs/latency_fit_noise``; report
 from __future__ import annotations
 
 import contextlib
+import re
 import statistics
 import sys
 import time
@@ -61,19 +64,34 @@ def start_policy(projector, i: int) -> dict[str, float]:
     return pol if projector.cost.fraction(pol) >= projector.budget.fraction * 0.99 else projector.fill(pol)
 
 
-def one(problem, policy: dict[str, float], confirm: int, verify: int, pause) -> dict[str, Any]:
+def setting(text: str) -> tuple[int, float]:
+    """``c2`` -> (2, 0.0); ``c2u4`` -> (2, 0.04): the confirm of a ``--settings`` entry and how far under the
+    judged budget its fit aims."""
+    if not re.fullmatch(r"c\d+(u\d+(\.\d+)?)?", text):
+        raise SystemExit(f"bad setting {text!r}: c<confirm> or c<confirm>u<percent under>, e.g. c2 or c2u4")
+    c, _, u = text[1:].partition("u")
+    return int(c), float(u) / 100 if u else 0.0
+
+
+def one(problem, policy: dict[str, float], name: str, verify: int, pause) -> dict[str, Any]:
     from amc.latency.fit import fit_measured
 
     def fraction(model) -> float:
         with pause:
             return problem.fraction(model)
 
+    from amc.budget import Budget
+
+    confirm, under = setting(name)
+    proj = problem.projector
+    if under:
+        proj = proj.under(Budget("latency", proj.budget.fraction * (1 - under)))
     seen0, t = len(problem.seen), time.perf_counter()
-    fit = fit_measured(policy, problem.projector, problem.build, fraction, rounds=FIT_ROUNDS, fill=True,
-                       confirm=confirm)
+    fit = fit_measured(policy, proj, problem.build, fraction, rounds=FIT_ROUNDS, fill=True, confirm=confirm)
     fit_s, readings = time.perf_counter() - t, len(problem.seen) - seen0
     later = [fraction(problem.build(fit.policy)) for _ in range(verify)]
-    return {"confirm": confirm, "fit_measured": fit.measured, "fit_predicted": fit.predicted, "fit_within": fit.within,
+    return {"setting": name, "confirm": confirm, "under": under, "fit_measured": fit.measured,
+            "fit_predicted": fit.predicted, "fit_within": fit.within,
             "fit_readings": readings, "fit_s": fit_s, "fit_steps": fit.steps, "later": later,
             "later_median": statistics.median(later), "start_predicted": problem.projector.cost.fraction(policy)}
 
@@ -114,16 +132,16 @@ def run(args) -> None:
         for name in args.models_run:
             problem = None
             for i in range(args.policies):
-                order = args.confirm if i % 2 == 0 else args.confirm[::-1]
+                order = args.settings if i % 2 == 0 else args.settings[::-1]
                 for c in order:
-                    key = f"{name}__p{i}__c{c}"
+                    key = f"{name}__p{i}__{c}"
                     if cache.get(key) is not None:
                         continue
                     if problem is None:
                         problem = calibrated(name, args, pause)
                     row = cache.put(key, {"model": name, "policy": i, **one(problem, start_policy(problem.projector, i),
                                                                              c, args.verify, pause)})
-                    print(f"[{name}] p{i} confirm={c}: fit {row['fit_measured']:.3f} ({row['fit_readings']} readings, "
+                    print(f"[{name}] p{i} {c}: fit {row['fit_measured']:.3f} ({row['fit_readings']} readings, "
                           f"{row['fit_s']:.0f} s), later {row['later_median']:.3f}", flush=True)
 
 
@@ -140,43 +158,40 @@ def summary(rows: list[dict], budget: float) -> dict[str, Any]:
 
 def write(args) -> None:
     cache = Cache(args.cache)
-    rows = [r for name in args.models_run for i in range(args.policies) for c in args.confirm
-            if (r := cache.get(f"{name}__p{i}__c{c}")) is not None]
-    want = len(args.models_run) * args.policies * len(args.confirm)
-    paired_done = {(r["model"], r["policy"]) for r in rows
-                   if all(cache.get(f"{r['model']}__p{r['policy']}__c{c}") for c in args.confirm)}
-    per = {name: {str(c): summary(sel, args.budget) for c in args.confirm
-                  if (sel := [r for r in rows if r["model"] == name and r["confirm"] == c
-                              and (name, r["policy"]) in paired_done])}
-           for name in args.models_run}
+    got = {(name, i, c): {"setting": c, "under": setting(c)[1], **r}  # rows of before the settings: c<N> alone
+           for name in args.models_run for i in range(args.policies) for c in args.settings
+           if (r := cache.get(f"{name}__p{i}__{c}")) is not None}
+    want = len(args.models_run) * args.policies * len(args.settings)
+    per: dict[str, dict[str, Any]] = {}
+    listed = []
+    for name in args.models_run:  # per model, the settings it has rows of, over the policies fitted with each
+        present = [c for c in args.settings if any(k[0] == name and k[2] == c for k in got)]
+        both = [i for i in range(args.policies) if all((name, i, c) in got for c in present)]
+        per[name] = {c: summary([got[name, i, c] for i in both], args.budget) for c in present if both}
+        listed += [(name, i, [got[name, i, c] for c in present]) for i in both]
     lines = [f"# The latency fit's verdict against later measurements (`latency={args.budget}`)", "",
              f"Each starting policy (the uniform one, then random shapes met to the budget on the table) fitted by "
              f"`fit_measured` (fill, {FIT_ROUNDS} rounds, paired readings of {PAIRED_ROUNDS} rounds x {RUNS} "
-             f"forwards) with each `confirm` setting (readings more of a candidate within the budget, judged on "
-             f"their median), then the kept policy built afresh and read {args.verify} times more: `later` is the "
-             f"median of those. Over: later above the budget by more than {NOISE:.0%}. Only policies fitted with "
-             f"every setting are counted; the settings' order alternates from policy to policy. Eager PyTorch, 1 "
-             f"thread, batch 1, this 2-core CPU.", ""]
-    table = []
-    for name, by in per.items():
-        for c, s in by.items():
-            table.append([name, c, s["fits"], f"{s['over']} ({s['over_share']:.0%})", f"{s['fit_measured_mean']:.3f}",
-                          f"{s['later_mean']:.3f}", f"{s['later_median']:.3f}", f"{s['later_max']:.3f}",
-                          f"{s['readings_mean']:.1f}", f"{s['fit_s_mean']:.0f}"])
-    lines += markdown_table(["model", "confirm", "fits", "over", "fit's verdict (mean)", "later (mean)",
+             f"forwards) with each setting: `c<N>`, a candidate within the budget read N times more and judged on "
+             f"the median of its readings (`latency_confirm`); `u<U>`, fitted to a budget U% under the one judged "
+             f"here. Then the kept policy built afresh and read "
+             f"{args.verify} times more: `later` is the median of those. Over: later above the budget by more than "
+             f"{NOISE:.0%}. A model's rows count the policies fitted with every setting it has; the settings' order "
+             f"alternates from policy to policy. Eager PyTorch, 1 thread, batch 1, this 2-core CPU.", ""]
+    table = [[name, c, s["fits"], f"{s['over']} ({s['over_share']:.0%})", f"{s['fit_measured_mean']:.3f}",
+              f"{s['later_mean']:.3f}", f"{s['later_median']:.3f}", f"{s['later_max']:.3f}",
+              f"{s['readings_mean']:.1f}", f"{s['fit_s_mean']:.0f}"] for name, by in per.items() for c, s in by.items()]
+    lines += markdown_table(["model", "setting", "fits", "over", "fit's verdict (mean)", "later (mean)",
                              "later (median)", "later (max)", "readings per fit", "fit s"], table)
     lines += ["", "Per policy (fit's verdict -> later median):", ""]
-    for name in args.models_run:
-        for i in range(args.policies):
-            got = [cache.get(f"{name}__p{i}__c{c}") for c in args.confirm]
-            if all(got):
-                lines.append(f"- {name} p{i}: " + "; ".join(
-                    f"confirm={g['confirm']}: {g['fit_measured']:.3f} -> {g['later_median']:.3f}" for g in got))
+    lines += [f"- {name} p{i}: " + "; ".join(f"{g['setting']}: {g['fit_measured']:.3f} -> {g['later_median']:.3f}"
+                                             for g in rows) for name, i, rows in listed]
     lines.append("")
     write_report(args.out, "latency_fit_noise", {"budget": args.budget, "noise": NOISE, "summary": per,
-                                                 "rows": rows, "settings": {k: v for k, v in vars(args).items()
-                                                                            if k not in ("out", "cache")}},
-                 "\n".join(lines), partial=len(rows) < want)
+                                                 "rows": list(got.values()),
+                                                 "settings": {k: v for k, v in vars(args).items()
+                                                              if k not in ("out", "cache")}},
+                 "\n".join(lines), partial=len(got) < want)
 
 
 def main() -> None:
@@ -185,14 +200,17 @@ def main() -> None:
     ap.add_argument("--only", default="resnet20,mobilenetv2")
     ap.add_argument("--budget", type=float, default=0.6)
     ap.add_argument("--policies", type=int, default=10)
-    ap.add_argument("--confirm", default="0,2", help="the confirm settings compared")
+    ap.add_argument("--settings", default="c0,c2,c2u4",
+                    help="the fits compared: c<confirm>, or c<confirm>u<U>: fitted U%% under the budget judged")
     ap.add_argument("--verify", type=int, default=5, help="later readings of each kept policy")
     ap.add_argument("--pause-pids", default="", help="comma-separated pids stopped during each reading here")
     ap.add_argument("--pause-cache", default="", help="the cache folder of those processes' benchmark (its pause "
                                                       "log and registry)")
     args = ap.parse_args()
     args.models_run = [m for m in args.only.split(",") if m]
-    args.confirm, args.pause_pids = ints(args.confirm), ints(args.pause_pids)
+    args.settings, args.pause_pids = [c for c in args.settings.split(",") if c], ints(args.pause_pids)
+    for c in args.settings:
+        setting(c)
     if bad := [m for m in args.models_run if m not in CHECKPOINTS]:
         raise SystemExit(f"unknown model {bad[0]!r}; known: {', '.join(CHECKPOINTS)}")
     if not args.report_only:
