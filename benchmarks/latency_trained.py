@@ -118,11 +118,14 @@ BUILDERS = {"mobilenetv2": build_mobilenetv2, "resnet20": None}  # None: ``amc.m
 
 def bench_args(args: argparse.Namespace, model: str) -> argparse.Namespace:
     """search_hard's settings for one model's ``Bench``: its own cache folder and checkpoint, the searches
-    asked, the options search_hard has and this benchmark does not use at their defaults."""
+    asked (with ``--rows``, those of the rows named), the options search_hard has and this benchmark does not use
+    at their defaults."""
+    rows = getattr(args, "rows", [])
     return argparse.Namespace(
         cache=str(Path(args.cache) / model), data=args.data, checkpoint=str(Path(args.models) / CHECKPOINTS[model]),
         tasks=[TASK], seeds=list(args.seeds),
-        searchers=[*SEARCHERS, *(m for m in getattr(args, "rows", []) if m.endswith(FITTED))], trials=args.trials,
+        searchers=[*(m for m in SEARCHERS if not rows or m in rows), *(m for m in rows if m.endswith(FITTED))],
+        trials=args.trials,
         episodes=args.episodes, warmup=args.warmup, epochs=args.epochs, calib_images=args.calib_images,
         eval_images=args.eval_images, pause_pids=list(args.pause_pids), fine_upper=0.999, mf_steps=20,
         mf_trials=0, mf_eta=3, rr_k=4, rr_steps=300, rr_seeds="1", confirm=args.confirm, report_only=False,

@@ -107,11 +107,15 @@ def test_empty_cache_gives_an_empty_partial_report(tmp_path: Path) -> None:
 def test_each_model_gets_its_own_cache_and_checkpoint_and_the_task_runs_both_searchers(tmp_path: Path) -> None:
     args = argparse.Namespace(cache=str(tmp_path), data="d", models=str(tmp_path / "m"), seeds=[0, 1], trials=5,
                               episodes=4, warmup=1, epochs=0.01, calib_images=64, eval_images=100, pause_pids=[],
-                              out=str(tmp_path))
+                              out=str(tmp_path), confirm=2)
     a = bench_args(args, "mobilenetv2")
     assert a.cache == str(tmp_path / "mobilenetv2") and a.tasks == [TASK]
     assert a.checkpoint == str(tmp_path / "m" / "mobilenetv2_cifar_dense.pt")
-    assert searchers_of(TASK, a.searchers, TASKS) == list(SEARCHERS)
+    assert searchers_of(TASK, a.searchers, TASKS) == list(SEARCHERS) and a.confirm == 2
+    args.rows = ["sensitivity", "uniform"]  # a process for baseline rows alone runs no search
+    assert bench_args(args, "mobilenetv2").searchers == []
+    args.rows = ["optuna_fitted", "amc"]  # a fitted row searches through its searcher's name
+    assert bench_args(args, "mobilenetv2").searchers == ["amc", "optuna_fitted"]
 
 
 class _Result:
@@ -179,6 +183,7 @@ class _AimedEvaluator:
 class _AimBench:
     def __init__(self, cache: Path) -> None:
         self.cache, self.tasks, self.paired = cache, TASKS, []
+        self.args = argparse.Namespace(confirm=2)
 
     def _paired(self, model) -> float:
         self.paired.append(model)
@@ -195,15 +200,15 @@ def test_the_aim_is_measured_once_then_read_back(tmp_path: Path, monkeypatch: py
 
     calls = []
 
-    def fake_aim_search(ev, budget, fraction, rounds, say):
-        calls.append((budget.fraction, rounds, fraction(None)))
+    def fake_aim_search(ev, budget, fraction, rounds, say, confirm):
+        calls.append((budget.fraction, rounds, fraction(None), confirm))
         ev.retarget(0.66)
         return 0.66, [{"predicted": 0.7, "measured": 0.6}]
 
     monkeypatch.setattr(amc.latency_check, "aim_search", fake_aim_search)
     bench, ev = _AimBench(tmp_path), _AimedEvaluator()
     got = aim(bench, TASK, ev)
-    assert calls == [(0.6, LatencyOptions().latency_search_rounds, 0.5)]  # the task's budget, measured paired
+    assert calls == [(0.6, LatencyOptions().latency_search_rounds, 0.5, 2)]  # the task's budget, measured paired
     assert got["target"] == 0.66 and ev.targets == [0.66]
     again = _AimedEvaluator()
     assert aim(bench, TASK, again)["steps"] == [{"predicted": 0.7, "measured": 0.6}]
@@ -217,6 +222,7 @@ class _ChoiceBench:
     def __init__(self, cache: Path) -> None:
         self.cache, self.tasks = cache, TASKS
         self.baseline_keys = BASELINES
+        self.args = argparse.Namespace(confirm=2)
 
     def evaluator(self, task: str):
         return "the task's evaluator"
