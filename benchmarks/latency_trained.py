@@ -97,6 +97,9 @@ AIM_NOTES = [  # what the --aim rows showed (seed 0, 2026-12-07/08, a second ben
     "macs_policy and tp_global rows, and ResNet-20's, not run).",
     "",
 ]
+CONFIRM_NOTES = [  # what the --aim rows with the fit's confirmation showed
+    "",
+]
 FITTED = "_fitted"  # --aim: ``<searcher>_fitted``, the search's final choice among candidates fitted by measurement
 ROW_ORDER = ("optuna", "sensitivity", "amc", "uniform", "macs_policy", "tp_global")  # the margin goal's rows first
 MARGIN_GOAL = {"mobilenetv2": 0.01}  # the best searcher over the best baseline (and more than twice the SE)
@@ -398,12 +401,16 @@ def markdown(r: dict[str, Any]) -> str:
                   "`amc_fitted` and `optuna_fitted`: the same searches, their final choice made among candidates "
                   "each fitted to the budget by paired measurement first (`amc.latency_check.fitted`: the library's "
                   "final choice under a latency budget since this benchmark's seed 0 ran). "
-                  "Seed 0's searches ran before the library's searches made their starting policies spend the whole "
-                  "budget (`Projector.spend`): theirs were met and filled, as in the other protocol. "
-                  "The other protocol "
+                  + ("Every reading within the budget (the aim, the rows' fits, the fitted candidates) is read "
+                     f"{s['confirm']} times more, each on a fresh build, and judged on the median of its readings "
+                     "(the library's `latency_confirm`; `reports/latency_trained_aim.md`: one reading, and "
+                     "`reports/latency_fit_noise.md`). " if s.get("confirm") else
+                     "Seed 0's searches ran before the library's searches made their starting policies spend the "
+                     "whole budget (`Projector.spend`): theirs were met and filled, as in the other protocol. ")
+                  + "The other protocol "
                   "(`reports/latency_trained.md`) searched on a table calibrated by one fitted line, at the "
                   "table's own 0.6.", ""]
-        lines += AIM_NOTES
+        lines += CONFIRM_NOTES if s.get("confirm") else AIM_NOTES
     else:
         lines += ["The fit changed between seeds: the seed-0 rows of both models were loosened (where they measured "
               "under the budget) by one shared factor alone, which rounded channels often leave without a step, "
