@@ -164,11 +164,11 @@ def write(args) -> None:
     want = len(args.models_run) * args.policies * len(args.settings)
     per: dict[str, dict[str, Any]] = {}
     listed = []
-    for name in args.models_run:  # per model, the settings it has rows of, over the policies fitted with each
-        present = [c for c in args.settings if any(k[0] == name and k[2] == c for k in got)]
-        both = [i for i in range(args.policies) if all((name, i, c) in got for c in present)]
-        per[name] = {c: summary([got[name, i, c] for i in both], args.budget) for c in present if both}
-        listed += [(name, i, [got[name, i, c] for c in present]) for i in both]
+    for name in args.models_run:  # per model and setting, every fit it has
+        per[name] = {c: summary(fits, args.budget) for c in args.settings
+                     if (fits := [got[name, i, c] for i in range(args.policies) if (name, i, c) in got])}
+        listed += [(name, i, [got[name, i, c] for c in args.settings if (name, i, c) in got])
+                   for i in range(args.policies) if any((name, i, c) in got for c in args.settings)]
     lines = [f"# The latency fit's verdict against later measurements (`latency={args.budget}`)", "",
              f"Each starting policy (the uniform one, then random shapes met to the budget on the table) fitted by "
              f"`fit_measured` (fill, {FIT_ROUNDS} rounds, paired readings of {PAIRED_ROUNDS} rounds x {RUNS} "
@@ -176,8 +176,10 @@ def write(args) -> None:
              f"the median of its readings (`latency_confirm`); `u<U>`, fitted to a budget U% under the one judged "
              f"here. Then the kept policy built afresh and read "
              f"{args.verify} times more: `later` is the median of those. Over: later above the budget by more than "
-             f"{NOISE:.0%}. A model's rows count the policies fitted with every setting it has; the settings' order "
-             f"alternates from policy to policy. Eager PyTorch, 1 thread, batch 1, this 2-core CPU.", ""]
+             f"{NOISE:.0%}. Settings run in one process start from the same policies (the table calibrated once "
+             f"there) and alternate their order from policy to policy; a process calibrates its table afresh, so "
+             f"settings run in another start from the same random shapes met to the budget on another calibration. "
+             f"Eager PyTorch, 1 thread, batch 1, this 2-core CPU.", ""]
     table = [[name, c, s["fits"], f"{s['over']} ({s['over_share']:.0%})", f"{s['fit_measured_mean']:.3f}",
               f"{s['later_mean']:.3f}", f"{s['later_median']:.3f}", f"{s['later_max']:.3f}",
               f"{s['readings_mean']:.1f}", f"{s['fit_s_mean']:.0f}"] for name, by in per.items() for c, s in by.items()]
