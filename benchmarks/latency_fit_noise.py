@@ -35,11 +35,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for `python benchmarks/x.py`
 
+from amc.options import LatencyOptions
 from benchmarks.harness import MODELS, Cache, ints, markdown_table, parser, write_report
 
 CHECKPOINTS = {"resnet20": "resnet20_dense.pt", "mobilenetv2": "mobilenetv2_cifar_dense.pt"}
 NOISE = 0.01  # over: a later measurement above budget x (1 + NOISE)
-FIT_ROUNDS, PAIRED_ROUNDS, RUNS = 4, 5, 50  # the pipeline's: latency_fit_rounds, _paired_fraction, latency_runs
+FIT_ROUNDS, RUNS = LatencyOptions().latency_fit_rounds, LatencyOptions().latency_runs  # the library's defaults
+PAIRED_ROUNDS = 5  # the pipeline's paired readings of a fit (``amc.pipeline._paired_fraction``)
 
 
 def dense_model(name: str, models: Path):
